@@ -1,0 +1,55 @@
+/*
+ * sc_pg - libpq helpers shared by every module that talks to PostgreSQL:
+ * connecting with a readable error, masking DSNs, classifying errors.
+ *
+ * Nothing here ever prints a password: use sc_pg_dsn_mask() or
+ * sc_pg_dsn_describe() whenever a DSN has to appear in a message.
+ *
+ * @locality any thread; a PGconn is used by one thread at a time.
+ */
+#ifndef SC_PG_H
+#define SC_PG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include <libpq-fe.h>
+
+/* How a failed statement should be handled. */
+enum sc_pg_errclass {
+    SC_PG_OK = 0,
+    SC_PG_RETRY,     /* connection lost, serialization failure, deadlock, shutdown: retry */
+    SC_PG_PERMANENT, /* constraint violation, bad data, syntax: retrying cannot help */
+};
+
+/*
+ * Returns 0 if dsn parses (key=value or URI form), else -1 with the reason
+ * in errbuf (the DSN itself is not repeated, so no secret can leak).
+ */
+int sc_pg_dsn_check(const char *dsn, char *errbuf, size_t errsize);
+
+/* A malloc'd copy of dsn with the password replaced by "****". */
+char *sc_pg_dsn_mask(const char *dsn);
+
+/* A malloc'd short description: "host:port/dbname as user" (no secrets). */
+char *sc_pg_dsn_describe(const char *dsn);
+
+/*
+ * Connects; application_name is set to app_name when not given in the DSN.
+ * timeout_ms bounds the connection attempt (0 = libpq default).
+ * On failure returns NULL and writes "could not connect to PostgreSQL at
+ * HOST:PORT/DB as USER: reason" into errbuf.
+ */
+PGconn *sc_pg_connect(const char *dsn, const char *app_name, int timeout_ms, char *errbuf,
+                      size_t errsize) __attribute__((warn_unused_result));
+
+/* Classifies a result (NULL = no result, i.e. connection trouble). */
+enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res);
+
+/* The first line of the result's or connection's error message, in buf. */
+const char *sc_pg_errmsg(PGconn *conn, const PGresult *res, char *buf, size_t size);
+
+/* A malloc'd, correctly quoted identifier ("my schema" -> "\"my schema\""). */
+char *sc_pg_quote_ident(const char *ident);
+
+#endif

@@ -1,0 +1,2 @@
+-- STUB
+SELECT 1;

@@ -1,0 +1,2 @@
+/* STUB - being written: see hx.h */
+#include "hx.h"
