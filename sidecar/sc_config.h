@@ -44,6 +44,11 @@ enum sc_start_from {
     SC_START_LATEST,
 };
 
+/* How partitions are spread over instances (only the Kafka consumer group so far). */
+enum sc_assignment {
+    SC_ASSIGN_KAFKA_GROUP,
+};
+
 enum sc_value_format {
     SC_VALUE_AUTO,
     SC_VALUE_STRING,
@@ -69,9 +74,9 @@ enum sc_fsync_policy {
 };
 
 struct sc_sink_file_conf {
-    char *path;           /* template with {pipeline} {topic} {partition} */
+    char *path; /* template with {pipeline} {topic} {partition} */
     enum sc_file_format format;
-    char *delimiter;      /* raw format only; escapes \n \t \0 \\ decoded */
+    char *delimiter;      /* raw format only; JSON-decoded bytes, may contain NUL */
     size_t delimiter_len; /* delimiter may contain NUL */
     enum sc_fsync_policy fsync;
     int fsync_interval_ms;
@@ -90,10 +95,10 @@ enum sc_pg_coltype {
 };
 
 struct sc_sink_postgres_conf {
-    char *dsn;                   /* NULL: the checkpoint database (one-tx mode) */
-    char *table;                 /* "name" or "schema.name" */
+    char *dsn;   /* NULL: the checkpoint database (one-tx mode) */
+    char *table; /* "name" or "schema.name" */
     enum sc_pg_mode mode;
-    struct sc_kvlist columns;    /* column -> "$.json.path" or "$topic" ...; empty = defaults */
+    struct sc_kvlist columns;      /* column -> "$.json.path" or "$topic" ...; empty = defaults */
     struct sc_strlist key_columns; /* empty = (topic, partition, offset) */
     bool create_table;
     enum sc_pg_coltype value_type; /* default columns only: jsonb | text | bytea */
@@ -164,6 +169,7 @@ struct sc_pipeline_conf {
     int workers;
     struct sc_kvlist kafka_properties; /* per-pipeline overrides of kafka.properties */
     struct sc_sink_conf sink;
+    enum sc_assignment assignment;
 };
 
 struct sc_config {
@@ -208,8 +214,8 @@ int sc_config_load(const char *path, struct sc_config **out, char *errbuf, size_
     __attribute__((warn_unused_result));
 
 /* Same as sc_config_load() on an in-memory document; name is used in errors. */
-int sc_config_load_string(const char *name, const char *text, struct sc_config **out,
-                          char *errbuf, size_t errsize) __attribute__((warn_unused_result));
+int sc_config_load_string(const char *name, const char *text, struct sc_config **out, char *errbuf,
+                          size_t errsize) __attribute__((warn_unused_result));
 
 void sc_config_free(struct sc_config *cfg);
 
@@ -224,5 +230,11 @@ const char *sc_kvlist_get(const struct sc_kvlist *kv, const char *key);
 
 /* Does a property/header name look like it holds a secret (password, token...)? */
 bool sc_config_key_is_secret(const char *name);
+
+/*
+ * Checks the key tables themselves (every default parses and is in range):
+ * 0, or -1 with a message in err.  For the unit tests.
+ */
+int sc_config_selftest(char *err, size_t errsize);
 
 #endif
