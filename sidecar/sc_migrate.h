@@ -39,6 +39,14 @@ int sc_migrate_apply(PGconn *conn, const char *schema, char *errbuf, size_t errs
     __attribute__((warn_unused_result));
 
 /*
+ * Same as sc_migrate_apply() for an explicit list of files (sorted by name);
+ * tests use it to feed broken migrations.
+ */
+int sc_migrate_apply_files(PGconn *conn, const char *schema, const struct sc_sql_file *files,
+                           size_t nfiles, char *errbuf, size_t errsize)
+    __attribute__((warn_unused_result));
+
+/*
  * The schema's current version (0 if the schema or its migrations table does
  * not exist), or -1 on error.
  */
