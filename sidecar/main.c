@@ -228,8 +228,7 @@ static int do_watch(const struct sc_config *cfg, const struct cli *cli)
 
 static int do_reset(const struct sc_config *cfg, const struct cli *cli)
 {
-    return sc_cmd_reset(cfg, cli->pipeline, cli->topic, cli->partition, cli->to_offset,
-                        cli->force);
+    return sc_cmd_reset(cfg, cli->pipeline, cli->topic, cli->partition, cli->to_offset, cli->force);
 }
 
 static int do_redrive(const struct sc_config *cfg, const struct cli *cli)
@@ -287,8 +286,8 @@ static int cmd_check_config(int argc, char **argv, const struct command *cmd)
     json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     fputc('\n', stdout);
     json_decref(j);
-    fprintf(stderr, "%s: configuration is valid (%zu pipeline%s)\n", cli.config,
-            cfg->npipelines, cfg->npipelines == 1 ? "" : "s");
+    fprintf(stderr, "%s: configuration is valid (%zu pipeline%s)\n", cli.config, cfg->npipelines,
+            cfg->npipelines == 1 ? "" : "s");
     sc_config_free(cfg);
     return SC_EXIT_OK;
 }

@@ -16,7 +16,8 @@
 void sc_print_version(FILE *out)
 {
     int pq = PQlibVersion();
-    fprintf(out, "sidecar %s (librdkafka %s, libpq %d.%d, jansson %s, libcurl %s, libmicrohttpd %s)\n",
+    fprintf(out,
+            "sidecar %s (librdkafka %s, libpq %d.%d, jansson %s, libcurl %s, libmicrohttpd %s)\n",
             SIDECAR_VERSION, rd_kafka_version_str(), pq / 10000, pq % 100, jansson_version_str(),
             curl_version_info(CURLVERSION_NOW)->version, MHD_get_version());
 }
@@ -25,12 +26,6 @@ static int not_yet(const char *what)
 {
     fprintf(stderr, "sidecar %s: not implemented yet\n", what);
     return SC_EXIT_FAILURE;
-}
-
-int sc_cmd_run(const struct sc_config *cfg)
-{
-    (void)cfg;
-    return not_yet("run");
 }
 
 int sc_cmd_status(const struct sc_config *cfg, bool json)

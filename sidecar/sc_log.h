@@ -47,10 +47,10 @@ int sc_log_level_parse(const char *s);
 void sc_log(enum sc_log_level level, const struct sc_log_fields *f, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
-#define sc_debug(f, ...)                                                                           \
-    do {                                                                                           \
-        if (sc_log_enabled(SC_LOG_DEBUG))                                                          \
-            sc_log(SC_LOG_DEBUG, f, __VA_ARGS__);                                                  \
+#define sc_debug(f, ...)                          \
+    do {                                          \
+        if (sc_log_enabled(SC_LOG_DEBUG))         \
+            sc_log(SC_LOG_DEBUG, f, __VA_ARGS__); \
     } while (0)
 #define sc_info(f, ...)  sc_log(SC_LOG_INFO, f, __VA_ARGS__)
 #define sc_warn(f, ...)  sc_log(SC_LOG_WARN, f, __VA_ARGS__)

@@ -1,0 +1,154 @@
+/*
+ * sc_db.c - a PostgreSQL session with lazy (re)connection and prepared
+ * statements (see sc_db.h).
+ */
+#include "sc_db.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sc_log.h"
+
+void sc_db_init(struct sc_db *db, const char *dsn, const char *schema, const char *app_name,
+                int connect_timeout_ms)
+{
+    memset(db, 0, sizeof(*db));
+    db->dsn = sc_xstrdup(dsn);
+    db->app_name = sc_xstrdup(app_name);
+    db->connect_timeout_ms = connect_timeout_ms;
+    db->schema_q = sc_pg_quote_ident(schema);
+    sc_backoff_init(&db->backoff, 100, 5000);
+}
+
+void sc_db_close(struct sc_db *db)
+{
+    if (db->conn)
+        PQfinish(db->conn);
+    free(db->dsn);
+    free(db->app_name);
+    free(db->schema_q);
+    memset(db, 0, sizeof(*db));
+}
+
+void sc_db_reset(struct sc_db *db)
+{
+    if (db->conn) {
+        PQfinish(db->conn);
+        db->conn = NULL;
+    }
+    db->nprepared = 0;
+}
+
+int sc_db_connect(struct sc_db *db, bool force)
+{
+    if (db->conn && PQstatus(db->conn) == CONNECTION_OK)
+        return 0;
+    sc_db_reset(db);
+    int64_t now = sc_mono_ms();
+    if (!force && now < db->next_connect_ms) {
+        return -1;
+    }
+    db->conn = sc_pg_connect(db->dsn, db->app_name, db->connect_timeout_ms, db->last_error,
+                             sizeof(db->last_error));
+    if (!db->conn) {
+        db->next_connect_ms = sc_mono_ms() + sc_backoff_next(&db->backoff);
+        if (!db->logged_down) {
+            sc_warn(NULL, "%s; retrying with backoff", db->last_error);
+            db->logged_down = true;
+        }
+        return -1;
+    }
+    if (db->logged_down)
+        sc_info(NULL, "reconnected to PostgreSQL");
+    db->logged_down = false;
+    sc_backoff_reset(&db->backoff);
+    db->next_connect_ms = 0;
+    return 0;
+}
+
+char *sc_db_expand(const struct sc_db *db, const char *sql)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    size_t ql = strlen(db->schema_q);
+    for (const char *p = sql; *p;) {
+        if (p[0] == '{' && p[1] == 'S' && p[2] == '}') {
+            (void)!sc_buf_append(&b, db->schema_q, ql);
+            p += 3;
+        } else {
+            (void)!sc_buf_putc(&b, *p++);
+        }
+    }
+    (void)!sc_buf_putc(&b, '\0');
+    return b.data;
+}
+
+static PGresult *check_result(struct sc_db *db, PGresult *res, enum sc_pg_errclass *cls)
+{
+    ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
+    if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
+        *cls = SC_PG_OK;
+        return res;
+    }
+    *cls = sc_pg_classify(db->conn, res);
+    sc_pg_errmsg(db->conn, res, db->last_error, sizeof(db->last_error));
+    PQclear(res);
+    if (*cls == SC_PG_RETRY || PQstatus(db->conn) != CONNECTION_OK) {
+        *cls = SC_PG_RETRY;
+        if (!db->logged_down)
+            sc_warn(NULL, "PostgreSQL: %s; will reconnect", db->last_error);
+        db->logged_down = true;
+        sc_db_reset(db);
+    }
+    return NULL;
+}
+
+static bool is_prepared(const struct sc_db *db, const struct sc_stmt *st)
+{
+    for (size_t i = 0; i < db->nprepared; i++)
+        if (db->prepared[i] == st)
+            return true;
+    return false;
+}
+
+PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
+                     enum sc_pg_errclass *cls)
+{
+    if (sc_db_connect(db, false) != 0) {
+        *cls = SC_PG_RETRY;
+        return NULL;
+    }
+    if (!is_prepared(db, st)) {
+        char *sql = sc_db_expand(db, st->sql);
+        PGresult *res = PQprepare(db->conn, st->name, sql, st->nparams, NULL);
+        free(sql);
+        if (!check_result(db, res, cls))
+            return NULL;
+        PQclear(res);
+        if (db->nprepared < SC_DB_MAX_STMTS)
+            db->prepared[db->nprepared++] = st;
+    }
+    PGresult *res = PQexecPrepared(db->conn, st->name, st->nparams, params, NULL, NULL, 0);
+    return check_result(db, res, cls);
+}
+
+PGresult *sc_db_exec_once(struct sc_db *db, const char *sql, int nparams, const char *const *params,
+                          enum sc_pg_errclass *cls)
+{
+    if (sc_db_connect(db, false) != 0) {
+        *cls = SC_PG_RETRY;
+        return NULL;
+    }
+    char *q = sc_db_expand(db, sql);
+    PGresult *res = PQexecParams(db->conn, q, nparams, NULL, params, NULL, NULL, 0);
+    free(q);
+    return check_result(db, res, cls);
+}
+
+const char *sc_i64(char *buf, int64_t v)
+{
+    snprintf(buf, 24, "%" PRId64, v);
+    return buf;
+}

@@ -1,0 +1,33 @@
+/*
+ * sc_failpoint - test-only crash points, inert unless the SIDECAR_FAILPOINTS
+ * environment variable names them (and compiled out entirely when the build
+ * option SIDECAR_FAILPOINTS is OFF).
+ *
+ *   SIDECAR_FAILPOINTS="after_pend=kill@0.02,after_write=kill#5,file_mid_write=stop@0.01"
+ *
+ * Each entry is NAME=ACTION with an optional trigger: @P fires with
+ * probability P on each pass, #N fires on the Nth pass (default: every
+ * pass).  Actions: kill (SIGKILL self), stop (SIGSTOP self), exit (_exit 99),
+ * sleep:MS.  Points: after_pend, file_mid_write, after_write, after_commit,
+ * after_lease.
+ */
+#ifndef SC_FAILPOINT_H
+#define SC_FAILPOINT_H
+
+#include <stdbool.h>
+
+#ifdef SC_FAILPOINTS
+void sc_failpoint_init(void);
+void sc_failpoint_hit(const char *name);
+bool sc_failpoint_is_armed(const char *name);
+#define sc_failpoint(name)       sc_failpoint_hit(name)
+#define sc_failpoint_armed(name) sc_failpoint_is_armed(name)
+#else
+static inline void sc_failpoint_init(void)
+{
+}
+#define sc_failpoint(name)       ((void)0)
+#define sc_failpoint_armed(name) false
+#endif
+
+#endif

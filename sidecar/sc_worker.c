@@ -1,0 +1,1045 @@
+/*
+ * sc_worker.c - a delivery worker: serves the partitions pinned to it,
+ * turning buffered records into batches and running each batch through the
+ * checkpoint protocol (sc_checkpoint.c): pend -> sink write -> commit.
+ *
+ * Every partition assigned to this worker has its fetch queue forwarded to
+ * the worker's one queue, so the worker blocks on a single queue and
+ * per-partition order is the order of arrival.  Records stay in librdkafka
+ * message objects until their batch is committed; a batch is an array of
+ * views (struct sc_record) into them, so nothing is copied per record.
+ *
+ * A partition whose buffer grows past twice the batch limits is paused in
+ * librdkafka (the poll loop never blocks), and resumed once it drains.
+ * A sink that asks for a retry puts only its partition into backoff.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sc_failpoint.h"
+#include "sc_lease.h"
+#include "sc_log.h"
+#include "sc_metrics.h"
+#include "sc_pipeline.h"
+
+enum op_kind {
+    OP_ADD,
+    OP_REACQUIRED,
+    OP_REMOVE,
+};
+
+struct op {
+    enum op_kind kind;
+    struct sc_part *p;
+    char reason[32];
+    struct op *next;
+};
+
+struct sc_worker {
+    struct sc_pipeline *pl;
+    int id;
+    pthread_t thread;
+    bool started;
+    rd_kafka_queue_t *queue;
+    struct sc_db db;
+    struct sc_sink *sink;
+    char name[64];
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct op *inbox, *inbox_tail; /* under lock */
+    int removals_pending;          /* under lock */
+    atomic_int nparts;
+    atomic_bool stop;
+
+    struct sc_part *parts; /* worker-owned */
+    struct sc_record *recs;
+    size_t recs_cap;
+    struct sc_header *hdrs;
+    size_t hdrs_len, hdrs_cap;
+    struct sc_batch_result result;
+};
+
+#define BATCH_DRAIN   512
+#define ERROR_POLL_MS 5000
+
+static struct sc_cp_key key_of(const struct sc_part *p)
+{
+    return (struct sc_cp_key){
+        .pipeline = p->pl->pc->name,
+        .topic = p->topic,
+        .partition = p->partition,
+        .owner = p->pl->cfg->instance_id,
+    };
+}
+
+/* ---- inbox ------------------------------------------------------------ */
+
+static void post(struct sc_worker *w, enum op_kind kind, struct sc_part *p, const char *reason)
+{
+    struct op *op = sc_xcalloc(1, sizeof(*op));
+    op->kind = kind;
+    op->p = p;
+    if (reason)
+        snprintf(op->reason, sizeof(op->reason), "%s", reason);
+    pthread_mutex_lock(&w->lock);
+    if (kind == OP_REMOVE)
+        w->removals_pending++;
+    if (w->inbox_tail)
+        w->inbox_tail->next = op;
+    else
+        w->inbox = op;
+    w->inbox_tail = op;
+    pthread_mutex_unlock(&w->lock);
+    rd_kafka_queue_yield(w->queue);
+}
+
+void sc_worker_add(struct sc_worker *w, struct sc_part *p)
+{
+    atomic_fetch_add(&w->nparts, 1);
+    post(w, OP_ADD, p, NULL);
+}
+
+void sc_worker_reacquired(struct sc_worker *w, struct sc_part *p)
+{
+    post(w, OP_REACQUIRED, p, NULL);
+}
+
+void sc_worker_remove(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    post(w, OP_REMOVE, p, reason);
+}
+
+int sc_worker_wait_removed(struct sc_worker *w, int64_t deadline_ms)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->removals_pending > 0) {
+        int64_t left = deadline_ms - sc_mono_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        int64_t ns = ts.tv_nsec + (left < 100 ? left : 100) * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+    }
+    int rc = w->removals_pending > 0 ? -1 : 0;
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+int sc_worker_nparts(struct sc_worker *w)
+{
+    return atomic_load(&w->nparts);
+}
+
+/* ---- partition buffer --------------------------------------------------- */
+
+static int64_t *arrivals(struct sc_part *p)
+{
+    return (int64_t *)(p->msgs + p->cap);
+}
+
+static void buf_push(struct sc_part *p, rd_kafka_message_t *m, int64_t now)
+{
+    if (p->head + p->len == p->cap) {
+        if (p->head > 0) {
+            memmove(p->msgs, p->msgs + p->head, p->len * sizeof(*p->msgs));
+            memmove(arrivals(p), arrivals(p) + p->head, p->len * sizeof(int64_t));
+            p->head = 0;
+        }
+        if (p->len == p->cap) {
+            size_t cap = p->cap ? p->cap * 2 : 256;
+            /* msgs and arrival times share one allocation: [cap pointers][cap int64]. */
+            void *mem = sc_xmalloc(cap * (sizeof(*p->msgs) + sizeof(int64_t)));
+            rd_kafka_message_t **msgs = mem;
+            int64_t *arr = (int64_t *)(msgs + cap);
+            if (p->len) {
+                memcpy(msgs, p->msgs, p->len * sizeof(*msgs));
+                memcpy(arr, arrivals(p), p->len * sizeof(int64_t));
+            }
+            free(p->msgs);
+            p->msgs = msgs;
+            p->cap = cap;
+        }
+    }
+    p->msgs[p->head + p->len] = m;
+    arrivals(p)[p->head + p->len] = now;
+    p->len++;
+    p->buffered_bytes += (int64_t)(m->len + m->key_len);
+}
+
+static rd_kafka_message_t *buf_at(const struct sc_part *p, size_t i)
+{
+    return p->msgs[p->head + i];
+}
+
+/* Destroys the first n buffered messages. */
+static void buf_drop(struct sc_part *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_t *m = p->msgs[p->head + i];
+        p->buffered_bytes -= (int64_t)(m->len + m->key_len);
+        rd_kafka_message_destroy(m);
+    }
+    p->head += n;
+    p->len -= n;
+    if (p->len == 0)
+        p->head = 0;
+}
+
+static void buf_clear(struct sc_part *p)
+{
+    buf_drop(p, p->len);
+    p->buffered_bytes = 0;
+}
+
+static void set_paused(struct sc_part *p, bool pause)
+{
+    if (p->paused == pause)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
+    rd_kafka_resp_err_t err =
+        pause ? rd_kafka_pause_partitions(p->pl->rk, l) : rd_kafka_resume_partitions(p->pl->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        p->paused = pause;
+    sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
+}
+
+/* Pauses a partition that buffers more than two batches; resumes it below one. */
+static void apply_backpressure(struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    bool over = p->len >= 2 * (size_t)bc->max_records || p->buffered_bytes >= 2 * bc->max_bytes;
+    bool under = p->len <= (size_t)bc->max_records && p->buffered_bytes <= bc->max_bytes;
+    if (over && !p->paused)
+        set_paused(p, true);
+    else if (under && p->paused && p->state == SC_PART_ACTIVE)
+        set_paused(p, false);
+}
+
+/*
+ * How many buffered messages, starting at index from, make the next batch,
+ * if that batch is ready now (full by count or bytes, or its first record
+ * waited max_wait_ms); 0 if not ready.
+ */
+static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, bool full_only)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    if (from >= p->len)
+        return 0;
+    size_t n = 0;
+    int64_t bytes = 0;
+    while (from + n < p->len && n < (size_t)bc->max_records) {
+        const rd_kafka_message_t *m = buf_at(p, from + n);
+        int64_t sz = (int64_t)(m->len + m->key_len);
+        if (n > 0 && bytes + sz > bc->max_bytes)
+            return n; /* the next record would overflow: this batch is full */
+        bytes += sz;
+        n++;
+        if (bytes >= bc->max_bytes)
+            return n;
+    }
+    if (n == (size_t)bc->max_records)
+        return n;
+    if (full_only)
+        return 0;
+    if (now - arrivals((struct sc_part *)p)[p->head + from] >= bc->max_wait_ms)
+        return n;
+    return 0;
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+/* Fills w->recs with views of buffered messages [from, from+n). */
+static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, size_t n)
+{
+    if (n > w->recs_cap) {
+        w->recs_cap = n;
+        w->recs = sc_xrealloc(w->recs, n * sizeof(*w->recs));
+    }
+    w->hdrs_len = 0;
+    /* First pass: collect header counts so the header array never moves under us. */
+    size_t total_hdrs = 0;
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_headers_t *hs = NULL;
+        if (rd_kafka_message_headers(buf_at(p, from + i), &hs) == RD_KAFKA_RESP_ERR_NO_ERROR)
+            total_hdrs += rd_kafka_header_cnt(hs);
+    }
+    if (total_hdrs > w->hdrs_cap) {
+        w->hdrs_cap = total_hdrs;
+        w->hdrs = sc_xrealloc(w->hdrs, total_hdrs * sizeof(*w->hdrs));
+    }
+    for (size_t i = 0; i < n; i++) {
+        rd_kafka_message_t *m = buf_at(p, from + i);
+        struct sc_record *r = &w->recs[i];
+        rd_kafka_timestamp_type_t tstype;
+        r->topic = p->topic;
+        r->partition = p->partition;
+        r->offset = m->offset;
+        r->timestamp = rd_kafka_message_timestamp(m, &tstype);
+        if (tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+            r->timestamp = -1;
+        r->key = m->key;
+        r->key_len = m->key ? m->key_len : 0;
+        r->value = m->payload;
+        r->value_len = m->payload ? m->len : 0;
+        r->headers = NULL;
+        r->nheaders = 0;
+        rd_kafka_headers_t *hs = NULL;
+        if (rd_kafka_message_headers(m, &hs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+            r->headers = w->hdrs + w->hdrs_len;
+            const char *name;
+            const void *val;
+            size_t size;
+            for (size_t j = 0;
+                 rd_kafka_header_get_all(hs, j, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
+                 j++) {
+                w->hdrs[w->hdrs_len++] = (struct sc_header){name, val, size};
+                r->nheaders++;
+            }
+        }
+    }
+}
+
+static uint32_t checksum_of(const struct sc_worker *w, size_t n)
+{
+    uint32_t crc = 0;
+    for (size_t i = 0; i < n; i++)
+        crc = sc_record_checksum(crc, &w->recs[i]);
+    return crc;
+}
+
+static void mirror_commit(struct sc_part *p, int64_t next_offset)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = next_offset;
+    rd_kafka_resp_err_t err = rd_kafka_commit(p->pl->rk, l, 1 /* async */);
+    if (err)
+        sc_debug(&p->log, "could not mirror offset %" PRId64 " to Kafka: %s", next_offset,
+                 rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* ---- state changes ------------------------------------------------------ */
+
+static void part_stop_delivering(struct sc_part *p, enum sc_part_state state)
+{
+    p->state = state;
+    buf_clear(p);
+    set_paused(p, true);
+    atomic_store(&p->m->pending, 0);
+}
+
+static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why, bool count)
+{
+    if (p->state == SC_PART_FENCED)
+        return;
+    if (count) {
+        sc_warn(&p->log,
+                "fenced: %s; epoch %" PRId64 " is no longer current, stopping the partition "
+                "(another instance owns it, or it was reset)",
+                why, p->cp.epoch);
+        sc_counter_add(&p->m->fenced, 1);
+        struct sc_cp_key k = key_of(p);
+        sc_checkpoint_note_fenced(&w->db, &k, p->cp.epoch, why);
+    } else {
+        sc_info(&p->log, "%s; re-reading the checkpoint", why);
+    }
+    part_stop_delivering(p, SC_PART_FENCED);
+    atomic_store(&p->lease_valid_until_ms, 0);
+    atomic_store(&p->need_reacquire, true);
+}
+
+static void part_error(struct sc_worker *w, struct sc_part *p, const char *message)
+{
+    struct sc_cp_key k = key_of(p);
+    sc_error(&p->log, "partition stopped in error state: %s", message);
+    enum sc_cp_status s;
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 200, 5000);
+    while ((s = sc_checkpoint_fail(&w->db, &k, &p->cp, message)) == SC_CP_UNAVAILABLE &&
+           !*p->pl->stop)
+        sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+    if (s == SC_CP_FENCED || s == SC_CP_CONFLICT) {
+        part_fenced(w, p, "while recording an error", s == SC_CP_FENCED);
+        return;
+    }
+    atomic_store(&p->m->error, 1);
+    part_stop_delivering(p, SC_PART_ERROR);
+    p->error_poll_ms = sc_mono_ms() + ERROR_POLL_MS;
+}
+
+/*
+ * After an unknown outcome (connection lost mid-statement), reads the row
+ * back until PostgreSQL answers, and decides: 1 = the write took effect,
+ * 0 = it did not (retry it), -1 = neither (fenced or changed: re-acquire).
+ */
+static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp *before,
+                     const struct sc_cp *after)
+{
+    struct sc_cp_key k = key_of(p);
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 100, 5000);
+    for (;;) {
+        if (*p->pl->stop)
+            return -2;
+        struct sc_cp now;
+        enum sc_cp_status s = sc_checkpoint_load(&w->db, &k, &now);
+        if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+            sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+            continue;
+        }
+        if (s != SC_CP_OK || now.epoch != before->epoch || now.error)
+            return -1;
+#define SAME(a, b)                                                              \
+    ((a)->has_committed == (b)->has_committed &&                                \
+     (!(a)->has_committed || (a)->committed_offset == (b)->committed_offset) && \
+     (a)->committed_write_offset == (b)->committed_write_offset &&              \
+     (a)->has_pending == (b)->has_pending &&                                    \
+     (!(a)->has_pending ||                                                      \
+      ((a)->pending_first == (b)->pending_first && (a)->pending_last == (b)->pending_last)))
+        if (SAME(&now, after))
+            return 1;
+        if (SAME(&now, before))
+            return 0;
+#undef SAME
+        return -1;
+    }
+}
+
+/*
+ * Runs one checkpoint write (fn applied to a copy of p->cp) until it has a
+ * definite outcome.  Returns true when it took effect (p->cp updated).
+ */
+typedef enum sc_cp_status (*cp_write_fn)(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                         const void *arg);
+
+static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn fn,
+                             const void *arg, const char *what)
+{
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 100, 5000);
+    for (;;) {
+        struct sc_cp cp = p->cp;
+        int64_t t0 = sc_mono_ns();
+        enum sc_cp_status s = fn(w, p, &cp, arg);
+        sc_hist_observe_ns(&p->m->checkpoint_seconds, sc_mono_ns() - t0);
+        switch (s) {
+        case SC_CP_OK:
+            p->cp = cp;
+            return true;
+        case SC_CP_FENCED:
+            part_fenced(w, p, what, true);
+            return false;
+        case SC_CP_CONFLICT:
+            part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
+            return false;
+        case SC_CP_FAILED:
+            sc_error(&p->log, "checkpoint %s failed: %s; retrying", what, w->db.last_error);
+            /* a broken statement is retried slowly, never skipped */
+            __attribute__((fallthrough));
+        case SC_CP_UNAVAILABLE: {
+            /* cp now holds what the write would have produced: compare it with the row. */
+            int r = reconcile(w, p, &p->cp, &cp);
+            if (r == 1) {
+                p->cp = cp;
+                return true;
+            }
+            if (r == -1) {
+                part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+                return false;
+            }
+            if (r == -2)
+                return false;
+            sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+            if (*p->pl->stop)
+                return false;
+            continue;
+        }
+        }
+    }
+}
+
+/* The three writes of the protocol, shaped for checkpoint_write(). */
+struct pend_args {
+    int64_t first, last;
+    int32_t count;
+    uint32_t checksum;
+};
+
+struct commit_args {
+    int64_t next_offset, next_write_offset;
+    bool replay;
+    bool and_pend;
+    struct pend_args pend;
+};
+
+/*
+ * The sc_checkpoint_* functions update *cp only on success; for the
+ * reconcile path we need the intended "after" state even on failure, so
+ * each wrapper applies the change to *cp itself when the outcome is unknown.
+ */
+static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                 const void *arg)
+{
+    const struct pend_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s =
+        sc_checkpoint_pend(&w->db, &k, cp, a->first, a->last, a->count, a->checksum);
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_pending = true;
+        cp->pending_first = a->first;
+        cp->pending_last = a->last;
+        cp->pending_count = a->count;
+        cp->pending_checksum = a->checksum;
+        cp->pending_write_offset = cp->committed_write_offset;
+    }
+    return s;
+}
+
+static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                   const void *arg)
+{
+    const struct commit_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s;
+    if (a->and_pend)
+        s = sc_checkpoint_commit_and_pend(&w->db, &k, cp, a->next_offset, a->next_write_offset,
+                                          a->replay, a->pend.first, a->pend.last, a->pend.count,
+                                          a->pend.checksum);
+    else
+        s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay);
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_committed = true;
+        cp->committed_offset = a->next_offset;
+        cp->committed_write_offset = a->next_write_offset;
+        cp->has_pending = a->and_pend;
+        if (a->and_pend) {
+            cp->pending_first = a->pend.first;
+            cp->pending_last = a->pend.last;
+            cp->pending_count = a->pend.count;
+            cp->pending_checksum = a->pend.checksum;
+            cp->pending_write_offset = a->next_write_offset;
+        }
+    }
+    return s;
+}
+
+struct start_args {
+    int64_t offset;
+};
+
+static enum sc_cp_status do_set_start(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                      const void *arg)
+{
+    const struct start_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s = sc_checkpoint_set_start(&w->db, &k, cp, a->offset, "start_from latest");
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_committed = true;
+        cp->committed_offset = a->offset;
+    }
+    return s;
+}
+
+/* ---- recovery ------------------------------------------------------------ */
+
+struct owner_check {
+    struct sc_worker *w;
+    struct sc_part *p;
+};
+
+static int still_owner(void *arg)
+{
+    struct owner_check *oc = arg;
+    struct sc_cp_key k = key_of(oc->p);
+    return sc_checkpoint_still_owner(&oc->w->db, &k, oc->p->cp.epoch);
+}
+
+/* STARTING -> ACTIVE: opens the sink destination and makes it agree with the checkpoint. */
+static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    if (p->cp.error) {
+        sc_error(&p->log,
+                 "partition is in the error state: %s (fix the cause, then reset it: see "
+                 "README \"Getting a partition out of the error state\")",
+                 p->cp.error_msg);
+        atomic_store(&p->m->error, 1);
+        part_stop_delivering(p, SC_PART_ERROR);
+        p->error_poll_ms = now + ERROR_POLL_MS;
+        return;
+    }
+    atomic_store(&p->m->error, 0);
+    char err[512] = "";
+    if (!p->sink_part && w->sink->type->part_open &&
+        w->sink->type->part_open(
+            w->sink, &(struct sc_part_ref){p->pl->pc->name, p->topic, p->partition, p->cp.epoch},
+            &p->sink_part, err, sizeof(err)) != 0) {
+        sc_error(&p->log, "%s; retrying", err);
+        p->retry_at_ms = now + sc_backoff_next(&p->backoff);
+        return;
+    }
+    if (!p->sink_recovered && w->sink->type->part_recover) {
+        struct owner_check oc = {w, p};
+        int rc = w->sink->type->part_recover(w->sink, p->sink_part, p->cp.committed_write_offset,
+                                             still_owner, &oc, err, sizeof(err));
+        if (rc == -2) {
+            part_error(w, p, err);
+            return;
+        }
+        if (rc != 0) {
+            if (still_owner(&oc) != 0) {
+                part_fenced(w, p, "lease lost during recovery", true);
+                return;
+            }
+            sc_error(&p->log, "%s; retrying", err);
+            p->retry_at_ms = now + sc_backoff_next(&p->backoff);
+            return;
+        }
+    }
+    p->sink_recovered = true;
+    sc_backoff_reset(&p->backoff);
+
+    /* start_from latest with no checkpoint yet: the start offset becomes one. */
+    if (!p->cp.has_committed && !p->cp.has_pending && p->start_offset >= 0) {
+        struct start_args a = {p->start_offset};
+        if (!checkpoint_write(w, p, do_set_start, &a, "setting the start offset"))
+            return;
+    }
+    p->replay = p->cp.has_pending;
+    if (p->replay) {
+        sc_info(&p->log,
+                "replaying pending batch [%" PRId64 "..%" PRId64 "] (%d records) at write offset "
+                "%" PRId64 " left by the previous owner",
+                p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
+                p->cp.pending_write_offset);
+        atomic_store(&p->m->pending, 1);
+    }
+    p->state = SC_PART_ACTIVE;
+    set_paused(p, false);
+    apply_backpressure(p);
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
+/*
+ * Number of buffered messages that belong to the pending batch, or -1 while
+ * the buffer does not reach its last offset yet (a replay still fetching).
+ */
+static ssize_t pending_span(const struct sc_part *p)
+{
+    if (!p->replay)
+        return p->cp.pending_count <= (int32_t)p->len ? p->cp.pending_count : -1;
+    size_t n = 0;
+    while (n < p->len && buf_at(p, n)->offset <= p->cp.pending_last)
+        n++;
+    if (n == p->len && (n == 0 || buf_at(p, n - 1)->offset < p->cp.pending_last))
+        return -1; /* not complete yet */
+    return (ssize_t)n;
+}
+
+static void service(struct sc_worker *w, struct sc_part *p)
+{
+    int64_t now = sc_mono_ms();
+    if (p->state == SC_PART_STARTING) {
+        if (now < p->retry_at_ms)
+            return;
+        part_start(w, p, now);
+        if (p->state != SC_PART_ACTIVE)
+            return;
+    }
+    if (p->state == SC_PART_ERROR && now >= p->error_poll_ms) {
+        /* An operator may have reset the row (SQL or `sidecar reset`): look again. */
+        p->error_poll_ms = now + ERROR_POLL_MS;
+        struct sc_cp_key k = key_of(p);
+        struct sc_cp row;
+        if (sc_checkpoint_load(&w->db, &k, &row) == SC_CP_OK &&
+            (!row.error || row.epoch != p->cp.epoch)) {
+            atomic_store(&p->m->error, 0);
+            part_fenced(w, p, "the error state was cleared", false);
+        }
+        return;
+    }
+    if (p->state != SC_PART_ACTIVE || now < p->retry_at_ms)
+        return;
+    if (atomic_load(&p->lease_valid_until_ms) < now)
+        return; /* renewal is late (PostgreSQL down?): write nothing we might not own */
+
+    const struct sc_pipeline_conf *pc = p->pl->pc;
+    for (;;) {
+        if (*p->pl->stop && !p->cp.has_pending)
+            return; /* shutting down: finish what is pending, start nothing new */
+        if (!p->cp.has_pending) {
+            size_t n = ready_count(p, 0, now, false);
+            if (n == 0)
+                return;
+            build_records(w, p, 0, n);
+            struct pend_args a = {buf_at(p, 0)->offset, buf_at(p, n - 1)->offset, (int32_t)n,
+                                  checksum_of(w, n)};
+            if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
+                return;
+            atomic_store(&p->m->pending, 1);
+            sc_failpoint("after_pend");
+        }
+
+        ssize_t span = pending_span(p);
+        if (span < 0)
+            return; /* replay: the pending range is still being fetched */
+        size_t n = (size_t)span;
+        build_records(w, p, 0, n);
+        if (p->replay) {
+            uint32_t crc = checksum_of(w, n);
+            if ((int32_t)n != p->cp.pending_count || crc != p->cp.pending_checksum) {
+                char msg[256];
+                snprintf(msg, sizeof(msg),
+                         "pending batch [%" PRId64 "..%" PRId64 "] does not match what Kafka "
+                         "returns now: expected %d records with checksum %u, found %zu with "
+                         "checksum %u (records deleted by retention or compaction, or the topic "
+                         "was recreated)",
+                         p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
+                         p->cp.pending_checksum, n, crc);
+                part_error(w, p, msg);
+                return;
+            }
+        }
+        struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+        struct sc_batch b = {
+            .part = &ref,
+            .records = w->recs,
+            .count = n,
+            .first_offset = p->cp.pending_first,
+            .last_offset = p->cp.pending_last,
+            .checksum = p->cp.pending_checksum,
+            .write_offset = p->cp.pending_write_offset,
+            .replay = p->replay,
+        };
+        char err[512] = "";
+        sc_batch_result_clear(&w->result);
+        int64_t t0 = sc_mono_ns();
+        enum sc_sink_result sr =
+            w->sink->type->write(w->sink, p->sink_part, &b, NULL, &w->result, err, sizeof(err));
+        sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+        if (sr == SC_SINK_RETRY) {
+            sc_counter_add(&p->m->sink_errors, 1);
+            int delay = sc_backoff_next(&p->backoff);
+            sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+            p->retry_at_ms = sc_mono_ms() + delay;
+            return;
+        }
+        if (sr == SC_SINK_ERROR) {
+            sc_counter_add(&p->m->sink_errors, 1);
+            part_error(w, p, err);
+            return;
+        }
+        sc_backoff_reset(&p->backoff);
+        sc_failpoint("after_write");
+
+        /* Commit; if the next batch is already full, pend it in the same statement. */
+        bool was_replay = p->replay;
+        struct commit_args c = {
+            .next_offset = p->cp.pending_last + 1,
+            .next_write_offset = w->result.next_write_offset,
+            .replay = was_replay,
+        };
+        size_t next = ready_count(p, n, now, true);
+        if (next > 0 && !*p->pl->stop) {
+            build_records(w, p, n, next);
+            c.and_pend = true;
+            c.pend = (struct pend_args){buf_at(p, n)->offset, buf_at(p, n + next - 1)->offset,
+                                        (int32_t)next, checksum_of(w, next)};
+        }
+        if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
+            return;
+        sc_failpoint("after_commit");
+        p->replay = false;
+        atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
+        sc_counter_add(&p->m->records_delivered, n);
+        sc_counter_add(&p->m->batches_committed, 1);
+        if (was_replay) {
+            sc_counter_add(&p->m->replays, 1);
+            sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
+        }
+        mirror_commit(p, c.next_offset);
+        buf_drop(p, n);
+        apply_backpressure(p);
+        if (!c.and_pend)
+            return;
+    }
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static struct sc_part *find_part(struct sc_worker *w, const char *topic, int32_t partition)
+{
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    return NULL;
+}
+
+static void process_inbox(struct sc_worker *w);
+
+static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+        m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        char msg[512];
+        if (p->replay || p->cp.has_pending)
+            snprintf(msg, sizeof(msg),
+                     "pending batch [%" PRId64 "..%" PRId64 "] is no longer readable from Kafka "
+                     "(%s): records deleted by retention or the topic was recreated",
+                     p->cp.pending_first, p->cp.pending_last, rd_kafka_message_errstr(m));
+        else
+            snprintf(msg, sizeof(msg),
+                     "checkpoint offset %" PRId64 " is out of range in Kafka (%s): records "
+                     "deleted by retention or the topic was recreated",
+                     p->next_expected, rd_kafka_message_errstr(m));
+        part_error(w, p, msg);
+        return;
+    }
+    sc_warn(&p->log, "consumer error: %s", rd_kafka_message_errstr(m));
+}
+
+static void dispatch(struct sc_worker *w, rd_kafka_message_t *m)
+{
+    const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
+    struct sc_part *p = topic ? find_part(w, topic, m->partition) : NULL;
+    if (!p && topic) {
+        /* An ADD is always posted before the partition is assigned: take it now. */
+        process_inbox(w);
+        p = find_part(w, topic, m->partition);
+    }
+    if (!p) {
+        if (m->err)
+            sc_warn(NULL, "consumer error: %s", rd_kafka_message_errstr(m));
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if (m->err) {
+        if (p->state == SC_PART_ACTIVE || p->state == SC_PART_STARTING)
+            on_consume_error(w, p, m);
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if ((p->state != SC_PART_ACTIVE && p->state != SC_PART_STARTING) ||
+        m->offset < p->next_expected) {
+        rd_kafka_message_destroy(m); /* not ours any more, or already buffered */
+        return;
+    }
+    p->next_expected = m->offset + 1;
+    sc_counter_add(&p->m->records_consumed, 1);
+    buf_push(p, m, sc_mono_ms());
+    if (p->len == 1 || p->len % 256 == 0)
+        apply_backpressure(p);
+}
+
+/* ---- partition add / remove ------------------------------------------- */
+
+static void take_handover(struct sc_part *p)
+{
+    p->cp = p->handover_cp;
+    p->cp.epoch = p->handover_epoch;
+    p->state = SC_PART_STARTING;
+    p->sink_recovered = false;
+    p->replay = false;
+    p->retry_at_ms = 0;
+    p->next_expected = p->start_offset >= 0 ? p->start_offset : 0;
+    sc_backoff_init(&p->backoff, 100, 30000);
+}
+
+static void part_added(struct sc_worker *w, struct sc_part *p)
+{
+    take_handover(p);
+    p->next = w->parts;
+    w->parts = p;
+    atomic_store(&p->m->owned, 1);
+}
+
+static void part_reacquired(struct sc_worker *w, struct sc_part *p)
+{
+    (void)w;
+    buf_clear(p);
+    take_handover(p);
+    /* Start reading again at the checkpoint: the seek drops what was fetched before. */
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+        p->start_offset >= 0 ? p->start_offset : RD_KAFKA_OFFSET_BEGINNING;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(p->pl->rk, l, 10000);
+    if (e || l->elems[0].err) {
+        sc_warn(&p->log, "seek to offset %" PRId64 " failed: %s", p->start_offset,
+                e ? rd_kafka_error_string(e) : rd_kafka_err2str(l->elems[0].err));
+        if (e)
+            rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    sc_info(&p->log, "lease re-acquired with epoch %" PRId64 "; resuming at offset %" PRId64,
+            p->cp.epoch, p->start_offset);
+}
+
+static void part_removed(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    if (p->sink_part && w->sink->type->part_close)
+        w->sink->type->part_close(w->sink, p->sink_part);
+    p->sink_part = NULL;
+    if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
+        struct sc_lease_held h = {p->topic, p->partition, p->cp.epoch, false};
+        if (sc_lease_release(&w->db, p->pl->pc->name, p->pl->cfg->instance_id, &h, 1, reason) != 0)
+            sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
+                    w->db.last_error);
+        else
+            sc_info(&p->log, "lease released (%s)", reason);
+    }
+    buf_clear(p);
+    free(p->msgs);
+    atomic_store(&p->m->owned, 0);
+    atomic_store(&p->m->pending, 0);
+    atomic_store(&p->m->consumer_lag, -1);
+    for (struct sc_part **pp = &w->parts; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    rd_kafka_queue_destroy(p->queue);
+    free(p->topic);
+    free(p);
+    atomic_fetch_sub(&w->nparts, 1);
+}
+
+static void process_inbox(struct sc_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    struct op *ops = w->inbox;
+    w->inbox = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->lock);
+    while (ops) {
+        struct op *op = ops;
+        ops = op->next;
+        switch (op->kind) {
+        case OP_ADD:
+            part_added(w, op->p);
+            break;
+        case OP_REACQUIRED:
+            part_reacquired(w, op->p);
+            break;
+        case OP_REMOVE:
+            part_removed(w, op->p, op->reason);
+            pthread_mutex_lock(&w->lock);
+            w->removals_pending--;
+            pthread_cond_broadcast(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+            break;
+        }
+        free(op);
+    }
+}
+
+/* ---- thread ---------------------------------------------------------------- */
+
+/* How long the worker may block: until the next batch deadline or retry, at most 100 ms. */
+static int next_timeout(struct sc_worker *w)
+{
+    int64_t now = sc_mono_ms(), wake = now + 100;
+    int max_wait = w->pl->pc->batch.max_wait_ms;
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        if (p->state == SC_PART_STARTING)
+            wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
+        if (p->state != SC_PART_ACTIVE || atomic_load(&p->lease_valid_until_ms) < now)
+            continue;
+        if (p->retry_at_ms > now) {
+            wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
+            continue;
+        }
+        if (p->len > 0 && !p->cp.has_pending) {
+            int64_t due = arrivals(p)[p->head] + max_wait;
+            wake = due < wake ? due : wake;
+        }
+    }
+    int64_t t = wake - now;
+    return t < 0 ? 0 : (int)t;
+}
+
+static void *worker_main(void *arg)
+{
+    struct sc_worker *w = arg;
+    rd_kafka_message_t *batch[BATCH_DRAIN];
+    while (!atomic_load(&w->stop)) {
+        process_inbox(w);
+        rd_kafka_message_t *m = rd_kafka_consume_queue(w->queue, next_timeout(w));
+        if (m) {
+            dispatch(w, m);
+            ssize_t n = rd_kafka_consume_batch_queue(w->queue, 0, batch, BATCH_DRAIN);
+            for (ssize_t i = 0; i < n; i++)
+                dispatch(w, batch[i]);
+        }
+        for (struct sc_part *p = w->parts; p; p = p->next)
+            service(w, p);
+    }
+    process_inbox(w);
+    return NULL;
+}
+
+struct sc_worker *sc_worker_new(struct sc_pipeline *pl, int id, char *err, size_t errsize)
+{
+    struct sc_worker *w = sc_xcalloc(1, sizeof(*w));
+    w->pl = pl;
+    w->id = id;
+    snprintf(w->name, sizeof(w->name), "kafka-sidecar/%s/worker-%d", pl->pc->name, id);
+    w->sink = sc_sink_new(pl->cfg, pl->pc, id, err, errsize);
+    if (!w->sink) {
+        free(w);
+        return NULL;
+    }
+    w->queue = rd_kafka_queue_new(pl->rk);
+    sc_db_init(&w->db, pl->cfg->postgres.dsn, pl->cfg->postgres.schema, w->name,
+               pl->cfg->postgres.connect_timeout_ms);
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    return w;
+}
+
+int sc_worker_start(struct sc_worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return -1;
+    w->started = true;
+    return 0;
+}
+
+/* The queue a partition is forwarded to (used by sc_pipeline.c). */
+rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w);
+rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w)
+{
+    return w->queue;
+}
+
+void sc_worker_stop(struct sc_worker *w)
+{
+    if (!w)
+        return;
+    atomic_store(&w->stop, true);
+    if (w->started) {
+        rd_kafka_queue_yield(w->queue);
+        pthread_join(w->thread, NULL);
+    }
+    /* Partitions the consumer thread never got to remove (hard shutdown). */
+    while (w->parts)
+        part_removed(w, w->parts, "shutdown");
+    sc_batch_result_clear(&w->result);
+    free(w->result.dead);
+    free(w->recs);
+    free(w->hdrs);
+    sc_sink_free(w->sink);
+    rd_kafka_queue_destroy(w->queue);
+    sc_db_close(&w->db);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    free(w);
+}
