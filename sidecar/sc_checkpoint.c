@@ -129,6 +129,35 @@ static const struct sc_stmt st_commit_pend = {
     15,
 };
 
+static const struct sc_stmt st_advance = {
+    "sc_cp_advance",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET committed_offset = $9::bigint + 1, committed_write_offset = $7,"
+    "  updated_at = now()"
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"
+    "  AND committed_offset IS NOT DISTINCT FROM $6"
+    " RETURNING 1),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, $2, $3, 'commit', $4, $5, $8, $9, $7,"
+    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c)"
+    " SELECT 1 FROM c",
+    10,
+};
+
+/* A replay dead-letters the same record again: one row per record, attempts add up. */
+static const struct sc_stmt st_dead = {
+    "sc_cp_dead",
+    "INSERT INTO {S}.dead_letters AS d (pipeline, topic, partition, \"offset\", envelope, key,"
+    " value, headers, error, http_status, response_excerpt, attempts)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, ($5::jsonb)->'headers', $8, $9, $10, $11)"
+    " ON CONFLICT (pipeline, topic, partition, \"offset\") DO UPDATE SET"
+    "  envelope = EXCLUDED.envelope, error = EXCLUDED.error, http_status = EXCLUDED.http_status,"
+    "  response_excerpt = EXCLUDED.response_excerpt, attempts = d.attempts + EXCLUDED.attempts,"
+    "  status = 'new', redriven_at = NULL, created_at = now()",
+    11,
+};
+
 static const struct sc_stmt st_set_start = {
     "sc_cp_set_start",
     "WITH c AS ("
@@ -271,6 +300,43 @@ static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
     return now.epoch != epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
 }
 
+enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_key *k,
+                                           const struct sc_cp_dead *dead, size_t ndead)
+{
+    for (size_t i = 0; i < ndead; i++) {
+        const struct sc_cp_dead *d = &dead[i];
+        char part[24], off[24], st[24], att[24];
+        const char *v[11] = {k->pipeline,
+                             k->topic,
+                             sc_i64(part, k->partition),
+                             sc_i64(off, d->offset),
+                             d->envelope,
+                             d->key,
+                             d->value,
+                             d->error,
+                             d->status ? sc_i64(st, d->status) : NULL,
+                             d->excerpt,
+                             sc_i64(att, d->attempts)};
+        int lens[11] = {0, 0, 0, 0, 0, (int)d->key_len, (int)d->value_len, 0, 0, 0, 0};
+        int fmts[11] = {0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0}; /* key, value: binary bytea */
+        enum sc_pg_errclass cls;
+        PGresult *res = sc_db_exec_params(db, &st_dead, v, lens, fmts, &cls);
+        if (!res)
+            return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        PQclear(res);
+    }
+    return SC_CP_OK;
+}
+
+/*
+ * Runs a conditional write together with dead letters in one transaction
+ * (BEGIN / inserts / write / COMMIT); without dead letters it is the single
+ * statement alone.
+ */
+static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
+                                        const struct params *p, const struct sc_cp_key *k,
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead);
+
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
                                      int64_t first, int64_t last, int32_t count, uint32_t checksum)
 {
@@ -303,7 +369,8 @@ static void apply_commit(struct sc_cp *cp, int64_t next_offset, int64_t next_wri
 
 enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key *k,
                                        struct sc_cp *cp, int64_t next_offset,
-                                       int64_t next_write_offset, bool replay)
+                                       int64_t next_write_offset, bool replay,
+                                       const struct sc_cp_dead *dead, size_t ndead)
 {
     struct params p;
     params_init(&p, k, cp->epoch);
@@ -313,7 +380,7 @@ enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key 
     param_str(&p, replay ? "replay" : "commit");
     param_i64(&p, cp->pending_last);
     param_i64(&p, cp->pending_count);
-    enum sc_cp_status s = run_write(db, &st_commit, &p, k, cp->epoch);
+    enum sc_cp_status s = run_write_dead(db, &st_commit, &p, k, cp->epoch, dead, ndead);
     if (s == SC_CP_OK)
         apply_commit(cp, next_offset, next_write_offset);
     return s;
@@ -322,6 +389,7 @@ enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key 
 enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct sc_cp_key *k,
                                                 struct sc_cp *cp, int64_t next_offset,
                                                 int64_t next_write_offset, bool replay,
+                                                const struct sc_cp_dead *dead, size_t ndead,
                                                 int64_t first, int64_t last, int32_t count,
                                                 uint32_t checksum)
 {
@@ -337,7 +405,7 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
     param_i64(&p, cp->pending_last);  /* $13 */
     param_i64(&p, cp->pending_count); /* $14 */
     param_str(&p, replay ? "replay" : "commit");
-    enum sc_cp_status s = run_write(db, &st_commit_pend, &p, k, cp->epoch);
+    enum sc_cp_status s = run_write_dead(db, &st_commit_pend, &p, k, cp->epoch, dead, ndead);
     if (s == SC_CP_OK) {
         apply_commit(cp, next_offset, next_write_offset);
         cp->has_pending = true;
@@ -347,6 +415,31 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
         cp->pending_checksum = checksum;
         cp->pending_write_offset = next_write_offset;
     }
+    return s;
+}
+
+enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key *k,
+                                        struct sc_cp *cp, int64_t first, int64_t last,
+                                        int32_t count, int64_t next_write_offset,
+                                        const struct sc_cp_dead *dead, size_t ndead)
+{
+    /* The caller holds the transaction open: no BEGIN/COMMIT here. */
+    enum sc_cp_status s = sc_checkpoint_store_dead(db, k, dead, ndead);
+    if (s != SC_CP_OK)
+        return s;
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    if (cp->has_committed)
+        param_i64(&p, cp->committed_offset); /* $6 */
+    else
+        param_str(&p, NULL);
+    param_i64(&p, next_write_offset); /* $7 */
+    param_i64(&p, first);             /* $8 */
+    param_i64(&p, last);              /* $9 */
+    param_i64(&p, count);             /* $10 */
+    s = run_write(db, &st_advance, &p, k, cp->epoch);
+    if (s == SC_CP_OK)
+        apply_commit(cp, last + 1, next_write_offset);
     return s;
 }
 
@@ -407,6 +500,37 @@ enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k
         s = SC_CP_OK;
     }
     PQclear(res);
+    return s;
+}
+
+static enum sc_cp_status exec_simple(struct sc_db *db, const char *sql)
+{
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec_once(db, sql, 0, NULL, &cls);
+    if (!res)
+        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+    PQclear(res);
+    return SC_CP_OK;
+}
+
+static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
+                                        const struct params *p, const struct sc_cp_key *k,
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead)
+{
+    if (ndead == 0)
+        return run_write(db, st, p, k, epoch);
+    if (!sc_db_hold(db))
+        return SC_CP_UNAVAILABLE;
+    enum sc_cp_status s = exec_simple(db, "BEGIN");
+    if (s == SC_CP_OK)
+        s = sc_checkpoint_store_dead(db, k, dead, ndead);
+    if (s == SC_CP_OK)
+        s = run_write(db, st, p, k, epoch);
+    if (s == SC_CP_OK)
+        s = exec_simple(db, "COMMIT");
+    else
+        exec_simple(db, "ROLLBACK");
+    sc_db_release(db);
     return s;
 }
 

@@ -50,24 +50,58 @@ enum sc_cp_status {
 
 const char *sc_cp_status_name(enum sc_cp_status s);
 
+/* A record the sink could not deliver, stored in dead_letters with the commit. */
+struct sc_cp_dead {
+    int64_t offset;
+    const char *envelope; /* the record's envelope (JSON text) */
+    const void *key;      /* raw bytes, NULL = null */
+    size_t key_len;
+    const void *value; /* raw bytes, NULL = null */
+    size_t value_len;
+    const char *error;
+    int status;          /* HTTP status or 0 */
+    const char *excerpt; /* response body excerpt or NULL */
+    int attempts;
+};
+
 /* Records a pending batch [first, last] (count records, checksum) at cp->committed_write_offset. */
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
                                      int64_t first, int64_t last, int32_t count, uint32_t checksum);
 
 /*
  * Commits the pending batch: next offset to deliver and next write offset.
- * replay marks the commit of a batch re-delivered after a takeover.
+ * replay marks the commit of a batch re-delivered after a takeover.  The
+ * dead letters (may be none) are stored in the same transaction: a record
+ * is never committed past unless it was delivered or dead-lettered (I3).
  */
 enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key *k,
                                        struct sc_cp *cp, int64_t next_offset,
-                                       int64_t next_write_offset, bool replay);
+                                       int64_t next_write_offset, bool replay,
+                                       const struct sc_cp_dead *dead, size_t ndead);
 
-/* Commits the pending batch and pends the next one in one statement (one round trip). */
+/* Commits the pending batch and pends the next one in one transaction (one round trip
+ * when there are no dead letters). */
 enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct sc_cp_key *k,
                                                 struct sc_cp *cp, int64_t next_offset,
                                                 int64_t next_write_offset, bool replay,
+                                                const struct sc_cp_dead *dead, size_t ndead,
                                                 int64_t first, int64_t last, int32_t count,
                                                 uint32_t checksum);
+
+/*
+ * For sinks that commit records and checkpoint in one transaction (no
+ * pending step): advances the committed position from cp (nothing pending)
+ * to the batch [first, last], storing dead letters too.  Must run on db's
+ * connection inside the caller's open transaction (see sc_db_hold()).
+ */
+enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key *k,
+                                        struct sc_cp *cp, int64_t first, int64_t last,
+                                        int32_t count, int64_t next_write_offset,
+                                        const struct sc_cp_dead *dead, size_t ndead);
+
+/* Stores dead letters (inside the caller's transaction). */
+enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_key *k,
+                                           const struct sc_cp_dead *dead, size_t ndead);
 
 /* Sets the starting offset of a partition that has no checkpoint yet (start_from latest). */
 enum sc_cp_status sc_checkpoint_set_start(struct sc_db *db, const struct sc_cp_key *k,

@@ -34,6 +34,10 @@ void sc_db_close(struct sc_db *db)
 
 void sc_db_reset(struct sc_db *db)
 {
+    if (db->hold > 0) {
+        db->broken = true; /* closed by sc_db_release() */
+        return;
+    }
     if (db->conn) {
         PQfinish(db->conn);
         db->conn = NULL;
@@ -41,10 +45,32 @@ void sc_db_reset(struct sc_db *db)
     db->nprepared = 0;
 }
 
+PGconn *sc_db_hold(struct sc_db *db)
+{
+    if (sc_db_connect(db, false) != 0)
+        return NULL;
+    db->hold++;
+    return db->conn;
+}
+
+void sc_db_release(struct sc_db *db)
+{
+    if (db->hold > 0)
+        db->hold--;
+    if (db->hold == 0 && (db->broken || (db->conn && PQstatus(db->conn) != CONNECTION_OK))) {
+        db->broken = false;
+        sc_db_reset(db);
+    }
+}
+
 int sc_db_connect(struct sc_db *db, bool force)
 {
-    if (db->conn && PQstatus(db->conn) == CONNECTION_OK)
+    if (db->conn && PQstatus(db->conn) == CONNECTION_OK && !db->broken)
         return 0;
+    if (db->hold > 0) {
+        snprintf(db->last_error, sizeof(db->last_error), "connection to PostgreSQL lost");
+        return -1; /* never swap the connection under a caller's transaction */
+    }
     sc_db_reset(db);
     int64_t now = sc_mono_ms();
     if (!force && now < db->next_connect_ms) {
@@ -95,7 +121,7 @@ static PGresult *check_result(struct sc_db *db, PGresult *res, enum sc_pg_errcla
     *cls = sc_pg_classify(db->conn, res);
     sc_pg_errmsg(db->conn, res, db->last_error, sizeof(db->last_error));
     PQclear(res);
-    if (*cls == SC_PG_RETRY || PQstatus(db->conn) != CONNECTION_OK) {
+    if (*cls == SC_PG_RETRY || !db->conn || PQstatus(db->conn) != CONNECTION_OK) {
         *cls = SC_PG_RETRY;
         if (!db->logged_down)
             sc_warn(NULL, "PostgreSQL: %s; will reconnect", db->last_error);
@@ -116,6 +142,12 @@ static bool is_prepared(const struct sc_db *db, const struct sc_stmt *st)
 PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
                      enum sc_pg_errclass *cls)
 {
+    return sc_db_exec_params(db, st, params, NULL, NULL, cls);
+}
+
+PGresult *sc_db_exec_params(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
+                            const int *lengths, const int *formats, enum sc_pg_errclass *cls)
+{
     if (sc_db_connect(db, false) != 0) {
         *cls = SC_PG_RETRY;
         return NULL;
@@ -130,7 +162,7 @@ PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *con
         if (db->nprepared < SC_DB_MAX_STMTS)
             db->prepared[db->nprepared++] = st;
     }
-    PGresult *res = PQexecPrepared(db->conn, st->name, st->nparams, params, NULL, NULL, 0);
+    PGresult *res = PQexecPrepared(db->conn, st->name, st->nparams, params, lengths, formats, 0);
     return check_result(db, res, cls);
 }
 

@@ -41,6 +41,8 @@ struct sc_db {
     struct sc_backoff backoff;
     int64_t next_connect_ms; /* earliest next connection attempt (monotonic) */
     bool logged_down;        /* "connection lost" logged once per outage */
+    int hold;                /* > 0: a caller has the connection in a transaction */
+    bool broken;             /* an error happened while held: reset on release */
     char last_error[512];
 };
 
@@ -60,6 +62,15 @@ int sc_db_connect(struct sc_db *db, bool force);
 void sc_db_reset(struct sc_db *db);
 
 /*
+ * Lends the connection to a caller that runs a transaction on it (a sink
+ * writing rows and checkpoint together): until sc_db_release(), errors do
+ * not close it under the caller's feet.  Returns the connection or NULL if
+ * PostgreSQL is not reachable right now.
+ */
+PGconn *sc_db_hold(struct sc_db *db);
+void sc_db_release(struct sc_db *db);
+
+/*
  * Runs a prepared statement with text params (NULL = SQL NULL).  Returns the
  * result when it is PGRES_TUPLES_OK / PGRES_COMMAND_OK (caller PQclear()s),
  * else NULL with *cls set (SC_PG_RETRY: connection trouble, retry later;
@@ -67,6 +78,10 @@ void sc_db_reset(struct sc_db *db);
  */
 PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
                      enum sc_pg_errclass *cls);
+
+/* Same with per-parameter lengths and formats (1 = binary), e.g. for bytea. */
+PGresult *sc_db_exec_params(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
+                            const int *lengths, const int *formats, enum sc_pg_errclass *cls);
 
 /* Same for an unprepared statement (with {S} expansion); for rare paths. */
 PGresult *sc_db_exec_once(struct sc_db *db, const char *sql, int nparams, const char *const *params,

@@ -28,6 +28,7 @@ enum sc_sink_result {
     SC_SINK_OK = 0, /* durably delivered (per the sink's durability policy) */
     SC_SINK_RETRY,  /* transient: the same batch will be written again, same offset */
     SC_SINK_ERROR,  /* permanent for the partition: it goes to the error state */
+    SC_SINK_FENCED, /* transactional sinks: the checkpoint commit matched no row (I4) */
 };
 
 /* Identifies a partition and its owner's lease. */
@@ -82,11 +83,19 @@ void sc_batch_result_clear(struct sc_batch_result *r);
  * commit so the sink can run it inside its own transaction.
  */
 struct sc_commit_hook {
+    /* The worker's checkpoint connection, lent for the duration of write():
+     * the sink runs BEGIN, its rows, commit(), then COMMIT on it.  Prepared
+     * statements of the sink must use names starting with "sink_" and be
+     * re-prepared when conn differs from the previous call's. */
     PGconn *conn;
-    /* Runs the checkpoint commit on conn inside the caller's open
-     * transaction; returns 0, or -1 when fenced or on error (err set). */
-    int (*commit)(void *arg, PGconn *conn, const struct sc_batch *b,
-                  const struct sc_batch_result *r, char *err, size_t errsize);
+    /*
+     * Runs the checkpoint advance (and the dead letters of r) on conn inside
+     * the sink's open transaction.  Returns 0 on success, 1 when fenced (the
+     * sink must ROLLBACK and return SC_SINK_FENCED), -1 on an error (ROLLBACK,
+     * SC_SINK_RETRY), with err set.
+     */
+    int (*commit)(void *arg, const struct sc_batch *b, const struct sc_batch_result *r, char *err,
+                  size_t errsize);
     void *arg;
 };
 

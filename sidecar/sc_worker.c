@@ -60,6 +60,9 @@ struct sc_worker {
     struct sc_header *hdrs;
     size_t hdrs_len, hdrs_cap;
     struct sc_batch_result result;
+    struct sc_buf dead_env; /* envelopes of the batch's dead letters */
+    struct sc_cp_dead *dead;
+    size_t dead_cap;
 };
 
 #define BATCH_DRAIN   512
@@ -478,6 +481,8 @@ struct commit_args {
     bool replay;
     bool and_pend;
     struct pend_args pend;
+    const struct sc_cp_dead *dead;
+    size_t ndead;
 };
 
 /*
@@ -511,10 +516,11 @@ static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struc
     enum sc_cp_status s;
     if (a->and_pend)
         s = sc_checkpoint_commit_and_pend(&w->db, &k, cp, a->next_offset, a->next_write_offset,
-                                          a->replay, a->pend.first, a->pend.last, a->pend.count,
-                                          a->pend.checksum);
+                                          a->replay, a->dead, a->ndead, a->pend.first, a->pend.last,
+                                          a->pend.count, a->pend.checksum);
     else
-        s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay);
+        s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay,
+                                 a->dead, a->ndead);
     if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
         cp->has_committed = true;
         cp->committed_offset = a->next_offset;
@@ -546,6 +552,44 @@ static enum sc_cp_status do_set_start(struct sc_worker *w, struct sc_part *p, st
         cp->committed_offset = a->offset;
     }
     return s;
+}
+
+/*
+ * Turns the sink's dead letters for the batch in w->recs into rows for
+ * dead_letters (envelope + raw key/value).  Returns how many.
+ */
+static size_t collect_dead(struct sc_worker *w, const struct sc_batch_result *r)
+{
+    if (r->ndead == 0)
+        return 0;
+    if (r->ndead > w->dead_cap) {
+        w->dead_cap = r->ndead;
+        w->dead = sc_xrealloc(w->dead, w->dead_cap * sizeof(*w->dead));
+    }
+    sc_buf_reset(&w->dead_env);
+    size_t *starts = sc_xcalloc(r->ndead, sizeof(*starts));
+    for (size_t i = 0; i < r->ndead; i++) {
+        const struct sc_record *rec = &w->recs[r->dead[i].index];
+        starts[i] = w->dead_env.len;
+        if (sc_envelope_append(&w->dead_env, rec, w->pl->pc->value_format) < 0 ||
+            sc_buf_putc(&w->dead_env, '\0') < 0)
+            abort(); /* the buffer has no maximum */
+        w->dead[i] = (struct sc_cp_dead){
+            .offset = rec->offset,
+            .key = rec->key,
+            .key_len = rec->key_len,
+            .value = rec->value,
+            .value_len = rec->value_len,
+            .error = r->dead[i].error ? r->dead[i].error : "rejected by the sink",
+            .status = r->dead[i].status,
+            .excerpt = r->dead[i].excerpt,
+            .attempts = r->dead[i].attempts > 0 ? r->dead[i].attempts : 1,
+        };
+    }
+    for (size_t i = 0; i < r->ndead; i++)
+        w->dead[i].envelope = w->dead_env.data + starts[i];
+    free(starts);
+    return r->ndead;
 }
 
 /* ---- recovery ------------------------------------------------------------ */
@@ -612,6 +656,12 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         if (!checkpoint_write(w, p, do_set_start, &a, "setting the start offset"))
             return;
     }
+    if (p->cp.has_pending && (w->sink->type->flags & SC_SINK_F_TRANSACTIONAL)) {
+        part_error(w, p,
+                   "a pending batch exists but this sink commits in one transaction and never "
+                   "pends (was the sink type changed?); reset the partition to continue");
+        return;
+    }
     p->replay = p->cp.has_pending;
     if (p->replay) {
         sc_info(&p->log,
@@ -644,6 +694,109 @@ static ssize_t pending_span(const struct sc_part *p)
     return (ssize_t)n;
 }
 
+/* The transactional sink's commit: the checkpoint advance inside its transaction. */
+struct hook_ctx {
+    struct sc_worker *w;
+    struct sc_part *p;
+    struct sc_cp cp; /* the state after the advance */
+    size_t ndead;
+    bool done;
+};
+
+static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
+                       char *err, size_t errsize)
+{
+    struct hook_ctx *hc = arg;
+    struct sc_cp_key k = key_of(hc->p);
+    hc->ndead = collect_dead(hc->w, r);
+    int64_t t0 = sc_mono_ns();
+    enum sc_cp_status s =
+        sc_checkpoint_advance(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
+                              (int32_t)b->count, r->next_write_offset, hc->w->dead, hc->ndead);
+    sc_hist_observe_ns(&hc->p->m->checkpoint_seconds, sc_mono_ns() - t0);
+    if (s == SC_CP_OK) {
+        hc->done = true;
+        return 0;
+    }
+    snprintf(err, errsize, "checkpoint advance: %s (%s)", sc_cp_status_name(s),
+             hc->w->db.last_error);
+    return s == SC_CP_FENCED || s == SC_CP_CONFLICT ? 1 : -1;
+}
+
+/* Sinks that write records and checkpoint in one transaction: no pending step at all. */
+static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    const struct sc_pipeline_conf *pc = p->pl->pc;
+    while (!*p->pl->stop) {
+        size_t n = ready_count(p, 0, now, false);
+        if (n == 0)
+            return;
+        build_records(w, p, 0, n);
+        struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+        struct sc_batch b = {
+            .part = &ref,
+            .records = w->recs,
+            .count = n,
+            .first_offset = buf_at(p, 0)->offset,
+            .last_offset = buf_at(p, n - 1)->offset,
+            .write_offset = p->cp.committed_write_offset,
+        };
+        struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp};
+        PGconn *conn = sc_db_hold(&w->db);
+        if (!conn) {
+            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+            return;
+        }
+        struct sc_commit_hook hook = {conn, hook_commit, &hc};
+        char err[512] = "";
+        sc_batch_result_clear(&w->result);
+        int64_t t0 = sc_mono_ns();
+        enum sc_sink_result sr =
+            w->sink->type->write(w->sink, p->sink_part, &b, &hook, &w->result, err, sizeof(err));
+        sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+        sc_db_release(&w->db);
+        if (sr == SC_SINK_RETRY && hc.done) {
+            /* The COMMIT itself failed: it may or may not have happened. */
+            int r = reconcile(w, p, &p->cp, &hc.cp);
+            if (r == 1)
+                sr = SC_SINK_OK;
+            else if (r == -1)
+                sr = SC_SINK_FENCED;
+        }
+        if (sr == SC_SINK_OK && !hc.done) {
+            sr = SC_SINK_ERROR;
+            snprintf(err, sizeof(err), "sink returned success without committing the checkpoint");
+        }
+        switch (sr) {
+        case SC_SINK_OK:
+            break;
+        case SC_SINK_FENCED:
+            part_fenced(w, p, "committing a batch", true);
+            return;
+        case SC_SINK_RETRY: {
+            sc_counter_add(&p->m->sink_errors, 1);
+            int delay = sc_backoff_next(&p->backoff);
+            sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+            p->retry_at_ms = sc_mono_ms() + delay;
+            return;
+        }
+        case SC_SINK_ERROR:
+            sc_counter_add(&p->m->sink_errors, 1);
+            part_error(w, p, err);
+            return;
+        }
+        sc_backoff_reset(&p->backoff);
+        p->cp = hc.cp;
+        sc_counter_add(&p->m->records_delivered, n - hc.ndead);
+        sc_counter_add(&p->m->dead_letters, hc.ndead);
+        sc_counter_add(&p->m->batches_committed, 1);
+        mirror_commit(p, p->cp.committed_offset);
+        buf_drop(p, n);
+        apply_backpressure(p);
+        sc_failpoint("after_commit");
+    }
+}
+
 static void service(struct sc_worker *w, struct sc_part *p)
 {
     int64_t now = sc_mono_ms();
@@ -670,6 +823,10 @@ static void service(struct sc_worker *w, struct sc_part *p)
         return;
     if (atomic_load(&p->lease_valid_until_ms) < now)
         return; /* renewal is late (PostgreSQL down?): write nothing we might not own */
+    if (w->sink->type->flags & SC_SINK_F_TRANSACTIONAL) {
+        deliver_transactional(w, p, now);
+        return;
+    }
 
     const struct sc_pipeline_conf *pc = p->pl->pc;
     for (;;) {
@@ -732,7 +889,7 @@ static void service(struct sc_worker *w, struct sc_part *p)
             p->retry_at_ms = sc_mono_ms() + delay;
             return;
         }
-        if (sr == SC_SINK_ERROR) {
+        if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
             sc_counter_add(&p->m->sink_errors, 1);
             part_error(w, p, err);
             return;
@@ -742,10 +899,13 @@ static void service(struct sc_worker *w, struct sc_part *p)
 
         /* Commit; if the next batch is already full, pend it in the same statement. */
         bool was_replay = p->replay;
+        size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused below */
         struct commit_args c = {
             .next_offset = p->cp.pending_last + 1,
             .next_write_offset = w->result.next_write_offset,
             .replay = was_replay,
+            .dead = w->dead,
+            .ndead = ndead,
         };
         size_t next = ready_count(p, n, now, true);
         if (next > 0 && !*p->pl->stop) {
@@ -759,7 +919,8 @@ static void service(struct sc_worker *w, struct sc_part *p)
         sc_failpoint("after_commit");
         p->replay = false;
         atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
-        sc_counter_add(&p->m->records_delivered, n);
+        sc_counter_add(&p->m->records_delivered, n - ndead);
+        sc_counter_add(&p->m->dead_letters, ndead);
         sc_counter_add(&p->m->batches_committed, 1);
         if (was_replay) {
             sc_counter_add(&p->m->replays, 1);
@@ -998,6 +1159,7 @@ struct sc_worker *sc_worker_new(struct sc_pipeline *pl, int id, char *err, size_
         return NULL;
     }
     w->queue = rd_kafka_queue_new(pl->rk);
+    sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, pl->cfg->postgres.dsn, pl->cfg->postgres.schema, w->name,
                pl->cfg->postgres.connect_timeout_ms);
     pthread_mutex_init(&w->lock, NULL);
@@ -1036,6 +1198,8 @@ void sc_worker_stop(struct sc_worker *w)
     free(w->result.dead);
     free(w->recs);
     free(w->hdrs);
+    free(w->dead);
+    sc_buf_free(&w->dead_env);
     sc_sink_free(w->sink);
     rd_kafka_queue_destroy(w->queue);
     sc_db_close(&w->db);
