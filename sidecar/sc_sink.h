@@ -137,6 +137,15 @@ struct sc_sink_class {
     enum sc_sink_result (*write)(struct sc_sink *sink, struct sc_sink_part *p,
                                  const struct sc_batch *b, const struct sc_commit_hook *hook,
                                  struct sc_batch_result *res, char *err, size_t errsize);
+
+    /*
+     * Optional (`sidecar redrive`): re-sends dead-lettered records, outside
+     * the checkpoint protocol, each on its own.  Sets ok[i] when records[i]
+     * was delivered, else errors[i] (malloc'd; the caller frees).  Returns
+     * SC_SINK_OK if the destination could be asked at all.
+     */
+    enum sc_sink_result (*redrive)(struct sc_sink *sink, const struct sc_record *records, size_t n,
+                                   bool *ok, char **errors, char *err, size_t errsize);
 };
 
 struct sc_sink {
