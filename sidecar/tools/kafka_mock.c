@@ -273,9 +273,9 @@ static int cmd_broker_errors(struct mock *m, int argc, char **argv, char *out, s
         }
         if (parse_err(argv[i], &err) != 0)
             return fail(out, out_size, "unknown error \"%s\"", argv[i]);
-        if (mock_result(rd_kafka_mock_broker_push_request_error_rtts(m->cluster, id, key, 1, err,
-                                                                     (int)rtt),
-                        out, out_size) != 0)
+        if (mock_result(
+                rd_kafka_mock_broker_push_request_error_rtts(m->cluster, id, key, 1, err, (int)rtt),
+                out, out_size) != 0)
             return -1;
     }
     return 0;
@@ -305,8 +305,8 @@ static int cmd_leader(struct mock *m, int argc, char **argv, char *out, size_t o
     if (strcmp(argv[3], "-1") == 0)
         id = -1;
     else if (parse_broker(m, argv[3], false, &id) != 0)
-        return fail(out, out_size, "no broker \"%s\" (brokers are 1..%d, or -1 for none)",
-                    argv[3], m->brokers);
+        return fail(out, out_size, "no broker \"%s\" (brokers are 1..%d, or -1 for none)", argv[3],
+                    m->brokers);
     return mock_result(rd_kafka_mock_partition_set_leader(m->cluster, argv[1], (int32_t)part, id),
                        out, out_size);
 }
@@ -389,8 +389,8 @@ static int cmd_watermarks(struct mock *m, int argc, char **argv, char *out, size
                               sizeof(errstr)) != RD_KAFKA_CONF_OK ||
             rd_kafka_conf_set(conf, "topic.metadata.refresh.interval.ms", "-1", errstr,
                               sizeof(errstr)) != RD_KAFKA_CONF_OK ||
-            rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", errstr,
-                              sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+            rd_kafka_conf_set(conf, "allow.auto.create.topics", "false", errstr, sizeof(errstr)) !=
+                RD_KAFKA_CONF_OK) {
             rd_kafka_conf_destroy(conf);
             return fail(out, out_size, "could not configure the watermark client: %s", errstr);
         }
@@ -532,63 +532,67 @@ static void host_log(const rd_kafka_t *rk, int level, const char *fac, const cha
 
 static void usage(FILE *f)
 {
-    fputs(
-        "usage: kafka-mock [--brokers N] [--topic NAME:PARTITIONS[:RF]]... [--help]\n"
-        "\n"
-        "Runs a librdkafka mock Kafka cluster (real Kafka protocol on 127.0.0.1) until\n"
-        "\"quit\", stdin EOF, SIGTERM or SIGINT. The first line on stdout is the\n"
-        "bootstrap address (host:port,host:port,...). Then every line read on stdin is\n"
-        "a command answered by exactly one line: \"ok[ DATA]\" or \"error: REASON\".\n"
-        "\n"
-        "options:\n"
-        "  -b, --brokers N                 brokers, ids 1..N (default 3)\n"
-        "  -t, --topic NAME:PARTITIONS[:RF]  create a topic (repeatable; RF defaults to\n"
-        "                                  min(3, brokers))\n"
-        "  -h, --help                      this text\n"
-        "\n"
-        "commands:\n"
-        "  broker down N|all               close the broker's connections, refuse new ones\n"
-        "                                  (partition leadership does not move)\n"
-        "  broker up N|all                 accept connections again\n"
-        "  rtt N|all MS                    delay every response of the broker by MS\n"
-        "  errors APIKEY ERR [ERR...]      the next requests of that type, on any broker,\n"
-        "                                  fail with these errors, one per request\n"
-        "  broker-errors BROKER APIKEY ERR[@RTT_MS]...\n"
-        "                                  same for one broker, each with a response delay\n"
-        "  clear-errors APIKEY             drop the pending cluster-wide errors of that type\n"
-        "  leader TOPIC PARTITION BROKER   move partition leadership (-1: no leader)\n"
-        "  topic create NAME PARTITIONS [RF]\n"
-        "  topic error NAME ERR            Metadata reports this error for the topic\n"
-        "                                  (NO_ERROR to clear)\n"
-        "  coordinator group|transaction KEY BROKER\n"
-        "                                  pin a group's (transactional id's) coordinator\n"
-        "  watermarks TOPIC PARTITION      reply \"ok LOW HIGH\" (queried over the protocol,\n"
-        "                                  so it fails while the leader is down)\n"
-        "  bootstrap                       reply \"ok ADDRESS\"\n"
-        "  help                            one-line command summary\n"
-        "  quit                            reply ok and exit 0\n"
-        "\n"
-        "APIKEY is a number or a name: Produce, Fetch, ListOffsets, Metadata,\n"
-        "OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup,\n"
-        "SyncGroup, ApiVersions, InitProducerId, ... (case-insensitive).\n"
-        "ERR is a number or a librdkafka error name without the RD_KAFKA_RESP_ERR_\n"
-        "prefix: NOT_LEADER_FOR_PARTITION, REQUEST_TIMED_OUT, NOT_COORDINATOR,\n"
-        "_TRANSPORT (the broker drops the connection), ...\n"
-        "\n"
-        "limits of the mock: no SSL/SASL, no admin API, data in memory only, about\n"
-        "5 MiB of batches kept per partition (older batches are dropped).\n"
-        "\n"
-        "examples:\n"
-        "  kafka-mock --brokers 3 --topic orders:4 --topic audit:1:1\n"
-        "  printf 'errors Fetch NOT_LEADER_FOR_PARTITION _TRANSPORT\\n' | kafka-mock -t t:1\n"
-        "  # interactively:\n"
-        "  $ kafka-mock -t orders:2\n"
-        "  127.0.0.1:40213,127.0.0.1:37521,127.0.0.1:45113\n"
-        "  broker down 1\n"
-        "  ok\n"
-        "  watermarks orders 0\n"
-        "  ok 0 0\n",
-        f);
+    fputs("usage: kafka-mock [--brokers N] [--topic NAME:PARTITIONS[:RF]]... [--help]\n"
+          "\n"
+          "Runs a librdkafka mock Kafka cluster (real Kafka protocol on 127.0.0.1) until\n"
+          "\"quit\", stdin EOF, SIGTERM or SIGINT. The first line on stdout is the\n"
+          "bootstrap address (host:port,host:port,...). Then every line read on stdin is\n"
+          "a command answered by exactly one line: \"ok[ DATA]\" or \"error: REASON\".\n"
+          "\n"
+          "options:\n"
+          "  -b, --brokers N                 brokers, ids 1..N (default 3)\n"
+          "  -t, --topic NAME:PARTITIONS[:RF]  create a topic (repeatable; RF defaults to\n"
+          "                                  min(3, brokers))\n"
+          "  -h, --help                      this text\n"
+          "\n"
+          "commands:\n"
+          "  broker down N|all               close the broker's connections, refuse new ones\n"
+          "                                  (partition leadership does not move)\n"
+          "  broker up N|all                 accept connections again\n"
+          "  rtt N|all MS                    delay every response of the broker by MS\n"
+          "  errors APIKEY ERR [ERR...]      the next requests of that type, on any broker,\n"
+          "                                  fail with these errors, one per request\n"
+          "  broker-errors BROKER APIKEY ERR[@RTT_MS]...\n"
+          "                                  same for one broker, each with a response delay\n"
+          "  clear-errors APIKEY             drop the pending cluster-wide errors of that type\n"
+          "  leader TOPIC PARTITION BROKER   move partition leadership (-1: no leader)\n"
+          "  topic create NAME PARTITIONS [RF]\n"
+          "  topic error NAME ERR            Metadata reports this error for the topic\n"
+          "                                  (NO_ERROR to clear)\n"
+          "  coordinator group|transaction KEY BROKER\n"
+          "                                  pin a group's (transactional id's) coordinator\n"
+          "  watermarks TOPIC PARTITION      reply \"ok LOW HIGH\" (queried over the protocol,\n"
+          "                                  so it fails while the leader is down)\n"
+          "  bootstrap                       reply \"ok ADDRESS\"\n"
+          "  help                            one-line command summary\n"
+          "  quit                            reply ok and exit 0\n"
+          "\n"
+          "APIKEY is a number or a name: Produce, Fetch, ListOffsets, Metadata,\n"
+          "OffsetCommit, OffsetFetch, FindCoordinator, JoinGroup, Heartbeat, LeaveGroup,\n"
+          "SyncGroup, ApiVersions, InitProducerId, ... (case-insensitive).\n"
+          "ERR is a number or a librdkafka error name without the RD_KAFKA_RESP_ERR_\n"
+          "prefix: NOT_LEADER_FOR_PARTITION, REQUEST_TIMED_OUT, NOT_COORDINATOR,\n"
+          "_TRANSPORT (the broker drops the connection), ...\n"
+          "\n"
+          "Errors pushed with \"errors\" hit the next requests of that type from ANY\n"
+          "client, including this tool's own \"watermarks\" (Metadata, ListOffsets).\n"
+          "\n"
+          "limits of the mock (librdkafka 2.0): no SSL/SASL, no admin API, data in memory\n"
+          "only; about 5 MiB of batches kept per partition (older batches are dropped,\n"
+          "the low watermark moves); a topic named in a client's Metadata request is\n"
+          "auto-created with 4 partitions; every group rebalance takes 3-5 s.\n"
+          "\n"
+          "examples:\n"
+          "  kafka-mock --brokers 3 --topic orders:4 --topic audit:1:1\n"
+          "  printf 'errors Fetch NOT_LEADER_FOR_PARTITION _TRANSPORT\\n' | kafka-mock -t t:1\n"
+          "  # interactively:\n"
+          "  $ kafka-mock -t orders:2\n"
+          "  127.0.0.1:40213,127.0.0.1:37521,127.0.0.1:45113\n"
+          "  broker down 1\n"
+          "  ok\n"
+          "  watermarks orders 0\n"
+          "  ok 0 0\n",
+          f);
 }
 
 int main(int argc, char **argv)
@@ -689,8 +693,7 @@ int main(int argc, char **argv)
     for (size_t i = 0; i < ntopics; i++) {
         if (topic_create(&m, topics[i].name, topics[i].parts, topics[i].rf, out, sizeof(out)) !=
             0) {
-            fprintf(stderr, "kafka-mock: could not create topic \"%s\": %s\n", topics[i].name,
-                    out);
+            fprintf(stderr, "kafka-mock: could not create topic \"%s\": %s\n", topics[i].name, out);
             return 1;
         }
     }

@@ -28,9 +28,9 @@ struct produce_opts {
     const char *topic;
     long long count; /* -1: read JSON lines from stdin */
     long long start;
-    int partitions;  /* 0: all partitions of the topic */
+    int partitions; /* 0: all partitions of the topic */
     const char *compression;
-    long long rate;  /* records per second over the whole run, 0 = unlimited */
+    long long rate; /* records per second over the whole run, 0 = unlimited */
     const char *batch_size;
     const char *props[PRODUCE_MAX_PROPS]; /* -X name=value */
     size_t nprops;
@@ -92,12 +92,11 @@ static int produce_one(rd_kafka_t *rk, const char *topic, int32_t partition, con
 
     for (;;) {
         /* RD_KAFKA_V_VALUE takes a non-const pointer; with F_COPY the bytes are only read. */
-        err = rd_kafka_producev(rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
-                                RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY),
-                                RD_KAFKA_V_KEY(key, key_len),
-                                RD_KAFKA_V_VALUE((void *)value, value_len),
-                                RD_KAFKA_V_TIMESTAMP(timestamp), RD_KAFKA_V_HEADERS(headers),
-                                RD_KAFKA_V_END);
+        err = rd_kafka_producev(
+            rk, RD_KAFKA_V_TOPIC(topic), RD_KAFKA_V_PARTITION(partition),
+            RD_KAFKA_V_MSGFLAGS(RD_KAFKA_MSG_F_COPY), RD_KAFKA_V_KEY(key, key_len),
+            RD_KAFKA_V_VALUE((void *)value, value_len), RD_KAFKA_V_TIMESTAMP(timestamp),
+            RD_KAFKA_V_HEADERS(headers), RD_KAFKA_V_END);
         if (err != RD_KAFKA_RESP_ERR__QUEUE_FULL)
             break;
         rd_kafka_poll(rk, 10);
@@ -294,8 +293,7 @@ static int header_add(rd_kafka_headers_t *hdrs, const char *name, json_t *v, cha
     if (json_is_null(v)) {
         rd_kafka_header_add(hdrs, name, -1, NULL, 0);
     } else if (json_is_string(v)) {
-        rd_kafka_header_add(hdrs, name, -1, json_string_value(v),
-                            (ssize_t)json_string_length(v));
+        rd_kafka_header_add(hdrs, name, -1, json_string_value(v), (ssize_t)json_string_length(v));
     } else if (json_is_string(b64) && json_object_size(v) == 1) {
         size_t len;
         unsigned char *bytes = base64_decode(json_string_value(b64), &len);
@@ -336,8 +334,8 @@ static rd_kafka_headers_t *parse_headers(json_t *h, char *err, size_t err_size)
                 snprintf(err, err_size, "headers[%zu]: expected [\"name\", value]", i);
                 goto fail;
             }
-            if (header_add(hdrs, json_string_value(json_array_get(v, 0)), json_array_get(v, 1),
-                           err, err_size) != 0)
+            if (header_add(hdrs, json_string_value(json_array_get(v, 0)), json_array_get(v, 1), err,
+                           err_size) != 0)
                 goto fail;
         }
     } else {
@@ -358,7 +356,7 @@ fail:
 static int produce_line(rd_kafka_t *rk, const struct produce_opts *o, int partitions,
                         const char *line, size_t len, char *err, size_t err_size)
 {
-    static const char *const known[] = {"partition", "key", "key_base64", "value",
+    static const char *const known[] = {"partition",    "key",     "key_base64", "value",
                                         "value_base64", "headers", "timestamp"};
     json_error_t jerr;
     json_t *doc, *f;
@@ -522,58 +520,60 @@ static int produce_stdin(rd_kafka_t *rk, const struct produce_opts *o, int parti
 
 static void usage(FILE *f)
 {
-    fputs(
-        "usage: kafka-produce -b BOOTSTRAP -t TOPIC [--count N [--start SEQ] [--partitions N]]\n"
-        "                     [--compression none|gzip|snappy|lz4|zstd] [--rate N]\n"
-        "                     [--batch-size BYTES] [-X PROPERTY=VALUE]...\n"
-        "\n"
-        "Produces records with acks=all and waits until every one is acknowledged.\n"
-        "\n"
-        "With --count, produces N generated records to EACH partition: record SEQ has\n"
-        "key \"kSEQ\" and a ~90 byte JSON value that is a pure function of topic,\n"
-        "partition and SEQ, e.g.\n"
-        "  {\"topic\":\"orders\",\"partition\":3,\"seq\":1234,\"amount\":1234.56,"
-        "\"note\":\"orders-1234\"}\n"
-        "\n"
-        "Without --count, reads one JSON object per stdin line (all fields optional):\n"
-        "  {\"partition\": 0,            absent/null: librdkafka's partitioner\n"
-        "   \"key\": \"k1\" | null,        or \"key_base64\": \"...\" for binary keys\n"
-        "   \"value\": ANY | null,       a string is produced as its raw UTF-8 text; any\n"
-        "                              other JSON as its exact text, as written\n"
-        "   \"value_base64\": \"...\",     binary value (instead of \"value\")\n"
-        "   \"headers\": {\"h\": \"v\" | null | {\"base64\": \"...\"}},\n"
-        "                              or [[\"h\", \"v\"], ...] to repeat names\n"
-        "   \"timestamp\": MS}           absent: the producer's clock\n"
-        "Blank lines are skipped; an invalid line stops the input (exit 2) after the\n"
-        "records before it were delivered.\n"
-        "\n"
-        "options:\n"
-        "  -b, --bootstrap HOST:PORT[,...]  brokers (e.g. from kafka-mock's first line)\n"
-        "  -t, --topic NAME                 an existing topic\n"
-        "  -n, --count N                    generated records per partition\n"
-        "  -s, --start SEQ                  first SEQ (default 0)\n"
-        "  -p, --partitions N               only partitions 0..N-1 (default: all)\n"
-        "  -z, --compression CODEC          default lz4\n"
-        "  -r, --rate N                     at most N records per second in total\n"
-        "      --batch-size BYTES           librdkafka batch.size\n"
-        "  -X PROPERTY=VALUE                any librdkafka producer property\n"
-        "  -h, --help                       this text\n"
-        "\n"
-        "Prints \"produced N records to TOPIC (P partitions) in X.XXs\" on stderr.\n"
-        "Exit status: 0 all delivered, 1 a delivery failed (the error is printed),\n"
-        "2 bad arguments or an invalid input line.\n"
-        "\n"
-        "examples:\n"
-        "  kafka-produce -b \"$BOOTSTRAP\" -t orders --count 100000\n"
-        "  kafka-produce -b \"$BOOTSTRAP\" -t orders --count 10 --start 100 --partitions 1\n"
-        "  echo '{\"partition\":1,\"key\":\"a\",\"value\":{\"id\":7},\"headers\":{\"trace\":\"x\"}}' |\n"
-        "      kafka-produce -b \"$BOOTSTRAP\" -t orders\n",
-        f);
+    fputs("usage: kafka-produce -b BOOTSTRAP -t TOPIC [--count N [--start SEQ] [--partitions N]]\n"
+          "                     [--compression none|gzip|snappy|lz4|zstd] [--rate N]\n"
+          "                     [--batch-size BYTES] [-X PROPERTY=VALUE]...\n"
+          "\n"
+          "Produces records with acks=all and waits until every one is acknowledged.\n"
+          "\n"
+          "With --count, produces N generated records to EACH partition: record SEQ has\n"
+          "key \"kSEQ\" and a ~90 byte JSON value that is a pure function of topic,\n"
+          "partition and SEQ, e.g.\n"
+          "  {\"topic\":\"orders\",\"partition\":3,\"seq\":1234,\"amount\":1234.74,"
+          "\"note\":\"orders-000000001234\"}\n"
+          "\n"
+          "Without --count, reads one JSON object per stdin line (all fields optional):\n"
+          "  {\"partition\": 0,            absent/null: librdkafka's partitioner\n"
+          "   \"key\": \"k1\" | null,        or \"key_base64\": \"...\" for binary keys\n"
+          "   \"value\": ANY | null,       a string is produced as its raw UTF-8 text; any\n"
+          "                              other JSON as its exact text, as written\n"
+          "   \"value_base64\": \"...\",     binary value (instead of \"value\")\n"
+          "   \"headers\": {\"h\": \"v\" | null | {\"base64\": \"...\"}},\n"
+          "                              or [[\"h\", \"v\"], ...] to repeat names\n"
+          "   \"timestamp\": MS}           absent: the producer's clock\n"
+          "Blank lines are skipped; an invalid line stops the input (exit 2) after the\n"
+          "records before it were delivered.\n"
+          "\n"
+          "options:\n"
+          "  -b, --bootstrap HOST:PORT[,...]  brokers (e.g. from kafka-mock's first line)\n"
+          "  -t, --topic NAME                 an existing topic\n"
+          "  -n, --count N                    generated records per partition\n"
+          "  -s, --start SEQ                  first SEQ (default 0)\n"
+          "  -p, --partitions N               only partitions 0..N-1 (default: all)\n"
+          "  -z, --compression CODEC          default lz4\n"
+          "  -r, --rate N                     at most N records per second in total\n"
+          "      --batch-size BYTES           librdkafka batch.size\n"
+          "  -X PROPERTY=VALUE                any librdkafka producer property\n"
+          "  -h, --help                       this text\n"
+          "\n"
+          "Prints \"produced N records to TOPIC (P partitions) in X.XXs\" on stderr.\n"
+          "Exit status: 0 all delivered, 1 a delivery failed (the error is printed),\n"
+          "2 bad arguments or an invalid input line.\n"
+          "\n"
+          "examples:\n"
+          "  kafka-produce -b \"$BOOTSTRAP\" -t orders --count 100000\n"
+          "  kafka-produce -b \"$BOOTSTRAP\" -t orders --count 10 --start 100 --partitions 1\n"
+          "  echo "
+          "'{\"partition\":1,\"key\":\"a\",\"value\":{\"id\":7},\"headers\":{\"trace\":\"x\"}}' |\n"
+          "      kafka-produce -b \"$BOOTSTRAP\" -t orders\n",
+          f);
 }
 
 static int parse_args(int argc, char **argv, struct produce_opts *o)
 {
-    enum { OPT_BATCH_SIZE = 256 };
+    enum {
+        OPT_BATCH_SIZE = 256
+    };
     static const struct option opts[] = {
         {"bootstrap", required_argument, NULL, 'b'},
         {"topic", required_argument, NULL, 't'},
@@ -691,9 +691,8 @@ static rd_kafka_t *producer_new(const struct produce_opts *o, struct produce_sta
     };
 
     for (size_t i = 0; i < sizeof(props) / sizeof(props[0]); i++) {
-        if (props[i][1] != NULL &&
-            rd_kafka_conf_set(conf, props[i][0], props[i][1], errstr, sizeof(errstr)) !=
-                RD_KAFKA_CONF_OK)
+        if (props[i][1] != NULL && rd_kafka_conf_set(conf, props[i][0], props[i][1], errstr,
+                                                     sizeof(errstr)) != RD_KAFKA_CONF_OK)
             goto fail;
     }
     for (size_t i = 0; i < o->nprops; i++) {
@@ -764,8 +763,8 @@ int main(int argc, char **argv)
         return 1;
     }
     if (o.partitions > partitions) {
-        fprintf(stderr, "kafka-produce: --partitions %d: topic \"%s\" has only %d\n",
-                o.partitions, o.topic, partitions);
+        fprintf(stderr, "kafka-produce: --partitions %d: topic \"%s\" has only %d\n", o.partitions,
+                o.topic, partitions);
         rd_kafka_destroy(rk);
         return 2;
     }
@@ -782,11 +781,11 @@ int main(int argc, char **argv)
         rd_kafka_flush(rk, 1000);
     rd_kafka_destroy(rk);
 
-    fprintf(stderr, "produced %lld records to %s (%d partitions) in %.2fs\n", st.delivered,
-            o.topic, partitions, (double)(mono_ms() - t0) / 1000.0);
+    fprintf(stderr, "produced %lld records to %s (%d partitions) in %.2fs\n", st.delivered, o.topic,
+            partitions, (double)(mono_ms() - t0) / 1000.0);
     if (st.failed > 0) {
-        fprintf(stderr, "kafka-produce: %lld of %lld records failed, first: %s\n", st.failed,
-                sent, st.first_error);
+        fprintf(stderr, "kafka-produce: %lld of %lld records failed, first: %s\n", st.failed, sent,
+                st.first_error);
         return 1;
     }
     return rc;

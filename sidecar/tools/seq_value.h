@@ -3,11 +3,12 @@
  * partition, shared by `kafka-produce --count` and the test harness
  * (hx_seq_value) so a test can predict every byte a sink must write.
  *
- * The value is a pure function of (topic, partition, seq): compact JSON of
- * 80-100 bytes with an integer, a decimal number with exactly two fraction
- * digits and a string, e.g.
+ * The value is a pure function of (topic, partition, seq): compact JSON
+ * with an integer, a decimal number with exactly two fraction digits and a
+ * string whose zero-padded seq keeps sizes even (about 90 bytes for a
+ * 6-character topic name), e.g.
  *
- *   {"topic":"orders","partition":3,"seq":1234,"amount":1234.56,"note":"orders-1234"}
+ *   {"topic":"orders","partition":3,"seq":1234,"amount":1234.74,"note":"orders-000000001234"}
  *
  * The amount uses integer arithmetic only, so its text never depends on
  * floating-point formatting. Kafka topic names are limited to
@@ -33,7 +34,7 @@ static inline int seq_value_format(char *buf, size_t size, const char *topic, in
 
     return snprintf(buf, size,
                     "{\"topic\":\"%s\",\"partition\":%" PRId32 ",\"seq\":%" PRId64
-                    ",\"amount\":%" PRId64 ".%02" PRId64 ",\"note\":\"%s-%" PRId64 "\"}",
+                    ",\"amount\":%" PRId64 ".%02" PRId64 ",\"note\":\"%s-%012" PRId64 "\"}",
                     topic, partition, seq, seq, cents, topic, seq);
 }
 

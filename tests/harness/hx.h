@@ -5,6 +5,9 @@
  *
  * Everything started here is torn down by a watchdog process even when the
  * test process is killed (it watches a pipe whose other end dies with us).
+ * Lifetimes follow the process that started a resource: servers started in
+ * an unchecked fixture (the Check runner) survive each forked test; those
+ * started inside a test die with it. See the NOTES in hx.c.
  * Functions abort the test (via ck_abort_msg) on setup failures: a test that
  * cannot get its servers fails, it is never skipped.
  */
@@ -21,9 +24,9 @@
 /* ---- throwaway PostgreSQL ------------------------------------------------ */
 
 struct hx_pg {
-    char dir[512];  /* temp dir: data/ and the private socket dir */
-    int port;       /* TCP port on 127.0.0.1 */
-    char dsn[512];  /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
+    char dir[512]; /* temp dir: data/ and the private socket dir */
+    int port;      /* TCP port on 127.0.0.1 */
+    char dsn[512]; /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
     char bindir[256];
     pid_t watchdog; /* stops the server and removes dir if we die */
 };
@@ -38,13 +41,18 @@ void hx_pg_server_stop(struct hx_pg *pg, bool immediate);
 void hx_pg_server_start(struct hx_pg *pg);
 /* pg_ctl restart -m immediate|fast. */
 void hx_pg_restart(struct hx_pg *pg, bool immediate);
+/* The postmaster's pid, or -1 when the server is not running (e.g. to SIGSTOP it). */
+pid_t hx_pg_pid(const struct hx_pg *pg);
 /* Creates database name and writes its DSN into dsn (size >= 512). */
 void hx_pg_create_db(struct hx_pg *pg, const char *name, char *dsn, size_t dsn_size);
 /* Connects to dsn or aborts the test. */
 PGconn *hx_pg_connect(const char *dsn);
 /* Runs sql (no parameters) and aborts the test unless it succeeds. */
 void hx_pg_exec(PGconn *conn, const char *sql);
-/* Runs a one-value query with text params; returns a malloc'd string or NULL for SQL NULL. */
+/*
+ * Runs a one-value query with text params; returns a malloc'd string, or
+ * NULL for SQL NULL or no row. More than one row or column aborts.
+ */
 char *hx_pg_value(PGconn *conn, const char *sql, int nparams, const char *const *params);
 /* Same, parsed as an integer (aborts on NULL). */
 long long hx_pg_int(PGconn *conn, const char *sql, int nparams, const char *const *params);
@@ -65,8 +73,9 @@ struct hx_mock {
 void hx_mock_start(struct hx_mock *m, int brokers, const char *const *topics, size_t ntopics);
 /*
  * Sends one control command line (printf-style) and waits for its reply
- * line; returns 0 for "ok..." (the rest of the line, if any, in reply),
- * -1 for "error: ...".
+ * line (30 s, else the test aborts); returns 0 for "ok..." (the rest of the
+ * line, if any, in reply), -1 for "error: ..." (the reason in reply).
+ * reply may be NULL. Commands: see `kafka-mock --help`.
  */
 int hx_mock_cmd(struct hx_mock *m, char *reply, size_t reply_size, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
@@ -103,8 +112,7 @@ void hx_produce(const char *bootstrap, const struct hx_record *recs, size_t n);
 void hx_produce_seq(const char *bootstrap, const char *topic, int partitions, int64_t first_seq,
                     int64_t count);
 /* The value hx_produce_seq() gives record seq of a partition (into buf). */
-const char *hx_seq_value(const char *topic, int32_t partition, int64_t seq, char *buf,
-                         size_t size);
+const char *hx_seq_value(const char *topic, int32_t partition, int64_t seq, char *buf, size_t size);
 
 /* ---- processes and files ------------------------------------------------- */
 
@@ -114,18 +122,30 @@ const char *hx_mock_bin(void);
 const char *hx_produce_bin(void);
 
 /*
- * Spawns argv[0] with argv, stdout and stderr appended to log_path (NULL =
- * /dev/null), extra environment entries "K=V" in env (NULL-terminated, may
- * be NULL). Returns the pid.
+ * Spawns argv[0] (searched in PATH) with argv, stdin from /dev/null, stdout
+ * and stderr appended to log_path (NULL = /dev/null), extra environment
+ * entries "K=V" in env (NULL-terminated, may be NULL; a bare "K" removes K).
+ * Returns the pid. The process is SIGKILLed by the watchdog if the test
+ * process dies before reaping it.
  */
 pid_t hx_spawn(const char *const *argv, const char *const *env, const char *log_path);
 /*
- * Waits up to timeout_ms for pid to exit; returns its exit code, 128+signal
- * if it was killed, or -1 on timeout (the process is left running).
+ * Waits up to timeout_ms (< 0: forever) for pid to exit; returns its exit
+ * code, 128+signal if it was killed, or -1 on timeout (the process is left
+ * running).
  */
 int hx_wait(pid_t pid, int timeout_ms);
-/* Runs argv to completion (timeout_ms) capturing stdout+stderr into a malloc'd *output. */
+/*
+ * Runs argv to completion (timeout_ms) capturing stdout+stderr into a
+ * malloc'd NUL-terminated *output (output may be NULL). Returns like
+ * hx_wait(); on timeout the process is killed and -1 returned.
+ */
 int hx_run(const char *const *argv, const char *const *env, int timeout_ms, char **output);
+/* Same, with input_len bytes of input on the child's stdin (then EOF). */
+int hx_run_input(const char *const *argv, const char *const *env, const char *input,
+                 size_t input_len, int timeout_ms, char **output);
+/* Whether pid is a live process (a zombie is not: here PID 1 does not reap orphans). */
+bool hx_pid_alive(pid_t pid);
 
 /* A fresh temp directory (removed at exit by the watchdog); returns a static-lifetime path. */
 const char *hx_tmpdir(void);
