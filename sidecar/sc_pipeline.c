@@ -288,10 +288,14 @@ static void assign_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_l
         }
         pl->parts[pl->nparts++] = p;
         pthread_mutex_unlock(&pl->lock);
-        sc_info(&p->log, "lease acquired (epoch %" PRId64 "); starting at %s%" PRId64 "%s",
-                r->epoch, start == RD_KAFKA_OFFSET_BEGINNING ? "the beginning" : "offset ",
-                start == RD_KAFKA_OFFSET_BEGINNING ? 0 : start,
-                r->cp.has_pending ? " (pending batch to replay)" : "");
+        if (start == RD_KAFKA_OFFSET_BEGINNING)
+            sc_info(&p->log,
+                    "lease acquired (epoch %" PRId64 "); no checkpoint yet, starting at the "
+                    "beginning (start_from earliest)",
+                    r->epoch);
+        else
+            sc_info(&p->log, "lease acquired (epoch %" PRId64 "); starting at offset %" PRId64 "%s",
+                    r->epoch, start, r->cp.has_pending ? " (pending batch to replay)" : "");
         sc_worker_add(p->worker, p);
     }
     rd_kafka_error_t *e = NULL;
@@ -410,10 +414,17 @@ static void renew_leases(struct sc_pipeline *pl)
             if (held[i].ok) {
                 atomic_store(&p->lease_valid_until_ms, valid_until(pl, now));
             } else {
-                sc_warn(&p->log, "lease renewal refused: epoch %" PRId64 " is no longer ours",
+                /* Someone else holds a newer epoch: we are fenced, whether or not a worker
+                 * was about to write. */
+                sc_warn(&p->log,
+                        "fenced: lease renewal refused, epoch %" PRId64 " is no longer ours; "
+                        "stopping the partition",
                         p->lease_epoch);
                 atomic_store(&p->lease_valid_until_ms, 0);
                 atomic_store(&p->need_reacquire, true);
+                sc_counter_add(&p->m->fenced, 1);
+                struct sc_cp_key k = {pl->pc->name, p->topic, p->partition, pl->cfg->instance_id};
+                sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, "lease renewal refused");
             }
         }
     } else {
@@ -421,6 +432,61 @@ static void renew_leases(struct sc_pipeline *pl)
     }
     free(held);
     free(which);
+}
+
+/*
+ * librdkafka clears a partition queue's forwarding whenever it stops that
+ * partition's fetcher, and an application-set forward is not restored when
+ * fetching starts again: records would pile up in a queue nobody reads.
+ * Forwarding again is idempotent (queued records move over in order), so
+ * the consumer thread re-asserts it after any re-assignment and once a
+ * second as a safety net.
+ */
+static void reforward_all(struct sc_pipeline *pl)
+{
+    for (size_t i = 0; i < pl->nparts; i++)
+        rd_kafka_queue_forward(pl->parts[i]->queue, sc_worker_queue(pl->parts[i]->worker));
+    pl->next_reforward_ms = sc_mono_ms() + 1000;
+}
+
+/*
+ * librdkafka stops fetching a partition after an offset-out-of-range error
+ * (auto.offset.reset=error), and a seek cannot restart it: assign it again.
+ */
+static void restart_fetch(struct sc_pipeline *pl, struct sc_part *p, int64_t start)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = start;
+    rd_kafka_error_t *e = NULL;
+    rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    if (pl->cooperative) {
+        e = rd_kafka_incremental_unassign(pl->rk, l);
+        if (!e)
+            e = rd_kafka_incremental_assign(pl->rk, l);
+    } else {
+        /* Eager: assign() replaces the whole assignment.  The other partitions restart from
+         * the offsets mirrored to Kafka, which never exceed their PostgreSQL checkpoints:
+         * their workers drop what they already have (offset below next_expected). */
+        rd_kafka_topic_partition_list_t *all = NULL;
+        err = rd_kafka_assignment(pl->rk, &all);
+        if (!err) {
+            for (int i = 0; i < all->cnt; i++)
+                all->elems[i].offset = RD_KAFKA_OFFSET_INVALID;
+            rd_kafka_topic_partition_t *t =
+                rd_kafka_topic_partition_list_find(all, p->topic, p->partition);
+            if (t)
+                t->offset = start;
+            err = rd_kafka_assign(pl->rk, all);
+            rd_kafka_topic_partition_list_destroy(all);
+        }
+    }
+    reforward_all(pl);
+    if (e || err)
+        sc_warn(&p->log, "could not restart fetching at offset %" PRId64 ": %s", start,
+                e ? rd_kafka_error_string(e) : rd_kafka_err2str(err));
+    if (e)
+        rd_kafka_error_destroy(e);
+    rd_kafka_topic_partition_list_destroy(l);
 }
 
 /*
@@ -448,7 +514,14 @@ static void reacquire_fenced(struct sc_pipeline *pl)
         p->handover_epoch = r.epoch;
         p->start_offset = start >= 0 ? start : -1;
         atomic_store(&p->lease_valid_until_ms, valid_until(pl, sc_mono_ms()));
+        bool restart = atomic_exchange(&p->fetch_stopped, false);
+        p->handover_seek = !restart;
+        /* The worker takes the new state first; only then does fetching restart, so
+         * nothing fetched for the new position can reach a partition it still thinks is
+         * fenced.  (A stopped fetcher has nothing stale in flight.) */
         sc_worker_reacquired(p->worker, p);
+        if (restart)
+            restart_fetch(pl, p, start);
     }
 }
 
@@ -478,6 +551,8 @@ static void *consumer_main(void *arg)
         }
         renew_leases(pl);
         reacquire_fenced(pl);
+        if (sc_mono_ms() >= pl->next_reforward_ms)
+            reforward_all(pl);
     }
     /* Leaving the group revokes everything through rebalance_cb: workers commit what they
      * wrote and release the leases before we go. */

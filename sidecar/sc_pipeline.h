@@ -53,11 +53,14 @@ struct sc_part {
     int64_t lease_epoch;
     _Atomic int64_t lease_valid_until_ms; /* monotonic; 0 = do not deliver */
     atomic_bool need_reacquire;           /* worker -> consumer: fenced or conflict */
+    atomic_bool fetch_stopped;            /* worker -> consumer: librdkafka stopped fetching
+                                             (offset out of range): re-assign to restart */
     bool revoked;                         /* consumer: REMOVE sent */
 
     /* Hand-over from the consumer thread (under the worker's lock). */
     struct sc_cp handover_cp;
     int64_t handover_epoch;
+    bool handover_seek;   /* the worker must seek (false: the consumer re-assigned it) */
     int64_t start_offset; /* where Kafka was asked to start (assign/seek) */
 
     /* ---- worker-owned ---- */
@@ -75,6 +78,7 @@ struct sc_part {
     int64_t retry_at_ms;
     struct sc_backoff backoff;
     int64_t error_poll_ms; /* next time an errored partition re-reads its row */
+    unsigned seek_gen;     /* bumped by every worker-side seek */
     struct sc_part *next;  /* in the worker's list */
 };
 
@@ -97,6 +101,7 @@ struct sc_pipeline {
     _Atomic int64_t db_ok_ms; /* last time PostgreSQL answered the consumer thread */
     int64_t next_renew_ms;
     int64_t next_watermarks_ms;
+    int64_t next_reforward_ms;
     atomic_bool kafka_up;
     atomic_int exit_code;
 };

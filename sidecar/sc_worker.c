@@ -917,6 +917,8 @@ static void service(struct sc_worker *w, struct sc_part *p)
         if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
             return;
         sc_failpoint("after_commit");
+        if (c.and_pend)
+            sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
         p->replay = false;
         atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
         sc_counter_add(&p->m->records_delivered, n - ndead);
@@ -963,6 +965,7 @@ static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_me
                      "checkpoint offset %" PRId64 " is out of range in Kafka (%s): records "
                      "deleted by retention or the topic was recreated",
                      p->next_expected, rd_kafka_message_errstr(m));
+        atomic_store(&p->fetch_stopped, true); /* librdkafka stopped fetching it */
         part_error(w, p, msg);
         return;
     }
@@ -977,6 +980,16 @@ static void dispatch(struct sc_worker *w, rd_kafka_message_t *m)
         /* An ADD is always posted before the partition is assigned: take it now. */
         process_inbox(w);
         p = find_part(w, topic, m->partition);
+    }
+    if (p && (p->state == SC_PART_FENCED || p->state == SC_PART_ERROR)) {
+        /* It may have been re-acquired meanwhile: take the news before judging m. */
+        unsigned gen = p->seek_gen;
+        process_inbox(w);
+        p = find_part(w, topic, m->partition);
+        if (p && p->seek_gen != gen) {
+            rd_kafka_message_destroy(m); /* dequeued before that seek: stale */
+            return;
+        }
     }
     if (!p) {
         if (m->err)
@@ -1029,10 +1042,18 @@ static void part_reacquired(struct sc_worker *w, struct sc_part *p)
     (void)w;
     buf_clear(p);
     take_handover(p);
+    if (!p->handover_seek) {
+        /* The consumer thread re-assigned the partition at the start offset. */
+        sc_info(&p->log,
+                "lease re-acquired with epoch %" PRId64 "; fetching again from offset %" PRId64,
+                p->cp.epoch, p->start_offset);
+        return;
+    }
     /* Start reading again at the checkpoint: the seek drops what was fetched before. */
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
         p->start_offset >= 0 ? p->start_offset : RD_KAFKA_OFFSET_BEGINNING;
+    p->seek_gen++;
     rd_kafka_error_t *e = rd_kafka_seek_partitions(p->pl->rk, l, 10000);
     if (e || l->elems[0].err) {
         sc_warn(&p->log, "seek to offset %" PRId64 " failed: %s", p->start_offset,
