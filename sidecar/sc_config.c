@@ -1108,8 +1108,10 @@ static const struct sc_conf_key file_keys[] = {
      .def = "batch",
      .offset = FILEK(fsync),
      .values = fsync_policies,
-     .help = "batch: fsync before each checkpoint commit; interval: every fsync_interval_ms "
-             "(a crash may lose the last interval, which is then replayed); never"},
+     .help = "batch: fsync before each checkpoint commit (survives power loss); interval: at "
+             "most every fsync_interval_ms; never: leave it to the kernel. All three survive a "
+             "process crash; with interval/never a power loss can lose the file's tail, which "
+             "the sidecar then reports as an error state instead of writing past it"},
     {.name = "fsync_interval_ms",
      .type = SC_CONF_INT,
      .def = "1000",
@@ -1200,7 +1202,8 @@ static const struct sc_conf_key retry_keys[] = {
      .offset = offsetof(struct sc_retry_conf, max_attempts),
      .min = 1,
      .max = 1000,
-     .help = "attempts per batch before on_error applies"},
+     .help = "attempts in one round of retries; then the partition backs off and the batch is "
+             "sent again (running out of retries is never permanent)"},
     {.name = "initial_backoff_ms",
      .type = SC_CONF_INT,
      .def = "200",
@@ -1226,7 +1229,7 @@ static const struct sc_conf_key retry_keys[] = {
 };
 static const struct sc_conf_table retry_table = {
     .name = "pipelines[].sink.retry",
-    .help = "Retries of connect errors, timeouts, 5xx and 429 (Retry-After is honoured).",
+    .help = "Retries of connect errors, timeouts, 5xx, 408 and 429 (Retry-After is honoured).",
     .keys = retry_keys,
     .check = check_retry,
 };
@@ -1276,8 +1279,8 @@ static const struct sc_conf_key http_keys[] = {
      .def = "dead_letter",
      .offset = HTTPK(on_error),
      .values = on_errors,
-     .help = "after a permanent error (4xx) or exhausted retries: dead_letter (a row in "
-             "dead_letters, then continue) or stop (the partition's error state)"},
+     .help = "after a 4xx that rejects records: dead_letter (the batch is split to find them; "
+             "a row in dead_letters each, then continue) or stop (the partition's error state)"},
     {.name = "ca_file",
      .type = SC_CONF_STRING,
      .offset = HTTPK(ca_file),

@@ -1,0 +1,44 @@
+/*
+ * check_readme.c - the README's configuration reference is the one the
+ * binary prints: regenerate it with `tests/update-readme.sh` after changing
+ * a key table.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "hx.h"
+#include "sc_config.h"
+
+START_TEST(test_readme_config_reference_is_current)
+{
+    char path[1024];
+    snprintf(path, sizeof(path), "%s/README.md", HX_SOURCE_DIR);
+    char *readme = hx_read_file(path, NULL);
+    ck_assert_msg(readme != NULL, "cannot read %s", path);
+    const char *begin = strstr(readme, "<!-- config-reference:begin");
+    const char *end = strstr(readme, "<!-- config-reference:end -->");
+    ck_assert_msg(begin && end && end > begin, "README.md lacks the config-reference markers");
+    begin = strchr(begin, '\n') + 1;
+    char *md = sc_config_reference_markdown();
+    size_t len = (size_t)(end - begin);
+    ck_assert_msg(len == strlen(md) && memcmp(begin, md, len) == 0,
+                  "README.md's configuration reference is out of date: run tests/update-readme.sh");
+    free(md);
+    free(readme);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("readme");
+    TCase *tc = tcase_create("reference");
+    tcase_add_test(tc, test_readme_config_reference_is_current);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
