@@ -1,4 +1,5 @@
-# Writes OUT: a C array of {name, text} for every file in FILES (sorted).
+# Writes OUT: a C array of {name, text} for every file in FILES ("|"-separated, sorted).
+string(REPLACE "|" ";" FILES "${FILES}")
 set(content "/* Generated from sql/ by embed_sql.cmake - do not edit. */\n")
 string(APPEND content "#include \"sc_migrate.h\"\n\nconst struct sc_sql_file sc_sql_files[] = {\n")
 set(count 0)
