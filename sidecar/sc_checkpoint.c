@@ -70,9 +70,25 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sc_envelope.h"
 #include "sc_log.h"
 
 #define PK "pipeline = $1 AND topic = $2 AND partition = $3"
+/*
+ * Announces the events a statement inserted (CTE "e", RETURNING id) on the
+ * channel in parameter ch, unless it is NULL (coalesced mode: sc_notify.c
+ * then sends one NOTIFY per interval).  NOTIFY is delivered on commit only,
+ * so a watcher never hears of an event whose transaction rolled back.
+ */
+#define NOTIFY_CTE(ch)                                                                     \
+    " n AS (SELECT pg_notify(" ch "::text, json_build_object('id', max(e.id), 'pipeline'," \
+    " $1::text, 'topic', $2::text, 'partition', $3::int)::text) FROM e"                    \
+    " HAVING " ch "::text IS NOT NULL AND count(*) > 0)"
+
+/* The columns sc_checkpoint_parse_row() reads, in its order. */
+#define CP_COLUMNS                                                                                \
+    "epoch, committed_offset, committed_write_offset, pending_first_offset, pending_last_offset," \
+    " pending_count, pending_checksum, pending_write_offset, state, error, paused, control_seq"
 
 static const struct sc_stmt st_pend = {
     "sc_cp_pend",
@@ -81,14 +97,14 @@ static const struct sc_stmt st_pend = {
     "  pending_count = $8, pending_checksum = $9, pending_write_offset = committed_write_offset,"
     "  pending_since = now(), updated_at = now()"
     " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"
-    "  AND committed_write_offset = $10"
+    "  AND committed_write_offset = $10 AND committed_offset IS NOT DISTINCT FROM $11"
     " RETURNING pending_write_offset),"
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, $2, $3, 'pend', $4, $5, $6, $7, pending_write_offset,"
-    "  jsonb_build_object('count', $8::int, 'checksum', $9::bigint) FROM c)"
-    " SELECT pending_write_offset FROM c",
-    10,
+    "  jsonb_build_object('count', $8::int, 'checksum', $9::bigint) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$12") " SELECT pending_write_offset FROM c, (SELECT count(*) FROM n) AS _n",
+    12,
 };
 
 static const struct sc_stmt st_commit = {
@@ -103,9 +119,9 @@ static const struct sc_stmt st_commit = {
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, $2, $3, $9, $4, $5, $6, $10, $8,"
-    "  jsonb_build_object('count', $11::int, 'next_offset', $7::bigint) FROM c)"
-    " SELECT 1 FROM c",
-    11,
+    "  jsonb_build_object('count', $11::int, 'next_offset', $7::bigint) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$12") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    12,
 };
 
 static const struct sc_stmt st_commit_pend = {
@@ -124,9 +140,9 @@ static const struct sc_stmt st_commit_pend = {
     "   jsonb_build_object('count', $14::int, 'next_offset', $7::bigint)),"
     "  (2, 'pend', $9::bigint, $10::bigint,"
     "   jsonb_build_object('count', $11::int, 'checksum', $12::bigint))) AS v(ord, kind, f, l, d)"
-    "  ORDER BY v.ord)"
-    " SELECT 1 FROM c",
-    15,
+    "  ORDER BY v.ord RETURNING id)," NOTIFY_CTE(
+        "$16") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    16,
 };
 
 static const struct sc_stmt st_advance = {
@@ -140,9 +156,9 @@ static const struct sc_stmt st_advance = {
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, $2, $3, 'commit', $4, $5, $8, $9, $7,"
-    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c)"
-    " SELECT 1 FROM c",
-    10,
+    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$11") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    11,
 };
 
 /* A replay dead-letters the same record again: one row per record, attempts add up. */
@@ -167,9 +183,9 @@ static const struct sc_stmt st_set_start = {
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  write_offset, detail)"
     " SELECT $1, $2, $3, 'reset', $4, $5, $6, committed_write_offset,"
-    "  jsonb_build_object('reason', $7::text) FROM c)"
-    " SELECT 1 FROM c",
-    7,
+    "  jsonb_build_object('reason', $7::text) FROM c RETURNING id)," NOTIFY_CTE(
+        "$8") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    8,
 };
 
 static const struct sc_stmt st_fail = {
@@ -181,24 +197,23 @@ static const struct sc_stmt st_fail = {
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, $2, $3, 'error', $4, $5, pending_first_offset, pending_last_offset,"
-    "  committed_write_offset, jsonb_build_object('error', $6::text) FROM c)"
-    " SELECT 1 FROM c",
-    6,
+    "  committed_write_offset, jsonb_build_object('error', $6::text) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$7") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    7,
 };
 
 static const struct sc_stmt st_fenced = {
     "sc_cp_fenced",
-    "INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
+    "WITH e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
     " SELECT $1, $2, $3, 'fenced', $4, $5, jsonb_build_object('reason', $6::text,"
-    "  'current_epoch', (SELECT epoch FROM {S}.checkpoints WHERE " PK "))",
-    6,
+    "  'current_epoch', (SELECT epoch FROM {S}.checkpoints WHERE " PK
+    ")) RETURNING id)," NOTIFY_CTE("$7") " SELECT count(*) FROM n",
+    7,
 };
 
 static const struct sc_stmt st_load = {
     "sc_cp_load",
-    "SELECT epoch, committed_offset, committed_write_offset, pending_first_offset,"
-    " pending_last_offset, pending_count, pending_checksum, pending_write_offset, state, error"
-    " FROM {S}.checkpoints WHERE " PK,
+    "SELECT " CP_COLUMNS " FROM {S}.checkpoints WHERE " PK,
     3,
 };
 
@@ -248,6 +263,8 @@ void sc_checkpoint_parse_row(const PGresult *res, int row, int c, struct sc_cp *
     cp->error = strcmp(PQgetvalue(res, row, c + 8), "error") == 0;
     if (!PQgetisnull(res, row, c + 9))
         snprintf(cp->error_msg, sizeof(cp->error_msg), "%s", PQgetvalue(res, row, c + 9));
+    cp->paused = PQgetvalue(res, row, c + 10)[0] == 't';
+    cp->control_seq = col_i64(res, row, c + 11);
 }
 
 /* Parameter buffers for one statement: pipeline, topic, partition, epoch, owner, then extras. */
@@ -306,11 +323,13 @@ enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_
     for (size_t i = 0; i < ndead; i++) {
         const struct sc_cp_dead *d = &dead[i];
         char part[24], off[24], st[24], att[24];
+        /* jsonb refuses \u0000 (a NUL in the record): the raw bytes are kept as bytea. */
+        char *safe = sc_json_jsonb_safe(d->envelope);
         const char *v[11] = {k->pipeline,
                              k->topic,
                              sc_i64(part, k->partition),
                              sc_i64(off, d->offset),
-                             d->envelope,
+                             safe ? safe : d->envelope,
                              d->key,
                              d->value,
                              d->error,
@@ -321,6 +340,7 @@ enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_
         int fmts[11] = {0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0}; /* key, value: binary bytea */
         enum sc_pg_errclass cls;
         PGresult *res = sc_db_exec_params(db, &st_dead, v, lens, fmts, &cls);
+        free(safe);
         if (!res)
             return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
         PQclear(res);
@@ -347,6 +367,11 @@ enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k
     param_i64(&p, count);
     param_i64(&p, checksum);
     param_i64(&p, cp->committed_write_offset);
+    if (cp->has_committed)
+        param_i64(&p, cp->committed_offset); /* $11: a reset meanwhile makes this a conflict */
+    else
+        param_str(&p, NULL);
+    param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write(db, &st_pend, &p, k, cp->epoch);
     if (s == SC_CP_OK) {
         cp->has_pending = true;
@@ -380,6 +405,7 @@ enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key 
     param_str(&p, replay ? "replay" : "commit");
     param_i64(&p, cp->pending_last);
     param_i64(&p, cp->pending_count);
+    param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write_dead(db, &st_commit, &p, k, cp->epoch, dead, ndead);
     if (s == SC_CP_OK)
         apply_commit(cp, next_offset, next_write_offset);
@@ -405,6 +431,7 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
     param_i64(&p, cp->pending_last);  /* $13 */
     param_i64(&p, cp->pending_count); /* $14 */
     param_str(&p, replay ? "replay" : "commit");
+    param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write_dead(db, &st_commit_pend, &p, k, cp->epoch, dead, ndead);
     if (s == SC_CP_OK) {
         apply_commit(cp, next_offset, next_write_offset);
@@ -437,6 +464,7 @@ enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key
     param_i64(&p, first);             /* $8 */
     param_i64(&p, last);              /* $9 */
     param_i64(&p, count);             /* $10 */
+    param_str(&p, k->notify_channel); /* $11 */
     s = run_write(db, &st_advance, &p, k, cp->epoch);
     if (s == SC_CP_OK)
         apply_commit(cp, last + 1, next_write_offset);
@@ -450,6 +478,7 @@ enum sc_cp_status sc_checkpoint_set_start(struct sc_db *db, const struct sc_cp_k
     params_init(&p, k, cp->epoch);
     param_i64(&p, offset);
     param_str(&p, why);
+    param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write(db, &st_set_start, &p, k, cp->epoch);
     if (s == SC_CP_OK) {
         cp->has_committed = true;
@@ -464,6 +493,7 @@ enum sc_cp_status sc_checkpoint_fail(struct sc_db *db, const struct sc_cp_key *k
     struct params p;
     params_init(&p, k, cp->epoch);
     param_str(&p, message);
+    param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write(db, &st_fail, &p, k, cp->epoch);
     if (s == SC_CP_OK) {
         cp->error = true;
@@ -478,6 +508,7 @@ enum sc_cp_status sc_checkpoint_note_fenced(struct sc_db *db, const struct sc_cp
     struct params p;
     params_init(&p, k, my_epoch);
     param_str(&p, reason);
+    param_str(&p, k->notify_channel);
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, &st_fenced, p.v, &cls);
     if (!res)

@@ -22,6 +22,7 @@ struct sc_cp_key {
     const char *topic;
     int32_t partition;
     const char *owner;
+    const char *notify_channel; /* NOTIFY this channel with the event; NULL = coalesced mode */
 };
 
 /* A checkpoint row as its owner knows it. */
@@ -38,6 +39,8 @@ struct sc_cp {
     int64_t pending_write_offset;
     bool error; /* state = 'error' */
     char error_msg[256];
+    bool paused;         /* pause_partition() */
+    int64_t control_seq; /* bumped by every operator action (reset, pause, resume) */
 };
 
 enum sc_cp_status {
@@ -121,7 +124,9 @@ enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k
 /* 0 if epoch is still the row's epoch, -1 otherwise (or on error). */
 int sc_checkpoint_still_owner(struct sc_db *db, const struct sc_cp_key *k, int64_t epoch);
 
-/* Parses columns [col, col+9] of a result row into *cp (shared with sc_lease). */
+/* Parses columns [col, col+11] of a result row into *cp (shared with sc_lease): epoch,
+ * committed_offset, committed_write_offset, pending_{first,last}_offset, pending_count,
+ * pending_checksum, pending_write_offset, state, error, paused, control_seq. */
 void sc_checkpoint_parse_row(const PGresult *res, int row, int col, struct sc_cp *cp);
 
 #endif

@@ -352,6 +352,51 @@ key:
 #undef EMIT
 }
 
+static int hex4(const char *p)
+{
+    int v = 0;
+    for (int i = 0; i < 4; i++) {
+        char c = p[i];
+        int d = c >= '0' && c <= '9'   ? c - '0'
+                : c >= 'a' && c <= 'f' ? c - 'a' + 10
+                : c >= 'A' && c <= 'F' ? c - 'A' + 10
+                                       : -1;
+        if (d < 0)
+            return -1;
+        v = v * 16 + d;
+    }
+    return v;
+}
+
+char *sc_json_jsonb_safe(const char *s)
+{
+    char *copy = NULL;
+    size_t len = strlen(s);
+    for (size_t i = 0; i + 1 < len; i++) {
+        if (s[i] != '\\')
+            continue;
+        if (s[i + 1] != 'u' || i + 6 > len) {
+            i++; /* another escape: skip its character */
+            continue;
+        }
+        int u = hex4(s + i + 2);
+        int next = i + 12 <= len && s[i + 6] == '\\' && s[i + 7] == 'u' ? hex4(s + i + 8) : -1;
+        bool bad = u == 0 || (u >= 0xDC00 && u <= 0xDFFF) ||
+                   (u >= 0xD800 && u <= 0xDBFF && !(next >= 0xDC00 && next <= 0xDFFF));
+        if (u >= 0xD800 && u <= 0xDBFF && !bad) {
+            i += 11; /* a valid pair: skip both escapes */
+            continue;
+        }
+        if (bad) {
+            if (!copy)
+                copy = sc_xstrdup(s);
+            memcpy(copy + i + 2, "fffd", 4);
+        }
+        i += 5;
+    }
+    return copy;
+}
+
 int sc_envelope_append_value(struct sc_buf *out, const void *p, size_t len, enum sc_value_format vf)
 {
     if (!p)
@@ -427,6 +472,11 @@ static int append_headers(struct sc_buf *out, const struct sc_header *hs, size_t
             return -1;
     }
     return sc_buf_putc(out, '}');
+}
+
+int sc_envelope_append_headers(struct sc_buf *out, const struct sc_header *hs, size_t n)
+{
+    return append_headers(out, hs, n);
 }
 
 int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_value_format vf)

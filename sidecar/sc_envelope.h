@@ -58,6 +58,10 @@ int sc_envelope_append_value(struct sc_buf *out, const void *p, size_t len, enum
 int sc_envelope_append_key(struct sc_buf *out, const void *p, size_t len, enum sc_value_format vf)
     __attribute__((warn_unused_result));
 
+/* Appends the "headers" member alone: an object of strings under the rules above. */
+int sc_envelope_append_headers(struct sc_buf *out, const struct sc_header *hs, size_t n)
+    __attribute__((warn_unused_result));
+
 /*
  * If in[0..len) is one valid JSON text (RFC 8259, UTF-8), appends it with
  * insignificant whitespace removed and returns 1; returns 0 (out unchanged)
@@ -65,6 +69,14 @@ int sc_envelope_append_key(struct sc_buf *out, const void *p, size_t len, enum s
  * not JSON.
  */
 int sc_json_minify_append(struct sc_buf *out, const char *in, size_t len);
+
+/*
+ * PostgreSQL's jsonb refuses some valid JSON: the escape \u0000 (its text
+ * cannot hold NUL) and unpaired UTF-16 surrogate escapes.  Returns a
+ * malloc'd copy of the JSON text s with each of them replaced by \ufffd, or
+ * NULL when s has none (use s as it is).
+ */
+char *sc_json_jsonb_safe(const char *s);
 
 /* Is s[0..len) valid UTF-8 (no overlongs, no surrogates, <= U+10FFFF)? */
 bool sc_utf8_valid(const char *s, size_t len);

@@ -16,8 +16,13 @@
 
 #include "sc_log.h"
 
+/* NOTIFY of the lease events in CTE "e" on channel ch (NULL: coalesced mode). */
+#define NOTIFY_LEASE(ch)                                                                   \
+    " n AS (SELECT pg_notify(" ch "::text, json_build_object('id', max(e.id), 'pipeline'," \
+    " $1::text)::text) FROM e HAVING " ch "::text IS NOT NULL AND count(*) > 0)"
+
 /*
- * $1 pipeline, $2 topics, $3 partitions, $4 owner, $5 ttl ms.
+ * $1 pipeline, $2 topics, $3 partitions, $4 owner, $5 ttl ms, $6 notify channel.
  * The new epoch is above both the lease's and the checkpoint's last epoch,
  * so deleting lease rows or resetting a checkpoint never lets an epoch repeat.
  */
@@ -45,25 +50,29 @@ static const struct sc_stmt st_acquire = {
     "  updated_at = now()"
     " RETURNING c.topic, c.partition, c.epoch, c.committed_offset, c.committed_write_offset,"
     "  c.pending_first_offset, c.pending_last_offset, c.pending_count, c.pending_checksum,"
-    "  c.pending_write_offset, c.state, c.error),"
-    " ev AS ("
+    "  c.pending_write_offset, c.state, c.error, c.paused, c.control_seq),"
+    " e AS ("
     " INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, cp.topic, cp.partition, 'lease', cp.epoch, $4, cp.committed_offset, NULL,"
     "  cp.committed_write_offset, jsonb_build_object('action', 'acquire',"
-    "   'pending', cp.pending_first_offset IS NOT NULL) FROM cp)"
-    " SELECT true, cp.topic, cp.partition, cp.epoch, cp.committed_offset,"
-    "  cp.committed_write_offset, cp.pending_first_offset, cp.pending_last_offset,"
-    "  cp.pending_count, cp.pending_checksum, cp.pending_write_offset, cp.state, cp.error,"
-    "  NULL::text, NULL::bigint FROM cp"
-    " UNION ALL"
-    " SELECT false, req.topic, req.partition, l.epoch, NULL, NULL, NULL, NULL, NULL, NULL, NULL,"
-    "  NULL, NULL, l.owner, (extract(epoch FROM (l.expires_at - now())) * 1000)::bigint"
-    " FROM req JOIN {S}.leases l ON l.pipeline = $1 AND l.topic = req.topic"
-    "  AND l.partition = req.partition"
-    " WHERE NOT EXISTS (SELECT 1 FROM got WHERE got.topic = req.topic"
-    "  AND got.partition = req.partition)",
-    5,
+    "   'pending', cp.pending_first_offset IS NOT NULL) FROM cp RETURNING id)," NOTIFY_LEASE(
+        "$6") " SELECT true, cp.topic, cp.partition, cp.epoch, cp.committed_offset,"
+              "  cp.committed_write_offset, cp.pending_first_offset, cp.pending_last_offset,"
+              "  cp.pending_count, cp.pending_checksum, cp.pending_write_offset, cp.state, "
+              "cp.error,"
+              "  cp.paused, cp.control_seq, NULL::text, NULL::bigint"
+              " FROM cp, (SELECT count(*) FROM n) AS _n"
+              " UNION ALL"
+              " SELECT false, req.topic, req.partition, l.epoch, NULL, NULL, NULL, NULL, NULL, "
+              "NULL, NULL,"
+              "  NULL, NULL, NULL, NULL, l.owner,"
+              "  (extract(epoch FROM (l.expires_at - now())) * 1000)::bigint"
+              " FROM req JOIN {S}.leases l ON l.pipeline = $1 AND l.topic = req.topic"
+              "  AND l.partition = req.partition"
+              " WHERE NOT EXISTS (SELECT 1 FROM got WHERE got.topic = req.topic"
+              "  AND got.partition = req.partition)",
+    6,
 };
 
 /* $1 pipeline, $2 topics, $3 partitions, $4 epochs, $5 owner, $6 ttl ms. */
@@ -71,14 +80,16 @@ static const struct sc_stmt st_renew = {
     "sc_lease_renew",
     "UPDATE {S}.leases l SET renewed_at = now(),"
     " expires_at = now() + make_interval(secs => $6::bigint / 1000.0)"
-    " FROM unnest($2::text[], $3::int[], $4::bigint[]) AS r(topic, partition, epoch)"
+    " FROM unnest($2::text[], $3::int[], $4::bigint[]) AS r(topic, partition, epoch),"
+    "  {S}.checkpoints c"
     " WHERE l.pipeline = $1 AND l.topic = r.topic AND l.partition = r.partition"
     "  AND l.epoch = r.epoch AND l.owner = $5"
-    " RETURNING l.topic, l.partition",
+    "  AND c.pipeline = l.pipeline AND c.topic = l.topic AND c.partition = l.partition"
+    " RETURNING l.topic, l.partition, c.control_seq",
     6,
 };
 
-/* $1 pipeline, $2 topics, $3 partitions, $4 epochs, $5 owner, $6 reason. */
+/* $1 pipeline, $2 topics, $3 partitions, $4 epochs, $5 owner, $6 reason, $7 notify channel. */
 static const struct sc_stmt st_release = {
     "sc_lease_release",
     "WITH l AS ("
@@ -87,10 +98,11 @@ static const struct sc_stmt st_release = {
     " WHERE l.pipeline = $1 AND l.topic = r.topic AND l.partition = r.partition"
     "  AND l.epoch = r.epoch AND l.owner = $5"
     " RETURNING l.topic, l.partition, l.epoch)"
-    " INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
+    " , e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
     " SELECT $1, l.topic, l.partition, 'lease', l.epoch, $5,"
-    "  jsonb_build_object('action', 'release', 'reason', $6::text) FROM l",
-    6,
+    "  jsonb_build_object('action', 'release', 'reason', $6::text) FROM l RETURNING "
+    "id)," NOTIFY_LEASE("$7") " SELECT count(*) FROM n",
+    7,
 };
 
 int sc_pg_array_str(struct sc_buf *b, const char *const *items, size_t n)
@@ -152,7 +164,8 @@ static void arrays_free(struct arrays *a)
 }
 
 int sc_lease_acquire(struct sc_db *db, const char *pipeline, const char *owner, int ttl_ms,
-                     struct sc_lease_req *reqs, size_t n, bool *unavailable)
+                     const char *notify_channel, struct sc_lease_req *reqs, size_t n,
+                     bool *unavailable)
 {
     *unavailable = false;
     const char **topics = sc_xcalloc(n, sizeof(*topics));
@@ -168,7 +181,8 @@ int sc_lease_acquire(struct sc_db *db, const char *pipeline, const char *owner, 
     struct arrays a;
     arrays_build(&a, topics, parts, NULL, n);
     char ttl[24];
-    const char *params[] = {pipeline, a.topics.data, a.partitions.data, owner, sc_i64(ttl, ttl_ms)};
+    const char *params[] = {pipeline, a.topics.data,       a.partitions.data,
+                            owner,    sc_i64(ttl, ttl_ms), notify_channel};
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, &st_acquire, params, &cls);
     arrays_free(&a);
@@ -192,8 +206,8 @@ int sc_lease_acquire(struct sc_db *db, const char *pipeline, const char *owner, 
             if (r->acquired) {
                 sc_checkpoint_parse_row(res, row, 3, &r->cp);
             } else {
-                snprintf(r->holder, sizeof(r->holder), "%s", PQgetvalue(res, row, 13));
-                r->holder_ms = strtoll(PQgetvalue(res, row, 14), NULL, 10);
+                snprintf(r->holder, sizeof(r->holder), "%s", PQgetvalue(res, row, 15));
+                r->holder_ms = strtoll(PQgetvalue(res, row, 16), NULL, 10);
             }
         }
     }
@@ -202,8 +216,8 @@ int sc_lease_acquire(struct sc_db *db, const char *pipeline, const char *owner, 
 }
 
 static int run_held(struct sc_db *db, const struct sc_stmt *st, const char *pipeline,
-                    const char *owner, const char *last, const struct sc_lease_held *held, size_t n,
-                    PGresult **out)
+                    const char *owner, const char *last, const char *extra,
+                    const struct sc_lease_held *held, size_t n, PGresult **out)
 {
     const char **topics = sc_xcalloc(n, sizeof(*topics));
     int32_t *parts = sc_xcalloc(n, sizeof(*parts));
@@ -215,7 +229,8 @@ static int run_held(struct sc_db *db, const struct sc_stmt *st, const char *pipe
     }
     struct arrays a;
     arrays_build(&a, topics, parts, epochs, n);
-    const char *params[] = {pipeline, a.topics.data, a.partitions.data, a.epochs.data, owner, last};
+    const char *params[] = {pipeline, a.topics.data, a.partitions.data, a.epochs.data, owner,
+                            last,     extra};
     enum sc_pg_errclass cls;
     *out = sc_db_exec(db, st, params, &cls);
     arrays_free(&a);
@@ -232,7 +247,7 @@ int sc_lease_renew(struct sc_db *db, const char *pipeline, const char *owner, in
         return 0;
     char ttl[24];
     PGresult *res;
-    if (run_held(db, &st_renew, pipeline, owner, sc_i64(ttl, ttl_ms), held, n, &res) != 0)
+    if (run_held(db, &st_renew, pipeline, owner, sc_i64(ttl, ttl_ms), NULL, held, n, &res) != 0)
         return -1;
     for (size_t i = 0; i < n; i++)
         held[i].ok = false;
@@ -240,20 +255,23 @@ int sc_lease_renew(struct sc_db *db, const char *pipeline, const char *owner, in
         const char *topic = PQgetvalue(res, row, 0);
         int32_t partition = (int32_t)strtol(PQgetvalue(res, row, 1), NULL, 10);
         for (size_t i = 0; i < n; i++)
-            if (held[i].partition == partition && strcmp(held[i].topic, topic) == 0)
+            if (held[i].partition == partition && strcmp(held[i].topic, topic) == 0) {
                 held[i].ok = true;
+                held[i].control_seq = strtoll(PQgetvalue(res, row, 2), NULL, 10);
+            }
     }
     PQclear(res);
     return 0;
 }
 
 int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
-                     const struct sc_lease_held *held, size_t n, const char *reason)
+                     const char *notify_channel, const struct sc_lease_held *held, size_t n,
+                     const char *reason)
 {
     if (n == 0)
         return 0;
     PGresult *res;
-    if (run_held(db, &st_release, pipeline, owner, reason, held, n, &res) != 0)
+    if (run_held(db, &st_release, pipeline, owner, reason, notify_channel, held, n, &res) != 0)
         return -1;
     PQclear(res);
     return 0;

@@ -34,19 +34,22 @@ struct sc_lease_req {
 };
 
 /*
- * Tries to acquire every lease in reqs in one statement (one round trip).
+ * Tries to acquire every lease in reqs in one statement (one round trip),
+ * announcing the lease events on notify_channel (NULL: coalesced mode).
  * Returns 0 (each req says whether it was acquired), or -1 if PostgreSQL
  * could not be asked (*unavailable true: retry later).
  */
 int sc_lease_acquire(struct sc_db *db, const char *pipeline, const char *owner, int ttl_ms,
-                     struct sc_lease_req *reqs, size_t n, bool *unavailable);
+                     const char *notify_channel, struct sc_lease_req *reqs, size_t n,
+                     bool *unavailable);
 
 /* A held lease, for renewal and release. */
 struct sc_lease_held {
     const char *topic;
     int32_t partition;
     int64_t epoch;
-    bool ok; /* result of renew: still ours */
+    bool ok;             /* result of renew: still ours */
+    int64_t control_seq; /* result of renew: the checkpoint's operator sequence */
 };
 
 /*
@@ -58,7 +61,8 @@ int sc_lease_renew(struct sc_db *db, const char *pipeline, const char *owner, in
 
 /* Releases (expires now) the given leases, writing a 'lease' release event. */
 int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
-                     const struct sc_lease_held *held, size_t n, const char *reason);
+                     const char *notify_channel, const struct sc_lease_held *held, size_t n,
+                     const char *reason);
 
 /* Appends a PostgreSQL array literal of strings / integers to b. */
 int sc_pg_array_str(struct sc_buf *b, const char *const *items, size_t n);

@@ -31,6 +31,7 @@ struct sc_metrics_part *sc_metrics_part(const char *pipeline, const char *topic,
         m->topic = sc_xstrdup(topic);
         m->partition = partition;
         atomic_store(&m->consumer_lag, -1);
+        atomic_store(&m->committed_offset, -1);
         /* Keep the list sorted so the exposition is stable. */
         struct sc_metrics_part **pp = &reg_head;
         while (*pp) {

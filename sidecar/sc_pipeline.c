@@ -172,7 +172,7 @@ static bool acquire_all(struct sc_pipeline *pl, struct sc_lease_req *reqs, size_
                 todo[m++] = reqs[i];
         bool unavailable = false;
         if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
-                             todo, m, &unavailable) != 0) {
+                             sc_notify_channel(&pl->notify), todo, m, &unavailable) != 0) {
             sc_sleep_ms(sc_backoff_next(&bo), pl->stop);
             renew_leases(pl);
             continue;
@@ -274,6 +274,7 @@ static void assign_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_l
         p->log = (struct sc_log_fields){pl->pc->name, p->topic, p->partition};
         p->m = sc_metrics_part(pl->pc->name, p->topic, p->partition);
         p->lease_epoch = r->epoch;
+        p->control_seq = r->cp.control_seq;
         p->handover_cp = r->cp;
         p->handover_epoch = r->epoch;
         p->start_offset = start >= 0 ? start : -1;
@@ -347,6 +348,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     struct sc_pipeline *pl = opaque;
     struct sc_log_fields f = pl_log(pl);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        atomic_store(&pl->kafka_up, true); /* the group coordinator answered */
         sc_info(&f, "assigned %d partition%s", parts->cnt, parts->cnt == 1 ? "" : "s");
         assign_partitions(pl, parts);
         return;
@@ -395,7 +397,8 @@ static void renew_leases(struct sc_pipeline *pl)
         struct sc_part *p = pl->parts[i];
         if (atomic_load(&p->need_reacquire))
             continue;
-        held[n] = (struct sc_lease_held){p->topic, p->partition, p->lease_epoch, false};
+        held[n] = (struct sc_lease_held){
+            .topic = p->topic, .partition = p->partition, .epoch = p->lease_epoch};
         which[n++] = p;
     }
     if (n == 0) {
@@ -413,6 +416,14 @@ static void renew_leases(struct sc_pipeline *pl)
             struct sc_part *p = which[i];
             if (held[i].ok) {
                 atomic_store(&p->lease_valid_until_ms, valid_until(pl, now));
+                if (held[i].control_seq != p->control_seq) {
+                    /* reset_checkpoint / pause_partition / resume_partition: the worker
+                     * finishes its batch, then the row is re-read. */
+                    sc_info(&p->log, "an operator changed the checkpoint (reset, pause or "
+                                     "resume); re-reading it");
+                    p->control_seq = held[i].control_seq;
+                    atomic_store(&p->control_changed, true);
+                }
             } else {
                 /* Someone else holds a newer epoch: we are fenced, whether or not a worker
                  * was about to write. */
@@ -423,7 +434,8 @@ static void renew_leases(struct sc_pipeline *pl)
                 atomic_store(&p->lease_valid_until_ms, 0);
                 atomic_store(&p->need_reacquire, true);
                 sc_counter_add(&p->m->fenced, 1);
-                struct sc_cp_key k = {pl->pc->name, p->topic, p->partition, pl->cfg->instance_id};
+                struct sc_cp_key k = {pl->pc->name, p->topic, p->partition, pl->cfg->instance_id,
+                                      sc_notify_channel(&pl->notify)};
                 sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, "lease renewal refused");
             }
         }
@@ -502,14 +514,15 @@ static void reacquire_fenced(struct sc_pipeline *pl)
             continue;
         struct sc_lease_req r = {.topic = p->topic, .partition = p->partition};
         bool unavailable;
-        if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms, &r,
-                             1, &unavailable) != 0 ||
+        if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
+                             sc_notify_channel(&pl->notify), &r, 1, &unavailable) != 0 ||
             !r.acquired)
             continue;
         int64_t persist;
         int64_t start = start_offset(pl, &r, &persist);
         atomic_store(&p->need_reacquire, false);
         p->lease_epoch = r.epoch;
+        p->control_seq = r.cp.control_seq;
         p->handover_cp = r.cp;
         p->handover_epoch = r.epoch;
         p->start_offset = start >= 0 ? start : -1;
@@ -523,6 +536,79 @@ static void reacquire_fenced(struct sc_pipeline *pl)
         if (restart)
             restart_fetch(pl, p, start);
     }
+}
+
+/* $1 pipeline, $2 topics, $3 partitions, $4 low watermarks, $5 high watermarks. */
+static const struct sc_stmt st_stats = {
+    "sc_partition_stats",
+    "INSERT INTO {S}.partition_stats AS s (pipeline, topic, partition, low_watermark,"
+    " high_watermark, sampled_at)"
+    " SELECT $1, r.topic, r.partition, r.lo, r.hi, now()"
+    " FROM unnest($2::text[], $3::int[], $4::bigint[], $5::bigint[]) AS r(topic, partition, lo, hi)"
+    " ON CONFLICT (pipeline, topic, partition) DO UPDATE SET low_watermark = "
+    "EXCLUDED.low_watermark,"
+    "  high_watermark = EXCLUDED.high_watermark, sampled_at = EXCLUDED.sampled_at",
+    5,
+};
+
+/*
+ * Every 5 s: the high watermarks librdkafka learned from its fetches (no
+ * broker round trip) go to partition_stats, so `partition_status.lag` works
+ * in SQL, and into sidecar_consumer_lag.  Only owned partitions are sampled:
+ * a partition that moved away has no lag here (its new owner reports it).
+ */
+static void sample_watermarks(struct sc_pipeline *pl)
+{
+    int64_t now = sc_mono_ms();
+    if (now < pl->next_watermarks_ms || pl->nparts == 0)
+        return;
+    pl->next_watermarks_ms = now + 5000;
+    size_t n = 0;
+    const char **topics = sc_xcalloc(pl->nparts, sizeof(*topics));
+    int64_t *parts = sc_xcalloc(pl->nparts, sizeof(*parts));
+    int64_t *lo = sc_xcalloc(pl->nparts, sizeof(*lo));
+    int64_t *hi = sc_xcalloc(pl->nparts, sizeof(*hi));
+    for (size_t i = 0; i < pl->nparts; i++) {
+        struct sc_part *p = pl->parts[i];
+        int64_t l, h;
+        rd_kafka_resp_err_t err =
+            atomic_load(&p->not_fetching)
+                ? rd_kafka_query_watermark_offsets(pl->rk, p->topic, p->partition, &l, &h, 2000)
+                : rd_kafka_get_watermark_offsets(pl->rk, p->topic, p->partition, &l, &h);
+        if (err || h < 0)
+            continue;
+        int64_t committed = atomic_load(&p->m->committed_offset);
+        int64_t from = committed >= 0 ? committed : l;
+        atomic_store(&p->m->consumer_lag, from >= 0 && h >= from ? h - from : 0);
+        topics[n] = p->topic;
+        parts[n] = p->partition;
+        lo[n] = l;
+        hi[n] = h;
+        n++;
+    }
+    if (n > 0) {
+        struct sc_buf a, b, c, d;
+        sc_buf_init(&a, 0);
+        sc_buf_init(&b, 0);
+        sc_buf_init(&c, 0);
+        sc_buf_init(&d, 0);
+        if (sc_pg_array_str(&a, topics, n) == 0 && sc_pg_array_i64(&b, parts, n) == 0 &&
+            sc_pg_array_i64(&c, lo, n) == 0 && sc_pg_array_i64(&d, hi, n) == 0) {
+            const char *params[] = {pl->pc->name, a.data, b.data, c.data, d.data};
+            enum sc_pg_errclass cls;
+            PGresult *res = sc_db_exec(&pl->db, &st_stats, params, &cls);
+            if (res)
+                PQclear(res);
+        }
+        sc_buf_free(&a);
+        sc_buf_free(&b);
+        sc_buf_free(&c);
+        sc_buf_free(&d);
+    }
+    free(topics);
+    free(parts);
+    free(lo);
+    free(hi);
 }
 
 static void *consumer_main(void *arg)
@@ -551,6 +637,7 @@ static void *consumer_main(void *arg)
         }
         renew_leases(pl);
         reacquire_fenced(pl);
+        sample_watermarks(pl);
         if (sc_mono_ms() >= pl->next_reforward_ms)
             reforward_all(pl);
     }
@@ -583,6 +670,7 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     pl->pc = pc;
     pl->stop = stop;
     pthread_mutex_init(&pl->lock, NULL);
+    sc_notify_pl_init(&pl->notify, cfg, pc->name);
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[256];

@@ -27,6 +27,7 @@
 #include "sc_checkpoint.h"
 #include "sc_config.h"
 #include "sc_db.h"
+#include "sc_notify.h"
 #include "sc_sink.h"
 
 struct sc_worker;
@@ -38,6 +39,7 @@ enum sc_part_state {
     SC_PART_ACTIVE,   /* delivering */
     SC_PART_FENCED,   /* lost its epoch; waiting for the consumer thread to re-acquire */
     SC_PART_ERROR,    /* checkpoint state 'error': delivers nothing until reset */
+    SC_PART_PAUSED,   /* pause_partition(): keeps the lease, delivers nothing */
 };
 
 struct sc_part {
@@ -55,6 +57,10 @@ struct sc_part {
     atomic_bool need_reacquire;           /* worker -> consumer: fenced or conflict */
     atomic_bool fetch_stopped;            /* worker -> consumer: librdkafka stopped fetching
                                              (offset out of range): re-assign to restart */
+    atomic_bool control_changed;          /* consumer -> worker: an operator changed the row */
+    atomic_bool not_fetching;             /* worker -> consumer: paused/errored, so librdkafka's
+                                             cached watermarks go stale: ask the broker */
+    int64_t control_seq;                  /* consumer: the row's control_seq as last seen */
     bool revoked;                         /* consumer: REMOVE sent */
 
     /* Hand-over from the consumer thread (under the worker's lock). */
@@ -104,6 +110,7 @@ struct sc_pipeline {
     int64_t next_reforward_ms;
     atomic_bool kafka_up;
     atomic_int exit_code;
+    struct sc_notify_pl notify;
 };
 
 /* Creates the consumer and the workers (not started). NULL with err on failure. */

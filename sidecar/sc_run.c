@@ -23,7 +23,9 @@
 #include "sc_metrics.h"
 #include "sc_migrate.h"
 #include "sc_pg.h"
+#include "sc_notify.h"
 #include "sc_pipeline.h"
+#include "sc_retention.h"
 
 static volatile bool stopping;
 static volatile sig_atomic_t signals_seen;
@@ -129,6 +131,22 @@ int sc_cmd_run(const struct sc_config *cfg)
         }
     }
 
+    struct sc_notifier *notifier = NULL;
+    struct sc_retention *retention = NULL;
+    if (!stopping) {
+        struct sc_notify_pl **nps = sc_xcalloc(cfg->npipelines, sizeof(*nps));
+        for (size_t i = 0; i < cfg->npipelines; i++)
+            nps[i] = &pls[i]->notify;
+        notifier = sc_notifier_start(cfg, nps, cfg->npipelines, err, sizeof(err));
+        free(nps);
+        retention = sc_retention_start(cfg, err, sizeof(err));
+        if (!notifier || !retention) {
+            sc_error(NULL, "%s", err);
+            rc = SC_EXIT_FAILURE;
+            stopping = true;
+        }
+    }
+
     while (!stopping) {
         sc_sleep_ms(200, &stopping);
         for (size_t i = 0; i < cfg->npipelines; i++)
@@ -164,8 +182,10 @@ int sc_cmd_run(const struct sc_config *cfg)
         }
         pls[i]->thread_started = false;
     }
-    /* The admin threads read the pipelines: stop them first. */
+    /* The admin threads read the pipelines, the notifier their state: stop them first. */
     sc_admin_stop(admin);
+    sc_notifier_stop(notifier);
+    sc_retention_stop(retention);
     for (size_t i = 0; i < cfg->npipelines; i++)
         sc_pipeline_free(pls[i]);
     free(pls);

@@ -75,6 +75,7 @@ static struct sc_cp_key key_of(const struct sc_part *p)
         .topic = p->topic,
         .partition = p->partition,
         .owner = p->pl->cfg->instance_id,
+        .notify_channel = sc_notify_channel(&p->pl->notify),
     };
 }
 
@@ -334,6 +335,7 @@ static void mirror_commit(struct sc_part *p, int64_t next_offset)
 static void part_stop_delivering(struct sc_part *p, enum sc_part_state state)
 {
     p->state = state;
+    atomic_store(&p->not_fetching, true);
     buf_clear(p);
     set_paused(p, true);
     atomic_store(&p->m->pending, 0);
@@ -620,6 +622,12 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         return;
     }
     atomic_store(&p->m->error, 0);
+    atomic_store(&p->m->committed_offset, p->cp.has_committed ? p->cp.committed_offset : -1);
+    if (p->cp.paused) {
+        sc_info(&p->log, "paused by an operator (resume_partition() to continue)");
+        part_stop_delivering(p, SC_PART_PAUSED);
+        return;
+    }
     char err[512] = "";
     if (!p->sink_part && w->sink->type->part_open &&
         w->sink->type->part_open(
@@ -672,6 +680,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         atomic_store(&p->m->pending, 1);
     }
     p->state = SC_PART_ACTIVE;
+    atomic_store(&p->not_fetching, false);
     set_paused(p, false);
     apply_backpressure(p);
 }
@@ -787,6 +796,8 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         }
         sc_backoff_reset(&p->backoff);
         p->cp = hc.cp;
+        sc_notify_count_commit(&p->pl->notify);
+        atomic_store(&p->m->committed_offset, p->cp.committed_offset);
         sc_counter_add(&p->m->records_delivered, n - hc.ndead);
         sc_counter_add(&p->m->dead_letters, hc.ndead);
         sc_counter_add(&p->m->batches_committed, 1);
@@ -800,6 +811,11 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
 static void service(struct sc_worker *w, struct sc_part *p)
 {
     int64_t now = sc_mono_ms();
+    if (p->state != SC_PART_FENCED && atomic_exchange(&p->control_changed, false)) {
+        /* Between batches: nothing is half done.  Re-read the row under a new epoch. */
+        part_fenced(w, p, "an operator changed the checkpoint", false);
+        return;
+    }
     if (p->state == SC_PART_STARTING) {
         if (now < p->retry_at_ms)
             return;
@@ -917,6 +933,8 @@ static void service(struct sc_worker *w, struct sc_part *p)
         if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
             return;
         sc_failpoint("after_commit");
+        sc_notify_count_commit(&p->pl->notify);
+        atomic_store(&p->m->committed_offset, c.next_offset);
         if (c.and_pend)
             sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
         p->replay = false;
@@ -981,7 +999,8 @@ static void dispatch(struct sc_worker *w, rd_kafka_message_t *m)
         process_inbox(w);
         p = find_part(w, topic, m->partition);
     }
-    if (p && (p->state == SC_PART_FENCED || p->state == SC_PART_ERROR)) {
+    if (p &&
+        (p->state == SC_PART_FENCED || p->state == SC_PART_ERROR || p->state == SC_PART_PAUSED)) {
         /* It may have been re-acquired meanwhile: take the news before judging m. */
         unsigned gen = p->seek_gen;
         process_inbox(w);
@@ -1071,9 +1090,15 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     if (p->sink_part && w->sink->type->part_close)
         w->sink->type->part_close(w->sink, p->sink_part);
     p->sink_part = NULL;
+    /* librdkafka keeps an application pause across unassign and assign: a partition paused
+     * here (backpressure, error state) that comes back to this process would never be fetched
+     * again (its next sc_part starts out "not paused", so nothing would resume it). */
+    set_paused(p, false);
     if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
-        struct sc_lease_held h = {p->topic, p->partition, p->cp.epoch, false};
-        if (sc_lease_release(&w->db, p->pl->pc->name, p->pl->cfg->instance_id, &h, 1, reason) != 0)
+        struct sc_lease_held h = {
+            .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
+        if (sc_lease_release(&w->db, p->pl->pc->name, p->pl->cfg->instance_id,
+                             sc_notify_channel(&p->pl->notify), &h, 1, reason) != 0)
             sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
                     w->db.last_error);
         else
