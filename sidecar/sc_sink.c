@@ -32,6 +32,7 @@ struct sc_sink *sc_sink_new(const struct sc_config *cfg, const struct sc_pipelin
     }
     struct sc_sink *sink = sc_xcalloc(1, sizeof(*sink));
     sink->type = type;
+    sink->flags = type->flags;
     sink->cfg = cfg;
     sink->pc = pc;
     sink->worker_id = worker_id;

@@ -107,7 +107,7 @@ struct sc_sink_part;
 
 struct sc_sink_class {
     const char *name;
-    unsigned flags;
+    unsigned flags; /* defaults for struct sc_sink.flags; create() may change them */
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */
     int (*create)(struct sc_sink *sink, char *err, size_t errsize);
@@ -150,6 +150,7 @@ struct sc_sink_class {
 
 struct sc_sink {
     const struct sc_sink_class *type;
+    unsigned flags; /* SC_SINK_F_*: the class's, unless create() decided otherwise */
     const struct sc_config *cfg;
     const struct sc_pipeline_conf *pc;
     int worker_id;

@@ -664,7 +664,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         if (!checkpoint_write(w, p, do_set_start, &a, "setting the start offset"))
             return;
     }
-    if (p->cp.has_pending && (w->sink->type->flags & SC_SINK_F_TRANSACTIONAL)) {
+    if (p->cp.has_pending && (w->sink->flags & SC_SINK_F_TRANSACTIONAL)) {
         part_error(w, p,
                    "a pending batch exists but this sink commits in one transaction and never "
                    "pends (was the sink type changed?); reset the partition to continue");
@@ -839,7 +839,7 @@ static void service(struct sc_worker *w, struct sc_part *p)
         return;
     if (atomic_load(&p->lease_valid_until_ms) < now)
         return; /* renewal is late (PostgreSQL down?): write nothing we might not own */
-    if (w->sink->type->flags & SC_SINK_F_TRANSACTIONAL) {
+    if (w->sink->flags & SC_SINK_F_TRANSACTIONAL) {
         deliver_transactional(w, p, now);
         return;
     }

@@ -1,0 +1,300 @@
+/*
+ * check_pg_sink_crash.c - invariant I6 for the postgres sink under kill -9.
+ *
+ * Three `sidecar run` processes share one consumer group over six
+ * partitions while 30,000 records are produced; the test SIGKILLs them at
+ * random moments and failpoints make them kill themselves at the steps of
+ * the protocol.  At the end the table must hold every source record exactly
+ * once with the produced key and value, and every checkpoint must be
+ * committed.
+ *
+ *  - same database: rows and checkpoint in one transaction.  Kills land
+ *    after the rows and the checkpoint advance were sent but before COMMIT
+ *    (pg_before_commit) and after COMMIT (after_commit).  A BEFORE INSERT
+ *    trigger counts every committed attempt to insert a record, including
+ *    ones ON CONFLICT would skip, so a record delivered twice is seen even
+ *    though the primary key keeps the table itself clean.
+ *  - another database, default columns (COPY; a replay conflicts and falls
+ *    back to INSERT ... ON CONFLICT) and custom columns upserted on a user
+ *    key with the offset guard: kills between pend and write, between
+ *    write and commit, and after commit.  Replays must have happened.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "scx.h"
+
+#define NPARTS    6
+#define CHUNKS    10
+#define PER_CHUNK 500 /* per partition: 10 x 500 x 6 = 30,000 records */
+#define INSTANCES 3
+#define MIN_KILLS 20
+
+struct inst {
+    const char *name;
+    const char *failpoints;
+    char cfg[700];
+    pid_t pid;
+};
+
+/*
+ * Produces in chunks while killing instances; restarts every victim.
+ * Returns the number of records produced per partition.
+ */
+static int64_t produce_and_kill(struct scx_env *e, struct inst *in, int *kills, int *self_kills)
+{
+    int chunk = 0;
+    int64_t produced = 0;
+    while (chunk < CHUNKS || *kills + *self_kills < MIN_KILLS) {
+        if (chunk < CHUNKS) {
+            hx_produce_seq(e->mock.bootstrap, "orders", NPARTS, produced, PER_CHUNK);
+            produced += PER_CHUNK;
+            chunk++;
+        }
+        usleep((useconds_t)(300 + rand() % 2200) * 1000);
+        for (int i = 0; i < INSTANCES; i++)
+            if (!hx_pid_alive(in[i].pid)) {
+                hx_wait(in[i].pid, 1000);
+                (*self_kills)++;
+                in[i].pid = scx_start(e, in[i].cfg, in[i].name, in[i].failpoints);
+            }
+        int victim = rand() % INSTANCES;
+        kill(in[victim].pid, SIGKILL);
+        hx_wait(in[victim].pid, 5000);
+        (*kills)++;
+        usleep((useconds_t)(rand() % 800) * 1000);
+        in[victim].pid = scx_start(e, in[victim].cfg, in[victim].name, in[victim].failpoints);
+    }
+    return produced;
+}
+
+/* Calm: no more kills; failpoint victims come back without failpoints. */
+static void settle(struct scx_env *e, struct inst *in, int64_t produced, int *self_kills)
+{
+    bool done = false;
+    for (int round = 0; round < 60 && !done; round++) {
+        for (int i = 0; i < INSTANCES; i++)
+            if (!hx_pid_alive(in[i].pid)) {
+                hx_wait(in[i].pid, 1000);
+                (*self_kills)++;
+                in[i].pid = scx_start(e, in[i].cfg, in[i].name, NULL);
+            }
+        done = scx_wait_committed(e->conn, "p1", "orders", NPARTS, produced, 5000);
+    }
+    char log[700];
+    snprintf(log, sizeof(log), "%s/%s.log", e->dir, in[0].name);
+    ck_assert_msg(done, "not every partition reached offset %" PRId64 " in time; %s log:\n%s",
+                  produced, in[0].name, scx_log_tail(log, 3000));
+    for (int i = 0; i < INSTANCES; i++)
+        scx_stop(in[i].pid, 15000);
+}
+
+/*
+ * Asserts the rows of `select` (partition, offset, key, value as JSON text,
+ * ordered by partition and offset): per partition offsets 0..count-1 once
+ * each, with the key and value hx_produce_seq() gave that offset.
+ */
+static void verify_rows(PGconn *conn, const char *select, int64_t count)
+{
+    PGresult *res = PQexec(conn, select);
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s: %s", select, PQerrorMessage(conn));
+    int64_t row = 0;
+    for (int p = 0; p < NPARTS; p++) {
+        for (int64_t off = 0; off < count; off++, row++) {
+            ck_assert_msg(row < PQntuples(res), "partition %d: only %" PRId64 " rows", p, off);
+            int got_p = atoi(PQgetvalue(res, (int)row, 0));
+            int64_t got_off = strtoll(PQgetvalue(res, (int)row, 1), NULL, 10);
+            ck_assert_msg(got_p == p && got_off == off,
+                          "row %" PRId64 ": partition %d offset %" PRId64 ", expected %d/%" PRId64
+                          " (a record lost or duplicated)",
+                          row, got_p, got_off, p, off);
+            char key[32], want[512];
+            snprintf(key, sizeof(key), "k%" PRId64, off);
+            ck_assert_str_eq(PQgetvalue(res, (int)row, 2), key);
+            json_error_t jerr;
+            json_t *got = json_loads(PQgetvalue(res, (int)row, 3), 0, &jerr);
+            json_t *exp = json_loads(hx_seq_value("orders", p, off, want, sizeof(want)), 0, &jerr);
+            ck_assert_msg(got && exp && json_equal(got, exp), "%d/%" PRId64 ": value %s, want %s",
+                          p, off, PQgetvalue(res, (int)row, 3), want);
+            json_decref(got);
+            json_decref(exp);
+        }
+    }
+    ck_assert_msg(row == PQntuples(res), "%d rows, expected %" PRId64, PQntuples(res), row);
+    PQclear(res);
+}
+
+static void start_all(struct scx_env *e, struct inst *in, const struct scx_opts *o)
+{
+    for (int i = 0; i < INSTANCES; i++)
+        snprintf(in[i].cfg, sizeof(in[i].cfg), "%s", scx_config(e, in[i].name, o));
+    scx_migrate(in[0].cfg);
+    for (int i = 0; i < INSTANCES; i++)
+        in[i].pid = scx_start(e, in[i].cfg, in[i].name, in[i].failpoints);
+}
+
+static void check_checkpoints(PGconn *conn, int64_t produced)
+{
+    char n[32];
+    snprintf(n, sizeof(n), "%" PRId64, produced);
+    const char *p[] = {n};
+    ck_assert_int_eq(hx_pg_int(conn,
+                               "SELECT count(*) FROM sidecar.checkpoints WHERE committed_offset = "
+                               "$1::bigint AND pending_first_offset IS NULL AND state = 'ok'",
+                               1, p),
+                     NPARTS);
+    ck_assert_int_eq(hx_pg_int(conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+}
+
+START_TEST(test_same_db)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:6"};
+    scx_env_start(&e, 3, topics, 1);
+    srand((unsigned)time(NULL));
+    hx_pg_exec(e.conn, "CREATE SCHEMA app");
+    hx_pg_exec(e.conn, "CREATE TABLE app.events (topic text NOT NULL, partition int NOT NULL, "
+                       "\"offset\" bigint NOT NULL, key text, value jsonb, headers jsonb, "
+                       "ts timestamptz, PRIMARY KEY (topic, partition, \"offset\"))");
+    hx_pg_exec(e.conn, "CREATE TABLE app.audit (partition int, \"offset\" bigint)");
+    hx_pg_exec(e.conn, "CREATE FUNCTION app.audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+                       "INSERT INTO app.audit VALUES (NEW.partition, NEW.\"offset\"); RETURN NEW; "
+                       "END $$");
+    hx_pg_exec(e.conn, "CREATE TRIGGER audit BEFORE INSERT ON app.events FOR EACH ROW EXECUTE "
+                       "FUNCTION app.audit()");
+    struct scx_opts o = {
+        .sink = "{\"type\": \"postgres\", \"table\": \"app.events\"}",
+        .max_records = 50,
+        .max_wait_ms = 10,
+    };
+    struct inst in[INSTANCES] = {
+        {.name = "sc-1", .failpoints = "pg_before_commit=kill@0.02"},
+        {.name = "sc-2", .failpoints = "after_commit=kill@0.02"},
+        {.name = "sc-3", .failpoints = "pg_before_commit=kill@0.01,after_commit=kill@0.01"},
+    };
+    start_all(&e, in, &o);
+    int kills = 0, self_kills = 0;
+    int64_t produced = produce_and_kill(&e, in, &kills, &self_kills);
+    settle(&e, in, produced, &self_kills);
+    fprintf(stderr, "pg sink, same database: %d kills by the test, %d at failpoints\n", kills,
+            self_kills);
+    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+
+    verify_rows(e.conn,
+                "SELECT partition, \"offset\", key, value::text FROM app.events "
+                "WHERE topic = 'orders' ORDER BY partition, \"offset\"",
+                produced);
+    /* One committed insert attempt per record: nothing was delivered twice. */
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.audit", 0, NULL),
+                     produced * NPARTS);
+    check_checkpoints(e.conn, produced);
+    /* No pending step in this mode. */
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'pend'", 0, NULL), 0);
+    scx_env_stop(&e);
+}
+END_TEST
+
+static void run_other_db(bool custom)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:6"};
+    scx_env_start(&e, 3, topics, 1);
+    srand((unsigned)time(NULL));
+    char target_dsn[512], sink[1024];
+    hx_pg_create_db(&e.pg, "target", target_dsn, sizeof(target_dsn));
+    if (custom)
+        snprintf(sink, sizeof(sink),
+                 "{\"type\": \"postgres\", \"dsn\": \"%s\", \"table\": \"app.latest\","
+                 " \"mode\": \"upsert\", \"columns\": {\"part\": \"$partition\","
+                 " \"seq\": \"$.seq\", \"src_offset\": \"$offset\", \"k\": \"$key\","
+                 " \"doc\": \"$value\"}, \"key_columns\": [\"part\", \"seq\"]}",
+                 target_dsn);
+    else
+        snprintf(sink, sizeof(sink),
+                 "{\"type\": \"postgres\", \"dsn\": \"%s\", \"table\": \"app.events\","
+                 " \"mode\": \"upsert\"}",
+                 target_dsn);
+    struct scx_opts o = {.sink = sink, .max_records = 50, .max_wait_ms = 10};
+    struct inst in[INSTANCES] = {
+        {.name = "sc-1", .failpoints = "after_pend=kill@0.02"},
+        {.name = "sc-2", .failpoints = "after_write=kill@0.02"},
+        {.name = "sc-3", .failpoints = "after_commit=kill@0.02"},
+    };
+    start_all(&e, in, &o);
+    int kills = 0, self_kills = 0;
+    int64_t produced = produce_and_kill(&e, in, &kills, &self_kills);
+    settle(&e, in, produced, &self_kills);
+    long long replays =
+        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'replay'", 0, NULL);
+    fprintf(stderr,
+            "pg sink, other database (%s columns): %d kills by the test, %d at failpoints, "
+            "%lld replayed batches\n",
+            custom ? "custom" : "default", kills, self_kills, replays);
+    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+    ck_assert_int_gt(replays, 0);
+
+    PGconn *t = hx_pg_connect(target_dsn);
+    if (custom)
+        verify_rows(t,
+                    "SELECT part, src_offset, k, doc::text FROM app.latest "
+                    "WHERE seq::bigint = src_offset ORDER BY part, src_offset",
+                    produced);
+    else
+        verify_rows(t,
+                    "SELECT partition, \"offset\", key, value::text FROM app.events "
+                    "WHERE topic = 'orders' ORDER BY partition, \"offset\"",
+                    produced);
+    ck_assert_int_eq(
+        hx_pg_int(t, custom ? "SELECT count(*) FROM app.latest" : "SELECT count(*) FROM app.events",
+                  0, NULL),
+        produced * NPARTS);
+    PQfinish(t);
+    check_checkpoints(e.conn, produced);
+    scx_env_stop(&e);
+}
+
+START_TEST(test_other_db_default_columns)
+{
+    run_other_db(false);
+}
+END_TEST
+
+START_TEST(test_other_db_custom_columns)
+{
+    run_other_db(true);
+}
+END_TEST
+
+int main(void)
+{
+    /* One case per scenario, so each can be run alone: CK_RUN_CASE=same-db ... */
+    const struct {
+        const char *name;
+        const TTest *test;
+    } cases[] = {
+        {"same-db", test_same_db},
+        {"other-db-default", test_other_db_default_columns},
+        {"other-db-custom", test_other_db_custom_columns},
+    };
+    Suite *s = suite_create("pg_sink_crash");
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        TCase *tc = tcase_create(cases[i].name);
+        tcase_set_timeout(tc, 900);
+        tcase_add_test(tc, cases[i].test);
+        suite_add_tcase(s, tc);
+    }
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
