@@ -10,6 +10,12 @@ ref=$(mktemp)
 python3 - "$ref" <<'PY'
 import sys
 ref = open(sys.argv[1]).read()
+# The README already has the section title: drop the generated H1 (and the blank line
+# after it) and demote the other headings one level, as unit_check_readme expects.
+lines = ref.split("\n")
+if lines and lines[0].startswith("# "):
+    lines = lines[2:] if len(lines) > 1 and lines[1] == "" else lines[1:]
+ref = "\n".join("#" + l if l.startswith("#") else l for l in lines)
 s = open("README.md").read()
 b = s.index("<!-- config-reference:begin")
 b = s.index("\n", b) + 1
