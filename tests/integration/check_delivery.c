@@ -120,6 +120,51 @@ START_TEST(test_start_from_latest)
 }
 END_TEST
 
+START_TEST(test_two_pipelines_in_one_process)
+{
+    /* Each pipeline has its own consumer, group, leases, checkpoints and sink. */
+    struct scx_env e;
+    const char *topics[] = {"orders:3", "audit:2"};
+    scx_env_start(&e, 1, topics, 2);
+    char path[700];
+    snprintf(path, sizeof(path), "%s/two.json", e.dir);
+    hx_write_file(
+        path,
+        "{\"instance_id\": \"sc-two\", \"postgres\": {\"dsn\": \"%s\"},\n"
+        " \"kafka\": {\"bootstrap.servers\": \"%s\", \"properties\":"
+        " {\"session.timeout.ms\": \"6000\"}},\n"
+        " \"admin\": {\"listen\": \"\"}, \"log\": {\"format\": \"text\"},\n"
+        " \"pipelines\": [\n"
+        "  {\"name\": \"orders-files\", \"topics\": [\"orders\"], \"workers\": 2,\n"
+        "   \"batch\": {\"max_records\": 100, \"max_wait_ms\": 20},\n"
+        "   \"sink\": {\"type\": \"file\", \"path\": \"%s/{topic}/{partition}.jsonl\"}},\n"
+        "  {\"name\": \"audit-table\", \"topics\": [\"audit\"], \"workers\": 1,\n"
+        "   \"sink\": {\"type\": \"postgres\", \"table\": \"audit_rows\"}}]}\n",
+        e.dsn, e.mock.bootstrap, e.out_dir);
+    scx_migrate(path);
+    hx_produce_seq(e.mock.bootstrap, "orders", 3, 0, 400);
+    hx_produce_seq(e.mock.bootstrap, "audit", 2, 0, 300);
+    pid_t pid = scx_start(&e, path, "sc-two", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-two.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "orders-files", "orders", 3, 400, 60000), "%s",
+                  scx_log_tail(log, 3000));
+    ck_assert_msg(scx_wait_committed(e.conn, "audit-table", "audit", 2, 300, 60000), "%s",
+                  scx_log_tail(log, 3000));
+    scx_stop(pid, 20000);
+    scx_verify_files(&e, "orders-files", "orders", 3, 400);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM audit_rows", 0, NULL), 600);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(DISTINCT (partition, \"offset\")) FROM audit_rows", 0,
+                               NULL),
+                     600);
+    /* Two consumer groups, one per pipeline. */
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT count(DISTINCT pipeline) FROM sidecar.leases", 0, NULL), 2);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -127,6 +172,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_deliver_restart_continue);
     tcase_add_test(tc, test_start_from_latest);
+    tcase_add_test(tc, test_two_pipelines_in_one_process);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
