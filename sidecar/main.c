@@ -320,19 +320,53 @@ static const struct command commands[] = {
      "--reference prints every key with its type, default and range (Markdown).\n",
      cmd_check_config},
     {"status", "Show every partition: owner, epoch, committed offset, lag, pending.",
-     "-c FILE [--json]", "", cmd_status},
+     "-c FILE [--json]",
+     "A table of <schema>.partition_status: lease owner and epoch (LEASE live or\n"
+     "expired), the committed offset (the next offset to deliver), LAG (from the\n"
+     "owner's last watermark sample; - until sampled), the pending batch and how\n"
+     "long it has been pending, the state, whether it is paused, and the error.\n"
+     "--json prints the same rows as a JSON array of objects, with every column.\n",
+     cmd_status},
     {"watch", "Print checkpoint events as they commit, one JSON object per line.",
      "-c FILE [--from TOKEN] [--pipeline P] [--partition TOPIC:N] [--restart-from-snapshot]",
-     "Without --from, first prints the current checkpoints (\"kind\":\"snapshot\").\n"
-     "Every line carries \"token\": pass it to --from to resume exactly after it.\n",
+     "Without --from, first prints the current checkpoints (\"kind\":\"snapshot\"),\n"
+     "then every event as its transaction commits, forever.  Every line carries\n"
+     "\"token\": pass it to --from to resume exactly after that line (with the same\n"
+     "--pipeline / --partition).  Events are never missed or repeated, also across\n"
+     "PostgreSQL reconnects, which happen by themselves.\n"
+     "\n"
+     "Exit codes: 0 on SIGINT / SIGTERM; 2 for a malformed token, a token issued for\n"
+     "another filter, or an expired one (its events were compacted away: add\n"
+     "--restart-from-snapshot to start again from the current checkpoints).\n",
      cmd_watch},
     {"reset", "Move a partition's checkpoint (clears an error state).",
      "-c FILE --pipeline P --topic T --partition N --to-offset X|earliest|latest [--force]",
-     "Refuses while another instance holds a live lease on the partition unless\n"
-     "--force is given.\n",
+     "Sets the partition's committed offset (the next offset to deliver) to X, or\n"
+     "to Kafka's earliest (log start) or latest (log end) offset; drops a pending\n"
+     "batch (it is not replayed), clears the error state and writes a 'reset'\n"
+     "event.  Same as SELECT * FROM <schema>.reset_checkpoint(...) in psql.\n"
+     "Refuses (exit 1) while another instance holds a live lease on the partition\n"
+     "unless --force is given; a running owner picks the change up by itself.\n"
+     "\n"
+     "Output already written stays; delivery continues from X at the sink's\n"
+     "committed_write_offset, so moving back re-delivers records:\n"
+     "  file:     bytes already written stay; new output continues at\n"
+     "            committed_write_offset (moving back appends the records again).\n"
+     "  http:     re-sent batches carry the same Idempotency-Key for the same\n"
+     "            offsets, so a de-duplicating receiver ignores re-sent ranges\n"
+     "            (batch boundaries can differ: de-duplicate by offset to be safe).\n"
+     "  postgres: re-delivered rows hit existing keys: with mode insert they become\n"
+     "            dead letters; use upsert or insert_ignore, or delete the rows first.\n"
+     "  stdout:   printed again.\n"
+     "Moving forward skips records: they are never delivered.\n",
      cmd_reset},
     {"redrive", "Re-send dead-lettered records through the pipeline's sink.",
-     "-c FILE --pipeline P [--id N]", "", cmd_redrive},
+     "-c FILE --pipeline P [--id N]",
+     "Sends the pipeline's dead letters with status 'new' (or only --id N) again,\n"
+     "each record alone under its own Idempotency-Key, and marks the delivered ones\n"
+     "status 'redriven'.  Failures stay 'new' with attempts + 1 and the new error.\n"
+     "Exit 0 when all went through, 1 when some failed or a server was unreachable.\n",
+     cmd_redrive},
     {"version", "Print the version and the library versions.", "", "", cmd_version},
     {"help", "Show help for a subcommand.", "[SUBCOMMAND]", "", cmd_help},
     {NULL, NULL, NULL, NULL, NULL},

@@ -47,9 +47,3 @@ int sc_cmd_reset(const struct sc_config *cfg, const char *pipeline, const char *
     (void)cfg, (void)pipeline, (void)topic, (void)partition, (void)to_offset, (void)force;
     return not_yet("reset");
 }
-
-int sc_cmd_redrive(const struct sc_config *cfg, const char *pipeline, const char *id)
-{
-    (void)cfg, (void)pipeline, (void)id;
-    return not_yet("redrive");
-}
