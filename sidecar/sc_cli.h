@@ -1,6 +1,6 @@
 /*
- * sc_cli - entry points of the subcommands that main.c dispatches to, and
- * the ones not implemented yet.  Each returns a process exit code
+ * sc_cli - entry points of the subcommands that main.c dispatches to.
+ * Each returns a process exit code
  * (SC_EXIT_OK, SC_EXIT_FAILURE, SC_EXIT_USAGE).
  */
 #ifndef SC_CLI_H

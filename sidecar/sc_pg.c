@@ -513,3 +513,20 @@ char *sc_pg_quote_ident(const char *ident)
     *o = '\0';
     return out;
 }
+
+char *sc_pg_with_schema(const char *sql, const char *schema_q)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    size_t ql = strlen(schema_q);
+    for (const char *p = sql; *p;) {
+        if (p[0] == '{' && p[1] == 'S' && p[2] == '}') {
+            (void)!sc_buf_append(&b, schema_q, ql);
+            p += 3;
+        } else {
+            (void)!sc_buf_putc(&b, *p++);
+        }
+    }
+    (void)!sc_buf_putc(&b, '\0');
+    return b.data;
+}

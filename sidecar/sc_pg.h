@@ -52,4 +52,7 @@ const char *sc_pg_errmsg(PGconn *conn, const PGresult *res, char *buf, size_t si
 /* A malloc'd, correctly quoted identifier ("my schema" -> "\"my schema\""). */
 char *sc_pg_quote_ident(const char *ident);
 
+/* A malloc'd copy of sql with every "{S}" replaced by schema_q (an already quoted schema). */
+char *sc_pg_with_schema(const char *sql, const char *schema_q);
+
 #endif
