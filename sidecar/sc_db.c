@@ -96,19 +96,7 @@ int sc_db_connect(struct sc_db *db, bool force)
 
 char *sc_db_expand(const struct sc_db *db, const char *sql)
 {
-    struct sc_buf b;
-    sc_buf_init(&b, 0);
-    size_t ql = strlen(db->schema_q);
-    for (const char *p = sql; *p;) {
-        if (p[0] == '{' && p[1] == 'S' && p[2] == '}') {
-            (void)!sc_buf_append(&b, db->schema_q, ql);
-            p += 3;
-        } else {
-            (void)!sc_buf_putc(&b, *p++);
-        }
-    }
-    (void)!sc_buf_putc(&b, '\0');
-    return b.data;
+    return sc_pg_with_schema(sql, db->schema_q);
 }
 
 static PGresult *check_result(struct sc_db *db, PGresult *res, enum sc_pg_errclass *cls)
