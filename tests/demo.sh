@@ -2,7 +2,8 @@
 # The quickstart demo, end to end on embedded defaults: installs what it
 # needs, builds, starts a throwaway PostgreSQL and the librdkafka mock Kafka
 # cluster, produces sample orders, runs the sidecar with conf/quickstart.json,
-# kills it with SIGKILL in the middle of the stream, restarts it, and shows
+# has it killed with SIGKILL in the middle of a batch (between writing the
+# batch and committing it: a test-only failpoint), restarts it, and shows
 # that every record landed in the output exactly once, with the checkpoints
 # as PostgreSQL sees them.  Everything it starts is stopped and removed at
 # the end (also on Ctrl-C or failure).
@@ -83,20 +84,18 @@ say "Checking the config and creating the schema"
 committed() { psql_ -At -c "SELECT coalesce(sum(committed_offset), 0) FROM sidecar.checkpoints"; }
 
 say "Running the sidecar while 20,000 orders arrive (5,000 per partition, 4,000/s)"
-"$bin" run -c conf/quickstart.json >"$work/run1.log" 2>&1 &
+# The kill lands at the worst moment on purpose: a test-only failpoint makes the sidecar
+# SIGKILL itself after writing its 8th batch to the file and before committing it.
+SIDECAR_FAILPOINTS="after_write=kill#8" "$bin" run -c conf/quickstart.json >"$work/run1.log" 2>&1 &
 sidecar_pid=$!
 "$root/build/sidecar/kafka-produce" -b "$KAFKA_BOOTSTRAP" -t orders --count 5000 --rate 4000 &
 producer_pid=$!
 
-say "Killing the sidecar with SIGKILL in the middle of the stream"
-for _ in $(seq 600); do
-    [ "$(committed)" -gt 6000 ] && break
-    sleep 0.05
-done
-kill -9 "$sidecar_pid"
+say "The sidecar was killed (SIGKILL) between writing a batch and committing it"
 wait "$sidecar_pid" 2>/dev/null || true
 sidecar_pid=
-echo "killed with $(committed) records committed; what it left behind (note the pending batches):"
+grep -h "failpoint .* fired" "$work/run1.log" | sed 's/^/  /' || true
+echo "$(committed) records committed; what it left behind (note the pending batch):"
 psql_ -c "SELECT topic, partition, owner, epoch, committed_offset, pending_first_offset,
                  pending_last_offset FROM sidecar.partition_status ORDER BY partition"
 wait "$producer_pid"
@@ -106,14 +105,14 @@ say "Producing 4,000 more while it is down, then restarting it"
 "$bin" run -c conf/quickstart.json >"$work/run2.log" 2>&1 &
 sidecar_pid=$!
 echo "(the restart waits until Kafka notices the killed consumer is gone: session.timeout.ms)"
-for _ in $(seq 600); do
+for _ in $(seq 900); do
     [ "$(committed)" -eq 24000 ] && break
     sleep 0.1
 done
 kill -TERM "$sidecar_pid"
 wait "$sidecar_pid"
 sidecar_pid=
-grep -E "replaying|lease acquired" "$work/run2.log" | sed 's/^/  /' || true
+grep -E "replaying|replayed|lease acquired" "$work/run2.log" | sed 's/^/  /' || true
 
 say "Checking the output: every offset exactly once, in order"
 ok=1
