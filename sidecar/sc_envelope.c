@@ -479,19 +479,33 @@ int sc_envelope_append_headers(struct sc_buf *out, const struct sc_header *hs, s
     return append_headers(out, hs, n);
 }
 
+/* Appends v in decimal, as printf's %lld would: the envelope's numbers, without vfprintf. */
+static int append_i64(struct sc_buf *out, int64_t v)
+{
+    char tmp[24];
+    char *p = tmp + sizeof(tmp);
+    uint64_t u = v < 0 ? 0 - (uint64_t)v : (uint64_t)v;
+    do {
+        *--p = (char)('0' + u % 10);
+        u /= 10;
+    } while (u);
+    if (v < 0)
+        *--p = '-';
+    return sc_buf_append(out, p, (size_t)(tmp + sizeof(tmp) - p));
+}
+
 int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_value_format vf)
 {
     if (sc_buf_append(out, "{\"topic\":", 9) < 0 ||
         sc_json_string_append(out, r->topic, strlen(r->topic)) < 0)
         return -1;
-    int rc;
-    if (r->timestamp >= 0)
-        rc = sc_buf_printf(out, ",\"partition\":%d,\"offset\":%lld,\"timestamp\":%lld,\"key\":",
-                           (int)r->partition, (long long)r->offset, (long long)r->timestamp);
-    else
-        rc = sc_buf_printf(out, ",\"partition\":%d,\"offset\":%lld,\"timestamp\":null,\"key\":",
-                           (int)r->partition, (long long)r->offset);
-    if (rc < 0 || sc_envelope_append_key(out, r->key, r->key_len, vf) < 0 ||
+    /* || sequences the appends (| would not: the fields could land in any order). */
+    if (sc_buf_append(out, ",\"partition\":", 13) < 0 || append_i64(out, r->partition) < 0 ||
+        sc_buf_append(out, ",\"offset\":", 10) < 0 || append_i64(out, r->offset) < 0 ||
+        sc_buf_append(out, ",\"timestamp\":", 13) < 0 ||
+        (r->timestamp >= 0 ? append_i64(out, r->timestamp) : sc_buf_append(out, "null", 4)) < 0 ||
+        sc_buf_append(out, ",\"key\":", 7) < 0 ||
+        sc_envelope_append_key(out, r->key, r->key_len, vf) < 0 ||
         sc_buf_append(out, ",\"value\":", 9) < 0 ||
         sc_envelope_append_value(out, r->value, r->value_len, vf) < 0 ||
         sc_buf_append(out, ",\"headers\":", 11) < 0 ||
@@ -515,6 +529,45 @@ static uint32_t crc_bytes(uint32_t crc, const void *p, size_t len)
     if (p && len)
         crc = (uint32_t)crc32_z(crc, p, len);
     return crc;
+}
+
+/* The image's pieces, in the order sc_record_checksum() folds them in. */
+static char *put_le64(char *o, int64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        *o++ = (char)((uint64_t)v >> (8 * i));
+    return o;
+}
+
+static char *put_bytes(char *o, const void *p, size_t len)
+{
+    o = put_le64(o, p ? (int64_t)len : -1);
+    if (p && len) {
+        memcpy(o, p, len);
+        o += len;
+    }
+    return o;
+}
+
+size_t sc_record_image_size(const struct sc_record *r)
+{
+    size_t n = 5 * 8 + (r->key ? r->key_len : 0) + (r->value ? r->value_len : 0);
+    for (size_t i = 0; i < r->nheaders; i++)
+        n += 16 + strlen(r->headers[i].name) + (r->headers[i].value ? r->headers[i].len : 0);
+    return n;
+}
+
+void sc_record_image_write(char *out, const struct sc_record *r)
+{
+    out = put_le64(out, r->offset);
+    out = put_le64(out, r->timestamp);
+    out = put_bytes(out, r->key, r->key_len);
+    out = put_bytes(out, r->value, r->value_len);
+    out = put_le64(out, (int64_t)r->nheaders);
+    for (size_t i = 0; i < r->nheaders; i++) {
+        out = put_bytes(out, r->headers[i].name, strlen(r->headers[i].name));
+        out = put_bytes(out, r->headers[i].value, r->headers[i].len);
+    }
 }
 
 uint32_t sc_record_checksum(uint32_t crc, const struct sc_record *r)

@@ -96,4 +96,17 @@ int sc_base64_append(struct sc_buf *out, const void *p, size_t len)
  */
 uint32_t sc_record_checksum(uint32_t crc, const struct sc_record *r);
 
+/*
+ * That encoding as bytes, the record's "checksum image": offset, timestamp,
+ * key length, key, value length, value, header count, then each header's
+ * name length, name, value length, value; every number 8 bytes little-endian,
+ * a NULL key / value / header value as length -1 with no bytes.  Since
+ * CRC-32 streams, crc32(crc, image) == sc_record_checksum(crc, r), and the
+ * images of consecutive records checksum in one pass (the worker buffers
+ * records in this form: see sc_worker.c).
+ */
+size_t sc_record_image_size(const struct sc_record *r);
+/* Writes the image of r to out, which has room for sc_record_image_size(r) bytes. */
+void sc_record_image_write(char *out, const struct sc_record *r);
+
 #endif

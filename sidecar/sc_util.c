@@ -132,7 +132,7 @@ int sc_buf_reserve(struct sc_buf *b, size_t n)
     return 0;
 }
 
-int sc_buf_append(struct sc_buf *b, const void *p, size_t n)
+int sc_buf_append_grow(struct sc_buf *b, const void *p, size_t n)
 {
     if (sc_buf_reserve(b, n) < 0)
         return -1;
@@ -140,15 +140,6 @@ int sc_buf_append(struct sc_buf *b, const void *p, size_t n)
         memcpy(b->data + b->len, p, n);
     b->len += n;
     return 0;
-}
-
-int sc_buf_putc(struct sc_buf *b, char c)
-{
-    if (b->len < b->cap) {
-        b->data[b->len++] = c;
-        return 0;
-    }
-    return sc_buf_append(b, &c, 1);
 }
 
 int sc_buf_printf(struct sc_buf *b, const char *fmt, ...)

@@ -8,6 +8,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 /* Process exit codes (DESIGN §6). */
 enum {
@@ -53,8 +54,33 @@ static inline void sc_buf_reset(struct sc_buf *b)
 }
 /* Ensures room for n more bytes; -1 if that would exceed max. */
 int sc_buf_reserve(struct sc_buf *b, size_t n) __attribute__((warn_unused_result));
-int sc_buf_append(struct sc_buf *b, const void *p, size_t n) __attribute__((warn_unused_result));
-int sc_buf_putc(struct sc_buf *b, char c) __attribute__((warn_unused_result));
+/* The growing path of sc_buf_append() (and its error). */
+int sc_buf_append_grow(struct sc_buf *b, const void *p, size_t n)
+    __attribute__((warn_unused_result));
+/*
+ * Appends n bytes; -1 if that would exceed max.  Inline: the envelope encoder
+ * appends a few bytes at a time, and a call per piece showed in profiles.
+ * (cap never exceeds max, so fitting in cap is fitting under max.)
+ */
+__attribute__((warn_unused_result)) static inline int sc_buf_append(struct sc_buf *b, const void *p,
+                                                                    size_t n)
+{
+    if (n <= b->cap - b->len) {
+        if (n)
+            memcpy(b->data + b->len, p, n);
+        b->len += n;
+        return 0;
+    }
+    return sc_buf_append_grow(b, p, n);
+}
+__attribute__((warn_unused_result)) static inline int sc_buf_putc(struct sc_buf *b, char c)
+{
+    if (b->len < b->cap) {
+        b->data[b->len++] = c;
+        return 0;
+    }
+    return sc_buf_append_grow(b, &c, 1);
+}
 int sc_buf_printf(struct sc_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)))
 __attribute__((warn_unused_result));
 

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include <jansson.h>
+#include <zlib.h>
 
 #include "sc_envelope.h"
 
@@ -254,6 +255,46 @@ START_TEST(test_checksum)
 }
 END_TEST
 
+START_TEST(test_checksum_image)
+{
+    /* The image's CRC-32 is the record checksum, for any mix of null, empty, binary and
+     * headers, and images of consecutive records checksum as a batch. */
+    srand(7);
+    unsigned char key[12], val[40], hv[6];
+    uint32_t batch = 0, batch_image = 0;
+    for (int iter = 0; iter < 2000; iter++) {
+        for (size_t i = 0; i < sizeof(key); i++)
+            key[i] = (unsigned char)rand();
+        for (size_t i = 0; i < sizeof(val); i++)
+            val[i] = (unsigned char)rand();
+        for (size_t i = 0; i < sizeof(hv); i++)
+            hv[i] = (unsigned char)rand();
+        struct sc_header hs[] = {
+            {"h", hv, (size_t)rand() % sizeof(hv)}, {"n", NULL, 0}, {"empty", "", 0}};
+        struct sc_record r = {.topic = "orders",
+                              .partition = 1,
+                              .offset = iter * 977LL - 5,
+                              .timestamp = iter % 4 == 0 ? -1 : iter * 1000003LL,
+                              .key = iter % 5 == 0 ? NULL : key,
+                              .key_len = iter % 5 == 0 ? 0 : (size_t)rand() % sizeof(key),
+                              .value = iter % 7 == 0 ? NULL : val,
+                              .value_len = iter % 7 == 0 ? 0 : (size_t)rand() % sizeof(val),
+                              .headers = hs,
+                              .nheaders = (size_t)(iter % 4)};
+        size_t n = sc_record_image_size(&r);
+        char *img = malloc(n + 1);
+        img[n] = '!'; /* the image writes exactly its size */
+        sc_record_image_write(img, &r);
+        ck_assert_int_eq(img[n], '!');
+        ck_assert_uint_eq((uint32_t)crc32_z(0, (const Bytef *)img, n), sc_record_checksum(0, &r));
+        batch = sc_record_checksum(batch, &r);
+        batch_image = (uint32_t)crc32_z(batch_image, (const Bytef *)img, n);
+        ck_assert_uint_eq(batch, batch_image);
+        free(img);
+    }
+}
+END_TEST
+
 START_TEST(test_utf8_validator)
 {
     ck_assert(sc_utf8_valid("plain ascii text longer than eight", 34));
@@ -281,6 +322,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_deep_nesting_is_not_json);
     tcase_add_test(tc, test_buffer_maximum_is_respected);
     tcase_add_test(tc, test_checksum);
+    tcase_add_test(tc, test_checksum_image);
     tcase_add_test(tc, test_utf8_validator);
     suite_add_tcase(s, tc);
     return s;
