@@ -20,8 +20,11 @@
  *   3. commit(B)     UPDATE ... SET committed_* = after B, pending_* = NULL
  *                    WHERE epoch = mine AND pending_first_offset = B.first
  *
- * When the next batch is ready as soon as B is written, step 3 of B and step
- * 1 of B+1 are one statement (commit_and_pend): one round trip per batch.
+ * Step 3 of B and step 1 of B+1 are one statement (commit_and_pend): one
+ * round trip per batch.  With a backlog B+1 is ready when B is written; below
+ * that the worker holds B's commit back for up to max_wait_ms and pends what
+ * arrived meanwhile with it (sc_worker.c).  B is durable all along; a crash in
+ * that window is the "after 2, before 3" case below.
  *
  * What a crash at each point leaves behind, and why the next owner repairs
  * it (it always starts by reading this row under a new, higher epoch):

@@ -1026,9 +1026,13 @@ static const struct sc_conf_table events_table = {
 };
 
 static const struct sc_conf_key batch_keys[] = {
+    /* Under backlog every batch costs a checkpoint commit, an fdatasync (file) or a
+     * transaction (postgres) and a Kafka offset mirror; at 5000 records those stop
+     * dominating (bench/: CPU per record -35% vs 1000, postgres sink from 0.85x to ~1x
+     * \copy).  Partial batches still leave after max_wait_ms, so latency is unchanged. */
     {.name = "max_records",
      .type = SC_CONF_INT,
-     .def = "1000",
+     .def = "5000",
      .offset = offsetof(struct sc_batch_conf, max_records),
      .min = 1,
      .max = 1000000,

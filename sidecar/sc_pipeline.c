@@ -611,6 +611,39 @@ static void sample_watermarks(struct sc_pipeline *pl)
     free(hi);
 }
 
+/*
+ * librdkafka (2.0 at least) does not wake a broker's fetcher when one of its
+ * partitions becomes fetchable again: neither on resume (handled on its main
+ * thread) nor when the application drains a fetch queue that had reached
+ * queued.max.messages.kbytes / queued.min.messages.  A fetcher with nothing
+ * to fetch sleeps up to a second, so a backlog drained in bursts with most
+ * of a second idle in between.  Any request to a broker wakes its thread,
+ * which then looks at its partitions again: a ListOffsets for the partitions
+ * the workers flagged (one request per leader) is the cheapest there is.
+ * It is sent from here, off the workers, at most every POKE_INTERVAL_MS.
+ */
+#define POKE_INTERVAL_MS 5
+
+static void poke_fetchers(struct sc_pipeline *pl)
+{
+    int64_t now = sc_mono_ms();
+    if (now < pl->next_poke_ms || !atomic_exchange(&pl->fetch_poke, false))
+        return;
+    pl->next_poke_ms = now + POKE_INTERVAL_MS;
+    if (!atomic_load(&pl->kafka_up))
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(4);
+    for (size_t i = 0; i < pl->nparts; i++) {
+        struct sc_part *p = pl->parts[i];
+        if (atomic_exchange(&p->poke, false))
+            rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+                RD_KAFKA_OFFSET_END;
+    }
+    if (l->cnt > 0)
+        (void)rd_kafka_offsets_for_times(pl->rk, l, 500); /* only the request matters */
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
 static void *consumer_main(void *arg)
 {
     struct sc_pipeline *pl = arg;
@@ -629,12 +662,18 @@ static void *consumer_main(void *arg)
     sc_info(&f, "consuming as group \"%s\" (%s rebalancing), %d worker%s", pl->pc->group_id,
             pl->cooperative ? "cooperative" : "eager", pl->nworkers, pl->nworkers == 1 ? "" : "s");
     while (!*pl->stop) {
-        rd_kafka_message_t *m = rd_kafka_consumer_poll(pl->rk, 100);
+        int timeout = 100;
+        if (atomic_load(&pl->fetch_poke)) {
+            int64_t wait = pl->next_poke_ms - sc_mono_ms();
+            timeout = wait < 0 ? 0 : (int)wait;
+        }
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(pl->rk, timeout);
         if (m) {
             if (m->err)
                 sc_warn(&f, "kafka: %s", rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
         }
+        poke_fetchers(pl);
         renew_leases(pl);
         reacquire_fenced(pl);
         sample_watermarks(pl);
@@ -675,10 +714,24 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[256];
     snprintf(client_id, sizeof(client_id), "kafka-sidecar-%s-%s", cfg->instance_id, pc->name);
-    /* Defaults first; users may override them in kafka.properties / kafka_properties. */
+    /*
+     * Defaults first; users may override them in kafka.properties / kafka_properties.
+     *
+     * Prefetch: every partition's fetch queue is forwarded to its worker's queue, and
+     * librdkafka applies queued.max.messages.kbytes / queued.min.messages to that queue,
+     * so they bound what is fetched but not yet taken per worker.  Workers take it at once
+     * and bound their own buffers (two batches per partition, see sc_worker.c); a consumed
+     * message costs several times its payload inside librdkafka, so 2 MiB / 20000 records
+     * per worker keeps the whole process within ~100 MiB while draining a backlog, without
+     * starving the workers (measured: bench/).  fetch.wait.max.ms: a fetch in flight holds
+     * back partitions resumed meanwhile until the broker answers, which for partitions with
+     * nothing new takes this long.
+     */
     if (set_prop(conf, "client.id", client_id, err, errsize) ||
         set_prop(conf, "partition.assignment.strategy", "cooperative-sticky", err, errsize) ||
-        set_prop(conf, "queued.max.messages.kbytes", "16384", err, errsize) ||
+        set_prop(conf, "queued.max.messages.kbytes", "2048", err, errsize) ||
+        set_prop(conf, "queued.min.messages", "20000", err, errsize) ||
+        set_prop(conf, "fetch.wait.max.ms", "100", err, errsize) ||
         set_prop(conf, "session.timeout.ms", "10000", err, errsize) ||
         set_prop(conf, "heartbeat.interval.ms", "1000", err, errsize) ||
         set_prop(conf, "statistics.interval.ms", "5000", err, errsize))
@@ -716,6 +769,7 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     }
     conf = NULL;
     rd_kafka_poll_set_consumer(pl->rk);
+    pl->consumer_q = rd_kafka_queue_get_consumer(pl->rk);
 
     char app[128];
     snprintf(app, sizeof(app), "kafka-sidecar/%s/leases", pc->name);
@@ -769,6 +823,8 @@ void sc_pipeline_free(struct sc_pipeline *pl)
         sc_worker_stop(pl->workers[i]);
     free(pl->workers);
     free(pl->parts);
+    if (pl->consumer_q)
+        rd_kafka_queue_destroy(pl->consumer_q);
     if (pl->rk)
         rd_kafka_destroy(pl->rk);
     if (pl->db.dsn)

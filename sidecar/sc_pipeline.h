@@ -31,6 +31,7 @@
 #include "sc_sink.h"
 
 struct sc_worker;
+struct sc_buffered;
 struct sc_pipeline;
 struct sc_metrics_part;
 
@@ -60,6 +61,8 @@ struct sc_part {
     atomic_bool control_changed;          /* consumer -> worker: an operator changed the row */
     atomic_bool not_fetching;             /* worker -> consumer: paused/errored, so librdkafka's
                                              cached watermarks go stale: ask the broker */
+    atomic_bool poke;                     /* worker -> consumer: may be fetchable again: wake
+                                             librdkafka's fetcher (poke_fetchers()) */
     int64_t control_seq;                  /* consumer: the row's control_seq as last seen */
     bool revoked;                         /* consumer: REMOVE sent */
 
@@ -74,12 +77,16 @@ struct sc_part {
     struct sc_cp cp;
     struct sc_sink_part *sink_part;
     bool sink_recovered;
-    bool replay;           /* cp's pending batch was found at takeover: verify and re-deliver */
-    int64_t next_expected; /* lowest offset accepted into the buffer */
-    rd_kafka_message_t **msgs;
-    size_t head, len, cap; /* buffered messages are msgs[head .. head+len) */
+    bool replay;  /* cp's pending batch was found at takeover: verify and re-deliver */
+    bool written; /* the pending batch is written; its commit waits (see sc_worker.c) */
+    int64_t written_next_write_offset;
+    int64_t commit_due_ms;    /* a written batch commits then at the latest */
+    int64_t next_expected;    /* lowest offset accepted into the buffer */
+    struct sc_buffered *recs; /* buffered records recs[head .. head+len), copies (sc_worker.c) */
+    size_t head, len, cap;
+    char *arena; /* their bytes: arena[arena_head .. arena_len) */
+    size_t arena_head, arena_len, arena_cap;
     int64_t buffered_bytes;
-    int64_t first_arrival_ms;
     bool paused;
     int64_t retry_at_ms;
     struct sc_backoff backoff;
@@ -111,6 +118,11 @@ struct sc_pipeline {
     atomic_bool kafka_up;
     atomic_int exit_code;
     struct sc_notify_pl notify;
+    /* Worker -> consumer thread: partitions were resumed; wake librdkafka's fetchers (see
+     * poke_fetchers() in sc_pipeline.c).  consumer_q is the queue the consumer thread polls. */
+    atomic_bool fetch_poke;
+    rd_kafka_queue_t *consumer_q;
+    int64_t next_poke_ms;
 };
 
 /* Creates the consumer and the workers (not started). NULL with err on failure. */

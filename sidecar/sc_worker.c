@@ -5,18 +5,25 @@
  *
  * Every partition assigned to this worker has its fetch queue forwarded to
  * the worker's one queue, so the worker blocks on a single queue and
- * per-partition order is the order of arrival.  Records stay in librdkafka
- * message objects until their batch is committed; a batch is an array of
- * views (struct sc_record) into them, so nothing is copied per record.
+ * per-partition order is the order of arrival.  A record is copied once,
+ * when it is taken from the queue, into its partition's buffer (see struct
+ * sc_buffered) and the librdkafka message is destroyed at once; a batch is
+ * an array of views (struct sc_record) into that buffer.
  *
- * A partition whose buffer grows past twice the batch limits is paused in
- * librdkafka (the poll loop never blocks), and resumed once it drains.
- * A sink that asks for a retry puts only its partition into backoff.
+ * The worker takes everything queued, then writes at most one batch per
+ * partition, and again: librdkafka's queue stays short, so its prefetch
+ * limits bound memory, and the next batch is usually buffered when a batch
+ * commits, so the commit pends it in the same statement.  A partition whose
+ * buffer grows past twice the batch limits is paused in librdkafka (the
+ * poll loop never blocks), and resumed once it drains.  A sink that asks
+ * for a retry puts only its partition into backoff.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <zlib.h>
 
 #include "sc_failpoint.h"
 #include "sc_lease.h"
@@ -59,14 +66,19 @@ struct sc_worker {
     size_t recs_cap;
     struct sc_header *hdrs;
     size_t hdrs_len, hdrs_cap;
+    struct sc_header *push_hdrs; /* one record's headers while it is copied in */
+    size_t push_hdrs_cap;
     struct sc_batch_result result;
     struct sc_buf dead_env; /* envelopes of the batch's dead letters */
     struct sc_cp_dead *dead;
     size_t dead_cap;
+    int64_t give_up_ms; /* checkpoint writes stop retrying then (0 = only on stop) */
 };
 
-#define BATCH_DRAIN   512
-#define ERROR_POLL_MS 5000
+#define BATCH_DRAIN      512
+#define DRAIN_ROUNDS     64 /* at most 64 * 512 records dequeued between two services */
+#define ERROR_POLL_MS    5000
+#define FINISH_BUDGET_MS 1000 /* see finish_pending() */
 
 static struct sc_cp_key key_of(const struct sc_part *p)
 {
@@ -142,63 +154,177 @@ int sc_worker_nparts(struct sc_worker *w)
 
 /* ---- partition buffer --------------------------------------------------- */
 
-static int64_t *arrivals(struct sc_part *p)
+/*
+ * A buffered record, copied out of librdkafka when it is dispatched (the
+ * message is destroyed at once).  Holding rd_kafka_message_t objects until
+ * their batch commits cost several hundred bytes of librdkafka bookkeeping
+ * per record and pinned every decompressed fetch buffer they came from:
+ * draining a backlog kept about twice the data set's own size resident.
+ * The copy is the record's checksum image (sc_record_image_write()) in the
+ * partition's arena, so a batch's CRC is one crc32 pass over contiguous
+ * bytes and the key, value and header values of a batch's sc_record views
+ * point into it; header names follow the image, NUL-terminated.
+ */
+struct sc_buffered {
+    int64_t offset;
+    int64_t timestamp; /* -1 = none */
+    int64_t arrival_ms;
+    size_t at;          /* the image: p->arena[at .. at + image_len) */
+    uint32_t image_len; /* then names_len bytes of NUL-terminated header names */
+    uint32_t names_len;
+    int32_t key_len;   /* -1 = null (Kafka bounds a record far below 2 GiB) */
+    int32_t value_len; /* -1 = null */
+    uint32_t nheaders;
+};
+
+#define ARENA_MIN 65536
+
+static const struct sc_buffered *rec_at(const struct sc_part *p, size_t i)
 {
-    return (int64_t *)(p->msgs + p->cap);
+    return &p->recs[p->head + i];
 }
 
-static void buf_push(struct sc_part *p, rd_kafka_message_t *m, int64_t now)
+/* Bytes a record counts against batch.max_bytes: its key and value. */
+static int64_t rec_bytes(const struct sc_buffered *b)
+{
+    return (int64_t)(b->key_len > 0 ? b->key_len : 0) + (b->value_len > 0 ? b->value_len : 0);
+}
+
+/*
+ * Room for n more arena bytes at its end.  Dropped records leave space at
+ * the front, reclaimed by moving the live bytes down; the arena grows only
+ * when they would fill more than two thirds of it, so it stays within 1.5x
+ * the most ever buffered, and each byte is moved at most twice on average.
+ */
+static char *arena_reserve(struct sc_part *p, size_t n)
+{
+    if (p->arena_cap - p->arena_len >= n)
+        return p->arena + p->arena_len;
+    size_t live = p->arena_len - p->arena_head;
+    if (p->arena_head > 0) {
+        memmove(p->arena, p->arena + p->arena_head, live);
+        for (size_t i = 0; i < p->len; i++)
+            p->recs[p->head + i].at -= p->arena_head;
+        p->arena_len = live;
+        p->arena_head = 0;
+    }
+    if ((live + n) * 3 > p->arena_cap * 2) {
+        size_t cap = p->arena_cap ? p->arena_cap : ARENA_MIN;
+        while ((live + n) * 3 > cap * 2)
+            cap += cap / 2;
+        p->arena = sc_xrealloc(p->arena, cap);
+        p->arena_cap = cap;
+    }
+    return p->arena + p->arena_len;
+}
+
+/* Copies m into the buffer (the caller destroys m). */
+static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t *m, int64_t now)
 {
     if (p->head + p->len == p->cap) {
         if (p->head > 0) {
-            memmove(p->msgs, p->msgs + p->head, p->len * sizeof(*p->msgs));
-            memmove(arrivals(p), arrivals(p) + p->head, p->len * sizeof(int64_t));
+            memmove(p->recs, p->recs + p->head, p->len * sizeof(*p->recs));
             p->head = 0;
         }
         if (p->len == p->cap) {
-            size_t cap = p->cap ? p->cap * 2 : 256;
-            /* msgs and arrival times share one allocation: [cap pointers][cap int64]. */
-            void *mem = sc_xmalloc(cap * (sizeof(*p->msgs) + sizeof(int64_t)));
-            rd_kafka_message_t **msgs = mem;
-            int64_t *arr = (int64_t *)(msgs + cap);
-            if (p->len) {
-                memcpy(msgs, p->msgs, p->len * sizeof(*msgs));
-                memcpy(arr, arrivals(p), p->len * sizeof(int64_t));
-            }
-            free(p->msgs);
-            p->msgs = msgs;
-            p->cap = cap;
+            p->cap = p->cap ? p->cap * 2 : 256;
+            p->recs = sc_xrealloc(p->recs, p->cap * sizeof(*p->recs));
         }
     }
-    p->msgs[p->head + p->len] = m;
-    arrivals(p)[p->head + p->len] = now;
+    rd_kafka_timestamp_type_t tstype;
+    struct sc_record r = {
+        .offset = m->offset,
+        .timestamp = rd_kafka_message_timestamp(m, &tstype),
+        .key = m->key,
+        .key_len = m->key ? m->key_len : 0,
+        .value = m->payload,
+        .value_len = m->payload ? m->len : 0,
+    };
+    if (tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+        r.timestamp = -1;
+    /* librdkafka parses (and allocates for) the headers on every call: ask once. */
+    rd_kafka_headers_t *hs = NULL;
+    size_t names_len = 0;
+    if (rd_kafka_message_headers(m, &hs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        size_t cnt = rd_kafka_header_cnt(hs);
+        if (cnt > w->push_hdrs_cap) {
+            w->push_hdrs_cap = cnt;
+            w->push_hdrs = sc_xrealloc(w->push_hdrs, cnt * sizeof(*w->push_hdrs));
+        }
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t j = 0; j < cnt && rd_kafka_header_get_all(hs, j, &name, &val, &size) ==
+                                          RD_KAFKA_RESP_ERR_NO_ERROR;
+             j++) {
+            w->push_hdrs[r.nheaders++] = (struct sc_header){name, val, size};
+            names_len += strlen(name) + 1;
+        }
+        r.headers = w->push_hdrs;
+    }
+    size_t image_len = sc_record_image_size(&r);
+    char *o = arena_reserve(p, image_len + names_len);
+    sc_record_image_write(o, &r);
+    o += image_len;
+    for (size_t j = 0; j < r.nheaders; j++) {
+        size_t l = strlen(r.headers[j].name) + 1;
+        memcpy(o, r.headers[j].name, l);
+        o += l;
+    }
+    struct sc_buffered *b = &p->recs[p->head + p->len];
+    *b = (struct sc_buffered){
+        .offset = r.offset,
+        .timestamp = r.timestamp,
+        .arrival_ms = now,
+        .at = p->arena_len,
+        .image_len = (uint32_t)image_len,
+        .names_len = (uint32_t)names_len,
+        .key_len = m->key ? (int32_t)m->key_len : -1,
+        .value_len = m->payload ? (int32_t)m->len : -1,
+        .nheaders = (uint32_t)r.nheaders,
+    };
+    p->arena_len += image_len + names_len;
     p->len++;
-    p->buffered_bytes += (int64_t)(m->len + m->key_len);
+    p->buffered_bytes += rec_bytes(b);
 }
 
-static rd_kafka_message_t *buf_at(const struct sc_part *p, size_t i)
-{
-    return p->msgs[p->head + i];
-}
-
-/* Destroys the first n buffered messages. */
+/* Drops the first n buffered records. */
 static void buf_drop(struct sc_part *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        rd_kafka_message_t *m = p->msgs[p->head + i];
-        p->buffered_bytes -= (int64_t)(m->len + m->key_len);
-        rd_kafka_message_destroy(m);
-    }
+    for (size_t i = 0; i < n; i++)
+        p->buffered_bytes -= rec_bytes(rec_at(p, i));
     p->head += n;
     p->len -= n;
-    if (p->len == 0)
+    if (p->len == 0) {
         p->head = 0;
+        p->arena_head = p->arena_len = 0;
+    } else {
+        p->arena_head = rec_at(p, 0)->at;
+    }
 }
 
 static void buf_clear(struct sc_part *p)
 {
     buf_drop(p, p->len);
     p->buffered_bytes = 0;
+}
+
+static void buf_free(struct sc_part *p)
+{
+    buf_clear(p);
+    free(p->recs);
+    free(p->arena);
+    p->recs = NULL;
+    p->arena = NULL;
+    p->cap = p->arena_cap = 0;
+}
+
+/* Asks the consumer thread to wake librdkafka's fetcher for p (see poke_fetchers()). */
+static void poke_fetcher(struct sc_part *p)
+{
+    atomic_store(&p->poke, true);
+    if (!atomic_exchange(&p->pl->fetch_poke, true))
+        rd_kafka_queue_yield(p->pl->consumer_q);
 }
 
 static void set_paused(struct sc_part *p, bool pause)
@@ -212,6 +338,8 @@ static void set_paused(struct sc_part *p, bool pause)
     rd_kafka_topic_partition_list_destroy(l);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         p->paused = pause;
+    if (!err && !pause)
+        poke_fetcher(p);
     sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
 }
 
@@ -227,21 +355,33 @@ static void apply_backpressure(struct sc_part *p)
         set_paused(p, false);
 }
 
+/* Which batches ready_count() accepts. */
+enum ready_mode {
+    READY_FULL, /* full by count or bytes */
+    READY_DUE,  /* full, or its first record waited max_wait_ms */
+    READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
+};
+
 /*
- * How many buffered messages, starting at index from, make the next batch,
- * if that batch is ready now (full by count or bytes, or its first record
- * waited max_wait_ms); 0 if not ready.
+ * How many buffered records, starting at index from, make the next batch, if
+ * that batch is ready under mode; 0 if not.
  */
-static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, bool full_only)
+static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
     if (from >= p->len)
         return 0;
+    if (from == 0 && p->len < (size_t)bc->max_records && p->buffered_bytes < bc->max_bytes) {
+        /* Below both limits (the common case between batches): no scan needed. */
+        if (mode == READY_FULL ||
+            (mode == READY_DUE && now - rec_at(p, 0)->arrival_ms < bc->max_wait_ms))
+            return 0;
+        return p->len;
+    }
     size_t n = 0;
     int64_t bytes = 0;
     while (from + n < p->len && n < (size_t)bc->max_records) {
-        const rd_kafka_message_t *m = buf_at(p, from + n);
-        int64_t sz = (int64_t)(m->len + m->key_len);
+        int64_t sz = rec_bytes(rec_at(p, from + n));
         if (n > 0 && bytes + sz > bc->max_bytes)
             return n; /* the next record would overflow: this batch is full */
         bytes += sz;
@@ -249,74 +389,95 @@ static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, boo
         if (bytes >= bc->max_bytes)
             return n;
     }
-    if (n == (size_t)bc->max_records)
+    if (n == (size_t)bc->max_records || mode == READY_ANY)
         return n;
-    if (full_only)
-        return 0;
-    if (now - arrivals((struct sc_part *)p)[p->head + from] >= bc->max_wait_ms)
+    if (mode == READY_DUE && now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms)
         return n;
     return 0;
 }
 
 /* ---- batches ------------------------------------------------------------ */
 
-/* Fills w->recs with views of buffered messages [from, from+n). */
+static int64_t get_le64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | (unsigned char)p[i];
+    return (int64_t)v;
+}
+
+/* Fills w->recs with views of buffered records [from, from+n) (valid until the next push). */
 static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, size_t n)
 {
     if (n > w->recs_cap) {
         w->recs_cap = n;
         w->recs = sc_xrealloc(w->recs, n * sizeof(*w->recs));
     }
-    w->hdrs_len = 0;
-    /* First pass: collect header counts so the header array never moves under us. */
     size_t total_hdrs = 0;
-    for (size_t i = 0; i < n; i++) {
-        rd_kafka_headers_t *hs = NULL;
-        if (rd_kafka_message_headers(buf_at(p, from + i), &hs) == RD_KAFKA_RESP_ERR_NO_ERROR)
-            total_hdrs += rd_kafka_header_cnt(hs);
-    }
+    for (size_t i = 0; i < n; i++)
+        total_hdrs += rec_at(p, from + i)->nheaders;
     if (total_hdrs > w->hdrs_cap) {
         w->hdrs_cap = total_hdrs;
         w->hdrs = sc_xrealloc(w->hdrs, total_hdrs * sizeof(*w->hdrs));
     }
+    w->hdrs_len = 0;
     for (size_t i = 0; i < n; i++) {
-        rd_kafka_message_t *m = buf_at(p, from + i);
+        const struct sc_buffered *b = rec_at(p, from + i);
+        const char *img = p->arena + b->at;
         struct sc_record *r = &w->recs[i];
-        rd_kafka_timestamp_type_t tstype;
+        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
+        size_t pos = 24;
         r->topic = p->topic;
         r->partition = p->partition;
-        r->offset = m->offset;
-        r->timestamp = rd_kafka_message_timestamp(m, &tstype);
-        if (tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
-            r->timestamp = -1;
-        r->key = m->key;
-        r->key_len = m->key ? m->key_len : 0;
-        r->value = m->payload;
-        r->value_len = m->payload ? m->len : 0;
-        r->headers = NULL;
-        r->nheaders = 0;
-        rd_kafka_headers_t *hs = NULL;
-        if (rd_kafka_message_headers(m, &hs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
-            r->headers = w->hdrs + w->hdrs_len;
-            const char *name;
-            const void *val;
-            size_t size;
-            for (size_t j = 0;
-                 rd_kafka_header_get_all(hs, j, &name, &val, &size) == RD_KAFKA_RESP_ERR_NO_ERROR;
-                 j++) {
-                w->hdrs[w->hdrs_len++] = (struct sc_header){name, val, size};
-                r->nheaders++;
-            }
+        r->offset = b->offset;
+        r->timestamp = b->timestamp;
+        r->key = b->key_len >= 0 ? img + pos : NULL;
+        r->key_len = b->key_len > 0 ? (size_t)b->key_len : 0;
+        pos += r->key_len + 8;
+        r->value = b->value_len >= 0 ? img + pos : NULL;
+        r->value_len = b->value_len > 0 ? (size_t)b->value_len : 0;
+        pos += r->value_len + 8;
+        r->headers = w->hdrs + w->hdrs_len;
+        r->nheaders = b->nheaders;
+        const char *name = img + b->image_len;
+        for (size_t j = 0; j < b->nheaders; j++) {
+            pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
+            int64_t vlen = get_le64(img + pos);
+            pos += 8;
+            w->hdrs[w->hdrs_len++] = (struct sc_header){.name = name,
+                                                        .value = vlen >= 0 ? img + pos : NULL,
+                                                        .len = vlen > 0 ? (size_t)vlen : 0};
+            pos += vlen > 0 ? (size_t)vlen : 0;
+            name += strlen(name) + 1;
         }
     }
 }
 
-static uint32_t checksum_of(const struct sc_worker *w, size_t n)
+/*
+ * The batch checksum of buffered records [from, from+n): sc_record_checksum()
+ * folded over them, computed as CRC-32 over their images, one call per run
+ * of adjacent images (records without headers are adjacent).
+ */
+static uint32_t batch_checksum(const struct sc_part *p, size_t from, size_t n)
 {
-    uint32_t crc = 0;
-    for (size_t i = 0; i < n; i++)
-        crc = sc_record_checksum(crc, &w->recs[i]);
-    return crc;
+    uLong crc = 0;
+    const char *run = NULL;
+    size_t run_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *b = rec_at(p, from + i);
+        const char *img = p->arena + b->at;
+        if (run && run + run_len == img) {
+            run_len += b->image_len;
+            continue;
+        }
+        if (run)
+            crc = crc32_z(crc, (const Bytef *)run, run_len);
+        run = img;
+        run_len = b->image_len;
+    }
+    if (run)
+        crc = crc32_z(crc, (const Bytef *)run, run_len);
+    return (uint32_t)crc;
 }
 
 static void mirror_commit(struct sc_part *p, int64_t next_offset)
@@ -335,6 +496,7 @@ static void mirror_commit(struct sc_part *p, int64_t next_offset)
 static void part_stop_delivering(struct sc_part *p, enum sc_part_state state)
 {
     p->state = state;
+    p->written = false;
     atomic_store(&p->not_fetching, true);
     buf_clear(p);
     set_paused(p, true);
@@ -385,6 +547,22 @@ static void part_error(struct sc_worker *w, struct sc_part *p, const char *messa
  * back until PostgreSQL answers, and decides: 1 = the write took effect,
  * 0 = it did not (retry it), -1 = neither (fenced or changed: re-acquire).
  */
+/* A bounded caller (finish_pending()) ran out of time. */
+static bool gave_up(const struct sc_worker *w)
+{
+    return w->give_up_ms > 0 && sc_mono_ms() >= w->give_up_ms;
+}
+
+/* Sleeps the next backoff step, but not past give_up_ms. */
+static void retry_sleep(const struct sc_worker *w, const struct sc_part *p, struct sc_backoff *bo)
+{
+    int64_t ms = sc_backoff_next(bo);
+    if (w->give_up_ms > 0 && w->give_up_ms - sc_mono_ms() < ms)
+        ms = w->give_up_ms - sc_mono_ms();
+    if (ms > 0)
+        sc_sleep_ms(ms, p->pl->stop);
+}
+
 static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp *before,
                      const struct sc_cp *after)
 {
@@ -392,12 +570,12 @@ static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp 
     struct sc_backoff bo;
     sc_backoff_init(&bo, 100, 5000);
     for (;;) {
-        if (*p->pl->stop)
+        if (*p->pl->stop || gave_up(w))
             return -2;
         struct sc_cp now;
         enum sc_cp_status s = sc_checkpoint_load(&w->db, &k, &now);
         if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
-            sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+            retry_sleep(w, p, &bo);
             continue;
         }
         if (s != SC_CP_OK || now.epoch != before->epoch || now.error)
@@ -460,12 +638,15 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
                 part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
                 return false;
             }
-            if (r == -2)
-                return false;
-            sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
-            if (*p->pl->stop)
-                return false;
-            continue;
+            if (r != -2) {
+                retry_sleep(w, p, &bo);
+                if (!*p->pl->stop && !gave_up(w))
+                    continue;
+            }
+            /* Stopping or out of time with the outcome unknown: try again later (service()
+             * would otherwise retry at once, again and again), or leave it to a replay. */
+            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+            return false;
         }
         }
     }
@@ -696,9 +877,9 @@ static ssize_t pending_span(const struct sc_part *p)
     if (!p->replay)
         return p->cp.pending_count <= (int32_t)p->len ? p->cp.pending_count : -1;
     size_t n = 0;
-    while (n < p->len && buf_at(p, n)->offset <= p->cp.pending_last)
+    while (n < p->len && rec_at(p, n)->offset <= p->cp.pending_last)
         n++;
-    if (n == p->len && (n == 0 || buf_at(p, n - 1)->offset < p->cp.pending_last))
+    if (n == p->len && (n == 0 || rec_at(p, n - 1)->offset < p->cp.pending_last))
         return -1; /* not complete yet */
     return (ssize_t)n;
 }
@@ -732,87 +913,262 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
     return s == SC_CP_FENCED || s == SC_CP_CONFLICT ? 1 : -1;
 }
 
-/* Sinks that write records and checkpoint in one transaction: no pending step at all. */
+/*
+ * Sinks that write records and checkpoint in one transaction: no pending step
+ * at all.  One batch per call, like deliver_one().
+ */
 static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_t now)
 {
     const struct sc_pipeline_conf *pc = p->pl->pc;
-    while (!*p->pl->stop) {
-        size_t n = ready_count(p, 0, now, false);
+    if (*p->pl->stop)
+        return;
+    size_t n = ready_count(p, 0, now, READY_DUE);
+    if (n == 0)
+        return;
+    build_records(w, p, 0, n);
+    struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+    struct sc_batch b = {
+        .part = &ref,
+        .records = w->recs,
+        .count = n,
+        .first_offset = rec_at(p, 0)->offset,
+        .last_offset = rec_at(p, n - 1)->offset,
+        .write_offset = p->cp.committed_write_offset,
+    };
+    struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp};
+    PGconn *conn = sc_db_hold(&w->db);
+    if (!conn) {
+        p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+        return;
+    }
+    struct sc_commit_hook hook = {conn, hook_commit, &hc};
+    char err[512] = "";
+    sc_batch_result_clear(&w->result);
+    int64_t t0 = sc_mono_ns();
+    enum sc_sink_result sr =
+        w->sink->type->write(w->sink, p->sink_part, &b, &hook, &w->result, err, sizeof(err));
+    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    sc_db_release(&w->db);
+    if (sr == SC_SINK_RETRY && hc.done) {
+        /* The COMMIT itself failed: it may or may not have happened. */
+        int r = reconcile(w, p, &p->cp, &hc.cp);
+        if (r == 1)
+            sr = SC_SINK_OK;
+        else if (r == -1)
+            sr = SC_SINK_FENCED;
+    }
+    if (sr == SC_SINK_OK && !hc.done) {
+        sr = SC_SINK_ERROR;
+        snprintf(err, sizeof(err), "sink returned success without committing the checkpoint");
+    }
+    switch (sr) {
+    case SC_SINK_OK:
+        break;
+    case SC_SINK_FENCED:
+        part_fenced(w, p, "committing a batch", true);
+        return;
+    case SC_SINK_RETRY: {
+        sc_counter_add(&p->m->sink_errors, 1);
+        int delay = sc_backoff_next(&p->backoff);
+        sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+        p->retry_at_ms = sc_mono_ms() + delay;
+        return;
+    }
+    case SC_SINK_ERROR:
+        sc_counter_add(&p->m->sink_errors, 1);
+        part_error(w, p, err);
+        return;
+    }
+    sc_backoff_reset(&p->backoff);
+    p->cp = hc.cp;
+    sc_notify_count_commit(&p->pl->notify);
+    atomic_store(&p->m->committed_offset, p->cp.committed_offset);
+    sc_counter_add(&p->m->records_delivered, n - hc.ndead);
+    sc_counter_add(&p->m->dead_letters, hc.ndead);
+    sc_counter_add(&p->m->batches_committed, 1);
+    mirror_commit(p, p->cp.committed_offset);
+    buf_drop(p, n);
+    apply_backpressure(p);
+    sc_failpoint("after_commit");
+}
+
+/*
+ * Commits the pending batch (the first n buffered records, written, with
+ * ndead dead letters in w->dead), pending the next `next` records in the
+ * same statement when next > 0.
+ */
+static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
+                         int64_t next_write_offset, size_t ndead, size_t next)
+{
+    bool was_replay = p->replay;
+    struct commit_args c = {
+        .next_offset = p->cp.pending_last + 1,
+        .next_write_offset = next_write_offset,
+        .replay = was_replay,
+        .dead = w->dead,
+        .ndead = ndead,
+    };
+    if (next > 0 && !*p->pl->stop) {
+        c.and_pend = true;
+        c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
+                                    (int32_t)next, batch_checksum(p, n, next)};
+    }
+    if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
+        return; /* fenced, or stopping while PostgreSQL is away: a replay then */
+    p->written = false;
+    sc_failpoint("after_commit");
+    sc_notify_count_commit(&p->pl->notify);
+    atomic_store(&p->m->committed_offset, c.next_offset);
+    if (c.and_pend)
+        sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
+    p->replay = false;
+    atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
+    sc_counter_add(&p->m->records_delivered, n - ndead);
+    sc_counter_add(&p->m->dead_letters, ndead);
+    sc_counter_add(&p->m->batches_committed, 1);
+    if (was_replay) {
+        sc_counter_add(&p->m->replays, 1);
+        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
+    }
+    mirror_commit(p, c.next_offset);
+    buf_drop(p, n);
+    apply_backpressure(p);
+}
+
+/*
+ * One batch of a partition through the protocol: pend it (unless it is
+ * pending already), write it, commit it, pending the next one in the same
+ * statement when that one is ready.  One batch per call, so the worker
+ * drains its queue between batches and librdkafka never holds more than its
+ * prefetch limits; the batch pended with a commit is written by the next
+ * call (or by finish_pending() if the partition goes away).
+ *
+ * A written batch whose successor is not full yet holds its commit back for
+ * max_wait_ms (the batch is durable; only its commit waits), then commits
+ * and pends what arrived meanwhile in the same statement.  Below saturation,
+ * where batches leave by max_wait_ms, a batch then costs one PostgreSQL
+ * transaction instead of two, and its records wait no longer than before.
+ * Readers of committed_write_offset see a batch up to max_wait_ms later;
+ * what is written is the same.  A replay, a batch with dead letters, a
+ * stopping worker and finish commit at once.
+ */
+static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, bool finish)
+{
+    const struct sc_pipeline_conf *pc = p->pl->pc;
+    if (p->written) {
+        size_t n = (size_t)p->cp.pending_count;
+        size_t next = ready_count(p, n, now, READY_FULL);
+        if (next == 0) {
+            if (now < p->commit_due_ms && !finish && !*p->pl->stop)
+                return;
+            /* Due: what arrived meanwhile is pended with the commit (it waited less than
+             * max_wait_ms; a partial batch may always leave earlier). */
+            next = ready_count(p, n, now, READY_ANY);
+        }
+        commit_batch(w, p, n, p->written_next_write_offset, 0, finish ? 0 : next);
+        return;
+    }
+    if (*p->pl->stop && !p->cp.has_pending)
+        return; /* shutting down: finish what is pending, start nothing new */
+    if (!p->cp.has_pending) {
+        size_t n = ready_count(p, 0, now, READY_DUE);
         if (n == 0)
             return;
-        build_records(w, p, 0, n);
-        struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
-        struct sc_batch b = {
-            .part = &ref,
-            .records = w->recs,
-            .count = n,
-            .first_offset = buf_at(p, 0)->offset,
-            .last_offset = buf_at(p, n - 1)->offset,
-            .write_offset = p->cp.committed_write_offset,
-        };
-        struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp};
-        PGconn *conn = sc_db_hold(&w->db);
-        if (!conn) {
-            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+        struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
+                              batch_checksum(p, 0, n)};
+        if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
-        }
-        struct sc_commit_hook hook = {conn, hook_commit, &hc};
-        char err[512] = "";
-        sc_batch_result_clear(&w->result);
-        int64_t t0 = sc_mono_ns();
-        enum sc_sink_result sr =
-            w->sink->type->write(w->sink, p->sink_part, &b, &hook, &w->result, err, sizeof(err));
-        sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
-        sc_db_release(&w->db);
-        if (sr == SC_SINK_RETRY && hc.done) {
-            /* The COMMIT itself failed: it may or may not have happened. */
-            int r = reconcile(w, p, &p->cp, &hc.cp);
-            if (r == 1)
-                sr = SC_SINK_OK;
-            else if (r == -1)
-                sr = SC_SINK_FENCED;
-        }
-        if (sr == SC_SINK_OK && !hc.done) {
-            sr = SC_SINK_ERROR;
-            snprintf(err, sizeof(err), "sink returned success without committing the checkpoint");
-        }
-        switch (sr) {
-        case SC_SINK_OK:
-            break;
-        case SC_SINK_FENCED:
-            part_fenced(w, p, "committing a batch", true);
-            return;
-        case SC_SINK_RETRY: {
-            sc_counter_add(&p->m->sink_errors, 1);
-            int delay = sc_backoff_next(&p->backoff);
-            sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
-            p->retry_at_ms = sc_mono_ms() + delay;
-            return;
-        }
-        case SC_SINK_ERROR:
-            sc_counter_add(&p->m->sink_errors, 1);
-            part_error(w, p, err);
-            return;
-        }
-        sc_backoff_reset(&p->backoff);
-        p->cp = hc.cp;
-        sc_notify_count_commit(&p->pl->notify);
-        atomic_store(&p->m->committed_offset, p->cp.committed_offset);
-        sc_counter_add(&p->m->records_delivered, n - hc.ndead);
-        sc_counter_add(&p->m->dead_letters, hc.ndead);
-        sc_counter_add(&p->m->batches_committed, 1);
-        mirror_commit(p, p->cp.committed_offset);
-        buf_drop(p, n);
-        apply_backpressure(p);
-        sc_failpoint("after_commit");
+        atomic_store(&p->m->pending, 1);
+        sc_failpoint("after_pend");
     }
+
+    ssize_t span = pending_span(p);
+    if (span < 0)
+        return; /* replay: the pending range is still being fetched */
+    size_t n = (size_t)span;
+    build_records(w, p, 0, n);
+    if (p->replay) {
+        uint32_t crc = batch_checksum(p, 0, n);
+        if ((int32_t)n != p->cp.pending_count || crc != p->cp.pending_checksum) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "pending batch [%" PRId64 "..%" PRId64 "] does not match what Kafka "
+                     "returns now: expected %d records with checksum %u, found %zu with "
+                     "checksum %u (records deleted by retention or compaction, or the topic "
+                     "was recreated)",
+                     p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
+                     p->cp.pending_checksum, n, crc);
+            part_error(w, p, msg);
+            return;
+        }
+    }
+    struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+    struct sc_batch b = {
+        .part = &ref,
+        .records = w->recs,
+        .count = n,
+        .first_offset = p->cp.pending_first,
+        .last_offset = p->cp.pending_last,
+        .checksum = p->cp.pending_checksum,
+        .write_offset = p->cp.pending_write_offset,
+        .replay = p->replay,
+    };
+    char err[512] = "";
+    sc_batch_result_clear(&w->result);
+    int64_t t0 = sc_mono_ns();
+    enum sc_sink_result sr =
+        w->sink->type->write(w->sink, p->sink_part, &b, NULL, &w->result, err, sizeof(err));
+    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    if (sr == SC_SINK_RETRY) {
+        sc_counter_add(&p->m->sink_errors, 1);
+        int delay = sc_backoff_next(&p->backoff);
+        sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+        p->retry_at_ms = sc_mono_ms() + delay;
+        return;
+    }
+    if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
+        sc_counter_add(&p->m->sink_errors, 1);
+        part_error(w, p, err);
+        return;
+    }
+    sc_backoff_reset(&p->backoff);
+    sc_failpoint("after_write");
+
+    size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
+    size_t next = ready_count(p, n, now, READY_FULL);
+    if (next == 0 && ndead == 0 && !p->replay && !finish && !*p->pl->stop &&
+        pc->batch.max_wait_ms > 0) {
+        p->written = true;
+        p->written_next_write_offset = w->result.next_write_offset;
+        p->commit_due_ms = now + pc->batch.max_wait_ms;
+        return;
+    }
+    commit_batch(w, p, n, w->result.next_write_offset, ndead, finish ? 0 : next);
+}
+
+/*
+ * Commits a written batch now, whatever the lease's renewal says: the batch
+ * is durable in the sink, and the commit names this owner's epoch, so it is
+ * refused (and counted as fenced) if another instance took the partition
+ * over, and otherwise saves the next owner a replay.  Checkpoint retries
+ * stop after FINISH_BUDGET_MS (then retry_at_ms backs off).
+ */
+static void commit_written(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    w->give_up_ms = now + FINISH_BUDGET_MS;
+    deliver_one(w, p, now, true);
+    w->give_up_ms = 0;
 }
 
 static void service(struct sc_worker *w, struct sc_part *p)
 {
     int64_t now = sc_mono_ms();
     if (p->state != SC_PART_FENCED && atomic_exchange(&p->control_changed, false)) {
-        /* Between batches: nothing is half done.  Re-read the row under a new epoch. */
+        /* Between batches: commit a written batch first (refused if the operator moved the
+         * row: then it is replayed), so nothing is half done.  Re-read the row under a new
+         * epoch. */
+        if (p->written && p->state == SC_PART_ACTIVE)
+            commit_written(w, p, now);
         part_fenced(w, p, "an operator changed the checkpoint", false);
         return;
     }
@@ -837,121 +1193,19 @@ static void service(struct sc_worker *w, struct sc_part *p)
     }
     if (p->state != SC_PART_ACTIVE || now < p->retry_at_ms)
         return;
-    if (atomic_load(&p->lease_valid_until_ms) < now)
-        return; /* renewal is late (PostgreSQL down?): write nothing we might not own */
+    if (atomic_load(&p->lease_valid_until_ms) < now) {
+        /* Renewal is late (PostgreSQL down? this process stopped?): write nothing we might
+         * not own.  A written batch is durable already: commit it (see commit_written()). */
+        if (p->written)
+            commit_written(w, p, now);
+        return;
+    }
     if (w->sink->flags & SC_SINK_F_TRANSACTIONAL) {
         deliver_transactional(w, p, now);
         return;
     }
 
-    const struct sc_pipeline_conf *pc = p->pl->pc;
-    for (;;) {
-        if (*p->pl->stop && !p->cp.has_pending)
-            return; /* shutting down: finish what is pending, start nothing new */
-        if (!p->cp.has_pending) {
-            size_t n = ready_count(p, 0, now, false);
-            if (n == 0)
-                return;
-            build_records(w, p, 0, n);
-            struct pend_args a = {buf_at(p, 0)->offset, buf_at(p, n - 1)->offset, (int32_t)n,
-                                  checksum_of(w, n)};
-            if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
-                return;
-            atomic_store(&p->m->pending, 1);
-            sc_failpoint("after_pend");
-        }
-
-        ssize_t span = pending_span(p);
-        if (span < 0)
-            return; /* replay: the pending range is still being fetched */
-        size_t n = (size_t)span;
-        build_records(w, p, 0, n);
-        if (p->replay) {
-            uint32_t crc = checksum_of(w, n);
-            if ((int32_t)n != p->cp.pending_count || crc != p->cp.pending_checksum) {
-                char msg[256];
-                snprintf(msg, sizeof(msg),
-                         "pending batch [%" PRId64 "..%" PRId64 "] does not match what Kafka "
-                         "returns now: expected %d records with checksum %u, found %zu with "
-                         "checksum %u (records deleted by retention or compaction, or the topic "
-                         "was recreated)",
-                         p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
-                         p->cp.pending_checksum, n, crc);
-                part_error(w, p, msg);
-                return;
-            }
-        }
-        struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
-        struct sc_batch b = {
-            .part = &ref,
-            .records = w->recs,
-            .count = n,
-            .first_offset = p->cp.pending_first,
-            .last_offset = p->cp.pending_last,
-            .checksum = p->cp.pending_checksum,
-            .write_offset = p->cp.pending_write_offset,
-            .replay = p->replay,
-        };
-        char err[512] = "";
-        sc_batch_result_clear(&w->result);
-        int64_t t0 = sc_mono_ns();
-        enum sc_sink_result sr =
-            w->sink->type->write(w->sink, p->sink_part, &b, NULL, &w->result, err, sizeof(err));
-        sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
-        if (sr == SC_SINK_RETRY) {
-            sc_counter_add(&p->m->sink_errors, 1);
-            int delay = sc_backoff_next(&p->backoff);
-            sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
-            p->retry_at_ms = sc_mono_ms() + delay;
-            return;
-        }
-        if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
-            sc_counter_add(&p->m->sink_errors, 1);
-            part_error(w, p, err);
-            return;
-        }
-        sc_backoff_reset(&p->backoff);
-        sc_failpoint("after_write");
-
-        /* Commit; if the next batch is already full, pend it in the same statement. */
-        bool was_replay = p->replay;
-        size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused below */
-        struct commit_args c = {
-            .next_offset = p->cp.pending_last + 1,
-            .next_write_offset = w->result.next_write_offset,
-            .replay = was_replay,
-            .dead = w->dead,
-            .ndead = ndead,
-        };
-        size_t next = ready_count(p, n, now, true);
-        if (next > 0 && !*p->pl->stop) {
-            build_records(w, p, n, next);
-            c.and_pend = true;
-            c.pend = (struct pend_args){buf_at(p, n)->offset, buf_at(p, n + next - 1)->offset,
-                                        (int32_t)next, checksum_of(w, next)};
-        }
-        if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
-            return;
-        sc_failpoint("after_commit");
-        sc_notify_count_commit(&p->pl->notify);
-        atomic_store(&p->m->committed_offset, c.next_offset);
-        if (c.and_pend)
-            sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
-        p->replay = false;
-        atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
-        sc_counter_add(&p->m->records_delivered, n - ndead);
-        sc_counter_add(&p->m->dead_letters, ndead);
-        sc_counter_add(&p->m->batches_committed, 1);
-        if (was_replay) {
-            sc_counter_add(&p->m->replays, 1);
-            sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
-        }
-        mirror_commit(p, c.next_offset);
-        buf_drop(p, n);
-        apply_backpressure(p);
-        if (!c.and_pend)
-            return;
-    }
+    deliver_one(w, p, now, false);
 }
 
 /* ---- messages ------------------------------------------------------------ */
@@ -972,6 +1226,13 @@ static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_me
         return;
     if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
         m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        if (p->written && p->state == SC_PART_ACTIVE) {
+            /* The written batch is durable and was read: commit it, so the error (and a
+             * reset after it) starts after it rather than dropping it from the sink. */
+            commit_written(w, p, sc_mono_ms());
+            if (p->state != SC_PART_ACTIVE)
+                return; /* fenced meanwhile */
+        }
         char msg[512];
         if (p->replay || p->cp.has_pending)
             snprintf(msg, sizeof(msg),
@@ -990,7 +1251,7 @@ static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_me
     sc_warn(&p->log, "consumer error: %s", rd_kafka_message_errstr(m));
 }
 
-static void dispatch(struct sc_worker *w, rd_kafka_message_t *m)
+static void dispatch(struct sc_worker *w, rd_kafka_message_t *m, int64_t now)
 {
     const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
     struct sc_part *p = topic ? find_part(w, topic, m->partition) : NULL;
@@ -1029,8 +1290,9 @@ static void dispatch(struct sc_worker *w, rd_kafka_message_t *m)
     }
     p->next_expected = m->offset + 1;
     sc_counter_add(&p->m->records_consumed, 1);
-    buf_push(p, m, sc_mono_ms());
-    if (p->len == 1 || p->len % 256 == 0)
+    buf_push(w, p, m, now);
+    rd_kafka_message_destroy(m);
+    if (!p->paused)
         apply_backpressure(p);
 }
 
@@ -1043,6 +1305,7 @@ static void take_handover(struct sc_part *p)
     p->state = SC_PART_STARTING;
     p->sink_recovered = false;
     p->replay = false;
+    p->written = false;
     p->retry_at_ms = 0;
     p->next_expected = p->start_offset >= 0 ? p->start_offset : 0;
     sc_backoff_init(&p->backoff, 100, 30000);
@@ -1104,8 +1367,7 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
         else
             sc_info(&p->log, "lease released (%s)", reason);
     }
-    buf_clear(p);
-    free(p->msgs);
+    buf_free(p);
     atomic_store(&p->m->owned, 0);
     atomic_store(&p->m->pending, 0);
     atomic_store(&p->m->consumer_lag, -1);
@@ -1118,6 +1380,32 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     free(p->topic);
     free(p);
     atomic_fetch_sub(&w->nparts, 1);
+}
+
+/*
+ * deliver_one() writes one batch per call and may hold a written batch's
+ * commit back, so a partition being handed back may have a batch written
+ * and not committed, or pended with the last commit and buffered: commit
+ * it, or write and commit it, first, so a revocation or a shutdown leaves
+ * no replay behind that it can avoid.  Bounded: the consumer thread waits
+ * for this in the rebalance callback, where it renews no leases, so
+ * checkpoint retries stop after FINISH_BUDGET_MS and whatever is left is
+ * the next owner's replay.  A lost partition, or one whose lease is late,
+ * gets nothing new written; only its written batch is committed.
+ */
+static void finish_pending(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    int64_t now = sc_mono_ms();
+    if (p->state != SC_PART_ACTIVE || !p->cp.has_pending || p->replay || now < p->retry_at_ms)
+        return;
+    if (p->written) {
+        commit_written(w, p, now);
+    } else if (strcmp(reason, "lost") != 0 && atomic_load(&p->lease_valid_until_ms) >= now &&
+               pending_span(p) >= 0) {
+        w->give_up_ms = now + FINISH_BUDGET_MS;
+        deliver_one(w, p, now, true);
+        w->give_up_ms = 0;
+    }
 }
 
 static void process_inbox(struct sc_worker *w)
@@ -1137,6 +1425,7 @@ static void process_inbox(struct sc_worker *w)
             part_reacquired(w, op->p);
             break;
         case OP_REMOVE:
+            finish_pending(w, op->p, op->reason);
             part_removed(w, op->p, op->reason);
             pthread_mutex_lock(&w->lock);
             w->removals_pending--;
@@ -1164,8 +1453,20 @@ static int next_timeout(struct sc_worker *w)
             wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
             continue;
         }
+        if (p->written) {
+            /* Its commit waits until commit_due_ms, or until the next batch is full. */
+            size_t n = (size_t)p->cp.pending_count;
+            if (*p->pl->stop || ready_count(p, n, now, READY_FULL) > 0)
+                return 0;
+            wake = p->commit_due_ms < wake ? p->commit_due_ms : wake;
+            continue;
+        }
+        /* A batch can be written now (when stopping, only a pending one is). */
+        if (p->cp.has_pending ? pending_span(p) >= 0
+                              : !*p->pl->stop && ready_count(p, 0, now, READY_FULL) > 0)
+            return 0;
         if (p->len > 0 && !p->cp.has_pending) {
-            int64_t due = arrivals(p)[p->head] + max_wait;
+            int64_t due = rec_at(p, 0)->arrival_ms + max_wait;
             wake = due < wake ? due : wake;
         }
     }
@@ -1181,10 +1482,26 @@ static void *worker_main(void *arg)
         process_inbox(w);
         rd_kafka_message_t *m = rd_kafka_consume_queue(w->queue, next_timeout(w));
         if (m) {
-            dispatch(w, m);
-            ssize_t n = rd_kafka_consume_batch_queue(w->queue, 0, batch, BATCH_DRAIN);
-            for (ssize_t i = 0; i < n; i++)
-                dispatch(w, batch[i]);
+            /* Take what is queued (up to a bound) before serving the partitions: with the next
+             * batch buffered by the time a batch is written, its commit pends the next one in
+             * the same statement (one round trip per batch under backlog). */
+            int64_t now = sc_mono_ms();
+            dispatch(w, m, now);
+            ssize_t total = 1;
+            for (int round = 0; round < DRAIN_ROUNDS; round++) {
+                ssize_t n = rd_kafka_consume_batch_queue(w->queue, 0, batch, BATCH_DRAIN);
+                for (ssize_t i = 0; i < n; i++)
+                    dispatch(w, batch[i], now);
+                total += n > 0 ? n : 0;
+                if (n < BATCH_DRAIN)
+                    break;
+            }
+            /* The queue may have been at librdkafka's prefetch limit, which stops fetching
+             * its partitions until something wakes the fetcher. */
+            if (total >= BATCH_DRAIN)
+                for (struct sc_part *p = w->parts; p; p = p->next)
+                    if (!p->paused && p->state == SC_PART_ACTIVE)
+                        poke_fetcher(p);
         }
         for (struct sc_part *p = w->parts; p; p = p->next)
             service(w, p);
@@ -1244,6 +1561,7 @@ void sc_worker_stop(struct sc_worker *w)
     free(w->result.dead);
     free(w->recs);
     free(w->hdrs);
+    free(w->push_hdrs);
     free(w->dead);
     sc_buf_free(&w->dead_env);
     sc_sink_free(w->sink);

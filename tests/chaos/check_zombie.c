@@ -1,13 +1,15 @@
 /*
  * check_zombie.c - invariant I4: a stalled owner is fenced.
  *
- * Instance A stops itself (SIGSTOP, via a failpoint) right after pending a
- * batch, i.e. with a batch "in its hands".  B joins, waits for A's lease to
- * expire, takes every partition over, replays A's pending batch and keeps
- * delivering.  Then A is continued: it finishes its interrupted batch (a
- * write of identical bytes to the same place) and its commit is refused:
- * a 'fenced' event and sidecar_fenced_total on A's /metrics.  The output
- * stays exact throughout.
+ * Instance A stops itself (SIGSTOP, via a failpoint) between writing a
+ * batch and committing it, i.e. with a batch "in its hands".  B joins, waits
+ * for A's lease to expire, takes every partition over, replays A's pending
+ * batch and keeps delivering.  Then A is continued: it goes on to commit
+ * its interrupted batch (a written batch is committed even when the lease's
+ * renewal is late, since the commit is fenced by the epoch) and the commit
+ * is refused: a 'fenced' event and sidecar_fenced_total on A's /metrics.
+ * (A continued with a batch pended and not yet written writes nothing: its
+ * lease is late.)  The output stays exact throughout.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -35,8 +37,8 @@ START_TEST(test_stalled_owner_is_fenced)
     scx_migrate(cfg_a);
 
     hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, 0, 1000);
-    /* A stops itself at its 25th pend: a batch is pending, not yet written. */
-    pid_t a = scx_start(&e, cfg_a, "sc-a", "after_pend=stop#25");
+    /* A stops itself after its 25th write: a batch is pending and written, not committed. */
+    pid_t a = scx_start(&e, cfg_a, "sc-a", "after_write=stop#25");
     int64_t end = hx_now_ms() + 60000;
     while (!scx_pid_stopped(a) && hx_now_ms() < end)
         usleep(50000);

@@ -149,7 +149,7 @@ START_TEST(test_minimal_config_gets_every_default)
     ck_assert_int_eq(p->assignment, SC_ASSIGN_KAFKA_GROUP);
     ck_assert_int_eq(p->start_from, SC_START_EARLIEST);
     ck_assert_int_eq(p->value_format, SC_VALUE_AUTO);
-    ck_assert_int_eq(p->batch.max_records, 1000);
+    ck_assert_int_eq(p->batch.max_records, 5000);
     ck_assert_int_eq(p->batch.max_bytes, 1048576);
     ck_assert_int_eq(p->batch.max_wait_ms, 100);
     ck_assert_int_eq(p->lease.ttl_ms, 10000);
@@ -1139,7 +1139,7 @@ START_TEST(test_reference_markdown)
         "## `postgres`",
         "| `dsn` | string, secret | **required**",
         "| `schema` | string | `\"sidecar\"` | 1..63 bytes",
-        "| `max_records` | integer | `1000` | 1..1000000 |",
+        "| `max_records` | integer | `5000` | 1..1000000 |",
         "## `pipelines[].sink` with `type`: `file`",
         "## `pipelines[].sink` with `type`: `http`",
         "| `retention` | duration | `7d` | 1m..",
