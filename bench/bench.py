@@ -1,0 +1,1308 @@
+#!/usr/bin/python3
+"""bench.py - the sidecar side by side with reference consumers, in one run.
+
+Usually started through `bash bench/run.sh` (which installs the packages and
+builds first).  It starts a throwaway PostgreSQL (as the postgres user,
+fsync on) and the librdkafka mock cluster (kafka-mock), produces one fixed
+data set, and on that same topic measures, one after the other:
+
+  kcat         reference consumer: kcat -C -e -o beginning into a file
+  file         sidecar -> file sink (fsync: batch)
+  copy         reference loader: psql \\copy of the same rows, same table shape
+  postgres     sidecar -> postgres sink in the checkpoint database
+  http         sidecar -> http sink -> bench-receiver (answers 200)
+  naive        naive_consumer.py: confluent_kafka + psycopg2, at-least-once
+
+For each: records/s, MB/s (key + value bytes), CPU seconds (user + sys of
+the measured process, from wait4), peak RSS, and the CPU the PostgreSQL
+server and the mock broker used meanwhile.  Then end-to-end latency at a
+fixed produce rate, PostgreSQL round trips per batch (counted by a proxy
+between the sidecar and PostgreSQL), and recovery time after SIGKILL with
+two instances.  Prints a table and writes JSON.
+
+Throughput is measured from the first delivered record to the last one, so
+the consumer-group join (about 3 s on the mock) and process start-up do not
+count; the wall time from process start is reported too.
+"""
+import argparse
+import atexit
+import ctypes
+import datetime
+import glob
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+
+import psycopg2
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+POLL_S = 0.025
+MiB = 1024 * 1024
+PG_SETTINGS = {
+    # Durable, like production: every commit waits for its WAL flush.
+    "fsync": "on",
+    "synchronous_commit": "on",
+    "full_page_writes": "on",
+    "shared_buffers": "256MB",
+    # Checkpoints run between phases (explicit CHECKPOINT), never in the middle of one.
+    "max_wal_size": "8GB",
+    "checkpoint_timeout": "1h",
+    "shared_preload_libraries": "pg_stat_statements",
+    "pg_stat_statements.track": "all",
+    "max_connections": "100",
+}
+
+
+def log(msg):
+    print("bench: " + msg, file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---- processes ------------------------------------------------------------------------
+
+
+class Child:
+    """A child process whose CPU time and peak RSS come from wait4()."""
+
+    live = set()
+
+    def __init__(self, argv, stdout=None, stderr=None, env=None, stdin=subprocess.DEVNULL,
+                 preexec=None):
+        self.argv = argv
+        self.t_start = time.time()
+        self.p = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env, stdin=stdin,
+                                  preexec_fn=preexec)
+        self.pid = self.p.pid
+        self.rusage = None
+        self.status = None
+        self.t_end = None
+        Child.live.add(self)
+
+    def _reaped(self, status, ru):
+        self.status = os.waitstatus_to_exitcode(status)
+        self.rusage = ru
+        self.t_end = time.time()
+        self.p.returncode = self.status  # keep Popen from waiting for it again
+        Child.live.discard(self)
+
+    def poll(self):
+        """True once the process exited (reaping it)."""
+        if self.rusage is not None:
+            return True
+        pid, status, ru = os.wait4(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self._reaped(status, ru)
+        return True
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.time() + timeout
+        while not self.poll():
+            if deadline is not None and time.time() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, sig=signal.SIGTERM, timeout=30):
+        if self.rusage is None:
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+            if not self.wait(timeout):
+                os.kill(self.pid, signal.SIGKILL)
+                self.wait()
+        return self
+
+    @property
+    def cpu(self):
+        return self.rusage.ru_utime + self.rusage.ru_stime
+
+    @property
+    def maxrss_mib(self):
+        return self.rusage.ru_maxrss / 1024.0  # kilobytes on Linux
+
+
+def proc_stat_cpu(pid, children=False):
+    """utime + stime (+ reaped children) of pid in seconds, 0 if it is gone."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = int(fields[11]) + int(fields[12])
+    if children:
+        ticks += int(fields[13]) + int(fields[14])
+    return ticks / CLK_TCK
+
+
+def tree_cpu(root):
+    """CPU of a process tree: root, its reaped children and its live children (PostgreSQL)."""
+    total = proc_stat_cpu(root, children=True)
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == root:
+            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return total
+
+
+# ---- environment: PostgreSQL, kafka-mock ------------------------------------------------
+
+
+class Env:
+    def __init__(self, args):
+        self.args = args
+        self.build = os.path.abspath(args.build_dir)
+        self.bin = {
+            "sidecar": os.path.join(self.build, "sidecar", "sidecar"),
+            "mock": os.path.join(self.build, "sidecar", "kafka-mock"),
+            "produce": os.path.join(self.build, "sidecar", "kafka-produce"),
+            "receiver": os.path.join(self.build, "bench", "bench-receiver"),
+        }
+        for name, path in self.bin.items():
+            if not os.access(path, os.X_OK):
+                sys.exit("bench: %s not found at %s (build first: bash bench/run.sh)" % (name, path))
+        self.dir = tempfile.mkdtemp(prefix="sidecar-bench-", dir=args.workdir)
+        os.chmod(self.dir, 0o755)
+        self.pg_pid = None
+        self.mock = None
+        self.pgbin = sorted(glob.glob("/usr/lib/postgresql/*/bin"),
+                            key=lambda p: int(re.search(r"/(\d+)/bin", p).group(1)))[-1]
+        atexit.register(self.cleanup)
+
+    def as_postgres(self, argv, **kw):
+        if os.getuid() == 0:
+            argv = ["runuser", "-u", "postgres", "--"] + argv
+        return subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, **kw)
+
+    def start_pg(self):
+        self.pgdata = os.path.join(self.dir, "pg")
+        os.mkdir(self.pgdata, 0o700)
+        if os.getuid() == 0:
+            shutil.chown(self.pgdata, "postgres")
+        self.as_postgres([self.pgbin + "/initdb", "-D", self.pgdata, "-U", "postgres", "-A",
+                          "trust", "-E", "UTF8", "--locale=C"], stderr=subprocess.DEVNULL)
+        self.pg_port = free_port()
+        conf = dict(PG_SETTINGS, port=str(self.pg_port), listen_addresses="'127.0.0.1'",
+                    unix_socket_directories="'%s'" % self.pgdata)
+        with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as f:
+            for k, v in conf.items():
+                f.write("%s = %s\n" % (k, v))
+        self.as_postgres([self.pgbin + "/pg_ctl", "-D", self.pgdata, "-l",
+                          os.path.join(self.pgdata, "server.log"), "-w", "start"])
+        with open(os.path.join(self.pgdata, "postmaster.pid")) as f:
+            self.pg_pid = int(f.readline())
+        self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres" % self.pg_port
+        self.db = psycopg2.connect(self.dsn)
+        self.db.autocommit = True
+        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.pg_version = self.sql1("SHOW server_version")
+        self.pg_settings = {k: self.sql1("SHOW %s" % k) for k in PG_SETTINGS}
+
+    def sql(self, q, params=None):
+        with self.db.cursor() as c:
+            c.execute(q, params)
+            return c.fetchall() if c.description else None
+
+    def sql1(self, q, params=None):
+        return self.sql(q, params)[0][0]
+
+    def start_mock(self, topics):
+        argv = [self.bin["mock"], "--brokers", "1"]
+        for t in topics:
+            argv += ["--topic", t]
+        self.mock = Child(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=open(os.path.join(self.dir, "mock.log"), "w"))
+        self.bootstrap = self.mock.p.stdout.readline().decode().strip()
+        if not self.bootstrap:
+            sys.exit("bench: kafka-mock did not start (see %s/mock.log)" % self.dir)
+
+    def produce(self, topic, per_partition, rate=None, wait=True):
+        argv = [self.bin["produce"], "-b", self.bootstrap, "-t", topic, "--count",
+                str(per_partition)]
+        if rate:
+            argv += ["--rate", str(rate)]
+        c = Child(argv, stderr=open(os.path.join(self.dir, "produce-%s.log" % topic), "a"))
+        if wait:
+            c.wait()
+            if c.status != 0:
+                sys.exit("bench: kafka-produce failed (see %s/produce-%s.log)" % (self.dir, topic))
+        return c
+
+    def server_cpu(self):
+        return {"postgres": tree_cpu(self.pg_pid), "broker": proc_stat_cpu(self.mock.pid)}
+
+    def checkpoint(self):
+        """Flushes dirty buffers and WAL between phases so one phase's I/O never lands in another."""
+        self.sql("CHECKPOINT")
+        os.sync()
+
+    def cleanup(self):
+        for c in list(Child.live):
+            if c is not self.mock:
+                c.stop(signal.SIGKILL, 5)
+        if self.mock:
+            self.mock.stop(signal.SIGTERM, 5)
+        if self.pg_pid:
+            try:
+                self.db.close()
+            except Exception:
+                pass
+            try:
+                self.as_postgres([self.pgbin + "/pg_ctl", "-D", self.pgdata, "-m", "immediate",
+                                  "stop"], stderr=subprocess.DEVNULL)
+            except subprocess.CalledProcessError:
+                pass
+            self.pg_pid = None
+        if not self.args.keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        else:
+            log("kept %s" % self.dir)
+
+
+# ---- the sidecar ----------------------------------------------------------------------
+
+
+class Sidecar:
+    """One `sidecar run` with a generated config; progress read from sidecar.checkpoints."""
+
+    def __init__(self, env, name, topic, sink, batch=None, instance="bench-1", dsn=None,
+                 kafka_props=None, log_name=None):
+        self.env, self.name = env, name
+        self.admin = "127.0.0.1:%d" % free_port()
+        pipeline = {"name": name, "topics": [topic], "start_from": "earliest", "sink": sink}
+        batch = dict(env.args.batch, **(batch or {}))
+        if batch:
+            pipeline["batch"] = batch
+        kafka_props = dict(env.args.kafka_props, **(kafka_props or {}))
+        if kafka_props:
+            pipeline["kafka_properties"] = kafka_props
+        conf = {
+            "instance_id": instance,
+            "postgres": {"dsn": dsn or env.dsn},
+            "kafka": {"bootstrap.servers": env.bootstrap},
+            "admin": {"listen": self.admin},
+            "log": {"level": "info", "format": "text"},
+            "pipelines": [pipeline],
+        }
+        self.conf_path = os.path.join(env.dir, "%s-%s.json" % (name, instance))
+        with open(self.conf_path, "w") as f:
+            json.dump(conf, f, indent=2)
+        self.log_path = os.path.join(env.dir, log_name or "%s-%s.log" % (name, instance))
+        self.child = None
+
+    def start(self):
+        wrap = self.env.args.wrap.split() if self.env.args.wrap else []
+        self.child = Child(wrap + [self.env.bin["sidecar"], "run", "-c", self.conf_path],
+                           stderr=open(self.log_path, "a"), stdout=subprocess.DEVNULL)
+        return self
+
+    def committed(self):
+        return int(self.env.sql1("SELECT coalesce(sum(committed_offset), 0) FROM "
+                                 "sidecar.checkpoints WHERE pipeline = %s", (self.name,)))
+
+    def assigned(self):
+        """When the group handed it its partitions (its first lease): fetching starts then."""
+        return float(self.env.sql1("SELECT extract(epoch FROM min(at)) FROM sidecar.events WHERE "
+                                   "pipeline = %s AND kind = 'lease'", (self.name,)))
+
+    def batches(self):
+        return int(self.env.sql1("SELECT count(*) FROM sidecar.events WHERE pipeline = %s AND "
+                                 "kind IN ('commit', 'replay')", (self.name,)))
+
+    def metrics(self):
+        try:
+            with urllib.request.urlopen("http://%s/metrics" % self.admin, timeout=5) as r:
+                return r.read().decode()
+        except OSError:
+            return ""
+
+
+def wait_progress(progress, expect, timeout, alive=None, what="run", stalls=None):
+    """
+    Polls progress() until it reaches expect.  Returns (t_first, n_first, t_done).
+    stalls, a list, receives the longest time (s) without progress once delivery started.
+    """
+    t_first = n_first = None
+    deadline = time.time() + timeout
+    last_n, last_t, longest = -1, None, 0.0
+    while True:
+        n = progress()
+        now = time.time()
+        if n > 0 and t_first is None:
+            t_first, n_first = now, n
+        if n != last_n:
+            if last_t is not None and last_n > 0:
+                longest = max(longest, now - last_t)
+            last_n, last_t = n, now
+        if n >= expect:
+            if stalls is not None:
+                stalls.append(round(longest, 3))
+            return t_first, n_first, now
+        if now > deadline:
+            raise RuntimeError("%s: %d of %d records after %ds" % (what, n, expect, timeout))
+        if alive is not None and not alive():
+            raise RuntimeError("%s: process exited with %d of %d records" % (what, n, expect))
+        time.sleep(POLL_S)
+
+
+def result(name, records, payload_bytes, t_start, t_begin, t_done, child, servers, extra=None):
+    """One throughput row: rate over [t_begin, t_done], CPU and RSS of the child."""
+    span = max(t_done - t_begin, 1e-6)
+    rate = records / span
+    r = {
+        "name": name,
+        "records": records,
+        "seconds": round(span, 3),
+        "wall_seconds": round(t_done - t_start, 3),
+        "records_per_s": round(rate),
+        "mb_per_s": round(rate * payload_bytes / records / 1e6, 2),
+        "cpu_s": round(child.cpu, 2) if child else None,
+        "cpu_user_s": round(child.rusage.ru_utime, 2) if child else None,
+        "cpu_sys_s": round(child.rusage.ru_stime, 2) if child else None,
+        "cpu_s_per_million": round(child.cpu * 1e6 / records, 2) if child else None,
+        "peak_rss_mib": round(child.maxrss_mib, 1) if child else None,
+        "postgres_cpu_s": round(servers["postgres"], 2),
+        "broker_cpu_s": round(servers["broker"], 2),
+    }
+    if extra:
+        r.update(extra)
+    return r
+
+
+class Meter:
+    """Server CPU used between start() and stop()."""
+
+    def __init__(self, env):
+        self.env = env
+        self.t0 = env.server_cpu()
+
+    def stop(self):
+        time.sleep(0.5)  # let the postmaster reap exited backends: a zombie's CPU is invisible
+        t1 = self.env.server_cpu()
+        return {k: t1[k] - self.t0[k] for k in t1}
+
+
+# ---- throughput phases --------------------------------------------------------------------
+
+KCAT_FORMAT = "%t\\t%p\\t%o\\t%T\\t%k\\t%s\\n"
+
+
+# librdkafka 2.0 stops fetching a partition once its queue holds queued.min.messages (100000)
+# and only looks again when something wakes the fetcher, up to a second later: with its
+# defaults kcat drains the backlog in bursts with most of each second idle.  The tuned
+# reference lets it prefetch (almost) everything instead: its ceiling, bought with memory.
+KCAT_TUNED = {"queued.min.messages": "1000000", "fetch.wait.max.ms": "100"}
+
+
+def run_kcat(env, ds, name, props):
+    out = os.path.join(env.dir, "%s.tsv" % name)
+    env.checkpoint()
+    m = Meter(env)
+    argv = ["kcat", "-C", "-b", env.bootstrap, "-t", ds["topic"], "-o", "beginning", "-e", "-q",
+            "-f", KCAT_FORMAT]
+    for k, v in props.items():
+        argv += ["-X", "%s=%s" % (k, v)]
+    # Everything the file sink's envelope holds (topic, partition, offset, timestamp, key,
+    # value), one record per line: the same work per record as the sidecar, minus the JSON.
+    c = Child(argv, stdout=open(out, "wb"))
+    # Done = the last byte written: kcat's exit (EOF on every partition, then closing the
+    # client) may come a while later.
+    t_done, last = None, -1
+    while not c.poll():
+        size = os.path.getsize(out)
+        if size != last:
+            t_done, last = time.time(), size
+        time.sleep(POLL_S)
+    if os.path.getsize(out) != last:
+        t_done = c.t_end
+    servers = m.stop()
+    if c.status != 0:
+        raise RuntimeError("%s exited with %d" % (name, c.status))
+    lines = count_lines([out])
+    if lines != ds["records"]:
+        raise RuntimeError("%s wrote %d records, expected %d" % (name, lines, ds["records"]))
+    size = os.path.getsize(out)
+    # kcat assigns the partitions itself (no consumer group): it fetches from the start.
+    r = result(name, ds["records"], ds["payload_bytes"], c.t_start, c.t_start, t_done, c,
+               servers, {"output_mb": round(size / 1e6, 1), "properties": props})
+    if "kcat_tsv" not in ds:
+        ds["kcat_tsv"] = out  # the \copy input is made from it
+    else:
+        os.unlink(out)
+    return r
+
+
+def phase_kcat(env, ds, run):
+    return run_kcat(env, ds, "kcat", {})
+
+
+def phase_kcat_tuned(env, ds, run):
+    return run_kcat(env, ds, "kcat_tuned", KCAT_TUNED)
+
+
+def count_lines(paths):
+    n = 0
+    for p in paths:
+        with open(p, "rb") as f:
+            while True:
+                b = f.read(1 << 20)
+                if not b:
+                    break
+                n += b.count(b"\n")
+    return n
+
+
+# Statements the bench itself sends while it watches (excluded from the sidecar's counts).
+BENCH_QUERY = re.compile(r"coalesce\(sum\(committed_offset\)|extract\(epoch|count\(\*\) FROM "
+                         r"sidecar.events|pg_stat_statements|sidecar.partition_status")
+
+
+def statement_counts(env, batches):
+    """
+    The sidecar's statements per batch since the last pg_stat_statements_reset(), and its
+    transactions per batch: a checkpoint write is a transaction of its own unless it ran
+    inside BEGIN ... COMMIT (the postgres sink's advance).
+    """
+    rows = [(calls, q) for calls, q in env.sql("SELECT calls, query FROM pg_stat_statements")
+            if not BENCH_QUERY.search(q)]
+    per = max(batches, 1)
+    cp = {"pend": r"SET pending_first_offset = \$6", "commit": r"pending_first_offset = NULL",
+          "commit_and_pend": r"pending_first_offset = \$9",
+          "advance": r"committed_offset = \$9::bigint"}
+    counts = {k: sum(c for c, q in rows if "checkpoints SET" in q and re.search(v, q))
+              for k, v in cp.items()}
+    commits = sum(c for c, q in rows if q.strip().upper() == "COMMIT")
+    tx = commits + counts["pend"] + counts["commit"] + counts["commit_and_pend"]
+    return {
+        "statements_per_batch": round(sum(c for c, _ in rows) / per, 2),
+        "transactions_per_batch": round(tx / per, 2),
+        "checkpoint_writes_per_batch": {k: round(v / per, 2) for k, v in counts.items() if v},
+    }
+
+
+def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None):
+    env.checkpoint()
+    env.sql("SELECT pg_stat_statements_reset()")
+    m = Meter(env)
+    sc = Sidecar(env, name, ds["topic"], sink, batch=batch).start()
+    stalls = []
+    _, _, t_done = wait_progress(sc.committed, ds["records"], env.args.timeout,
+                                 lambda: not sc.child.poll(), label, stalls)
+    batches = sc.batches()
+    t_begin = sc.assigned()
+    metrics = sc.metrics()
+    sc.child.stop(signal.SIGTERM)
+    servers = m.stop()
+    extra = {"batches": batches, "records_per_batch": round(ds["records"] / max(batches, 1)),
+             "longest_stall_s": stalls[0]}
+    extra.update(statement_counts(env, batches))
+    extra.update(verify())
+    extra["sink_write_s_avg_ms"] = hist_avg_ms(metrics, "sidecar_sink_write_seconds")
+    extra["checkpoint_s_avg_ms"] = hist_avg_ms(metrics, "sidecar_checkpoint_seconds")
+    return result(label, ds["records"], ds["payload_bytes"], sc.child.t_start, t_begin, t_done,
+                  sc.child, servers, extra)
+
+
+def hist_avg_ms(metrics, name):
+    total = count = 0.0
+    for line in metrics.splitlines():
+        if line.startswith(name + "_sum"):
+            total += float(line.split()[-1])
+        elif line.startswith(name + "_count"):
+            count += float(line.split()[-1])
+    return round(total / count * 1000, 3) if count else None
+
+
+def phase_file(env, ds, run):
+    out = os.path.join(env.dir, "out-file-%d" % run)
+    sink = {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "format": "jsonl",
+            "fsync": "batch"}
+
+    def verify():
+        files = glob.glob(out + "/*/*.jsonl")
+        lines = count_lines(files)
+        if lines != ds["records"]:
+            raise RuntimeError("file sink wrote %d records, expected %d" % (lines, ds["records"]))
+        size = sum(os.path.getsize(f) for f in files)
+        shutil.rmtree(out)
+        return {"output_mb": round(size / 1e6, 1)}
+
+    return run_sidecar_phase(env, ds, "file", "bench-file-%d" % run, sink, verify)
+
+
+def make_copy_input(env, ds):
+    """The kcat dump as COPY text rows of the sink's default table shape (not timed)."""
+    path = os.path.join(env.dir, "copy.txt")
+    utc = datetime.timezone.utc
+    with open(ds["kcat_tsv"], "rb") as src, open(path, "wb") as dst:
+        for line in src:
+            t, p, o, ts, k, v = line.rstrip(b"\n").split(b"\t", 5)
+            v = v.replace(b"\\", b"\\\\")
+            when = datetime.datetime.fromtimestamp(int(ts) / 1000, utc).isoformat()
+            dst.write(b"\t".join([t, p, o, k, v, b"{}", when.encode()]) + b"\n")
+    ds["copy_txt"] = path
+
+
+TABLE_DDL = ('CREATE TABLE %s (topic text NOT NULL, partition int NOT NULL, "offset" bigint NOT '
+             'NULL, key text, value jsonb, headers jsonb, ts timestamptz, '
+             'PRIMARY KEY (topic, partition, "offset"))')
+
+
+def fresh_table(env, name):
+    env.sql("DROP TABLE IF EXISTS %s" % name)
+    env.sql(TABLE_DDL % name)
+
+
+def phase_copy(env, ds, run):
+    if "copy_txt" not in ds:
+        make_copy_input(env, ds)
+    table = "bench.copy_rows"
+    fresh_table(env, table)
+    env.checkpoint()
+    m = Meter(env)
+    c = Child(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
+               str(env.pg_port), "-U", "postgres", "-d", "postgres", "-c",
+               "\\copy %s (topic, partition, \"offset\", key, value, headers, ts) FROM '%s'" %
+               (table, ds["copy_txt"])], stdout=subprocess.DEVNULL)
+    c.wait()
+    servers = m.stop()
+    if c.status != 0:
+        raise RuntimeError("psql \\copy exited with %d" % c.status)
+    n = env.sql1("SELECT count(*) FROM %s" % table)
+    if n != ds["records"]:
+        raise RuntimeError("\\copy loaded %d rows, expected %d" % (n, ds["records"]))
+    # psql connects, sends the file and commits once: its whole lifetime is the load.
+    return result("copy", ds["records"], ds["payload_bytes"], c.t_start, c.t_start, c.t_end, c,
+                  servers)
+
+
+def phase_postgres(env, ds, run):
+    table = "bench.sidecar_rows"
+    fresh_table(env, table)
+    sink = {"type": "postgres", "table": table, "mode": "insert"}
+
+    def verify():
+        n = env.sql1("SELECT count(*) FROM %s" % table)
+        if n != ds["records"]:
+            raise RuntimeError("postgres sink wrote %d rows, expected %d" % (n, ds["records"]))
+        return {}
+
+    return run_sidecar_phase(env, ds, "postgres", "bench-pg-%d" % run, sink, verify)
+
+
+class Receiver:
+    def __init__(self, env):
+        self.child = Child([env.bin["receiver"]], stdout=subprocess.PIPE,
+                           stderr=open(os.path.join(env.dir, "receiver.log"), "a"))
+        self.port = int(self.child.p.stdout.readline())
+        self.url = "http://127.0.0.1:%d/ingest" % self.port
+
+    def stats(self):
+        with urllib.request.urlopen("http://127.0.0.1:%d/stats" % self.port, timeout=5) as r:
+            return json.loads(r.read())
+
+
+def phase_http(env, ds, run):
+    rx = Receiver(env)
+    sink = {"type": "http", "url": rx.url}
+
+    def verify():
+        st = rx.stats()
+        rx.child.stop()
+        if st["lines"] < ds["records"]:
+            raise RuntimeError("receiver got %d records, expected %d" % (st["lines"],
+                                                                         ds["records"]))
+        return {"receiver_cpu_s": round(rx.child.cpu, 2), "requests": st["requests"]}
+
+    return run_sidecar_phase(env, ds, "http", "bench-http-%d" % run, sink, verify)
+
+
+def phase_naive(env, ds, run):
+    table = "bench.naive_rows"
+    fresh_table(env, table)
+    env.checkpoint()
+    m = Meter(env)
+    c = Child(["/usr/bin/python3", os.path.join(ROOT, "bench", "naive_consumer.py"),
+               "--bootstrap", env.bootstrap, "--topic", ds["topic"], "--group",
+               "bench-naive-%d" % run, "--dsn", env.dsn, "--table", table, "--expect",
+               str(ds["records"])], stdout=subprocess.PIPE,
+              stderr=open(os.path.join(env.dir, "naive.log"), "a"))
+    out = c.p.stdout.read()
+    c.wait()
+    servers = m.stop()
+    if c.status != 0:
+        raise RuntimeError("naive consumer exited with %d (see naive.log)" % c.status)
+    rep = json.loads(out)
+    n = env.sql1("SELECT count(DISTINCT (partition, \"offset\")) FROM %s" % table)
+    if n != ds["records"]:
+        raise RuntimeError("naive consumer wrote %d distinct rows, expected %d" %
+                           (n, ds["records"]))
+    return result("naive", ds["records"], ds["payload_bytes"], c.t_start, rep["assigned"],
+                  rep["done"], c, servers, {"batches": rep["batches"]})
+
+
+PHASES = {
+    "kcat": phase_kcat,
+    "kcat_tuned": phase_kcat_tuned,
+    "file": phase_file,
+    "copy": phase_copy,
+    "postgres": phase_postgres,
+    "http": phase_http,
+    "naive": phase_naive,
+}
+
+
+# ---- latency ------------------------------------------------------------------------------
+
+
+class Inotify:
+    """Just enough inotify (ctypes) to hear about writes to the files of one directory."""
+
+    IN_MODIFY = 0x2
+    IN_CREATE = 0x100
+
+    def __init__(self, path):
+        self.libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        if self.fd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_init1")
+        wd = self.libc.inotify_add_watch(self.fd, path.encode(), self.IN_MODIFY | self.IN_CREATE)
+        if wd < 0:
+            raise OSError(ctypes.get_errno(), "inotify_add_watch " + path)
+
+    def names(self, timeout):
+        """Names of the files written since the last call (waits up to timeout)."""
+        sel = selectors.DefaultSelector()
+        sel.register(self.fd, selectors.EVENT_READ)
+        ready = sel.select(timeout)
+        sel.close()
+        if not ready:
+            return set()
+        buf = os.read(self.fd, 65536)
+        names, i = set(), 0
+        while i < len(buf):
+            _, _, _, n = struct.unpack_from("iIII", buf, i)
+            names.add(buf[i + 16:i + 16 + n].rstrip(b"\0").decode())
+            i += 16 + n
+        return names
+
+
+class FileLatency(threading.Thread):
+    """Arrival time of every line the file sink writes, minus the record's Kafka timestamp."""
+
+    TS = re.compile(rb'"timestamp":(\d+)')
+
+    def __init__(self, directory):
+        super().__init__(daemon=True)
+        self.dir = directory
+        self.ino = Inotify(directory)
+        self.pos, self.rest, self.lat = {}, {}, []
+        self.stopping = False
+
+    def run(self):
+        while not self.stopping:
+            for name in self.ino.names(0.2):
+                self.read(name)
+
+    def read(self, name):
+        path = os.path.join(self.dir, name)
+        try:
+            with open(path, "rb") as f:
+                f.seek(self.pos.get(name, 0))
+                data = f.read()
+        except OSError:
+            return
+        now_ms = time.time() * 1000
+        self.pos[name] = self.pos.get(name, 0) + len(data)
+        data = self.rest.get(name, b"") + data
+        lines = data.split(b"\n")
+        self.rest[name] = lines.pop()
+        for line in lines:
+            m = self.TS.search(line)
+            if m:
+                self.lat.append((int(m.group(1)), now_ms - int(m.group(1))))
+
+
+class KcatLatency(threading.Thread):
+    """The reference: kcat's arrival times (unbuffered output) minus the Kafka timestamp."""
+
+    def __init__(self, env, topic, props):
+        super().__init__(daemon=True)
+        argv = ["kcat", "-C", "-u", "-q", "-b", env.bootstrap, "-t", topic, "-o", "end",
+                "-f", "%T\\n"]
+        for k, v in props.items():
+            argv += ["-X", "%s=%s" % (k, v)]
+        self.child = Child(argv, stdout=subprocess.PIPE)
+        self.lat = []
+
+    def run(self):
+        for line in self.child.p.stdout:
+            now_ms = time.time() * 1000
+            ts = int(line)
+            self.lat.append((ts, now_ms - ts))
+
+
+def percentiles(lat, skip_ms):
+    """p50/p99/max of the latencies of records produced after the first skip_ms."""
+    if not lat:
+        return {"records": 0}
+    start = min(t for t, _ in lat) + skip_ms
+    vals = sorted(v for t, v in lat if t >= start)
+    if not vals:
+        return {"records": 0}
+
+    def pct(p):
+        return round(vals[min(len(vals) - 1, int(len(vals) * p / 100))], 1)
+
+    return {"records": len(vals), "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
+            "max_ms": round(vals[-1], 1)}
+
+
+def wait_owned(env, pipeline, partitions, timeout=60, owners=1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        rows = env.sql("SELECT count(*), count(DISTINCT owner) FROM sidecar.partition_status "
+                       "WHERE pipeline = %s AND lease_live", (pipeline,))
+        if rows[0][0] >= partitions and rows[0][1] >= owners:
+            return
+        time.sleep(0.1)
+    raise RuntimeError("%s: partitions not leased after %ds" % (pipeline, timeout))
+
+
+def phase_latency(env, args, quick):
+    """Records produced at a fixed rate; their arrival in the file sink vs their timestamp."""
+    seconds = 6 if quick else args.latency_seconds
+    rate = args.rate
+    per_part = rate * seconds // args.partitions
+    # The mock broker answers a fetch that found no data only after fetch.wait.max.ms
+    # (500 ms by default) and never early when data arrives meanwhile; a real broker answers
+    # as soon as fetch.min.bytes are there.  A short wait emulates that for both consumers.
+    props = {"fetch.wait.max.ms": "5"}
+    res = {"rate": rate, "seconds": seconds, "max_wait_ms": 10,
+           "consumer_properties": props, "skip_first_ms": 1000}
+
+    # Reference: kcat on its own topic.
+    k = KcatLatency(env, "latref", props)
+    k.start()
+    time.sleep(2)  # kcat -o end: let it reach the end before producing
+    env.produce("latref", per_part, rate=rate)
+    time.sleep(1)
+    k.child.stop()
+    k.join(5)
+    res["kcat"] = percentiles(k.lat, 1000)
+
+    out = os.path.join(env.dir, "out-latency")
+    sink = {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "format": "jsonl",
+            "fsync": "batch"}
+    sc = Sidecar(env, "bench-latency", "lat", sink, batch={"max_wait_ms": 10},
+                 kafka_props=props).start()
+    wait_owned(env, "bench-latency", args.partitions)
+    deadline = time.time() + 30
+    while len(glob.glob(out + "/lat/*.jsonl")) < args.partitions and time.time() < deadline:
+        time.sleep(0.1)
+    reader = FileLatency(os.path.join(out, "lat"))
+    reader.start()
+    env.sql("SELECT pg_stat_statements_reset()")
+    m = Meter(env)
+    env.produce("lat", per_part, rate=rate)
+    wait_progress(sc.committed, per_part * args.partitions, 60, lambda: not sc.child.poll(),
+                  "latency")
+    time.sleep(0.5)
+    reader.stopping = True
+    reader.join(5)
+    servers = m.stop()
+    metrics = sc.metrics()
+    batches = sc.batches()
+    counts = statement_counts(env, batches)
+    sc.child.stop()
+    if env.args.keep:
+        with open(os.path.join(env.dir, "latency.tsv"), "w") as f:
+            f.writelines("%d\t%.1f\n" % x for x in sorted(reader.lat))
+    res["sidecar_file"] = percentiles(reader.lat, 1000)
+    res["sidecar_file"]["cpu_s"] = round(sc.child.cpu, 2)
+    res["sidecar_file"]["batches"] = batches
+    res["sidecar_file"].update(counts)
+    res["sidecar_file"]["checkpoint_avg_ms"] = hist_avg_ms(metrics, "sidecar_checkpoint_seconds")
+    res["sidecar_file"]["sink_write_avg_ms"] = hist_avg_ms(metrics, "sidecar_sink_write_seconds")
+    res["postgres_cpu_s"] = round(servers["postgres"], 2)
+    res["broker_cpu_s"] = round(servers["broker"], 2)
+    return res
+
+
+# ---- PostgreSQL round trips -----------------------------------------------------------------
+
+
+class RoundTripProxy(threading.Thread):
+    """
+    A TCP proxy in front of PostgreSQL that counts round trips per connection:
+    a round trip is a burst of client bytes sent after the server had answered
+    (the client waited for the server in between).  Connections are named by
+    the application_name of their startup packet.
+    """
+
+    APP = re.compile(rb"application_name\x00([^\x00]*)\x00")
+
+    def __init__(self, upstream_port):
+        super().__init__(daemon=True)
+        self.upstream = upstream_port
+        self.lsock = socket.socket()
+        self.lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.lsock.bind(("127.0.0.1", 0))
+        self.lsock.listen(64)
+        self.port = self.lsock.getsockname()[1]
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.lsock, selectors.EVENT_READ, None)
+        self.lock = threading.Lock()
+        self.conns = []  # dicts: app, trips, last, head
+
+    def snapshot(self):
+        """{application_name prefix: round trips} over all connections so far."""
+        with self.lock:
+            out = {}
+            for c in self.conns:
+                out[c["app"]] = out.get(c["app"], 0) + c["trips"]
+            return out
+
+    def run(self):
+        while True:
+            for key, _ in self.sel.select():
+                if key.data is None:
+                    client, _ = self.lsock.accept()
+                    server = socket.create_connection(("127.0.0.1", self.upstream))
+                    for s in (client, server):
+                        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    st = {"app": "?", "trips": 0, "last": None, "head": b""}
+                    with self.lock:
+                        self.conns.append(st)
+                    self.sel.register(client, selectors.EVENT_READ, (st, client, server, "c"))
+                    self.sel.register(server, selectors.EVENT_READ, (st, server, client, "s"))
+                    continue
+                st, src, dst, side = key.data
+                try:
+                    data = src.recv(1 << 16)
+                except OSError:
+                    data = b""
+                if not data:
+                    for s in (src, dst):
+                        try:
+                            self.sel.unregister(s)
+                        except (KeyError, ValueError):
+                            pass
+                        s.close()
+                    continue
+                if side == "c":
+                    with self.lock:
+                        if st["last"] != "c":
+                            st["trips"] += 1
+                        st["last"] = "c"
+                        if st["app"] == "?" and len(st["head"]) < 4096:
+                            st["head"] += data
+                            m = self.APP.search(st["head"])
+                            if m:
+                                st["app"] = m.group(1).decode(errors="replace")
+                else:
+                    st["last"] = "s"
+                dst.sendall(data)
+
+
+def app_group(app):
+    """'kafka-sidecar/<pipeline>/worker-3' -> 'worker'."""
+    tail = app.rsplit("/", 1)[-1]
+    return re.sub(r"-\d+$", "", tail)
+
+
+def phase_roundtrips(env, args, quick):
+    proxy = RoundTripProxy(env.pg_port)
+    proxy.start()
+    dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres" % proxy.port
+    per_part = 10000 if quick else 50000
+    total = per_part * args.partitions
+    env.produce("rt", per_part)
+    rx = Receiver(env)
+    out = os.path.join(env.dir, "out-rt")
+    fresh_table(env, "bench.rt_rows")
+    sinks = [
+        ("file", {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "fsync": "batch"}),
+        ("postgres", {"type": "postgres", "table": "bench.rt_rows", "mode": "insert"}),
+        ("http", {"type": "http", "url": rx.url}),
+    ]
+    res = {"records": total, "method": "proxy between the sidecar and PostgreSQL; a round trip "
+           "= a client burst after a server answer; counted from the first to the last commit"}
+    for label, sink in sinks:
+        name = "bench-rt-" + label
+        env.sql("SELECT pg_stat_statements_reset()")
+        sc = Sidecar(env, name, "rt", sink, dsn=dsn).start()
+        snap0 = b0 = None
+
+        def progress():
+            return sc.committed()
+
+        t_first, _, _ = wait_progress(progress, 1, 120, lambda: not sc.child.poll(), name)
+        snap0, b0 = proxy.snapshot(), sc.batches()
+        wait_progress(progress, total, args.timeout, lambda: not sc.child.poll(), name)
+        snap1, b1 = proxy.snapshot(), sc.batches()
+        stmts = env.sql("SELECT calls, query FROM pg_stat_statements WHERE query !~* "
+                        "'pg_stat_statements|sidecar.checkpoints WHERE pipeline = \\$1$' "
+                        "ORDER BY calls DESC LIMIT 12")
+        sc.child.stop()
+        batches = max(b1 - b0, 1)
+        groups = {}
+        for app, trips in snap1.items():
+            if name not in app:
+                continue
+            g = app_group(app)
+            groups[g] = groups.get(g, 0) + trips - snap0.get(app, 0)
+        all_batches = sc.batches()
+        res[label] = {
+            "batches": batches,
+            "records_per_batch": round(total / max(all_batches, 1)),
+            "round_trips_per_batch": {g: round(v / batches, 2) for g, v in sorted(groups.items())},
+            "statements_per_batch": [
+                {"calls_per_batch": round(calls / max(all_batches, 1), 2),
+                 "query": re.sub(r"\s+", " ", q)[:100]}
+                for calls, q in stmts if calls / max(all_batches, 1) >= 0.05],
+        }
+    rx.child.stop()
+    shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+# ---- recovery after SIGKILL ------------------------------------------------------------------
+
+
+def phase_recovery(env, args, quick):
+    rate = 4000
+    seconds = 30 if quick else 45
+    per_part = rate * seconds // args.partitions
+    out = os.path.join(env.dir, "out-recovery")
+    sink = {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "fsync": "batch"}
+    a = Sidecar(env, "bench-recovery", "rec", sink, instance="bench-a").start()
+    b = Sidecar(env, "bench-recovery", "rec", sink, instance="bench-b").start()
+    producer = env.produce("rec", per_part, rate=rate, wait=False)
+    wait_owned(env, "bench-recovery", args.partitions, owners=2)
+    time.sleep(5)  # steady state: both instances delivering
+    owned = env.sql("SELECT partition, committed_offset FROM sidecar.partition_status WHERE "
+                    "pipeline = 'bench-recovery' AND owner = 'bench-a' AND lease_live")
+    t_kill = time.time()
+    a.child.stop(signal.SIGKILL)
+    resumed = {}
+    before = {p: off or 0 for p, off in owned}
+    deadline = t_kill + 120
+    while len(resumed) < len(before) and time.time() < deadline:
+        rows = env.sql("SELECT partition, committed_offset, owner FROM sidecar.partition_status "
+                       "WHERE pipeline = 'bench-recovery'")
+        now = time.time()
+        for p, off, owner in rows:
+            if p in before and p not in resumed and owner == "bench-b" and (off or 0) > before[p]:
+                resumed[p] = now - t_kill
+        time.sleep(0.05)
+    # Where the time went: the group noticing the dead member and rebalancing (until the
+    # survivor's first new lease), then the sidecar's own takeover (lease -> first commit).
+    lease = env.sql1("SELECT extract(epoch FROM min(at)) FROM sidecar.events WHERE pipeline = "
+                     "'bench-recovery' AND kind = 'lease' AND owner = 'bench-b' AND at > "
+                     "to_timestamp(%s)", (t_kill,))
+    producer.wait()
+    total = per_part * args.partitions
+    wait_progress(b.committed, total, 120, lambda: not b.child.poll(), "recovery drain")
+    b.child.stop()
+    # Exactly once, in order, despite the kill.
+    bad = 0
+    for f in glob.glob(out + "/rec/*.jsonl"):
+        with open(f, "rb") as fh:
+            for i, line in enumerate(fh):
+                m = re.search(rb'"offset":(\d+)', line)
+                if not m or int(m.group(1)) != i:
+                    bad += 1
+                    break
+    lines = count_lines(glob.glob(out + "/rec/*.jsonl"))
+    times = sorted(resumed.values())
+    log_b = open(b.log_path, errors="replace").read()
+    return {
+        "instances": 2,
+        "partitions_moved": len(before),
+        "partitions_resumed": len(resumed),
+        "first_resumed_s": round(times[0], 2) if times else None,
+        "median_resumed_s": round(statistics.median(times), 2) if times else None,
+        "all_resumed_s": round(times[-1], 2) if len(times) == len(before) else None,
+        "kill_to_lease_s": round(float(lease) - t_kill, 2) if lease else None,
+        "lease_to_resumed_s": (round(times[-1] - (float(lease) - t_kill), 2)
+                               if lease and len(times) == len(before) else None),
+        "session_timeout_ms": 10000,
+        "lease_ttl_ms": 10000,
+        "replays": log_b.count("replaying pending batch"),
+        "records": total,
+        "records_in_files": lines,
+        "files_out_of_order": bad,
+        "exactly_once": lines == total and bad == 0,
+    }
+
+
+# ---- report ---------------------------------------------------------------------------------
+
+
+def median_row(rows):
+    """The run with the median records/s (all its figures come from that run)."""
+    rows = sorted(rows, key=lambda r: r["records_per_s"])
+    return dict(rows[len(rows) // 2], runs=[r["records_per_s"] for r in rows])
+
+
+def ratio(a, b):
+    return round(a / b, 2) if a and b else None
+
+
+def reference(tp, key, best):
+    """The stricter of the two kcat runs for key (best: max or min), and its name."""
+    runs = [k for k in ("kcat", "kcat_tuned") if k in tp]
+    if not runs:
+        return None, None
+    name = best(runs, key=lambda k: tp[k][key])
+    return tp[name][key], name
+
+
+def build_targets(tp, lat, rt, args):
+    t = []
+
+    def add(name, value, target, ok, note=None):
+        t.append({"target": name, "value": value, "goal": target,
+                  "met": bool(ok) if value is not None else None, "note": note})
+
+    # Against the stronger reference of the two kcat runs: the faster, and the leaner CPU.
+    ref, which = reference(tp, "records_per_s", max)
+    if "file" in tp and ref:
+        v = ratio(tp["file"]["records_per_s"], ref)
+        add("file sink / reference consumer throughput", v, ">= 0.9", v and v >= 0.9, which)
+    ref, which = reference(tp, "cpu_s_per_million", min)
+    if "file" in tp and ref:
+        v = ratio(tp["file"]["cpu_s_per_million"], ref)
+        add("file sink / reference CPU per million records", v, "<= 1.5", v and v <= 1.5, which)
+    if "postgres" in tp and "copy" in tp:
+        v = ratio(tp["postgres"]["records_per_s"], tp["copy"]["records_per_s"])
+        add("postgres sink / \\copy throughput", v, ">= 0.8", v and v >= 0.8)
+    if "postgres" in tp and "naive" in tp:
+        v = ratio(tp["postgres"]["records_per_s"], tp["naive"]["records_per_s"])
+        add("postgres sink / naive consumer throughput", v, ">= 3", v and v >= 3)
+    for label, limit in (("file", 2), ("http", 2), ("postgres", 1)):
+        if label in tp:
+            v = tp[label].get("transactions_per_batch")
+            add("PostgreSQL transactions per batch, %s" % label, v, "<= %d" % limit,
+                v is not None and v <= limit + 0.05, "pg_stat_statements, backlog drain")
+        if rt and label in rt:
+            v = rt[label]["round_trips_per_batch"].get("worker")
+            add("PostgreSQL wire round trips per batch, %s" % label, v, "<= %d" % limit,
+                v is not None and v <= limit + 0.05, "proxy count")
+    if lat and "sidecar_file" in lat:
+        v = lat["sidecar_file"].get("p99_ms")
+        add("p99 latency at %d records/s (ms)" % args.rate, v, "<= 50", v is not None and v <= 50)
+    rss = [tp[k]["peak_rss_mib"] for k in ("file", "postgres", "http") if k in tp]
+    if rss:
+        add("sidecar peak RSS draining the backlog (MiB)", max(rss), "<= 128", max(rss) <= 128)
+    return t
+
+
+def print_report(res):
+    tp = res["throughput"]
+    cols = [("records/s", "records_per_s", "%d"), ("MB/s", "mb_per_s", "%.1f"),
+            ("CPU s", "cpu_s", "%.2f"), ("CPU s/M", "cpu_s_per_million", "%.2f"),
+            ("RSS MiB", "peak_rss_mib", "%.0f"), ("PG CPU s", "postgres_cpu_s", "%.2f"),
+            ("broker CPU", "broker_cpu_s", "%.2f"), ("tx/batch", "transactions_per_batch", "%.2f")]
+    print()
+    print("%-11s" % "" + "".join("%11s" % c[0] for c in cols) + "   ratio")
+    refs = {"file": "kcat", "postgres": "copy", "http": "kcat", "naive": "copy",
+            "kcat_tuned": "kcat"}
+    for name in PHASES:
+        if name not in tp:
+            continue
+        r = tp[name]
+        line = "%-11s" % name
+        for _, key, fmt in cols:
+            v = r.get(key)
+            line += "%11s" % (fmt % v if v is not None else "-")
+        ref = refs.get(name)
+        if ref and ref in tp:
+            line += "   %.2fx %s" % (tp[name]["records_per_s"] / tp[ref]["records_per_s"],
+                                    ref if ref != "copy" else "\\copy")
+        if name in ("file", "http") and "kcat_tuned" in tp:
+            line += ", %.2fx kcat_tuned" % (tp[name]["records_per_s"] /
+                                           tp["kcat_tuned"]["records_per_s"])
+        print(line)
+    print("\nratios:")
+    for k, v in res["ratios"].items():
+        print("  %-44s %s" % (k, v))
+    if res.get("latency"):
+        lat = res["latency"]
+        print("\nend-to-end latency at %d records/s (batch.max_wait_ms %d, %s):" %
+              (lat["rate"], lat["max_wait_ms"], json.dumps(lat["consumer_properties"])))
+        for k in ("kcat", "sidecar_file"):
+            if k in lat:
+                print("  %-14s %s" % (k, json.dumps(lat[k])))
+    if res.get("round_trips"):
+        print("\nPostgreSQL wire round trips per batch (proxy; worker connections, the lease "
+              "connection apart):")
+        for k in ("file", "postgres", "http"):
+            if k in res["round_trips"]:
+                r = res["round_trips"][k]
+                print("  %-9s %s  (%d records/batch)" % (k, json.dumps(r["round_trips_per_batch"]),
+                                                        r["records_per_batch"]))
+    if res.get("recovery"):
+        print("\nrecovery after SIGKILL (2 instances): %s" % json.dumps(res["recovery"]))
+    print("\ntargets:")
+    for t in res["targets"]:
+        mark = {True: "met", False: "NOT met", None: "-"}[t["met"]]
+        print("  %-52s %8s   goal %-7s %-8s %s" % (t["target"], t["value"], t["goal"], mark,
+                                                  t.get("note") or ""))
+    print()
+
+
+def git_rev():
+    try:
+        rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except OSError:
+        return None
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--build-dir", default=os.path.join(ROOT, "build-bench"))
+    ap.add_argument("--records", type=int, default=1000000,
+                    help="records in the data set (spread over the partitions)")
+    ap.add_argument("--partitions", type=int, default=16)
+    ap.add_argument("--json", help="write the results here (default bench/results/<time>.json)")
+    ap.add_argument("--only", help="comma-separated phases: " + ",".join(PHASES) +
+                    ",latency,roundtrips,recovery")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="run the throughput phases N times (interleaved); report the median run")
+    ap.add_argument("--rate", type=int, default=20000, help="produce rate of the latency run")
+    ap.add_argument("--latency-seconds", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="short latency/round-trip/recovery runs")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per phase at most")
+    ap.add_argument("--workdir", default="/tmp")
+    ap.add_argument("--keep", action="store_true", help="keep the work directory")
+    ap.add_argument("--wrap", help="command prefix for the sidecar (profiling), e.g. "
+                    "'perf record -g -o /tmp/perf.data --'")
+    ap.add_argument("--batch", action="append", default=[], metavar="KEY=VALUE",
+                    help="batch setting for every sidecar run (experiments)")
+    ap.add_argument("--kafka-prop", action="append", default=[], metavar="KEY=VALUE",
+                    help="librdkafka property for every sidecar run (experiments)")
+    args = ap.parse_args()
+    args.batch = {k: int(v) for k, v in (x.split("=", 1) for x in args.batch)}
+    args.kafka_props = dict(x.split("=", 1) for x in args.kafka_prop)
+    only = set(args.only.split(",")) if args.only else None
+
+    def wanted(p):
+        return only is None or p in only
+
+    per_part = args.records // args.partitions
+    records = per_part * args.partitions
+    env = Env(args)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
+    log("work directory %s" % env.dir)
+    env.start_pg()
+    env.start_mock(["%s:%d" % (t, args.partitions) for t in ("bench", "lat", "latref", "rt",
+                                                              "rec")])
+    log("PostgreSQL %s on port %d; mock Kafka at %s" % (env.pg_version, env.pg_port,
+                                                         env.bootstrap))
+    t0 = time.time()
+    env.produce("bench", per_part)
+    log("produced %d records (%d partitions, lz4) in %.1fs" % (records, args.partitions,
+                                                               time.time() - t0))
+    subprocess.run([env.bin["sidecar"], "migrate", "-c",
+                    Sidecar(env, "migrate", "bench", {"type": "stdout"}).conf_path],
+                   check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    env.sql("CREATE SCHEMA IF NOT EXISTS bench")
+    # Key + value bytes of the data set (what MB/s counts): from the generator's format.
+    sample = subprocess.run(["kcat", "-C", "-b", env.bootstrap, "-t", "bench", "-p", "0", "-o",
+                             "beginning", "-c", "1000", "-e", "-q", "-f", "%K %S\\n"],
+                            capture_output=True, text=True).stdout.split()
+    avg = sum(int(x) for x in sample) / max(len(sample) / 2, 1)
+    ds = {"topic": "bench", "records": records, "payload_bytes": int(avg * records)}
+
+    res = {
+        "meta": {
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "git": git_rev(),
+            "cpus": os.cpu_count(),
+            "records": records,
+            "partitions": args.partitions,
+            "avg_key_value_bytes": round(avg, 1),
+            "compression": "lz4",
+            "brokers": 1,
+            "postgresql": env.pg_version,
+            "postgresql_settings": env.pg_settings,
+            "repeat": args.repeat,
+            "sidecar_config": "defaults (batch, workers, librdkafka) unless noted",
+        },
+        "throughput": {},
+        "runs": {},
+    }
+    order = [p for p in PHASES if wanted(p)]
+    if ("copy" in order) and "kcat" not in order:
+        order.insert(0, "kcat")  # \copy loads kcat's dump
+    for run in range(args.repeat):
+        for name in order:
+            log("run %d/%d: %s" % (run + 1, args.repeat, name))
+            r = PHASES[name](env, ds, run)
+            res["runs"].setdefault(name, []).append(r)
+            log("  %d records/s, %.2f CPU s, %.1f MiB peak RSS" % (
+                r["records_per_s"], r["cpu_s"] or 0, r["peak_rss_mib"] or 0))
+    for name, rows in res["runs"].items():
+        res["throughput"][name] = median_row(rows)
+    tp = res["throughput"]
+    res["ratios"] = {}
+    for a, b, key in (("file", "kcat", "records_per_s"), ("file", "kcat_tuned", "records_per_s"),
+                      ("http", "kcat", "records_per_s"), ("http", "kcat_tuned", "records_per_s"),
+                      ("postgres", "copy", "records_per_s"),
+                      ("postgres", "naive", "records_per_s"), ("copy", "naive", "records_per_s"),
+                      ("file", "kcat", "cpu_s_per_million"),
+                      ("file", "kcat_tuned", "cpu_s_per_million")):
+        if a in tp and b in tp:
+            res["ratios"]["%s/%s %s" % (a, b, key)] = ratio(tp[a][key], tp[b][key])
+    if wanted("latency"):
+        log("latency at %d records/s" % args.rate)
+        res["latency"] = phase_latency(env, args, args.quick)
+    if wanted("roundtrips"):
+        log("PostgreSQL round trips per batch")
+        res["round_trips"] = phase_roundtrips(env, args, args.quick)
+    if wanted("recovery"):
+        log("recovery after SIGKILL")
+        res["recovery"] = phase_recovery(env, args, args.quick)
+    res["targets"] = build_targets(tp, res.get("latency"), res.get("round_trips"), args)
+    print_report(res)
+    path = args.json or os.path.join(ROOT, "bench", "results", time.strftime("%Y%m%d-%H%M%S") +
+                                     ".json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(res, f, indent=2)
+    log("results written to %s" % path)
+
+
+if __name__ == "__main__":
+    main()
