@@ -15,10 +15,10 @@
  * end is O_CLOEXEC and stays in the owning process. Before a resource
  * exists, the owner registers it by writing one line to the pipe ("P dir"
  * for a PostgreSQL cluster, "D dir" for a directory, "K pid" for a child
- * process; "F"/"U" forget one again). The watchdog reads until EOF, which
- * happens exactly when every holder of the write end is gone: then it kills
- * the tracked processes, stops the clusters (SIGQUIT to the postmaster, an
- * immediate shutdown) and removes the directories.
+ * process, "M dir" for a tmpfs mounted there; "F"/"U" forget one again). The watchdog reads until
+ * EOF, which happens exactly when every holder of the write end is gone: then it kills the tracked
+ * processes, stops the clusters (SIGQUIT to the postmaster, an immediate shutdown), unmounts the
+ * tmpfs mounts and removes the directories.
  *
  * Who holds a write end decides lifetimes, and that matches Check:
  *  - exec'd children (pg_ctl, kafka-mock, the sidecar) never hold one
@@ -55,6 +55,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -261,8 +262,9 @@ static void pg_dir_kill(const char *dir)
 
 /* ---- the watchdog -------------------------------------------------------------- */
 
-#define WD_MAX_DIRS 256
-#define WD_MAX_PIDS 1024
+#define WD_MAX_DIRS   256
+#define WD_MAX_PIDS   1024
+#define WD_MAX_MOUNTS 16
 
 struct wd_state {
     struct {
@@ -275,6 +277,8 @@ struct wd_state {
         unsigned long long starttime;
     } pids[WD_MAX_PIDS];
     size_t npids;
+    char mounts[WD_MAX_MOUNTS][512];
+    size_t nmounts;
 };
 
 static void wd_apply(struct wd_state *s, char *line)
@@ -297,6 +301,10 @@ static void wd_apply(struct wd_state *s, char *line)
             else
                 i++;
         }
+        break;
+    case 'M':
+        if (s->nmounts < WD_MAX_MOUNTS && strlen(arg) < sizeof(s->mounts[0]))
+            snprintf(s->mounts[s->nmounts++], sizeof(s->mounts[0]), "%s", arg);
         break;
     case 'K': {
         pid_t pid = (pid_t)strtol(arg, NULL, 10);
@@ -334,6 +342,9 @@ static void wd_cleanup(struct wd_state *s)
         if (proc_stat(s->pids[i].pid, NULL, &st) == 0 && st == s->pids[i].starttime)
             kill(s->pids[i].pid, SIGKILL);
     }
+    /* Before the directories they live in are removed; lazily, in case a file is open. */
+    for (size_t i = 0; i < s->nmounts; i++)
+        umount2(s->mounts[i], MNT_DETACH);
     for (size_t i = 0; i < s->ndirs; i++) {
         if (s->dirs[i].pg)
             pg_dir_kill(s->dirs[i].path);
@@ -779,6 +790,28 @@ const char *hx_tmpdir(void)
     dir = dirs[ndirs++];
     memcpy(dir, tmpl, sizeof(tmpl));
     return dir;
+}
+
+void hx_mount_tmpfs(const char *dir, const char *size)
+{
+    char opts[128];
+
+    if (mkdir(dir, 0755) != 0 && errno != EEXIST)
+        hx_fail("could not create %s: %s", dir, strerror(errno));
+    snprintf(opts, sizeof(opts), "size=%s,mode=0755", size);
+    wd_register("M", dir); /* first: the watchdog must unmount it even if we die right after */
+    if (mount("tmpfs", dir, "tmpfs", MS_NOSUID | MS_NODEV, opts) != 0)
+        hx_fail("could not mount a %s tmpfs at %s: %s (this test needs root, as CI runs it)", size,
+                dir, strerror(errno));
+}
+
+void hx_tmpfs_resize(const char *dir, const char *size)
+{
+    char opts[128];
+
+    snprintf(opts, sizeof(opts), "size=%s,mode=0755", size);
+    if (mount("tmpfs", dir, "tmpfs", MS_REMOUNT | MS_NOSUID | MS_NODEV, opts) != 0)
+        hx_fail("could not resize the tmpfs at %s to %s: %s", dir, size, strerror(errno));
 }
 
 void hx_write_file(const char *path, const char *fmt, ...)

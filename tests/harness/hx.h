@@ -149,6 +149,12 @@ bool hx_pid_alive(pid_t pid);
 
 /* A fresh temp directory (removed at exit by the watchdog); returns a static-lifetime path. */
 const char *hx_tmpdir(void);
+/*
+ * Mounts a tmpfs of the given size ("128k") at dir (created if missing), unmounted by the
+ * watchdog at exit; needs root (CAP_SYS_ADMIN).  hx_tmpfs_resize() changes its size in place.
+ */
+void hx_mount_tmpfs(const char *dir, const char *size);
+void hx_tmpfs_resize(const char *dir, const char *size);
 /* Writes a file from a printf format; aborts on error. */
 void hx_write_file(const char *path, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 /* Reads a whole file (malloc'd, NUL-terminated); *len may be NULL; NULL if missing. */
