@@ -530,6 +530,69 @@ START_TEST(test_insert_other_db)
 }
 END_TEST
 
+/*
+ * Identifiers from the config are quoted, never pasted: reserved words and
+ * mixed case (which unquoted SQL would reject or fold) name the schema, the
+ * table and the columns, created by the sink and written in both modes.
+ * Names with quotes, spaces or semicolons never reach SQL: the config
+ * refuses them, naming the key.
+ */
+START_TEST(test_identifiers_quoted)
+{
+    struct fx f;
+    fx_init(&f, "t_ident");
+    hx_pg_exec(f.conn, "CREATE SCHEMA \"Select\"");
+    fx_open(&f, "{\"type\": \"postgres\", \"table\": \"Select.order\", \"create_table\": true}");
+    struct recs rs = {.n = 0};
+    recs_add(&rs, 0, 0, "k0", "{\"id\": 1, \"v\": \"a\"}");
+    recs_add(&rs, 0, 1, "k1", "{\"id\": 1, \"v\": \"b\"}");
+    struct hook_state h = {.conn = hx_pg_connect(f.dsn)};
+    struct sc_batch_result res = {0};
+    ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
+    ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM \"Select\".\"order\""), 2);
+    res_free(&res);
+    PQfinish(h.conn);
+    fx_close(&f);
+
+    struct fx g;
+    fx_init(&g, "t_ident2");
+    char sink[1024];
+    snprintf(sink, sizeof(sink),
+             "{\"type\": \"postgres\", \"dsn\": \"%s\", \"table\": \"Table\", \"create_table\": "
+             "true, \"mode\": \"upsert\", \"columns\": {\"From\": \"$.id\", \"where\": \"$.v\","
+             " \"Group\": \"$partition\", \"Limit\": \"$offset\"},"
+             " \"key_columns\": [\"From\"]}",
+             g.sink_dsn);
+    fx_open(&g, sink);
+    struct sc_batch_result res2 = {0};
+    ck_assert_int_eq(fx_write(&g, &rs, NULL, &res2, false), SC_SINK_OK);
+    ck_assert_int_eq(res2.ndead, 0);
+    assert_str(g.sink_conn, "SELECT concat_ws('|', \"From\", \"where\") FROM \"Table\"", "1|b");
+    res_free(&res2);
+    fx_close(&g);
+
+    static const char *const hostile[] = {
+        "{\"type\": \"postgres\", \"table\": \"a b\"}",
+        "{\"type\": \"postgres\", \"table\": \"t\\\"; DROP TABLE x; --\"}",
+        "{\"type\": \"postgres\", \"table\": \"s.t.u\"}",
+        "{\"type\": \"postgres\", \"table\": \"t\", \"columns\": {\"a'b\": \"$.id\"},"
+        " \"key_columns\": [\"a'b\"]}",
+    };
+    for (size_t i = 0; i < sizeof(hostile) / sizeof(hostile[0]); i++) {
+        char doc[2048], err[1024] = "";
+        snprintf(doc, sizeof(doc),
+                 "{\"instance_id\": \"t\", \"postgres\": {\"dsn\": \"host=x\"},"
+                 " \"kafka\": {\"bootstrap.servers\": \"127.0.0.1:1\"},"
+                 " \"pipelines\": [{\"name\": \"p1\", \"topics\": [\"orders\"], \"sink\": %s}]}",
+                 hostile[i]);
+        struct sc_config *cfg = NULL;
+        ck_assert_msg(sc_config_load_string("t.json", doc, &cfg, err, sizeof(err)) != 0,
+                      "accepted: %s", hostile[i]);
+        ck_assert_msg(strstr(err, "pipelines[0].sink.") != NULL, "%s", err);
+    }
+}
+END_TEST
+
 /* redrive: each record on its own, ok[] / errors[] per record. */
 START_TEST(test_redrive)
 {
@@ -984,6 +1047,7 @@ int main(void)
     tcase_add_test(tc, test_stale_replay_other_db);
     tcase_add_test(tc, test_default_other_db_replay);
     tcase_add_test(tc, test_insert_other_db);
+    tcase_add_test(tc, test_identifiers_quoted);
     tcase_add_test(tc, test_redrive);
     tcase_add_test(tc, test_config_errors);
     tcase_add_test(tc, test_create_table_race);
