@@ -236,6 +236,16 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
         snprintf(err, errsize, "batch does not fit in memory");
         return SC_SINK_ERROR;
     }
+    /* Someone deleted or replaced the file under us: writing on would deliver into an
+     * unlinked inode, or next to a file that lost what the checkpoint says it holds. */
+    struct stat st;
+    if (fstat(p->fd, &st) == 0 && st.st_nlink == 0) {
+        snprintf(err, errsize,
+                 "\"%s\" was deleted while the sidecar had it open: the records delivered "
+                 "to it are gone; reset the partition's checkpoint to deliver them again",
+                 p->path);
+        return SC_SINK_ERROR;
+    }
     const char *d = c->buf.data;
     size_t left = c->buf.len;
     off_t off = (off_t)b->write_offset;
