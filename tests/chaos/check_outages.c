@@ -2,8 +2,9 @@
  * check_outages.c - I6 across outages of the servers the sidecar depends on:
  * PostgreSQL killed and restarted mid-stream (pg_ctl restart -m immediate),
  * and Kafka brokers taken down and up through the kafka-mock control
- * channel.  The sidecars must neither crash nor lose nor duplicate, and
- * must resume by themselves.
+ * channel: down and up, request errors, partition leadership moving (and
+ * missing for a while) and a slow broker.  The sidecars must neither crash
+ * nor lose nor duplicate, and must resume by themselves.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -99,6 +100,16 @@ START_TEST(test_broker_down_up_midstream)
                      0);
     hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, 1500);
     produced += 1500;
+    /* Leadership moves mid-stream, one partition has no leader for a while, a slow broker. */
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "leader orders 0 3"), 0);
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "leader orders 1 -1"), 0);
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "rtt 2 300"), 0);
+    sleep(2);
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "leader orders 1 2"), 0);
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "leader orders 2 1"), 0);
+    hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, 1500);
+    produced += 1500;
+    ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "rtt 2 0"), 0);
 
     char log[700];
     snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
