@@ -634,14 +634,17 @@ START_TEST(classify_sqlstates)
     char dsn[512], msg[256], want[64];
     fresh_db("m_classify", dsn);
     PGconn *conn = connect_or_fail(dsn);
+    /* 57014: statement_timeout or pg_cancel_backend(), class 53: the server is short of
+     * something; both pass (chaos_check_pg_faults). */
     static const char *const retry[] = {"40001", "40P01", "57P01", "57P02", "57P03",
-                                        "53300", "55P03", "08006", "08000"};
+                                        "57014", "53000", "53100", "53200", "53300",
+                                        "55P03", "08006", "08000"};
     for (size_t i = 0; i < sizeof(retry) / sizeof(retry[0]); i++) {
         ck_assert_msg(raise_class(conn, retry[i], msg, sizeof(msg)) == SC_PG_RETRY, "%s", retry[i]);
         snprintf(want, sizeof(want), "raised %s", retry[i]);
         ck_assert_str_eq(msg, want);
     }
-    static const char *const permanent[] = {"23505", "22012", "42601", "42P01", "P0001", "57014"};
+    static const char *const permanent[] = {"23505", "22012", "42601", "42P01", "P0001", "53400"};
     for (size_t i = 0; i < sizeof(permanent) / sizeof(permanent[0]); i++)
         ck_assert_msg(raise_class(conn, permanent[i], msg, sizeof(msg)) == SC_PG_PERMANENT, "%s",
                       permanent[i]);
