@@ -44,7 +44,7 @@
 #define TOKEN       "fuzz-admin-token"
 #define PG_PASSWORD "fuzz-pg-password"
 #define WAIT_MS     8000
-#define QUIET_MS    50
+#define QUIET_MS    5
 
 static const char config_text[] =
     "{\"instance_id\": \"fuzz\","
