@@ -622,9 +622,11 @@ static void check_readable_file(struct sc_conf_ctx *ctx, void *field)
     size_t n = 0;
     char q[256];
     /* Reading (not access(2)) is the real test, and a CA bundle is small. */
-    if (sc_expand_read_file(path, 16 * 1024 * 1024, &data, &n) < 0)
+    if (sc_expand_read_regular_file(path, 16 * 1024 * 1024, &data, &n) < 0)
         sc_conf_error(ctx, "cannot read file %s: %s", sc_conf_quote(q, sizeof(q), path),
-                      errno == EFBIG ? "larger than 16 MiB" : strerror(errno));
+                      errno == EFBIG    ? "larger than 16 MiB"
+                      : errno == EINVAL ? "not a regular file"
+                                        : strerror(errno));
     free(data);
 }
 

@@ -9,6 +9,7 @@
 #include "sc_expand.h"
 
 #include <errno.h>
+#include <stdbool.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -30,9 +31,10 @@ bool sc_expand_needed(const char *s, size_t len)
     return false;
 }
 
-int sc_expand_read_file(const char *path, size_t max, char **out, size_t *outlen)
+static int read_file(const char *path, size_t max, bool regular_only, char **out, size_t *outlen)
 {
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    /* O_NONBLOCK: opening a FIFO without a writer would otherwise wait forever. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC | (regular_only ? O_NONBLOCK : 0));
     if (fd < 0)
         return -1;
     int result = -1, saved = 0;
@@ -45,6 +47,10 @@ int sc_expand_read_file(const char *path, size_t max, char **out, size_t *outlen
     }
     if (S_ISDIR(st.st_mode)) {
         saved = EISDIR;
+        goto out;
+    }
+    if (regular_only && !S_ISREG(st.st_mode)) {
+        saved = EINVAL;
         goto out;
     }
     if (S_ISREG(st.st_mode) && (uintmax_t)st.st_size > (uintmax_t)max) {
@@ -81,6 +87,16 @@ out:
     if (result < 0)
         errno = saved;
     return result;
+}
+
+int sc_expand_read_file(const char *path, size_t max, char **out, size_t *outlen)
+{
+    return read_file(path, max, false, out, outlen);
+}
+
+int sc_expand_read_regular_file(const char *path, size_t max, char **out, size_t *outlen)
+{
+    return read_file(path, max, true, out, outlen);
 }
 
 static void set_err(char *err, size_t errsize, const char *fmt, ...)
@@ -137,10 +153,15 @@ static int expand_file(struct sc_buf *b, const char *path, size_t len, size_t at
     char *data = NULL;
     size_t n = 0;
     int result = -1;
-    if (sc_expand_read_file(name, SC_EXPAND_MAX_FILE, &data, &n) < 0) {
+    if (sc_expand_read_regular_file(name, SC_EXPAND_MAX_FILE, &data, &n) < 0) {
         if (errno == EFBIG)
             set_err(err, errsize, "file \"%s\" is larger than %d KiB", name,
                     SC_EXPAND_MAX_FILE / 1024);
+        else if (errno == EINVAL)
+            set_err(err, errsize,
+                    "\"%s\" is not a regular file (a pipe or a device could "
+                    "block or never end)",
+                    name);
         else
             set_err(err, errsize, "cannot read file \"%s\": %s", name, strerror(errno));
         goto out;

@@ -46,5 +46,12 @@ int sc_expand(const char *s, size_t len, char **out, size_t *outlen, char *err, 
  */
 int sc_expand_read_file(const char *path, size_t max, char **out, size_t *outlen)
     __attribute__((warn_unused_result));
+/*
+ * The same for a file that must be a regular file (${file:} secrets, CA
+ * bundles): a FIFO, socket or device is refused with EINVAL instead of
+ * blocking on open or read.
+ */
+int sc_expand_read_regular_file(const char *path, size_t max, char **out, size_t *outlen)
+    __attribute__((warn_unused_result));
 
 #endif

@@ -4,10 +4,10 @@
  * ${VAR:-default}, ${file:...} and $$ expansion, every value check.
  *
  * Loading reads files: ${file:PATH} in any string and pipelines[].sink
- * .ca_file.  A fuzzer must neither read whatever it guesses (/etc/shadow)
- * nor block on it (a FIFO, /dev/stdin: sc_expand_read_file() waits on
- * those), so before loading, the input is parsed the way the loader parses
- * it and refused (-1) if any of those paths is outside FILES_DIR, a
+ * .ca_file.  A fuzzer must not read whatever it guesses (/etc/shadow; FIFOs
+ * and devices are refused by sc_expand_read_regular_file() since fuzzing
+ * found they blocked), so before loading, the input is parsed the way the
+ * loader parses it and refused (-1) if any of those paths is outside FILES_DIR, a
  * directory this target fills with small known files.  The environment is
  * fixed too, so a seed means the same everywhere.
  *

@@ -290,6 +290,26 @@ START_TEST(test_unreadable_file)
 }
 END_TEST
 
+/* A FIFO (no writer), /dev/stdin or a device as a secret file: refused at once, never read. */
+START_TEST(test_file_must_be_regular)
+{
+    char *fifo = tmp_path("fifo");
+    unlink(fifo);
+    ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+    char in[600];
+    snprintf(in, sizeof(in), "${file:%s}", fifo);
+    ck_expand_fails(in, "is not a regular file");
+    ck_expand_fails("${file:/dev/zero}", "is not a regular file");
+    ck_expand_fails("${file:/dev/null}", "is not a regular file");
+    char *buf = NULL;
+    size_t len = 0;
+    errno = 0;
+    ck_assert_int_eq(sc_expand_read_regular_file(fifo, 10, &buf, &len), -1);
+    ck_assert_int_eq(errno, EINVAL);
+    unlink(fifo);
+}
+END_TEST
+
 START_TEST(test_errors_never_contain_values)
 {
     setenv("SCX_SECRET", "hunter2-secret", 1);
@@ -344,6 +364,7 @@ static Suite *expand_suite(void)
     tcase_add_test(tc, test_file_errors);
     tcase_add_test(tc, test_file_size_limit);
     tcase_add_test(tc, test_unreadable_file);
+    tcase_add_test(tc, test_file_must_be_regular);
     tcase_add_test(tc, test_errors_never_contain_values);
     tcase_add_test(tc, test_embedded_nul_in_input_is_kept);
     suite_add_tcase(s, tc);
