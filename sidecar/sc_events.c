@@ -100,6 +100,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sc_envelope.h"
 #include "sc_pg.h"
 #include "sc_token.h"
 #include "sc_util.h"
@@ -113,6 +114,19 @@ int sc_events_filter_init(struct sc_events_filter *f, const char *pipeline, cons
 {
     memset(f, 0, sizeof(*f));
     f->partition = -1;
+    /*
+     * Names travel in resume tokens as JSON strings, which must be UTF-8;
+     * no configured pipeline or Kafka topic can match other bytes anyway.
+     * The value is not quoted: it would put those bytes into the message.
+     */
+    if (pipeline && !sc_utf8_valid(pipeline, strlen(pipeline))) {
+        snprintf(err, errsize, "pipeline: not valid UTF-8");
+        return -1;
+    }
+    if (partition && !sc_utf8_valid(partition, strlen(partition))) {
+        snprintf(err, errsize, "partition: not valid UTF-8 (expected TOPIC:N, e.g. orders:3)");
+        return -1;
+    }
     if (pipeline) {
         if (!*pipeline) {
             snprintf(err, errsize, "pipeline: expected a pipeline name");
@@ -269,22 +283,37 @@ static int snapshot_parse(const char *s, uint64_t *xmax)
     return 0;
 }
 
+/*
+ * Sets o[key] = v (taking v), or aborts: a token that lacked a member would
+ * silently stand for a wider filter or another position.  json_string()
+ * fails only on allocation or text that is not UTF-8, which no cursor holds
+ * (sc_events_filter_init() refuses it, snapshots are digits and tokens are
+ * decoded JSON).
+ */
+static void token_set(json_t *o, const char *key, json_t *v)
+{
+    if (!v || json_object_set_new(o, key, v) != 0)
+        abort();
+}
+
 char *sc_events_cursor_token(const struct sc_events_cursor *c)
 {
     json_t *o = json_object();
+    if (!o)
+        abort(); /* allocation only */
     if (c->fresh) {
-        json_object_set_new(o, "r", json_true());
+        token_set(o, "r", json_true());
     } else {
-        json_object_set_new(o, "x", json_integer((json_int_t)c->xid));
-        json_object_set_new(o, "i", json_integer((json_int_t)c->id));
+        token_set(o, "x", json_integer((json_int_t)c->xid));
+        token_set(o, "i", json_integer((json_int_t)c->id));
         if (c->snapshot)
-            json_object_set_new(o, "s", json_string(c->snapshot));
+            token_set(o, "s", json_string(c->snapshot));
     }
     if (c->filter.pipeline)
-        json_object_set_new(o, "p", json_string(c->filter.pipeline));
+        token_set(o, "p", json_string(c->filter.pipeline));
     if (c->filter.topic) {
-        json_object_set_new(o, "t", json_string(c->filter.topic));
-        json_object_set_new(o, "n", json_integer(c->filter.partition));
+        token_set(o, "t", json_string(c->filter.topic));
+        token_set(o, "n", json_integer(c->filter.partition));
     }
     char *tok = sc_token_encode(o);
     json_decref(o);

@@ -48,7 +48,8 @@ enum sc_events_rc {
 
 /*
  * Fills f from the command line / query forms: pipeline may be NULL,
- * partition is NULL or "TOPIC:N".  0, or -1 with a message in err.
+ * partition is NULL or "TOPIC:N".  0, or -1 with a message in err (also for
+ * text that is not UTF-8, which a resume token could not carry).
  */
 int sc_events_filter_init(struct sc_events_filter *f, const char *pipeline, const char *partition,
                           char *err, size_t errsize) __attribute__((warn_unused_result));
@@ -72,7 +73,11 @@ void sc_events_cursor_seek(struct sc_events_cursor *c, uint64_t xid, int64_t id)
 int sc_events_cursor_from_token(struct sc_events_cursor *c, const char *token,
                                 const struct sc_events_filter *want, char *err, size_t errsize)
     __attribute__((warn_unused_result));
-/* The resume token of c's current position (malloc'd). */
+/*
+ * The resume token of c's current position (malloc'd).  c's filter must be
+ * UTF-8, as sc_events_filter_init() makes it: a token never leaves out a
+ * member, so the process aborts instead.
+ */
 char *sc_events_cursor_token(const struct sc_events_cursor *c);
 
 /*

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "sc_envelope.h"
 #include "sc_events.h"
 #include "sc_token.h"
 
@@ -221,6 +222,55 @@ START_TEST(filter_parsing)
 }
 END_TEST
 
+/*
+ * A pipeline or topic that is not UTF-8 is refused with a message naming the
+ * parameter: a resume token (JSON) could not carry it, and the token of such
+ * a filter used to lack it (tests/fuzz/regressions/fuzz_token/filter-not-utf8).
+ */
+START_TEST(filter_not_utf8)
+{
+    static const struct {
+        const char *pipeline, *partition, *want;
+    } bad[] = {
+        {"p\xfa", NULL, "pipeline: not valid UTF-8"},
+        {"\xc3", "orders:3", "pipeline: not valid UTF-8"},                /* truncated sequence */
+        {"p1", "orde\xfars:3", "partition: not valid UTF-8"},             /* the fuzzer's input */
+        {NULL, "\xfa", "partition: not valid UTF-8"},                     /* also without a colon */
+        {NULL, "\xc0\xaf:1", "partition: not valid UTF-8"},               /* overlong "/" */
+        {NULL, "\xed\xa0\x80:1", "partition: not valid UTF-8"},           /* a surrogate */
+        {NULL, "orders:3\xf4\x90\x80\x80", "partition: not valid UTF-8"}, /* above U+10FFFF */
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct sc_events_filter f;
+        char err[256] = "";
+        ck_assert_msg(
+            sc_events_filter_init(&f, bad[i].pipeline, bad[i].partition, err, sizeof(err)) == -1,
+            "case %zu accepted", i);
+        ck_assert_msg(strstr(err, bad[i].want), "case %zu: message \"%s\"", i, err);
+        /* The message does not quote the bytes, so it can go into JSON as it is. */
+        ck_assert(sc_utf8_valid(err, strlen(err)));
+        ck_assert_ptr_null(f.pipeline);
+        ck_assert_ptr_null(f.topic);
+    }
+
+    /* UTF-8 beyond ASCII is fine, and its token reads back under the same filter. */
+    struct sc_events_filter f;
+    filter(&f, "p\xc3\xafpe", "\xc3\xb6rders:3");
+    ck_assert_str_eq(f.topic, "\xc3\xb6rders");
+    struct sc_events_cursor c, d;
+    sc_events_cursor_init(&c, &f);
+    char *tok = sc_events_cursor_token(&c);
+    char err[512];
+    ck_assert_msg(decode(tok, &f, &d, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_str_eq(d.filter.pipeline, "p\xc3\xafpe");
+    ck_assert_str_eq(d.filter.topic, "\xc3\xb6rders");
+    free(tok);
+    sc_events_cursor_free(&d);
+    sc_events_cursor_free(&c);
+    sc_events_filter_free(&f);
+}
+END_TEST
+
 START_TEST(token_codec)
 {
     /* Every length modulo 3 round-trips, and the decoded object is the encoded one. */
@@ -248,6 +298,7 @@ int main(void)
     tcase_add_test(tc, token_filter_must_match);
     tcase_add_test(tc, token_malformed);
     tcase_add_test(tc, filter_parsing);
+    tcase_add_test(tc, filter_not_utf8);
     tcase_add_test(tc, token_codec);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
