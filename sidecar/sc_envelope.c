@@ -126,6 +126,8 @@ int sc_base64_append(struct sc_buf *out, const void *p, size_t len)
     static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     const unsigned char *s = p;
     size_t olen = (len + 2) / 3 * 4;
+    if (len == 0)
+        return 0; /* nothing to write (and out->data may still be NULL) */
     if (sc_buf_reserve(out, olen) < 0)
         return -1;
     char *o = out->data + out->len;
@@ -255,9 +257,20 @@ static bool scan_literal(const char *in, size_t len, size_t *i, const char *lit,
 
 int sc_json_minify_append(struct sc_buf *out, const char *in, size_t len)
 {
-    if (sc_buf_reserve(out, len) < 0) /* the minified text is never longer */
-        return -1;
-    char *o = out->data + out->len;
+    if (len == 0)
+        return 0; /* nothing to write (and out->data may still be NULL) */
+    if (sc_buf_reserve(out, len) < 0) {
+        /* The text as sent does not fit under out's maximum; minified it may.  Rare (near
+         * the maximum only): minify aside, then append what it became. */
+        struct sc_buf tmp;
+        sc_buf_init(&tmp, 0);
+        int rc = sc_json_minify_append(&tmp, in, len);
+        if (rc == 1 && sc_buf_append(out, tmp.data, tmp.len) < 0)
+            rc = -1;
+        sc_buf_free(&tmp);
+        return rc;
+    }
+    char *o = out->data + out->len; /* the minified text is never longer than len */
     size_t olen = 0;
     char stack[JSON_MAX_DEPTH];
     size_t depth = 0;
