@@ -35,6 +35,7 @@
 #include <microhttpd.h>
 
 #include "sc_config.h"
+#include "sc_envelope.h"
 #include "sc_events.h"
 #include "sc_inspect.h"
 #include "sc_log.h"
@@ -91,12 +92,62 @@ static enum MHD_Result reply(struct MHD_Connection *c, unsigned status, const ch
     return ret;
 }
 
+/*
+ * A copy of s (malloc'd) that is valid UTF-8, for a JSON string: each byte
+ * that does not belong to a valid sequence becomes the text \xNN.  Error
+ * messages quote what a client sent (a query parameter's name, a filter
+ * value: libmicrohttpd %-decodes them to arbitrary bytes) or cut a message
+ * in the middle of a character, and json_pack() refuses such text.
+ */
+static char *utf8_sanitize(const char *s)
+{
+    size_t len = strlen(s);
+    if (sc_utf8_valid(s, len))
+        return sc_xstrdup(s);
+    static const char hex[] = "0123456789abcdef";
+    char *out = sc_xmalloc(len * 4 + 1), *o = out;
+    for (size_t i = 0; i < len;) {
+        unsigned char b = (unsigned char)s[i];
+        /* The length a sequence starting with b has if it is valid (sc_utf8_valid decides). */
+        size_t n = b < 0x80 ? 1 : b >= 0xc2 && b <= 0xdf ? 2 : b >= 0xe0 && b <= 0xef ? 3 : 4;
+        if (n <= len - i && sc_utf8_valid(s + i, n)) {
+            memcpy(o, s + i, n);
+            o += n;
+            i += n;
+        } else {
+            *o++ = '\\';
+            *o++ = 'x';
+            *o++ = hex[b >> 4];
+            *o++ = hex[b & 15];
+            i++;
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+/* {"error": msg} with msg made valid UTF-8 (never NULL short of running out of memory). */
+static json_t *error_object(const char *msg)
+{
+    char *clean = utf8_sanitize(msg);
+    json_t *j = json_pack("{s:s}", "error", clean);
+    free(clean);
+    return j;
+}
+
+/*
+ * Answers with j (taking it).  A value jansson refused (NULL) is a bug here,
+ * but the client still gets an answer, a 500, instead of a closed connection.
+ */
 static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, json_t *j)
 {
-    char *s = json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER);
+    char *s = j ? json_dumps(j, JSON_COMPACT | JSON_PRESERVE_ORDER) : NULL;
     json_decref(j);
-    if (!s)
-        return MHD_NO;
+    if (!s) {
+        static const char body[] = "{\"error\":\"internal error: could not encode the answer\"}\n";
+        sc_error(NULL, "admin: could not encode the answer (status %u) as JSON", status);
+        return reply(c, MHD_HTTP_INTERNAL_SERVER_ERROR, "application/json", body, sizeof(body) - 1);
+    }
     size_t len = strlen(s);
     s = sc_xrealloc(s, len + 2);
     s[len++] = '\n';
@@ -107,7 +158,7 @@ static enum MHD_Result reply_json(struct MHD_Connection *c, unsigned status, jso
 
 static enum MHD_Result reply_error(struct MHD_Connection *c, unsigned status, const char *msg)
 {
-    return reply_json(c, status, json_pack("{s:s}", "error", msg));
+    return reply_json(c, status, error_object(msg));
 }
 
 static enum MHD_Result h_healthz(struct request *r)
@@ -121,8 +172,10 @@ static enum MHD_Result h_readyz(struct request *r)
     bool ok = r->a->hooks.ready ? r->a->hooks.ready(r->a->hooks.arg, why, sizeof(why)) : true;
     if (ok)
         return reply_json(r->c, MHD_HTTP_OK, json_pack("{s:s}", "status", "ready"));
-    return reply_json(r->c, MHD_HTTP_SERVICE_UNAVAILABLE,
-                      json_pack("{s:s,s:s}", "status", "not ready", "reason", why));
+    char *reason = utf8_sanitize(why); /* may quote a broker's or a server's text */
+    json_t *j = json_pack("{s:s,s:s}", "status", "not ready", "reason", reason);
+    free(reason);
+    return reply_json(r->c, MHD_HTTP_SERVICE_UNAVAILABLE, j);
 }
 
 static enum MHD_Result h_metrics(struct request *r)
@@ -284,11 +337,13 @@ static enum MHD_Result h_checkpoints(struct request *r)
 /* The HTTP answer to a failed read. */
 static enum MHD_Result reply_read_error(struct MHD_Connection *c, int rc, const char *err)
 {
-    if (rc == SC_EVENTS_EXPIRED)
-        return reply_json(c, MHD_HTTP_GONE,
-                          json_pack("{s:s,s:s}", "error", err, "hint",
-                                    "add restart=snapshot to start again from the current "
-                                    "checkpoints"));
+    if (rc == SC_EVENTS_EXPIRED) {
+        json_t *j = error_object(err);
+        json_object_set_new(j, "hint",
+                            json_string("add restart=snapshot to start again from the current "
+                                        "checkpoints"));
+        return reply_json(c, MHD_HTTP_GONE, j);
+    }
     return reply_error(
         c, rc == SC_EVENTS_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_INTERNAL_SERVER_ERROR,
         err);
@@ -405,7 +460,8 @@ static int stream_format(struct stream *s, json_t *arr)
  * that name is EventSource's own connection error). */
 static void stream_fail(struct stream *s, int code, const char *msg)
 {
-    json_t *j = json_pack("{s:s,s:i}", "error", msg, "status", code);
+    json_t *j = error_object(msg);
+    json_object_set_new(j, "status", json_integer(code));
     char *data = json_dumps(j, JSON_COMPACT);
     json_decref(j);
     (void)!sc_buf_printf(&s->out, "event: sidecar-error\ndata: %s\n\n", data ? data : "{}");

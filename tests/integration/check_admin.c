@@ -4,7 +4,8 @@
  * PostgreSQL, plus one run of the real binary.
  *
  *  - with admin.token set, every endpoint but /healthz answers 401 without
- *    or with a wrong token; malformed requests get 4xx with a JSON body;
+ *    or with a wrong token; malformed requests get 4xx with a JSON body,
+ *    also when the message quotes bytes that are not UTF-8;
  *  - the default listen address is loopback only (checked in the kernel's
  *    socket table and by connecting to a non-loopback address);
  *  - /v1/checkpoints pages visit every checkpoint exactly once, also while
@@ -377,6 +378,34 @@ START_TEST(malformed_requests_get_json_errors)
              json_string_value(json_object_get(page, "next_page_token")));
     expect_error(&t, "GET", path, NULL, 400);
     json_decref(page);
+
+    /*
+     * Parameters that %-decode to bytes that are not UTF-8: the message names
+     * the parameter and shows such bytes as \xNN (json_pack() refused them,
+     * and the connection closed without an answer: tests/fuzz/regressions/fuzz_admin/).
+     */
+    struct {
+        const char *path, *want;
+    } not_utf8[] = {
+        {"/v1/events?%FA=1", "unknown query parameter \"\\xfa\""},
+        {"/v1/events?limit=5&%FA%C3%A9=1", "unknown query parameter \"\\xfa\xc3\xa9\""},
+        /* Cut at 64 bytes in the middle of the "é". */
+        {"/v1/events?aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa%C3%A9=1",
+         "aaaaaaa\\xc3\""},
+        {"/v1/events?partition=%FA", "partition: not valid UTF-8"},
+        {"/v1/events?partition=orde%FArs:3", "partition: not valid UTF-8"},
+        {"/v1/events?pipeline=%FA", "pipeline: not valid UTF-8"},
+        {"/v1/events/stream?partition=%FA", "partition: not valid UTF-8"},
+        {"/v1/checkpoints?%FA", "unknown query parameter \"\\xfa\""},
+    };
+    for (size_t i = 0; i < sizeof(not_utf8) / sizeof(not_utf8[0]); i++) {
+        json_t *e = get_json(&t, not_utf8[i].path, NULL, &status);
+        ck_assert_msg(status == 400, "%s: status %ld", not_utf8[i].path, status);
+        const char *msg = json_string_value(json_object_get(e, "error"));
+        ck_assert_msg(msg && strstr(msg, not_utf8[i].want), "%s: error %s, want %s",
+                      not_utf8[i].path, msg ? msg : "(none)", not_utf8[i].want);
+        json_decref(e);
+    }
 
     /* A raw garbage request line does not crash or hang the endpoint. */
     int fd = connect_to("127.0.0.1", t.port);
