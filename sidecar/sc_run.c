@@ -162,8 +162,9 @@ int sc_cmd_run(const struct sc_config *cfg)
     for (size_t i = 0; i < cfg->npipelines; i++) {
         if (!pls[i])
             continue;
+        /* Monotonic: a wall-clock jump must not stretch or cut the shutdown bound. */
         struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
+        clock_gettime(CLOCK_MONOTONIC, &ts);
         int64_t left = deadline - sc_mono_ms();
         if (left < 0)
             left = 0;
@@ -173,7 +174,7 @@ int sc_cmd_run(const struct sc_config *cfg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        if (pls[i]->thread_started && pthread_timedjoin_np(pls[i]->thread, NULL, &ts) != 0) {
+        if (pls[i]->thread_started && pthread_clockjoin_np(pls[i]->thread, NULL, CLOCK_MONOTONIC, &ts) != 0) {
             sc_error(NULL,
                      "shutdown did not finish within shutdown_timeout_ms (%d ms); exiting anyway "
                      "(pending checkpoints make this a replay, not a loss)",

@@ -135,12 +135,12 @@ int sc_worker_wait_removed(struct sc_worker *w, int64_t deadline_ms)
         int64_t left = deadline_ms - sc_mono_ms();
         if (left <= 0)
             break;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
+        struct timespec ts; /* monotonic: immune to wall-clock jumps */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
         int64_t ns = ts.tv_nsec + (left < 100 ? left : 100) * 1000000;
         ts.tv_sec += ns / 1000000000;
         ts.tv_nsec = ns % 1000000000;
-        pthread_cond_timedwait(&w->cond, &w->lock, &ts);
+        pthread_cond_clockwait(&w->cond, &w->lock, CLOCK_MONOTONIC, &ts);
     }
     int rc = w->removals_pending > 0 ? -1 : 0;
     pthread_mutex_unlock(&w->lock);
