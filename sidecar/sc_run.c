@@ -174,7 +174,8 @@ int sc_cmd_run(const struct sc_config *cfg)
             ts.tv_sec++;
             ts.tv_nsec -= 1000000000;
         }
-        if (pls[i]->thread_started && pthread_clockjoin_np(pls[i]->thread, NULL, CLOCK_MONOTONIC, &ts) != 0) {
+        if (pls[i]->thread_started &&
+            pthread_clockjoin_np(pls[i]->thread, NULL, CLOCK_MONOTONIC, &ts) != 0) {
             sc_error(NULL,
                      "shutdown did not finish within shutdown_timeout_ms (%d ms); exiting anyway "
                      "(pending checkpoints make this a replay, not a loss)",
