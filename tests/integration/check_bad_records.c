@@ -1,13 +1,15 @@
 /*
- * check_bad_records.c - records that are hard to handle, through the file
- * and the postgres sink of one running sidecar.
+ * check_bad_records.c - records that are hard to handle, through the file,
+ * the postgres and the HTTP sink of one running sidecar.
  *
  * The file sink must write, for each record, exactly the envelope that
  * sc_envelope_append() gives that record (I1: deterministic, so a replay
  * overwrites identical bytes): the test computes it in-process and compares
  * byte for byte.  The postgres sink (same database, default table) must
  * account for every record exactly once, as a row or as a dead letter,
- * and the test says which.  The process keeps running throughout.
+ * and the test says which.  The HTTP sink's accepted bodies, in offset
+ * order, must be the file sink's bytes exactly (same envelopes, one per
+ * line).  The process keeps running throughout.
  */
 #include <check.h>
 #include <stdio.h>
@@ -15,6 +17,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "receiver.h"
 #include "sc_envelope.h"
 #include "scx.h"
 
@@ -139,6 +142,7 @@ START_TEST(test_bad_records_file_and_postgres)
     build(&fx);
 
     int port = scx_free_port();
+    struct rx *rx = rx_start();
     char cfg[600], log[700];
     snprintf(cfg, sizeof(cfg), "%s/sc.json", e.dir);
     snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
@@ -153,15 +157,19 @@ START_TEST(test_bad_records_file_and_postgres)
         "   \"sink\": {\"type\": \"file\", \"path\": \"%s/{topic}/{partition}.jsonl\"}},\n"
         "  {\"name\": \"rows\", \"topics\": [\"bad\"], \"batch\": {\"max_wait_ms\": 20},\n"
         "   \"sink\": {\"type\": \"postgres\", \"table\": \"public.bad_rows\","
-        " \"create_table\": true}}\n"
+        " \"create_table\": true}},\n"
+        "  {\"name\": \"hooks\", \"topics\": [\"bad\"], \"batch\": {\"max_wait_ms\": 20},\n"
+        "   \"sink\": {\"type\": \"http\", \"url\": \"%s\"}}\n"
         " ]}\n",
-        e.dsn, e.mock.bootstrap, port, e.out_dir);
+        e.dsn, e.mock.bootstrap, port, e.out_dir, rx_url(rx));
     scx_migrate(cfg);
     hx_produce(e.mock.bootstrap, fx.recs, NRECS);
     pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
     ck_assert_msg(scx_wait_committed(e.conn, "files", "bad", 1, NRECS, 60000), "log:\n%s",
                   scx_log_tail(log, 3000));
     ck_assert_msg(scx_wait_committed(e.conn, "rows", "bad", 1, NRECS, 60000), "log:\n%s",
+                  scx_log_tail(log, 3000));
+    ck_assert_msg(scx_wait_committed(e.conn, "hooks", "bad", 1, NRECS, 60000), "log:\n%s",
                   scx_log_tail(log, 3000));
     ck_assert(hx_pid_alive(pid));
 
@@ -181,6 +189,26 @@ START_TEST(test_bad_records_file_and_postgres)
         at += want.len;
     }
     ck_assert_uint_eq(at, len);
+
+    /* HTTP sink: the accepted bodies, by first offset, are the file's bytes. */
+    struct sc_buf bodies;
+    sc_buf_init(&bodies, 0);
+    rx_lock(rx);
+    for (int64_t next = 0; next < NRECS;) {
+        const struct rx_request *hit = NULL;
+        for (size_t i = 0; i < rx_nrequests(rx) && !hit; i++) {
+            const struct rx_request *q = rx_request(rx, i);
+            if (q->accepted_first && q->first && strtoll(q->first, NULL, 10) == next)
+                hit = q;
+        }
+        ck_assert_msg(hit != NULL, "no accepted request starts at offset %lld", (long long)next);
+        ck_assert_int_eq(sc_buf_append(&bodies, hit->body, hit->body_len), 0);
+        next = strtoll(hit->last, NULL, 10) + 1;
+    }
+    rx_unlock(rx);
+    ck_assert_msg(bodies.len == len && memcmp(bodies.data, data, len) == 0,
+                  "HTTP bodies (%zu bytes) differ from the file (%zu bytes)", bodies.len, len);
+    sc_buf_free(&bodies);
     /* What the envelope made of them (value_format auto). */
     ck_assert_ptr_nonnull(strstr(data, "\"offset\":1,\"timestamp\":1732240000001,\"key\":null,"
                                        "\"value\":null"));
@@ -232,6 +260,7 @@ START_TEST(test_bad_records_file_and_postgres)
     ck_assert_double_eq(scx_metric(m, "sidecar_dead_letters_total", "pipeline=\"rows\""), 1);
     free(m);
     scx_stop(pid, 15000);
+    rx_stop(rx);
     release(&fx);
     scx_env_stop(&e);
 }
