@@ -43,6 +43,7 @@ import time
 
 import psycopg2
 
+sys.dont_write_bytecode = True  # no bench/__pycache__ in the work tree
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import bench  # noqa: E402  (bench/bench.py: Env, Sidecar, Child, helpers)
 
