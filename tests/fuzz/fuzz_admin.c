@@ -269,6 +269,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     const char *method = methods[flags & 7];
     bool ok = true, must = false;
     if (flags & 0x20) {
+        /* One request per input: a pipelined second one could still be in the server's
+         * thread when this input ends, and libFuzzer's leak check would count what it has
+         * allocated at that moment (regressions/fuzz_admin/pipelined-second-request). */
+        const char *eoh = memmem(rest, restlen, "\r\n\r\n", 4);
+        if (eoh)
+            restlen = (size_t)(eoh - rest) + 4;
         ok = sc_buf_append(&req, rest, restlen) == 0;
         method = restlen >= 5 && memcmp(rest, "HEAD ", 5) == 0 ? "HEAD" : "GET";
     } else {
