@@ -23,11 +23,7 @@
 
 static double sink_errors(int port)
 {
-    long status;
-    char *m = scx_http_get(port, "/metrics", NULL, &status);
-    double v = status == 200 ? scx_metric(m, "sidecar_sink_errors_total", "") : -1;
-    free(m);
-    return v;
+    return scx_metric_at(port, "sidecar_sink_errors_total", "");
 }
 
 START_TEST(test_disk_full_then_space_returns)

@@ -27,11 +27,7 @@
 
 static double metric(int port, const char *name)
 {
-    long status;
-    char *m = scx_http_get(port, "/metrics", NULL, &status);
-    double v = status == 200 ? scx_metric(m, name, "") : -1;
-    free(m);
-    return v;
+    return scx_metric_at(port, name, "");
 }
 
 static long long rows(PGconn *c)

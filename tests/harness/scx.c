@@ -310,3 +310,12 @@ long long scx_events(PGconn *conn, const char *kind, const char *owner)
                      "($2::text IS NULL OR owner = $2)",
                      2, params);
 }
+
+double scx_metric_at(int port, const char *name, const char *labels)
+{
+    long status;
+    char *m = scx_http_get(port, "/metrics", NULL, &status);
+    double v = status == 200 && m ? scx_metric(m, name, labels) : -1;
+    free(m);
+    return v;
+}

@@ -79,6 +79,8 @@ char *scx_http_get(int port, const char *path, const char *token, long *status);
 
 /* Sum of the samples of metric name whose labels contain every k="v" in labels (may be ""). */
 double scx_metric(const char *exposition, const char *name, const char *labels);
+/* The same, read from a running sidecar's admin endpoint on port (-1 if it does not answer). */
+double scx_metric_at(int port, const char *name, const char *labels);
 
 /* Whether pid is stopped (SIGSTOP / a "stop" failpoint). */
 bool scx_pid_stopped(pid_t pid);
