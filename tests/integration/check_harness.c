@@ -66,12 +66,14 @@ START_TEST(test_pg_query)
     free(v);
     ck_assert_ptr_null(hx_pg_value(c, "SELECT NULL", 0, NULL));
     ck_assert_ptr_null(hx_pg_value(c, "SELECT 1 WHERE false", 0, NULL));
-    ck_assert_str_eq(hx_pg_value(c, "SHOW fsync", 0, NULL), "off");
+    v = hx_pg_value(c, "SHOW fsync", 0, NULL);
+    ck_assert_str_eq(v, "off");
+    free(v);
     ck_assert_int_eq(hx_pg_int(c, "SHOW max_connections", 0, NULL), 300);
 
     /* For the next test: this table must survive us, the tmpdir must not. */
     hx_pg_exec(c, "CREATE TABLE hx_survivor (tmpdir text)");
-    hx_pg_value(c, "INSERT INTO hx_survivor VALUES ($1) RETURNING 1", 1, &dir);
+    free(hx_pg_value(c, "INSERT INTO hx_survivor VALUES ($1) RETURNING 1", 1, &dir));
     ck_assert_int_eq(access(dir, F_OK), 0);
     PQfinish(c);
 }
