@@ -913,6 +913,28 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
     return s == SC_CP_FENCED || s == SC_CP_CONFLICT ? 1 : -1;
 }
 
+/* One sink write of batch b, timed into sink_write_seconds; the outcome in w->result. */
+static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
+                                       const struct sc_batch *b, const struct sc_commit_hook *hook,
+                                       char *err, size_t errsize)
+{
+    sc_batch_result_clear(&w->result);
+    int64_t t0 = sc_mono_ns();
+    enum sc_sink_result sr =
+        w->sink->type->write(w->sink, p->sink_part, b, hook, &w->result, err, errsize);
+    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    return sr;
+}
+
+/* The sink asked for a retry: only this partition backs off. */
+static void retry_later(struct sc_part *p, const char *err)
+{
+    sc_counter_add(&p->m->sink_errors, 1);
+    int delay = sc_backoff_next(&p->backoff);
+    sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+    p->retry_at_ms = sc_mono_ms() + delay;
+}
+
 /*
  * Sinks that write records and checkpoint in one transaction: no pending step
  * at all.  One batch per call, like deliver_one().
@@ -943,11 +965,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     }
     struct sc_commit_hook hook = {conn, hook_commit, &hc};
     char err[512] = "";
-    sc_batch_result_clear(&w->result);
-    int64_t t0 = sc_mono_ns();
-    enum sc_sink_result sr =
-        w->sink->type->write(w->sink, p->sink_part, &b, &hook, &w->result, err, sizeof(err));
-    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
     sc_db_release(&w->db);
     if (sr == SC_SINK_RETRY && hc.done) {
         /* The COMMIT itself failed: it may or may not have happened. */
@@ -967,13 +985,9 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     case SC_SINK_FENCED:
         part_fenced(w, p, "committing a batch", true);
         return;
-    case SC_SINK_RETRY: {
-        sc_counter_add(&p->m->sink_errors, 1);
-        int delay = sc_backoff_next(&p->backoff);
-        sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
-        p->retry_at_ms = sc_mono_ms() + delay;
+    case SC_SINK_RETRY:
+        retry_later(p, err);
         return;
-    }
     case SC_SINK_ERROR:
         sc_counter_add(&p->m->sink_errors, 1);
         part_error(w, p, err);
@@ -1114,16 +1128,9 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         .replay = p->replay,
     };
     char err[512] = "";
-    sc_batch_result_clear(&w->result);
-    int64_t t0 = sc_mono_ns();
-    enum sc_sink_result sr =
-        w->sink->type->write(w->sink, p->sink_part, &b, NULL, &w->result, err, sizeof(err));
-    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    enum sc_sink_result sr = write_batch(w, p, &b, NULL, err, sizeof(err));
     if (sr == SC_SINK_RETRY) {
-        sc_counter_add(&p->m->sink_errors, 1);
-        int delay = sc_backoff_next(&p->backoff);
-        sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
-        p->retry_at_ms = sc_mono_ms() + delay;
+        retry_later(p, err);
         return;
     }
     if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
@@ -1147,13 +1154,15 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
 }
 
 /*
- * Commits a written batch now, whatever the lease's renewal says: the batch
- * is durable in the sink, and the commit names this owner's epoch, so it is
- * refused (and counted as fenced) if another instance took the partition
- * over, and otherwise saves the next owner a replay.  Checkpoint retries
- * stop after FINISH_BUDGET_MS (then retry_at_ms backs off).
+ * deliver_one(finish) with checkpoint retries stopped after FINISH_BUDGET_MS
+ * (then retry_at_ms backs off): commits a written batch, or writes and
+ * commits a pending one, without pending anything new.  A written batch is
+ * committed whatever the lease's renewal says: it is durable in the sink,
+ * and the commit names this owner's epoch, so it is refused (and counted as
+ * fenced) if another instance took the partition over, and otherwise saves
+ * the next owner a replay.
  */
-static void commit_written(struct sc_worker *w, struct sc_part *p, int64_t now)
+static void finish_bounded(struct sc_worker *w, struct sc_part *p, int64_t now)
 {
     w->give_up_ms = now + FINISH_BUDGET_MS;
     deliver_one(w, p, now, true);
@@ -1168,7 +1177,7 @@ static void service(struct sc_worker *w, struct sc_part *p)
          * row: then it is replayed), so nothing is half done.  Re-read the row under a new
          * epoch. */
         if (p->written && p->state == SC_PART_ACTIVE)
-            commit_written(w, p, now);
+            finish_bounded(w, p, now);
         part_fenced(w, p, "an operator changed the checkpoint", false);
         return;
     }
@@ -1195,9 +1204,9 @@ static void service(struct sc_worker *w, struct sc_part *p)
         return;
     if (atomic_load(&p->lease_valid_until_ms) < now) {
         /* Renewal is late (PostgreSQL down? this process stopped?): write nothing we might
-         * not own.  A written batch is durable already: commit it (see commit_written()). */
+         * not own.  A written batch is durable already: commit it (see finish_bounded()). */
         if (p->written)
-            commit_written(w, p, now);
+            finish_bounded(w, p, now);
         return;
     }
     if (w->sink->flags & SC_SINK_F_TRANSACTIONAL) {
@@ -1229,7 +1238,7 @@ static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_me
         if (p->written && p->state == SC_PART_ACTIVE) {
             /* The written batch is durable and was read: commit it, so the error (and a
              * reset after it) starts after it rather than dropping it from the sink. */
-            commit_written(w, p, sc_mono_ms());
+            finish_bounded(w, p, sc_mono_ms());
             if (p->state != SC_PART_ACTIVE)
                 return; /* fenced meanwhile */
         }
@@ -1398,14 +1407,9 @@ static void finish_pending(struct sc_worker *w, struct sc_part *p, const char *r
     int64_t now = sc_mono_ms();
     if (p->state != SC_PART_ACTIVE || !p->cp.has_pending || p->replay || now < p->retry_at_ms)
         return;
-    if (p->written) {
-        commit_written(w, p, now);
-    } else if (strcmp(reason, "lost") != 0 && atomic_load(&p->lease_valid_until_ms) >= now &&
-               pending_span(p) >= 0) {
-        w->give_up_ms = now + FINISH_BUDGET_MS;
-        deliver_one(w, p, now, true);
-        w->give_up_ms = 0;
-    }
+    if (p->written || (strcmp(reason, "lost") != 0 &&
+                       atomic_load(&p->lease_valid_until_ms) >= now && pending_span(p) >= 0))
+        finish_bounded(w, p, now);
 }
 
 static void process_inbox(struct sc_worker *w)
