@@ -236,10 +236,21 @@ static void check_answer(const char *input, size_t inlen, const char *ans, size_
                (int)(len < 200 ? len : 200), ans);
     FUZZ_CHECK(memcmp(ans + 8, " 500", 4) != 0, "internal server error for: %.*s",
                (int)(inlen < 300 ? inlen : 300), input);
+    /* Echoed input may be shown with bytes >= 0x80 as \xNN, whose hex digits can spell a
+     * secret next to the input's letters ("f\xffuzz-..."): judge against that form too. */
+    char *esc = malloc(inlen * 4 + 1);
+    size_t elen = 0;
+    for (size_t i = 0; i < inlen; i++) {
+        unsigned char b = (unsigned char)input[i];
+        elen += b < 0x80 ? (size_t)(esc[elen] = (char)b, 1)
+                         : (size_t)snprintf(esc + elen, 5, "\\x%02x", b);
+    }
     static const char *const secrets[] = {TOKEN, PG_PASSWORD};
     for (size_t i = 0; i < SC_ARRAY_LEN(secrets); i++)
-        FUZZ_CHECK(!contains(ans, len, secrets[i]) || contains(input, inlen, secrets[i]),
+        FUZZ_CHECK(!contains(ans, len, secrets[i]) || contains(input, inlen, secrets[i]) ||
+                       contains(esc, elen, secrets[i]),
                    "the answer shows a secret: %.*s", (int)len, ans);
+    free(esc);
     const char *end = memmem(ans, len, "\r\n\r\n", 4);
     FUZZ_CHECK(end != NULL, "answer without the end of its headers");
     size_t hlen = (size_t)(end - ans) + 4;
