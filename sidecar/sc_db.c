@@ -86,6 +86,19 @@ int sc_db_connect(struct sc_db *db, bool force)
         }
         return -1;
     }
+    if (db->idle_tx_timeout_ms > 0) {
+        char ms[24];
+        const char *v[1] = {sc_i64(ms, db->idle_tx_timeout_ms)};
+        PGresult *res = PQexecParams(
+            db->conn, "SELECT set_config('idle_in_transaction_session_timeout', $1, false)", 1,
+            NULL, v, NULL, NULL, 0);
+        if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+            char why[256];
+            sc_warn(NULL, "could not set idle_in_transaction_session_timeout: %s",
+                    sc_pg_errmsg(db->conn, res, why, sizeof(why)));
+        }
+        PQclear(res);
+    }
     if (db->logged_down)
         sc_info(NULL, "reconnected to PostgreSQL");
     db->logged_down = false;
@@ -127,6 +140,37 @@ static bool is_prepared(const struct sc_db *db, const struct sc_stmt *st)
     return false;
 }
 
+int sc_db_prepare(struct sc_db *db, const struct sc_stmt *st, enum sc_pg_errclass *cls)
+{
+    if (sc_db_connect(db, false) != 0) {
+        *cls = SC_PG_RETRY;
+        return -1;
+    }
+    if (is_prepared(db, st))
+        return 0;
+    char *sql = sc_db_expand(db, st->sql);
+    PGresult *res = PQprepare(db->conn, st->name, sql, st->nparams, NULL);
+    free(sql);
+    if (!check_result(db, res, cls))
+        return -1;
+    PQclear(res);
+    if (db->nprepared < SC_DB_MAX_STMTS)
+        db->prepared[db->nprepared++] = st;
+    return 0;
+}
+
+int sc_db_send(struct sc_db *db, const struct sc_stmt *st, const char *const *params)
+{
+    if (!db->conn || !is_prepared(db, st)) {
+        snprintf(db->last_error, sizeof(db->last_error), "statement %s is not prepared", st->name);
+        return -1;
+    }
+    if (PQsendQueryPrepared(db->conn, st->name, st->nparams, params, NULL, NULL, 0) == 1)
+        return 0;
+    sc_pg_errmsg(db->conn, NULL, db->last_error, sizeof(db->last_error));
+    return -1;
+}
+
 PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
                      enum sc_pg_errclass *cls)
 {
@@ -140,16 +184,8 @@ PGresult *sc_db_exec_params(struct sc_db *db, const struct sc_stmt *st, const ch
         *cls = SC_PG_RETRY;
         return NULL;
     }
-    if (!is_prepared(db, st)) {
-        char *sql = sc_db_expand(db, st->sql);
-        PGresult *res = PQprepare(db->conn, st->name, sql, st->nparams, NULL);
-        free(sql);
-        if (!check_result(db, res, cls))
-            return NULL;
-        PQclear(res);
-        if (db->nprepared < SC_DB_MAX_STMTS)
-            db->prepared[db->nprepared++] = st;
-    }
+    if (sc_db_prepare(db, st, cls) != 0)
+        return NULL;
     PGresult *res = PQexecPrepared(db->conn, st->name, st->nparams, params, lengths, formats, 0);
     return check_result(db, res, cls);
 }

@@ -43,6 +43,9 @@ struct sc_db {
     bool logged_down;        /* "connection lost" logged once per outage */
     int hold;                /* > 0: a caller has the connection in a transaction */
     bool broken;             /* an error happened while held: reset on release */
+    /* > 0: the server ends this session when it sits idle inside a transaction this long
+     * (a stalled holder of a transaction must not keep its row locks forever). */
+    int idle_tx_timeout_ms;
     char last_error[512];
 };
 
@@ -82,6 +85,21 @@ PGresult *sc_db_exec(struct sc_db *db, const struct sc_stmt *st, const char *con
 /* Same with per-parameter lengths and formats (1 = binary), e.g. for bytea. */
 PGresult *sc_db_exec_params(struct sc_db *db, const struct sc_stmt *st, const char *const *params,
                             const int *lengths, const int *formats, enum sc_pg_errclass *cls);
+
+/*
+ * Prepares st on the connection unless it is already: 0, or -1 with *cls
+ * and db->last_error set.  For statements later sent with sc_db_send(),
+ * which cannot prepare them (pipeline mode).
+ */
+int sc_db_prepare(struct sc_db *db, const struct sc_stmt *st, enum sc_pg_errclass *cls);
+
+/*
+ * Sends st (prepared with sc_db_prepare() on this connection) without
+ * waiting for its result, which the caller reads: on a connection in
+ * pipeline mode, the statement only joins the pipeline.  0, or -1 with
+ * db->last_error set.
+ */
+int sc_db_send(struct sc_db *db, const struct sc_stmt *st, const char *const *params);
 
 /* Same for an unprepared statement (with {S} expansion); for rare paths. */
 PGresult *sc_db_exec_once(struct sc_db *db, const char *sql, int nparams, const char *const *params,
