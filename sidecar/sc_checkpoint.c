@@ -61,6 +61,13 @@
  * same place, so the late write changes nothing (I1).  The destructive
  * truncation at recovery is protected separately (see sink_file.c).
  *
+ * Transactional sinks (the postgres sink in this database) have no pending
+ * step: their rows and sc_checkpoint_advance() commit in one transaction.
+ * When the sink pipelines that transaction, the advance is queued with
+ * sc_checkpoint_advance_queue(), whose statement fails instead of matching
+ * no row: the COMMIT behind it in the pipeline then never runs, so a fenced
+ * owner's rows are never committed without their checkpoint (I4).
+ *
  * Locks.  Each statement updates one checkpoints row (row lock, held until
  * commit) and inserts into events.  Lease acquisition locks the lease row
  * and then the checkpoint row, in that order, everywhere; checkpoint writes
@@ -148,19 +155,36 @@ static const struct sc_stmt st_commit_pend = {
     16,
 };
 
+/* The advance of a transactional sink, up to its final SELECT (which differs below). */
+#define ADVANCE_CTES                                                                               \
+    "WITH c AS ("                                                                                  \
+    " UPDATE {S}.checkpoints SET committed_offset = $9::bigint + 1, committed_write_offset = $7,"  \
+    "  updated_at = now()"                                                                         \
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"               \
+    "  AND committed_offset IS NOT DISTINCT FROM $6"                                               \
+    " RETURNING 1),"                                                                               \
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset," \
+    "  last_offset, write_offset, detail)"                                                         \
+    " SELECT $1, $2, $3, 'commit', $4, $5, $8, $9, $7,"                                            \
+    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c RETURNING "     \
+    "id)," NOTIFY_CTE("$11")
+
 static const struct sc_stmt st_advance = {
     "sc_cp_advance",
-    "WITH c AS ("
-    " UPDATE {S}.checkpoints SET committed_offset = $9::bigint + 1, committed_write_offset = $7,"
-    "  updated_at = now()"
-    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"
-    "  AND committed_offset IS NOT DISTINCT FROM $6"
-    " RETURNING 1),"
-    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
-    "  last_offset, write_offset, detail)"
-    " SELECT $1, $2, $3, 'commit', $4, $5, $8, $9, $7,"
-    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c RETURNING "
-    "id)," NOTIFY_CTE("$11") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    ADVANCE_CTES " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    11,
+};
+
+/*
+ * st_advance for a pipelined transaction: no row matched is an error
+ * (casting that text to int fails), which aborts the transaction, so the
+ * COMMIT queued behind it rolls back.
+ */
+static const struct sc_stmt st_advance_strict = {
+    "sc_cp_advance_strict",
+    ADVANCE_CTES " SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE"
+                 " 'sidecar: the checkpoint advance matched no row' END AS int)"
+                 " FROM c, (SELECT count(*) FROM n) AS _n",
     11,
 };
 
@@ -472,6 +496,34 @@ enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key
     if (s == SC_CP_OK)
         apply_commit(cp, last + 1, next_write_offset);
     return s;
+}
+
+int sc_checkpoint_advance_prepare(struct sc_db *db)
+{
+    enum sc_pg_errclass cls;
+    return sc_db_prepare(db, &st_advance_strict, &cls);
+}
+
+int sc_checkpoint_advance_queue(struct sc_db *db, const struct sc_cp_key *k, const struct sc_cp *cp,
+                                int64_t first, int64_t last, int32_t count,
+                                int64_t next_write_offset, struct sc_cp *after)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    if (cp->has_committed)
+        param_i64(&p, cp->committed_offset); /* $6 */
+    else
+        param_str(&p, NULL);
+    param_i64(&p, next_write_offset); /* $7 */
+    param_i64(&p, first);             /* $8 */
+    param_i64(&p, last);              /* $9 */
+    param_i64(&p, count);             /* $10 */
+    param_str(&p, k->notify_channel); /* $11 */
+    if (sc_db_send(db, &st_advance_strict, p.v) != 0)
+        return -1;
+    *after = *cp;
+    apply_commit(after, last + 1, next_write_offset);
+    return 0;
 }
 
 enum sc_cp_status sc_checkpoint_set_start(struct sc_db *db, const struct sc_cp_key *k,

@@ -102,6 +102,23 @@ enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key
                                         int32_t count, int64_t next_write_offset,
                                         const struct sc_cp_dead *dead, size_t ndead);
 
+/*
+ * The same advance (without dead letters) for a caller that pipelines its
+ * whole transaction (BEGIN, rows, advance, COMMIT, one round trip; the
+ * connection is in pipeline mode): queues the statement and returns
+ * without waiting; the caller reads its one result.  The statement fails
+ * (an error result) when it matches no row, fenced or not, so a COMMIT
+ * queued after it rolls back instead of committing rows without their
+ * checkpoint; sc_checkpoint_advance() after a rollback says which it was.
+ * sc_checkpoint_advance_prepare() first, outside pipeline mode (one round
+ * trip the first time on a connection).  *cp is left as it is; *after
+ * gets the state once the transaction commits.  0, or -1 (db->last_error).
+ */
+int sc_checkpoint_advance_prepare(struct sc_db *db);
+int sc_checkpoint_advance_queue(struct sc_db *db, const struct sc_cp_key *k, const struct sc_cp *cp,
+                                int64_t first, int64_t last, int32_t count,
+                                int64_t next_write_offset, struct sc_cp *after);
+
 /* Stores dead letters (inside the caller's transaction). */
 enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_key *k,
                                            const struct sc_cp_dead *dead, size_t ndead);

@@ -10,7 +10,7 @@
  * pass).  Actions: kill (SIGKILL self), stop (SIGSTOP self), exit (_exit 99),
  * sleep:MS.  Points: after_pend, file_mid_write, after_write, after_commit,
  * after_lease, pg_before_commit (postgres sink, same database: rows and
- * checkpoint sent, COMMIT not yet).
+ * checkpoint sent, COMMIT not yet; pipelined or not).
  */
 #ifndef SC_FAILPOINT_H
 #define SC_FAILPOINT_H

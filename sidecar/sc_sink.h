@@ -97,6 +97,24 @@ struct sc_commit_hook {
     int (*commit)(void *arg, const struct sc_batch *b, const struct sc_batch_result *r, char *err,
                   size_t errsize);
     void *arg;
+    /*
+     * Optional (NULL when not offered): the same advance for a sink that
+     * sends its whole transaction as one pipeline (one round trip).  With
+     * conn in pipeline mode, after the sink's BEGIN and rows, queue() sends
+     * the advance without waiting.  It must not have dead letters (those go
+     * through commit()).  The statement fails when the advance does not
+     * apply (fenced, or the checkpoint moved), so the COMMIT the sink queues
+     * behind it can never commit the rows alone.  Returns 0 when exactly
+     * one statement was queued (the sink reads its result), -1 if none was.
+     * The sink then reports with queued(): 1 COMMIT succeeded; 0 nothing
+     * was committed (the sink has rolled back, and may go on with commit()
+     * as usual); -1 unknown (the connection failed once COMMIT could have
+     * reached the server: the sink returns SC_SINK_RETRY, and the worker
+     * reads the checkpoint back to learn what happened).
+     */
+    int (*queue)(void *arg, const struct sc_batch *b, const struct sc_batch_result *r, char *err,
+                 size_t errsize);
+    void (*queued)(void *arg, int outcome);
 };
 
 struct sc_sink;

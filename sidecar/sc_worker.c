@@ -888,7 +888,8 @@ static ssize_t pending_span(const struct sc_part *p)
 struct hook_ctx {
     struct sc_worker *w;
     struct sc_part *p;
-    struct sc_cp cp; /* the state after the advance */
+    struct sc_cp cp;     /* the state after the advance */
+    struct sc_cp queued; /* the state after a queued advance, should it commit */
     size_t ndead;
     bool done;
 };
@@ -911,6 +912,35 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
     snprintf(err, errsize, "checkpoint advance: %s (%s)", sc_cp_status_name(s),
              hc->w->db.last_error);
     return s == SC_CP_FENCED || s == SC_CP_CONFLICT ? 1 : -1;
+}
+
+/* The same advance queued in the sink's pipeline (see struct sc_commit_hook). */
+static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
+                      char *err, size_t errsize)
+{
+    struct hook_ctx *hc = arg;
+    if (r->ndead > 0) {
+        snprintf(err, errsize, "dead letters are stored through commit()");
+        return -1;
+    }
+    struct sc_cp_key k = key_of(hc->p);
+    if (sc_checkpoint_advance_queue(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
+                                    (int32_t)b->count, r->next_write_offset, &hc->queued) != 0) {
+        snprintf(err, errsize, "checkpoint advance: %s", hc->w->db.last_error);
+        return -1;
+    }
+    return 0;
+}
+
+static void hook_queued(void *arg, int outcome)
+{
+    struct hook_ctx *hc = arg;
+    if (outcome == 0)
+        return;
+    /* Committed, or perhaps (then the worker reconciles against this state). */
+    hc->ndead = 0;
+    hc->cp = hc->queued;
+    hc->done = true;
 }
 
 /* One sink write of batch b, timed into sink_write_seconds; the outcome in w->result. */
@@ -963,7 +993,9 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
         return;
     }
-    struct sc_commit_hook hook = {conn, hook_commit, &hc};
+    struct sc_commit_hook hook = {conn, hook_commit, &hc, hook_queue, hook_queued};
+    if (sc_checkpoint_advance_prepare(&w->db) != 0)
+        hook.queue = NULL, hook.queued = NULL; /* commit() alone; it reports the trouble */
     char err[512] = "";
     enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
     sc_db_release(&w->db);
@@ -1529,6 +1561,10 @@ struct sc_worker *sc_worker_new(struct sc_pipeline *pl, int id, char *err, size_
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, pl->cfg->postgres.dsn, pl->cfg->postgres.schema, w->name,
                pl->cfg->postgres.connect_timeout_ms);
+    /* A worker stalled inside the postgres sink's transaction holds its checkpoint row
+     * locked, and the next owner's lease acquisition waits on that lock: once the lease
+     * has expired, the server ends the stalled session (the next owner fences it anyway). */
+    w->db.idle_tx_timeout_ms = pl->pc->lease.ttl_ms;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     return w;

@@ -150,6 +150,8 @@ static void recs_add(struct recs *rs, int32_t partition, int64_t offset, const c
 /* The worker's commit hook, played by the test: counts calls, may mark the transaction. */
 struct hook_state {
     PGconn *conn;
+    bool pipelined; /* offer queue() too, as the worker does */
+    int queued[3];  /* queued() outcomes seen: -1, 0, 1 */
     int calls;
     int ret;         /* what commit() returns */
     bool mark;       /* insert a marker row inside the sink's transaction */
@@ -178,6 +180,38 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
     return h->ret;
 }
 
+/*
+ * queue(): one statement in the sink's pipeline, like the worker's strict
+ * advance: the marker row, or (ret != 0) a statement that fails, as the
+ * advance does when fenced.
+ */
+static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
+                      char *err, size_t errsize)
+{
+    struct hook_state *h = arg;
+    ck_assert_int_eq(PQpipelineStatus(h->conn), PQ_PIPELINE_ON);
+    ck_assert_int_eq(r->ndead, 0);
+    h->next_wo = r->next_write_offset;
+    char off[24];
+    snprintf(off, sizeof(off), "%" PRId64, b->last_offset);
+    const char *v[1] = {off};
+    const char *sql = h->ret != 0 ? "SELECT CAST($1::text || ' fenced' AS int)"
+                      : h->mark   ? "INSERT INTO marker VALUES ($1::bigint)"
+                                  : "SELECT $1::bigint";
+    if (PQsendQueryParams(h->conn, sql, 1, NULL, v, NULL, NULL, 0) != 1) {
+        snprintf(err, errsize, "%s", PQerrorMessage(h->conn));
+        return -1;
+    }
+    return 0;
+}
+
+static void hook_queued(void *arg, int outcome)
+{
+    struct hook_state *h = arg;
+    ck_assert(outcome >= -1 && outcome <= 1);
+    h->queued[outcome + 1]++;
+}
+
 static enum sc_sink_result fx_write(struct fx *f, const struct recs *rs, struct hook_state *h,
                                     struct sc_batch_result *res, bool replay)
 {
@@ -190,7 +224,9 @@ static enum sc_sink_result fx_write(struct fx *f, const struct recs *rs, struct 
         .write_offset = rs->r[0].offset,
         .replay = replay,
     };
-    struct sc_commit_hook hook = {h ? h->conn : NULL, hook_commit, h};
+    struct sc_commit_hook hook = {h ? h->conn : NULL, hook_commit, h, NULL, NULL};
+    if (h && h->pipelined)
+        hook.queue = hook_queue, hook.queued = hook_queued;
     char err[1024] = "";
     sc_batch_result_clear(res);
     enum sc_sink_result sr =
@@ -236,8 +272,9 @@ static void assert_str(PGconn *c, const char *sql, const char *want)
  */
 START_TEST(test_default_same_db)
 {
+    bool pipelined = _i == 1; /* the worker's way: one round trip, commit() as the fallback */
     struct fx f;
-    fx_init(&f, "t_default");
+    fx_init(&f, pipelined ? "t_default_p" : "t_default");
     hx_pg_exec(f.conn, "CREATE TABLE marker (last bigint)");
     fx_open(&f, "{\"type\": \"postgres\", \"table\": \"app.events\"}");
     ck_assert(f.sink->flags & SC_SINK_F_TRANSACTIONAL);
@@ -251,10 +288,11 @@ START_TEST(test_default_same_db)
     }
     rs.r[9].key = NULL; /* a null key */
     rs.r[9].timestamp = -1;
-    struct hook_state h = {.conn = hx_pg_connect(f.dsn), .mark = true};
+    struct hook_state h = {.conn = hx_pg_connect(f.dsn), .mark = true, .pipelined = pipelined};
     struct sc_batch_result res = {0};
     ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
-    ck_assert_int_eq(h.calls, 1);
+    ck_assert_int_eq(h.calls, !pipelined);
+    ck_assert_int_eq(h.queued[2], pipelined);
     ck_assert_int_eq(h.next_wo, 10);
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM app.events"), 10);
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM marker"), 1);
@@ -285,6 +323,10 @@ START_TEST(test_default_same_db)
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM app.events"), 10);
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM marker"), 2);
     ck_assert_int_eq(PQtransactionStatus(h.conn), PQTRANS_IDLE);
+    ck_assert_int_eq(PQpipelineStatus(h.conn), PQ_PIPELINE_OFF);
+    /* pipelined: the replay conflicted, the fenced and failing advances failed; none unknown */
+    ck_assert_int_eq(h.queued[1], pipelined ? 3 : 0);
+    ck_assert_int_eq(h.queued[0], 0);
     h.ret = 0;
     ck_assert_int_eq(fx_write(&f, &more, &h, &res, false), SC_SINK_OK);
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM app.events"), 20);
@@ -307,10 +349,10 @@ END_TEST
  * break a CHECK constraint are isolated, one dead letter each, the others
  * are written, in both databases' modes.
  */
-static void poison_run(bool other_db)
+static void poison_run(bool other_db, bool pipelined)
 {
     struct fx f;
-    fx_init(&f, other_db ? "t_poison_o" : "t_poison_s");
+    fx_init(&f, other_db ? "t_poison_o" : pipelined ? "t_poison_p" : "t_poison_s");
     PGconn *target = other_db ? f.sink_conn : f.conn;
     hx_pg_exec(target, "CREATE TABLE orders (id text PRIMARY KEY, amount numeric CHECK (amount "
                        ">= 0), note text, src_part int, src_off bigint)");
@@ -342,11 +384,18 @@ static void poison_run(bool other_db)
         snprintf(k, sizeof(k), "k%d", i);
         recs_add(&rs, 0, i, k, v);
     }
-    recs_add(&rs, 0, 100, "k100", "this is not JSON"); /* no "$." column can come from it */
-    struct hook_state h = {.conn = f.conn};
+    /* A dead letter found while encoding (not JSON) keeps a batch off the pipeline. */
+    size_t ndead = pipelined ? 5 : 6;
+    if (!pipelined)
+        recs_add(&rs, 0, 100, "k100", "this is not JSON"); /* no "$." column can come from it */
+    struct hook_state h = {.conn = f.conn, .pipelined = pipelined};
     struct sc_batch_result res = {0};
     ck_assert_int_eq(fx_write(&f, &rs, other_db ? NULL : &h, &res, false), SC_SINK_OK);
-    ck_assert_int_eq(res.ndead, 6);
+    /* pipelined: the INSERT failed on a row, so nothing was committed; commit() took over */
+    ck_assert_int_eq(h.queued[1], pipelined);
+    ck_assert_int_eq(h.queued[0] + h.queued[2], 0);
+    ck_assert_int_eq(h.calls, other_db ? 0 : 1);
+    ck_assert_int_eq(res.ndead, ndead);
     bool seen[101] = {false};
     for (size_t i = 0; i < res.ndead; i++) {
         size_t at = res.dead[i].index;
@@ -359,13 +408,13 @@ static void poison_run(bool other_db)
         ck_assert_msg(strstr(res.dead[i].error, want), "record %zu: %s", at, res.dead[i].error);
     }
     if (!other_db)
-        ck_assert_int_eq(h.ndead, 6); /* the hook got them to store with the checkpoint */
+        ck_assert_int_eq(h.ndead, ndead); /* the hook got them to store with the checkpoint */
     ck_assert_int_eq(q_int(target, "SELECT count(*) FROM orders"), 95);
     ck_assert_int_eq(q_int(target, "SELECT count(*) FROM orders WHERE amount < 0"), 0);
 
     /* The same batch written again (a replay) finds the same records, nothing else. */
     ck_assert_int_eq(fx_write(&f, &rs, other_db ? NULL : &h, &res, true), SC_SINK_OK);
-    ck_assert_int_eq(res.ndead, 6);
+    ck_assert_int_eq(res.ndead, ndead);
     ck_assert_int_eq(q_int(target, "SELECT count(*) FROM orders"), 95);
     res_free(&res);
     fx_close(&f);
@@ -373,13 +422,13 @@ static void poison_run(bool other_db)
 
 START_TEST(test_poison_same_db)
 {
-    poison_run(false);
+    poison_run(false, _i == 1);
 }
 END_TEST
 
 START_TEST(test_poison_other_db)
 {
-    poison_run(true);
+    poison_run(true, false);
 }
 END_TEST
 
@@ -1040,8 +1089,8 @@ int main(void)
     TCase *tc = tcase_create("sink");
     tcase_add_unchecked_fixture(tc, pg_up, pg_down);
     tcase_set_timeout(tc, 120);
-    tcase_add_test(tc, test_default_same_db);
-    tcase_add_test(tc, test_poison_same_db);
+    tcase_add_loop_test(tc, test_default_same_db, 0, 2);
+    tcase_add_loop_test(tc, test_poison_same_db, 0, 2);
     tcase_add_test(tc, test_poison_other_db);
     tcase_add_test(tc, test_duplicate_keys_in_batch);
     tcase_add_test(tc, test_stale_replay_other_db);
