@@ -472,6 +472,22 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
     return s;
 }
 
+/* The parameters of st_advance and st_advance_strict. */
+static void advance_params(struct params *p, const struct sc_cp_key *k, const struct sc_cp *cp,
+                           int64_t first, int64_t last, int32_t count, int64_t next_write_offset)
+{
+    params_init(p, k, cp->epoch);
+    if (cp->has_committed)
+        param_i64(p, cp->committed_offset); /* $6 */
+    else
+        param_str(p, NULL);
+    param_i64(p, next_write_offset); /* $7 */
+    param_i64(p, first);             /* $8 */
+    param_i64(p, last);              /* $9 */
+    param_i64(p, count);             /* $10 */
+    param_str(p, k->notify_channel); /* $11 */
+}
+
 enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key *k,
                                         struct sc_cp *cp, int64_t first, int64_t last,
                                         int32_t count, int64_t next_write_offset,
@@ -482,16 +498,7 @@ enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key
     if (s != SC_CP_OK)
         return s;
     struct params p;
-    params_init(&p, k, cp->epoch);
-    if (cp->has_committed)
-        param_i64(&p, cp->committed_offset); /* $6 */
-    else
-        param_str(&p, NULL);
-    param_i64(&p, next_write_offset); /* $7 */
-    param_i64(&p, first);             /* $8 */
-    param_i64(&p, last);              /* $9 */
-    param_i64(&p, count);             /* $10 */
-    param_str(&p, k->notify_channel); /* $11 */
+    advance_params(&p, k, cp, first, last, count, next_write_offset);
     s = run_write(db, &st_advance, &p, k, cp->epoch);
     if (s == SC_CP_OK)
         apply_commit(cp, last + 1, next_write_offset);
@@ -509,16 +516,7 @@ int sc_checkpoint_advance_queue(struct sc_db *db, const struct sc_cp_key *k, con
                                 int64_t next_write_offset, struct sc_cp *after)
 {
     struct params p;
-    params_init(&p, k, cp->epoch);
-    if (cp->has_committed)
-        param_i64(&p, cp->committed_offset); /* $6 */
-    else
-        param_str(&p, NULL);
-    param_i64(&p, next_write_offset); /* $7 */
-    param_i64(&p, first);             /* $8 */
-    param_i64(&p, last);              /* $9 */
-    param_i64(&p, count);             /* $10 */
-    param_str(&p, k->notify_channel); /* $11 */
+    advance_params(&p, k, cp, first, last, count, next_write_offset);
     if (sc_db_send(db, &st_advance_strict, p.v) != 0)
         return -1;
     *after = *cp;

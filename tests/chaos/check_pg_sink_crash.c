@@ -160,16 +160,7 @@ START_TEST(test_same_db)
     const char *topics[] = {"orders:6"};
     scx_env_start(&e, 3, topics, 1);
     srand((unsigned)time(NULL));
-    hx_pg_exec(e.conn, "CREATE SCHEMA app");
-    hx_pg_exec(e.conn, "CREATE TABLE app.events (topic text NOT NULL, partition int NOT NULL, "
-                       "\"offset\" bigint NOT NULL, key text, value jsonb, headers jsonb, "
-                       "ts timestamptz, PRIMARY KEY (topic, partition, \"offset\"))");
-    hx_pg_exec(e.conn, "CREATE TABLE app.audit (partition int, \"offset\" bigint)");
-    hx_pg_exec(e.conn, "CREATE FUNCTION app.audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                       "INSERT INTO app.audit VALUES (NEW.partition, NEW.\"offset\"); RETURN NEW; "
-                       "END $$");
-    hx_pg_exec(e.conn, "CREATE TRIGGER audit BEFORE INSERT ON app.events FOR EACH ROW EXECUTE "
-                       "FUNCTION app.audit()");
+    scx_create_audited_events(e.conn);
     struct scx_opts o = {
         .sink = "{\"type\": \"postgres\", \"table\": \"app.events\"}",
         .max_records = 50,

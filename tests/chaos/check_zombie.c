@@ -40,17 +40,7 @@ START_TEST(test_stalled_owner_is_fenced)
     const char *sink = NULL;
     if (pg) {
         sink = "{\"type\": \"postgres\", \"table\": \"app.events\"}";
-        hx_pg_exec(e.conn, "CREATE SCHEMA app");
-        hx_pg_exec(e.conn, "CREATE TABLE app.events (topic text NOT NULL, partition int NOT NULL,"
-                           " \"offset\" bigint NOT NULL, key text, value jsonb, headers jsonb,"
-                           " ts timestamptz, PRIMARY KEY (topic, partition, \"offset\"))");
-        /* Counts committed insert attempts, ON CONFLICT skipped ones too. */
-        hx_pg_exec(e.conn, "CREATE TABLE app.audit (partition int, \"offset\" bigint)");
-        hx_pg_exec(e.conn, "CREATE FUNCTION app.audit() RETURNS trigger LANGUAGE plpgsql AS $$"
-                           " BEGIN INSERT INTO app.audit VALUES (NEW.partition, NEW.\"offset\");"
-                           " RETURN NEW; END $$");
-        hx_pg_exec(e.conn, "CREATE TRIGGER audit BEFORE INSERT ON app.events FOR EACH ROW"
-                           " EXECUTE FUNCTION app.audit()");
+        scx_create_audited_events(e.conn);
     }
     int port_a = scx_free_port(), port_b = scx_free_port();
     struct scx_opts oa = {.max_records = 20, .admin_port = port_a, .workers = 1, .sink = sink};
@@ -91,6 +81,7 @@ START_TEST(test_stalled_owner_is_fenced)
                                   0, NULL);
     ck_assert_msg(took_over, "B did not take over; sessions:\n%s\nB log:\n%s", act,
                   scx_log_tail(log_b, 3000));
+    free(act);
     if (!pg)
         ck_assert_int_ge(scx_events(e.conn, "replay", "sc-b"), 1);
     const char *params[] = {"sc-b"};

@@ -311,6 +311,20 @@ long long scx_events(PGconn *conn, const char *kind, const char *owner)
                      2, params);
 }
 
+void scx_create_audited_events(PGconn *conn)
+{
+    hx_pg_exec(conn, "CREATE SCHEMA app");
+    hx_pg_exec(conn, "CREATE TABLE app.events (topic text NOT NULL, partition int NOT NULL,"
+                     " \"offset\" bigint NOT NULL, key text, value jsonb, headers jsonb,"
+                     " ts timestamptz, PRIMARY KEY (topic, partition, \"offset\"))");
+    hx_pg_exec(conn, "CREATE TABLE app.audit (partition int, \"offset\" bigint)");
+    hx_pg_exec(conn, "CREATE FUNCTION app.audit() RETURNS trigger LANGUAGE plpgsql AS $$"
+                     " BEGIN INSERT INTO app.audit VALUES (NEW.partition, NEW.\"offset\");"
+                     " RETURN NEW; END $$");
+    hx_pg_exec(conn, "CREATE TRIGGER audit BEFORE INSERT ON app.events FOR EACH ROW"
+                     " EXECUTE FUNCTION app.audit()");
+}
+
 double scx_metric_at(int port, const char *name, const char *labels)
 {
     long status;

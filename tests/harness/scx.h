@@ -88,6 +88,13 @@ bool scx_pid_stopped(pid_t pid);
 /* Number of events of a kind (optionally only those whose owner is owner). */
 long long scx_events(PGconn *conn, const char *kind, const char *owner);
 
+/*
+ * Creates app.events, the postgres sink's default table, and app.audit: a
+ * BEFORE INSERT trigger adds a row per insert attempt that commits (ON
+ * CONFLICT skipped ones too), so a record delivered twice shows there.
+ */
+void scx_create_audited_events(PGconn *conn);
+
 /* The tail of a log file, for failure messages (static buffer). */
 const char *scx_log_tail(const char *path, size_t bytes);
 
