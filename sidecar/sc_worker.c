@@ -998,6 +998,10 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         hook.queue = NULL, hook.queued = NULL; /* commit() alone; it reports the trouble */
     char err[512] = "";
     enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
+    /* A sink cut short may leave the connection in pipeline mode or in a transaction:
+     * never reuse it like that (sc_db_release() then reconnects). */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        w->db.broken = true;
     sc_db_release(&w->db);
     if (sr == SC_SINK_RETRY && hc.done) {
         /* The COMMIT itself failed: it may or may not have happened. */

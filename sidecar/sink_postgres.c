@@ -1619,7 +1619,9 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     /* A Sync before COMMIT too: should this process stall from here on, the server sees
      * its session idle in the transaction (not in the middle of a request) and ends it
      * after idle_in_transaction_session_timeout, which frees the checkpoint row the next
-     * owner needs.  Flushed, but not waited for: still one round trip. */
+     * owner needs.  Flushed, but not waited for: still one round trip.  (A stall in the
+     * few instructions since the advance was queued, with part of it already flushed,
+     * is not covered: the server then waits in the middle of the request.) */
     bool lost = PQpipelineSync(conn) != 1, commit_sent = false;
     int syncs = 1;
     if (queued == Q_COMMIT && !lost) {
@@ -1662,8 +1664,8 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
                 *o = classify(conn, r, err, errsize);
             }
             *conflict = i == Q_ROWS && strcmp(sqlstate(r), "23505") == 0;
-            if (strcmp(sqlstate(r), "26000") == 0)
-                c->prep_conn = NULL;
+            if (i == Q_ROWS && strcmp(sqlstate(r), "26000") == 0)
+                c->prep_conn = NULL; /* our INSERT vanished (a new backend): prepare again */
         }
         PQclear(r);
     }
@@ -1675,6 +1677,12 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     }
     if (committed && failed < 0)
         return PIPE_COMMITTED;
+    if (commit_sent && failed < 0) {
+        /* COMMIT could not be queued whole, yet part of it may have gone out with the Sync */
+        snprintf(err, errsize, "could not send COMMIT: %s", PQerrorMessage(conn));
+        *o = PG_RETRY;
+        return PIPE_UNKNOWN;
+    }
     if (failed < 0 || failed == Q_ADVANCE) {
         /* Not all of it could be queued, or the advance did not apply (fenced, or the
          * checkpoint moved): the usual way finds out which, with commit(). */
@@ -1769,6 +1777,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
         return result_of(o);
     encode_rows(c, b->records, b->count, res, NULL);
     size_t ndead_before = res->ndead;
+    bool pipelined = false; /* tried, and fell back */
     if (hook->queue && res->ndead == 0) {
         bool conflict, plain = c->fast_sql && p->slow_batches == 0;
         if (!plain && p->slow_batches > 0)
@@ -1781,6 +1790,9 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             return SC_SINK_OK;
         if (po == PIPE_UNKNOWN || o == PG_RETRY)
             return SC_SINK_RETRY;
+        if (o == PG_FATAL)
+            return SC_SINK_ERROR; /* the table or the config: the usual way fails the same */
+        pipelined = true;
         if (conflict)
             p->slow_batches = SLOW_BATCHES;
         /* a bad row (split below), a conflict, or the advance did not apply: the usual way */
@@ -1799,7 +1811,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             if (conflict)
                 p->slow_batches = SLOW_BATCHES;
         }
-    } else if (p->slow_batches > 0) {
+    } else if (p->slow_batches > 0 && !pipelined) {
         p->slow_batches--;
     }
     if (!done) {

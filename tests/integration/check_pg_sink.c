@@ -827,17 +827,20 @@ END_TEST
  */
 START_TEST(test_table_dropped)
 {
+    bool pipelined = _i == 1;
     struct fx f;
-    fx_init(&f, "t_dropped");
+    fx_init(&f, pipelined ? "t_dropped_p" : "t_dropped");
     fx_open(&f, "{\"type\": \"postgres\", \"table\": \"ev\"}");
     struct recs rs = {.n = 0};
     recs_add(&rs, 0, 0, "k", "{}");
-    struct hook_state h = {.conn = hx_pg_connect(f.dsn)};
+    struct hook_state h = {.conn = hx_pg_connect(f.dsn), .pipelined = pipelined};
     struct sc_batch_result res = {0};
     ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
     hx_pg_exec(f.conn, "DROP TABLE ev");
     ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_ERROR);
     ck_assert_int_eq(PQtransactionStatus(h.conn), PQTRANS_IDLE);
+    ck_assert_int_eq(PQpipelineStatus(h.conn), PQ_PIPELINE_OFF);
+    ck_assert_int_eq(h.queued[1], pipelined); /* the pipelined INSERT failed, nothing committed */
     ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM ev"), 1);
     res_free(&res);
@@ -1100,7 +1103,7 @@ int main(void)
     tcase_add_test(tc, test_redrive);
     tcase_add_test(tc, test_config_errors);
     tcase_add_test(tc, test_create_table_race);
-    tcase_add_test(tc, test_table_dropped);
+    tcase_add_loop_test(tc, test_table_dropped, 0, 2);
     tcase_add_test(tc, test_jsonb_safe_envelope);
     suite_add_tcase(s, tc);
 
