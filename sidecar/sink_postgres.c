@@ -1101,8 +1101,10 @@ static enum pg_outcome prepare_insert(struct pg_ctx *c, PGconn *conn, char *err,
     /* "does not exist" is the normal case */
     PGresult *res = PQexec(conn, "DEALLOCATE " STMT_INSERT);
     PQclear(res);
-    res = PQexec(conn, "DEALLOCATE " STMT_FAST);
-    PQclear(res);
+    if (c->fast_sql) {
+        res = PQexec(conn, "DEALLOCATE " STMT_FAST);
+        PQclear(res);
+    }
     res = PQprepare(conn, STMT_INSERT, c->insert_sql, c->nparams, c->ptypes);
     if (result_ok(res) && c->fast_sql) {
         PQclear(res);

@@ -266,8 +266,9 @@ static void check_answer(const char *input, size_t inlen, const char *ans, size_
 }
 
 /*
- * The length of the first request in a raw input: up to its first blank
- * line.  libmicrohttpd 0.9.75 ends a header line at CRLF, at a lone LF and
+ * The length of the first request in a request the target built (raw or
+ * not: header lines the fuzzer wrote may hold a blank one): up to its first
+ * blank line.  libmicrohttpd 0.9.75 ends a header line at CRLF, at a lone LF and
  * at a lone CR, so any two line ends in a row ("\n\n", "\r\r", "\n\r\n",
  * "\n\r") may end the headers; cut at the earliest of them.
  */
