@@ -301,12 +301,13 @@ class Sidecar:
         kafka_props = dict(env.args.kafka_props, **(kafka_props or {}))
         if kafka_props:
             pipeline["kafka_properties"] = kafka_props
+        pipeline.update(env.args.pipeline)
         conf = {
             "instance_id": instance,
             "postgres": {"dsn": dsn or env.dsn},
             "kafka": {"bootstrap.servers": env.bootstrap},
             "admin": {"listen": self.admin},
-            "log": {"level": "info", "format": "text"},
+            "log": {"level": env.args.log_level, "format": "text"},
             "pipelines": [pipeline],
         }
         self.conf_path = os.path.join(env.dir, "%s-%s.json" % (name, instance))
@@ -505,6 +506,21 @@ def statement_counts(env, batches):
     }
 
 
+def log_timeline(env, name, t_begin):
+    """Commits per 50 ms since the first lease, and when each partition first did what."""
+    rows = env.sql("SELECT floor((extract(epoch FROM at) - %s) * 20)::int, count(*), "
+                   "sum(last_offset - first_offset + 1), count(DISTINCT partition) "
+                   "FROM sidecar.events WHERE pipeline = %s AND kind = 'commit' "
+                   "GROUP BY 1 ORDER BY 1", (t_begin, name))
+    for b, c, n, np in rows:
+        log("  t=%4d ms  %3d commits  %7d records  %2d partitions" % (b * 50, c, n, np))
+    rows = env.sql("SELECT kind, partition, round((extract(epoch FROM min(at)) - %s) * 1000) "
+                   "FROM sidecar.events WHERE pipeline = %s AND partition IS NOT NULL "
+                   "GROUP BY 1, 2 ORDER BY 3", (t_begin, name))
+    log("  first event per partition (ms): " +
+        " ".join("%s/%s@%d" % (k, p, t) for k, p, t in rows))
+
+
 def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None):
     env.checkpoint()
     env.sql("SELECT pg_stat_statements_reset()")
@@ -515,6 +531,8 @@ def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None):
                                  lambda: not sc.child.poll(), label, stalls)
     batches = sc.batches()
     t_begin = sc.assigned()
+    if env.args.timeline:
+        log_timeline(env, name, t_begin)
     metrics = sc.metrics()
     sc.child.stop(signal.SIGTERM)
     servers = m.stop()
@@ -1212,9 +1230,17 @@ def main():
                     help="batch setting for every sidecar run (experiments)")
     ap.add_argument("--kafka-prop", action="append", default=[], metavar="KEY=VALUE",
                     help="librdkafka property for every sidecar run (experiments)")
+    ap.add_argument("--timeline", action="store_true",
+                    help="print each throughput run's commits per 50 ms (diagnosis)")
+    ap.add_argument("--log-level", default="info",
+                    help="the sidecar's log level (its log is in the work directory, see --keep)")
+    ap.add_argument("--pipeline", action="append", default=[], metavar="KEY=JSON",
+                    help="pipeline setting for every sidecar run (experiments), e.g. "
+                    "workers=8")
     args = ap.parse_args()
     args.batch = {k: int(v) for k, v in (x.split("=", 1) for x in args.batch)}
     args.kafka_props = dict(x.split("=", 1) for x in args.kafka_prop)
+    args.pipeline = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.pipeline)}
     only = set(args.only.split(",")) if args.only else None
 
     def wanted(p):
