@@ -14,9 +14,10 @@
  * partition, and again: librdkafka's queue stays short, so its prefetch
  * limits bound memory, and the next batch is usually buffered when a batch
  * commits, so the commit pends it in the same statement.  A partition whose
- * buffer grows past twice the batch limits is paused in librdkafka (the
- * poll loop never blocks), and resumed once it drains.  A sink that asks
- * for a retry puts only its partition into backoff.
+ * buffer holds two batches stops the worker taking more until it wrote one;
+ * one that stays full without delivering is paused in librdkafka (see
+ * apply_backpressure()), and resumed once it drains.  A sink that asks for a
+ * retry puts only its partition into backoff.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -169,8 +170,9 @@ struct sc_buffered {
     int64_t offset;
     int64_t timestamp; /* -1 = none */
     int64_t arrival_ms;
-    size_t at;          /* the image: p->arena[at .. at + image_len) */
-    uint32_t image_len; /* then names_len bytes of NUL-terminated header names */
+    int64_t bytes_before; /* p->pushed_bytes when it was buffered (see ready_count()) */
+    size_t at;            /* the image: p->arena[at .. at + image_len) */
+    uint32_t image_len;   /* then names_len bytes of NUL-terminated header names */
     uint32_t names_len;
     int32_t key_len;   /* -1 = null (Kafka bounds a record far below 2 GiB) */
     int32_t value_len; /* -1 = null */
@@ -276,6 +278,7 @@ static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t 
         .offset = r.offset,
         .timestamp = r.timestamp,
         .arrival_ms = now,
+        .bytes_before = p->pushed_bytes,
         .at = p->arena_len,
         .image_len = (uint32_t)image_len,
         .names_len = (uint32_t)names_len,
@@ -285,14 +288,21 @@ static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t 
     };
     p->arena_len += image_len + names_len;
     p->len++;
+    p->pushed_bytes += rec_bytes(b);
     p->buffered_bytes += rec_bytes(b);
+}
+
+/* batch.max_bytes' measure of buffered records [0, i). */
+static int64_t bytes_upto(const struct sc_part *p, size_t i)
+{
+    int64_t before = i < p->len ? rec_at(p, i)->bytes_before : p->pushed_bytes;
+    return before - (p->len > 0 ? rec_at(p, 0)->bytes_before : p->pushed_bytes);
 }
 
 /* Drops the first n buffered records. */
 static void buf_drop(struct sc_part *p, size_t n)
 {
-    for (size_t i = 0; i < n; i++)
-        p->buffered_bytes -= rec_bytes(rec_at(p, i));
+    p->buffered_bytes -= bytes_upto(p, n);
     p->head += n;
     p->len -= n;
     if (p->len == 0) {
@@ -306,7 +316,6 @@ static void buf_drop(struct sc_part *p, size_t n)
 static void buf_clear(struct sc_part *p)
 {
     buf_drop(p, p->len);
-    p->buffered_bytes = 0;
 }
 
 static void buf_free(struct sc_part *p)
@@ -343,16 +352,56 @@ static void set_paused(struct sc_part *p, bool pause)
     sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
 }
 
-/* Pauses a partition that buffers more than two batches; resumes it below one. */
+static ssize_t pending_span(const struct sc_part *p);
+
+/*
+ * A partition buffering two batches or more takes no more records for now;
+ * unless it still waits for the rest of a pending batch it replays, which
+ * the previous owner may have cut under larger batch limits.
+ */
+static bool buffer_full(const struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    if (p->len < 2 * (size_t)bc->max_records && p->buffered_bytes < 2 * bc->max_bytes)
+        return false;
+    return !p->replay || pending_span(p) >= 0;
+}
+
+/*
+ * Backpressure has two steps.  A full buffer first stops the worker taking
+ * from its queue (congested()): librdkafka's prefetch limits then stop the
+ * fetcher, and what it prefetched stays queued for when the partition has
+ * written a batch, which under backlog is the next thing the worker does.
+ * Only a partition that stays full without delivering (sink retry backoff,
+ * PostgreSQL away, a late lease renewal) is paused in librdkafka, so that
+ * the worker's other partitions go on.  Pausing is the expensive step:
+ * librdkafka drops what it prefetched for the partition and fetches it again
+ * on resume (measured: pausing at every full buffer halved the file sink's
+ * throughput, bench/).  A paused partition is resumed once its buffer is
+ * down to one batch.
+ */
 static void apply_backpressure(struct sc_part *p)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    bool over = p->len >= 2 * (size_t)bc->max_records || p->buffered_bytes >= 2 * bc->max_bytes;
     bool under = p->len <= (size_t)bc->max_records && p->buffered_bytes <= bc->max_bytes;
-    if (over && !p->paused)
-        set_paused(p, true);
-    else if (under && p->paused && p->state == SC_PART_ACTIVE)
+    if (under && p->paused && p->state == SC_PART_ACTIVE)
         set_paused(p, false);
+}
+
+/* After service(): a partition still full that delivered nothing is paused. */
+static void pause_if_stuck(struct sc_part *p, size_t len_before)
+{
+    if (!p->paused && buffer_full(p) && p->len >= len_before)
+        set_paused(p, true);
+}
+
+/* Whether a partition's full buffer holds the worker's queue back (see apply_backpressure). */
+static bool congested(const struct sc_worker *w)
+{
+    for (const struct sc_part *p = w->parts; p; p = p->next)
+        if (!p->paused && buffer_full(p))
+            return true;
+    return false;
 }
 
 /* Which batches ready_count() accepts. */
@@ -364,36 +413,36 @@ enum ready_mode {
 
 /*
  * How many buffered records, starting at index from, make the next batch, if
- * that batch is ready under mode; 0 if not.
+ * that batch is ready under mode; 0 if not.  A batch is full at max_records,
+ * or at the first record that brings it to max_bytes (that record left out
+ * if it would go beyond, unless it is the only one).  Called for every
+ * partition on every turn of the worker's loop, with up to two batches
+ * buffered: the byte sums come from the records' running totals, and the
+ * record that fills a batch is found by bisection.
  */
 static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
     if (from >= p->len)
         return 0;
-    if (from == 0 && p->len < (size_t)bc->max_records && p->buffered_bytes < bc->max_bytes) {
-        /* Below both limits (the common case between batches): no scan needed. */
-        if (mode == READY_FULL ||
-            (mode == READY_DUE && now - rec_at(p, 0)->arrival_ms < bc->max_wait_ms))
-            return 0;
-        return p->len;
+    size_t most = p->len - from < (size_t)bc->max_records ? p->len - from : (size_t)bc->max_records;
+    int64_t base = bytes_upto(p, from);
+    if (bytes_upto(p, from + most) - base < bc->max_bytes) {
+        if (most == (size_t)bc->max_records || mode == READY_ANY)
+            return most;
+        if (mode == READY_DUE && now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms)
+            return most;
+        return 0;
     }
-    size_t n = 0;
-    int64_t bytes = 0;
-    while (from + n < p->len && n < (size_t)bc->max_records) {
-        int64_t sz = rec_bytes(rec_at(p, from + n));
-        if (n > 0 && bytes + sz > bc->max_bytes)
-            return n; /* the next record would overflow: this batch is full */
-        bytes += sz;
-        n++;
-        if (bytes >= bc->max_bytes)
-            return n;
+    size_t lo = 1, hi = most; /* the first n whose bytes reach max_bytes is in [lo, hi] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (bytes_upto(p, from + mid) - base >= bc->max_bytes)
+            hi = mid;
+        else
+            lo = mid + 1;
     }
-    if (n == (size_t)bc->max_records || mode == READY_ANY)
-        return n;
-    if (mode == READY_DUE && now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms)
-        return n;
-    return 0;
+    return lo == 1 || bytes_upto(p, from + lo) - base == bc->max_bytes ? lo : lo - 1;
 }
 
 /* ---- batches ------------------------------------------------------------ */
@@ -1337,8 +1386,6 @@ static void dispatch(struct sc_worker *w, rd_kafka_message_t *m, int64_t now)
     sc_counter_add(&p->m->records_consumed, 1);
     buf_push(w, p, m, now);
     rd_kafka_message_destroy(m);
-    if (!p->paused)
-        apply_backpressure(p);
 }
 
 /* ---- partition add / remove ------------------------------------------- */
@@ -1520,7 +1567,9 @@ static void *worker_main(void *arg)
     rd_kafka_message_t *batch[BATCH_DRAIN];
     while (!atomic_load(&w->stop)) {
         process_inbox(w);
-        rd_kafka_message_t *m = rd_kafka_consume_queue(w->queue, next_timeout(w));
+        /* A full buffer holds the queue back until its partition wrote a batch. */
+        rd_kafka_message_t *m =
+            congested(w) ? NULL : rd_kafka_consume_queue(w->queue, next_timeout(w));
         if (m) {
             /* Take what is queued (up to a bound) before serving the partitions: with the next
              * batch buffered by the time a batch is written, its commit pends the next one in
@@ -1528,7 +1577,7 @@ static void *worker_main(void *arg)
             int64_t now = sc_mono_ms();
             dispatch(w, m, now);
             ssize_t total = 1;
-            for (int round = 0; round < DRAIN_ROUNDS; round++) {
+            for (int round = 0; round < DRAIN_ROUNDS && !congested(w); round++) {
                 ssize_t n = rd_kafka_consume_batch_queue(w->queue, 0, batch, BATCH_DRAIN);
                 for (ssize_t i = 0; i < n; i++)
                     dispatch(w, batch[i], now);
@@ -1543,8 +1592,11 @@ static void *worker_main(void *arg)
                     if (!p->paused && p->state == SC_PART_ACTIVE)
                         poke_fetcher(p);
         }
-        for (struct sc_part *p = w->parts; p; p = p->next)
+        for (struct sc_part *p = w->parts; p; p = p->next) {
+            size_t len = p->len;
             service(w, p);
+            pause_if_stuck(p, len);
+        }
     }
     process_inbox(w);
     return NULL;

@@ -51,6 +51,9 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         snprintf(admin, sizeof(admin), "127.0.0.1:%d", o->admin_port);
     else
         admin[0] = '\0';
+    char max_bytes[48] = "";
+    if (o->max_bytes)
+        snprintf(max_bytes, sizeof(max_bytes), ", \"max_bytes\": %d", o->max_bytes);
     snprintf(path, sizeof(path), "%s/%s.json", e->dir, instance);
     hx_write_file(
         path,
@@ -69,7 +72,7 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         "    \"name\": \"%s\",\n"
         "    \"topics\": %s,\n"
         "    \"start_from\": \"%s\",\n"
-        "    \"batch\": {\"max_records\": %d, \"max_wait_ms\": %d},\n"
+        "    \"batch\": {\"max_records\": %d, \"max_wait_ms\": %d%s},\n"
         "    \"lease\": {\"ttl_ms\": %d, \"renew_ms\": %d},\n"
         "    \"workers\": %d,\n"
         "    \"sink\": %s\n"
@@ -81,7 +84,7 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         o->shutdown_timeout_ms ? o->shutdown_timeout_ms : 8000, o->extra_top ? o->extra_top : "",
         o->extra_top ? ",\n" : "", o->pipeline ? o->pipeline : "p1",
         o->topics ? o->topics : "[\"orders\"]", o->start_from ? o->start_from : "earliest",
-        o->max_records ? o->max_records : 100, o->max_wait_ms ? o->max_wait_ms : 20,
+        o->max_records ? o->max_records : 100, o->max_wait_ms ? o->max_wait_ms : 20, max_bytes,
         o->ttl_ms ? o->ttl_ms : 3000, o->renew_ms ? o->renew_ms : 1000, o->workers ? o->workers : 2,
         sink);
     return path;

@@ -36,6 +36,7 @@ struct scx_opts {
     int workers;             /* 2 */
     int max_records;         /* 100 */
     int max_wait_ms;         /* 20 */
+    int max_bytes;           /* the default (1 MiB) */
     int ttl_ms;              /* 3000 */
     int renew_ms;            /* 1000 */
     const char *start_from;  /* "earliest" */

@@ -120,6 +120,51 @@ START_TEST(test_start_from_latest)
 }
 END_TEST
 
+/*
+ * Batches are cut exactly where batch.max_records and batch.max_bytes say
+ * (keys and values count; the record that reaches max_bytes is in the batch
+ * if it lands on it or is alone, else it starts the next one), whatever the
+ * worker buffered beyond them.  Every batch here is full, so none leaves by
+ * max_wait_ms.
+ */
+START_TEST(test_batch_limits)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.max_records = 8, .max_bytes = 1024, .max_wait_ms = 3000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+
+    /* 8 records: max_records; one too big, alone; 1024 bytes exactly; two, as a third would
+     * go beyond; one, as 400 + 700 would; 1024 bytes exactly. */
+    static const size_t sizes[] = {10,  10,  10,  10,  10,  10,  10,  10,  2000,
+                                   256, 256, 256, 256, 400, 400, 400, 700, 324};
+    const size_t n = sizeof(sizes) / sizeof(sizes[0]);
+    static char value[2000];
+    memset(value, 'v', sizeof(value));
+    struct hx_record recs[sizeof(sizes) / sizeof(sizes[0])];
+    for (size_t i = 0; i < n; i++)
+        recs[i] = (struct hx_record){.topic = "orders", .value = value, .value_len = sizes[i]};
+    hx_produce(e.mock.bootstrap, recs, n);
+
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, (int64_t)n, 30000),
+                  "records not committed in time:\n%s", scx_log_tail(log, 4000));
+    scx_stop(pid, 15000);
+    char *batches =
+        hx_pg_value(e.conn,
+                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY "
+                    "id) FROM sidecar.events WHERE kind = 'commit'",
+                    0, NULL);
+    ck_assert_str_eq(batches, "0-7 8-8 9-12 13-14 15-15 16-17");
+    free(batches);
+    scx_env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_two_pipelines_in_one_process)
 {
     /* Each pipeline has its own consumer, group, leases, checkpoints and sink. */
@@ -173,6 +218,7 @@ int main(void)
     tcase_add_test(tc, test_deliver_restart_continue);
     tcase_add_test(tc, test_start_from_latest);
     tcase_add_test(tc, test_two_pipelines_in_one_process);
+    tcase_add_test(tc, test_batch_limits);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -127,12 +127,73 @@ START_TEST(test_replay_mismatch_is_an_error_state)
 }
 END_TEST
 
+/*
+ * A pending batch pended under larger batch limits (the config was lowered
+ * across the crash) is replayed whole: the worker takes in the whole range
+ * although it is far more than the two batches it buffers otherwise, then
+ * goes on in batches of the new size.
+ */
+START_TEST(test_replay_batch_larger_than_the_limits)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.max_records = 200, .max_bytes = 64 << 20};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    /* 3 MB in 300 records: more than one fetch response of the mock cluster. */
+    enum {
+        N = 300,
+        SIZE = 10000
+    };
+    static char value[SIZE];
+    memset(value, 'v', sizeof(value));
+    static struct hx_record recs[N];
+    for (size_t i = 0; i < N; i++)
+        recs[i] = (struct hx_record){.topic = "orders", .value = value, .value_len = SIZE};
+    hx_produce(e.mock.bootstrap, recs, N);
+    pid_t pid = scx_start(&e, cfg, "sc-1", "after_pend=kill");
+    ck_assert_int_eq(hx_wait(pid, 30000), 128 + SIGKILL);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT pending_count FROM sidecar.checkpoints", 0, NULL),
+                     200);
+
+    /* Two records fill the buffer now. */
+    struct scx_opts small = {.max_records = 10, .max_bytes = 1024};
+    cfg = scx_config(&e, "sc-1b", &small);
+    pid = scx_start(&e, cfg, "sc-1b", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1b.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, N, 30000),
+                  "not delivered in time:\n%s", scx_log_tail(log, 3000));
+    scx_stop(pid, 15000);
+    char *batches = hx_pg_value(e.conn,
+                                "SELECT string_agg(kind || ':' || first_offset || '-' || "
+                                "last_offset, ' ' ORDER BY id) FROM sidecar.events WHERE kind IN "
+                                "('commit', 'replay') AND first_offset < 203",
+                                0, NULL);
+    ck_assert_str_eq(batches, "replay:0-199 commit:200-200 commit:201-201 commit:202-202");
+    free(batches);
+    char path[800];
+    snprintf(path, sizeof(path), "%s/orders/0.jsonl", e.out_dir);
+    size_t len;
+    char *d = hx_read_file(path, &len);
+    ck_assert_ptr_nonnull(d);
+    size_t lines = 0;
+    for (size_t i = 0; i < len; i++)
+        lines += d[i] == '\n';
+    ck_assert_uint_eq(lines, N);
+    free(d);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("replay");
     TCase *tc = tcase_create("mismatch");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_replay_mismatch_is_an_error_state);
+    tcase_add_test(tc, test_replay_batch_larger_than_the_limits);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
