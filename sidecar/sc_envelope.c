@@ -10,7 +10,7 @@
 
 #include <string.h>
 
-#include <zlib.h>
+#include <libdeflate.h>
 
 #define JSON_MAX_DEPTH 1000
 
@@ -527,12 +527,17 @@ int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_va
     return sc_buf_putc(out, '}');
 }
 
+uint32_t sc_crc32(uint32_t crc, const void *p, size_t len)
+{
+    return libdeflate_crc32(crc, p, len);
+}
+
 static uint32_t crc_i64(uint32_t crc, int64_t v)
 {
     unsigned char b[8];
     for (int i = 0; i < 8; i++)
         b[i] = (unsigned char)((uint64_t)v >> (8 * i));
-    return (uint32_t)crc32(crc, b, 8);
+    return sc_crc32(crc, b, 8);
 }
 
 /* Length-prefixed bytes; NULL is encoded as length -1 so null != empty. */
@@ -540,7 +545,7 @@ static uint32_t crc_bytes(uint32_t crc, const void *p, size_t len)
 {
     crc = crc_i64(crc, p ? (int64_t)len : -1);
     if (p && len)
-        crc = (uint32_t)crc32_z(crc, p, len);
+        crc = sc_crc32(crc, p, len);
     return crc;
 }
 

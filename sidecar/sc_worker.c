@@ -24,8 +24,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <zlib.h>
-
 #include "sc_failpoint.h"
 #include "sc_lease.h"
 #include "sc_log.h"
@@ -509,7 +507,7 @@ static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, s
  */
 static uint32_t batch_checksum(const struct sc_part *p, size_t from, size_t n)
 {
-    uLong crc = 0;
+    uint32_t crc = 0;
     const char *run = NULL;
     size_t run_len = 0;
     for (size_t i = 0; i < n; i++) {
@@ -520,13 +518,13 @@ static uint32_t batch_checksum(const struct sc_part *p, size_t from, size_t n)
             continue;
         }
         if (run)
-            crc = crc32_z(crc, (const Bytef *)run, run_len);
+            crc = sc_crc32(crc, run, run_len);
         run = img;
         run_len = b->image_len;
     }
     if (run)
-        crc = crc32_z(crc, (const Bytef *)run, run_len);
-    return (uint32_t)crc;
+        crc = sc_crc32(crc, run, run_len);
+    return crc;
 }
 
 static void mirror_commit(struct sc_part *p, int64_t next_offset)

@@ -255,6 +255,26 @@ START_TEST(test_checksum)
 }
 END_TEST
 
+START_TEST(test_crc32_is_zlibs)
+{
+    /* The check value of CRC-32/ISO-HDLC, then zlib's CRC-32 over every length up to 4 KiB,
+     * at every alignment, continued from a running value: checksums already stored with
+     * pending batches must keep matching. */
+    ck_assert_uint_eq(sc_crc32(0, "123456789", 9), 0xCBF43926u);
+    ck_assert_uint_eq(sc_crc32(0, NULL, 0), 0);
+    static unsigned char buf[4096 + 16];
+    srand(11);
+    for (size_t i = 0; i < sizeof(buf); i++)
+        buf[i] = (unsigned char)rand();
+    for (size_t len = 0; len <= 4096; len += len < 300 ? 1 : 61)
+        for (size_t at = 0; at < 16; at += 5) {
+            uint32_t seed = (uint32_t)(len * 2654435761u);
+            ck_assert_uint_eq(sc_crc32(seed, buf + at, len),
+                              (uint32_t)crc32_z(seed, buf + at, len));
+        }
+}
+END_TEST
+
 START_TEST(test_checksum_image)
 {
     /* The image's CRC-32 is the record checksum, for any mix of null, empty, binary and
@@ -322,6 +342,7 @@ static Suite *suite(void)
     tcase_add_test(tc, test_deep_nesting_is_not_json);
     tcase_add_test(tc, test_buffer_maximum_is_respected);
     tcase_add_test(tc, test_checksum);
+    tcase_add_test(tc, test_crc32_is_zlibs);
     tcase_add_test(tc, test_checksum_image);
     tcase_add_test(tc, test_utf8_validator);
     suite_add_tcase(s, tc);
