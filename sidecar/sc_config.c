@@ -1052,7 +1052,8 @@ static const struct sc_conf_key batch_keys[] = {
      .offset = offsetof(struct sc_batch_conf, max_wait_ms),
      .min = 0,
      .max = 60000,
-     .help = "how long a partial batch may wait for more records"},
+     .help = "how long a partial batch may wait for more records (at the end of a backlog, "
+             "a quarter of it: see README \"How it works\")"},
     {NULL},
 };
 static const struct sc_conf_table batch_table = {

@@ -81,6 +81,7 @@ struct sc_part {
     bool written; /* the pending batch is written; its commit waits (see sc_worker.c) */
     int64_t written_next_write_offset;
     int64_t commit_due_ms;    /* a written batch commits then at the latest */
+    int64_t full_cut_ms;      /* when the last full batch was cut (sc_worker.c quiet_at()) */
     int64_t next_expected;    /* lowest offset accepted into the buffer */
     struct sc_buffered *recs; /* buffered records recs[head .. head+len), copies (sc_worker.c) */
     size_t head, len, cap;

@@ -402,10 +402,42 @@ static bool congested(const struct sc_worker *w)
     return false;
 }
 
+/*
+ * The end of a backlog or of a burst: when a partition that was behind has
+ * caught up and gone quiet, its last partial batch need not wait
+ * max_wait_ms for records that are not coming (nor its commit, once
+ * written, as long again).  "Was behind": a full batch was cut no longer
+ * than max_wait_ms before the newest buffered record arrived.  "Caught
+ * up": everything up to the high watermark of librdkafka's last fetch
+ * response is buffered.  "Quiet": nothing arrived for a quarter of
+ * max_wait_ms.  Returns when that is (-1: not the end of a backlog).
+ * Below saturation no batch is full, so a steady trickle still gathers for
+ * the whole max_wait_ms and costs no more commits than before.
+ */
+static int64_t quiet_at(const struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    if (p->len == 0)
+        return -1;
+    int64_t last = rec_at(p, p->len - 1)->arrival_ms, lo, hi;
+    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms ||
+        rd_kafka_get_watermark_offsets(p->pl->rk, p->topic, p->partition, &lo, &hi) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR ||
+        hi < 0 || p->next_expected < hi)
+        return -1;
+    return last + bc->max_wait_ms / 4;
+}
+
+static bool is_quiet(const struct sc_part *p, int64_t now)
+{
+    int64_t at = quiet_at(p);
+    return at >= 0 && now >= at;
+}
+
 /* Which batches ready_count() accepts. */
 enum ready_mode {
     READY_FULL, /* full by count or bytes */
-    READY_DUE,  /* full, or its first record waited max_wait_ms */
+    READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
 
@@ -428,7 +460,8 @@ static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enu
     if (bytes_upto(p, from + most) - base < bc->max_bytes) {
         if (most == (size_t)bc->max_records || mode == READY_ANY)
             return most;
-        if (mode == READY_DUE && now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms)
+        if (mode == READY_DUE &&
+            (now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms || is_quiet(p, now)))
             return most;
         return 0;
     }
@@ -441,6 +474,17 @@ static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enu
             lo = mid + 1;
     }
     return lo == 1 || bytes_upto(p, from + lo) - base == bc->max_bytes ? lo : lo - 1;
+}
+
+/* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
+static size_t cut_batch(struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+{
+    size_t n = ready_count(p, from, now, READY_FULL);
+    if (n > 0) {
+        p->full_cut_ms = now;
+        return n;
+    }
+    return mode == READY_FULL ? 0 : ready_count(p, from, now, mode);
 }
 
 /* ---- batches ------------------------------------------------------------ */
@@ -1021,7 +1065,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     const struct sc_pipeline_conf *pc = p->pl->pc;
     if (*p->pl->stop)
         return;
-    size_t n = ready_count(p, 0, now, READY_DUE);
+    size_t n = cut_batch(p, 0, now, READY_DUE);
     if (n == 0)
         return;
     build_records(w, p, 0, n);
@@ -1154,13 +1198,13 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     const struct sc_pipeline_conf *pc = p->pl->pc;
     if (p->written) {
         size_t n = (size_t)p->cp.pending_count;
-        size_t next = ready_count(p, n, now, READY_FULL);
+        size_t next = cut_batch(p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !finish && !*p->pl->stop)
+            if (now < p->commit_due_ms && !is_quiet(p, now) && !finish && !*p->pl->stop)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
-            next = ready_count(p, n, now, READY_ANY);
+            next = cut_batch(p, n, now, READY_ANY);
         }
         commit_batch(w, p, n, p->written_next_write_offset, 0, finish ? 0 : next);
         return;
@@ -1168,7 +1212,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     if (*p->pl->stop && !p->cp.has_pending)
         return; /* shutting down: finish what is pending, start nothing new */
     if (!p->cp.has_pending) {
-        size_t n = ready_count(p, 0, now, READY_DUE);
+        size_t n = cut_batch(p, 0, now, READY_DUE);
         if (n == 0)
             return;
         struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
@@ -1225,7 +1269,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     sc_failpoint("after_write");
 
     size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
-    size_t next = ready_count(p, n, now, READY_FULL);
+    size_t next = cut_batch(p, n, now, READY_FULL);
     if (next == 0 && ndead == 0 && !p->replay && !finish && !*p->pl->stop &&
         pc->batch.max_wait_ms > 0) {
         p->written = true;
@@ -1539,11 +1583,13 @@ static int next_timeout(struct sc_worker *w)
             continue;
         }
         if (p->written) {
-            /* Its commit waits until commit_due_ms, or until the next batch is full. */
+            /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
             if (*p->pl->stop || ready_count(p, n, now, READY_FULL) > 0)
                 return 0;
-            wake = p->commit_due_ms < wake ? p->commit_due_ms : wake;
+            int64_t due = p->commit_due_ms, quiet = quiet_at(p);
+            due = quiet >= 0 && quiet < due ? quiet : due;
+            wake = due < wake ? due : wake;
             continue;
         }
         /* A batch can be written now (when stopping, only a pending one is). */
@@ -1551,7 +1597,8 @@ static int next_timeout(struct sc_worker *w)
                               : !*p->pl->stop && ready_count(p, 0, now, READY_FULL) > 0)
             return 0;
         if (p->len > 0 && !p->cp.has_pending) {
-            int64_t due = rec_at(p, 0)->arrival_ms + max_wait;
+            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(p);
+            due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
         }
     }

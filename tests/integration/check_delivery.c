@@ -165,6 +165,61 @@ START_TEST(test_batch_limits)
 }
 END_TEST
 
+/*
+ * The end of a backlog is not held back by max_wait_ms (4 s here): once the
+ * partition has caught up and nothing arrived for a quarter of it, the last
+ * partial batch is pended, written and committed (it used to wait 4 s to be
+ * pended and 4 s more to be committed).  Records that then trickle in
+ * gather for the whole max_wait_ms again: one batch per record would mean
+ * the rule did not switch off.
+ */
+START_TEST(test_backlog_end_not_held_back)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.max_records = 100, .max_wait_ms = 4000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_produce_seq(e.mock.bootstrap, "orders", 1, 0, 250);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, 250, 60000),
+                  "backlog not committed in time:\n%s", scx_log_tail(log, 4000));
+    long long ms = hx_pg_int(e.conn,
+                             "SELECT (extract(epoch FROM max(at) - min(at)) * 1000)::bigint FROM "
+                             "sidecar.events WHERE kind IN ('lease', 'commit')",
+                             0, NULL);
+    ck_assert_msg(ms < 5000, "the last partial batch committed %lld ms after the lease", ms);
+    char *batches =
+        hx_pg_value(e.conn,
+                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
+                    "FROM sidecar.events WHERE kind = 'commit'",
+                    0, NULL);
+    ck_assert_str_eq(batches, "0-99 100-199 200-249");
+    free(batches);
+
+    /* A trickle, a record every 1.5 s (more than the 1 s "quiet" apart, less than
+     * max_wait_ms): the first two or three still count as the end of the backlog (a full
+     * batch was cut less than max_wait_ms before they came), then batches gather for
+     * max_wait_ms again. */
+    for (int i = 0; i < 8; i++) {
+        hx_produce_seq(e.mock.bootstrap, "orders", 1, 250 + i, 1);
+        usleep(1500000);
+    }
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 258, 30000));
+    long long trickle = hx_pg_int(e.conn,
+                                  "SELECT count(*) FROM sidecar.events WHERE kind = 'commit' AND "
+                                  "first_offset >= 250",
+                                  0, NULL);
+    ck_assert_msg(trickle <= 6, "8 trickled records took %lld batches", trickle);
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 1, 258);
+    scx_env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_two_pipelines_in_one_process)
 {
     /* Each pipeline has its own consumer, group, leases, checkpoints and sink. */
@@ -219,6 +274,7 @@ int main(void)
     tcase_add_test(tc, test_start_from_latest);
     tcase_add_test(tc, test_two_pipelines_in_one_process);
     tcase_add_test(tc, test_batch_limits);
+    tcase_add_test(tc, test_backlog_end_not_held_back);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
