@@ -77,6 +77,7 @@ struct sc_worker {
 #define BATCH_DRAIN      512
 #define DRAIN_ROUNDS     64 /* at most 64 * 512 records dequeued between two services */
 #define ERROR_POLL_MS    5000
+#define SLOW_SERVICE_MS  100  /* a full partition whose batch takes longer is paused */
 #define FINISH_BUDGET_MS 1000 /* see finish_pending() */
 
 static struct sc_cp_key key_of(const struct sc_part *p)
@@ -350,8 +351,6 @@ static void set_paused(struct sc_part *p, bool pause)
     sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
 }
 
-static ssize_t pending_span(const struct sc_part *p);
-
 /*
  * A partition buffering two batches or more takes no more records for now;
  * unless it still waits for the rest of a pending batch it replays, which
@@ -362,7 +361,7 @@ static bool buffer_full(const struct sc_part *p)
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
     if (p->len < 2 * (size_t)bc->max_records && p->buffered_bytes < 2 * bc->max_bytes)
         return false;
-    return !p->replay || pending_span(p) >= 0;
+    return !p->replay || rec_at(p, p->len - 1)->offset >= p->cp.pending_last;
 }
 
 /*
@@ -371,8 +370,10 @@ static bool buffer_full(const struct sc_part *p)
  * fetcher, and what it prefetched stays queued for when the partition has
  * written a batch, which under backlog is the next thing the worker does.
  * Only a partition that stays full without delivering (sink retry backoff,
- * PostgreSQL away, a late lease renewal) is paused in librdkafka, so that
- * the worker's other partitions go on.  Pausing is the expensive step:
+ * PostgreSQL away, a late lease renewal), or delivers slowly (a batch took
+ * over SLOW_SERVICE_MS), is paused in librdkafka, so that the records of
+ * the worker's other partitions queued behind its own do not wait for it
+ * to work through them.  Pausing is the expensive step:
  * librdkafka drops what it prefetched for the partition and fetches it again
  * on resume (measured: pausing at every full buffer halved the file sink's
  * throughput, bench/).  A paused partition is resumed once its buffer is
@@ -386,10 +387,11 @@ static void apply_backpressure(struct sc_part *p)
         set_paused(p, false);
 }
 
-/* After service(): a partition still full that delivered nothing is paused. */
-static void pause_if_stuck(struct sc_part *p, size_t len_before)
+/* After service() (which took took_ms): a partition still full that delivered nothing, or
+ * slowly, is paused. */
+static void pause_if_stuck(struct sc_part *p, size_t len_before, int64_t took_ms)
 {
-    if (!p->paused && buffer_full(p) && p->len >= len_before)
+    if (!p->paused && buffer_full(p) && (p->len >= len_before || took_ms > SLOW_SERVICE_MS))
         set_paused(p, true);
 }
 
@@ -1440,6 +1442,7 @@ static void take_handover(struct sc_part *p)
     p->sink_recovered = false;
     p->replay = false;
     p->written = false;
+    p->full_cut_ms = 0;
     p->retry_at_ms = 0;
     p->next_expected = p->start_offset >= 0 ? p->start_offset : 0;
     sc_backoff_init(&p->backoff, 100, 30000);
@@ -1596,7 +1599,7 @@ static int next_timeout(struct sc_worker *w)
         if (p->cp.has_pending ? pending_span(p) >= 0
                               : !*p->pl->stop && ready_count(p, 0, now, READY_FULL) > 0)
             return 0;
-        if (p->len > 0 && !p->cp.has_pending) {
+        if (p->len > 0 && !p->cp.has_pending && !*p->pl->stop) {
             int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
@@ -1639,8 +1642,9 @@ static void *worker_main(void *arg)
         }
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->len;
+            int64_t t0 = sc_mono_ms();
             service(w, p);
-            pause_if_stuck(p, len);
+            pause_if_stuck(p, len, sc_mono_ms() - t0);
         }
     }
     process_inbox(w);

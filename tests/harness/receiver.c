@@ -86,6 +86,7 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
         rx->mismatches++;
     }
     const struct rx_faults *f = &rx->faults;
+    *slow_ms = f->delay_ms;
     if (f->status_all)
         return f->status_all;
     if (!rq->key)

@@ -27,6 +27,7 @@ struct rx_faults {
     const char *reject_marker; /* a body containing it gets reject_status, not accepted */
     int reject_status;         /* 422 when 0 */
     int status_all;            /* != 0: answer every request with this status (not accepted) */
+    int delay_ms;              /* every answer waits this long (a slow service, not a fault) */
 };
 
 struct rx_request {

@@ -271,6 +271,75 @@ static int count_in_file(const char *path, const char *needle)
  * nothing), ca_file makes it trusted, insecure_skip_verify skips the check
  * with one warning.
  */
+/*
+ * A partition with a backlog on a slow sink does not hold up the other
+ * partitions of its worker: its records queued in the worker's librdkafka
+ * queue would otherwise have to be worked through, a batch per 150 ms
+ * request, before a record of the other partition behind them is seen.
+ */
+START_TEST(test_http_slow_backlog_does_not_hold_up_other_partitions)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    struct rx *rx = rx_start();
+    rx_set_faults(rx, &(struct rx_faults){.delay_ms = 150});
+    struct scx_opts o = {.sink = http_sink(rx, NULL), .workers = 1, .max_records = 50};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    struct hx_record backlog[2000];
+    char keys[2000][8];
+    for (int i = 0; i < 2000; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%d", i);
+        backlog[i] = (struct hx_record){.topic = "orders",
+                                        .key = keys[i],
+                                        .key_len = strlen(keys[i]),
+                                        .value = "{\"n\":1}",
+                                        .value_len = 7};
+    }
+    hx_produce(e.mock.bootstrap, backlog, 2000); /* partition 0: 40 requests, 6 s */
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    int64_t end = hx_now_ms() + 30000;
+    while (hx_pg_int(e.conn, "SELECT coalesce(max(committed_offset), 0) FROM sidecar.checkpoints",
+                     0, NULL) < 200 &&
+           hx_now_ms() < end)
+        usleep(50000);
+
+    int64_t t0 = hx_now_ms();
+    hx_produce(e.mock.bootstrap,
+               &(struct hx_record){.topic = "orders", .partition = 1, .value = "1", .value_len = 1},
+               1);
+    end = t0 + 20000;
+    long long p1 = 0;
+    while ((p1 = hx_pg_int(e.conn,
+                           "SELECT coalesce(max(committed_offset), 0) FROM sidecar.checkpoints "
+                           "WHERE partition = 1",
+                           0, NULL)) < 1 &&
+           hx_now_ms() < end)
+        usleep(20000);
+    int64_t waited = hx_now_ms() - t0;
+    long long p0 = hx_pg_int(
+        e.conn, "SELECT committed_offset FROM sidecar.checkpoints WHERE partition = 0", 0, NULL);
+    ck_assert_msg(p1 == 1, "partition 1 not delivered:\n%s", scx_log_tail(log, 3000));
+    ck_assert_msg(p0 < 2000, "partition 0's backlog was done first (%lld): no test", p0);
+    ck_assert_msg(waited < 2500, "partition 1's record took %lld ms (partition 0 at %lld)",
+                  (long long)waited, p0);
+    end = hx_now_ms() + 30000;
+    while (hx_pg_int(e.conn, "SELECT committed_offset FROM sidecar.checkpoints WHERE partition = 0",
+                     0, NULL) < 2000 &&
+           hx_now_ms() < end)
+        usleep(50000);
+    scx_stop(pid, 15000);
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT sum(committed_offset) FROM sidecar.checkpoints", 0, NULL), 2001);
+    ck_assert_int_eq(rx_body_mismatches(rx), 0);
+    rx_stop(rx);
+    scx_env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_http_tls_ca_file_and_insecure)
 {
     struct scx_env e;
@@ -683,6 +752,7 @@ int main(void)
     tcase_add_test(tc, test_http_retries_are_never_permanent);
     tcase_add_test(tc, test_http_paused_partition_resumes_after_rebalance);
     tcase_add_test(tc, test_http_tls_ca_file_and_insecure);
+    tcase_add_test(tc, test_http_slow_backlog_does_not_hold_up_other_partitions);
     tcase_add_test(tc, test_http_poison_dead_letters_and_redrive);
     tcase_add_test(tc, test_http_on_error_stop);
     tcase_add_test(tc, test_http_refused_request_stops_even_with_dead_letter);
