@@ -15,8 +15,8 @@
  * limits bound memory, and the next batch is usually buffered when a batch
  * commits, so the commit pends it in the same statement.  A partition whose
  * buffer holds two batches stops the worker taking more until it wrote one;
- * one that stays full without delivering is paused in librdkafka (see
- * apply_backpressure()), and resumed once it drains.  A sink that asks for a
+ * one that stays full without delivering, or delivers slowly, is paused in
+ * librdkafka (see apply_backpressure()), and resumed once it drains.  A sink that asks for a
  * retry puts only its partition into backoff.
  */
 #include <inttypes.h>
