@@ -138,7 +138,8 @@ START_TEST(test_replay_batch_larger_than_the_limits)
     struct scx_env e;
     const char *topics[] = {"orders:1"};
     scx_env_start(&e, 1, topics, 1);
-    struct scx_opts o = {.max_records = 200, .max_bytes = 64 << 20};
+    /* max_wait_ms: the first batch is the full 200 records, however the fetches split them. */
+    struct scx_opts o = {.max_records = 200, .max_bytes = 64 << 20, .max_wait_ms = 10000};
     const char *cfg = scx_config(&e, "sc-1", &o);
     scx_migrate(cfg);
     /* 3 MB in 300 records: more than one fetch response of the mock cluster. */
