@@ -87,8 +87,7 @@ struct sc_part {
     size_t head, len, cap;
     char *arena; /* their bytes: arena[arena_head .. arena_len) */
     size_t arena_head, arena_len, arena_cap;
-    int64_t buffered_bytes; /* batch.max_bytes' measure of the buffered records */
-    int64_t pushed_bytes;   /* the same, of every record ever buffered */
+    int64_t pushed_bytes; /* batch.max_bytes' measure of every record ever buffered */
     bool paused;
     int64_t retry_at_ms;
     struct sc_backoff backoff;

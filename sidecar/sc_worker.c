@@ -169,7 +169,7 @@ struct sc_buffered {
     int64_t offset;
     int64_t timestamp; /* -1 = none */
     int64_t arrival_ms;
-    int64_t bytes_before; /* p->pushed_bytes when it was buffered (see ready_count()) */
+    int64_t bytes_before; /* p->pushed_bytes when it was buffered (see next_batch()) */
     size_t at;            /* the image: p->arena[at .. at + image_len) */
     uint32_t image_len;   /* then names_len bytes of NUL-terminated header names */
     uint32_t names_len;
@@ -288,7 +288,6 @@ static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t 
     p->arena_len += image_len + names_len;
     p->len++;
     p->pushed_bytes += rec_bytes(b);
-    p->buffered_bytes += rec_bytes(b);
 }
 
 /* batch.max_bytes' measure of buffered records [0, i). */
@@ -298,10 +297,15 @@ static int64_t bytes_upto(const struct sc_part *p, size_t i)
     return before - (p->len > 0 ? rec_at(p, 0)->bytes_before : p->pushed_bytes);
 }
 
+/* batch.max_bytes' measure of every buffered record. */
+static int64_t buffered_bytes(const struct sc_part *p)
+{
+    return bytes_upto(p, p->len);
+}
+
 /* Drops the first n buffered records. */
 static void buf_drop(struct sc_part *p, size_t n)
 {
-    p->buffered_bytes -= bytes_upto(p, n);
     p->head += n;
     p->len -= n;
     if (p->len == 0) {
@@ -359,7 +363,7 @@ static void set_paused(struct sc_part *p, bool pause)
 static bool buffer_full(const struct sc_part *p)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    if (p->len < 2 * (size_t)bc->max_records && p->buffered_bytes < 2 * bc->max_bytes)
+    if (p->len < 2 * (size_t)bc->max_records && buffered_bytes(p) < 2 * bc->max_bytes)
         return false;
     return !p->replay || rec_at(p, p->len - 1)->offset >= p->cp.pending_last;
 }
@@ -382,7 +386,7 @@ static bool buffer_full(const struct sc_part *p)
 static void apply_backpressure(struct sc_part *p)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    bool under = p->len <= (size_t)bc->max_records && p->buffered_bytes <= bc->max_bytes;
+    bool under = p->len <= (size_t)bc->max_records && buffered_bytes(p) <= bc->max_bytes;
     if (under && p->paused && p->state == SC_PART_ACTIVE)
         set_paused(p, false);
 }
@@ -444,29 +448,27 @@ enum ready_mode {
 };
 
 /*
- * How many buffered records, starting at index from, make the next batch, if
- * that batch is ready under mode; 0 if not.  A batch is full at max_records,
- * or at the first record that brings it to max_bytes (that record left out
- * if it would go beyond, unless it is the only one).  Called for every
- * partition on every turn of the worker's loop, with up to two batches
- * buffered: the byte sums come from the records' running totals, and the
- * record that fills a batch is found by bisection.
+ * The next batch of buffered records, starting at index from: how many, and
+ * whether that is full.  A batch is full at max_records, or at the first
+ * record that brings it to max_bytes (that record left out if it would go
+ * beyond, unless it is the only one).  Called for every partition on every
+ * turn of the worker's loop, with up to two batches buffered: the byte sums
+ * come from the records' running totals, and the record that fills a batch
+ * is found by bisection.
  */
-static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+static size_t next_batch(const struct sc_part *p, size_t from, bool *full)
 {
     const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    *full = false;
     if (from >= p->len)
         return 0;
     size_t most = p->len - from < (size_t)bc->max_records ? p->len - from : (size_t)bc->max_records;
     int64_t base = bytes_upto(p, from);
     if (bytes_upto(p, from + most) - base < bc->max_bytes) {
-        if (most == (size_t)bc->max_records || mode == READY_ANY)
-            return most;
-        if (mode == READY_DUE &&
-            (now - rec_at(p, from)->arrival_ms >= bc->max_wait_ms || is_quiet(p, now)))
-            return most;
-        return 0;
+        *full = most == (size_t)bc->max_records;
+        return most;
     }
+    *full = true;
     size_t lo = 1, hi = most; /* the first n whose bytes reach max_bytes is in [lo, hi] */
     while (lo < hi) {
         size_t mid = lo + (hi - lo) / 2;
@@ -478,15 +480,34 @@ static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enu
     return lo == 1 || bytes_upto(p, from + lo) - base == bc->max_bytes ? lo : lo - 1;
 }
 
+/* Whether the next batch, n records from index from (full or not), may leave under mode. */
+static size_t ready_as(const struct sc_part *p, size_t from, size_t n, bool full, int64_t now,
+                       enum ready_mode mode)
+{
+    if (n == 0 || full || mode == READY_ANY)
+        return n;
+    if (mode == READY_DUE &&
+        (now - rec_at(p, from)->arrival_ms >= p->pl->pc->batch.max_wait_ms || is_quiet(p, now)))
+        return n;
+    return 0;
+}
+
+/* How many buffered records, from index from, make the next batch if it is ready under mode. */
+static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+{
+    bool full;
+    size_t n = next_batch(p, from, &full);
+    return ready_as(p, from, n, full, now, mode);
+}
+
 /* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
 static size_t cut_batch(struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
 {
-    size_t n = ready_count(p, from, now, READY_FULL);
-    if (n > 0) {
+    bool full;
+    size_t n = next_batch(p, from, &full);
+    if (full)
         p->full_cut_ms = now;
-        return n;
-    }
-    return mode == READY_FULL ? 0 : ready_count(p, from, now, mode);
+    return ready_as(p, from, n, full, now, mode);
 }
 
 /* ---- batches ------------------------------------------------------------ */
