@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerates the configuration reference at the end of README.md from the
-# key tables in sidecar/sc_config.c (unit_check_readme fails until you do).
+# key tables in sidecar/config/sc_config.c (unit_check_readme fails until you do).
 #   bash tests/update-readme.sh [BUILD_DIR]
 set -euo pipefail
 cd "$(dirname "$0")/.."

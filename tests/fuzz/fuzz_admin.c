@@ -33,11 +33,11 @@
 
 #include <jansson.h>
 
+#include "admin/sc_admin.h"
+#include "base/sc_log.h"
+#include "base/sc_util.h"
+#include "config/sc_config.h"
 #include "fuzz.h"
-#include "sc_admin.h"
-#include "sc_config.h"
-#include "sc_log.h"
-#include "sc_util.h"
 
 #define TOKEN       "fuzz-admin-token"
 #define PG_PASSWORD "fuzz-pg-password"

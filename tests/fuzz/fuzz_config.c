@@ -24,9 +24,9 @@
 
 #include <jansson.h>
 
+#include "config/sc_config.h"
+#include "config/sc_expand.h"
 #include "fuzz.h"
-#include "sc_config.h"
-#include "sc_expand.h"
 
 #define FILES_DIR "/tmp/sc-fuzz-config"
 

@@ -25,7 +25,7 @@
 #include <zlib.h>
 
 #include "fuzz.h"
-#include "sc_envelope.h"
+#include "record/sc_envelope.h"
 
 #define MAX_HEADERS 8
 

@@ -24,11 +24,11 @@
 
 #include <jansson.h>
 
+#include "admin/sc_events.h"
+#include "admin/sc_inspect.h"
+#include "admin/sc_token.h"
 #include "fuzz.h"
-#include "sc_envelope.h"
-#include "sc_events.h"
-#include "sc_inspect.h"
-#include "sc_token.h"
+#include "record/sc_envelope.h"
 
 static bool utf8(const char *s)
 {

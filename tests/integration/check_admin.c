@@ -33,10 +33,10 @@
 
 #include <jansson.h>
 
+#include "admin/sc_admin.h"
+#include "admin/sc_events.h"
+#include "config/sc_config.h"
 #include "hx.h"
-#include "sc_admin.h"
-#include "sc_config.h"
-#include "sc_events.h"
 #include "scx.h"
 
 static struct hx_pg pg;

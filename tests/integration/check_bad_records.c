@@ -18,7 +18,7 @@
 #include <unistd.h>
 
 #include "receiver.h"
-#include "sc_envelope.h"
+#include "record/sc_envelope.h"
 #include "scx.h"
 
 #define NRECS     13

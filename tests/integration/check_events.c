@@ -36,8 +36,8 @@
 
 #include <jansson.h>
 
+#include "admin/sc_events.h"
 #include "hx.h"
-#include "sc_events.h"
 #include "scx.h"
 
 static struct hx_pg pg;

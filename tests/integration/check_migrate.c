@@ -17,9 +17,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include "db/sc_migrate.h"
+#include "db/sc_pg.h"
 #include "hx.h"
-#include "sc_migrate.h"
-#include "sc_pg.h"
 
 static struct hx_pg pg;
 

@@ -22,11 +22,11 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "sc_config.h"
-#include "sc_envelope.h"
-#include "sc_log.h"
-#include "sc_sink.h"
+#include "base/sc_log.h"
+#include "config/sc_config.h"
+#include "record/sc_envelope.h"
 #include "scx.h"
+#include "sinks/sc_sink.h"
 
 /* ---- in-process fixture ------------------------------------------------ */
 

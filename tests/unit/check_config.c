@@ -13,8 +13,8 @@
 
 #include <jansson.h>
 
-#include "sc_config.h"
-#include "sc_log.h"
+#include "base/sc_log.h"
+#include "config/sc_config.h"
 
 static char err[16384];
 static struct sc_config *cfg;

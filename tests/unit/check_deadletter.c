@@ -7,7 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sc_deadletter.h"
+#include "admin/sc_deadletter.h"
 
 static char *env_of(const struct sc_record *r, enum sc_value_format vf)
 {

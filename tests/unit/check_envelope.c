@@ -8,7 +8,7 @@
 #include <jansson.h>
 #include <zlib.h>
 
-#include "sc_envelope.h"
+#include "record/sc_envelope.h"
 
 static char *env_of(const struct sc_record *r, enum sc_value_format vf)
 {

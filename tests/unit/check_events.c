@@ -7,9 +7,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sc_envelope.h"
-#include "sc_events.h"
-#include "sc_token.h"
+#include "admin/sc_events.h"
+#include "admin/sc_token.h"
+#include "record/sc_envelope.h"
 
 static void filter(struct sc_events_filter *f, const char *pipeline, const char *partition)
 {

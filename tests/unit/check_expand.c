@@ -10,7 +10,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include "sc_expand.h"
+#include "config/sc_expand.h"
 
 static char err[1024];
 static char tmpdir[] = "/tmp/check_expand.XXXXXX";

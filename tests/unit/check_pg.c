@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sc_migrate.h"
-#include "sc_pg.h"
+#include "db/sc_migrate.h"
+#include "db/sc_pg.h"
 
 static void check_mask(const char *dsn, const char *want)
 {

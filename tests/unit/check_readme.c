@@ -8,8 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config/sc_config.h"
 #include "hx.h"
-#include "sc_config.h"
 
 START_TEST(test_readme_config_reference_is_current)
 {

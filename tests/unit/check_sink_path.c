@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sc_sink.h"
+#include "sinks/sc_sink.h"
 
 static char *expand(const char *tmpl, const char *pipeline, const char *topic, int partition)
 {

@@ -1,0 +1,70 @@
+/*
+ * sc_metrics - the process's Prometheus metrics (DESIGN §8), all prefixed
+ * sidecar_ and labelled by pipeline / topic / partition where it makes sense.
+ *
+ * Per-partition series live in a struct sc_metrics_part that the owner of
+ * the partition keeps a pointer to; updates are relaxed atomics, so the hot
+ * path takes no lock.  Series are never removed (a partition that moves to
+ * another instance keeps its counters here; partitions_owned drops to 0).
+ *
+ * @locality any thread.
+ */
+#ifndef SC_METRICS_H
+#define SC_METRICS_H
+
+#include <stdatomic.h>
+#include <stdint.h>
+
+#include "base/sc_util.h"
+
+#define SC_HIST_BUCKETS 14
+
+/* A histogram of seconds with fixed buckets (1 ms .. 10 s). */
+struct sc_hist {
+    _Atomic uint64_t buckets[SC_HIST_BUCKETS]; /* non-cumulative counts */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_ns;
+};
+
+struct sc_metrics_part {
+    char *pipeline;
+    char *topic;
+    int32_t partition;
+    _Atomic uint64_t records_consumed;
+    _Atomic uint64_t records_delivered;
+    _Atomic uint64_t batches_committed;
+    _Atomic uint64_t replays;
+    _Atomic uint64_t fenced;
+    _Atomic uint64_t dead_letters;
+    _Atomic uint64_t sink_errors;
+    _Atomic int64_t consumer_lag;     /* -1 = unknown */
+    _Atomic int64_t committed_offset; /* -1 = unknown; set by the owner, used for the lag */
+    atomic_int pending;               /* 1 while a pending checkpoint exists */
+    atomic_int owned;                 /* 1 while this process owns the partition */
+    atomic_int error;                 /* 1 while in the error state */
+    struct sc_hist checkpoint_seconds;
+    struct sc_hist sink_write_seconds;
+    struct sc_metrics_part *next;
+};
+
+/* The series of a partition (created on first use; never freed before exit). */
+struct sc_metrics_part *sc_metrics_part(const char *pipeline, const char *topic, int32_t partition);
+
+void sc_hist_observe_ns(struct sc_hist *h, int64_t ns);
+
+/* Process-wide gauges and counters that are not per partition. */
+void sc_metrics_set_notify_mode(const char *pipeline, int coalesced);
+void sc_metrics_inc_notify_mode_switches(void);
+
+/* Appends the Prometheus text exposition (format 0.0.4) of every metric. */
+int sc_metrics_render(struct sc_buf *out);
+
+/* Frees everything (at exit, for leak checkers). */
+void sc_metrics_free_all(void);
+
+static inline void sc_counter_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_fetch_add_explicit(c, n, memory_order_relaxed);
+}
+
+#endif

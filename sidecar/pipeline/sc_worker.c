@@ -1,0 +1,1739 @@
+/*
+ * sc_worker.c - a delivery worker: serves the partitions pinned to it,
+ * turning buffered records into batches and running each batch through the
+ * checkpoint protocol (sc_checkpoint.c): pend -> sink write -> commit.
+ *
+ * Every partition assigned to this worker has its fetch queue forwarded to
+ * the worker's one queue, so the worker blocks on a single queue and
+ * per-partition order is the order of arrival.  A record is copied once,
+ * when it is taken from the queue, into its partition's buffer (see struct
+ * sc_buffered) and the librdkafka message is destroyed at once; a batch is
+ * an array of views (struct sc_record) into that buffer.
+ *
+ * The worker takes everything queued, then writes at most one batch per
+ * partition, and again: librdkafka's queue stays short, so its prefetch
+ * limits bound memory, and the next batch is usually buffered when a batch
+ * commits, so the commit pends it in the same statement.  A partition whose
+ * buffer holds two batches stops the worker taking more until it wrote one;
+ * one that stays full without delivering, or delivers slowly, is paused in
+ * librdkafka (see apply_backpressure()), and resumed once it drains.  A sink that asks for a
+ * retry puts only its partition into backoff.
+ */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/sc_failpoint.h"
+#include "base/sc_log.h"
+#include "base/sc_metrics.h"
+#include "pipeline/sc_pipeline.h"
+#include "protocol/sc_lease.h"
+
+enum op_kind {
+    OP_ADD,
+    OP_REACQUIRED,
+    OP_REMOVE,
+};
+
+struct op {
+    enum op_kind kind;
+    struct sc_part *p;
+    char reason[32];
+    struct op *next;
+};
+
+struct sc_worker {
+    struct sc_pipeline *pl;
+    int id;
+    pthread_t thread;
+    bool started;
+    rd_kafka_queue_t *queue;
+    struct sc_db db;
+    struct sc_sink *sink;
+    char name[64];
+
+    pthread_mutex_t lock;
+    pthread_cond_t cond;
+    struct op *inbox, *inbox_tail; /* under lock */
+    int removals_pending;          /* under lock */
+    atomic_int nparts;
+    atomic_bool stop;
+
+    struct sc_part *parts; /* worker-owned */
+    struct sc_record *recs;
+    size_t recs_cap;
+    struct sc_header *hdrs;
+    size_t hdrs_len, hdrs_cap;
+    struct sc_header *push_hdrs; /* one record's headers while it is copied in */
+    size_t push_hdrs_cap;
+    struct sc_batch_result result;
+    struct sc_buf dead_env; /* envelopes of the batch's dead letters */
+    struct sc_cp_dead *dead;
+    size_t dead_cap;
+    int64_t give_up_ms; /* checkpoint writes stop retrying then (0 = only on stop) */
+};
+
+#define BATCH_DRAIN      512
+#define DRAIN_ROUNDS     64 /* at most 64 * 512 records dequeued between two services */
+#define ERROR_POLL_MS    5000
+#define SLOW_SERVICE_MS  100  /* a full partition whose batch takes longer is paused */
+#define FINISH_BUDGET_MS 1000 /* see finish_pending() */
+
+static struct sc_cp_key key_of(const struct sc_part *p)
+{
+    return (struct sc_cp_key){
+        .pipeline = p->pl->pc->name,
+        .topic = p->topic,
+        .partition = p->partition,
+        .owner = p->pl->cfg->instance_id,
+        .notify_channel = sc_notify_channel(&p->pl->notify),
+    };
+}
+
+/* ---- inbox ------------------------------------------------------------ */
+
+static void post(struct sc_worker *w, enum op_kind kind, struct sc_part *p, const char *reason)
+{
+    struct op *op = sc_xcalloc(1, sizeof(*op));
+    op->kind = kind;
+    op->p = p;
+    if (reason)
+        snprintf(op->reason, sizeof(op->reason), "%s", reason);
+    pthread_mutex_lock(&w->lock);
+    if (kind == OP_REMOVE)
+        w->removals_pending++;
+    if (w->inbox_tail)
+        w->inbox_tail->next = op;
+    else
+        w->inbox = op;
+    w->inbox_tail = op;
+    pthread_mutex_unlock(&w->lock);
+    rd_kafka_queue_yield(w->queue);
+}
+
+void sc_worker_add(struct sc_worker *w, struct sc_part *p)
+{
+    atomic_fetch_add(&w->nparts, 1);
+    post(w, OP_ADD, p, NULL);
+}
+
+void sc_worker_reacquired(struct sc_worker *w, struct sc_part *p)
+{
+    post(w, OP_REACQUIRED, p, NULL);
+}
+
+void sc_worker_remove(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    post(w, OP_REMOVE, p, reason);
+}
+
+int sc_worker_wait_removed(struct sc_worker *w, int64_t deadline_ms)
+{
+    pthread_mutex_lock(&w->lock);
+    while (w->removals_pending > 0) {
+        int64_t left = deadline_ms - sc_mono_ms();
+        if (left <= 0)
+            break;
+        struct timespec ts; /* monotonic: immune to wall-clock jumps */
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        int64_t ns = ts.tv_nsec + (left < 100 ? left : 100) * 1000000;
+        ts.tv_sec += ns / 1000000000;
+        ts.tv_nsec = ns % 1000000000;
+        pthread_cond_clockwait(&w->cond, &w->lock, CLOCK_MONOTONIC, &ts);
+    }
+    int rc = w->removals_pending > 0 ? -1 : 0;
+    pthread_mutex_unlock(&w->lock);
+    return rc;
+}
+
+int sc_worker_nparts(struct sc_worker *w)
+{
+    return atomic_load(&w->nparts);
+}
+
+/* ---- partition buffer --------------------------------------------------- */
+
+/*
+ * A buffered record, copied out of librdkafka when it is dispatched (the
+ * message is destroyed at once).  Holding rd_kafka_message_t objects until
+ * their batch commits cost several hundred bytes of librdkafka bookkeeping
+ * per record and pinned every decompressed fetch buffer they came from:
+ * draining a backlog kept about twice the data set's own size resident.
+ * The copy is the record's checksum image (sc_record_image_write()) in the
+ * partition's arena, so a batch's CRC is one crc32 pass over contiguous
+ * bytes and the key, value and header values of a batch's sc_record views
+ * point into it; header names follow the image, NUL-terminated.
+ */
+struct sc_buffered {
+    int64_t offset;
+    int64_t timestamp; /* -1 = none */
+    int64_t arrival_ms;
+    int64_t bytes_before; /* p->pushed_bytes when it was buffered (see next_batch()) */
+    size_t at;            /* the image: p->arena[at .. at + image_len) */
+    uint32_t image_len;   /* then names_len bytes of NUL-terminated header names */
+    uint32_t names_len;
+    int32_t key_len;   /* -1 = null (Kafka bounds a record far below 2 GiB) */
+    int32_t value_len; /* -1 = null */
+    uint32_t nheaders;
+};
+
+#define ARENA_MIN 65536
+
+static const struct sc_buffered *rec_at(const struct sc_part *p, size_t i)
+{
+    return &p->recs[p->head + i];
+}
+
+/* Bytes a record counts against batch.max_bytes: its key and value. */
+static int64_t rec_bytes(const struct sc_buffered *b)
+{
+    return (int64_t)(b->key_len > 0 ? b->key_len : 0) + (b->value_len > 0 ? b->value_len : 0);
+}
+
+/*
+ * Room for n more arena bytes at its end.  Dropped records leave space at
+ * the front, reclaimed by moving the live bytes down; the arena grows only
+ * when they would fill more than two thirds of it, so it stays within 1.5x
+ * the most ever buffered, and each byte is moved at most twice on average.
+ */
+static char *arena_reserve(struct sc_part *p, size_t n)
+{
+    if (p->arena_cap - p->arena_len >= n)
+        return p->arena + p->arena_len;
+    size_t live = p->arena_len - p->arena_head;
+    if (p->arena_head > 0) {
+        memmove(p->arena, p->arena + p->arena_head, live);
+        for (size_t i = 0; i < p->len; i++)
+            p->recs[p->head + i].at -= p->arena_head;
+        p->arena_len = live;
+        p->arena_head = 0;
+    }
+    if ((live + n) * 3 > p->arena_cap * 2) {
+        size_t cap = p->arena_cap ? p->arena_cap : ARENA_MIN;
+        while ((live + n) * 3 > cap * 2)
+            cap += cap / 2;
+        p->arena = sc_xrealloc(p->arena, cap);
+        p->arena_cap = cap;
+    }
+    return p->arena + p->arena_len;
+}
+
+/* Copies m into the buffer (the caller destroys m). */
+static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t *m, int64_t now)
+{
+    if (p->head + p->len == p->cap) {
+        if (p->head > 0) {
+            memmove(p->recs, p->recs + p->head, p->len * sizeof(*p->recs));
+            p->head = 0;
+        }
+        if (p->len == p->cap) {
+            p->cap = p->cap ? p->cap * 2 : 256;
+            p->recs = sc_xrealloc(p->recs, p->cap * sizeof(*p->recs));
+        }
+    }
+    rd_kafka_timestamp_type_t tstype;
+    struct sc_record r = {
+        .offset = m->offset,
+        .timestamp = rd_kafka_message_timestamp(m, &tstype),
+        .key = m->key,
+        .key_len = m->key ? m->key_len : 0,
+        .value = m->payload,
+        .value_len = m->payload ? m->len : 0,
+    };
+    if (tstype == RD_KAFKA_TIMESTAMP_NOT_AVAILABLE)
+        r.timestamp = -1;
+    /* librdkafka parses (and allocates for) the headers on every call: ask once. */
+    rd_kafka_headers_t *hs = NULL;
+    size_t names_len = 0;
+    if (rd_kafka_message_headers(m, &hs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
+        size_t cnt = rd_kafka_header_cnt(hs);
+        if (cnt > w->push_hdrs_cap) {
+            w->push_hdrs_cap = cnt;
+            w->push_hdrs = sc_xrealloc(w->push_hdrs, cnt * sizeof(*w->push_hdrs));
+        }
+        const char *name;
+        const void *val;
+        size_t size;
+        for (size_t j = 0; j < cnt && rd_kafka_header_get_all(hs, j, &name, &val, &size) ==
+                                          RD_KAFKA_RESP_ERR_NO_ERROR;
+             j++) {
+            w->push_hdrs[r.nheaders++] = (struct sc_header){name, val, size};
+            names_len += strlen(name) + 1;
+        }
+        r.headers = w->push_hdrs;
+    }
+    size_t image_len = sc_record_image_size(&r);
+    char *o = arena_reserve(p, image_len + names_len);
+    sc_record_image_write(o, &r);
+    o += image_len;
+    for (size_t j = 0; j < r.nheaders; j++) {
+        size_t l = strlen(r.headers[j].name) + 1;
+        memcpy(o, r.headers[j].name, l);
+        o += l;
+    }
+    struct sc_buffered *b = &p->recs[p->head + p->len];
+    *b = (struct sc_buffered){
+        .offset = r.offset,
+        .timestamp = r.timestamp,
+        .arrival_ms = now,
+        .bytes_before = p->pushed_bytes,
+        .at = p->arena_len,
+        .image_len = (uint32_t)image_len,
+        .names_len = (uint32_t)names_len,
+        .key_len = m->key ? (int32_t)m->key_len : -1,
+        .value_len = m->payload ? (int32_t)m->len : -1,
+        .nheaders = (uint32_t)r.nheaders,
+    };
+    p->arena_len += image_len + names_len;
+    p->len++;
+    p->pushed_bytes += rec_bytes(b);
+}
+
+/* batch.max_bytes' measure of buffered records [0, i). */
+static int64_t bytes_upto(const struct sc_part *p, size_t i)
+{
+    int64_t before = i < p->len ? rec_at(p, i)->bytes_before : p->pushed_bytes;
+    return before - (p->len > 0 ? rec_at(p, 0)->bytes_before : p->pushed_bytes);
+}
+
+/* batch.max_bytes' measure of every buffered record. */
+static int64_t buffered_bytes(const struct sc_part *p)
+{
+    return bytes_upto(p, p->len);
+}
+
+/* Drops the first n buffered records. */
+static void buf_drop(struct sc_part *p, size_t n)
+{
+    p->head += n;
+    p->len -= n;
+    if (p->len == 0) {
+        p->head = 0;
+        p->arena_head = p->arena_len = 0;
+    } else {
+        p->arena_head = rec_at(p, 0)->at;
+    }
+}
+
+static void buf_clear(struct sc_part *p)
+{
+    buf_drop(p, p->len);
+}
+
+static void buf_free(struct sc_part *p)
+{
+    buf_clear(p);
+    free(p->recs);
+    free(p->arena);
+    p->recs = NULL;
+    p->arena = NULL;
+    p->cap = p->arena_cap = 0;
+}
+
+/* Asks the consumer thread to wake librdkafka's fetcher for p (see poke_fetchers()). */
+static void poke_fetcher(struct sc_part *p)
+{
+    atomic_store(&p->poke, true);
+    if (!atomic_exchange(&p->pl->fetch_poke, true))
+        rd_kafka_queue_yield(p->pl->consumer_q);
+}
+
+static void set_paused(struct sc_part *p, bool pause)
+{
+    if (p->paused == pause)
+        return;
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
+    rd_kafka_resp_err_t err =
+        pause ? rd_kafka_pause_partitions(p->pl->rk, l) : rd_kafka_resume_partitions(p->pl->rk, l);
+    rd_kafka_topic_partition_list_destroy(l);
+    if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+        p->paused = pause;
+    if (!err && !pause)
+        poke_fetcher(p);
+    sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
+}
+
+/*
+ * A partition buffering two batches or more takes no more records for now;
+ * unless it still waits for the rest of a pending batch it replays, which
+ * the previous owner may have cut under larger batch limits.
+ */
+static bool buffer_full(const struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    if (p->len < 2 * (size_t)bc->max_records && buffered_bytes(p) < 2 * bc->max_bytes)
+        return false;
+    return !p->replay || rec_at(p, p->len - 1)->offset >= p->cp.pending_last;
+}
+
+/*
+ * Backpressure has two steps.  A full buffer first stops the worker taking
+ * from its queue (congested()): librdkafka's prefetch limits then stop the
+ * fetcher, and what it prefetched stays queued for when the partition has
+ * written a batch, which under backlog is the next thing the worker does.
+ * Only a partition that stays full without delivering (sink retry backoff,
+ * PostgreSQL away, a late lease renewal), or delivers slowly (a batch took
+ * over SLOW_SERVICE_MS), is paused in librdkafka, so that the records of
+ * the worker's other partitions queued behind its own do not wait for it
+ * to work through them.  Pausing is the expensive step:
+ * librdkafka drops what it prefetched for the partition and fetches it again
+ * on resume (measured: pausing at every full buffer halved the file sink's
+ * throughput, bench/).  A paused partition is resumed once its buffer is
+ * down to one batch.
+ */
+static void apply_backpressure(struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    bool under = p->len <= (size_t)bc->max_records && buffered_bytes(p) <= bc->max_bytes;
+    if (under && p->paused && p->state == SC_PART_ACTIVE)
+        set_paused(p, false);
+}
+
+/* After service() (which took took_ms): a partition still full that delivered nothing, or
+ * slowly, is paused. */
+static void pause_if_stuck(struct sc_part *p, size_t len_before, int64_t took_ms)
+{
+    if (!p->paused && buffer_full(p) && (p->len >= len_before || took_ms > SLOW_SERVICE_MS))
+        set_paused(p, true);
+}
+
+/* Whether a partition's full buffer holds the worker's queue back (see apply_backpressure). */
+static bool congested(const struct sc_worker *w)
+{
+    for (const struct sc_part *p = w->parts; p; p = p->next)
+        if (!p->paused && buffer_full(p))
+            return true;
+    return false;
+}
+
+/*
+ * The end of a backlog or of a burst: when a partition that was behind has
+ * caught up and gone quiet, its last partial batch need not wait
+ * max_wait_ms for records that are not coming (nor its commit, once
+ * written, as long again).  "Was behind": a full batch was cut no longer
+ * than max_wait_ms before the newest buffered record arrived.  "Caught
+ * up": everything up to the high watermark of librdkafka's last fetch
+ * response is buffered.  "Quiet": nothing arrived for a quarter of
+ * max_wait_ms.  Returns when that is (-1: not the end of a backlog).
+ * Below saturation no batch is full, so a steady trickle still gathers for
+ * the whole max_wait_ms and costs no more commits than before.
+ */
+static int64_t quiet_at(const struct sc_part *p)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    if (p->len == 0)
+        return -1;
+    int64_t last = rec_at(p, p->len - 1)->arrival_ms, lo, hi;
+    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms ||
+        rd_kafka_get_watermark_offsets(p->pl->rk, p->topic, p->partition, &lo, &hi) !=
+            RD_KAFKA_RESP_ERR_NO_ERROR ||
+        hi < 0 || p->next_expected < hi)
+        return -1;
+    return last + bc->max_wait_ms / 4;
+}
+
+static bool is_quiet(const struct sc_part *p, int64_t now)
+{
+    int64_t at = quiet_at(p);
+    return at >= 0 && now >= at;
+}
+
+/* Which batches ready_count() accepts. */
+enum ready_mode {
+    READY_FULL, /* full by count or bytes */
+    READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
+    READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
+};
+
+/*
+ * The next batch of buffered records, starting at index from: how many, and
+ * whether that is full.  A batch is full at max_records, or at the first
+ * record that brings it to max_bytes (that record left out if it would go
+ * beyond, unless it is the only one).  Called for every partition on every
+ * turn of the worker's loop, with up to two batches buffered: the byte sums
+ * come from the records' running totals, and the record that fills a batch
+ * is found by bisection.
+ */
+static size_t next_batch(const struct sc_part *p, size_t from, bool *full)
+{
+    const struct sc_batch_conf *bc = &p->pl->pc->batch;
+    *full = false;
+    if (from >= p->len)
+        return 0;
+    size_t most = p->len - from < (size_t)bc->max_records ? p->len - from : (size_t)bc->max_records;
+    int64_t base = bytes_upto(p, from);
+    if (bytes_upto(p, from + most) - base < bc->max_bytes) {
+        *full = most == (size_t)bc->max_records;
+        return most;
+    }
+    *full = true;
+    size_t lo = 1, hi = most; /* the first n whose bytes reach max_bytes is in [lo, hi] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (bytes_upto(p, from + mid) - base >= bc->max_bytes)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo == 1 || bytes_upto(p, from + lo) - base == bc->max_bytes ? lo : lo - 1;
+}
+
+/* Whether the next batch, n records from index from (full or not), may leave under mode. */
+static size_t ready_as(const struct sc_part *p, size_t from, size_t n, bool full, int64_t now,
+                       enum ready_mode mode)
+{
+    if (n == 0 || full || mode == READY_ANY)
+        return n;
+    if (mode == READY_DUE &&
+        (now - rec_at(p, from)->arrival_ms >= p->pl->pc->batch.max_wait_ms || is_quiet(p, now)))
+        return n;
+    return 0;
+}
+
+/* How many buffered records, from index from, make the next batch if it is ready under mode. */
+static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+{
+    bool full;
+    size_t n = next_batch(p, from, &full);
+    return ready_as(p, from, n, full, now, mode);
+}
+
+/* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
+static size_t cut_batch(struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+{
+    bool full;
+    size_t n = next_batch(p, from, &full);
+    if (full)
+        p->full_cut_ms = now;
+    return ready_as(p, from, n, full, now, mode);
+}
+
+/* ---- batches ------------------------------------------------------------ */
+
+static int64_t get_le64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | (unsigned char)p[i];
+    return (int64_t)v;
+}
+
+/* Fills w->recs with views of buffered records [from, from+n) (valid until the next push). */
+static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, size_t n)
+{
+    if (n > w->recs_cap) {
+        w->recs_cap = n;
+        w->recs = sc_xrealloc(w->recs, n * sizeof(*w->recs));
+    }
+    size_t total_hdrs = 0;
+    for (size_t i = 0; i < n; i++)
+        total_hdrs += rec_at(p, from + i)->nheaders;
+    if (total_hdrs > w->hdrs_cap) {
+        w->hdrs_cap = total_hdrs;
+        w->hdrs = sc_xrealloc(w->hdrs, total_hdrs * sizeof(*w->hdrs));
+    }
+    w->hdrs_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *b = rec_at(p, from + i);
+        const char *img = p->arena + b->at;
+        struct sc_record *r = &w->recs[i];
+        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
+        size_t pos = 24;
+        r->topic = p->topic;
+        r->partition = p->partition;
+        r->offset = b->offset;
+        r->timestamp = b->timestamp;
+        r->key = b->key_len >= 0 ? img + pos : NULL;
+        r->key_len = b->key_len > 0 ? (size_t)b->key_len : 0;
+        pos += r->key_len + 8;
+        r->value = b->value_len >= 0 ? img + pos : NULL;
+        r->value_len = b->value_len > 0 ? (size_t)b->value_len : 0;
+        pos += r->value_len + 8;
+        r->headers = w->hdrs + w->hdrs_len;
+        r->nheaders = b->nheaders;
+        const char *name = img + b->image_len;
+        for (size_t j = 0; j < b->nheaders; j++) {
+            pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
+            int64_t vlen = get_le64(img + pos);
+            pos += 8;
+            w->hdrs[w->hdrs_len++] = (struct sc_header){.name = name,
+                                                        .value = vlen >= 0 ? img + pos : NULL,
+                                                        .len = vlen > 0 ? (size_t)vlen : 0};
+            pos += vlen > 0 ? (size_t)vlen : 0;
+            name += strlen(name) + 1;
+        }
+    }
+}
+
+/*
+ * The batch checksum of buffered records [from, from+n): sc_record_checksum()
+ * folded over them, computed as CRC-32 over their images, one call per run
+ * of adjacent images (records without headers are adjacent).
+ */
+static uint32_t batch_checksum(const struct sc_part *p, size_t from, size_t n)
+{
+    uint32_t crc = 0;
+    const char *run = NULL;
+    size_t run_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *b = rec_at(p, from + i);
+        const char *img = p->arena + b->at;
+        if (run && run + run_len == img) {
+            run_len += b->image_len;
+            continue;
+        }
+        if (run)
+            crc = sc_crc32(crc, run, run_len);
+        run = img;
+        run_len = b->image_len;
+    }
+    if (run)
+        crc = sc_crc32(crc, run, run_len);
+    return crc;
+}
+
+static void mirror_commit(struct sc_part *p, int64_t next_offset)
+{
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = next_offset;
+    rd_kafka_resp_err_t err = rd_kafka_commit(p->pl->rk, l, 1 /* async */);
+    if (err)
+        sc_debug(&p->log, "could not mirror offset %" PRId64 " to Kafka: %s", next_offset,
+                 rd_kafka_err2str(err));
+    rd_kafka_topic_partition_list_destroy(l);
+}
+
+/* ---- state changes ------------------------------------------------------ */
+
+static void part_stop_delivering(struct sc_part *p, enum sc_part_state state)
+{
+    p->state = state;
+    p->written = false;
+    atomic_store(&p->not_fetching, true);
+    buf_clear(p);
+    set_paused(p, true);
+    atomic_store(&p->m->pending, 0);
+}
+
+static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why, bool count)
+{
+    if (p->state == SC_PART_FENCED)
+        return;
+    if (count) {
+        sc_warn(&p->log,
+                "fenced: %s; epoch %" PRId64 " is no longer current, stopping the partition "
+                "(another instance owns it, or it was reset)",
+                why, p->cp.epoch);
+        sc_counter_add(&p->m->fenced, 1);
+        struct sc_cp_key k = key_of(p);
+        sc_checkpoint_note_fenced(&w->db, &k, p->cp.epoch, why);
+    } else {
+        sc_info(&p->log, "%s; re-reading the checkpoint", why);
+    }
+    part_stop_delivering(p, SC_PART_FENCED);
+    atomic_store(&p->lease_valid_until_ms, 0);
+    atomic_store(&p->need_reacquire, true);
+}
+
+static void part_error(struct sc_worker *w, struct sc_part *p, const char *message)
+{
+    struct sc_cp_key k = key_of(p);
+    sc_error(&p->log, "partition stopped in error state: %s", message);
+    enum sc_cp_status s;
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 200, 5000);
+    while ((s = sc_checkpoint_fail(&w->db, &k, &p->cp, message)) == SC_CP_UNAVAILABLE &&
+           !*p->pl->stop)
+        sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+    if (s == SC_CP_FENCED || s == SC_CP_CONFLICT) {
+        part_fenced(w, p, "while recording an error", s == SC_CP_FENCED);
+        return;
+    }
+    atomic_store(&p->m->error, 1);
+    part_stop_delivering(p, SC_PART_ERROR);
+    p->error_poll_ms = sc_mono_ms() + ERROR_POLL_MS;
+}
+
+/*
+ * After an unknown outcome (connection lost mid-statement), reads the row
+ * back until PostgreSQL answers, and decides: 1 = the write took effect,
+ * 0 = it did not (retry it), -1 = neither (fenced or changed: re-acquire).
+ */
+/* A bounded caller (finish_pending()) ran out of time. */
+static bool gave_up(const struct sc_worker *w)
+{
+    return w->give_up_ms > 0 && sc_mono_ms() >= w->give_up_ms;
+}
+
+/* Sleeps the next backoff step, but not past give_up_ms. */
+static void retry_sleep(const struct sc_worker *w, const struct sc_part *p, struct sc_backoff *bo)
+{
+    int64_t ms = sc_backoff_next(bo);
+    if (w->give_up_ms > 0 && w->give_up_ms - sc_mono_ms() < ms)
+        ms = w->give_up_ms - sc_mono_ms();
+    if (ms > 0)
+        sc_sleep_ms(ms, p->pl->stop);
+}
+
+static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp *before,
+                     const struct sc_cp *after)
+{
+    struct sc_cp_key k = key_of(p);
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 100, 5000);
+    for (;;) {
+        if (*p->pl->stop || gave_up(w))
+            return -2;
+        struct sc_cp now;
+        enum sc_cp_status s = sc_checkpoint_load(&w->db, &k, &now);
+        if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+            retry_sleep(w, p, &bo);
+            continue;
+        }
+        if (s != SC_CP_OK || now.epoch != before->epoch || now.error)
+            return -1;
+#define SAME(a, b)                                                              \
+    ((a)->has_committed == (b)->has_committed &&                                \
+     (!(a)->has_committed || (a)->committed_offset == (b)->committed_offset) && \
+     (a)->committed_write_offset == (b)->committed_write_offset &&              \
+     (a)->has_pending == (b)->has_pending &&                                    \
+     (!(a)->has_pending ||                                                      \
+      ((a)->pending_first == (b)->pending_first && (a)->pending_last == (b)->pending_last)))
+        if (SAME(&now, after))
+            return 1;
+        if (SAME(&now, before))
+            return 0;
+#undef SAME
+        return -1;
+    }
+}
+
+/*
+ * Runs one checkpoint write (fn applied to a copy of p->cp) until it has a
+ * definite outcome.  Returns true when it took effect (p->cp updated).
+ */
+typedef enum sc_cp_status (*cp_write_fn)(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                         const void *arg);
+
+static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn fn,
+                             const void *arg, const char *what)
+{
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 100, 5000);
+    for (;;) {
+        struct sc_cp cp = p->cp;
+        int64_t t0 = sc_mono_ns();
+        enum sc_cp_status s = fn(w, p, &cp, arg);
+        sc_hist_observe_ns(&p->m->checkpoint_seconds, sc_mono_ns() - t0);
+        switch (s) {
+        case SC_CP_OK:
+            p->cp = cp;
+            return true;
+        case SC_CP_FENCED:
+            part_fenced(w, p, what, true);
+            return false;
+        case SC_CP_CONFLICT:
+            part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
+            return false;
+        case SC_CP_FAILED:
+            sc_error(&p->log, "checkpoint %s failed: %s; retrying", what, w->db.last_error);
+            /* a broken statement is retried slowly, never skipped */
+            __attribute__((fallthrough));
+        case SC_CP_UNAVAILABLE: {
+            /* cp now holds what the write would have produced: compare it with the row. */
+            int r = reconcile(w, p, &p->cp, &cp);
+            if (r == 1) {
+                p->cp = cp;
+                return true;
+            }
+            if (r == -1) {
+                part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+                return false;
+            }
+            if (r != -2) {
+                retry_sleep(w, p, &bo);
+                if (!*p->pl->stop && !gave_up(w))
+                    continue;
+            }
+            /* Stopping or out of time with the outcome unknown: try again later (service()
+             * would otherwise retry at once, again and again), or leave it to a replay. */
+            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+            return false;
+        }
+        }
+    }
+}
+
+/* The three writes of the protocol, shaped for checkpoint_write(). */
+struct pend_args {
+    int64_t first, last;
+    int32_t count;
+    uint32_t checksum;
+};
+
+struct commit_args {
+    int64_t next_offset, next_write_offset;
+    bool replay;
+    bool and_pend;
+    struct pend_args pend;
+    const struct sc_cp_dead *dead;
+    size_t ndead;
+};
+
+/*
+ * The sc_checkpoint_* functions update *cp only on success; for the
+ * reconcile path we need the intended "after" state even on failure, so
+ * each wrapper applies the change to *cp itself when the outcome is unknown.
+ */
+static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                 const void *arg)
+{
+    const struct pend_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s =
+        sc_checkpoint_pend(&w->db, &k, cp, a->first, a->last, a->count, a->checksum);
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_pending = true;
+        cp->pending_first = a->first;
+        cp->pending_last = a->last;
+        cp->pending_count = a->count;
+        cp->pending_checksum = a->checksum;
+        cp->pending_write_offset = cp->committed_write_offset;
+    }
+    return s;
+}
+
+static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                   const void *arg)
+{
+    const struct commit_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s;
+    if (a->and_pend)
+        s = sc_checkpoint_commit_and_pend(&w->db, &k, cp, a->next_offset, a->next_write_offset,
+                                          a->replay, a->dead, a->ndead, a->pend.first, a->pend.last,
+                                          a->pend.count, a->pend.checksum);
+    else
+        s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay,
+                                 a->dead, a->ndead);
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_committed = true;
+        cp->committed_offset = a->next_offset;
+        cp->committed_write_offset = a->next_write_offset;
+        cp->has_pending = a->and_pend;
+        if (a->and_pend) {
+            cp->pending_first = a->pend.first;
+            cp->pending_last = a->pend.last;
+            cp->pending_count = a->pend.count;
+            cp->pending_checksum = a->pend.checksum;
+            cp->pending_write_offset = a->next_write_offset;
+        }
+    }
+    return s;
+}
+
+struct start_args {
+    int64_t offset;
+};
+
+static enum sc_cp_status do_set_start(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
+                                      const void *arg)
+{
+    const struct start_args *a = arg;
+    struct sc_cp_key k = key_of(p);
+    enum sc_cp_status s = sc_checkpoint_set_start(&w->db, &k, cp, a->offset, "start_from latest");
+    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        cp->has_committed = true;
+        cp->committed_offset = a->offset;
+    }
+    return s;
+}
+
+/*
+ * Turns the sink's dead letters for the batch in w->recs into rows for
+ * dead_letters (envelope + raw key/value).  Returns how many.
+ */
+static size_t collect_dead(struct sc_worker *w, const struct sc_batch_result *r)
+{
+    if (r->ndead == 0)
+        return 0;
+    if (r->ndead > w->dead_cap) {
+        w->dead_cap = r->ndead;
+        w->dead = sc_xrealloc(w->dead, w->dead_cap * sizeof(*w->dead));
+    }
+    sc_buf_reset(&w->dead_env);
+    size_t *starts = sc_xcalloc(r->ndead, sizeof(*starts));
+    for (size_t i = 0; i < r->ndead; i++) {
+        const struct sc_record *rec = &w->recs[r->dead[i].index];
+        starts[i] = w->dead_env.len;
+        if (sc_envelope_append(&w->dead_env, rec, w->pl->pc->value_format) < 0 ||
+            sc_buf_putc(&w->dead_env, '\0') < 0)
+            abort(); /* the buffer has no maximum */
+        w->dead[i] = (struct sc_cp_dead){
+            .offset = rec->offset,
+            .key = rec->key,
+            .key_len = rec->key_len,
+            .value = rec->value,
+            .value_len = rec->value_len,
+            .error = r->dead[i].error ? r->dead[i].error : "rejected by the sink",
+            .status = r->dead[i].status,
+            .excerpt = r->dead[i].excerpt,
+            .attempts = r->dead[i].attempts > 0 ? r->dead[i].attempts : 1,
+        };
+    }
+    for (size_t i = 0; i < r->ndead; i++)
+        w->dead[i].envelope = w->dead_env.data + starts[i];
+    free(starts);
+    return r->ndead;
+}
+
+/* ---- recovery ------------------------------------------------------------ */
+
+struct owner_check {
+    struct sc_worker *w;
+    struct sc_part *p;
+};
+
+static int still_owner(void *arg)
+{
+    struct owner_check *oc = arg;
+    struct sc_cp_key k = key_of(oc->p);
+    return sc_checkpoint_still_owner(&oc->w->db, &k, oc->p->cp.epoch);
+}
+
+/* STARTING -> ACTIVE: opens the sink destination and makes it agree with the checkpoint. */
+static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    if (p->cp.error) {
+        sc_error(&p->log,
+                 "partition is in the error state: %s (fix the cause, then reset it: see "
+                 "README \"Getting a partition out of the error state\")",
+                 p->cp.error_msg);
+        atomic_store(&p->m->error, 1);
+        part_stop_delivering(p, SC_PART_ERROR);
+        p->error_poll_ms = now + ERROR_POLL_MS;
+        return;
+    }
+    atomic_store(&p->m->error, 0);
+    atomic_store(&p->m->committed_offset, p->cp.has_committed ? p->cp.committed_offset : -1);
+    if (p->cp.paused) {
+        sc_info(&p->log, "paused by an operator (resume_partition() to continue)");
+        part_stop_delivering(p, SC_PART_PAUSED);
+        return;
+    }
+    char err[512] = "";
+    if (!p->sink_part && w->sink->type->part_open &&
+        w->sink->type->part_open(
+            w->sink, &(struct sc_part_ref){p->pl->pc->name, p->topic, p->partition, p->cp.epoch},
+            &p->sink_part, err, sizeof(err)) != 0) {
+        sc_error(&p->log, "%s; retrying", err);
+        p->retry_at_ms = now + sc_backoff_next(&p->backoff);
+        return;
+    }
+    if (!p->sink_recovered && w->sink->type->part_recover) {
+        struct owner_check oc = {w, p};
+        int rc = w->sink->type->part_recover(w->sink, p->sink_part, p->cp.committed_write_offset,
+                                             still_owner, &oc, err, sizeof(err));
+        if (rc == -2) {
+            part_error(w, p, err);
+            return;
+        }
+        if (rc != 0) {
+            if (still_owner(&oc) != 0) {
+                part_fenced(w, p, "lease lost during recovery", true);
+                return;
+            }
+            sc_error(&p->log, "%s; retrying", err);
+            p->retry_at_ms = now + sc_backoff_next(&p->backoff);
+            return;
+        }
+    }
+    p->sink_recovered = true;
+    sc_backoff_reset(&p->backoff);
+
+    /* start_from latest with no checkpoint yet: the start offset becomes one. */
+    if (!p->cp.has_committed && !p->cp.has_pending && p->start_offset >= 0) {
+        struct start_args a = {p->start_offset};
+        if (!checkpoint_write(w, p, do_set_start, &a, "setting the start offset"))
+            return;
+    }
+    if (p->cp.has_pending && (w->sink->flags & SC_SINK_F_TRANSACTIONAL)) {
+        part_error(w, p,
+                   "a pending batch exists but this sink commits in one transaction and never "
+                   "pends (was the sink type changed?); reset the partition to continue");
+        return;
+    }
+    p->replay = p->cp.has_pending;
+    if (p->replay) {
+        sc_info(&p->log,
+                "replaying pending batch [%" PRId64 "..%" PRId64 "] (%d records) at write offset "
+                "%" PRId64 " left by the previous owner",
+                p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
+                p->cp.pending_write_offset);
+        atomic_store(&p->m->pending, 1);
+    }
+    p->state = SC_PART_ACTIVE;
+    atomic_store(&p->not_fetching, false);
+    set_paused(p, false);
+    apply_backpressure(p);
+}
+
+/* ---- delivery ------------------------------------------------------------ */
+
+/*
+ * Number of buffered messages that belong to the pending batch, or -1 while
+ * the buffer does not reach its last offset yet (a replay still fetching).
+ */
+static ssize_t pending_span(const struct sc_part *p)
+{
+    if (!p->replay)
+        return p->cp.pending_count <= (int32_t)p->len ? p->cp.pending_count : -1;
+    size_t n = 0;
+    while (n < p->len && rec_at(p, n)->offset <= p->cp.pending_last)
+        n++;
+    if (n == p->len && (n == 0 || rec_at(p, n - 1)->offset < p->cp.pending_last))
+        return -1; /* not complete yet */
+    return (ssize_t)n;
+}
+
+/* The transactional sink's commit: the checkpoint advance inside its transaction. */
+struct hook_ctx {
+    struct sc_worker *w;
+    struct sc_part *p;
+    struct sc_cp cp;     /* the state after the advance */
+    struct sc_cp queued; /* the state after a queued advance, should it commit */
+    size_t ndead;
+    bool done;
+};
+
+static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
+                       char *err, size_t errsize)
+{
+    struct hook_ctx *hc = arg;
+    struct sc_cp_key k = key_of(hc->p);
+    hc->ndead = collect_dead(hc->w, r);
+    int64_t t0 = sc_mono_ns();
+    enum sc_cp_status s =
+        sc_checkpoint_advance(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
+                              (int32_t)b->count, r->next_write_offset, hc->w->dead, hc->ndead);
+    sc_hist_observe_ns(&hc->p->m->checkpoint_seconds, sc_mono_ns() - t0);
+    if (s == SC_CP_OK) {
+        hc->done = true;
+        return 0;
+    }
+    snprintf(err, errsize, "checkpoint advance: %s (%s)", sc_cp_status_name(s),
+             hc->w->db.last_error);
+    return s == SC_CP_FENCED || s == SC_CP_CONFLICT ? 1 : -1;
+}
+
+/* The same advance queued in the sink's pipeline (see struct sc_commit_hook). */
+static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
+                      char *err, size_t errsize)
+{
+    struct hook_ctx *hc = arg;
+    if (r->ndead > 0) {
+        snprintf(err, errsize, "dead letters are stored through commit()");
+        return -1;
+    }
+    struct sc_cp_key k = key_of(hc->p);
+    if (sc_checkpoint_advance_queue(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
+                                    (int32_t)b->count, r->next_write_offset, &hc->queued) != 0) {
+        snprintf(err, errsize, "checkpoint advance: %s", hc->w->db.last_error);
+        return -1;
+    }
+    return 0;
+}
+
+static void hook_queued(void *arg, int outcome)
+{
+    struct hook_ctx *hc = arg;
+    if (outcome == 0)
+        return;
+    /* Committed, or perhaps (then the worker reconciles against this state). */
+    hc->ndead = 0;
+    hc->cp = hc->queued;
+    hc->done = true;
+}
+
+/* One sink write of batch b, timed into sink_write_seconds; the outcome in w->result. */
+static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
+                                       const struct sc_batch *b, const struct sc_commit_hook *hook,
+                                       char *err, size_t errsize)
+{
+    sc_batch_result_clear(&w->result);
+    int64_t t0 = sc_mono_ns();
+    enum sc_sink_result sr =
+        w->sink->type->write(w->sink, p->sink_part, b, hook, &w->result, err, errsize);
+    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    return sr;
+}
+
+/* The sink asked for a retry: only this partition backs off. */
+static void retry_later(struct sc_part *p, const char *err)
+{
+    sc_counter_add(&p->m->sink_errors, 1);
+    int delay = sc_backoff_next(&p->backoff);
+    sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+    p->retry_at_ms = sc_mono_ms() + delay;
+}
+
+/*
+ * Sinks that write records and checkpoint in one transaction: no pending step
+ * at all.  One batch per call, like deliver_one().
+ */
+static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    const struct sc_pipeline_conf *pc = p->pl->pc;
+    if (*p->pl->stop)
+        return;
+    size_t n = cut_batch(p, 0, now, READY_DUE);
+    if (n == 0)
+        return;
+    build_records(w, p, 0, n);
+    struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+    struct sc_batch b = {
+        .part = &ref,
+        .records = w->recs,
+        .count = n,
+        .first_offset = rec_at(p, 0)->offset,
+        .last_offset = rec_at(p, n - 1)->offset,
+        .write_offset = p->cp.committed_write_offset,
+    };
+    struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp};
+    PGconn *conn = sc_db_hold(&w->db);
+    if (!conn) {
+        p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+        return;
+    }
+    struct sc_commit_hook hook = {conn, hook_commit, &hc, hook_queue, hook_queued};
+    if (sc_checkpoint_advance_prepare(&w->db) != 0)
+        hook.queue = NULL, hook.queued = NULL; /* commit() alone; it reports the trouble */
+    char err[512] = "";
+    enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
+    /* A sink cut short may leave the connection in pipeline mode or in a transaction:
+     * never reuse it like that (sc_db_release() then reconnects). */
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        w->db.broken = true;
+    sc_db_release(&w->db);
+    if (sr == SC_SINK_RETRY && hc.done) {
+        /* The COMMIT itself failed: it may or may not have happened. */
+        int r = reconcile(w, p, &p->cp, &hc.cp);
+        if (r == 1)
+            sr = SC_SINK_OK;
+        else if (r == -1)
+            sr = SC_SINK_FENCED;
+    }
+    if (sr == SC_SINK_OK && !hc.done) {
+        sr = SC_SINK_ERROR;
+        snprintf(err, sizeof(err), "sink returned success without committing the checkpoint");
+    }
+    switch (sr) {
+    case SC_SINK_OK:
+        break;
+    case SC_SINK_FENCED:
+        part_fenced(w, p, "committing a batch", true);
+        return;
+    case SC_SINK_RETRY:
+        retry_later(p, err);
+        return;
+    case SC_SINK_ERROR:
+        sc_counter_add(&p->m->sink_errors, 1);
+        part_error(w, p, err);
+        return;
+    }
+    sc_backoff_reset(&p->backoff);
+    p->cp = hc.cp;
+    sc_notify_count_commit(&p->pl->notify);
+    atomic_store(&p->m->committed_offset, p->cp.committed_offset);
+    sc_counter_add(&p->m->records_delivered, n - hc.ndead);
+    sc_counter_add(&p->m->dead_letters, hc.ndead);
+    sc_counter_add(&p->m->batches_committed, 1);
+    mirror_commit(p, p->cp.committed_offset);
+    buf_drop(p, n);
+    apply_backpressure(p);
+    sc_failpoint("after_commit");
+}
+
+/*
+ * Commits the pending batch (the first n buffered records, written, with
+ * ndead dead letters in w->dead), pending the next `next` records in the
+ * same statement when next > 0.
+ */
+static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
+                         int64_t next_write_offset, size_t ndead, size_t next)
+{
+    bool was_replay = p->replay;
+    struct commit_args c = {
+        .next_offset = p->cp.pending_last + 1,
+        .next_write_offset = next_write_offset,
+        .replay = was_replay,
+        .dead = w->dead,
+        .ndead = ndead,
+    };
+    if (next > 0 && !*p->pl->stop) {
+        c.and_pend = true;
+        c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
+                                    (int32_t)next, batch_checksum(p, n, next)};
+    }
+    if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
+        return; /* fenced, or stopping while PostgreSQL is away: a replay then */
+    p->written = false;
+    sc_failpoint("after_commit");
+    sc_notify_count_commit(&p->pl->notify);
+    atomic_store(&p->m->committed_offset, c.next_offset);
+    if (c.and_pend)
+        sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
+    p->replay = false;
+    atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
+    sc_counter_add(&p->m->records_delivered, n - ndead);
+    sc_counter_add(&p->m->dead_letters, ndead);
+    sc_counter_add(&p->m->batches_committed, 1);
+    if (was_replay) {
+        sc_counter_add(&p->m->replays, 1);
+        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
+    }
+    mirror_commit(p, c.next_offset);
+    buf_drop(p, n);
+    apply_backpressure(p);
+}
+
+/*
+ * One batch of a partition through the protocol: pend it (unless it is
+ * pending already), write it, commit it, pending the next one in the same
+ * statement when that one is ready.  One batch per call, so the worker
+ * drains its queue between batches and librdkafka never holds more than its
+ * prefetch limits; the batch pended with a commit is written by the next
+ * call (or by finish_pending() if the partition goes away).
+ *
+ * A written batch whose successor is not full yet holds its commit back for
+ * max_wait_ms (the batch is durable; only its commit waits), then commits
+ * and pends what arrived meanwhile in the same statement.  Below saturation,
+ * where batches leave by max_wait_ms, a batch then costs one PostgreSQL
+ * transaction instead of two, and its records wait no longer than before.
+ * Readers of committed_write_offset see a batch up to max_wait_ms later;
+ * what is written is the same.  A replay, a batch with dead letters, a
+ * stopping worker and finish commit at once.
+ */
+static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, bool finish)
+{
+    const struct sc_pipeline_conf *pc = p->pl->pc;
+    if (p->written) {
+        size_t n = (size_t)p->cp.pending_count;
+        size_t next = cut_batch(p, n, now, READY_FULL);
+        if (next == 0) {
+            if (now < p->commit_due_ms && !is_quiet(p, now) && !finish && !*p->pl->stop)
+                return;
+            /* Due: what arrived meanwhile is pended with the commit (it waited less than
+             * max_wait_ms; a partial batch may always leave earlier). */
+            next = cut_batch(p, n, now, READY_ANY);
+        }
+        commit_batch(w, p, n, p->written_next_write_offset, 0, finish ? 0 : next);
+        return;
+    }
+    if (*p->pl->stop && !p->cp.has_pending)
+        return; /* shutting down: finish what is pending, start nothing new */
+    if (!p->cp.has_pending) {
+        size_t n = cut_batch(p, 0, now, READY_DUE);
+        if (n == 0)
+            return;
+        struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
+                              batch_checksum(p, 0, n)};
+        if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
+            return;
+        atomic_store(&p->m->pending, 1);
+        sc_failpoint("after_pend");
+    }
+
+    ssize_t span = pending_span(p);
+    if (span < 0)
+        return; /* replay: the pending range is still being fetched */
+    size_t n = (size_t)span;
+    build_records(w, p, 0, n);
+    if (p->replay) {
+        uint32_t crc = batch_checksum(p, 0, n);
+        if ((int32_t)n != p->cp.pending_count || crc != p->cp.pending_checksum) {
+            char msg[256];
+            snprintf(msg, sizeof(msg),
+                     "pending batch [%" PRId64 "..%" PRId64 "] does not match what Kafka "
+                     "returns now: expected %d records with checksum %u, found %zu with "
+                     "checksum %u (records deleted by retention or compaction, or the topic "
+                     "was recreated)",
+                     p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
+                     p->cp.pending_checksum, n, crc);
+            part_error(w, p, msg);
+            return;
+        }
+    }
+    struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
+    struct sc_batch b = {
+        .part = &ref,
+        .records = w->recs,
+        .count = n,
+        .first_offset = p->cp.pending_first,
+        .last_offset = p->cp.pending_last,
+        .checksum = p->cp.pending_checksum,
+        .write_offset = p->cp.pending_write_offset,
+        .replay = p->replay,
+    };
+    char err[512] = "";
+    enum sc_sink_result sr = write_batch(w, p, &b, NULL, err, sizeof(err));
+    if (sr == SC_SINK_RETRY) {
+        retry_later(p, err);
+        return;
+    }
+    if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
+        sc_counter_add(&p->m->sink_errors, 1);
+        part_error(w, p, err);
+        return;
+    }
+    sc_backoff_reset(&p->backoff);
+    sc_failpoint("after_write");
+
+    size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
+    size_t next = cut_batch(p, n, now, READY_FULL);
+    if (next == 0 && ndead == 0 && !p->replay && !finish && !*p->pl->stop &&
+        pc->batch.max_wait_ms > 0) {
+        p->written = true;
+        p->written_next_write_offset = w->result.next_write_offset;
+        p->commit_due_ms = now + pc->batch.max_wait_ms;
+        return;
+    }
+    commit_batch(w, p, n, w->result.next_write_offset, ndead, finish ? 0 : next);
+}
+
+/*
+ * deliver_one(finish) with checkpoint retries stopped after FINISH_BUDGET_MS
+ * (then retry_at_ms backs off): commits a written batch, or writes and
+ * commits a pending one, without pending anything new.  A written batch is
+ * committed whatever the lease's renewal says: it is durable in the sink,
+ * and the commit names this owner's epoch, so it is refused (and counted as
+ * fenced) if another instance took the partition over, and otherwise saves
+ * the next owner a replay.
+ */
+static void finish_bounded(struct sc_worker *w, struct sc_part *p, int64_t now)
+{
+    w->give_up_ms = now + FINISH_BUDGET_MS;
+    deliver_one(w, p, now, true);
+    w->give_up_ms = 0;
+}
+
+static void service(struct sc_worker *w, struct sc_part *p)
+{
+    int64_t now = sc_mono_ms();
+    if (p->state != SC_PART_FENCED && atomic_exchange(&p->control_changed, false)) {
+        /* Between batches: commit a written batch first (refused if the operator moved the
+         * row: then it is replayed), so nothing is half done.  Re-read the row under a new
+         * epoch. */
+        if (p->written && p->state == SC_PART_ACTIVE)
+            finish_bounded(w, p, now);
+        part_fenced(w, p, "an operator changed the checkpoint", false);
+        return;
+    }
+    if (p->state == SC_PART_STARTING) {
+        if (now < p->retry_at_ms)
+            return;
+        part_start(w, p, now);
+        if (p->state != SC_PART_ACTIVE)
+            return;
+    }
+    if (p->state == SC_PART_ERROR && now >= p->error_poll_ms) {
+        /* An operator may have reset the row (SQL or `sidecar reset`): look again. */
+        p->error_poll_ms = now + ERROR_POLL_MS;
+        struct sc_cp_key k = key_of(p);
+        struct sc_cp row;
+        if (sc_checkpoint_load(&w->db, &k, &row) == SC_CP_OK &&
+            (!row.error || row.epoch != p->cp.epoch)) {
+            atomic_store(&p->m->error, 0);
+            part_fenced(w, p, "the error state was cleared", false);
+        }
+        return;
+    }
+    if (p->state != SC_PART_ACTIVE || now < p->retry_at_ms)
+        return;
+    if (atomic_load(&p->lease_valid_until_ms) < now) {
+        /* Renewal is late (PostgreSQL down? this process stopped?): write nothing we might
+         * not own.  A written batch is durable already: commit it (see finish_bounded()). */
+        if (p->written)
+            finish_bounded(w, p, now);
+        return;
+    }
+    if (w->sink->flags & SC_SINK_F_TRANSACTIONAL) {
+        deliver_transactional(w, p, now);
+        return;
+    }
+
+    deliver_one(w, p, now, false);
+}
+
+/* ---- messages ------------------------------------------------------------ */
+
+static struct sc_part *find_part(struct sc_worker *w, const char *topic, int32_t partition)
+{
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        if (p->partition == partition && strcmp(p->topic, topic) == 0)
+            return p;
+    return NULL;
+}
+
+static void process_inbox(struct sc_worker *w);
+
+static void on_consume_error(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t *m)
+{
+    if (m->err == RD_KAFKA_RESP_ERR__PARTITION_EOF)
+        return;
+    if (m->err == RD_KAFKA_RESP_ERR__AUTO_OFFSET_RESET ||
+        m->err == RD_KAFKA_RESP_ERR_OFFSET_OUT_OF_RANGE) {
+        if (p->written && p->state == SC_PART_ACTIVE) {
+            /* The written batch is durable and was read: commit it, so the error (and a
+             * reset after it) starts after it rather than dropping it from the sink. */
+            finish_bounded(w, p, sc_mono_ms());
+            if (p->state != SC_PART_ACTIVE)
+                return; /* fenced meanwhile */
+        }
+        char msg[512];
+        if (p->replay || p->cp.has_pending)
+            snprintf(msg, sizeof(msg),
+                     "pending batch [%" PRId64 "..%" PRId64 "] is no longer readable from Kafka "
+                     "(%s): records deleted by retention or the topic was recreated",
+                     p->cp.pending_first, p->cp.pending_last, rd_kafka_message_errstr(m));
+        else
+            snprintf(msg, sizeof(msg),
+                     "checkpoint offset %" PRId64 " is out of range in Kafka (%s): records "
+                     "deleted by retention or the topic was recreated",
+                     p->next_expected, rd_kafka_message_errstr(m));
+        atomic_store(&p->fetch_stopped, true); /* librdkafka stopped fetching it */
+        part_error(w, p, msg);
+        return;
+    }
+    sc_warn(&p->log, "consumer error: %s", rd_kafka_message_errstr(m));
+}
+
+static void dispatch(struct sc_worker *w, rd_kafka_message_t *m, int64_t now)
+{
+    const char *topic = m->rkt ? rd_kafka_topic_name(m->rkt) : NULL;
+    struct sc_part *p = topic ? find_part(w, topic, m->partition) : NULL;
+    if (!p && topic) {
+        /* An ADD is always posted before the partition is assigned: take it now. */
+        process_inbox(w);
+        p = find_part(w, topic, m->partition);
+    }
+    if (p &&
+        (p->state == SC_PART_FENCED || p->state == SC_PART_ERROR || p->state == SC_PART_PAUSED)) {
+        /* It may have been re-acquired meanwhile: take the news before judging m. */
+        unsigned gen = p->seek_gen;
+        process_inbox(w);
+        p = find_part(w, topic, m->partition);
+        if (p && p->seek_gen != gen) {
+            rd_kafka_message_destroy(m); /* dequeued before that seek: stale */
+            return;
+        }
+    }
+    if (!p) {
+        if (m->err)
+            sc_warn(NULL, "consumer error: %s", rd_kafka_message_errstr(m));
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if (m->err) {
+        if (p->state == SC_PART_ACTIVE || p->state == SC_PART_STARTING)
+            on_consume_error(w, p, m);
+        rd_kafka_message_destroy(m);
+        return;
+    }
+    if ((p->state != SC_PART_ACTIVE && p->state != SC_PART_STARTING) ||
+        m->offset < p->next_expected) {
+        rd_kafka_message_destroy(m); /* not ours any more, or already buffered */
+        return;
+    }
+    p->next_expected = m->offset + 1;
+    sc_counter_add(&p->m->records_consumed, 1);
+    buf_push(w, p, m, now);
+    rd_kafka_message_destroy(m);
+}
+
+/* ---- partition add / remove ------------------------------------------- */
+
+static void take_handover(struct sc_part *p)
+{
+    p->cp = p->handover_cp;
+    p->cp.epoch = p->handover_epoch;
+    p->state = SC_PART_STARTING;
+    p->sink_recovered = false;
+    p->replay = false;
+    p->written = false;
+    p->full_cut_ms = 0;
+    p->retry_at_ms = 0;
+    p->next_expected = p->start_offset >= 0 ? p->start_offset : 0;
+    sc_backoff_init(&p->backoff, 100, 30000);
+}
+
+static void part_added(struct sc_worker *w, struct sc_part *p)
+{
+    take_handover(p);
+    p->next = w->parts;
+    w->parts = p;
+    atomic_store(&p->m->owned, 1);
+}
+
+static void part_reacquired(struct sc_worker *w, struct sc_part *p)
+{
+    (void)w;
+    buf_clear(p);
+    take_handover(p);
+    if (!p->handover_seek) {
+        /* The consumer thread re-assigned the partition at the start offset. */
+        sc_info(&p->log,
+                "lease re-acquired with epoch %" PRId64 "; fetching again from offset %" PRId64,
+                p->cp.epoch, p->start_offset);
+        return;
+    }
+    /* Start reading again at the checkpoint: the seek drops what was fetched before. */
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
+        p->start_offset >= 0 ? p->start_offset : RD_KAFKA_OFFSET_BEGINNING;
+    p->seek_gen++;
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(p->pl->rk, l, 10000);
+    if (e || l->elems[0].err) {
+        sc_warn(&p->log, "seek to offset %" PRId64 " failed: %s", p->start_offset,
+                e ? rd_kafka_error_string(e) : rd_kafka_err2str(l->elems[0].err));
+        if (e)
+            rd_kafka_error_destroy(e);
+    }
+    rd_kafka_topic_partition_list_destroy(l);
+    sc_info(&p->log, "lease re-acquired with epoch %" PRId64 "; resuming at offset %" PRId64,
+            p->cp.epoch, p->start_offset);
+}
+
+static void part_removed(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    if (p->sink_part && w->sink->type->part_close)
+        w->sink->type->part_close(w->sink, p->sink_part);
+    p->sink_part = NULL;
+    /* librdkafka keeps an application pause across unassign and assign: a partition paused
+     * here (backpressure, error state) that comes back to this process would never be fetched
+     * again (its next sc_part starts out "not paused", so nothing would resume it). */
+    set_paused(p, false);
+    if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
+        struct sc_lease_held h = {
+            .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
+        if (sc_lease_release(&w->db, p->pl->pc->name, p->pl->cfg->instance_id,
+                             sc_notify_channel(&p->pl->notify), &h, 1, reason) != 0)
+            sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
+                    w->db.last_error);
+        else
+            sc_info(&p->log, "lease released (%s)", reason);
+    }
+    buf_free(p);
+    atomic_store(&p->m->owned, 0);
+    atomic_store(&p->m->pending, 0);
+    atomic_store(&p->m->consumer_lag, -1);
+    for (struct sc_part **pp = &w->parts; *pp; pp = &(*pp)->next)
+        if (*pp == p) {
+            *pp = p->next;
+            break;
+        }
+    rd_kafka_queue_destroy(p->queue);
+    free(p->topic);
+    free(p);
+    atomic_fetch_sub(&w->nparts, 1);
+}
+
+/*
+ * deliver_one() writes one batch per call and may hold a written batch's
+ * commit back, so a partition being handed back may have a batch written
+ * and not committed, or pended with the last commit and buffered: commit
+ * it, or write and commit it, first, so a revocation or a shutdown leaves
+ * no replay behind that it can avoid.  Bounded: the consumer thread waits
+ * for this in the rebalance callback, where it renews no leases, so
+ * checkpoint retries stop after FINISH_BUDGET_MS and whatever is left is
+ * the next owner's replay.  A lost partition, or one whose lease is late,
+ * gets nothing new written; only its written batch is committed.
+ */
+static void finish_pending(struct sc_worker *w, struct sc_part *p, const char *reason)
+{
+    int64_t now = sc_mono_ms();
+    if (p->state != SC_PART_ACTIVE || !p->cp.has_pending || p->replay || now < p->retry_at_ms)
+        return;
+    if (p->written || (strcmp(reason, "lost") != 0 &&
+                       atomic_load(&p->lease_valid_until_ms) >= now && pending_span(p) >= 0))
+        finish_bounded(w, p, now);
+}
+
+static void process_inbox(struct sc_worker *w)
+{
+    pthread_mutex_lock(&w->lock);
+    struct op *ops = w->inbox;
+    w->inbox = w->inbox_tail = NULL;
+    pthread_mutex_unlock(&w->lock);
+    while (ops) {
+        struct op *op = ops;
+        ops = op->next;
+        switch (op->kind) {
+        case OP_ADD:
+            part_added(w, op->p);
+            break;
+        case OP_REACQUIRED:
+            part_reacquired(w, op->p);
+            break;
+        case OP_REMOVE:
+            finish_pending(w, op->p, op->reason);
+            part_removed(w, op->p, op->reason);
+            pthread_mutex_lock(&w->lock);
+            w->removals_pending--;
+            pthread_cond_broadcast(&w->cond);
+            pthread_mutex_unlock(&w->lock);
+            break;
+        }
+        free(op);
+    }
+}
+
+/* ---- thread ---------------------------------------------------------------- */
+
+/* How long the worker may block: until the next batch deadline or retry, at most 100 ms. */
+static int next_timeout(struct sc_worker *w)
+{
+    int64_t now = sc_mono_ms(), wake = now + 100;
+    int max_wait = w->pl->pc->batch.max_wait_ms;
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        if (p->state == SC_PART_STARTING)
+            wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
+        if (p->state != SC_PART_ACTIVE || atomic_load(&p->lease_valid_until_ms) < now)
+            continue;
+        if (p->retry_at_ms > now) {
+            wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
+            continue;
+        }
+        if (p->written) {
+            /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
+            size_t n = (size_t)p->cp.pending_count;
+            if (*p->pl->stop || ready_count(p, n, now, READY_FULL) > 0)
+                return 0;
+            int64_t due = p->commit_due_ms, quiet = quiet_at(p);
+            due = quiet >= 0 && quiet < due ? quiet : due;
+            wake = due < wake ? due : wake;
+            continue;
+        }
+        /* A batch can be written now (when stopping, only a pending one is). */
+        if (p->cp.has_pending ? pending_span(p) >= 0
+                              : !*p->pl->stop && ready_count(p, 0, now, READY_FULL) > 0)
+            return 0;
+        if (p->len > 0 && !p->cp.has_pending && !*p->pl->stop) {
+            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(p);
+            due = quiet >= 0 && quiet < due ? quiet : due;
+            wake = due < wake ? due : wake;
+        }
+    }
+    int64_t t = wake - now;
+    return t < 0 ? 0 : (int)t;
+}
+
+static void *worker_main(void *arg)
+{
+    struct sc_worker *w = arg;
+    rd_kafka_message_t *batch[BATCH_DRAIN];
+    while (!atomic_load(&w->stop)) {
+        process_inbox(w);
+        /* A full buffer holds the queue back until its partition wrote a batch. */
+        rd_kafka_message_t *m =
+            congested(w) ? NULL : rd_kafka_consume_queue(w->queue, next_timeout(w));
+        if (m) {
+            /* Take what is queued (up to a bound) before serving the partitions: with the next
+             * batch buffered by the time a batch is written, its commit pends the next one in
+             * the same statement (one round trip per batch under backlog). */
+            int64_t now = sc_mono_ms();
+            dispatch(w, m, now);
+            ssize_t total = 1;
+            for (int round = 0; round < DRAIN_ROUNDS && !congested(w); round++) {
+                ssize_t n = rd_kafka_consume_batch_queue(w->queue, 0, batch, BATCH_DRAIN);
+                for (ssize_t i = 0; i < n; i++)
+                    dispatch(w, batch[i], now);
+                total += n > 0 ? n : 0;
+                if (n < BATCH_DRAIN)
+                    break;
+            }
+            /* The queue may have been at librdkafka's prefetch limit, which stops fetching
+             * its partitions until something wakes the fetcher. */
+            if (total >= BATCH_DRAIN)
+                for (struct sc_part *p = w->parts; p; p = p->next)
+                    if (!p->paused && p->state == SC_PART_ACTIVE)
+                        poke_fetcher(p);
+        }
+        for (struct sc_part *p = w->parts; p; p = p->next) {
+            size_t len = p->len;
+            int64_t t0 = sc_mono_ms();
+            service(w, p);
+            pause_if_stuck(p, len, sc_mono_ms() - t0);
+        }
+    }
+    process_inbox(w);
+    return NULL;
+}
+
+struct sc_worker *sc_worker_new(struct sc_pipeline *pl, int id, char *err, size_t errsize)
+{
+    struct sc_worker *w = sc_xcalloc(1, sizeof(*w));
+    w->pl = pl;
+    w->id = id;
+    snprintf(w->name, sizeof(w->name), "kafka-sidecar/%s/worker-%d", pl->pc->name, id);
+    w->sink = sc_sink_new(pl->cfg, pl->pc, id, err, errsize);
+    if (!w->sink) {
+        free(w);
+        return NULL;
+    }
+    w->queue = rd_kafka_queue_new(pl->rk);
+    sc_buf_init(&w->dead_env, 0);
+    sc_db_init(&w->db, pl->cfg->postgres.dsn, pl->cfg->postgres.schema, w->name,
+               pl->cfg->postgres.connect_timeout_ms);
+    /* A worker stalled inside the postgres sink's transaction holds its checkpoint row
+     * locked, and the next owner's lease acquisition waits on that lock: once the lease
+     * has expired, the server ends the stalled session (the next owner fences it anyway). */
+    w->db.idle_tx_timeout_ms = pl->pc->lease.ttl_ms;
+    pthread_mutex_init(&w->lock, NULL);
+    pthread_cond_init(&w->cond, NULL);
+    return w;
+}
+
+int sc_worker_start(struct sc_worker *w)
+{
+    if (pthread_create(&w->thread, NULL, worker_main, w) != 0)
+        return -1;
+    w->started = true;
+    return 0;
+}
+
+/* The queue a partition is forwarded to (used by sc_pipeline.c). */
+rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w);
+rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w)
+{
+    return w->queue;
+}
+
+void sc_worker_stop(struct sc_worker *w)
+{
+    if (!w)
+        return;
+    atomic_store(&w->stop, true);
+    if (w->started) {
+        rd_kafka_queue_yield(w->queue);
+        pthread_join(w->thread, NULL);
+    }
+    /* Partitions the consumer thread never got to remove (hard shutdown). */
+    while (w->parts)
+        part_removed(w, w->parts, "shutdown");
+    sc_batch_result_clear(&w->result);
+    free(w->result.dead);
+    free(w->recs);
+    free(w->hdrs);
+    free(w->push_hdrs);
+    free(w->dead);
+    sc_buf_free(&w->dead_env);
+    sc_sink_free(w->sink);
+    rd_kafka_queue_destroy(w->queue);
+    sc_db_close(&w->db);
+    pthread_mutex_destroy(&w->lock);
+    pthread_cond_destroy(&w->cond);
+    free(w);
+}

@@ -1,0 +1,632 @@
+/*
+ * sc_checkpoint.c - the pending/committed checkpoint protocol.
+ *
+ * NOTES
+ * -----
+ * What is persisted.  One row per (pipeline, topic, partition) in
+ * checkpoints: the committed position (committed_offset = next Kafka offset
+ * to deliver, committed_write_offset = where the next batch goes in the
+ * sink) and at most one pending batch (first/last offset, record count,
+ * CRC-32 of the records, the write offset it goes to).  Every change also
+ * inserts a row into events, in the same statement and so the same
+ * transaction: an event exists iff its change committed (I7).
+ *
+ * The protocol for one batch B of a partition:
+ *
+ *   1. pend(B)       UPDATE ... SET pending_* = B, pending_write_offset =
+ *                    committed_write_offset WHERE epoch = mine AND nothing
+ *                    is pending
+ *   2. sink.write(B) at pending_write_offset
+ *   3. commit(B)     UPDATE ... SET committed_* = after B, pending_* = NULL
+ *                    WHERE epoch = mine AND pending_first_offset = B.first
+ *
+ * Step 3 of B and step 1 of B+1 are one statement (commit_and_pend): one
+ * round trip per batch.  With a backlog B+1 is ready when B is written; below
+ * that the worker holds B's commit back for up to max_wait_ms and pends what
+ * arrived meanwhile with it (sc_worker.c).  B is durable all along; a crash in
+ * that window is the "after 2, before 3" case below.
+ *
+ * What a crash at each point leaves behind, and why the next owner repairs
+ * it (it always starts by reading this row under a new, higher epoch):
+ *
+ *   - before 1 commits: nothing pending; the sink holds nothing past
+ *     committed_write_offset (I2: no byte is written before its pend
+ *     commits).  The next owner starts at committed_offset.  The records of
+ *     B are simply read again.
+ *   - after 1, before or during 2: B is pending.  The sink may hold none,
+ *     part or all of B at pending_write_offset.  The next owner reads
+ *     exactly [first, last] again, checks the count and the checksum (I5),
+ *     and writes B to the same write offset: the same bytes to the same
+ *     place (I1), so a partial write is completed, a full one overwritten
+ *     with identical bytes.  A file sink truncates to the committed write
+ *     offset first, so nothing unaccounted for stays visible.
+ *   - after 2, before 3 commits: same as the previous case: B is written
+ *     twice, identically.  The sink was durable (I3) before 3 was sent, so
+ *     3 never points past data that can vanish.
+ *   - after 3: nothing pending; B is delivered once.
+ *   - commit_and_pend interrupted: it is one statement; either both halves
+ *     committed or neither, which are the cases above.
+ *
+ * An ambiguous outcome (the connection drops after the statement was sent)
+ * is resolved by reading the row back: the worker compares it with the
+ * state before and after and either continues, retries, or gives up the
+ * partition.  Nothing is ever assumed.
+ *
+ * Fencing (I4).  The lease acquisition that gives a new owner its epoch
+ * also writes that epoch into this row, in the same transaction.  Every
+ * statement here carries "epoch = mine": a stalled old owner matches zero
+ * rows, learns it is fenced, and stops the partition.  What it may still
+ * do is finish a sink write of a batch it pended while it was the owner:
+ * that batch is exactly the pending batch the new owner replays, to the
+ * same place, so the late write changes nothing (I1).  The destructive
+ * truncation at recovery is protected separately (see sink_file.c).
+ *
+ * Transactional sinks (the postgres sink in this database) have no pending
+ * step: their rows and sc_checkpoint_advance() commit in one transaction.
+ * When the sink pipelines that transaction, the advance is queued with
+ * sc_checkpoint_advance_queue(), whose statement fails instead of matching
+ * no row: the COMMIT behind it in the pipeline then never runs, so a fenced
+ * owner's rows are never committed without their checkpoint (I4).
+ *
+ * Locks.  Each statement updates one checkpoints row (row lock, held until
+ * commit) and inserts into events.  Lease acquisition locks the lease row
+ * and then the checkpoint row, in that order, everywhere; checkpoint writes
+ * lock only the checkpoint row, so there is no lock-order cycle.
+ */
+#include "protocol/sc_checkpoint.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/sc_log.h"
+#include "record/sc_envelope.h"
+
+#define PK "pipeline = $1 AND topic = $2 AND partition = $3"
+/*
+ * Announces the events a statement inserted (CTE "e", RETURNING id) on the
+ * channel in parameter ch, unless it is NULL (coalesced mode: sc_notify.c
+ * then sends one NOTIFY per interval).  NOTIFY is delivered on commit only,
+ * so a watcher never hears of an event whose transaction rolled back.
+ */
+#define NOTIFY_CTE(ch)                                                                     \
+    " n AS (SELECT pg_notify(" ch "::text, json_build_object('id', max(e.id), 'pipeline'," \
+    " $1::text, 'topic', $2::text, 'partition', $3::int)::text) FROM e"                    \
+    " HAVING " ch "::text IS NOT NULL AND count(*) > 0)"
+
+/* The columns sc_checkpoint_parse_row() reads, in its order. */
+#define CP_COLUMNS                                                                                \
+    "epoch, committed_offset, committed_write_offset, pending_first_offset, pending_last_offset," \
+    " pending_count, pending_checksum, pending_write_offset, state, error, paused, control_seq"
+
+static const struct sc_stmt st_pend = {
+    "sc_cp_pend",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET pending_first_offset = $6, pending_last_offset = $7,"
+    "  pending_count = $8, pending_checksum = $9, pending_write_offset = committed_write_offset,"
+    "  pending_since = now(), updated_at = now()"
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"
+    "  AND committed_write_offset = $10 AND committed_offset IS NOT DISTINCT FROM $11"
+    " RETURNING pending_write_offset),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, $2, $3, 'pend', $4, $5, $6, $7, pending_write_offset,"
+    "  jsonb_build_object('count', $8::int, 'checksum', $9::bigint) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$12") " SELECT pending_write_offset FROM c, (SELECT count(*) FROM n) AS _n",
+    12,
+};
+
+static const struct sc_stmt st_commit = {
+    "sc_cp_commit",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET committed_offset = $7, committed_write_offset = $8,"
+    "  pending_first_offset = NULL, pending_last_offset = NULL, pending_count = NULL,"
+    "  pending_checksum = NULL, pending_write_offset = NULL, pending_since = NULL,"
+    "  updated_at = now()"
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset = $6"
+    " RETURNING 1),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, $2, $3, $9, $4, $5, $6, $10, $8,"
+    "  jsonb_build_object('count', $11::int, 'next_offset', $7::bigint) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$12") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    12,
+};
+
+static const struct sc_stmt st_commit_pend = {
+    "sc_cp_commit_pend",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET committed_offset = $7, committed_write_offset = $8,"
+    "  pending_first_offset = $9, pending_last_offset = $10, pending_count = $11,"
+    "  pending_checksum = $12, pending_write_offset = $8, pending_since = now(),"
+    "  updated_at = now()"
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset = $6"
+    " RETURNING 1),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, $2, $3, v.kind, $4, $5, v.f, v.l, $8, v.d FROM c, (VALUES"
+    "  (1, $15::text, $6::bigint, $13::bigint,"
+    "   jsonb_build_object('count', $14::int, 'next_offset', $7::bigint)),"
+    "  (2, 'pend', $9::bigint, $10::bigint,"
+    "   jsonb_build_object('count', $11::int, 'checksum', $12::bigint))) AS v(ord, kind, f, l, d)"
+    "  ORDER BY v.ord RETURNING id)," NOTIFY_CTE(
+        "$16") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    16,
+};
+
+/* The advance of a transactional sink, up to its final SELECT (which differs below). */
+#define ADVANCE_CTES                                                                               \
+    "WITH c AS ("                                                                                  \
+    " UPDATE {S}.checkpoints SET committed_offset = $9::bigint + 1, committed_write_offset = $7,"  \
+    "  updated_at = now()"                                                                         \
+    " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"               \
+    "  AND committed_offset IS NOT DISTINCT FROM $6"                                               \
+    " RETURNING 1),"                                                                               \
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset," \
+    "  last_offset, write_offset, detail)"                                                         \
+    " SELECT $1, $2, $3, 'commit', $4, $5, $8, $9, $7,"                                            \
+    "  jsonb_build_object('count', $10::int, 'next_offset', $9::bigint + 1) FROM c RETURNING "     \
+    "id)," NOTIFY_CTE("$11")
+
+static const struct sc_stmt st_advance = {
+    "sc_cp_advance",
+    ADVANCE_CTES " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    11,
+};
+
+/*
+ * st_advance for a pipelined transaction: no row matched is an error
+ * (casting that text to int fails), which aborts the transaction, so the
+ * COMMIT queued behind it rolls back.
+ */
+static const struct sc_stmt st_advance_strict = {
+    "sc_cp_advance_strict",
+    ADVANCE_CTES " SELECT CAST(CASE WHEN count(*) = 1 THEN '1' ELSE"
+                 " 'sidecar: the checkpoint advance matched no row' END AS int)"
+                 " FROM c, (SELECT count(*) FROM n) AS _n",
+    11,
+};
+
+/* A replay dead-letters the same record again: one row per record, attempts add up. */
+static const struct sc_stmt st_dead = {
+    "sc_cp_dead",
+    "INSERT INTO {S}.dead_letters AS d (pipeline, topic, partition, \"offset\", envelope, key,"
+    " value, headers, error, http_status, response_excerpt, attempts)"
+    " VALUES ($1, $2, $3, $4, $5::jsonb, $6, $7, ($5::jsonb)->'headers', $8, $9, $10, $11)"
+    " ON CONFLICT (pipeline, topic, partition, \"offset\") DO UPDATE SET"
+    "  envelope = EXCLUDED.envelope, error = EXCLUDED.error, http_status = EXCLUDED.http_status,"
+    "  response_excerpt = EXCLUDED.response_excerpt, attempts = d.attempts + EXCLUDED.attempts,"
+    "  status = 'new', redriven_at = NULL, created_at = now()",
+    11,
+};
+
+static const struct sc_stmt st_set_start = {
+    "sc_cp_set_start",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET committed_offset = $6, updated_at = now()"
+    " WHERE " PK " AND epoch = $4 AND committed_offset IS NULL AND pending_first_offset IS NULL"
+    " RETURNING committed_write_offset),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  write_offset, detail)"
+    " SELECT $1, $2, $3, 'reset', $4, $5, $6, committed_write_offset,"
+    "  jsonb_build_object('reason', $7::text) FROM c RETURNING id)," NOTIFY_CTE(
+        "$8") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    8,
+};
+
+static const struct sc_stmt st_fail = {
+    "sc_cp_fail",
+    "WITH c AS ("
+    " UPDATE {S}.checkpoints SET state = 'error', error = $6, updated_at = now()"
+    " WHERE " PK " AND epoch = $4"
+    " RETURNING pending_first_offset, pending_last_offset, committed_write_offset),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, $2, $3, 'error', $4, $5, pending_first_offset, pending_last_offset,"
+    "  committed_write_offset, jsonb_build_object('error', $6::text) FROM c RETURNING "
+    "id)," NOTIFY_CTE("$7") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+    7,
+};
+
+static const struct sc_stmt st_fenced = {
+    "sc_cp_fenced",
+    "WITH e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
+    " SELECT $1, $2, $3, 'fenced', $4, $5, jsonb_build_object('reason', $6::text,"
+    "  'current_epoch', (SELECT epoch FROM {S}.checkpoints WHERE " PK
+    ")) RETURNING id)," NOTIFY_CTE("$7") " SELECT count(*) FROM n",
+    7,
+};
+
+static const struct sc_stmt st_load = {
+    "sc_cp_load",
+    "SELECT " CP_COLUMNS " FROM {S}.checkpoints WHERE " PK,
+    3,
+};
+
+static const struct sc_stmt st_owner = {
+    "sc_cp_owner",
+    "SELECT 1 FROM {S}.checkpoints WHERE " PK " AND epoch = $4",
+    4,
+};
+
+const char *sc_cp_status_name(enum sc_cp_status s)
+{
+    switch (s) {
+    case SC_CP_OK:
+        return "ok";
+    case SC_CP_FENCED:
+        return "fenced";
+    case SC_CP_CONFLICT:
+        return "conflict";
+    case SC_CP_UNAVAILABLE:
+        return "unavailable";
+    case SC_CP_FAILED:
+        return "failed";
+    }
+    return "?";
+}
+
+static int64_t col_i64(const PGresult *res, int row, int col)
+{
+    return strtoll(PQgetvalue(res, row, col), NULL, 10);
+}
+
+void sc_checkpoint_parse_row(const PGresult *res, int row, int c, struct sc_cp *cp)
+{
+    memset(cp, 0, sizeof(*cp));
+    cp->epoch = col_i64(res, row, c);
+    cp->has_committed = !PQgetisnull(res, row, c + 1);
+    cp->committed_offset = cp->has_committed ? col_i64(res, row, c + 1) : 0;
+    cp->committed_write_offset = col_i64(res, row, c + 2);
+    cp->has_pending = !PQgetisnull(res, row, c + 3);
+    if (cp->has_pending) {
+        cp->pending_first = col_i64(res, row, c + 3);
+        cp->pending_last = col_i64(res, row, c + 4);
+        cp->pending_count = (int32_t)col_i64(res, row, c + 5);
+        cp->pending_checksum = (uint32_t)col_i64(res, row, c + 6);
+        cp->pending_write_offset = col_i64(res, row, c + 7);
+    }
+    cp->error = strcmp(PQgetvalue(res, row, c + 8), "error") == 0;
+    if (!PQgetisnull(res, row, c + 9))
+        snprintf(cp->error_msg, sizeof(cp->error_msg), "%s", PQgetvalue(res, row, c + 9));
+    cp->paused = PQgetvalue(res, row, c + 10)[0] == 't';
+    cp->control_seq = col_i64(res, row, c + 11);
+}
+
+/* Parameter buffers for one statement: pipeline, topic, partition, epoch, owner, then extras. */
+struct params {
+    const char *v[16];
+    char num[16][24];
+    int n;
+};
+
+static void params_init(struct params *p, const struct sc_cp_key *k, int64_t epoch)
+{
+    p->n = 0;
+    p->v[p->n++] = k->pipeline;
+    p->v[p->n++] = k->topic;
+    p->v[p->n] = sc_i64(p->num[p->n], k->partition);
+    p->n++;
+    p->v[p->n] = sc_i64(p->num[p->n], epoch);
+    p->n++;
+    p->v[p->n++] = k->owner;
+}
+
+static void param_i64(struct params *p, int64_t v)
+{
+    p->v[p->n] = sc_i64(p->num[p->n], v);
+    p->n++;
+}
+
+static void param_str(struct params *p, const char *s)
+{
+    p->v[p->n++] = s;
+}
+
+/* Runs a conditional write: OK if it matched the row, else FENCED/CONFLICT from a reload. */
+static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
+                                   const struct params *p, const struct sc_cp_key *k, int64_t epoch)
+{
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec(db, st, p->v, &cls);
+    if (!res)
+        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+    int rows = PQntuples(res);
+    PQclear(res);
+    if (rows > 0)
+        return SC_CP_OK;
+    /* Zero rows: find out why, so the caller can tell a fence from a bug. */
+    struct sc_cp now;
+    enum sc_cp_status s = sc_checkpoint_load(db, k, &now);
+    if (s != SC_CP_OK)
+        return s == SC_CP_CONFLICT ? SC_CP_FENCED : s;
+    return now.epoch != epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+}
+
+enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_key *k,
+                                           const struct sc_cp_dead *dead, size_t ndead)
+{
+    for (size_t i = 0; i < ndead; i++) {
+        const struct sc_cp_dead *d = &dead[i];
+        char part[24], off[24], st[24], att[24];
+        /* jsonb refuses \u0000 (a NUL in the record): the raw bytes are kept as bytea. */
+        char *safe = sc_json_jsonb_safe(d->envelope);
+        const char *v[11] = {k->pipeline,
+                             k->topic,
+                             sc_i64(part, k->partition),
+                             sc_i64(off, d->offset),
+                             safe ? safe : d->envelope,
+                             d->key,
+                             d->value,
+                             d->error,
+                             d->status ? sc_i64(st, d->status) : NULL,
+                             d->excerpt,
+                             sc_i64(att, d->attempts)};
+        int lens[11] = {0, 0, 0, 0, 0, (int)d->key_len, (int)d->value_len, 0, 0, 0, 0};
+        int fmts[11] = {0, 0, 0, 0, 0, 1, 1, 0, 0, 0, 0}; /* key, value: binary bytea */
+        enum sc_pg_errclass cls;
+        PGresult *res = sc_db_exec_params(db, &st_dead, v, lens, fmts, &cls);
+        free(safe);
+        if (!res)
+            return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        PQclear(res);
+    }
+    return SC_CP_OK;
+}
+
+/*
+ * Runs a conditional write together with dead letters in one transaction
+ * (BEGIN / inserts / write / COMMIT); without dead letters it is the single
+ * statement alone.
+ */
+static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
+                                        const struct params *p, const struct sc_cp_key *k,
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead);
+
+enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
+                                     int64_t first, int64_t last, int32_t count, uint32_t checksum)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    param_i64(&p, first);
+    param_i64(&p, last);
+    param_i64(&p, count);
+    param_i64(&p, checksum);
+    param_i64(&p, cp->committed_write_offset);
+    if (cp->has_committed)
+        param_i64(&p, cp->committed_offset); /* $11: a reset meanwhile makes this a conflict */
+    else
+        param_str(&p, NULL);
+    param_str(&p, k->notify_channel);
+    enum sc_cp_status s = run_write(db, &st_pend, &p, k, cp->epoch);
+    if (s == SC_CP_OK) {
+        cp->has_pending = true;
+        cp->pending_first = first;
+        cp->pending_last = last;
+        cp->pending_count = count;
+        cp->pending_checksum = checksum;
+        cp->pending_write_offset = cp->committed_write_offset;
+    }
+    return s;
+}
+
+static void apply_commit(struct sc_cp *cp, int64_t next_offset, int64_t next_write_offset)
+{
+    cp->has_committed = true;
+    cp->committed_offset = next_offset;
+    cp->committed_write_offset = next_write_offset;
+    cp->has_pending = false;
+}
+
+enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key *k,
+                                       struct sc_cp *cp, int64_t next_offset,
+                                       int64_t next_write_offset, bool replay,
+                                       const struct sc_cp_dead *dead, size_t ndead)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    param_i64(&p, cp->pending_first);
+    param_i64(&p, next_offset);
+    param_i64(&p, next_write_offset);
+    param_str(&p, replay ? "replay" : "commit");
+    param_i64(&p, cp->pending_last);
+    param_i64(&p, cp->pending_count);
+    param_str(&p, k->notify_channel);
+    enum sc_cp_status s = run_write_dead(db, &st_commit, &p, k, cp->epoch, dead, ndead);
+    if (s == SC_CP_OK)
+        apply_commit(cp, next_offset, next_write_offset);
+    return s;
+}
+
+enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct sc_cp_key *k,
+                                                struct sc_cp *cp, int64_t next_offset,
+                                                int64_t next_write_offset, bool replay,
+                                                const struct sc_cp_dead *dead, size_t ndead,
+                                                int64_t first, int64_t last, int32_t count,
+                                                uint32_t checksum)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    param_i64(&p, cp->pending_first); /* $6 */
+    param_i64(&p, next_offset);       /* $7 */
+    param_i64(&p, next_write_offset); /* $8 */
+    param_i64(&p, first);             /* $9 */
+    param_i64(&p, last);              /* $10 */
+    param_i64(&p, count);             /* $11 */
+    param_i64(&p, checksum);          /* $12 */
+    param_i64(&p, cp->pending_last);  /* $13 */
+    param_i64(&p, cp->pending_count); /* $14 */
+    param_str(&p, replay ? "replay" : "commit");
+    param_str(&p, k->notify_channel);
+    enum sc_cp_status s = run_write_dead(db, &st_commit_pend, &p, k, cp->epoch, dead, ndead);
+    if (s == SC_CP_OK) {
+        apply_commit(cp, next_offset, next_write_offset);
+        cp->has_pending = true;
+        cp->pending_first = first;
+        cp->pending_last = last;
+        cp->pending_count = count;
+        cp->pending_checksum = checksum;
+        cp->pending_write_offset = next_write_offset;
+    }
+    return s;
+}
+
+/* The parameters of st_advance and st_advance_strict. */
+static void advance_params(struct params *p, const struct sc_cp_key *k, const struct sc_cp *cp,
+                           int64_t first, int64_t last, int32_t count, int64_t next_write_offset)
+{
+    params_init(p, k, cp->epoch);
+    if (cp->has_committed)
+        param_i64(p, cp->committed_offset); /* $6 */
+    else
+        param_str(p, NULL);
+    param_i64(p, next_write_offset); /* $7 */
+    param_i64(p, first);             /* $8 */
+    param_i64(p, last);              /* $9 */
+    param_i64(p, count);             /* $10 */
+    param_str(p, k->notify_channel); /* $11 */
+}
+
+enum sc_cp_status sc_checkpoint_advance(struct sc_db *db, const struct sc_cp_key *k,
+                                        struct sc_cp *cp, int64_t first, int64_t last,
+                                        int32_t count, int64_t next_write_offset,
+                                        const struct sc_cp_dead *dead, size_t ndead)
+{
+    /* The caller holds the transaction open: no BEGIN/COMMIT here. */
+    enum sc_cp_status s = sc_checkpoint_store_dead(db, k, dead, ndead);
+    if (s != SC_CP_OK)
+        return s;
+    struct params p;
+    advance_params(&p, k, cp, first, last, count, next_write_offset);
+    s = run_write(db, &st_advance, &p, k, cp->epoch);
+    if (s == SC_CP_OK)
+        apply_commit(cp, last + 1, next_write_offset);
+    return s;
+}
+
+int sc_checkpoint_advance_prepare(struct sc_db *db)
+{
+    enum sc_pg_errclass cls;
+    return sc_db_prepare(db, &st_advance_strict, &cls);
+}
+
+int sc_checkpoint_advance_queue(struct sc_db *db, const struct sc_cp_key *k, const struct sc_cp *cp,
+                                int64_t first, int64_t last, int32_t count,
+                                int64_t next_write_offset, struct sc_cp *after)
+{
+    struct params p;
+    advance_params(&p, k, cp, first, last, count, next_write_offset);
+    if (sc_db_send(db, &st_advance_strict, p.v) != 0)
+        return -1;
+    *after = *cp;
+    apply_commit(after, last + 1, next_write_offset);
+    return 0;
+}
+
+enum sc_cp_status sc_checkpoint_set_start(struct sc_db *db, const struct sc_cp_key *k,
+                                          struct sc_cp *cp, int64_t offset, const char *why)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    param_i64(&p, offset);
+    param_str(&p, why);
+    param_str(&p, k->notify_channel);
+    enum sc_cp_status s = run_write(db, &st_set_start, &p, k, cp->epoch);
+    if (s == SC_CP_OK) {
+        cp->has_committed = true;
+        cp->committed_offset = offset;
+    }
+    return s;
+}
+
+enum sc_cp_status sc_checkpoint_fail(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
+                                     const char *message)
+{
+    struct params p;
+    params_init(&p, k, cp->epoch);
+    param_str(&p, message);
+    param_str(&p, k->notify_channel);
+    enum sc_cp_status s = run_write(db, &st_fail, &p, k, cp->epoch);
+    if (s == SC_CP_OK) {
+        cp->error = true;
+        snprintf(cp->error_msg, sizeof(cp->error_msg), "%s", message);
+    }
+    return s;
+}
+
+enum sc_cp_status sc_checkpoint_note_fenced(struct sc_db *db, const struct sc_cp_key *k,
+                                            int64_t my_epoch, const char *reason)
+{
+    struct params p;
+    params_init(&p, k, my_epoch);
+    param_str(&p, reason);
+    param_str(&p, k->notify_channel);
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec(db, &st_fenced, p.v, &cls);
+    if (!res)
+        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+    PQclear(res);
+    return SC_CP_OK;
+}
+
+enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp)
+{
+    struct params p;
+    params_init(&p, k, 0);
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec(db, &st_load, p.v, &cls);
+    if (!res)
+        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+    enum sc_cp_status s = SC_CP_CONFLICT; /* no row at all */
+    if (PQntuples(res) == 1) {
+        sc_checkpoint_parse_row(res, 0, 0, cp);
+        s = SC_CP_OK;
+    }
+    PQclear(res);
+    return s;
+}
+
+static enum sc_cp_status exec_simple(struct sc_db *db, const char *sql)
+{
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec_once(db, sql, 0, NULL, &cls);
+    if (!res)
+        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+    PQclear(res);
+    return SC_CP_OK;
+}
+
+static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
+                                        const struct params *p, const struct sc_cp_key *k,
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead)
+{
+    if (ndead == 0)
+        return run_write(db, st, p, k, epoch);
+    if (!sc_db_hold(db))
+        return SC_CP_UNAVAILABLE;
+    enum sc_cp_status s = exec_simple(db, "BEGIN");
+    if (s == SC_CP_OK)
+        s = sc_checkpoint_store_dead(db, k, dead, ndead);
+    if (s == SC_CP_OK)
+        s = run_write(db, st, p, k, epoch);
+    if (s == SC_CP_OK)
+        s = exec_simple(db, "COMMIT");
+    else
+        exec_simple(db, "ROLLBACK");
+    sc_db_release(db);
+    return s;
+}
+
+int sc_checkpoint_still_owner(struct sc_db *db, const struct sc_cp_key *k, int64_t epoch)
+{
+    struct params p;
+    params_init(&p, k, epoch);
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec(db, &st_owner, p.v, &cls);
+    if (!res)
+        return -1;
+    int rows = PQntuples(res);
+    PQclear(res);
+    return rows == 1 ? 0 : -1;
+}

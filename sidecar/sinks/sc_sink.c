@@ -1,0 +1,115 @@
+/*
+ * sc_sink.c - the sink registry and helpers every sink shares.
+ */
+#include "sinks/sc_sink.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+const struct sc_sink_class *sc_sink_class_of(enum sc_sink_type t)
+{
+    switch (t) {
+    case SC_SINK_FILE:
+        return &sink_file_type;
+    case SC_SINK_POSTGRES:
+        return &sink_postgres_type;
+    case SC_SINK_HTTP:
+        return &sink_http_type;
+    case SC_SINK_STDOUT:
+        return &sink_stdout_type;
+    }
+    return NULL;
+}
+
+struct sc_sink *sc_sink_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
+                            int worker_id, char *err, size_t errsize)
+{
+    const struct sc_sink_class *type = sc_sink_class_of(pc->sink.type);
+    if (!type) {
+        snprintf(err, errsize, "unknown sink type %d", (int)pc->sink.type);
+        return NULL;
+    }
+    struct sc_sink *sink = sc_xcalloc(1, sizeof(*sink));
+    sink->type = type;
+    sink->flags = type->flags;
+    sink->cfg = cfg;
+    sink->pc = pc;
+    sink->worker_id = worker_id;
+    if (type->create && type->create(sink, err, errsize) != 0) {
+        free(sink);
+        return NULL;
+    }
+    return sink;
+}
+
+void sc_sink_free(struct sc_sink *sink)
+{
+    if (!sink)
+        return;
+    if (sink->type->destroy)
+        sink->type->destroy(sink);
+    free(sink);
+}
+
+void sc_batch_result_add_dead(struct sc_batch_result *r, size_t index, char *error, int status,
+                              char *excerpt, int attempts)
+{
+    if (r->ndead == r->dead_cap) {
+        r->dead_cap = r->dead_cap ? r->dead_cap * 2 : 8;
+        r->dead = sc_xrealloc(r->dead, r->dead_cap * sizeof(*r->dead));
+    }
+    r->dead[r->ndead++] = (struct sc_dead_letter){
+        .index = index, .error = error, .status = status, .excerpt = excerpt, .attempts = attempts};
+}
+
+void sc_batch_result_clear(struct sc_batch_result *r)
+{
+    for (size_t i = 0; i < r->ndead; i++) {
+        free(r->dead[i].error);
+        free(r->dead[i].excerpt);
+    }
+    r->ndead = 0;
+    r->next_write_offset = 0;
+}
+
+int sc_sink_path_component(struct sc_buf *out, const char *name)
+{
+    if (name[0] == '\0' || strcmp(name, ".") == 0 || strcmp(name, "..") == 0)
+        if (sc_buf_putc(out, '_') < 0)
+            return -1;
+    for (const char *p = name; *p; p++) {
+        char c = *p;
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '_' || c == '-';
+        if (sc_buf_putc(out, ok ? c : '_') < 0)
+            return -1;
+    }
+    return 0;
+}
+
+char *sc_sink_expand_path(const char *tmpl, const struct sc_part_ref *ref)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 4096);
+    int rc = 0;
+    for (const char *p = tmpl; *p && rc == 0;) {
+        if (strncmp(p, "{pipeline}", 10) == 0) {
+            rc = sc_sink_path_component(&b, ref->pipeline);
+            p += 10;
+        } else if (strncmp(p, "{topic}", 7) == 0) {
+            rc = sc_sink_path_component(&b, ref->topic);
+            p += 7;
+        } else if (strncmp(p, "{partition}", 11) == 0) {
+            rc = sc_buf_printf(&b, "%d", (int)ref->partition);
+            p += 11;
+        } else {
+            rc = sc_buf_putc(&b, *p++);
+        }
+    }
+    if (rc < 0 || sc_buf_putc(&b, '\0') < 0) {
+        sc_buf_free(&b);
+        return NULL;
+    }
+    return b.data;
+}

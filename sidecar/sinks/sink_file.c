@@ -1,0 +1,299 @@
+/*
+ * sink_file.c - one file per partition; a batch is pwrite()n at the byte
+ * offset recorded in its pending checkpoint, so a replay overwrites the very
+ * bytes it wrote before (DESIGN §4).
+ *
+ * Durability (I3) follows the `fsync` policy: "batch" fdatasync()s before a
+ * batch counts as delivered, so the committed checkpoint never points past
+ * durable bytes even across power loss; "interval" syncs at most every
+ * fsync_interval_ms and "never" leaves it to the kernel: both survive a
+ * process crash exactly like "batch" (the page cache outlives the process)
+ * but a power loss can lose the tail of the file.  Recovery detects that
+ * (the file is shorter than the committed write offset) and puts the
+ * partition in the error state instead of writing past a hole.
+ *
+ * Recovery truncates the file to the committed write offset.  That is the
+ * one destructive step, so it runs under an OFD write lock on the file and
+ * re-checks the lease while holding it: a stalled old owner that wakes up
+ * between "check" and "truncate" holds the lock, and the new owner's own
+ * recovery waits for it instead of having its data cut off.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <libgen.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "base/sc_failpoint.h"
+#include "base/sc_log.h"
+#include "sinks/sc_sink.h"
+
+struct file_ctx {
+    struct sc_buf buf; /* the serialised batch, reused */
+};
+
+struct sc_sink_part {
+    int fd;
+    char *path;
+    int64_t last_sync_ms;
+    bool dirty; /* written since the last fdatasync */
+};
+
+static int file_create(struct sc_sink *sink, char *err, size_t errsize)
+{
+    (void)err, (void)errsize;
+    struct file_ctx *c = sc_xcalloc(1, sizeof(*c));
+    sc_buf_init(&c->buf, 0);
+    sink->ctx = c;
+    return 0;
+}
+
+static void file_destroy(struct sc_sink *sink)
+{
+    struct file_ctx *c = sink->ctx;
+    sc_buf_free(&c->buf);
+    free(c);
+}
+
+/* mkdir -p for the directories above path. */
+static int make_parents(const char *path, char *err, size_t errsize)
+{
+    char *tmp = sc_xstrdup(path);
+    int rc = 0;
+    for (char *p = tmp + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        if (mkdir(tmp, 0755) != 0 && errno != EEXIST) {
+            snprintf(err, errsize, "could not create directory \"%s\": %s", tmp, strerror(errno));
+            rc = -1;
+            break;
+        }
+        *p = '/';
+    }
+    free(tmp);
+    return rc;
+}
+
+static void sync_parent_dir(const char *path)
+{
+    char *tmp = sc_xstrdup(path);
+    int dfd = open(dirname(tmp), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+        fsync(dfd);
+        close(dfd);
+    }
+    free(tmp);
+}
+
+static int file_part_open(struct sc_sink *sink, const struct sc_part_ref *ref,
+                          struct sc_sink_part **out, char *err, size_t errsize)
+{
+    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    char *path = sc_sink_expand_path(fc->path, ref);
+    if (!path) {
+        snprintf(err, errsize, "file path for %s[%d] is too long", ref->topic, (int)ref->partition);
+        return -1;
+    }
+    if (make_parents(path, err, errsize) != 0) {
+        free(path);
+        return -1;
+    }
+    bool created = false;
+    int fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        created = fd >= 0;
+        if (fd < 0 && errno == EEXIST)
+            fd = open(path, O_RDWR | O_CLOEXEC);
+    }
+    if (fd < 0) {
+        snprintf(err, errsize, "could not open file \"%s\": %s", path, strerror(errno));
+        free(path);
+        return -1;
+    }
+    /* A new directory entry must survive power loss too. */
+    if (created && fc->fsync != SC_FSYNC_NEVER)
+        sync_parent_dir(path);
+    struct sc_sink_part *p = sc_xcalloc(1, sizeof(*p));
+    p->fd = fd;
+    p->path = path;
+    p->last_sync_ms = sc_mono_ms();
+    *out = p;
+    return 0;
+}
+
+static int lock_file(int fd, short type, const char *path, const char *topic, int32_t partition)
+{
+    struct flock fl = {.l_type = type, .l_whence = SEEK_SET, .l_start = 0, .l_len = 0};
+    int64_t start = sc_mono_ms(), warned = start;
+    for (;;) {
+        if (fcntl(fd, F_OFD_SETLK, &fl) == 0)
+            return 0;
+        if (errno != EAGAIN && errno != EACCES && errno != EINTR)
+            return -1;
+        if (type == F_UNLCK)
+            return -1;
+        if (sc_mono_ms() - warned >= 5000) {
+            warned = sc_mono_ms();
+            struct sc_log_fields f = {.topic = topic, .partition = partition};
+            sc_warn(&f,
+                    "waiting %llds for the recovery lock on \"%s\" (another sidecar process is "
+                    "recovering this file, or is stopped while doing so)",
+                    (long long)((warned - start) / 1000), path);
+        }
+        sc_sleep_ms(20, NULL);
+    }
+}
+
+static int file_part_recover(struct sc_sink *sink, struct sc_sink_part *p, int64_t end,
+                             int (*still_owner)(void *arg), void *arg, char *err, size_t errsize)
+{
+    (void)sink;
+    int rc = -1;
+    if (lock_file(p->fd, F_WRLCK, p->path, NULL, -1) != 0) {
+        snprintf(err, errsize, "could not lock file \"%s\": %s", p->path, strerror(errno));
+        return -1;
+    }
+    if (still_owner && still_owner(arg) != 0) {
+        snprintf(err, errsize, "lease lost before recovering \"%s\"", p->path);
+        goto out;
+    }
+    struct stat st;
+    if (fstat(p->fd, &st) != 0) {
+        snprintf(err, errsize, "could not stat file \"%s\": %s", p->path, strerror(errno));
+        goto out;
+    }
+    if (st.st_size < end) {
+        snprintf(err, errsize,
+                 "file \"%s\" is %lld bytes, shorter than its committed write offset %lld: output "
+                 "was lost (file truncated or deleted, or a power loss with fsync=interval/never)",
+                 p->path, (long long)st.st_size, (long long)end);
+        rc = -2; /* permanent: the caller puts the partition in the error state */
+        goto out;
+    }
+    if (st.st_size > end) {
+        if (ftruncate(p->fd, end) != 0) {
+            snprintf(err, errsize, "could not truncate file \"%s\" to %lld bytes: %s", p->path,
+                     (long long)end, strerror(errno));
+            goto out;
+        }
+        if (sink->pc->sink.file.fsync != SC_FSYNC_NEVER)
+            fdatasync(p->fd);
+    }
+    rc = 0;
+out:
+    lock_file(p->fd, F_UNLCK, p->path, NULL, -1);
+    return rc;
+}
+
+static void file_part_close(struct sc_sink *sink, struct sc_sink_part *p)
+{
+    if (!p)
+        return;
+    if (p->dirty && sink->pc->sink.file.fsync != SC_FSYNC_NEVER)
+        fdatasync(p->fd);
+    close(p->fd);
+    free(p->path);
+    free(p);
+}
+
+static int serialize(struct sc_sink *sink, const struct sc_batch *b, struct sc_buf *out)
+{
+    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    for (size_t i = 0; i < b->count; i++) {
+        const struct sc_record *r = &b->records[i];
+        if (fc->format == SC_FILE_JSONL) {
+            if (sc_envelope_append(out, r, sink->pc->value_format) < 0 ||
+                sc_buf_putc(out, '\n') < 0)
+                return -1;
+        } else {
+            if ((r->value && sc_buf_append(out, r->value, r->value_len) < 0) ||
+                sc_buf_append(out, fc->delimiter, fc->delimiter_len) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static bool retriable_errno(int e)
+{
+    return e == ENOSPC || e == EIO || e == EDQUOT || e == EINTR || e == EAGAIN || e == ENOMEM;
+}
+
+static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part *p,
+                                      const struct sc_batch *b, const struct sc_commit_hook *hook,
+                                      struct sc_batch_result *res, char *err, size_t errsize)
+{
+    (void)hook;
+    struct file_ctx *c = sink->ctx;
+    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    sc_buf_reset(&c->buf);
+    if (serialize(sink, b, &c->buf) != 0) {
+        snprintf(err, errsize, "batch does not fit in memory");
+        return SC_SINK_ERROR;
+    }
+    /* Someone deleted or replaced the file under us: writing on would deliver into an
+     * unlinked inode, or next to a file that lost what the checkpoint says it holds. */
+    struct stat st;
+    if (fstat(p->fd, &st) == 0 && st.st_nlink == 0) {
+        snprintf(err, errsize,
+                 "\"%s\" was deleted while the sidecar had it open: the records delivered "
+                 "to it are gone; reset the partition's checkpoint to deliver them again",
+                 p->path);
+        return SC_SINK_ERROR;
+    }
+    const char *d = c->buf.data;
+    size_t left = c->buf.len;
+    off_t off = (off_t)b->write_offset;
+    bool half_done = false;
+    while (left > 0) {
+        size_t chunk = left;
+        if (sc_failpoint_armed("file_mid_write") && !half_done && c->buf.len > 1)
+            chunk = c->buf.len / 2;
+        ssize_t n = pwrite(p->fd, d, chunk, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            int e = errno;
+            snprintf(err, errsize, "could not write %zu bytes at offset %lld of \"%s\": %s", left,
+                     (long long)off, p->path, strerror(e));
+            return retriable_errno(e) ? SC_SINK_RETRY : SC_SINK_ERROR;
+        }
+        d += n;
+        left -= (size_t)n;
+        off += n;
+        p->dirty = true;
+        if (!half_done && left > 0) {
+            half_done = true;
+            sc_failpoint("file_mid_write");
+        }
+    }
+    bool sync =
+        fc->fsync == SC_FSYNC_BATCH ||
+        (fc->fsync == SC_FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms);
+    if (sync) {
+        if (fdatasync(p->fd) != 0) {
+            /* After a failed fsync the page cache state is unknown: retry the whole batch. */
+            snprintf(err, errsize, "could not fsync \"%s\": %s", p->path, strerror(errno));
+            return SC_SINK_RETRY;
+        }
+        p->dirty = false;
+        p->last_sync_ms = sc_mono_ms();
+    }
+    res->next_write_offset = b->write_offset + (int64_t)c->buf.len;
+    return SC_SINK_OK;
+}
+
+const struct sc_sink_class sink_file_type = {
+    .name = "file",
+    .create = file_create,
+    .destroy = file_destroy,
+    .part_open = file_part_open,
+    .part_recover = file_part_recover,
+    .part_close = file_part_close,
+    .write = file_write,
+};
