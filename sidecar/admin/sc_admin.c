@@ -218,24 +218,12 @@ struct arg_check {
     size_t nseen;
 };
 
-/* Is name one of the space-separated words of list? */
-static bool word_in(const char *list, const char *name)
-{
-    size_t n = strlen(name);
-    if (n == 0)
-        return false;
-    for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
-        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
-            return true;
-    return false;
-}
-
 static enum MHD_Result check_one_arg(void *cls, enum MHD_ValueKind kind, const char *key,
                                      const char *value)
 {
     (void)kind, (void)value;
     struct arg_check *ck = cls;
-    if (!word_in(ck->allowed, key)) {
+    if (!sc_word_in(ck->allowed, key)) {
         snprintf(ck->bad, sizeof(ck->bad), "unknown query parameter \"%.64s\"", key);
         return MHD_NO;
     }

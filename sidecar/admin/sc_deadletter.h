@@ -1,8 +1,7 @@
 /*
- * sc_deadletter - `sidecar redrive`: re-sends the records in
- * <schema>.dead_letters through the pipeline's sink and marks the delivered
- * ones status = 'redriven'.  The command itself, sc_cmd_redrive(), is
- * declared with the other subcommands in sc_cli.h.
+ * sc_deadletter - dead letters as records again: `sidecar redrive`
+ * (cli/cmd_redrive.c) re-sends the records in <schema>.dead_letters through
+ * the pipeline's sink and marks the delivered ones status = 'redriven'.
  *
  * A row keeps the raw key and value (bytea) and the envelope (jsonb) the
  * sink was given; a record is rebuilt from the raw bytes plus the envelope's

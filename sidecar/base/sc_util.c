@@ -236,3 +236,14 @@ size_t sc_edit_distance(const char *a, const char *b)
     }
     return prev[lb];
 }
+
+bool sc_word_in(const char *list, const char *name)
+{
+    size_t n = strlen(name);
+    if (n == 0)
+        return false;
+    for (const char *p = list; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == list || p[-1] == ' ') && (p[n] == ' ' || p[n] == '\0'))
+            return true;
+    return false;
+}

@@ -1,7 +1,10 @@
 /*
- * sc_cli - entry points of the subcommands that main.c dispatches to.
- * Each returns a process exit code
- * (SC_EXIT_OK, SC_EXIT_FAILURE, SC_EXIT_USAGE).
+ * sc_cli - the subcommands of the `sidecar` binary.  Each lives in its own
+ * cli/cmd_<name>.c and exports one struct sc_command; main.c parses the
+ * options every command shares and dispatches through the table of them.
+ *
+ * A command returns a process exit code (SC_EXIT_OK, SC_EXIT_FAILURE,
+ * SC_EXIT_USAGE).
  */
 #ifndef SC_CLI_H
 #define SC_CLI_H
@@ -11,13 +14,50 @@
 
 struct sc_config;
 
-int sc_cmd_run(const struct sc_config *cfg);
-int sc_cmd_status(const struct sc_config *cfg, bool json);
-int sc_cmd_watch(const struct sc_config *cfg, const char *from, const char *pipeline,
-                 const char *partition, bool restart_snapshot);
-int sc_cmd_reset(const struct sc_config *cfg, const char *pipeline, const char *topic,
-                 const char *partition, const char *to_offset, bool force);
-int sc_cmd_redrive(const struct sc_config *cfg, const char *pipeline, const char *id);
+/* The parsed command line; only the options the command accepts can be set. */
+struct sc_cli {
+    const char *config; /* -c FILE, or $SIDECAR_CONFIG */
+    const char *pipeline;
+    const char *topic;
+    const char *partition;
+    const char *to_offset;
+    const char *from;
+    const char *id;
+    bool force;
+    bool json;
+    bool reference;
+    bool restart_snapshot;
+    /* Arguments after the options (only commands with .operands get any). */
+    int argc;
+    char **argv;
+};
+
+struct sc_command {
+    const char *name;
+    const char *summary; /* one line, in `sidecar --help` */
+    const char *usage;   /* options after "sidecar NAME" */
+    const char *help;    /* longer description for `sidecar NAME --help` */
+    /*
+     * The long options it accepts, space-separated ("c" is -c/--config:
+     * then a config is required, unless --reference is given).
+     */
+    const char *options;
+    bool operands; /* accepts arguments after the options */
+    /*
+     * Runs the command.  cfg is the loaded config when the command takes -c
+     * (NULL with --reference); the log is set up from it.
+     */
+    int (*run)(const struct sc_config *cfg, const struct sc_cli *cli);
+};
+
+extern const struct sc_command sc_cmd_run;
+extern const struct sc_command sc_cmd_migrate;
+extern const struct sc_command sc_cmd_check_config;
+extern const struct sc_command sc_cmd_status;
+extern const struct sc_command sc_cmd_watch;
+extern const struct sc_command sc_cmd_reset;
+extern const struct sc_command sc_cmd_redrive;
+extern const struct sc_command sc_cmd_version;
 
 /* "sidecar 0.1.0 (librdkafka 2.0.2, libpq 15, jansson 2.14, ...)" */
 void sc_print_version(FILE *out);

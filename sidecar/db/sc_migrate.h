@@ -58,7 +58,4 @@ int sc_migrate_current_version(PGconn *conn, const char *schema, char *errbuf, s
  */
 int sc_migrate_require_latest(PGconn *conn, const char *schema, char *errbuf, size_t errsize);
 
-/* `sidecar migrate`: connects, applies, prints a summary.  Returns an exit code. */
-int sc_cmd_migrate(const struct sc_config *cfg);
-
 #endif

@@ -1,5 +1,5 @@
 /*
- * sc_watch.c - `sidecar watch`: prints checkpoint events as they commit,
+ * cmd_watch.c - `sidecar watch`: prints checkpoint events as they commit,
  * one JSON object per line, each with its resume token (DESIGN §6).
  *
  * Without --from it first prints the current checkpoints ("kind":
@@ -118,9 +118,10 @@ static int print_lines(json_t *arr)
     return 0;
 }
 
-int sc_cmd_watch(const struct sc_config *cfg, const char *from, const char *pipeline,
-                 const char *partition, bool restart_snapshot)
+static int run_watch(const struct sc_config *cfg, const struct sc_cli *cli)
 {
+    const char *from = cli->from, *pipeline = cli->pipeline, *partition = cli->partition;
+    bool restart_snapshot = cli->restart_snapshot;
     int result = SC_EXIT_USAGE;
     char err[2048];
     struct sc_events_filter f = {.partition = -1};
@@ -224,3 +225,21 @@ out:
     free(schema_q);
     return result;
 }
+
+const struct sc_command sc_cmd_watch = {
+    .name = "watch",
+    .summary = "Print checkpoint events as they commit, one JSON object per line.",
+    .usage =
+        "-c FILE [--from TOKEN] [--pipeline P] [--partition TOPIC:N] [--restart-from-snapshot]",
+    .help = "Without --from, first prints the current checkpoints (\"kind\":\"snapshot\"),\n"
+            "then every event as its transaction commits, forever.  Every line carries\n"
+            "\"token\": pass it to --from to resume exactly after that line (with the same\n"
+            "--pipeline / --partition).  Events are never missed or repeated, also across\n"
+            "PostgreSQL reconnects, which happen by themselves.\n"
+            "\n"
+            "Exit codes: 0 on SIGINT / SIGTERM; 2 for a malformed token, a token issued for\n"
+            "another filter, or an expired one (its events were compacted away: add\n"
+            "--restart-from-snapshot to start again from the current checkpoints).\n",
+    .options = "c from pipeline partition restart-from-snapshot",
+    .run = run_watch,
+};

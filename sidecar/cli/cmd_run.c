@@ -1,18 +1,15 @@
 /*
- * sc_run.c - `sidecar run`: starts every pipeline and the admin endpoint,
+ * cmd_run.c - `sidecar run`: starts every pipeline and the admin endpoint,
  * and shuts them down in order on SIGTERM/SIGINT (DESIGN §9).
  *
  * Signals only set a flag; the threads notice it.  A second signal exits at
  * once: every pending checkpoint makes that a replay, never a loss.
  */
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
-
-#include <librdkafka/rdkafka.h>
 
 #include "admin/sc_admin.h"
 #include "admin/sc_retention.h"
@@ -21,9 +18,7 @@
 #include "base/sc_metrics.h"
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
-#include "db/sc_db.h"
 #include "db/sc_migrate.h"
-#include "db/sc_pg.h"
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
@@ -97,8 +92,9 @@ static bool all_ready(void *arg, char *why, size_t whysize)
     return true;
 }
 
-int sc_cmd_run(const struct sc_config *cfg)
+static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
 {
+    (void)cli;
     install_signals();
     sc_failpoint_init();
     sc_info(NULL, "kafka sidecar %s starting as instance \"%s\" (%zu pipeline%s)", SIDECAR_VERSION,
@@ -196,3 +192,14 @@ int sc_cmd_run(const struct sc_config *cfg)
     sc_info(NULL, "stopped");
     return rc;
 }
+
+const struct sc_command sc_cmd_run = {
+    .name = "run",
+    .summary = "Consume the configured pipelines and deliver them to their sinks.",
+    .usage = "-c FILE",
+    .help = "Runs until SIGTERM/SIGINT: then stops fetching, commits in-flight batches,\n"
+            "releases its leases and exits 0.  A second signal exits at once (safe: a\n"
+            "pending checkpoint makes that a replay, never a loss).\n",
+    .options = "c",
+    .run = run_run,
+};

@@ -1,9 +1,7 @@
 /*
- * sc_cli.c - version output.  The subcommands live in their own files
- * (sc_run.c, sc_migrate.c, sc_inspect.c, sc_watch.c, sc_deadletter.c).
+ * cmd_version.c - `sidecar version` (and `sidecar --version`): the
+ * sidecar's version and those of the libraries it runs with.
  */
-#include "cli/sc_cli.h"
-
 #include <stdio.h>
 
 #include <curl/curl.h>
@@ -13,6 +11,7 @@
 #include <microhttpd.h>
 
 #include "base/sc_util.h"
+#include "cli/sc_cli.h"
 
 void sc_print_version(FILE *out)
 {
@@ -22,3 +21,19 @@ void sc_print_version(FILE *out)
             SIDECAR_VERSION, rd_kafka_version_str(), pq / 10000, pq % 100, jansson_version_str(),
             curl_version_info(CURLVERSION_NOW)->version, MHD_get_version());
 }
+
+static int run_version(const struct sc_config *cfg, const struct sc_cli *cli)
+{
+    (void)cfg, (void)cli;
+    sc_print_version(stdout);
+    return SC_EXIT_OK;
+}
+
+const struct sc_command sc_cmd_version = {
+    .name = "version",
+    .summary = "Print the version and the library versions.",
+    .usage = "",
+    .help = "",
+    .options = "",
+    .run = run_version,
+};
