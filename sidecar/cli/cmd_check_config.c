@@ -12,11 +12,12 @@
 #include "base/sc_util.h"
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 
 static int run_check_config(const struct sc_config *cfg, const struct sc_cli *cli)
 {
     if (cli->reference) {
-        char *md = sc_config_reference_markdown();
+        char *md = sc_config_reference_markdown(&sc_sinks);
         fputs(md, stdout);
         free(md);
         return SC_EXIT_OK;

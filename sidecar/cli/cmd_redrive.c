@@ -287,13 +287,13 @@ static int run_redrive(const struct sc_config *cfg, const struct sc_cli *cli)
                 id);
         goto out;
     }
-    const struct sc_sink_class *type = sc_sink_class_of(r.pc->sink.type);
+    const struct sc_sink_class *type = sc_sink_class_of(&r.pc->sink);
     if (!type || !type->redrive) {
         fprintf(stderr,
                 "sidecar redrive: pipeline \"%s\" delivers to the %s sink, which cannot re-send "
                 "dead letters; inspect them with SQL: SELECT id, topic, partition, \"offset\", "
                 "error FROM %s.dead_letters WHERE pipeline = '%s' AND status = 'new'\n",
-                pipeline, type ? type->name : "unknown", cfg->postgres.schema, pipeline);
+                pipeline, type ? type->conf.name : "unknown", cfg->postgres.schema, pipeline);
         goto out;
     }
 
@@ -316,7 +316,8 @@ static int run_redrive(const struct sc_config *cfg, const struct sc_cli *cli)
     }
     r.sink = sc_sink_new(cfg, r.pc, 0, err, sizeof(err));
     if (!r.sink) {
-        fprintf(stderr, "sidecar redrive: could not create the %s sink: %s\n", type->name, err);
+        fprintf(stderr, "sidecar redrive: could not create the %s sink: %s\n", type->conf.name,
+                err);
         goto out;
     }
 

@@ -12,6 +12,7 @@
 #include "base/sc_util.h"
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 
 static void print_command_help(FILE *out, const struct sc_command *cmd)
 {
@@ -144,7 +145,7 @@ static struct sc_config *load_config(const char *path)
 {
     char err[8192];
     struct sc_config *cfg = NULL;
-    if (sc_config_load(path, &cfg, err, sizeof(err)) != 0) {
+    if (sc_config_load(path, &sc_sinks, &cfg, err, sizeof(err)) != 0) {
         fputs(err, stderr);
         if (err[0] && err[strlen(err) - 1] != '\n')
             fputc('\n', stderr);

@@ -2,7 +2,7 @@
  * sc_conf.c - the declarative key-table engine (see sc_conf.h).
  *
  * Parsing order inside one object: the table's keys in table order (absent
- * ones get their default), then the keys of the selected variant, then
+ * ones get their default), then the keys of the chosen variant, then
  * unknown keys, then keys that are set but do not apply, then the table's
  * cross-key check.  Errors are sorted by source position afterwards, so
  * this order never shows.
@@ -21,12 +21,19 @@
 #include <string.h>
 
 #include "base/sc_util.h"
-#include "config/sc_config.h" /* struct sc_strlist, struct sc_kvlist */
 #include "config/sc_expand.h"
 
 #define MAX_KEYS 64 /* keys of one table (a fixed array of per-key results) */
 
 /* ---- small helpers ------------------------------------------------------------------------ */
+
+const char *sc_kvlist_get(const struct sc_kvlist *kv, const char *key)
+{
+    for (size_t i = 0; kv && i < kv->count; i++)
+        if (strcmp(kv->items[i].key, key) == 0)
+            return kv->items[i].value;
+    return NULL;
+}
 
 /* Appends printf output to b, which has no maximum (so this cannot fail short of OOM). */
 static void put(struct sc_buf *b, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -378,6 +385,7 @@ static const char *type_name(const struct sc_conf_key *key)
     case SC_CONF_BOOL:
         return "boolean";
     case SC_CONF_ENUM:
+    case SC_CONF_VARIANT:
         return "enum";
     case SC_CONF_DURATION:
         return "duration";
@@ -563,6 +571,8 @@ static int parse_default(const struct sc_conf_key *key, void *base)
     case SC_CONF_OBJECT:
     case SC_CONF_ARRAY:
         return key->def ? -1 : 0; /* empty; OBJECT defaults come from its own table */
+    case SC_CONF_VARIANT:
+        return key->def ? -1 : 0; /* none chosen: a variant is named, never defaulted */
     }
     return -1;
 }
@@ -665,6 +675,42 @@ static int parse_enum(struct sc_conf_ctx *ctx, const struct sc_conf_key *key, vo
             sc_conf_error(ctx, "expected one of: %s", list);
         free(list);
     }
+    free(s);
+    return result;
+}
+
+/* The variant of ctx->variants called name, or NULL; the names listed in *list (malloc'd). */
+static const struct sc_conf_variant *variant_lookup(const struct sc_conf_ctx *ctx, const char *name,
+                                                    char **list)
+{
+    const struct sc_conf_variant *found = NULL, *v;
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    for (size_t i = 0; ctx->variants && (v = ctx->variants(i)) != NULL; i++) {
+        put(&b, "%s%s", i ? ", " : "", v->name);
+        if (name && strcmp(v->name, name) == 0)
+            found = v;
+    }
+    *list = buf_take(&b);
+    return found;
+}
+
+static int parse_variant(struct sc_conf_ctx *ctx, const struct sc_conf_key *key, void *base,
+                         const json_t *v)
+{
+    char *s = NULL, *list = NULL;
+    size_t n = 0;
+    if (json_is_string(v) && string_value(ctx, v, &s, &n) < 0)
+        return -1;
+    struct sc_conf_choice *choice = field_at(base, key->offset);
+    choice->variant = variant_lookup(ctx, s, &list);
+    int result = choice->variant ? 0 : -1;
+    char q[96];
+    if (!choice->variant && s)
+        sc_conf_error(ctx, "expected one of: %s (got %s)", list, sc_conf_quote(q, sizeof(q), s));
+    else if (!choice->variant)
+        sc_conf_error(ctx, "expected one of: %s", list);
+    free(list);
     free(s);
     return result;
 }
@@ -877,6 +923,9 @@ static int parse_field(struct sc_conf_ctx *ctx, const struct sc_conf_key *key, v
     case SC_CONF_ARRAY:
         rc = parse_array(ctx, key, base, v);
         break;
+    case SC_CONF_VARIANT:
+        rc = parse_variant(ctx, key, base, v);
+        break;
     }
     if (rc == 0 && key->check)
         key->check(ctx, field_at(base, key->offset));
@@ -948,13 +997,23 @@ static const char *suggest(const char *name, const struct sc_conf_key *a,
     return bestd <= 2 && bestd < nlen ? best : prefix;
 }
 
-/* The variant (other than chosen) whose table has key name, and its name. */
-static const char *other_variant(const struct sc_conf_table *t, const struct sc_conf_key *vk,
+/* The table's VARIANT key, or NULL. */
+static const struct sc_conf_key *variant_key(const struct sc_conf_table *t)
+{
+    for (size_t i = 0; t->keys[i].name; i++)
+        if (t->keys[i].type == SC_CONF_VARIANT)
+            return &t->keys[i];
+    return NULL;
+}
+
+/* The name of a variant (other than chosen) that has key name, or NULL. */
+static const char *other_variant(const struct sc_conf_ctx *ctx,
                                  const struct sc_conf_variant *chosen, const char *name)
 {
-    for (const struct sc_conf_variant *v = t->variants; v && v->table; v++)
+    const struct sc_conf_variant *v;
+    for (size_t i = 0; ctx->variants && (v = ctx->variants(i)) != NULL; i++)
         if (v != chosen && find_key(v->table->keys, name))
-            return enum_name(vk->values, v->value);
+            return v->name;
     return NULL;
 }
 
@@ -969,7 +1028,7 @@ static void check_unknown(struct sc_conf_ctx *ctx, const struct sc_conf_table *t
     {
         if (find_key(t->keys, k) || find_key(vkeys, k))
             continue;
-        const char *other = vk ? other_variant(t, vk, variant, k) : NULL;
+        const char *other = vk ? other_variant(ctx, variant, k) : NULL;
         if (other && !variant)
             continue; /* the selector itself is missing or invalid: already reported */
         const char *hint = suggest(k, t->keys, vkeys);
@@ -978,8 +1037,8 @@ static void check_unknown(struct sc_conf_ctx *ctx, const struct sc_conf_table *t
         char q[256];
         put(&b, "unknown key %s", sc_conf_quote(q, sizeof(q), k));
         if (other)
-            put(&b, " for %s \"%s\" (it is a key of %s \"%s\")", vk->name,
-                enum_name(vk->values, variant->value), vk->name, other);
+            put(&b, " for %s \"%s\" (it is a key of %s \"%s\")", vk->name, variant->name, vk->name,
+                other);
         if (hint)
             put(&b, "; did you mean \"%s\"?", hint);
         char *msg = buf_take(&b);
@@ -1010,18 +1069,13 @@ void sc_conf_parse(struct sc_conf_ctx *ctx, const struct sc_conf_table *table, v
     bool ok[MAX_KEYS], vok[MAX_KEYS];
     parse_keys(ctx, table->keys, base, obj, ok);
 
-    const struct sc_conf_key *vk = NULL;
+    const struct sc_conf_key *vk = variant_key(table);
     const struct sc_conf_variant *variant = NULL;
-    if (table->variants) {
-        vk = find_key(table->keys, table->variant_key);
-        int value = *(const int *)field_at(base, vk->offset);
-        bool known = ok[vk - table->keys] &&
-                     (obj ? json_object_get(obj, vk->name) || vk->def : vk->def != NULL);
-        for (const struct sc_conf_variant *v = table->variants; known && v->table; v++)
-            if (v->value == value)
-                variant = v;
-        if (variant)
-            parse_keys(ctx, variant->table->keys, field_at(base, variant->offset), obj, vok);
+    struct sc_conf_choice *choice = vk ? field_at(base, vk->offset) : NULL;
+    if (choice && choice->variant) {
+        variant = choice->variant;
+        choice->conf = sc_xcalloc(1, variant->table->size ? variant->table->size : 1);
+        parse_keys(ctx, variant->table->keys, choice->conf, obj, vok);
     }
     /* "Does not apply" is judged on the parsed values, so only when they all parsed. */
     bool keys_clean = ctx->nerrors == before;
@@ -1030,10 +1084,10 @@ void sc_conf_parse(struct sc_conf_ctx *ctx, const struct sc_conf_table *table, v
         if (keys_clean)
             check_applies(ctx, table->keys, base, obj);
         if (keys_clean && variant)
-            check_applies(ctx, variant->table->keys, field_at(base, variant->offset), obj);
+            check_applies(ctx, variant->table->keys, choice->conf, obj);
     }
     if (variant && variant->table->check)
-        variant->table->check(ctx, field_at(base, variant->offset), obj, keys_clean);
+        variant->table->check(ctx, choice->conf, obj, keys_clean);
     if (table->check)
         table->check(ctx, base, obj, keys_clean);
 }
@@ -1081,6 +1135,14 @@ static void free_keys(const struct sc_conf_key *keys, void *base)
             *(size_t *)field_at(base, key->aux_offset) = 0;
             break;
         }
+        case SC_CONF_VARIANT: {
+            struct sc_conf_choice *c = f;
+            if (c->variant && c->conf)
+                sc_conf_free(c->variant->table, c->conf);
+            free(c->conf);
+            memset(c, 0, sizeof(*c));
+            break;
+        }
         default:
             break;
         }
@@ -1092,9 +1154,6 @@ void sc_conf_free(const struct sc_conf_table *table, void *base)
     if (!base)
         return;
     free_keys(table->keys, base);
-    /* Only the selected variant was filled, but the others are zeroed: freeing all is safe. */
-    for (const struct sc_conf_variant *v = table->variants; v && v->table; v++)
-        sc_conf_free(v->table, field_at(base, v->offset));
 }
 
 static json_t *json_text(const char *s, size_t n)
@@ -1166,6 +1225,10 @@ static json_t *field_json(const struct sc_conf_key *key, const void *base)
             json_array_append_new(a, sc_conf_to_json(key->table, items + i * key->table->size));
         return a;
     }
+    case SC_CONF_VARIANT: {
+        const struct sc_conf_choice *c = f;
+        return c->variant ? json_string(c->variant->name) : json_null();
+    }
     }
     return json_null();
 }
@@ -1181,13 +1244,10 @@ json_t *sc_conf_to_json(const struct sc_conf_table *table, const void *base)
 {
     json_t *obj = json_object();
     keys_json(obj, table->keys, base);
-    if (table->variants) {
-        const struct sc_conf_key *vk = find_key(table->keys, table->variant_key);
-        int value = *(const int *)cfield_at(base, vk->offset);
-        for (const struct sc_conf_variant *v = table->variants; v->table; v++)
-            if (v->value == value)
-                keys_json(obj, v->table->keys, cfield_at(base, v->offset));
-    }
+    const struct sc_conf_key *vk = variant_key(table);
+    const struct sc_conf_choice *c = vk ? cfield_at(base, vk->offset) : NULL;
+    if (c && c->variant && c->conf)
+        keys_json(obj, c->variant->table->keys, c->conf);
     return obj;
 }
 
@@ -1231,7 +1291,8 @@ static void put_default(struct sc_buf *b, const struct sc_conf_key *key)
     }
 }
 
-static void put_allowed(struct sc_buf *b, const struct sc_conf_key *key)
+static void put_allowed(struct sc_buf *b, const struct sc_conf_key *key,
+                        sc_conf_variants_fn variants)
 {
     char x[32], y[32];
     switch (key->type) {
@@ -1251,6 +1312,12 @@ static void put_allowed(struct sc_buf *b, const struct sc_conf_key *key)
         for (size_t i = 0; key->values[i].name; i++)
             put(b, "%s`%s`", i ? ", " : "", key->values[i].name);
         break;
+    case SC_CONF_VARIANT: {
+        const struct sc_conf_variant *v;
+        for (size_t i = 0; variants && (v = variants(i)) != NULL; i++)
+            put(b, "%s`%s`", i ? ", " : "", v->name);
+        break;
+    }
     case SC_CONF_DURATION:
         put(b, "%s..%s", sc_conf_format_duration(key->min, x, sizeof(x)),
             key->max ? sc_conf_format_duration(key->max, y, sizeof(y)) : "");
@@ -1275,7 +1342,7 @@ static void put_allowed(struct sc_buf *b, const struct sc_conf_key *key)
 }
 
 static void reference_table(struct sc_buf *b, const struct sc_conf_table *t, const char *title,
-                            const struct sc_conf_key *keys)
+                            const struct sc_conf_key *keys, sc_conf_variants_fn variants)
 {
     put(b, "## %s\n\n", title);
     if (t->help)
@@ -1291,7 +1358,7 @@ static void reference_table(struct sc_buf *b, const struct sc_conf_table *t, con
             k->flags & SC_CONF_SECRET ? ", secret" : "");
         put_default(b, k);
         put(b, " | ");
-        put_allowed(b, k);
+        put_allowed(b, k, variants);
         put(b, " | ");
         put_cell(b, k->help ? k->help : "");
         if (k->applies && k->not_applicable) {
@@ -1303,31 +1370,33 @@ static void reference_table(struct sc_buf *b, const struct sc_conf_table *t, con
     put(b, "\n");
 }
 
-static void reference_below(struct sc_buf *b, const struct sc_conf_key *keys)
+static void reference_below(struct sc_buf *b, const struct sc_conf_key *keys,
+                            sc_conf_variants_fn variants)
 {
     for (size_t i = 0; keys[i].name; i++)
         if (keys[i].type == SC_CONF_OBJECT || keys[i].type == SC_CONF_ARRAY)
-            sc_conf_reference(keys[i].table, b);
+            sc_conf_reference(keys[i].table, variants, b);
 }
 
-void sc_conf_reference(const struct sc_conf_table *table, struct sc_buf *out)
+void sc_conf_reference(const struct sc_conf_table *table, sc_conf_variants_fn variants,
+                       struct sc_buf *out)
 {
     char *title = sc_xasprintf("`%s`", table->name && *table->name ? table->name : "(top level)");
-    reference_table(out, table, title, table->keys);
+    reference_table(out, table, title, table->keys, variants);
     free(title);
-    reference_below(out, table->keys);
-    const struct sc_conf_key *vk =
-        table->variants ? find_key(table->keys, table->variant_key) : NULL;
-    for (const struct sc_conf_variant *v = table->variants; v && v->table; v++) {
-        char *vt = sc_xasprintf("`%s` with `%s`: `%s`", table->name, vk->name,
-                                enum_name(vk->values, v->value));
-        reference_table(out, v->table, vt, v->table->keys);
+    reference_below(out, table->keys, variants);
+    const struct sc_conf_key *vk = variant_key(table);
+    const struct sc_conf_variant *v;
+    for (size_t i = 0; vk && variants && (v = variants(i)) != NULL; i++) {
+        char *vt = sc_xasprintf("`%s` with `%s`: `%s`", table->name, vk->name, v->name);
+        reference_table(out, v->table, vt, v->table->keys, variants);
         free(vt);
-        reference_below(out, v->table->keys);
+        reference_below(out, v->table->keys, variants);
     }
 }
 
-int sc_conf_table_selftest(const struct sc_conf_table *table, char *err, size_t errsize)
+int sc_conf_table_selftest(const struct sc_conf_table *table, sc_conf_variants_fn variants,
+                           char *err, size_t errsize)
 {
     const struct sc_conf_key *keys = table->keys;
     if (count_keys(keys) >= MAX_KEYS) {
@@ -1368,24 +1437,23 @@ int sc_conf_table_selftest(const struct sc_conf_table *table, char *err, size_t 
             return -1;
         }
         if ((k->type == SC_CONF_OBJECT || k->type == SC_CONF_ARRAY) &&
-            sc_conf_table_selftest(k->table, err, errsize) < 0)
+            sc_conf_table_selftest(k->table, variants, err, errsize) < 0)
             return -1;
     }
-    if (table->variants) {
-        const struct sc_conf_key *vk = find_key(keys, table->variant_key);
-        if (!vk || vk->type != SC_CONF_ENUM) {
-            snprintf(err, errsize, "%s: variant key is not an enum key", table->name);
-            return -1;
-        }
-        for (const struct sc_conf_variant *v = table->variants; v->table; v++) {
-            if (!enum_name(vk->values, v->value)) {
-                snprintf(err, errsize, "%s: variant %d is not a value of %s", table->name, v->value,
-                         vk->name);
+    const struct sc_conf_key *vk = variant_key(table);
+    const struct sc_conf_variant *v;
+    for (size_t i = 0; vk && variants && (v = variants(i)) != NULL; i++) {
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(variants(k)->name, v->name) == 0) {
+                snprintf(err, errsize, "%s: two variants named \"%s\"", table->name, v->name);
                 return -1;
             }
-            if (sc_conf_table_selftest(v->table, err, errsize) < 0)
-                return -1;
+        if (!v->table || !v->table->keys) {
+            snprintf(err, errsize, "%s: variant \"%s\" has no key table", table->name, v->name);
+            return -1;
         }
+        if (sc_conf_table_selftest(v->table, variants, err, errsize) < 0)
+            return -1;
     }
     return 0;
 }

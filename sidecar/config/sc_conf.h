@@ -30,6 +30,47 @@ struct sc_buf;
 struct sc_conf_ctx;
 struct sc_conf_table;
 
+/* A list of strings (e.g. topics): a STRLIST value. */
+struct sc_strlist {
+    char **items;
+    size_t count;
+};
+
+/* An ordered string map (e.g. kafka properties, HTTP headers): a MAP value. */
+struct sc_kv {
+    char *key;
+    char *value;
+};
+struct sc_kvlist {
+    struct sc_kv *items;
+    size_t count;
+};
+
+/* Returns the value of key in kv, or NULL. */
+const char *sc_kvlist_get(const struct sc_kvlist *kv, const char *key);
+
+/*
+ * A variant of a table, chosen by the name given to the table's VARIANT key
+ * (e.g. the sink "file" of "sink": {"type": "file", ...}): its own keys, in
+ * a struct of table->size bytes the engine allocates.  Variants are not
+ * known to the table that chooses between them; the layer that defines them
+ * lists them (struct sc_conf_ctx.variants), so a new variant is added
+ * without touching the configuration code.
+ */
+struct sc_conf_variant {
+    const char *name;
+    const struct sc_conf_table *table;
+};
+
+/* The value of a VARIANT key: the chosen variant and its struct (NULL until chosen). */
+struct sc_conf_choice {
+    const struct sc_conf_variant *variant;
+    void *conf;
+};
+
+/* The i-th variant a VARIANT key may choose, or NULL past the last one. */
+typedef const struct sc_conf_variant *(*sc_conf_variants_fn)(size_t i);
+
 enum sc_conf_type {
     SC_CONF_STRING,   /* char *; min..max = length in bytes (max 0: no limit) */
     SC_CONF_INT,      /* int; min..max = value */
@@ -41,6 +82,8 @@ enum sc_conf_type {
     SC_CONF_MAP,      /* struct sc_kvlist: object of strings, in document order */
     SC_CONF_OBJECT,   /* the struct described by .table, at .offset */
     SC_CONF_ARRAY,    /* array of .table structs: pointer at .offset, size_t count at .aux_offset */
+    SC_CONF_VARIANT,  /* struct sc_conf_choice: a variant's name, then that variant's keys are
+                         the table's too (at most one VARIANT key per table) */
 };
 
 enum {
@@ -95,21 +138,12 @@ struct sc_conf_key {
     bool (*is_secret_name)(const char *name); /* MASK_BY_NAME */
 };
 
-/* A variant of a table selected by the value of its ENUM key .variant_key. */
-struct sc_conf_variant {
-    int value;     /* the ENUM value that selects it */
-    size_t offset; /* of the variant's struct in the table's struct */
-    const struct sc_conf_table *table;
-};
-
 struct sc_conf_table {
     const char *name; /* the path in the reference, e.g. "pipelines[].sink" */
     const char *help;
     size_t size;                    /* sizeof the struct (ARRAY elements) */
     const struct sc_conf_key *keys; /* terminated by {NULL} */
-    sc_conf_table_fn check;
-    const char *variant_key;                /* e.g. "type" */
-    const struct sc_conf_variant *variants; /* terminated by {.table = NULL} */
+    sc_conf_table_fn check;         /* after the keys and, if any, the chosen variant's check */
 };
 
 /* ---- loading ------------------------------------------------------------------------------ */
@@ -133,7 +167,8 @@ struct sc_conf_ctx {
     size_t overflow; /* pushes beyond SC_CONF_MAX_DEPTH (not recorded) */
     struct sc_conf_error errors[SC_CONF_MAX_SHOWN]; /* the first ones in document order */
     size_t nshown;
-    size_t nerrors; /* all errors */
+    size_t nerrors;               /* all errors */
+    sc_conf_variants_fn variants; /* what VARIANT keys may choose (NULL: nothing) */
 };
 
 void sc_conf_ctx_init(struct sc_conf_ctx *ctx, const char *name, const char *text, size_t len);
@@ -180,14 +215,17 @@ void sc_conf_free(const struct sc_conf_table *table, void *base);
 /* The struct as a JSON object in table order, defaults included, secrets masked. */
 json_t *sc_conf_to_json(const struct sc_conf_table *table, const void *base);
 
-/* Appends a Markdown reference of table (and the tables below it) to out. */
-void sc_conf_reference(const struct sc_conf_table *table, struct sc_buf *out);
+/* Appends a Markdown reference of table (and the tables below it, and of each of
+ * variants for a VARIANT key) to out. */
+void sc_conf_reference(const struct sc_conf_table *table, sc_conf_variants_fn variants,
+                       struct sc_buf *out);
 
 /*
  * Checks a table's own consistency (every default parses and is in range,
  * every variant's value is an ENUM value): 0, or -1 with a message in err.
  * For unit tests; a broken table is a programming error.
  */
-int sc_conf_table_selftest(const struct sc_conf_table *table, char *err, size_t errsize);
+int sc_conf_table_selftest(const struct sc_conf_table *table, sc_conf_variants_fn variants,
+                           char *err, size_t errsize);
 
 #endif

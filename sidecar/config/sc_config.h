@@ -23,21 +23,7 @@
 
 #include <jansson.h>
 
-/* A list of strings (e.g. topics). */
-struct sc_strlist {
-    char **items;
-    size_t count;
-};
-
-/* An ordered string map (e.g. kafka properties, HTTP headers, column map). */
-struct sc_kv {
-    char *key;
-    char *value;
-};
-struct sc_kvlist {
-    struct sc_kv *items;
-    size_t count;
-};
+#include "config/sc_conf.h"
 
 enum sc_start_from {
     SC_START_EARLIEST,
@@ -53,98 +39,6 @@ enum sc_value_format {
     SC_VALUE_AUTO,
     SC_VALUE_STRING,
     SC_VALUE_BASE64,
-};
-
-enum sc_sink_type {
-    SC_SINK_FILE,
-    SC_SINK_POSTGRES,
-    SC_SINK_HTTP,
-    SC_SINK_STDOUT,
-};
-
-enum sc_file_format {
-    SC_FILE_JSONL,
-    SC_FILE_RAW,
-};
-
-enum sc_fsync_policy {
-    SC_FSYNC_BATCH,
-    SC_FSYNC_INTERVAL,
-    SC_FSYNC_NEVER,
-};
-
-struct sc_sink_file_conf {
-    char *path; /* template with {pipeline} {topic} {partition} */
-    enum sc_file_format format;
-    char *delimiter;      /* raw format only; JSON-decoded bytes, may contain NUL */
-    size_t delimiter_len; /* delimiter may contain NUL */
-    enum sc_fsync_policy fsync;
-    int fsync_interval_ms;
-};
-
-enum sc_pg_mode {
-    SC_PG_INSERT,
-    SC_PG_UPSERT,
-    SC_PG_INSERT_IGNORE,
-};
-
-enum sc_pg_coltype {
-    SC_PG_JSONB,
-    SC_PG_TEXT,
-    SC_PG_BYTEA,
-};
-
-struct sc_sink_postgres_conf {
-    char *dsn;   /* NULL: the checkpoint database (one-tx mode) */
-    char *table; /* "name" or "schema.name" */
-    enum sc_pg_mode mode;
-    struct sc_kvlist columns;      /* column -> "$.json.path" or "$topic" ...; empty = defaults */
-    struct sc_strlist key_columns; /* empty = (topic, partition, offset) */
-    bool create_table;
-    enum sc_pg_coltype value_type; /* default columns only: jsonb | text | bytea */
-    enum sc_pg_coltype key_type;   /* default columns only: text | bytea */
-};
-
-enum sc_http_method {
-    SC_HTTP_POST,
-    SC_HTTP_PUT,
-};
-
-enum sc_http_format {
-    SC_HTTP_NDJSON,
-    SC_HTTP_JSON_ARRAY,
-};
-
-enum sc_on_error {
-    SC_ON_ERROR_DEAD_LETTER,
-    SC_ON_ERROR_STOP,
-};
-
-struct sc_retry_conf {
-    int max_attempts;
-    int initial_backoff_ms;
-    int max_backoff_ms;
-    int max_elapsed_ms;
-};
-
-struct sc_sink_http_conf {
-    char *url;
-    enum sc_http_method method;
-    enum sc_http_format format;
-    struct sc_kvlist headers;
-    int timeout_ms;
-    struct sc_retry_conf retry;
-    enum sc_on_error on_error;
-    char *ca_file;
-    bool insecure_skip_verify;
-    char *bearer_token; /* secret */
-};
-
-struct sc_sink_conf {
-    enum sc_sink_type type;
-    struct sc_sink_file_conf file;
-    struct sc_sink_postgres_conf postgres;
-    struct sc_sink_http_conf http;
 };
 
 struct sc_batch_conf {
@@ -168,7 +62,9 @@ struct sc_pipeline_conf {
     struct sc_lease_conf lease;
     int workers;
     struct sc_kvlist kafka_properties; /* per-pipeline overrides of kafka.properties */
-    struct sc_sink_conf sink;
+    /* The sink: .variant is its type's name and key table (a struct sc_sink_class, see
+     * sinks/sc_sink.h), .conf that type's own config struct. */
+    struct sc_conf_choice sink;
     enum sc_assignment assignment;
 };
 
@@ -206,35 +102,43 @@ struct sc_config {
 };
 
 /*
- * Loads and validates path.  On success returns 0 and sets *out (owned by
- * the caller).  On failure returns -1 and writes one or more lines (each
- * "FILE:LINE:COL: PATH: message", at most errsize bytes) into errbuf.
+ * The sink types a configuration may name, and their checks.  The sinks
+ * layer provides it (sc_sinks in sinks/sc_sink.h): the loader knows no
+ * sink by name, so a new sink needs no change here.
  */
-int sc_config_load(const char *path, struct sc_config **out, char *errbuf, size_t errsize)
-    __attribute__((warn_unused_result));
+struct sc_sink_registry {
+    sc_conf_variants_fn types; /* each type's name and key table */
+    /* Rules between pipelines[i].sink and the rest of the configuration (e.g.
+     * two pipelines writing the same files); ctx's path is at pipelines[i]. */
+    void (*check)(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
+};
+
+/*
+ * Loads and validates path, with the sink types of sinks.  On success
+ * returns 0 and sets *out (owned by the caller).  On failure returns -1 and
+ * writes one or more lines (each "FILE:LINE:COL: PATH: message", at most
+ * errsize bytes) into errbuf.
+ */
+int sc_config_load(const char *path, const struct sc_sink_registry *sinks, struct sc_config **out,
+                   char *errbuf, size_t errsize) __attribute__((warn_unused_result));
 
 /* Same as sc_config_load() on an in-memory document; name is used in errors. */
-int sc_config_load_string(const char *name, const char *text, struct sc_config **out, char *errbuf,
-                          size_t errsize) __attribute__((warn_unused_result));
+int sc_config_load_string(const char *name, const char *text, const struct sc_sink_registry *sinks,
+                          struct sc_config **out, char *errbuf, size_t errsize)
+    __attribute__((warn_unused_result));
 
 void sc_config_free(struct sc_config *cfg);
 
 /* The effective configuration (defaults filled in) with every secret masked. */
 json_t *sc_config_to_json(const struct sc_config *cfg);
 
-/* Markdown reference of every key: name, type, default, range, help. */
-char *sc_config_reference_markdown(void);
-
-/* Returns the value of key in kv, or NULL. */
-const char *sc_kvlist_get(const struct sc_kvlist *kv, const char *key);
-
-/* Does a property/header name look like it holds a secret (password, token...)? */
-bool sc_config_key_is_secret(const char *name);
+/* Markdown reference of every key (the sinks' too): name, type, default, range, help. */
+char *sc_config_reference_markdown(const struct sc_sink_registry *sinks);
 
 /*
  * Checks the key tables themselves (every default parses and is in range):
  * 0, or -1 with a message in err.  For the unit tests.
  */
-int sc_config_selftest(char *err, size_t errsize);
+int sc_config_selftest(const struct sc_sink_registry *sinks, char *err, size_t errsize);
 
 #endif

@@ -27,7 +27,6 @@
 
 #include "base/sc_log.h"
 #include "base/sc_util.h"
-#include "config/sc_config.h"
 #include "db/sc_pg.h"
 
 /* The oldest server the migrations support (xid8, pg_current_xact_id()). */

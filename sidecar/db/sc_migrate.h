@@ -14,8 +14,6 @@
 
 #include <libpq-fe.h>
 
-struct sc_config;
-
 struct sc_sql_file {
     const char *name; /* "001_init.sql" */
     const char *text;

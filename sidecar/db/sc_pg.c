@@ -232,10 +232,9 @@ static void mark_uri_secrets(const char *dsn, size_t prefix, bool *masked)
     }
 }
 
-char *sc_pg_dsn_mask(const char *dsn)
+/* The textual masking: each secret value (and everything after a syntax error) as "****". */
+static char *mask_text(const char *dsn)
 {
-    if (!dsn)
-        return sc_xstrdup("");
     size_t len = strlen(dsn);
     bool *masked = sc_xcalloc(len + 1, sizeof(bool));
     size_t prefix = uri_prefix_length(dsn);
@@ -260,6 +259,56 @@ char *sc_pg_dsn_mask(const char *dsn)
     out[o] = '\0';
     free(masked);
     return out;
+}
+
+/* Does dsn parse with no password other than "****"? */
+static bool fully_masked(const char *dsn)
+{
+    PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+    bool ok = opts != NULL;
+    for (PQconninfoOption *o = opts; o && o->keyword; o++)
+        if (o->val && key_is_secret(o->keyword, strlen(o->keyword)) && strcmp(o->val, "****") != 0)
+            ok = false;
+    PQconninfoFree(opts);
+    return ok;
+}
+
+/*
+ * The masking is textual, to keep the DSN's form.  Should it ever miss
+ * (libpq parses the text in a way the scan above did not foresee), the DSN
+ * is rebuilt from libpq's own parse instead, which cannot miss.  A DSN
+ * libpq rejects stays masked from its first syntax error on.
+ */
+char *sc_pg_dsn_mask(const char *dsn)
+{
+    if (!dsn)
+        return sc_xstrdup("");
+    char *masked = mask_text(dsn);
+    PQconninfoOption *opts = PQconninfoParse(dsn, NULL);
+    if (!opts || fully_masked(masked)) {
+        PQconninfoFree(opts);
+        return masked;
+    }
+    free(masked);
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    for (PQconninfoOption *o = opts; o->keyword; o++) {
+        if (!o->val)
+            continue;
+        const char *v = key_is_secret(o->keyword, strlen(o->keyword)) ? "****" : o->val;
+        if (sc_buf_printf(&b, "%s%s='", b.len ? " " : "", o->keyword) < 0)
+            abort();
+        for (; *v; v++)
+            if (((*v == '\\' || *v == '\'') && sc_buf_putc(&b, '\\') < 0) ||
+                sc_buf_putc(&b, *v) < 0)
+                abort();
+        if (sc_buf_putc(&b, '\'') < 0)
+            abort();
+    }
+    PQconninfoFree(opts);
+    if (sc_buf_putc(&b, '\0') < 0)
+        abort();
+    return b.data;
 }
 
 /* ---- DSN describing ------------------------------------------------------ */

@@ -28,6 +28,7 @@
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
 #include "pipeline/sc_pipeline.h"
+#include "sinks/sc_sink_txn.h"
 #include "protocol/sc_lease.h"
 
 enum op_kind {

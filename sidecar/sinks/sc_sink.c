@@ -7,27 +7,56 @@
 #include <stdlib.h>
 #include <string.h>
 
-const struct sc_sink_class *sc_sink_class_of(enum sc_sink_type t)
+/*
+ * The sink types, in the order the configuration reference lists them.
+ * Adding a sink is one line here (X(name) for a struct sc_sink_class named
+ * sink_<name>_class in sinks/sink_<name>.c).
+ */
+#define SC_SINKS(X) \
+    X(file)         \
+    X(postgres)     \
+    X(http)         \
+    X(stdout)
+
+#define DECLARE(name) extern const struct sc_sink_class sink_##name##_class;
+SC_SINKS(DECLARE)
+#undef DECLARE
+
+#define LIST(name) &sink_##name##_class,
+static const struct sc_sink_class *const classes[] = {SC_SINKS(LIST)};
+#undef LIST
+
+static const struct sc_conf_variant *sink_type(size_t i)
 {
-    switch (t) {
-    case SC_SINK_FILE:
-        return &sink_file_type;
-    case SC_SINK_POSTGRES:
-        return &sink_postgres_type;
-    case SC_SINK_HTTP:
-        return &sink_http_type;
-    case SC_SINK_STDOUT:
-        return &sink_stdout_type;
-    }
+    return i < SC_ARRAY_LEN(classes) ? &classes[i]->conf : NULL;
+}
+
+static void check_sink(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i)
+{
+    const struct sc_sink_class *type = sc_sink_class_of(&cfg->pipelines[i].sink);
+    if (type && type->check_config)
+        type->check_config(ctx, cfg, i);
+}
+
+const struct sc_sink_registry sc_sinks = {
+    .types = sink_type,
+    .check = check_sink,
+};
+
+const struct sc_sink_class *sc_sink_class_of(const struct sc_conf_choice *sink)
+{
+    for (size_t i = 0; i < SC_ARRAY_LEN(classes); i++)
+        if (sink->variant == &classes[i]->conf)
+            return classes[i];
     return NULL;
 }
 
 struct sc_sink *sc_sink_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                             int worker_id, char *err, size_t errsize)
 {
-    const struct sc_sink_class *type = sc_sink_class_of(pc->sink.type);
+    const struct sc_sink_class *type = sc_sink_class_of(&pc->sink);
     if (!type) {
-        snprintf(err, errsize, "unknown sink type %d", (int)pc->sink.type);
+        snprintf(err, errsize, "pipeline \"%s\" has no known sink type", pc->name);
         return NULL;
     }
     struct sc_sink *sink = sc_xcalloc(1, sizeof(*sink));
@@ -35,6 +64,7 @@ struct sc_sink *sc_sink_new(const struct sc_config *cfg, const struct sc_pipelin
     sink->flags = type->flags;
     sink->cfg = cfg;
     sink->pc = pc;
+    sink->conf = pc->sink.conf;
     sink->worker_id = worker_id;
     if (type->create && type->create(sink, err, errsize) != 0) {
         free(sink);

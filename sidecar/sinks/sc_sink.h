@@ -1,7 +1,9 @@
 /*
- * sc_sink - the sink interface: one type struct of callbacks per sink
- * (sink_file.c, sink_postgres.c, sink_http.c, sink_stdout.c) and the
- * registry that finds a type by its config name.
+ * sc_sink - the sink interface: one class struct per sink type (sink_file.c,
+ * sink_postgres.c, sink_http.c, sink_stdout.c) holding its name, its
+ * configuration keys and its callbacks, and the registry that lists the
+ * classes (sc_sink.c: a new sink is its own file plus one line there; see
+ * docs/writing-a-sink.md).
  *
  * A sink instance belongs to one delivery worker thread; every callback of
  * an instance runs on that thread.  A partition handle (struct sc_sink_part)
@@ -19,8 +21,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include <libpq-fe.h>
-
+#include "config/sc_conf.h"
 #include "config/sc_config.h"
 #include "record/sc_envelope.h"
 
@@ -79,43 +80,11 @@ void sc_batch_result_clear(struct sc_batch_result *r);
 
 /*
  * Hook for sinks that commit the checkpoint themselves (SC_SINK_F_TRANSACTIONAL):
- * the worker lends its checkpoint connection and the parameters of the
- * commit so the sink can run it inside its own transaction.
+ * the worker lends its checkpoint connection and the commit so the sink can
+ * run it inside its own transaction.  Defined in sinks/sc_sink_txn.h, which
+ * only transactional sinks (and the worker) include.
  */
-struct sc_commit_hook {
-    /* The worker's checkpoint connection, lent for the duration of write():
-     * the sink runs BEGIN, its rows, commit(), then COMMIT on it.  Prepared
-     * statements of the sink must use names starting with "sink_" and be
-     * re-prepared when conn differs from the previous call's. */
-    PGconn *conn;
-    /*
-     * Runs the checkpoint advance (and the dead letters of r) on conn inside
-     * the sink's open transaction.  Returns 0 on success, 1 when fenced (the
-     * sink must ROLLBACK and return SC_SINK_FENCED), -1 on an error (ROLLBACK,
-     * SC_SINK_RETRY), with err set.
-     */
-    int (*commit)(void *arg, const struct sc_batch *b, const struct sc_batch_result *r, char *err,
-                  size_t errsize);
-    void *arg;
-    /*
-     * Optional (NULL when not offered): the same advance for a sink that
-     * sends its whole transaction as one pipeline (one round trip).  With
-     * conn in pipeline mode, after the sink's BEGIN and rows, queue() sends
-     * the advance without waiting.  It must not have dead letters (those go
-     * through commit()).  The statement fails when the advance does not
-     * apply (fenced, or the checkpoint moved), so the COMMIT the sink queues
-     * behind it can never commit the rows alone.  Returns 0 when exactly
-     * one statement was queued (the sink reads its result), -1 if none was.
-     * The sink then reports with queued(): 1 COMMIT succeeded; 0 nothing
-     * was committed (the sink has rolled back, and may go on with commit()
-     * as usual); -1 unknown (the connection failed once COMMIT could have
-     * reached the server: the sink returns SC_SINK_RETRY, and the worker
-     * reads the checkpoint back to learn what happened).
-     */
-    int (*queue)(void *arg, const struct sc_batch *b, const struct sc_batch_result *r, char *err,
-                 size_t errsize);
-    void (*queued)(void *arg, int outcome);
-};
+struct sc_commit_hook;
 
 struct sc_sink;
 struct sc_sink_part;
@@ -124,7 +93,20 @@ struct sc_sink_part;
 #define SC_SINK_F_TRANSACTIONAL 0x1
 
 struct sc_sink_class {
-    const char *name;
+    /*
+     * The type's name in the config ("type": "file") and the table of its
+     * own keys: the loader parses them into a struct of conf.table->size
+     * bytes that the sink reads as sink->conf, and `check-config
+     * --reference` documents them from the same table.
+     */
+    struct sc_conf_variant conf;
+    /*
+     * Optional: rules between this sink's keys and the rest of the
+     * configuration (another pipeline writing the same files, say), for
+     * cfg->pipelines[i]; ctx's path is at pipelines[i].  Runs even when some
+     * keys were invalid: a NULL string means "not given or invalid".
+     */
+    void (*check_config)(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
     unsigned flags; /* defaults for struct sc_sink.flags; create() may change them */
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */
@@ -171,12 +153,16 @@ struct sc_sink {
     unsigned flags; /* SC_SINK_F_*: the class's, unless create() decided otherwise */
     const struct sc_config *cfg;
     const struct sc_pipeline_conf *pc;
+    const void *conf; /* the type's own config struct (pc->sink.conf) */
     int worker_id;
     void *ctx;
 };
 
-/* The type for a configured sink. */
-const struct sc_sink_class *sc_sink_class_of(enum sc_sink_type t);
+/* Every sink type, for the config loader (sc_config_load() and friends). */
+extern const struct sc_sink_registry sc_sinks;
+
+/* The class of a configured sink (pc->sink), or NULL if it is not a sink type. */
+const struct sc_sink_class *sc_sink_class_of(const struct sc_conf_choice *sink);
 
 /* Creates a sink instance for one worker; NULL with err on failure. */
 struct sc_sink *sc_sink_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
@@ -193,10 +179,5 @@ int sc_sink_path_component(struct sc_buf *out, const char *name)
 
 /* Expands {pipeline} {topic} {partition} in a path template (components sanitised). */
 char *sc_sink_expand_path(const char *tmpl, const struct sc_part_ref *ref);
-
-extern const struct sc_sink_class sink_file_type;
-extern const struct sc_sink_class sink_stdout_type;
-extern const struct sc_sink_class sink_postgres_type;
-extern const struct sc_sink_class sink_http_type;
 
 #endif

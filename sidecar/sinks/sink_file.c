@@ -29,7 +29,177 @@
 
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
+#include "config/sc_conf.h"
 #include "sinks/sc_sink.h"
+
+/* ---- configuration ------------------------------------------------------------------------ */
+
+enum file_format {
+    FILE_JSONL,
+    FILE_RAW,
+};
+
+enum fsync_policy {
+    FSYNC_BATCH,
+    FSYNC_INTERVAL,
+    FSYNC_NEVER,
+};
+
+struct file_conf {
+    char *path; /* template with {pipeline} {topic} {partition} */
+    enum file_format format;
+    char *delimiter;      /* raw format only; JSON-decoded bytes, may contain NUL */
+    size_t delimiter_len; /* delimiter may contain NUL */
+    enum fsync_policy fsync;
+    int fsync_interval_ms;
+};
+
+static const char *const file_placeholders[] = {"{pipeline}", "{topic}", "{partition}"};
+
+static void check_file_path(struct sc_conf_ctx *ctx, void *field)
+{
+    const char *path = *(char **)field;
+    bool partition = false;
+    char q[96];
+    for (const char *s = path; (s = strchr(s, '{')) != NULL;) {
+        const char *e = strchr(s, '}');
+        if (!e) {
+            sc_conf_error(ctx, "unterminated placeholder \"{\" (use {pipeline}, {topic} and "
+                               "{partition})");
+            return;
+        }
+        size_t n = (size_t)(e - s) + 1;
+        bool known = false;
+        for (size_t i = 0; i < SC_ARRAY_LEN(file_placeholders); i++)
+            if (strlen(file_placeholders[i]) == n && memcmp(s, file_placeholders[i], n) == 0)
+                known = true;
+        if (!known) {
+            char *ph = sc_xasprintf("%.*s", (int)n, s);
+            sc_conf_error(ctx, "unknown placeholder %s (use {pipeline}, {topic} and {partition})",
+                          sc_conf_quote(q, sizeof(q), ph));
+            free(ph);
+            return;
+        }
+        partition |= n == strlen("{partition}") && memcmp(s, "{partition}", n) == 0;
+        s = e + 1;
+    }
+    if (!partition)
+        sc_conf_error(ctx, "must contain {partition}: partitions cannot share a file");
+}
+
+static bool file_is_raw(const void *base)
+{
+    return ((const struct file_conf *)base)->format == FILE_RAW;
+}
+
+static bool file_fsync_interval(const void *base)
+{
+    return ((const struct file_conf *)base)->fsync == FSYNC_INTERVAL;
+}
+
+static bool share_a_topic(const struct sc_pipeline_conf *a, const struct sc_pipeline_conf *b)
+{
+    for (size_t i = 0; i < a->topics.count; i++)
+        for (size_t k = 0; k < b->topics.count; k++)
+            if (strcmp(a->topics.items[i], b->topics.items[k]) == 0)
+                return true;
+    return false;
+}
+
+/* Partitions of two topics, or of two pipelines, must never share a file. */
+static void file_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i)
+{
+    const struct sc_pipeline_conf *p = &cfg->pipelines[i];
+    const char *path = ((const struct file_conf *)p->sink.conf)->path;
+    if (!path)
+        return;
+    sc_conf_push_key(ctx, "sink");
+    sc_conf_push_key(ctx, "path");
+    if (p->topics.count > 1 && !strstr(path, "{topic}"))
+        sc_conf_error(ctx,
+                      "must contain {topic}: this pipeline reads %zu topics, and their "
+                      "partitions cannot share a file",
+                      p->topics.count);
+    for (size_t j = 0; j < i; j++) {
+        const struct sc_pipeline_conf *o = &cfg->pipelines[j];
+        if (o->sink.variant != p->sink.variant)
+            continue;
+        const char *other = ((const struct file_conf *)o->sink.conf)->path;
+        if (other && strcmp(path, other) == 0 && !strstr(path, "{pipeline}") &&
+            (!strstr(path, "{topic}") || share_a_topic(p, o)))
+            sc_conf_error(ctx, "same files as pipelines[%zu].sink.path: add {pipeline} to the path",
+                          j);
+    }
+    sc_conf_pop(ctx);
+    sc_conf_pop(ctx);
+}
+
+static const struct sc_conf_enum file_formats[] = {
+    {"jsonl", FILE_JSONL},
+    {"raw", FILE_RAW},
+    {NULL, 0},
+};
+static const struct sc_conf_enum fsync_policies[] = {
+    {"batch", FSYNC_BATCH},
+    {"interval", FSYNC_INTERVAL},
+    {"never", FSYNC_NEVER},
+    {NULL, 0},
+};
+
+#define FILEK(f) offsetof(struct file_conf, f)
+
+static const struct sc_conf_key file_keys[] = {
+    {.name = "path",
+     .type = SC_CONF_STRING,
+     .offset = FILEK(path),
+     .min = 1,
+     .flags = SC_CONF_REQUIRED,
+     .check = check_file_path,
+     .help = "file of each partition, with placeholders {pipeline}, {topic} and {partition} "
+             "(which it must contain); directories are created"},
+    {.name = "format",
+     .type = SC_CONF_ENUM,
+     .def = "jsonl",
+     .offset = FILEK(format),
+     .values = file_formats,
+     .help = "jsonl: one record envelope per line; raw: the value bytes then the delimiter"},
+    {.name = "delimiter",
+     .type = SC_CONF_STRING,
+     .def = "\n",
+     .offset = FILEK(delimiter),
+     .flags = SC_CONF_ALLOW_NUL,
+     .aux_offset = FILEK(delimiter_len),
+     .applies = file_is_raw,
+     .not_applicable = "only applies to format raw",
+     .help = "written after each value (may contain \\u0000)"},
+    {.name = "fsync",
+     .type = SC_CONF_ENUM,
+     .def = "batch",
+     .offset = FILEK(fsync),
+     .values = fsync_policies,
+     .help = "batch: fsync before each checkpoint commit (survives power loss); interval: at "
+             "most every fsync_interval_ms; never: leave it to the kernel. All three survive a "
+             "process crash; with interval/never a power loss can lose the file's tail, which "
+             "the sidecar then reports as an error state instead of writing past it"},
+    {.name = "fsync_interval_ms",
+     .type = SC_CONF_INT,
+     .def = "1000",
+     .offset = FILEK(fsync_interval_ms),
+     .min = 1,
+     .max = 60000,
+     .applies = file_fsync_interval,
+     .not_applicable = "only applies to fsync interval",
+     .help = "fsync interval"},
+    {NULL},
+};
+static const struct sc_conf_table file_table = {
+    .name = "pipelines[].sink",
+    .help = "One file per partition; the write offset is the byte offset in the file.",
+    .size = sizeof(struct file_conf),
+    .keys = file_keys,
+};
+
+/* ---- the sink ------------------------------------------------------------------------------ */
 
 struct file_ctx {
     struct sc_buf buf; /* the serialised batch, reused */
@@ -92,7 +262,7 @@ static void sync_parent_dir(const char *path)
 static int file_part_open(struct sc_sink *sink, const struct sc_part_ref *ref,
                           struct sc_sink_part **out, char *err, size_t errsize)
 {
-    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    const struct file_conf *fc = sink->conf;
     char *path = sc_sink_expand_path(fc->path, ref);
     if (!path) {
         snprintf(err, errsize, "file path for %s[%d] is too long", ref->topic, (int)ref->partition);
@@ -116,7 +286,7 @@ static int file_part_open(struct sc_sink *sink, const struct sc_part_ref *ref,
         return -1;
     }
     /* A new directory entry must survive power loss too. */
-    if (created && fc->fsync != SC_FSYNC_NEVER)
+    if (created && fc->fsync != FSYNC_NEVER)
         sync_parent_dir(path);
     struct sc_sink_part *p = sc_xcalloc(1, sizeof(*p));
     p->fd = fd;
@@ -181,7 +351,7 @@ static int file_part_recover(struct sc_sink *sink, struct sc_sink_part *p, int64
                      (long long)end, strerror(errno));
             goto out;
         }
-        if (sink->pc->sink.file.fsync != SC_FSYNC_NEVER)
+        if (((const struct file_conf *)sink->conf)->fsync != FSYNC_NEVER)
             fdatasync(p->fd);
     }
     rc = 0;
@@ -194,7 +364,7 @@ static void file_part_close(struct sc_sink *sink, struct sc_sink_part *p)
 {
     if (!p)
         return;
-    if (p->dirty && sink->pc->sink.file.fsync != SC_FSYNC_NEVER)
+    if (p->dirty && ((const struct file_conf *)sink->conf)->fsync != FSYNC_NEVER)
         fdatasync(p->fd);
     close(p->fd);
     free(p->path);
@@ -203,10 +373,10 @@ static void file_part_close(struct sc_sink *sink, struct sc_sink_part *p)
 
 static int serialize(struct sc_sink *sink, const struct sc_batch *b, struct sc_buf *out)
 {
-    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    const struct file_conf *fc = sink->conf;
     for (size_t i = 0; i < b->count; i++) {
         const struct sc_record *r = &b->records[i];
-        if (fc->format == SC_FILE_JSONL) {
+        if (fc->format == FILE_JSONL) {
             if (sc_envelope_append(out, r, sink->pc->value_format) < 0 ||
                 sc_buf_putc(out, '\n') < 0)
                 return -1;
@@ -230,7 +400,7 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
 {
     (void)hook;
     struct file_ctx *c = sink->ctx;
-    const struct sc_sink_file_conf *fc = &sink->pc->sink.file;
+    const struct file_conf *fc = sink->conf;
     sc_buf_reset(&c->buf);
     if (serialize(sink, b, &c->buf) != 0) {
         snprintf(err, errsize, "batch does not fit in memory");
@@ -273,8 +443,8 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
         }
     }
     bool sync =
-        fc->fsync == SC_FSYNC_BATCH ||
-        (fc->fsync == SC_FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms);
+        fc->fsync == FSYNC_BATCH ||
+        (fc->fsync == FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms);
     if (sync) {
         if (fdatasync(p->fd) != 0) {
             /* After a failed fsync the page cache state is unknown: retry the whole batch. */
@@ -288,8 +458,9 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
     return SC_SINK_OK;
 }
 
-const struct sc_sink_class sink_file_type = {
-    .name = "file",
+const struct sc_sink_class sink_file_class = {
+    .conf = {.name = "file", .table = &file_table},
+    .check_config = file_check_config,
     .create = file_create,
     .destroy = file_destroy,
     .part_open = file_part_open,

@@ -61,12 +61,229 @@
 #include <curl/curl.h>
 
 #include "base/sc_log.h"
+#include "config/sc_conf.h"
+#include "config/sc_conf_check.h"
 #include "sinks/sc_sink.h"
 
 #define INLINE_WAIT_MS   250        /* longest backoff slept inside write() */
 #define INLINE_BUDGET_MS 2000       /* no in-place sleep once a call ran this long */
 #define EXCERPT_MAX      512        /* bytes of a response body kept for messages */
 #define BODY_MAX         (1u << 30) /* one request body */
+
+/* ---- configuration ------------------------------------------------------------------------ */
+
+enum http_method {
+    HTTP_POST,
+    HTTP_PUT,
+};
+
+enum http_format {
+    HTTP_NDJSON,
+    HTTP_JSON_ARRAY,
+};
+
+enum on_error {
+    ON_ERROR_DEAD_LETTER,
+    ON_ERROR_STOP,
+};
+
+struct retry_conf {
+    int max_attempts;
+    int initial_backoff_ms;
+    int max_backoff_ms;
+    int max_elapsed_ms;
+};
+
+struct http_conf {
+    char *url;
+    enum http_method method;
+    enum http_format format;
+    struct sc_kvlist headers;
+    int timeout_ms;
+    struct retry_conf retry;
+    enum on_error on_error;
+    char *ca_file;
+    bool insecure_skip_verify;
+    char *bearer_token; /* secret */
+};
+
+static void check_header(struct sc_conf_ctx *ctx, const char *name, const char *value)
+{
+    static const char *const reserved[] = {"Content-Type", "Content-Length", "Transfer-Encoding",
+                                           "Idempotency-Key"};
+    char q[96];
+    bool token = *name != '\0';
+    for (const char *p = name; *p && token; p++)
+        token = isalnum((unsigned char)*p) || strchr("!#$%&'*+-.^_`|~", *p);
+    if (!token) {
+        sc_conf_error_key(ctx, "invalid header name %s", sc_conf_quote(q, sizeof(q), name));
+        return;
+    }
+    bool set_by_us = strncasecmp(name, "X-Sidecar-", 10) == 0;
+    for (size_t i = 0; i < SC_ARRAY_LEN(reserved); i++)
+        set_by_us |= strcasecmp(name, reserved[i]) == 0;
+    if (set_by_us)
+        sc_conf_error_key(ctx, "header %s is set by the sidecar",
+                          sc_conf_quote(q, sizeof(q), name));
+    if (strpbrk(value, "\r\n"))
+        sc_conf_error(ctx, "must not contain a line break");
+}
+
+static void check_retry(struct sc_conf_ctx *ctx, void *base, const json_t *obj, bool clean)
+{
+    const struct retry_conf *r = base;
+    if (!clean || r->initial_backoff_ms <= r->max_backoff_ms)
+        return;
+    sc_conf_push_key(ctx, "initial_backoff_ms");
+    sc_conf_error(ctx, "must be at most retry.max_backoff_ms (%d)", r->max_backoff_ms);
+    sc_conf_pop(ctx);
+}
+
+static void check_http_sink(struct sc_conf_ctx *ctx, void *base, const json_t *obj, bool clean)
+{
+    const struct http_conf *h = base;
+    bool authorization = false;
+    for (size_t i = 0; i < h->headers.count; i++)
+        authorization |= strcasecmp(h->headers.items[i].key, "Authorization") == 0;
+    if (!h->bearer_token || !*h->bearer_token || !authorization)
+        return;
+    sc_conf_push_key(ctx, "bearer_token");
+    sc_conf_error(ctx, "conflicts with the Authorization header in headers: set only one");
+    sc_conf_pop(ctx);
+}
+
+static const struct sc_conf_enum http_methods[] = {
+    {"POST", HTTP_POST},
+    {"PUT", HTTP_PUT},
+    {NULL, 0},
+};
+static const struct sc_conf_enum http_formats[] = {
+    {"ndjson", HTTP_NDJSON},
+    {"json_array", HTTP_JSON_ARRAY},
+    {NULL, 0},
+};
+static const struct sc_conf_enum on_errors[] = {
+    {"dead_letter", ON_ERROR_DEAD_LETTER},
+    {"stop", ON_ERROR_STOP},
+    {NULL, 0},
+};
+
+#define HTTPK(f) offsetof(struct http_conf, f)
+
+static const struct sc_conf_key retry_keys[] = {
+    {.name = "max_attempts",
+     .type = SC_CONF_INT,
+     .def = "10",
+     .offset = offsetof(struct retry_conf, max_attempts),
+     .min = 1,
+     .max = 1000,
+     .help = "attempts in one round of retries; then the partition backs off and the batch is "
+             "sent again (running out of retries is never permanent)"},
+    {.name = "initial_backoff_ms",
+     .type = SC_CONF_INT,
+     .def = "200",
+     .offset = offsetof(struct retry_conf, initial_backoff_ms),
+     .min = 1,
+     .max = 600000,
+     .help = "first backoff (doubling, with jitter)"},
+    {.name = "max_backoff_ms",
+     .type = SC_CONF_INT,
+     .def = "10000",
+     .offset = offsetof(struct retry_conf, max_backoff_ms),
+     .min = 1,
+     .max = 3600000,
+     .help = "backoff cap"},
+    {.name = "max_elapsed_ms",
+     .type = SC_CONF_INT,
+     .def = "60000",
+     .offset = offsetof(struct retry_conf, max_elapsed_ms),
+     .min = 0,
+     .max = 86400000,
+     .help = "give up after this long; 0 = no limit"},
+    {NULL},
+};
+static const struct sc_conf_table retry_table = {
+    .name = "pipelines[].sink.retry",
+    .help = "Retries of connect errors, timeouts, 5xx, 408 and 429 (Retry-After is honoured).",
+    .keys = retry_keys,
+    .check = check_retry,
+};
+
+static const struct sc_conf_key http_keys[] = {
+    {.name = "url",
+     .type = SC_CONF_STRING,
+     .offset = HTTPK(url),
+     .flags = SC_CONF_REQUIRED,
+     .check = sc_conf_check_url,
+     .mask = sc_conf_mask_url,
+     .help = "http:// or https:// endpoint (a password in it is masked when printed)"},
+    {.name = "method",
+     .type = SC_CONF_ENUM,
+     .def = "POST",
+     .offset = HTTPK(method),
+     .values = http_methods,
+     .help = "request method"},
+    {.name = "format",
+     .type = SC_CONF_ENUM,
+     .def = "ndjson",
+     .offset = HTTPK(format),
+     .values = http_formats,
+     .help = "body: one envelope per line, or a JSON array"},
+    {.name = "headers",
+     .type = SC_CONF_MAP,
+     .offset = HTTPK(headers),
+     .flags = SC_CONF_MASK_BY_NAME,
+     .check_item = check_header,
+     .is_secret_name = sc_conf_key_is_secret,
+     .help = "extra request headers; Content-Type, Idempotency-Key and X-Sidecar-* are set "
+             "by the sidecar"},
+    {.name = "timeout_ms",
+     .type = SC_CONF_INT,
+     .def = "5000",
+     .offset = HTTPK(timeout_ms),
+     .min = 100,
+     .max = 600000,
+     .help = "timeout of one request"},
+    {.name = "retry",
+     .type = SC_CONF_OBJECT,
+     .offset = HTTPK(retry),
+     .table = &retry_table,
+     .help = "retry policy"},
+    {.name = "on_error",
+     .type = SC_CONF_ENUM,
+     .def = "dead_letter",
+     .offset = HTTPK(on_error),
+     .values = on_errors,
+     .help = "after a 4xx that rejects records: dead_letter (the batch is split to find them; "
+             "a row in dead_letters each, then continue) or stop (the partition's error state)"},
+    {.name = "ca_file",
+     .type = SC_CONF_STRING,
+     .offset = HTTPK(ca_file),
+     .min = 1,
+     .check = sc_conf_check_readable_file,
+     .def_doc = "the system CA store",
+     .help = "PEM bundle to verify the server with (read at load time)"},
+    {.name = "insecure_skip_verify",
+     .type = SC_CONF_BOOL,
+     .def = "false",
+     .offset = HTTPK(insecure_skip_verify),
+     .help = "do not verify the TLS certificate"},
+    {.name = "bearer_token",
+     .type = SC_CONF_STRING,
+     .offset = HTTPK(bearer_token),
+     .flags = SC_CONF_SECRET,
+     .help = "sent as \"Authorization: Bearer ...\""},
+    {NULL},
+};
+static const struct sc_conf_table http_table = {
+    .name = "pipelines[].sink",
+    .help = "One request per batch, with an Idempotency-Key the receiver de-duplicates by.",
+    .size = sizeof(struct http_conf),
+    .keys = http_keys,
+    .check = check_http_sink,
+};
+
+/* ---- requests ------------------------------------------------------------------------------ */
 
 enum outcome {
     OUT_OK,        /* 2xx: delivered */
@@ -279,7 +496,7 @@ static size_t on_header(char *data, size_t size, size_t n, void *arg)
 static int build_body(struct sc_sink *sink, const struct request *rq)
 {
     struct http_ctx *c = sink->ctx;
-    bool array = sink->pc->sink.http.format == SC_HTTP_JSON_ARRAY;
+    bool array = ((const struct http_conf *)sink->conf)->format == HTTP_JSON_ARRAY;
     sc_buf_reset(&c->body);
     if (array && sc_buf_putc(&c->body, '[') < 0)
         return -1;
@@ -300,7 +517,7 @@ static int build_body(struct sc_sink *sink, const struct request *rq)
 static void perform(struct sc_sink *sink, const struct request *rq, struct attempt *a)
 {
     struct http_ctx *c = sink->ctx;
-    const struct sc_sink_http_conf *hc = &sink->pc->sink.http;
+    const struct http_conf *hc = sink->conf;
     memset(a, 0, sizeof(*a));
     a->retry_after_ms = -1;
     int64_t first = rq->recs[rq->lo].offset, last = rq->recs[rq->hi - 1].offset;
@@ -314,8 +531,8 @@ static void perform(struct sc_sink *sink, const struct request *rq, struct attem
 
     struct curl_slist *h = NULL;
     char *line;
-    h = slist_add(h, hc->format == SC_HTTP_JSON_ARRAY ? "Content-Type: application/json"
-                                                      : "Content-Type: application/x-ndjson");
+    h = slist_add(h, hc->format == HTTP_JSON_ARRAY ? "Content-Type: application/json"
+                                                   : "Content-Type: application/x-ndjson");
     line = sc_xasprintf("Idempotency-Key: %s/%s/%d/%" PRId64 "-%" PRId64, rq->pipeline, rq->topic,
                         (int)rq->partition, first, last);
     h = slist_add(h, line);
@@ -407,7 +624,7 @@ static void http_destroy(struct sc_sink *sink)
 
 static int http_create(struct sc_sink *sink, char *err, size_t errsize)
 {
-    const struct sc_sink_http_conf *hc = &sink->pc->sink.http;
+    const struct http_conf *hc = sink->conf;
     struct sc_log_fields f = {.pipeline = sink->pc->name, .partition = -1};
     int rc = -1;
     pthread_once(&curl_once, curl_init);
@@ -444,7 +661,7 @@ static int http_create(struct sc_sink *sink, char *err, size_t errsize)
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)hc->timeout_ms);
     curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
     curl_easy_setopt(e, CURLOPT_POST, 1L);
-    if (hc->method == SC_HTTP_PUT)
+    if (hc->method == HTTP_PUT)
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, "PUT");
     curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 0L);
     curl_easy_setopt(e, CURLOPT_USERAGENT, "kafka-sidecar/" SIDECAR_VERSION);
@@ -518,7 +735,7 @@ static void push_range(struct sc_sink_part *p, size_t lo, size_t hi, int carried
 
 static void round_reset(struct sc_sink *sink, struct sc_sink_part *p)
 {
-    const struct sc_retry_conf *rc = &sink->pc->sink.http.retry;
+    const struct retry_conf *rc = &((const struct http_conf *)sink->conf)->retry;
     p->round_attempts = 0;
     sc_backoff_init(&p->backoff, rc->initial_backoff_ms, rc->max_backoff_ms);
 }
@@ -589,8 +806,8 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
                                       struct sc_batch_result *res, char *err, size_t errsize)
 {
     (void)hook;
-    const struct sc_sink_http_conf *hc = &sink->pc->sink.http;
-    const struct sc_retry_conf *rc = &hc->retry;
+    const struct http_conf *hc = sink->conf;
+    const struct retry_conf *rc = &hc->retry;
     enum sc_sink_result result = SC_SINK_ERROR;
     if (!same_batch(p, b))
         part_begin(sink, p, b);
@@ -629,7 +846,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
             round_reset(sink, p);
             continue;
         }
-        if (a.outcome == OUT_REJECTED && hc->on_error == SC_ON_ERROR_DEAD_LETTER) {
+        if (a.outcome == OUT_REJECTED && hc->on_error == ON_ERROR_DEAD_LETTER) {
             split_rejected(p, b, &a);
             round_reset(sink, p);
             continue;
@@ -713,7 +930,7 @@ static enum sc_sink_result http_redrive(struct sc_sink *sink, const struct sc_re
                                         size_t n, bool *ok, char **errors, char *err,
                                         size_t errsize)
 {
-    const struct sc_retry_conf *rc = &sink->pc->sink.http.retry;
+    const struct retry_conf *rc = &((const struct http_conf *)sink->conf)->retry;
     for (size_t i = 0; i < n; i++) {
         struct request rq = {.pipeline = sink->pc->name,
                              .topic = records[i].topic,
@@ -754,8 +971,8 @@ static enum sc_sink_result http_redrive(struct sc_sink *sink, const struct sc_re
     return SC_SINK_OK;
 }
 
-const struct sc_sink_class sink_http_type = {
-    .name = "http",
+const struct sc_sink_class sink_http_class = {
+    .conf = {.name = "http", .table = &http_table},
     .create = http_create,
     .destroy = http_destroy,
     .part_open = http_part_open,

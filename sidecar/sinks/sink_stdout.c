@@ -72,8 +72,16 @@ static enum sc_sink_result stdout_write(struct sc_sink *sink, struct sc_sink_par
     return SC_SINK_OK;
 }
 
-const struct sc_sink_class sink_stdout_type = {
-    .name = "stdout",
+/* No keys of its own: {"type": "stdout"}. */
+static const struct sc_conf_key stdout_keys[] = {{NULL}};
+static const struct sc_conf_table stdout_table = {
+    .name = "pipelines[].sink",
+    .help = "Envelopes on standard output, for debugging (at least once).",
+    .keys = stdout_keys,
+};
+
+const struct sc_sink_class sink_stdout_class = {
+    .conf = {.name = "stdout", .table = &stdout_table},
     .create = stdout_create,
     .destroy = stdout_destroy,
     .part_open = stdout_part_open,

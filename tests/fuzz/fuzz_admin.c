@@ -37,6 +37,7 @@
 #include "base/sc_log.h"
 #include "base/sc_util.h"
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 #include "fuzz.h"
 
 #define TOKEN       "fuzz-admin-token"
@@ -84,7 +85,8 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     signal(SIGPIPE, SIG_IGN);
     verbose = getenv("SC_FUZZ_VERBOSE") != NULL;
     sc_log_setup(SC_LOG_ERROR, SC_LOG_FORMAT_TEXT);
-    if (sc_config_load_string("fuzz_admin.json", config_text, &cfg, err, sizeof(err)) != 0) {
+    if (sc_config_load_string("fuzz_admin.json", config_text, &sc_sinks, &cfg, err, sizeof(err)) !=
+        0) {
         fprintf(stderr, "fuzz_admin: %s", err);
         exit(1);
     }

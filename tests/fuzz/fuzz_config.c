@@ -25,6 +25,7 @@
 #include <jansson.h>
 
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 #include "config/sc_expand.h"
 #include "fuzz.h"
 
@@ -198,7 +199,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct sc_config *cfg = NULL;
     char err[4096] = "";
-    if (sc_config_load_string("fuzz.json", text, &cfg, err, sizeof(err)) == 0) {
+    if (sc_config_load_string("fuzz.json", text, &sc_sinks, &cfg, err, sizeof(err)) == 0) {
         FUZZ_CHECK(cfg != NULL, "loaded without a config");
         json_t *shown = sc_config_to_json(cfg);
         FUZZ_CHECK(shown != NULL, "sc_config_to_json failed");

@@ -36,6 +36,7 @@
 #include "admin/sc_admin.h"
 #include "admin/sc_events.h"
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 #include "hx.h"
 #include "scx.h"
 
@@ -77,7 +78,8 @@ static void tenv_start(struct tenv *t, const char *dbname, const char *admin)
     scx_migrate(t->cfg_path);
     t->conn = hx_pg_connect(t->dsn);
     char err[4096];
-    ck_assert_msg(sc_config_load(t->cfg_path, &t->cfg, err, sizeof(err)) == 0, "%s", err);
+    ck_assert_msg(sc_config_load(t->cfg_path, &sc_sinks, &t->cfg, err, sizeof(err)) == 0, "%s",
+                  err);
     t->admin = NULL;
     if (!admin)
         return; /* the caller starts it */

@@ -26,7 +26,7 @@
 #include "config/sc_config.h"
 #include "record/sc_envelope.h"
 #include "scx.h"
-#include "sinks/sc_sink.h"
+#include "sinks/sc_sink_txn.h"
 
 /* ---- in-process fixture ------------------------------------------------ */
 
@@ -81,7 +81,7 @@ static int fx_sink(struct fx *f, const char *sink_json, char *err, size_t errsiz
              " \"pipelines\": [{\"name\": \"p1\", \"topics\": [\"orders\"], \"sink\": %s}]}",
              f->dsn, sink_json);
     if (f->cfg == NULL)
-        ck_assert_msg(sc_config_load_string("t.json", doc, &f->cfg, err, errsize) == 0,
+        ck_assert_msg(sc_config_load_string("t.json", doc, &sc_sinks, &f->cfg, err, errsize) == 0,
                       "config: %s", err);
     f->sink = sc_sink_new(f->cfg, &f->cfg->pipelines[0], 0, err, errsize);
     if (!f->sink)
@@ -635,7 +635,7 @@ START_TEST(test_identifiers_quoted)
                  " \"pipelines\": [{\"name\": \"p1\", \"topics\": [\"orders\"], \"sink\": %s}]}",
                  hostile[i]);
         struct sc_config *cfg = NULL;
-        ck_assert_msg(sc_config_load_string("t.json", doc, &cfg, err, sizeof(err)) != 0,
+        ck_assert_msg(sc_config_load_string("t.json", doc, &sc_sinks, &cfg, err, sizeof(err)) != 0,
                       "accepted: %s", hostile[i]);
         ck_assert_msg(strstr(err, "pipelines[0].sink.") != NULL, "%s", err);
     }
@@ -749,18 +749,23 @@ START_TEST(test_config_errors)
     sc_config_free(f.cfg);
     f.cfg = NULL;
 
-    /* another database, upsert with custom columns but no source position */
-    char sink[1024];
+    /* another database, upsert with custom columns but no source position: refused by the
+     * config check already (so `sidecar check-config` says it, not only `run`) */
+    char sink[1024], doc[2048];
     snprintf(sink, sizeof(sink),
              "{\"type\": \"postgres\", \"dsn\": \"%s\", \"table\": \"kv\", \"mode\": \"upsert\","
              " \"columns\": {\"id\": \"$.id\", \"v\": \"$.v\"}, \"key_columns\": [\"id\"]}",
              f.sink_dsn);
+    snprintf(doc, sizeof(doc),
+             "{\"postgres\": {\"dsn\": \"%s\"}, \"kafka\": {\"bootstrap.servers\": \"k:1\"},"
+             " \"pipelines\": [{\"name\": \"p1\", \"topics\": [\"orders\"], \"sink\": %s}]}",
+             f.dsn, sink);
     err[0] = '\0';
-    ck_assert_int_eq(fx_sink(&f, sink, err, sizeof(err)), -1);
-    ck_assert_msg(strstr(err, "\"$partition\" and \"$offset\"") && strstr(err, "insert_ignore"),
+    struct sc_config *bad = NULL;
+    ck_assert_int_eq(sc_config_load_string("t.json", doc, &sc_sinks, &bad, err, sizeof(err)), -1);
+    ck_assert_msg(strstr(err, "pipelines[0].sink.columns: ") &&
+                      strstr(err, "\"$partition\" and \"$offset\"") && strstr(err, "insert_ignore"),
                   "%s", err);
-    sc_config_free(f.cfg);
-    f.cfg = NULL;
 
     /* the sink database is down: retry (-1), not an error state */
     snprintf(sink, sizeof(sink),

@@ -14,7 +14,9 @@
 #include <jansson.h>
 
 #include "base/sc_log.h"
+#include "config/sc_conf_check.h"
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 
 static char err[16384];
 static struct sc_config *cfg;
@@ -43,7 +45,7 @@ static int load(const char *text)
 {
     cfg = NULL;
     err[0] = '\0';
-    int rc = sc_config_load_string("t.json", text, &cfg, err, sizeof(err));
+    int rc = sc_config_load_string("t.json", text, &sc_sinks, &cfg, err, sizeof(err));
     if (rc == 0)
         ck_assert_ptr_nonnull(cfg);
     else
@@ -55,7 +57,42 @@ static int load_file(const char *path)
 {
     cfg = NULL;
     err[0] = '\0';
-    return sc_config_load(path, &cfg, err, sizeof(err));
+    return sc_config_load(path, &sc_sinks, &cfg, err, sizeof(err));
+}
+
+/*
+ * The effective value of pipelines[i].sink.<key>, as `sidecar check-config`
+ * prints it: each sink's config struct is private to its file, so the
+ * tests read it the way users do.
+ */
+static json_t *sink_value(size_t i, const char *key)
+{
+    static json_t *all; /* kept until the next call: the tests compare one value at a time */
+    json_decref(all);
+    all = sc_config_to_json(cfg);
+    json_t *sink = json_object_get(json_array_get(json_object_get(all, "pipelines"), i), "sink");
+    return json_object_get(sink, key);
+}
+
+static const char *sink_str(size_t i, const char *key)
+{
+    json_t *v = sink_value(i, key);
+    ck_assert_msg(json_is_string(v), "pipelines[%zu].sink.%s is not a string", i, key);
+    return json_string_value(v);
+}
+
+static long long sink_int(size_t i, const char *key)
+{
+    json_t *v = sink_value(i, key);
+    ck_assert_msg(json_is_integer(v), "pipelines[%zu].sink.%s is not an integer", i, key);
+    return json_integer_value(v);
+}
+
+static bool sink_bool(size_t i, const char *key)
+{
+    json_t *v = sink_value(i, key);
+    ck_assert_msg(json_is_boolean(v), "pipelines[%zu].sink.%s is not a boolean", i, key);
+    return json_is_true(v);
 }
 
 /* Is there an error line that starts with prefix and contains sub? */
@@ -156,13 +193,35 @@ START_TEST(test_minimal_config_gets_every_default)
     ck_assert_int_eq(p->lease.renew_ms, 3000);
     ck_assert_int_eq(p->workers, 4);
     ck_assert_uint_eq(p->kafka_properties.count, 0);
-    ck_assert_int_eq(p->sink.type, SC_SINK_FILE);
-    ck_assert_str_eq(p->sink.file.path, "/d/{partition}");
-    ck_assert_int_eq(p->sink.file.format, SC_FILE_JSONL);
-    ck_assert_str_eq(p->sink.file.delimiter, "\n");
-    ck_assert_uint_eq(p->sink.file.delimiter_len, 1);
-    ck_assert_int_eq(p->sink.file.fsync, SC_FSYNC_BATCH);
-    ck_assert_int_eq(p->sink.file.fsync_interval_ms, 1000);
+    ck_assert_str_eq(p->sink.variant->name, "file");
+    ck_assert_str_eq(sink_str(0, "path"), "/d/{partition}");
+    ck_assert_str_eq(sink_str(0, "format"), "jsonl");
+    ck_assert_ptr_null(sink_value(0, "delimiter")); /* only applies to raw */
+    ck_assert_str_eq(sink_str(0, "fsync"), "batch");
+    ck_assert_ptr_null(sink_value(0, "fsync_interval_ms")); /* only applies to interval */
+}
+END_TEST
+
+/* A rule `run` enforces belongs in check-config too: upserts into another database must be
+ * able to tell which record wrote a row. */
+START_TEST(test_postgres_other_db_needs_source_position)
+{
+#define PG_OTHER(extra)                                                                          \
+    DOC("{\"type\": \"postgres\", \"dsn\": \"host=x\", \"table\": \"t\", \"mode\": \"upsert\", " \
+        "\"columns\": {\"id\": \"$.id\"" extra "}, \"key_columns\": [\"id\"]}")
+    ck_error(PG_OTHER(""), "t.json:5:94: pipelines[0].sink.columns: ",
+             "map columns to \"$partition\" and \"$offset\"");
+    ck_error(PG_OTHER(", \"p\": \"$partition\""),
+             "t.json:5:94: pipelines[0].sink.columns: ", "or use mode \"insert_ignore\"");
+    ck_valid(PG_OTHER(", \"p\": \"$partition\", \"o\": \"$offset\""));
+    sc_config_free(cfg);
+    /* insert_ignore never overwrites, and the checkpoint database needs no guard. */
+    ck_valid(DOC("{\"type\": \"postgres\", \"dsn\": \"host=x\", \"table\": \"t\", \"mode\": "
+                 "\"insert_ignore\", \"columns\": {\"id\": \"$.id\"}, \"key_columns\": [\"id\"]}"));
+    sc_config_free(cfg);
+    ck_valid(DOC("{\"type\": \"postgres\", \"table\": \"t\", \"mode\": \"upsert\", \"columns\": "
+                 "{\"id\": \"$.id\"}, \"key_columns\": [\"id\"]}"));
+#undef PG_OTHER
 }
 END_TEST
 
@@ -209,7 +268,8 @@ static const char full_config[] =
     "\"app.t\",\n"
     "              \"mode\": \"upsert\", \"columns\": {\"id\": \"$.order.id\", \"item\": "
     "\"$.items[0].sku\",\n"
-    "              \"t\": \"$topic\", \"body\": \"$value\"}, \"key_columns\": [\"id\"],\n"
+    "              \"t\": \"$topic\", \"body\": \"$value\", \"sp\": \"$partition\",\n"
+    "              \"so\": \"$offset\"}, \"key_columns\": [\"id\"],\n"
     "              \"create_table\": false}},\n"
     "    {\"name\": \"to-http\", \"topics\": [\"a\"],\n"
     "     \"sink\": {\"type\": \"http\", \"url\": \"https://api.example.com/in\", \"method\": "
@@ -261,46 +321,47 @@ START_TEST(test_full_config)
     ck_assert_int_eq(p->lease.ttl_ms, 6000);
     ck_assert_int_eq(p->workers, 64);
     ck_assert_str_eq(sc_kvlist_get(&p->kafka_properties, "fetch.wait.max.ms"), "10");
-    ck_assert_int_eq(p->sink.file.format, SC_FILE_RAW);
-    ck_assert_uint_eq(p->sink.file.delimiter_len, 2);
-    ck_assert_int_eq(memcmp(p->sink.file.delimiter, "\0|", 2), 0);
-    ck_assert_int_eq(p->sink.file.fsync, SC_FSYNC_INTERVAL);
-    ck_assert_int_eq(p->sink.file.fsync_interval_ms, 50);
+    ck_assert_str_eq(sink_str(0, "format"), "raw");
+    ck_assert_uint_eq(json_string_length(sink_value(0, "delimiter")), 2);
+    ck_assert_int_eq(memcmp(sink_str(0, "delimiter"), "\0|", 2), 0);
+    ck_assert_str_eq(sink_str(0, "fsync"), "interval");
+    ck_assert_int_eq(sink_int(0, "fsync_interval_ms"), 50);
 
     p = &cfg->pipelines[1];
-    ck_assert_int_eq(p->sink.type, SC_SINK_POSTGRES);
-    ck_assert_str_eq(p->sink.postgres.dsn, "host=other password=x");
-    ck_assert_str_eq(p->sink.postgres.table, "app.t");
-    ck_assert_int_eq(p->sink.postgres.mode, SC_PG_UPSERT);
-    ck_assert_uint_eq(p->sink.postgres.columns.count, 4);
-    ck_assert_str_eq(sc_kvlist_get(&p->sink.postgres.columns, "item"), "$.items[0].sku");
-    ck_assert_uint_eq(p->sink.postgres.key_columns.count, 1);
-    ck_assert(!p->sink.postgres.create_table);
+    ck_assert_str_eq(p->sink.variant->name, "postgres");
+    ck_assert_str_eq(sink_str(1, "dsn"), "host=other password=****");
+    ck_assert_str_eq(sink_str(1, "table"), "app.t");
+    ck_assert_str_eq(sink_str(1, "mode"), "upsert");
+    ck_assert_uint_eq(json_object_size(sink_value(1, "columns")), 6);
+    ck_assert_str_eq(json_string_value(json_object_get(sink_value(1, "columns"), "item")),
+                     "$.items[0].sku");
+    ck_assert_uint_eq(json_array_size(sink_value(1, "key_columns")), 1);
+    ck_assert(!sink_bool(1, "create_table"));
 
     p = &cfg->pipelines[2];
-    const struct sc_sink_http_conf *h = &p->sink.http;
-    ck_assert_int_eq(p->sink.type, SC_SINK_HTTP);
-    ck_assert_str_eq(h->url, "https://api.example.com/in");
-    ck_assert_int_eq(h->method, SC_HTTP_PUT);
-    ck_assert_int_eq(h->format, SC_HTTP_JSON_ARRAY);
-    ck_assert_str_eq(sc_kvlist_get(&h->headers, "X-Tenant"), "t1");
-    ck_assert_int_eq(h->timeout_ms, 100);
-    ck_assert_int_eq(h->retry.max_attempts, 1);
-    ck_assert_int_eq(h->retry.initial_backoff_ms, 5);
-    ck_assert_int_eq(h->retry.max_backoff_ms, 5);
-    ck_assert_int_eq(h->retry.max_elapsed_ms, 0);
-    ck_assert_int_eq(h->on_error, SC_ON_ERROR_STOP);
-    ck_assert_ptr_null(h->ca_file);
-    ck_assert(h->insecure_skip_verify);
-    ck_assert_str_eq(h->bearer_token, "tok");
+    ck_assert_str_eq(p->sink.variant->name, "http");
+    ck_assert_str_eq(sink_str(2, "url"), "https://api.example.com/in");
+    ck_assert_str_eq(sink_str(2, "method"), "PUT");
+    ck_assert_str_eq(sink_str(2, "format"), "json_array");
+    ck_assert_str_eq(json_string_value(json_object_get(sink_value(2, "headers"), "X-Tenant")),
+                     "t1");
+    ck_assert_int_eq(sink_int(2, "timeout_ms"), 100);
+    json_t *retry = sink_value(2, "retry");
+    ck_assert_int_eq(json_integer_value(json_object_get(retry, "max_attempts")), 1);
+    ck_assert_int_eq(json_integer_value(json_object_get(retry, "initial_backoff_ms")), 5);
+    ck_assert_int_eq(json_integer_value(json_object_get(retry, "max_backoff_ms")), 5);
+    ck_assert_int_eq(json_integer_value(json_object_get(retry, "max_elapsed_ms")), 0);
+    ck_assert_str_eq(sink_str(2, "on_error"), "stop");
+    ck_assert(json_is_null(sink_value(2, "ca_file")));
+    ck_assert(sink_bool(2, "insecure_skip_verify"));
+    ck_assert_str_eq(sink_str(2, "bearer_token"), "****");
 
-    ck_assert_int_eq(cfg->pipelines[3].sink.type, SC_SINK_STDOUT);
-    const struct sc_sink_postgres_conf *pg = &cfg->pipelines[4].sink.postgres;
-    ck_assert_ptr_null(pg->dsn); /* the checkpoint database */
-    ck_assert_int_eq(pg->value_type, SC_PG_BYTEA);
-    ck_assert_int_eq(pg->key_type, SC_PG_BYTEA);
-    ck_assert_int_eq(pg->mode, SC_PG_INSERT_IGNORE);
-    ck_assert(pg->create_table);
+    ck_assert_str_eq(cfg->pipelines[3].sink.variant->name, "stdout");
+    ck_assert(json_is_null(sink_value(4, "dsn"))); /* the checkpoint database */
+    ck_assert_str_eq(sink_str(4, "value_type"), "bytea");
+    ck_assert_str_eq(sink_str(4, "key_type"), "bytea");
+    ck_assert_str_eq(sink_str(4, "mode"), "insert_ignore");
+    ck_assert(sink_bool(4, "create_table"));
 }
 END_TEST
 
@@ -343,8 +404,7 @@ START_TEST(test_example_configs_load)
     snprintf(path, sizeof(path), "%s/conf/quickstart.json", HX_SOURCE_DIR);
     unsetenv("SIDECAR_DATA_DIR");
     ck_assert_int_eq(load_file(path), 0);
-    ck_assert_str_eq(cfg->pipelines[0].sink.file.path,
-                     "/tmp/sidecar-demo/{topic}/{partition}.jsonl");
+    ck_assert_str_eq(sink_str(0, "path"), "/tmp/sidecar-demo/{topic}/{partition}.jsonl");
     ck_assert_str_eq(cfg->pipelines[0].topics.items[0], "orders");
     sc_config_free(cfg);
     unsetenv("SIDECAR_PG_DSN");
@@ -646,8 +706,8 @@ START_TEST(test_file_sink_delimiter)
              "t.json:5:69: pipelines[0].sink.delimiter: ", "only applies to format raw");
     ck_valid(DOC("{\"type\": \"file\", \"path\": \"/d/{partition}\", \"format\": \"raw\", "
                  "\"delimiter\": \"\\u0000\"}"));
-    ck_assert_uint_eq(cfg->pipelines[0].sink.file.delimiter_len, 1);
-    ck_assert_int_eq(cfg->pipelines[0].sink.file.delimiter[0], '\0');
+    ck_assert_uint_eq(json_string_length(sink_value(0, "delimiter")), 1);
+    ck_assert_int_eq(sink_str(0, "delimiter")[0], '\0');
     json_t *j = sc_config_to_json(cfg);
     json_t *d = json_object_get(
         json_object_get(json_array_get(json_object_get(j, "pipelines"), 0), "sink"), "delimiter");
@@ -701,7 +761,7 @@ START_TEST(test_env_defaults_and_values)
     ck_assert_str_eq(cfg->admin.token, "");
     ck_assert_str_eq(cfg->pipelines[0].topics.items[0], "orders");
     ck_assert_str_eq(cfg->pipelines[0].group_id, "${SCT_TOPIC}");
-    ck_assert_str_eq(sc_kvlist_get(&cfg->pipelines[0].sink.http.headers, "X-Key"), "k-1");
+    ck_assert_str_eq(json_string_value(json_object_get(sink_value(0, "headers"), "X-Key")), "k-1");
 }
 END_TEST
 
@@ -715,7 +775,7 @@ START_TEST(test_env_in_integers_and_booleans)
                   "    \"sink\": {\"type\": \"postgres\", \"table\": \"t\", \"create_table\": "
                   "\"${SCT_CREATE}\"}\n" TAIL);
     ck_assert_int_eq(cfg->pipelines[0].workers, 7);
-    ck_assert(!cfg->pipelines[0].sink.postgres.create_table);
+    ck_assert(!sink_bool(0, "create_table"));
     ck_assert_int_eq(cfg->events.retention_ms, 2 * 86400000LL);
     sc_config_free(cfg);
 
@@ -963,9 +1023,9 @@ START_TEST(test_key_is_secret)
                                      "ssl.key.location", "sasl.username",     "Content-Encoding",
                                      "keyboard"};
     for (size_t i = 0; i < sizeof(yes) / sizeof(yes[0]); i++)
-        ck_assert_msg(sc_config_key_is_secret(yes[i]), "%s", yes[i]);
+        ck_assert_msg(sc_conf_key_is_secret(yes[i]), "%s", yes[i]);
     for (size_t i = 0; i < sizeof(no) / sizeof(no[0]); i++)
-        ck_assert_msg(!sc_config_key_is_secret(no[i]), "%s", no[i]);
+        ck_assert_msg(!sc_conf_key_is_secret(no[i]), "%s", no[i]);
 }
 END_TEST
 
@@ -1122,8 +1182,8 @@ START_TEST(test_error_buffer_is_bounded)
 {
     char small[100];
     struct sc_config *c = NULL;
-    ck_assert_int_eq(sc_config_load_string("t.json", DOC("{\"type\": 1, \"a\": 1, \"b\": 2}"), &c,
-                                           small, sizeof(small)),
+    ck_assert_int_eq(sc_config_load_string("t.json", DOC("{\"type\": 1, \"a\": 1, \"b\": 2}"),
+                                           &sc_sinks, &c, small, sizeof(small)),
                      -1);
     ck_assert_uint_lt(strlen(small), sizeof(small));
     ck_assert(strlen(small) == 0 || small[strlen(small) - 1] == '\n'); /* whole lines */
@@ -1132,7 +1192,7 @@ END_TEST
 
 START_TEST(test_reference_markdown)
 {
-    char *md = sc_config_reference_markdown();
+    char *md = sc_config_reference_markdown(&sc_sinks);
     static const char *const want[] = {
         "# Configuration reference",
         "| `instance_id` |",
@@ -1157,7 +1217,7 @@ END_TEST
 START_TEST(test_tables_are_consistent)
 {
     char msg[256] = "";
-    ck_assert_msg(sc_config_selftest(msg, sizeof(msg)) == 0, "%s", msg);
+    ck_assert_msg(sc_config_selftest(&sc_sinks, msg, sizeof(msg)) == 0, "%s", msg);
 }
 END_TEST
 
@@ -1182,6 +1242,7 @@ static Suite *config_suite(void)
     tcase_add_test(tc, test_minimal_config_gets_every_default);
     tcase_add_test(tc, test_instance_id_default);
     tcase_add_test(tc, test_full_config);
+    tcase_add_test(tc, test_postgres_other_db_needs_source_position);
     tcase_add_test(tc, test_effective_config_round_trips);
     tcase_add_test(tc, test_example_configs_load);
     tcase_add_test(tc, test_utf8_bom_is_accepted);

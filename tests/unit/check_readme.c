@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "config/sc_config.h"
+#include "sinks/sc_sink.h"
 #include "hx.h"
 
 START_TEST(test_readme_config_reference_is_current)
@@ -21,7 +22,7 @@ START_TEST(test_readme_config_reference_is_current)
     const char *end = strstr(readme, "<!-- config-reference:end -->");
     ck_assert_msg(begin && end && end > begin, "README.md lacks the config-reference markers");
     begin = strchr(begin, '\n') + 1;
-    char *md = sc_config_reference_markdown();
+    char *md = sc_config_reference_markdown(&sc_sinks);
     /* As embedded: without the generated H1 (the README has the section title) and with
      * every heading one level down. */
     char *body = md;
