@@ -2,8 +2,8 @@
 # The benchmark in one command: installs the packages it needs (.ci/install-deps),
 # builds what it runs, and starts bench/bench.py, which starts a throwaway
 # PostgreSQL and the mock Kafka cluster, produces the data set and measures the
-# sidecar side by side with kcat, psql \copy and a naive consumer (README,
-# "Benchmarks").  Everything it starts is stopped and removed at the end.
+# sidecar side by side with kcat, psql \copy and a naive consumer
+# (docs/benchmarks.md).  Everything it starts is stopped and removed at the end.
 #
 #   bash bench/run.sh [--records N] [--partitions P] [--repeat N] [--json FILE] [--quick]
 #   bash bench/run.sh --help          # every option

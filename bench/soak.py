@@ -14,8 +14,8 @@ a topic with 8 partitions while records are produced at a steady rate
     --pg-restart-every seconds.
   - A is never killed: its RSS (VmRSS), sampled every 10 s, shows leaks.
 
-The mock broker keeps only about 5 MiB of batches per partition (DESIGN
-section 10), so the backlog (partition_status.lag) is watched: at the default
+The mock broker keeps only about 5 MiB of batches per partition
+(docs/design.md §8), so the backlog (partition_status.lag) is watched: at the default
 rate the sidecar keeps up easily, and a lost record would show below anyway.
 The producer lingers 100 ms (--linger-ms): the mock answers a fetch with one
 batch per partition, and batches of a record or two make catching up after a

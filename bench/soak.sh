@@ -3,7 +3,7 @@
 # builds what it runs, and starts bench/soak.py, which runs two sidecar instances
 # for 30 minutes while one of them is SIGKILLed every minute and PostgreSQL is
 # restarted every 5 minutes, then checks that the output is exact and that the
-# RSS of the instance never killed stayed flat (README, "Benchmarks").
+# RSS of the instance never killed stayed flat (docs/benchmarks.md, "Soak test").
 #
 #   bash bench/soak.sh [--minutes M] [--kill-every S] [--pg-restart-every S] [--json FILE]
 #   bash bench/soak.sh --minutes 3 --kill-every 20 --pg-restart-every 60   # a short run

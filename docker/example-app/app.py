@@ -5,7 +5,7 @@ and applies every record exactly once, by de-duplicating on Idempotency-Key.
 Python 3 standard library only (http.server + sqlite3), so it runs on
 python:3-slim or on Debian's python3 and its test runs in CI as is.
 
-The contract it implements (README, "HTTP sink"):
+The contract it implements (docs/sinks.md, "Receiving from the HTTP sink"):
 
 - One request is one batch: POST (or PUT) /ingest, body = the batch's record
   envelopes as NDJSON (or a JSON array), headers

@@ -19,7 +19,7 @@ import app  # noqa: E402
 
 
 def envelope(offset, topic="orders", partition=0, value=None, key=None):
-    """One record envelope in the sidecar's fixed key order (README "Record envelope")."""
+    """One record envelope in the sidecar's fixed key order (docs/sinks.md "Record envelope")."""
     if value is None:
         value = {"order_id": offset, "amount": "1.10"}
     return {"topic": topic, "partition": partition, "offset": offset, "timestamp": 1732240000000 + offset,

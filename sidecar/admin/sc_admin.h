@@ -1,5 +1,5 @@
 /*
- * sc_admin - the admin HTTP endpoint (DESIGN §8): /healthz, /readyz,
+ * sc_admin - the admin HTTP endpoint (docs/operations.md): /healthz, /readyz,
  * /metrics and the /v1 JSON API, on 127.0.0.1 by default, with an optional
  * bearer token required on everything but /healthz.
  *

@@ -1,7 +1,7 @@
 /*
  * sc_events - reads sidecar.events in commit-safe order and carries the
  * reader's position in resume tokens; used by `sidecar watch`, GET
- * /v1/events and the /v1/events/stream Server-Sent Events (DESIGN I7, §6).
+ * /v1/events and the /v1/events/stream Server-Sent Events (I7; docs/design.md §5).
  *
  * A reader is a struct sc_events_cursor: a filter (pipeline, topic and
  * partition) and a position.  A fresh cursor starts with a snapshot of the

@@ -1,5 +1,5 @@
 /*
- * sc_metrics - the process's Prometheus metrics (DESIGN §8), all prefixed
+ * sc_metrics - the process's Prometheus metrics (docs/operations.md), all prefixed
  * sidecar_ and labelled by pipeline / topic / partition where it makes sense.
  *
  * Per-partition series live in a struct sc_metrics_part that the owner of

@@ -10,7 +10,7 @@
 #include <stdint.h>
 #include <string.h>
 
-/* Process exit codes (DESIGN §6). */
+/* Process exit codes (docs/design.md §7). */
 enum {
     SC_EXIT_OK = 0,
     SC_EXIT_FAILURE = 1, /* runtime failure: unreachable server, I/O error */

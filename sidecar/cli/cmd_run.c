@@ -1,6 +1,6 @@
 /*
  * cmd_run.c - `sidecar run`: starts every pipeline and the admin endpoint,
- * and shuts them down in order on SIGTERM/SIGINT (DESIGN §9).
+ * and shuts them down in order on SIGTERM/SIGINT (docs/design.md §7).
  *
  * Signals only set a flag; the threads notice it.  A second signal exits at
  * once: every pending checkpoint makes that a replay, never a loss.

@@ -1,6 +1,6 @@
 /*
  * cmd_watch.c - `sidecar watch`: prints checkpoint events as they commit,
- * one JSON object per line, each with its resume token (DESIGN §6).
+ * one JSON object per line, each with its resume token (docs/design.md §5).
  *
  * Without --from it first prints the current checkpoints ("kind":
  * "snapshot").  It follows the events forever: LISTEN wakes it, a poll

@@ -508,7 +508,7 @@ static const struct sc_conf_key batch_keys[] = {
      .min = 0,
      .max = 60000,
      .help = "how long a partial batch may wait for more records (at the end of a backlog, "
-             "a quarter of it: see README \"How it works\")"},
+             "a quarter of it: see \"Data flow\" in docs/design.md)"},
     {NULL},
 };
 static const struct sc_conf_table batch_table = {

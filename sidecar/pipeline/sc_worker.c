@@ -910,7 +910,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
     if (p->cp.error) {
         sc_error(&p->log,
                  "partition is in the error state: %s (fix the cause, then reset it: see "
-                 "README \"Getting a partition out of the error state\")",
+                 "docs/operations.md, \"Getting a partition out of the error state\")",
                  p->cp.error_msg);
         atomic_store(&p->m->error, 1);
         part_stop_delivering(p, SC_PART_ERROR);

@@ -1,6 +1,6 @@
 /*
  * sc_checkpoint - the pending/committed checkpoint protocol of one
- * partition (DESIGN §1, invariants I2-I5).  The NOTES at the top of
+ * partition (docs/design.md §4, invariants I2-I5).  The NOTES at the top of
  * sc_checkpoint.c explain what a crash at each step leaves behind.
  *
  * Every write is one SQL statement, conditional on the writer's lease epoch,

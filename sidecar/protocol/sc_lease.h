@@ -1,6 +1,6 @@
 /*
  * sc_lease - per-partition leases in PostgreSQL with an epoch (fencing
- * token): acquire, renew, release.  DESIGN §1.2, invariant I4.
+ * token): acquire, renew, release.  docs/design.md §4, invariant I4.
  *
  * A lease can be taken when it is free, expired, or already held by this
  * instance (a restart after a crash need not wait for its own TTL).  Every

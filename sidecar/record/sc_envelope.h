@@ -1,5 +1,5 @@
 /*
- * sc_envelope - the record envelope (DESIGN §4): the one JSON form every
+ * sc_envelope - the record envelope (docs/sinks.md): the one JSON form every
  * sink writes for a record, byte-for-byte deterministic (invariant I1).
  *
  *   {"topic":"orders","partition":3,"offset":1234,"timestamp":1732240000000,

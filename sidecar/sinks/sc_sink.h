@@ -40,7 +40,8 @@ struct sc_part_ref {
     int64_t epoch;
 };
 
-/* A record the sink could not deliver and wants dead-lettered (I3: never dropped). */
+/* A record the sink could not deliver and wants dead-lettered (I3: committed past only as
+ * a dead letter, in the commit's transaction). */
 struct sc_dead_letter {
     size_t index;  /* into sc_batch.records */
     char *error;   /* malloc'd, owned by the batch result */

@@ -1,7 +1,7 @@
 /*
  * sink_file.c - one file per partition; a batch is pwrite()n at the byte
  * offset recorded in its pending checkpoint, so a replay overwrites the very
- * bytes it wrote before (DESIGN §4).
+ * bytes it wrote before (docs/design.md §4).
  *
  * Durability (I3) follows the `fsync` policy: "batch" fdatasync()s before a
  * batch counts as delivered, so the committed checkpoint never points past

@@ -1,6 +1,6 @@
 /*
  * sink_http.c - one HTTP request per batch, made idempotent by a key the
- * receiver de-duplicates by (DESIGN §4).
+ * receiver de-duplicates by (docs/design.md §4).
  *
  * NOTES
  * -----

@@ -1,6 +1,6 @@
 /*
  * sink_postgres.c - records as rows of a PostgreSQL table; the write offset
- * is the next source offset (DESIGN §4).
+ * is the next source offset (docs/design.md §4).
  *
  * NOTES
  * -----

@@ -944,8 +944,8 @@ enum pg_outcome pg_setup(struct pg_ctx *c, PGconn *conn, char *err, size_t errsi
             return o;
         if (exists == 0) {
             snprintf(err, errsize,
-                     "table %s does not exist and create_table is false: create it (see the "
-                     "README, \"PostgreSQL sink\"), or set \"create_table\": true",
+                     "table %s does not exist and create_table is false: create it (see "
+                     "docs/sinks.md, \"PostgreSQL\"), or set \"create_table\": true",
                      c->table_q);
             return PG_FATAL;
         }

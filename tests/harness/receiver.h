@@ -2,7 +2,7 @@
  * receiver - an HTTP receiver for testing the http sink (libmicrohttpd,
  * one thread per connection): it records every request (headers and body
  * bytes), answers according to a fault plan, and de-duplicates by
- * Idempotency-Key the way the README tells a real service to: a key is
+ * Idempotency-Key the way docs/sinks.md tells a real service to: a key is
  * "accepted" once, by the first request it answers 2xx to.
  *
  * rx_verify() then checks the http sink's contract over everything that

@@ -1,7 +1,7 @@
 /*
- * check_readme.c - the README's configuration reference is the one the
- * binary prints: regenerate it with `tests/update-readme.sh` after changing
- * a key table.
+ * check_docs.c - the configuration reference in docs/configuration.md is
+ * the one the binary prints: regenerate it with `tests/update-docs.sh`
+ * after changing a key table.
  */
 #include <check.h>
 #include <stdio.h>
@@ -12,18 +12,19 @@
 #include "sinks/sc_sink.h"
 #include "hx.h"
 
-START_TEST(test_readme_config_reference_is_current)
+START_TEST(test_config_reference_is_current)
 {
     char path[1024];
-    snprintf(path, sizeof(path), "%s/README.md", HX_SOURCE_DIR);
-    char *readme = hx_read_file(path, NULL);
-    ck_assert_msg(readme != NULL, "cannot read %s", path);
-    const char *begin = strstr(readme, "<!-- config-reference:begin");
-    const char *end = strstr(readme, "<!-- config-reference:end -->");
-    ck_assert_msg(begin && end && end > begin, "README.md lacks the config-reference markers");
+    snprintf(path, sizeof(path), "%s/docs/configuration.md", HX_SOURCE_DIR);
+    char *doc = hx_read_file(path, NULL);
+    ck_assert_msg(doc != NULL, "cannot read %s", path);
+    const char *begin = strstr(doc, "<!-- config-reference:begin");
+    const char *end = strstr(doc, "<!-- config-reference:end -->");
+    ck_assert_msg(begin && end && end > begin,
+                  "docs/configuration.md lacks the config-reference markers");
     begin = strchr(begin, '\n') + 1;
     char *md = sc_config_reference_markdown(&sc_sinks);
-    /* As embedded: without the generated H1 (the README has the section title) and with
+    /* As embedded: without the generated H1 (the document has the section title) and with
      * every heading one level down. */
     char *body = md;
     if (strncmp(body, "# ", 2) == 0) {
@@ -45,18 +46,19 @@ START_TEST(test_readme_config_reference_is_current)
     *o = '\0';
     size_t len = (size_t)(end - begin);
     ck_assert_msg(len == strlen(want) && memcmp(begin, want, len) == 0,
-                  "README.md's configuration reference is out of date: run tests/update-readme.sh");
+                  "docs/configuration.md's configuration reference is out of date: run "
+                  "tests/update-docs.sh");
     free(want);
     free(md);
-    free(readme);
+    free(doc);
 }
 END_TEST
 
 int main(void)
 {
-    Suite *s = suite_create("readme");
+    Suite *s = suite_create("docs");
     TCase *tc = tcase_create("reference");
-    tcase_add_test(tc, test_readme_config_reference_is_current);
+    tcase_add_test(tc, test_config_reference_is_current);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
