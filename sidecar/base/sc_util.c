@@ -84,11 +84,11 @@ int64_t sc_mono_ns(void)
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
 
-void sc_sleep_ms(int64_t ms, const volatile bool *stop)
+void sc_sleep_ms(int64_t ms, const atomic_bool *stop)
 {
     int64_t end = sc_mono_ms() + ms;
     for (;;) {
-        if (stop && *stop)
+        if (stop && atomic_load(stop))
             return;
         int64_t left = end - sc_mono_ms();
         if (left <= 0)

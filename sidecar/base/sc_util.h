@@ -5,6 +5,7 @@
 #ifndef SC_UTIL_H
 #define SC_UTIL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -32,7 +33,7 @@ int64_t sc_wall_ms(void);
 /* Monotonic nanoseconds (for latency histograms). */
 int64_t sc_mono_ns(void);
 /* Sleeps ms milliseconds, or less if *stop becomes true (checked every 50 ms). */
-void sc_sleep_ms(int64_t ms, const volatile bool *stop);
+void sc_sleep_ms(int64_t ms, const atomic_bool *stop);
 
 /*
  * A growable byte buffer with a hard maximum: sc_buf_reserve() fails instead

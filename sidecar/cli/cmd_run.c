@@ -22,7 +22,7 @@
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
-static volatile bool stopping;
+static atomic_bool stopping;
 static volatile sig_atomic_t signals_seen;
 
 static void on_signal(int sig)
@@ -33,7 +33,7 @@ static void on_signal(int sig)
         _exit(SC_EXIT_FAILURE);
     }
     (void)sig;
-    stopping = true;
+    atomic_store(&stopping, true);
 }
 
 static void install_signals(void)
@@ -54,7 +54,7 @@ static int wait_for_database(const struct sc_config *cfg)
     sc_backoff_init(&bo, 200, 10000);
     char err[1024];
     bool logged = false;
-    while (!stopping) {
+    while (!atomic_load(&stopping)) {
         PGconn *conn = sc_pg_connect(cfg->postgres.dsn, "kafka-sidecar/startup",
                                      cfg->postgres.connect_timeout_ms, err, sizeof(err));
         if (conn) {
@@ -82,7 +82,7 @@ struct run_state {
 static bool all_ready(void *arg, char *why, size_t whysize)
 {
     struct run_state *rs = arg;
-    if (stopping) {
+    if (atomic_load(&stopping)) {
         snprintf(why, whysize, "shutting down");
         return false;
     }
@@ -114,7 +114,7 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     if (wait_for_database(cfg) != 0) {
         sc_admin_stop(admin);
         free(pls);
-        return stopping ? SC_EXIT_OK : SC_EXIT_FAILURE;
+        return atomic_load(&stopping) ? SC_EXIT_OK : SC_EXIT_FAILURE;
     }
     for (size_t i = 0; i < cfg->npipelines; i++) {
         pls[i] = sc_pipeline_new(cfg, &cfg->pipelines[i], &stopping, err, sizeof(err));
@@ -122,14 +122,14 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
             struct sc_log_fields f = {.pipeline = cfg->pipelines[i].name, .partition = -1};
             sc_error(&f, "%s", err);
             rc = SC_EXIT_FAILURE;
-            stopping = true;
+            atomic_store(&stopping, true);
             break;
         }
     }
 
     struct sc_notifier *notifier = NULL;
     struct sc_retention *retention = NULL;
-    if (!stopping) {
+    if (!atomic_load(&stopping)) {
         struct sc_notify_pl **nps = sc_xcalloc(cfg->npipelines, sizeof(*nps));
         for (size_t i = 0; i < cfg->npipelines; i++)
             nps[i] = &pls[i]->notify;
@@ -139,16 +139,16 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
         if (!notifier || !retention) {
             sc_error(NULL, "%s", err);
             rc = SC_EXIT_FAILURE;
-            stopping = true;
+            atomic_store(&stopping, true);
         }
     }
 
-    while (!stopping) {
+    while (!atomic_load(&stopping)) {
         sc_sleep_ms(200, &stopping);
         for (size_t i = 0; i < cfg->npipelines; i++)
             if (pls[i] && atomic_load(&pls[i]->exit_code) != 0) {
                 rc = SC_EXIT_FAILURE;
-                stopping = true;
+                atomic_store(&stopping, true);
             }
     }
 

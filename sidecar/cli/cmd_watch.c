@@ -30,12 +30,12 @@
 /* Poll even without a notification: the horizon can move silently. */
 #define WATCH_POLL_MS 1000
 
-static volatile bool watch_stop;
+static atomic_bool watch_stop;
 
 static void on_signal(int sig)
 {
     (void)sig;
-    watch_stop = true;
+    atomic_store(&watch_stop, true);
 }
 
 static void install_signals(void)
@@ -148,7 +148,7 @@ static int run_watch(const struct sc_config *cfg, const struct sc_cli *cli)
     }
 
     result = SC_EXIT_FAILURE;
-    while (!watch_stop) {
+    while (!atomic_load(&watch_stop)) {
         if (!conn) {
             conn = sc_events_connect(cfg->postgres.dsn, cfg->postgres.connect_timeout_ms,
                                      "kafka-sidecar/watch", err, sizeof(err));

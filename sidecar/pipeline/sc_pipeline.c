@@ -25,10 +25,10 @@
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
+#include "pipeline/sc_part.h"
 #include "pipeline/sc_pipeline.h"
+#include "pipeline/sc_worker.h"
 #include "protocol/sc_lease.h"
-
-rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w);
 
 /* Properties the sidecar sets itself (the config loader rejects them from users). */
 static const char *const managed[][2] = {
@@ -161,7 +161,7 @@ static bool acquire_all(struct sc_pipeline *pl, struct sc_lease_req *reqs, size_
     int64_t last_log = 0;
     struct sc_lease_req *todo = sc_xcalloc(n, sizeof(*todo));
     while (left > 0) {
-        if (*pl->stop) {
+        if (atomic_load(pl->stop)) {
             free(todo);
             return false;
         }
@@ -231,7 +231,7 @@ static int64_t start_offset(struct sc_pipeline *pl, struct sc_lease_req *r, int6
     int64_t lo = 0, hi = 0;
     struct sc_backoff bo;
     sc_backoff_init(&bo, 200, 5000);
-    while (!*pl->stop) {
+    while (!atomic_load(pl->stop)) {
         rd_kafka_resp_err_t err =
             rd_kafka_query_watermark_offsets(pl->rk, r->topic, r->partition, &lo, &hi, 5000);
         if (!err)
@@ -268,7 +268,6 @@ static void assign_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_l
         parts->elems[i].offset = start;
 
         struct sc_part *p = sc_xcalloc(1, sizeof(*p));
-        p->pl = pl;
         p->topic = sc_xstrdup(r->topic);
         p->partition = r->partition;
         p->log = (struct sc_log_fields){pl->pc->name, p->topic, p->partition};
@@ -338,7 +337,8 @@ static void drop_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_lis
 
 static int64_t revoke_deadline(const struct sc_pipeline *pl)
 {
-    int64_t bound = *pl->stop ? pl->cfg->shutdown_timeout_ms * 3 / 4 : pl->pc->lease.ttl_ms;
+    int64_t bound =
+        atomic_load(pl->stop) ? pl->cfg->shutdown_timeout_ms * 3 / 4 : pl->pc->lease.ttl_ms;
     return sc_mono_ms() + bound;
 }
 
@@ -358,9 +358,9 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         sc_info(&f, "%s %d partition%s", lost ? "lost" : "revoked", parts->cnt,
                 parts->cnt == 1 ? "" : "s");
         drop_partitions(pl, parts,
-                        lost        ? "lost"
-                        : *pl->stop ? "shutdown"
-                                    : "revoked",
+                        lost                    ? "lost"
+                        : atomic_load(pl->stop) ? "shutdown"
+                                                : "revoked",
                         revoke_deadline(pl));
         if (pl->cooperative) {
             rd_kafka_error_t *e = rd_kafka_incremental_unassign(rk, parts);
@@ -661,7 +661,7 @@ static void *consumer_main(void *arg)
     }
     sc_info(&f, "consuming as group \"%s\" (%s rebalancing), %d worker%s", pl->pc->group_id,
             pl->cooperative ? "cooperative" : "eager", pl->nworkers, pl->nworkers == 1 ? "" : "s");
-    while (!*pl->stop) {
+    while (!atomic_load(pl->stop)) {
         int timeout = 100;
         if (atomic_load(&pl->fetch_poke)) {
             int64_t wait = pl->next_poke_ms - sc_mono_ms();
@@ -691,6 +691,14 @@ static void *consumer_main(void *arg)
 
 /* ---- construction ------------------------------------------------------ */
 
+/* A worker's struct sc_worker_env.wake_fetchers: the consumer thread pokes them. */
+static void wake_fetchers(void *arg)
+{
+    struct sc_pipeline *pl = arg;
+    if (!atomic_exchange(&pl->fetch_poke, true))
+        rd_kafka_queue_yield(pl->consumer_q);
+}
+
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errsize)
 {
     char e[256];
@@ -702,7 +710,7 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
 }
 
 struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
-                                    const volatile bool *stop, char *err, size_t errsize)
+                                    const atomic_bool *stop, char *err, size_t errsize)
 {
     struct sc_pipeline *pl = sc_xcalloc(1, sizeof(*pl));
     pl->cfg = cfg;
@@ -778,8 +786,17 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
 
     pl->nworkers = pc->workers;
     pl->workers = sc_xcalloc((size_t)pl->nworkers, sizeof(*pl->workers));
+    struct sc_worker_env env = {
+        .cfg = cfg,
+        .pc = pc,
+        .rk = pl->rk,
+        .stop = stop,
+        .notify = &pl->notify,
+        .wake_fetchers = wake_fetchers,
+        .wake_arg = pl,
+    };
     for (int i = 0; i < pl->nworkers; i++) {
-        pl->workers[i] = sc_worker_new(pl, i, err, errsize);
+        pl->workers[i] = sc_worker_new(&env, i, err, errsize);
         if (!pl->workers[i])
             goto fail;
     }

@@ -20,14 +20,19 @@
  * retry puts only its partition into backoff.
  */
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
-#include "pipeline/sc_pipeline.h"
+#include "db/sc_db.h"
+#include "pipeline/sc_part.h"
+#include "pipeline/sc_partbuf.h"
+#include "pipeline/sc_worker.h"
 #include "sinks/sc_sink_txn.h"
 #include "protocol/sc_lease.h"
 
@@ -45,7 +50,7 @@ struct op {
 };
 
 struct sc_worker {
-    struct sc_pipeline *pl;
+    struct sc_worker_env env;
     int id;
     pthread_t thread;
     bool started;
@@ -81,14 +86,14 @@ struct sc_worker {
 #define SLOW_SERVICE_MS  100  /* a full partition whose batch takes longer is paused */
 #define FINISH_BUDGET_MS 1000 /* see finish_pending() */
 
-static struct sc_cp_key key_of(const struct sc_part *p)
+static struct sc_cp_key key_of(const struct sc_worker *w, const struct sc_part *p)
 {
     return (struct sc_cp_key){
-        .pipeline = p->pl->pc->name,
+        .pipeline = w->env.pc->name,
         .topic = p->topic,
         .partition = p->partition,
-        .owner = p->pl->cfg->instance_id,
-        .notify_channel = sc_notify_channel(&p->pl->notify),
+        .owner = w->env.cfg->instance_id,
+        .notify_channel = sc_notify_channel(w->env.notify),
     };
 }
 
@@ -153,86 +158,21 @@ int sc_worker_nparts(struct sc_worker *w)
     return atomic_load(&w->nparts);
 }
 
-/* ---- partition buffer --------------------------------------------------- */
+/* ---- partition buffer (sc_partbuf.c) ------------------------------------ */
 
-/*
- * A buffered record, copied out of librdkafka when it is dispatched (the
- * message is destroyed at once).  Holding rd_kafka_message_t objects until
- * their batch commits cost several hundred bytes of librdkafka bookkeeping
- * per record and pinned every decompressed fetch buffer they came from:
- * draining a backlog kept about twice the data set's own size resident.
- * The copy is the record's checksum image (sc_record_image_write()) in the
- * partition's arena, so a batch's CRC is one crc32 pass over contiguous
- * bytes and the key, value and header values of a batch's sc_record views
- * point into it; header names follow the image, NUL-terminated.
- */
-struct sc_buffered {
-    int64_t offset;
-    int64_t timestamp; /* -1 = none */
-    int64_t arrival_ms;
-    int64_t bytes_before; /* p->pushed_bytes when it was buffered (see next_batch()) */
-    size_t at;            /* the image: p->arena[at .. at + image_len) */
-    uint32_t image_len;   /* then names_len bytes of NUL-terminated header names */
-    uint32_t names_len;
-    int32_t key_len;   /* -1 = null (Kafka bounds a record far below 2 GiB) */
-    int32_t value_len; /* -1 = null */
-    uint32_t nheaders;
-};
-
-#define ARENA_MIN 65536
+static bool stopping(const struct sc_worker *w)
+{
+    return atomic_load(w->env.stop);
+}
 
 static const struct sc_buffered *rec_at(const struct sc_part *p, size_t i)
 {
-    return &p->recs[p->head + i];
+    return sc_partbuf_at(&p->buf, i);
 }
 
-/* Bytes a record counts against batch.max_bytes: its key and value. */
-static int64_t rec_bytes(const struct sc_buffered *b)
-{
-    return (int64_t)(b->key_len > 0 ? b->key_len : 0) + (b->value_len > 0 ? b->value_len : 0);
-}
-
-/*
- * Room for n more arena bytes at its end.  Dropped records leave space at
- * the front, reclaimed by moving the live bytes down; the arena grows only
- * when they would fill more than two thirds of it, so it stays within 1.5x
- * the most ever buffered, and each byte is moved at most twice on average.
- */
-static char *arena_reserve(struct sc_part *p, size_t n)
-{
-    if (p->arena_cap - p->arena_len >= n)
-        return p->arena + p->arena_len;
-    size_t live = p->arena_len - p->arena_head;
-    if (p->arena_head > 0) {
-        memmove(p->arena, p->arena + p->arena_head, live);
-        for (size_t i = 0; i < p->len; i++)
-            p->recs[p->head + i].at -= p->arena_head;
-        p->arena_len = live;
-        p->arena_head = 0;
-    }
-    if ((live + n) * 3 > p->arena_cap * 2) {
-        size_t cap = p->arena_cap ? p->arena_cap : ARENA_MIN;
-        while ((live + n) * 3 > cap * 2)
-            cap += cap / 2;
-        p->arena = sc_xrealloc(p->arena, cap);
-        p->arena_cap = cap;
-    }
-    return p->arena + p->arena_len;
-}
-
-/* Copies m into the buffer (the caller destroys m). */
+/* Copies m into p's buffer (the caller destroys m). */
 static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t *m, int64_t now)
 {
-    if (p->head + p->len == p->cap) {
-        if (p->head > 0) {
-            memmove(p->recs, p->recs + p->head, p->len * sizeof(*p->recs));
-            p->head = 0;
-        }
-        if (p->len == p->cap) {
-            p->cap = p->cap ? p->cap * 2 : 256;
-            p->recs = sc_xrealloc(p->recs, p->cap * sizeof(*p->recs));
-        }
-    }
     rd_kafka_timestamp_type_t tstype;
     struct sc_record r = {
         .offset = m->offset,
@@ -246,7 +186,6 @@ static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t 
         r.timestamp = -1;
     /* librdkafka parses (and allocates for) the headers on every call: ask once. */
     rd_kafka_headers_t *hs = NULL;
-    size_t names_len = 0;
     if (rd_kafka_message_headers(m, &hs) == RD_KAFKA_RESP_ERR_NO_ERROR) {
         size_t cnt = rd_kafka_header_cnt(hs);
         if (cnt > w->push_hdrs_cap) {
@@ -258,101 +197,33 @@ static void buf_push(struct sc_worker *w, struct sc_part *p, rd_kafka_message_t 
         size_t size;
         for (size_t j = 0; j < cnt && rd_kafka_header_get_all(hs, j, &name, &val, &size) ==
                                           RD_KAFKA_RESP_ERR_NO_ERROR;
-             j++) {
+             j++)
             w->push_hdrs[r.nheaders++] = (struct sc_header){name, val, size};
-            names_len += strlen(name) + 1;
-        }
         r.headers = w->push_hdrs;
     }
-    size_t image_len = sc_record_image_size(&r);
-    char *o = arena_reserve(p, image_len + names_len);
-    sc_record_image_write(o, &r);
-    o += image_len;
-    for (size_t j = 0; j < r.nheaders; j++) {
-        size_t l = strlen(r.headers[j].name) + 1;
-        memcpy(o, r.headers[j].name, l);
-        o += l;
-    }
-    struct sc_buffered *b = &p->recs[p->head + p->len];
-    *b = (struct sc_buffered){
-        .offset = r.offset,
-        .timestamp = r.timestamp,
-        .arrival_ms = now,
-        .bytes_before = p->pushed_bytes,
-        .at = p->arena_len,
-        .image_len = (uint32_t)image_len,
-        .names_len = (uint32_t)names_len,
-        .key_len = m->key ? (int32_t)m->key_len : -1,
-        .value_len = m->payload ? (int32_t)m->len : -1,
-        .nheaders = (uint32_t)r.nheaders,
-    };
-    p->arena_len += image_len + names_len;
-    p->len++;
-    p->pushed_bytes += rec_bytes(b);
-}
-
-/* batch.max_bytes' measure of buffered records [0, i). */
-static int64_t bytes_upto(const struct sc_part *p, size_t i)
-{
-    int64_t before = i < p->len ? rec_at(p, i)->bytes_before : p->pushed_bytes;
-    return before - (p->len > 0 ? rec_at(p, 0)->bytes_before : p->pushed_bytes);
-}
-
-/* batch.max_bytes' measure of every buffered record. */
-static int64_t buffered_bytes(const struct sc_part *p)
-{
-    return bytes_upto(p, p->len);
-}
-
-/* Drops the first n buffered records. */
-static void buf_drop(struct sc_part *p, size_t n)
-{
-    p->head += n;
-    p->len -= n;
-    if (p->len == 0) {
-        p->head = 0;
-        p->arena_head = p->arena_len = 0;
-    } else {
-        p->arena_head = rec_at(p, 0)->at;
-    }
-}
-
-static void buf_clear(struct sc_part *p)
-{
-    buf_drop(p, p->len);
-}
-
-static void buf_free(struct sc_part *p)
-{
-    buf_clear(p);
-    free(p->recs);
-    free(p->arena);
-    p->recs = NULL;
-    p->arena = NULL;
-    p->cap = p->arena_cap = 0;
+    sc_partbuf_push(&p->buf, &r, now);
 }
 
 /* Asks the consumer thread to wake librdkafka's fetcher for p (see poke_fetchers()). */
-static void poke_fetcher(struct sc_part *p)
+static void poke_fetcher(struct sc_worker *w, struct sc_part *p)
 {
     atomic_store(&p->poke, true);
-    if (!atomic_exchange(&p->pl->fetch_poke, true))
-        rd_kafka_queue_yield(p->pl->consumer_q);
+    w->env.wake_fetchers(w->env.wake_arg);
 }
 
-static void set_paused(struct sc_part *p, bool pause)
+static void set_paused(struct sc_worker *w, struct sc_part *p, bool pause)
 {
     if (p->paused == pause)
         return;
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, p->topic, p->partition);
     rd_kafka_resp_err_t err =
-        pause ? rd_kafka_pause_partitions(p->pl->rk, l) : rd_kafka_resume_partitions(p->pl->rk, l);
+        pause ? rd_kafka_pause_partitions(w->env.rk, l) : rd_kafka_resume_partitions(w->env.rk, l);
     rd_kafka_topic_partition_list_destroy(l);
     if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
         p->paused = pause;
     if (!err && !pause)
-        poke_fetcher(p);
+        poke_fetcher(w, p);
     sc_debug(&p->log, "%s fetching", pause ? "paused" : "resumed");
 }
 
@@ -363,10 +234,9 @@ static void set_paused(struct sc_part *p, bool pause)
  */
 static bool buffer_full(const struct sc_part *p)
 {
-    const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    if (p->len < 2 * (size_t)bc->max_records && buffered_bytes(p) < 2 * bc->max_bytes)
+    if (!sc_partbuf_holds_two(&p->buf))
         return false;
-    return !p->replay || rec_at(p, p->len - 1)->offset >= p->cp.pending_last;
+    return !p->replay || rec_at(p, p->buf.len - 1)->offset >= p->cp.pending_last;
 }
 
 /*
@@ -384,20 +254,19 @@ static bool buffer_full(const struct sc_part *p)
  * throughput, bench/).  A paused partition is resumed once its buffer is
  * down to one batch.
  */
-static void apply_backpressure(struct sc_part *p)
+static void apply_backpressure(struct sc_worker *w, struct sc_part *p)
 {
-    const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    bool under = p->len <= (size_t)bc->max_records && buffered_bytes(p) <= bc->max_bytes;
-    if (under && p->paused && p->state == SC_PART_ACTIVE)
-        set_paused(p, false);
+    if (sc_partbuf_holds_one(&p->buf) && p->paused && p->state == SC_PART_ACTIVE)
+        set_paused(w, p, false);
 }
 
 /* After service() (which took took_ms): a partition still full that delivered nothing, or
  * slowly, is paused. */
-static void pause_if_stuck(struct sc_part *p, size_t len_before, int64_t took_ms)
+static void pause_if_stuck(struct sc_worker *w, struct sc_part *p, size_t len_before,
+                           int64_t took_ms)
 {
-    if (!p->paused && buffer_full(p) && (p->len >= len_before || took_ms > SLOW_SERVICE_MS))
-        set_paused(p, true);
+    if (!p->paused && buffer_full(p) && (p->buf.len >= len_before || took_ms > SLOW_SERVICE_MS))
+        set_paused(w, p, true);
 }
 
 /* Whether a partition's full buffer holds the worker's queue back (see apply_backpressure). */
@@ -421,23 +290,23 @@ static bool congested(const struct sc_worker *w)
  * Below saturation no batch is full, so a steady trickle still gathers for
  * the whole max_wait_ms and costs no more commits than before.
  */
-static int64_t quiet_at(const struct sc_part *p)
+static int64_t quiet_at(const struct sc_worker *w, const struct sc_part *p)
 {
-    const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    if (p->len == 0)
+    const struct sc_batch_conf *bc = &w->env.pc->batch;
+    if (p->buf.len == 0)
         return -1;
-    int64_t last = rec_at(p, p->len - 1)->arrival_ms, lo, hi;
+    int64_t last = rec_at(p, p->buf.len - 1)->arrival_ms, lo, hi;
     if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms ||
-        rd_kafka_get_watermark_offsets(p->pl->rk, p->topic, p->partition, &lo, &hi) !=
+        rd_kafka_get_watermark_offsets(w->env.rk, p->topic, p->partition, &lo, &hi) !=
             RD_KAFKA_RESP_ERR_NO_ERROR ||
         hi < 0 || p->next_expected < hi)
         return -1;
     return last + bc->max_wait_ms / 4;
 }
 
-static bool is_quiet(const struct sc_part *p, int64_t now)
+static bool is_quiet(const struct sc_worker *w, const struct sc_part *p, int64_t now)
 {
-    int64_t at = quiet_at(p);
+    int64_t at = quiet_at(w, p);
     return at >= 0 && now >= at;
 }
 
@@ -448,78 +317,39 @@ enum ready_mode {
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
 
-/*
- * The next batch of buffered records, starting at index from: how many, and
- * whether that is full.  A batch is full at max_records, or at the first
- * record that brings it to max_bytes (that record left out if it would go
- * beyond, unless it is the only one).  Called for every partition on every
- * turn of the worker's loop, with up to two batches buffered: the byte sums
- * come from the records' running totals, and the record that fills a batch
- * is found by bisection.
- */
-static size_t next_batch(const struct sc_part *p, size_t from, bool *full)
-{
-    const struct sc_batch_conf *bc = &p->pl->pc->batch;
-    *full = false;
-    if (from >= p->len)
-        return 0;
-    size_t most = p->len - from < (size_t)bc->max_records ? p->len - from : (size_t)bc->max_records;
-    int64_t base = bytes_upto(p, from);
-    if (bytes_upto(p, from + most) - base < bc->max_bytes) {
-        *full = most == (size_t)bc->max_records;
-        return most;
-    }
-    *full = true;
-    size_t lo = 1, hi = most; /* the first n whose bytes reach max_bytes is in [lo, hi] */
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (bytes_upto(p, from + mid) - base >= bc->max_bytes)
-            hi = mid;
-        else
-            lo = mid + 1;
-    }
-    return lo == 1 || bytes_upto(p, from + lo) - base == bc->max_bytes ? lo : lo - 1;
-}
-
 /* Whether the next batch, n records from index from (full or not), may leave under mode. */
-static size_t ready_as(const struct sc_part *p, size_t from, size_t n, bool full, int64_t now,
-                       enum ready_mode mode)
+static size_t ready_as(const struct sc_worker *w, const struct sc_part *p, size_t from, size_t n,
+                       bool full, int64_t now, enum ready_mode mode)
 {
     if (n == 0 || full || mode == READY_ANY)
         return n;
     if (mode == READY_DUE &&
-        (now - rec_at(p, from)->arrival_ms >= p->pl->pc->batch.max_wait_ms || is_quiet(p, now)))
+        (now - rec_at(p, from)->arrival_ms >= w->env.pc->batch.max_wait_ms || is_quiet(w, p, now)))
         return n;
     return 0;
 }
 
 /* How many buffered records, from index from, make the next batch if it is ready under mode. */
-static size_t ready_count(const struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+static size_t ready_count(const struct sc_worker *w, const struct sc_part *p, size_t from,
+                          int64_t now, enum ready_mode mode)
 {
     bool full;
-    size_t n = next_batch(p, from, &full);
-    return ready_as(p, from, n, full, now, mode);
+    size_t n = sc_partbuf_next_batch(&p->buf, from, &full);
+    return ready_as(w, p, from, n, full, now, mode);
 }
 
 /* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
-static size_t cut_batch(struct sc_part *p, size_t from, int64_t now, enum ready_mode mode)
+static size_t cut_batch(const struct sc_worker *w, struct sc_part *p, size_t from, int64_t now,
+                        enum ready_mode mode)
 {
     bool full;
-    size_t n = next_batch(p, from, &full);
+    size_t n = sc_partbuf_next_batch(&p->buf, from, &full);
     if (full)
         p->full_cut_ms = now;
-    return ready_as(p, from, n, full, now, mode);
+    return ready_as(w, p, from, n, full, now, mode);
 }
 
 /* ---- batches ------------------------------------------------------------ */
-
-static int64_t get_le64(const char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | (unsigned char)p[i];
-    return (int64_t)v;
-}
 
 /* Fills w->recs with views of buffered records [from, from+n) (valid until the next push). */
 static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, size_t n)
@@ -528,78 +358,24 @@ static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, s
         w->recs_cap = n;
         w->recs = sc_xrealloc(w->recs, n * sizeof(*w->recs));
     }
-    size_t total_hdrs = 0;
-    for (size_t i = 0; i < n; i++)
-        total_hdrs += rec_at(p, from + i)->nheaders;
+    size_t total_hdrs = sc_partbuf_nheaders(&p->buf, from, n);
     if (total_hdrs > w->hdrs_cap) {
         w->hdrs_cap = total_hdrs;
         w->hdrs = sc_xrealloc(w->hdrs, total_hdrs * sizeof(*w->hdrs));
     }
-    w->hdrs_len = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct sc_buffered *b = rec_at(p, from + i);
-        const char *img = p->arena + b->at;
-        struct sc_record *r = &w->recs[i];
-        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
-        size_t pos = 24;
-        r->topic = p->topic;
-        r->partition = p->partition;
-        r->offset = b->offset;
-        r->timestamp = b->timestamp;
-        r->key = b->key_len >= 0 ? img + pos : NULL;
-        r->key_len = b->key_len > 0 ? (size_t)b->key_len : 0;
-        pos += r->key_len + 8;
-        r->value = b->value_len >= 0 ? img + pos : NULL;
-        r->value_len = b->value_len > 0 ? (size_t)b->value_len : 0;
-        pos += r->value_len + 8;
-        r->headers = w->hdrs + w->hdrs_len;
-        r->nheaders = b->nheaders;
-        const char *name = img + b->image_len;
-        for (size_t j = 0; j < b->nheaders; j++) {
-            pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
-            int64_t vlen = get_le64(img + pos);
-            pos += 8;
-            w->hdrs[w->hdrs_len++] = (struct sc_header){.name = name,
-                                                        .value = vlen >= 0 ? img + pos : NULL,
-                                                        .len = vlen > 0 ? (size_t)vlen : 0};
-            pos += vlen > 0 ? (size_t)vlen : 0;
-            name += strlen(name) + 1;
-        }
-    }
+    sc_partbuf_views(&p->buf, from, n, p->topic, p->partition, w->recs, w->hdrs);
 }
 
-/*
- * The batch checksum of buffered records [from, from+n): sc_record_checksum()
- * folded over them, computed as CRC-32 over their images, one call per run
- * of adjacent images (records without headers are adjacent).
- */
 static uint32_t batch_checksum(const struct sc_part *p, size_t from, size_t n)
 {
-    uint32_t crc = 0;
-    const char *run = NULL;
-    size_t run_len = 0;
-    for (size_t i = 0; i < n; i++) {
-        const struct sc_buffered *b = rec_at(p, from + i);
-        const char *img = p->arena + b->at;
-        if (run && run + run_len == img) {
-            run_len += b->image_len;
-            continue;
-        }
-        if (run)
-            crc = sc_crc32(crc, run, run_len);
-        run = img;
-        run_len = b->image_len;
-    }
-    if (run)
-        crc = sc_crc32(crc, run, run_len);
-    return crc;
+    return sc_partbuf_checksum(&p->buf, from, n);
 }
 
-static void mirror_commit(struct sc_part *p, int64_t next_offset)
+static void mirror_commit(struct sc_worker *w, struct sc_part *p, int64_t next_offset)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = next_offset;
-    rd_kafka_resp_err_t err = rd_kafka_commit(p->pl->rk, l, 1 /* async */);
+    rd_kafka_resp_err_t err = rd_kafka_commit(w->env.rk, l, 1 /* async */);
     if (err)
         sc_debug(&p->log, "could not mirror offset %" PRId64 " to Kafka: %s", next_offset,
                  rd_kafka_err2str(err));
@@ -608,13 +384,13 @@ static void mirror_commit(struct sc_part *p, int64_t next_offset)
 
 /* ---- state changes ------------------------------------------------------ */
 
-static void part_stop_delivering(struct sc_part *p, enum sc_part_state state)
+static void part_stop_delivering(struct sc_worker *w, struct sc_part *p, enum sc_part_state state)
 {
     p->state = state;
     p->written = false;
     atomic_store(&p->not_fetching, true);
-    buf_clear(p);
-    set_paused(p, true);
+    sc_partbuf_clear(&p->buf);
+    set_paused(w, p, true);
     atomic_store(&p->m->pending, 0);
 }
 
@@ -628,32 +404,32 @@ static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why,
                 "(another instance owns it, or it was reset)",
                 why, p->cp.epoch);
         sc_counter_add(&p->m->fenced, 1);
-        struct sc_cp_key k = key_of(p);
+        struct sc_cp_key k = key_of(w, p);
         sc_checkpoint_note_fenced(&w->db, &k, p->cp.epoch, why);
     } else {
         sc_info(&p->log, "%s; re-reading the checkpoint", why);
     }
-    part_stop_delivering(p, SC_PART_FENCED);
+    part_stop_delivering(w, p, SC_PART_FENCED);
     atomic_store(&p->lease_valid_until_ms, 0);
     atomic_store(&p->need_reacquire, true);
 }
 
 static void part_error(struct sc_worker *w, struct sc_part *p, const char *message)
 {
-    struct sc_cp_key k = key_of(p);
+    struct sc_cp_key k = key_of(w, p);
     sc_error(&p->log, "partition stopped in error state: %s", message);
     enum sc_cp_status s;
     struct sc_backoff bo;
     sc_backoff_init(&bo, 200, 5000);
     while ((s = sc_checkpoint_fail(&w->db, &k, &p->cp, message)) == SC_CP_UNAVAILABLE &&
-           !*p->pl->stop)
-        sc_sleep_ms(sc_backoff_next(&bo), p->pl->stop);
+           !stopping(w))
+        sc_sleep_ms(sc_backoff_next(&bo), w->env.stop);
     if (s == SC_CP_FENCED || s == SC_CP_CONFLICT) {
         part_fenced(w, p, "while recording an error", s == SC_CP_FENCED);
         return;
     }
     atomic_store(&p->m->error, 1);
-    part_stop_delivering(p, SC_PART_ERROR);
+    part_stop_delivering(w, p, SC_PART_ERROR);
     p->error_poll_ms = sc_mono_ms() + ERROR_POLL_MS;
 }
 
@@ -675,17 +451,17 @@ static void retry_sleep(const struct sc_worker *w, const struct sc_part *p, stru
     if (w->give_up_ms > 0 && w->give_up_ms - sc_mono_ms() < ms)
         ms = w->give_up_ms - sc_mono_ms();
     if (ms > 0)
-        sc_sleep_ms(ms, p->pl->stop);
+        sc_sleep_ms(ms, w->env.stop);
 }
 
 static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp *before,
                      const struct sc_cp *after)
 {
-    struct sc_cp_key k = key_of(p);
+    struct sc_cp_key k = key_of(w, p);
     struct sc_backoff bo;
     sc_backoff_init(&bo, 100, 5000);
     for (;;) {
-        if (*p->pl->stop || gave_up(w))
+        if (stopping(w) || gave_up(w))
             return -2;
         struct sc_cp now;
         enum sc_cp_status s = sc_checkpoint_load(&w->db, &k, &now);
@@ -755,7 +531,7 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
             }
             if (r != -2) {
                 retry_sleep(w, p, &bo);
-                if (!*p->pl->stop && !gave_up(w))
+                if (!stopping(w) && !gave_up(w))
                     continue;
             }
             /* Stopping or out of time with the outcome unknown: try again later (service()
@@ -792,7 +568,7 @@ static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct 
                                  const void *arg)
 {
     const struct pend_args *a = arg;
-    struct sc_cp_key k = key_of(p);
+    struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s =
         sc_checkpoint_pend(&w->db, &k, cp, a->first, a->last, a->count, a->checksum);
     if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
@@ -810,7 +586,7 @@ static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struc
                                    const void *arg)
 {
     const struct commit_args *a = arg;
-    struct sc_cp_key k = key_of(p);
+    struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s;
     if (a->and_pend)
         s = sc_checkpoint_commit_and_pend(&w->db, &k, cp, a->next_offset, a->next_write_offset,
@@ -843,7 +619,7 @@ static enum sc_cp_status do_set_start(struct sc_worker *w, struct sc_part *p, st
                                       const void *arg)
 {
     const struct start_args *a = arg;
-    struct sc_cp_key k = key_of(p);
+    struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s = sc_checkpoint_set_start(&w->db, &k, cp, a->offset, "start_from latest");
     if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
         cp->has_committed = true;
@@ -869,7 +645,7 @@ static size_t collect_dead(struct sc_worker *w, const struct sc_batch_result *r)
     for (size_t i = 0; i < r->ndead; i++) {
         const struct sc_record *rec = &w->recs[r->dead[i].index];
         starts[i] = w->dead_env.len;
-        if (sc_envelope_append(&w->dead_env, rec, w->pl->pc->value_format) < 0 ||
+        if (sc_envelope_append(&w->dead_env, rec, w->env.pc->value_format) < 0 ||
             sc_buf_putc(&w->dead_env, '\0') < 0)
             abort(); /* the buffer has no maximum */
         w->dead[i] = (struct sc_cp_dead){
@@ -900,7 +676,7 @@ struct owner_check {
 static int still_owner(void *arg)
 {
     struct owner_check *oc = arg;
-    struct sc_cp_key k = key_of(oc->p);
+    struct sc_cp_key k = key_of(oc->w, oc->p);
     return sc_checkpoint_still_owner(&oc->w->db, &k, oc->p->cp.epoch);
 }
 
@@ -913,7 +689,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
                  "docs/operations.md, \"Getting a partition out of the error state\")",
                  p->cp.error_msg);
         atomic_store(&p->m->error, 1);
-        part_stop_delivering(p, SC_PART_ERROR);
+        part_stop_delivering(w, p, SC_PART_ERROR);
         p->error_poll_ms = now + ERROR_POLL_MS;
         return;
     }
@@ -921,13 +697,13 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
     atomic_store(&p->m->committed_offset, p->cp.has_committed ? p->cp.committed_offset : -1);
     if (p->cp.paused) {
         sc_info(&p->log, "paused by an operator (resume_partition() to continue)");
-        part_stop_delivering(p, SC_PART_PAUSED);
+        part_stop_delivering(w, p, SC_PART_PAUSED);
         return;
     }
     char err[512] = "";
     if (!p->sink_part && w->sink->type->part_open &&
         w->sink->type->part_open(
-            w->sink, &(struct sc_part_ref){p->pl->pc->name, p->topic, p->partition, p->cp.epoch},
+            w->sink, &(struct sc_part_ref){w->env.pc->name, p->topic, p->partition, p->cp.epoch},
             &p->sink_part, err, sizeof(err)) != 0) {
         sc_error(&p->log, "%s; retrying", err);
         p->retry_at_ms = now + sc_backoff_next(&p->backoff);
@@ -977,8 +753,8 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
     }
     p->state = SC_PART_ACTIVE;
     atomic_store(&p->not_fetching, false);
-    set_paused(p, false);
-    apply_backpressure(p);
+    set_paused(w, p, false);
+    apply_backpressure(w, p);
 }
 
 /* ---- delivery ------------------------------------------------------------ */
@@ -990,13 +766,8 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
 static ssize_t pending_span(const struct sc_part *p)
 {
     if (!p->replay)
-        return p->cp.pending_count <= (int32_t)p->len ? p->cp.pending_count : -1;
-    size_t n = 0;
-    while (n < p->len && rec_at(p, n)->offset <= p->cp.pending_last)
-        n++;
-    if (n == p->len && (n == 0 || rec_at(p, n - 1)->offset < p->cp.pending_last))
-        return -1; /* not complete yet */
-    return (ssize_t)n;
+        return p->cp.pending_count <= (int32_t)p->buf.len ? p->cp.pending_count : -1;
+    return sc_partbuf_count_upto(&p->buf, p->cp.pending_last);
 }
 
 /* The transactional sink's commit: the checkpoint advance inside its transaction. */
@@ -1013,7 +784,7 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
                        char *err, size_t errsize)
 {
     struct hook_ctx *hc = arg;
-    struct sc_cp_key k = key_of(hc->p);
+    struct sc_cp_key k = key_of(hc->w, hc->p);
     hc->ndead = collect_dead(hc->w, r);
     int64_t t0 = sc_mono_ns();
     enum sc_cp_status s =
@@ -1038,7 +809,7 @@ static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch
         snprintf(err, errsize, "dead letters are stored through commit()");
         return -1;
     }
-    struct sc_cp_key k = key_of(hc->p);
+    struct sc_cp_key k = key_of(hc->w, hc->p);
     if (sc_checkpoint_advance_queue(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
                                     (int32_t)b->count, r->next_write_offset, &hc->queued) != 0) {
         snprintf(err, errsize, "checkpoint advance: %s", hc->w->db.last_error);
@@ -1086,10 +857,10 @@ static void retry_later(struct sc_part *p, const char *err)
  */
 static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_t now)
 {
-    const struct sc_pipeline_conf *pc = p->pl->pc;
-    if (*p->pl->stop)
+    const struct sc_pipeline_conf *pc = w->env.pc;
+    if (stopping(w))
         return;
-    size_t n = cut_batch(p, 0, now, READY_DUE);
+    size_t n = cut_batch(w, p, 0, now, READY_DUE);
     if (n == 0)
         return;
     build_records(w, p, 0, n);
@@ -1146,14 +917,14 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     }
     sc_backoff_reset(&p->backoff);
     p->cp = hc.cp;
-    sc_notify_count_commit(&p->pl->notify);
+    sc_notify_count_commit(w->env.notify);
     atomic_store(&p->m->committed_offset, p->cp.committed_offset);
     sc_counter_add(&p->m->records_delivered, n - hc.ndead);
     sc_counter_add(&p->m->dead_letters, hc.ndead);
     sc_counter_add(&p->m->batches_committed, 1);
-    mirror_commit(p, p->cp.committed_offset);
-    buf_drop(p, n);
-    apply_backpressure(p);
+    mirror_commit(w, p, p->cp.committed_offset);
+    sc_partbuf_drop(&p->buf, n);
+    apply_backpressure(w, p);
     sc_failpoint("after_commit");
 }
 
@@ -1173,7 +944,7 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         .dead = w->dead,
         .ndead = ndead,
     };
-    if (next > 0 && !*p->pl->stop) {
+    if (next > 0 && !stopping(w)) {
         c.and_pend = true;
         c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
                                     (int32_t)next, batch_checksum(p, n, next)};
@@ -1182,7 +953,7 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         return; /* fenced, or stopping while PostgreSQL is away: a replay then */
     p->written = false;
     sc_failpoint("after_commit");
-    sc_notify_count_commit(&p->pl->notify);
+    sc_notify_count_commit(w->env.notify);
     atomic_store(&p->m->committed_offset, c.next_offset);
     if (c.and_pend)
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
@@ -1195,9 +966,9 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         sc_counter_add(&p->m->replays, 1);
         sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
     }
-    mirror_commit(p, c.next_offset);
-    buf_drop(p, n);
-    apply_backpressure(p);
+    mirror_commit(w, p, c.next_offset);
+    sc_partbuf_drop(&p->buf, n);
+    apply_backpressure(w, p);
 }
 
 /*
@@ -1219,24 +990,24 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
  */
 static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, bool finish)
 {
-    const struct sc_pipeline_conf *pc = p->pl->pc;
+    const struct sc_pipeline_conf *pc = w->env.pc;
     if (p->written) {
         size_t n = (size_t)p->cp.pending_count;
-        size_t next = cut_batch(p, n, now, READY_FULL);
+        size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !is_quiet(p, now) && !finish && !*p->pl->stop)
+            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w))
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
-            next = cut_batch(p, n, now, READY_ANY);
+            next = cut_batch(w, p, n, now, READY_ANY);
         }
         commit_batch(w, p, n, p->written_next_write_offset, 0, finish ? 0 : next);
         return;
     }
-    if (*p->pl->stop && !p->cp.has_pending)
+    if (stopping(w) && !p->cp.has_pending)
         return; /* shutting down: finish what is pending, start nothing new */
     if (!p->cp.has_pending) {
-        size_t n = cut_batch(p, 0, now, READY_DUE);
+        size_t n = cut_batch(w, p, 0, now, READY_DUE);
         if (n == 0)
             return;
         struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
@@ -1293,8 +1064,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     sc_failpoint("after_write");
 
     size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
-    size_t next = cut_batch(p, n, now, READY_FULL);
-    if (next == 0 && ndead == 0 && !p->replay && !finish && !*p->pl->stop &&
+    size_t next = cut_batch(w, p, n, now, READY_FULL);
+    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) &&
         pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
@@ -1342,7 +1113,7 @@ static void service(struct sc_worker *w, struct sc_part *p)
     if (p->state == SC_PART_ERROR && now >= p->error_poll_ms) {
         /* An operator may have reset the row (SQL or `sidecar reset`): look again. */
         p->error_poll_ms = now + ERROR_POLL_MS;
-        struct sc_cp_key k = key_of(p);
+        struct sc_cp_key k = key_of(w, p);
         struct sc_cp row;
         if (sc_checkpoint_load(&w->db, &k, &row) == SC_CP_OK &&
             (!row.error || row.epoch != p->cp.epoch)) {
@@ -1472,6 +1243,7 @@ static void take_handover(struct sc_part *p)
 
 static void part_added(struct sc_worker *w, struct sc_part *p)
 {
+    sc_partbuf_init(&p->buf, (size_t)w->env.pc->batch.max_records, w->env.pc->batch.max_bytes);
     take_handover(p);
     p->next = w->parts;
     w->parts = p;
@@ -1481,7 +1253,7 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
 static void part_reacquired(struct sc_worker *w, struct sc_part *p)
 {
     (void)w;
-    buf_clear(p);
+    sc_partbuf_clear(&p->buf);
     take_handover(p);
     if (!p->handover_seek) {
         /* The consumer thread re-assigned the partition at the start offset. */
@@ -1495,7 +1267,7 @@ static void part_reacquired(struct sc_worker *w, struct sc_part *p)
     rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset =
         p->start_offset >= 0 ? p->start_offset : RD_KAFKA_OFFSET_BEGINNING;
     p->seek_gen++;
-    rd_kafka_error_t *e = rd_kafka_seek_partitions(p->pl->rk, l, 10000);
+    rd_kafka_error_t *e = rd_kafka_seek_partitions(w->env.rk, l, 10000);
     if (e || l->elems[0].err) {
         sc_warn(&p->log, "seek to offset %" PRId64 " failed: %s", p->start_offset,
                 e ? rd_kafka_error_string(e) : rd_kafka_err2str(l->elems[0].err));
@@ -1515,18 +1287,18 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     /* librdkafka keeps an application pause across unassign and assign: a partition paused
      * here (backpressure, error state) that comes back to this process would never be fetched
      * again (its next sc_part starts out "not paused", so nothing would resume it). */
-    set_paused(p, false);
+    set_paused(w, p, false);
     if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
         struct sc_lease_held h = {
             .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
-        if (sc_lease_release(&w->db, p->pl->pc->name, p->pl->cfg->instance_id,
-                             sc_notify_channel(&p->pl->notify), &h, 1, reason) != 0)
+        if (sc_lease_release(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                             sc_notify_channel(w->env.notify), &h, 1, reason) != 0)
             sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
                     w->db.last_error);
         else
             sc_info(&p->log, "lease released (%s)", reason);
     }
-    buf_free(p);
+    sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
     atomic_store(&p->m->pending, 0);
     atomic_store(&p->m->consumer_lag, -1);
@@ -1597,7 +1369,7 @@ static void process_inbox(struct sc_worker *w)
 static int next_timeout(struct sc_worker *w)
 {
     int64_t now = sc_mono_ms(), wake = now + 100;
-    int max_wait = w->pl->pc->batch.max_wait_ms;
+    int max_wait = w->env.pc->batch.max_wait_ms;
     for (struct sc_part *p = w->parts; p; p = p->next) {
         if (p->state == SC_PART_STARTING)
             wake = p->retry_at_ms < wake ? p->retry_at_ms : wake;
@@ -1610,19 +1382,19 @@ static int next_timeout(struct sc_worker *w)
         if (p->written) {
             /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
-            if (*p->pl->stop || ready_count(p, n, now, READY_FULL) > 0)
+            if (stopping(w) || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
-            int64_t due = p->commit_due_ms, quiet = quiet_at(p);
+            int64_t due = p->commit_due_ms, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
             continue;
         }
         /* A batch can be written now (when stopping, only a pending one is). */
         if (p->cp.has_pending ? pending_span(p) >= 0
-                              : !*p->pl->stop && ready_count(p, 0, now, READY_FULL) > 0)
+                              : !stopping(w) && ready_count(w, p, 0, now, READY_FULL) > 0)
             return 0;
-        if (p->len > 0 && !p->cp.has_pending && !*p->pl->stop) {
-            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(p);
+        if (p->buf.len > 0 && !p->cp.has_pending && !stopping(w)) {
+            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
         }
@@ -1660,38 +1432,39 @@ static void *worker_main(void *arg)
             if (total >= BATCH_DRAIN)
                 for (struct sc_part *p = w->parts; p; p = p->next)
                     if (!p->paused && p->state == SC_PART_ACTIVE)
-                        poke_fetcher(p);
+                        poke_fetcher(w, p);
         }
         for (struct sc_part *p = w->parts; p; p = p->next) {
-            size_t len = p->len;
+            size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();
             service(w, p);
-            pause_if_stuck(p, len, sc_mono_ms() - t0);
+            pause_if_stuck(w, p, len, sc_mono_ms() - t0);
         }
     }
     process_inbox(w);
     return NULL;
 }
 
-struct sc_worker *sc_worker_new(struct sc_pipeline *pl, int id, char *err, size_t errsize)
+struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *err, size_t errsize)
 {
     struct sc_worker *w = sc_xcalloc(1, sizeof(*w));
-    w->pl = pl;
+    w->env = *env;
     w->id = id;
-    snprintf(w->name, sizeof(w->name), "kafka-sidecar/%s/worker-%d", pl->pc->name, id);
-    w->sink = sc_sink_new(pl->cfg, pl->pc, id, err, errsize);
+    const struct sc_config *cfg = env->cfg;
+    snprintf(w->name, sizeof(w->name), "kafka-sidecar/%s/worker-%d", env->pc->name, id);
+    w->sink = sc_sink_new(cfg, env->pc, id, err, errsize);
     if (!w->sink) {
         free(w);
         return NULL;
     }
-    w->queue = rd_kafka_queue_new(pl->rk);
+    w->queue = rd_kafka_queue_new(env->rk);
     sc_buf_init(&w->dead_env, 0);
-    sc_db_init(&w->db, pl->cfg->postgres.dsn, pl->cfg->postgres.schema, w->name,
-               pl->cfg->postgres.connect_timeout_ms);
+    sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
+               cfg->postgres.connect_timeout_ms);
     /* A worker stalled inside the postgres sink's transaction holds its checkpoint row
      * locked, and the next owner's lease acquisition waits on that lock: once the lease
      * has expired, the server ends the stalled session (the next owner fences it anyway). */
-    w->db.idle_tx_timeout_ms = pl->pc->lease.ttl_ms;
+    w->db.idle_tx_timeout_ms = env->pc->lease.ttl_ms;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     return w;
@@ -1705,8 +1478,6 @@ int sc_worker_start(struct sc_worker *w)
     return 0;
 }
 
-/* The queue a partition is forwarded to (used by sc_pipeline.c). */
-rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w);
 rd_kafka_queue_t *sc_worker_queue(struct sc_worker *w)
 {
     return w->queue;

@@ -1,0 +1,240 @@
+/*
+ * sc_partbuf.c - a partition's buffered records and batch cutting (see
+ * sc_partbuf.h).
+ */
+#include "pipeline/sc_partbuf.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/sc_util.h"
+
+#define ARENA_MIN 65536
+
+void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes)
+{
+    memset(b, 0, sizeof(*b));
+    b->max_records = max_records;
+    b->max_bytes = max_bytes;
+}
+
+void sc_partbuf_free(struct sc_partbuf *b)
+{
+    sc_partbuf_clear(b);
+    free(b->recs);
+    free(b->arena);
+    b->recs = NULL;
+    b->arena = NULL;
+    b->cap = b->arena_cap = 0;
+}
+
+/*
+ * Room for n more arena bytes at its end.  Dropped records leave space at
+ * the front, reclaimed by moving the live bytes down; the arena grows only
+ * when they would fill more than two thirds of it, so it stays within 1.5x
+ * the most ever buffered, and each byte is moved at most twice on average.
+ */
+static char *arena_reserve(struct sc_partbuf *b, size_t n)
+{
+    if (b->arena_cap - b->arena_len >= n)
+        return b->arena + b->arena_len;
+    size_t live = b->arena_len - b->arena_head;
+    if (b->arena_head > 0) {
+        memmove(b->arena, b->arena + b->arena_head, live);
+        for (size_t i = 0; i < b->len; i++)
+            b->recs[b->head + i].at -= b->arena_head;
+        b->arena_len = live;
+        b->arena_head = 0;
+    }
+    if ((live + n) * 3 > b->arena_cap * 2) {
+        size_t cap = b->arena_cap ? b->arena_cap : ARENA_MIN;
+        while ((live + n) * 3 > cap * 2)
+            cap += cap / 2;
+        b->arena = sc_xrealloc(b->arena, cap);
+        b->arena_cap = cap;
+    }
+    return b->arena + b->arena_len;
+}
+
+void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t now)
+{
+    if (b->head + b->len == b->cap) {
+        if (b->head > 0) {
+            memmove(b->recs, b->recs + b->head, b->len * sizeof(*b->recs));
+            b->head = 0;
+        }
+        if (b->len == b->cap) {
+            b->cap = b->cap ? b->cap * 2 : 256;
+            b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
+        }
+    }
+    size_t names_len = 0;
+    for (size_t j = 0; j < r->nheaders; j++)
+        names_len += strlen(r->headers[j].name) + 1;
+    size_t image_len = sc_record_image_size(r);
+    char *o = arena_reserve(b, image_len + names_len);
+    sc_record_image_write(o, r);
+    o += image_len;
+    for (size_t j = 0; j < r->nheaders; j++) {
+        size_t l = strlen(r->headers[j].name) + 1;
+        memcpy(o, r->headers[j].name, l);
+        o += l;
+    }
+    struct sc_buffered *e = &b->recs[b->head + b->len];
+    *e = (struct sc_buffered){
+        .offset = r->offset,
+        .timestamp = r->timestamp,
+        .arrival_ms = now,
+        .bytes_before = b->pushed_bytes,
+        .at = b->arena_len,
+        .image_len = (uint32_t)image_len,
+        .names_len = (uint32_t)names_len,
+        .key_len = r->key ? (int32_t)r->key_len : -1,
+        .value_len = r->value ? (int32_t)r->value_len : -1,
+        .nheaders = (uint32_t)r->nheaders,
+    };
+    b->arena_len += image_len + names_len;
+    b->len++;
+    b->pushed_bytes += sc_buffered_bytes(e);
+}
+
+void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
+{
+    if (n > b->len)
+        n = b->len;
+    b->head += n;
+    b->len -= n;
+    if (b->len == 0) {
+        b->head = 0;
+        b->arena_head = b->arena_len = 0;
+    } else {
+        b->arena_head = sc_partbuf_at(b, 0)->at;
+    }
+}
+
+void sc_partbuf_clear(struct sc_partbuf *b)
+{
+    sc_partbuf_drop(b, b->len);
+}
+
+/*
+ * Called for every partition on every turn of the worker's loop, with up to
+ * two batches buffered: the byte sums come from the records' running
+ * totals, and the record that fills a batch is found by bisection.
+ */
+size_t sc_partbuf_next_batch(const struct sc_partbuf *b, size_t from, bool *full)
+{
+    *full = false;
+    if (from >= b->len)
+        return 0;
+    size_t most = b->len - from < b->max_records ? b->len - from : b->max_records;
+    int64_t base = sc_partbuf_bytes_upto(b, from);
+    if (sc_partbuf_bytes_upto(b, from + most) - base < b->max_bytes) {
+        *full = most == b->max_records;
+        return most;
+    }
+    *full = true;
+    size_t lo = 1, hi = most; /* the first n whose bytes reach max_bytes is in [lo, hi] */
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (sc_partbuf_bytes_upto(b, from + mid) - base >= b->max_bytes)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return lo == 1 || sc_partbuf_bytes_upto(b, from + lo) - base == b->max_bytes ? lo : lo - 1;
+}
+
+bool sc_partbuf_holds_two(const struct sc_partbuf *b)
+{
+    return b->len >= 2 * b->max_records || sc_partbuf_bytes(b) >= 2 * b->max_bytes;
+}
+
+bool sc_partbuf_holds_one(const struct sc_partbuf *b)
+{
+    return b->len <= b->max_records && sc_partbuf_bytes(b) <= b->max_bytes;
+}
+
+ptrdiff_t sc_partbuf_count_upto(const struct sc_partbuf *b, int64_t last)
+{
+    size_t n = 0;
+    while (n < b->len && sc_partbuf_at(b, n)->offset <= last)
+        n++;
+    if (n == b->len && (n == 0 || sc_partbuf_at(b, n - 1)->offset < last))
+        return -1; /* not complete yet */
+    return (ptrdiff_t)n;
+}
+
+size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n)
+{
+    size_t total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += sc_partbuf_at(b, from + i)->nheaders;
+    return total;
+}
+
+static int64_t get_le64(const char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = v << 8 | (unsigned char)p[i];
+    return (int64_t)v;
+}
+
+void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const char *topic,
+                      int32_t partition, struct sc_record *out, struct sc_header *hdrs)
+{
+    size_t nh = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *e = sc_partbuf_at(b, from + i);
+        const char *img = b->arena + e->at;
+        struct sc_record *r = &out[i];
+        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
+        size_t pos = 24;
+        r->topic = topic;
+        r->partition = partition;
+        r->offset = e->offset;
+        r->timestamp = e->timestamp;
+        r->key = e->key_len >= 0 ? img + pos : NULL;
+        r->key_len = e->key_len > 0 ? (size_t)e->key_len : 0;
+        pos += r->key_len + 8;
+        r->value = e->value_len >= 0 ? img + pos : NULL;
+        r->value_len = e->value_len > 0 ? (size_t)e->value_len : 0;
+        pos += r->value_len + 8;
+        r->headers = hdrs + nh;
+        r->nheaders = e->nheaders;
+        const char *name = img + e->image_len;
+        for (size_t j = 0; j < e->nheaders; j++) {
+            pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
+            int64_t vlen = get_le64(img + pos);
+            pos += 8;
+            hdrs[nh++] = (struct sc_header){.name = name,
+                                            .value = vlen >= 0 ? img + pos : NULL,
+                                            .len = vlen > 0 ? (size_t)vlen : 0};
+            pos += vlen > 0 ? (size_t)vlen : 0;
+            name += strlen(name) + 1;
+        }
+    }
+}
+
+uint32_t sc_partbuf_checksum(const struct sc_partbuf *b, size_t from, size_t n)
+{
+    uint32_t crc = 0;
+    const char *run = NULL;
+    size_t run_len = 0;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *e = sc_partbuf_at(b, from + i);
+        const char *img = b->arena + e->at;
+        if (run && run + run_len == img) {
+            run_len += e->image_len;
+            continue;
+        }
+        if (run)
+            crc = sc_crc32(crc, run, run_len);
+        run = img;
+        run_len = e->image_len;
+    }
+    if (run)
+        crc = sc_crc32(crc, run, run_len);
+    return crc;
+}
