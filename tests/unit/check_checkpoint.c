@@ -1,0 +1,699 @@
+/*
+ * check_checkpoint.c - the checkpoint statements (sc_checkpoint) against a
+ * throwaway PostgreSQL, no sidecar binary and no Kafka: a write with a
+ * superseded epoch is FENCED, one that expects another state of the row is
+ * a CONFLICT, and neither changes the row or writes an event; every write
+ * that commits writes exactly the event describing it, in its transaction.
+ *
+ * "Unchanged" is checked on the row as stored, with its xmin: a write that
+ * rewrote the row with the same values would show too.  Each refused write
+ * is followed by the same write with the right epoch and state, which must
+ * succeed: so the refusal was for the reason the test names, not another.
+ *
+ * The server is started once (unchecked fixture); every test migrates a
+ * database of its own.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/sc_log.h"
+#include "db/sc_db.h"
+#include "db/sc_migrate.h"
+#include "hx.h"
+#include "protocol/sc_checkpoint.h"
+#include "protocol/sc_lease.h"
+
+#define TOPIC   "orders"
+#define LONG_MS 600000
+
+static struct hx_pg pg;
+
+static void pg_setup(void)
+{
+    hx_pg_start(&pg);
+}
+
+static void pg_teardown(void)
+{
+    hx_pg_stop(&pg);
+}
+
+/* A test's database: migrated, with an inspection connection. */
+struct t {
+    char dsn[512];
+    PGconn *conn;
+};
+
+static void t_start(struct t *t, const char *name)
+{
+    char err[1024];
+
+    hx_pg_create_db(&pg, name, t->dsn, sizeof(t->dsn));
+    t->conn = hx_pg_connect(t->dsn);
+    ck_assert_msg(sc_migrate_apply(t->conn, "sidecar", err, sizeof(err)) > 0, "migrate: %s", err);
+}
+
+static void t_stop(struct t *t)
+{
+    PQfinish(t->conn);
+}
+
+static void db_open(const struct t *t, struct sc_db *db)
+{
+    sc_db_init(db, t->dsn, "sidecar", "check_checkpoint", 5000);
+    ck_assert_msg(sc_db_connect(db, true) == 0, "connect: %s", db->last_error);
+}
+
+/* Acquires partition 0 of TOPIC in pipeline for owner (asserts it was); returns the row. */
+static struct sc_cp acquire(struct sc_db *db, const char *pipeline, const char *owner)
+{
+    struct sc_lease_req r = {.topic = TOPIC, .partition = 0};
+    bool unavailable = true;
+
+    ck_assert_msg(sc_lease_acquire(db, pipeline, owner, LONG_MS, NULL, &r, 1, &unavailable) == 0,
+                  "acquire: %s", db->last_error);
+    ck_assert_msg(r.acquired, "%s could not acquire %s: held by %s", owner, pipeline, r.holder);
+    return r.cp;
+}
+
+static void release(struct sc_db *db, const char *pipeline, const char *owner, int64_t epoch)
+{
+    struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = epoch};
+
+    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+}
+
+/* What a refused write must leave as it was: the row as stored, the events, the dead letters. */
+struct snap {
+    char *row;
+    long long events, dead;
+};
+
+static void snap_take(const struct t *t, const char *pipeline, struct snap *s)
+{
+    const char *params[] = {pipeline, TOPIC};
+
+    s->row = hx_pg_value(t->conn,
+                         "SELECT c.xmin::text || ' ' || row_to_json(c)::text"
+                         " FROM sidecar.checkpoints c WHERE pipeline = $1 AND topic = $2"
+                         " AND partition = 0",
+                         2, params);
+    ck_assert(s->row != NULL);
+    s->events =
+        hx_pg_int(t->conn, "SELECT count(*) FROM sidecar.events WHERE pipeline = $1", 1, params);
+    s->dead = hx_pg_int(t->conn, "SELECT count(*) FROM sidecar.dead_letters WHERE pipeline = $1", 1,
+                        params);
+}
+
+static void snap_free(struct snap *s)
+{
+    free(s->row);
+    s->row = NULL;
+}
+
+/* Asserts that nothing changed since *before (which is freed). */
+static void check_unchanged(const struct t *t, const char *pipeline, struct snap *before,
+                            const char *what)
+{
+    struct snap now;
+
+    snap_take(t, pipeline, &now);
+    ck_assert_msg(strcmp(now.row, before->row) == 0, "%s changed the row:\n  was %s\n  now %s",
+                  what, before->row, now.row);
+    ck_assert_msg(now.events == before->events, "%s wrote %lld events", what,
+                  now.events - before->events);
+    ck_assert_msg(now.dead == before->dead, "%s stored %lld dead letters", what,
+                  now.dead - before->dead);
+    snap_free(&now);
+    snap_free(before);
+}
+
+/* Asserts that the cached state of the writer was left alone too. */
+static void check_cp_same(const struct sc_cp *a, const struct sc_cp *b, const char *what)
+{
+    ck_assert_msg(memcmp(a, b, sizeof(*a)) == 0, "%s changed the caller's copy of the row", what);
+}
+
+static const char *st(enum sc_cp_status s)
+{
+    return sc_cp_status_name(s);
+}
+
+/* One dead letter, for writes that store them with the commit. */
+static const struct sc_cp_dead dead1 = {
+    .offset = 3,
+    .envelope = "{\"offset\": 3, \"headers\": []}",
+    .key = "k",
+    .key_len = 1,
+    .value = "v",
+    .value_len = 1,
+    .error = "rejected",
+    .status = 422,
+    .attempts = 1,
+};
+
+static long long count_of(const struct t *t, const char *sql, const char *pipeline)
+{
+    const char *params[] = {pipeline};
+
+    return hx_pg_int(t->conn, sql, 1, params);
+}
+
+/* ---- fencing ------------------------------------------------------------------------ */
+
+/*
+ * A's epoch is superseded by B's (A released, B acquired).  For each kind of
+ * write, A's attempt carries exactly B's view of the row but A's epoch: it
+ * is FENCED and changes nothing, then B's identical write succeeds.
+ */
+START_TEST(stale_epoch_writes_are_fenced)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_cp_key ka = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct sc_cp_key kb = ka;
+    struct snap before;
+    enum sc_cp_status s;
+
+    kb.owner = "B";
+    t_start(&t, "fenced");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    struct sc_cp cpa = acquire(&a, "p", "A");
+    int64_t old = cpa.epoch;
+    release(&a, "p", "A", old);
+    struct sc_cp cpb = acquire(&b, "p", "B");
+    ck_assert_int_gt(cpb.epoch, old);
+
+    /* A stale copy: B's view of the row, A's epoch. */
+#define STALE(var)          \
+    struct sc_cp var = cpb; \
+    var.epoch = old;        \
+    struct sc_cp var##_copy = var
+
+    /* set_start (start_from latest) */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_set_start(&a, &ka, &x, 0, "latest");
+        ck_assert_msg(s == SC_CP_FENCED, "set_start: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced set_start");
+        check_cp_same(&x, &x_copy, "fenced set_start");
+        ck_assert_int_eq(sc_checkpoint_set_start(&b, &kb, &cpb, 0, "latest"), SC_CP_OK);
+    }
+    /* pend */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_pend(&a, &ka, &x, 0, 9, 10, 111);
+        ck_assert_msg(s == SC_CP_FENCED, "pend: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced pend");
+        check_cp_same(&x, &x_copy, "fenced pend");
+        ck_assert_int_eq(sc_checkpoint_pend(&b, &kb, &cpb, 0, 9, 10, 111), SC_CP_OK);
+    }
+    /* commit, with a dead letter (stored in the same transaction, or not at all) */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_commit(&a, &ka, &x, 10, 1000, false, &dead1, 1);
+        ck_assert_msg(s == SC_CP_FENCED, "commit: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced commit");
+        check_cp_same(&x, &x_copy, "fenced commit");
+        ck_assert_int_eq(sc_checkpoint_commit(&b, &kb, &cpb, 10, 1000, false, &dead1, 1), SC_CP_OK);
+        ck_assert_int_eq(
+            count_of(&t, "SELECT count(*) FROM sidecar.dead_letters WHERE pipeline = $1", "p"), 1);
+    }
+    /* commit without dead letters (a single statement) */
+    {
+        ck_assert_int_eq(sc_checkpoint_pend(&b, &kb, &cpb, 10, 19, 10, 222), SC_CP_OK);
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_commit(&a, &ka, &x, 20, 2000, true, NULL, 0);
+        ck_assert_msg(s == SC_CP_FENCED, "commit (replay): %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced commit (replay)");
+        check_cp_same(&x, &x_copy, "fenced commit (replay)");
+    }
+    /* commit_and_pend */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_commit_and_pend(&a, &ka, &x, 20, 2000, false, NULL, 0, 20, 29, 10, 333);
+        ck_assert_msg(s == SC_CP_FENCED, "commit_and_pend: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced commit_and_pend");
+        check_cp_same(&x, &x_copy, "fenced commit_and_pend");
+        ck_assert_int_eq(
+            sc_checkpoint_commit_and_pend(&b, &kb, &cpb, 20, 2000, false, NULL, 0, 20, 29, 10, 333),
+            SC_CP_OK);
+        ck_assert_int_eq(sc_checkpoint_commit(&b, &kb, &cpb, 30, 3000, false, NULL, 0), SC_CP_OK);
+    }
+    /* advance (transactional sinks; their dead letters are in the caller's transaction) */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_advance(&a, &ka, &x, 30, 39, 10, 40, NULL, 0);
+        ck_assert_msg(s == SC_CP_FENCED, "advance: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced advance");
+        check_cp_same(&x, &x_copy, "fenced advance");
+        ck_assert_int_eq(sc_checkpoint_advance(&b, &kb, &cpb, 30, 39, 10, 40, NULL, 0), SC_CP_OK);
+    }
+    /* fail */
+    {
+        STALE(x);
+        snap_take(&t, "p", &before);
+        s = sc_checkpoint_fail(&a, &ka, &x, "stale owner's error");
+        ck_assert_msg(s == SC_CP_FENCED, "fail: %s", st(s));
+        check_unchanged(&t, "p", &before, "fenced fail");
+        check_cp_same(&x, &x_copy, "fenced fail");
+        ck_assert_int_eq(sc_checkpoint_fail(&b, &kb, &cpb, "B's error"), SC_CP_OK);
+    }
+#undef STALE
+    ck_assert_int_eq(sc_checkpoint_still_owner(&a, &ka, old), -1);
+    ck_assert_int_eq(sc_checkpoint_still_owner(&b, &kb, cpb.epoch), 0);
+
+    /* B's view after all that is what is stored. */
+    struct sc_cp now;
+    ck_assert_int_eq(sc_checkpoint_load(&b, &kb, &now), SC_CP_OK);
+    ck_assert(now.has_committed && !now.has_pending && now.error);
+    ck_assert_int_eq(now.committed_offset, 40);
+    ck_assert_int_eq(now.committed_write_offset, 40);
+    ck_assert_str_eq(now.error_msg, "B's error");
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * The pipelined advance of the postgres sink: a statement that matches no
+ * row (fenced, or a conflict) is an error, so the COMMIT queued behind it
+ * cannot commit the sink's rows without their checkpoint.
+ */
+static ExecStatusType queued_advance(struct sc_db *db, const struct sc_cp_key *k,
+                                     const struct sc_cp *cp, int64_t first, int64_t last,
+                                     bool commit)
+{
+    struct sc_cp after;
+    PGconn *conn;
+    PGresult *res;
+    ExecStatusType status;
+
+    ck_assert_int_eq(sc_checkpoint_advance_prepare(db), 0);
+    conn = sc_db_hold(db);
+    ck_assert(conn != NULL);
+    hx_pg_exec(conn, "BEGIN");
+    ck_assert_int_eq(sc_checkpoint_advance_queue(db, k, cp, first, last,
+                                                 (int32_t)(last - first + 1), last + 1, &after),
+                     0);
+    res = PQgetResult(conn);
+    status = PQresultStatus(res);
+    if (status == PGRES_TUPLES_OK)
+        ck_assert_int_eq(PQntuples(res), 1);
+    PQclear(res);
+    while ((res = PQgetResult(conn)) != NULL)
+        PQclear(res);
+    hx_pg_exec(conn, status == PGRES_TUPLES_OK && commit ? "COMMIT" : "ROLLBACK");
+    sc_db_release(db);
+    return status;
+}
+
+START_TEST(queued_advance_fails_unless_it_matches)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_cp_key ka = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct sc_cp_key kb = ka;
+    struct snap before;
+
+    kb.owner = "B";
+    t_start(&t, "queued_advance");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    struct sc_cp cpa = acquire(&a, "p", "A");
+    release(&a, "p", "A", cpa.epoch);
+    struct sc_cp cpb = acquire(&b, "p", "B");
+
+    /* Fenced: A's epoch. */
+    struct sc_cp stale = cpb;
+    stale.epoch = cpa.epoch;
+    snap_take(&t, "p", &before);
+    ck_assert_int_eq(queued_advance(&a, &ka, &stale, 0, 9, true), PGRES_FATAL_ERROR);
+    check_unchanged(&t, "p", &before, "fenced queued advance");
+
+    /* A conflict: B's epoch, but B believes something was committed already. */
+    struct sc_cp wrong = cpb;
+    wrong.has_committed = true;
+    wrong.committed_offset = 0;
+    snap_take(&t, "p", &before);
+    ck_assert_int_eq(queued_advance(&b, &kb, &wrong, 0, 9, true), PGRES_FATAL_ERROR);
+    check_unchanged(&t, "p", &before, "conflicting queued advance");
+
+    /* B's own view: one row, committed with the transaction. */
+    ck_assert_int_eq(queued_advance(&b, &kb, &cpb, 0, 9, true), PGRES_TUPLES_OK);
+    struct sc_cp now;
+    ck_assert_int_eq(sc_checkpoint_load(&b, &kb, &now), SC_CP_OK);
+    ck_assert(now.has_committed && !now.has_pending);
+    ck_assert_int_eq(now.committed_offset, 10);
+    ck_assert_int_eq(now.committed_write_offset, 10);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- conflicts --------------------------------------------------------------------------- */
+
+/* Runs a write that must be a CONFLICT that changes nothing; what names it in messages. */
+#define EXPECT_CONFLICT(what, call)                                                 \
+    do {                                                                            \
+        struct snap before_;                                                        \
+        snap_take(&t, "p", &before_);                                               \
+        enum sc_cp_status s_ = (call);                                              \
+        ck_assert_msg(s_ == SC_CP_CONFLICT, "%s: %s, want conflict", what, st(s_)); \
+        check_unchanged(&t, "p", &before_, what);                                   \
+    } while (0)
+
+START_TEST(writes_expecting_another_state_conflict)
+{
+    struct t t;
+    struct sc_db a;
+    struct sc_cp_key k = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct sc_cp x;
+
+    t_start(&t, "conflicts");
+    db_open(&t, &a);
+    struct sc_cp cp = acquire(&a, "p", "A");
+    ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 0, "latest"), SC_CP_OK);
+    /* Set once only. */
+    x = cp;
+    x.has_committed = false;
+    EXPECT_CONFLICT("a second set_start", sc_checkpoint_set_start(&a, &k, &x, 5, "latest"));
+
+    /* Commit without anything pending (the writer believes [0, 9] is). */
+    x = cp;
+    x.has_pending = true;
+    x.pending_first = 0;
+    x.pending_last = 9;
+    x.pending_count = 10;
+    EXPECT_CONFLICT("commit without pending",
+                    sc_checkpoint_commit(&a, &k, &x, 10, 100, false, &dead1, 1));
+    x = cp;
+    x.has_pending = true;
+    x.pending_first = 0;
+    x.pending_last = 9;
+    EXPECT_CONFLICT(
+        "commit_and_pend without pending",
+        sc_checkpoint_commit_and_pend(&a, &k, &x, 10, 100, false, NULL, 0, 10, 19, 10, 2));
+
+    /* Pend [0, 9]; then pends while it is pending. */
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 0, 9, 10, 1), SC_CP_OK);
+    x = cp;
+    x.has_pending = false;
+    EXPECT_CONFLICT("pend of the same range while pending",
+                    sc_checkpoint_pend(&a, &k, &x, 0, 9, 10, 1));
+    x = cp;
+    x.has_pending = false;
+    EXPECT_CONFLICT("pend of the next range while pending",
+                    sc_checkpoint_pend(&a, &k, &x, 10, 19, 10, 2));
+    x = cp;
+    x.has_pending = false;
+    EXPECT_CONFLICT("advance while pending",
+                    sc_checkpoint_advance(&a, &k, &x, 0, 9, 10, 100, NULL, 0));
+
+    /* Commits of another range than the pending one. */
+    x = cp;
+    x.pending_first = 10;
+    x.pending_last = 19;
+    EXPECT_CONFLICT("commit of the next range",
+                    sc_checkpoint_commit(&a, &k, &x, 20, 200, false, NULL, 0));
+    x = cp;
+    x.pending_first = 5;
+    x.pending_last = 9;
+    EXPECT_CONFLICT("commit of a range starting inside the pending one",
+                    sc_checkpoint_commit(&a, &k, &x, 10, 100, false, &dead1, 1));
+    x = cp;
+    x.pending_first = 1;
+    EXPECT_CONFLICT(
+        "commit_and_pend of another range",
+        sc_checkpoint_commit_and_pend(&a, &k, &x, 10, 100, false, NULL, 0, 10, 19, 10, 2));
+
+    /* The right one. */
+    ck_assert_int_eq(sc_checkpoint_commit(&a, &k, &cp, 10, 100, false, NULL, 0), SC_CP_OK);
+
+    /* A pend or advance from another position than the committed one. */
+    x = cp;
+    x.committed_write_offset = 50;
+    EXPECT_CONFLICT("pend at another write offset", sc_checkpoint_pend(&a, &k, &x, 10, 19, 10, 2));
+    x = cp;
+    x.committed_offset = 5;
+    EXPECT_CONFLICT("pend after another committed offset",
+                    sc_checkpoint_pend(&a, &k, &x, 10, 19, 10, 2));
+    x = cp;
+    x.committed_offset = 5;
+    EXPECT_CONFLICT("advance from another committed offset",
+                    sc_checkpoint_advance(&a, &k, &x, 10, 19, 10, 200, NULL, 0));
+
+    /* In the error state nothing moves (until an operator resets it). */
+    ck_assert_int_eq(sc_checkpoint_fail(&a, &k, &cp, "broken"), SC_CP_OK);
+    x = cp;
+    EXPECT_CONFLICT("pend in the error state", sc_checkpoint_pend(&a, &k, &x, 10, 19, 10, 2));
+    x = cp;
+    EXPECT_CONFLICT("advance in the error state",
+                    sc_checkpoint_advance(&a, &k, &x, 10, 19, 10, 200, NULL, 0));
+
+    sc_db_close(&a);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * An operator's reset of a live owner's partition (forced) keeps the epoch,
+ * so the owner is not fenced; its in-flight writes, which expect the row as
+ * it was, are conflicts instead, and it carries on from the new position.
+ */
+START_TEST(operator_reset_turns_in_flight_writes_into_conflicts)
+{
+    struct t t;
+    struct sc_db a;
+    struct sc_cp_key k = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct sc_cp x;
+
+    t_start(&t, "reset_conflicts");
+    db_open(&t, &a);
+    struct sc_cp cp = acquire(&a, "p", "A");
+    ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 0, "latest"), SC_CP_OK);
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 0, 9, 10, 1), SC_CP_OK);
+
+    hx_pg_exec(t.conn, "SELECT sidecar.reset_checkpoint('p', '" TOPIC "', 0, 100, true)");
+
+    /* The batch pending before the reset cannot be committed... */
+    x = cp;
+    EXPECT_CONFLICT("commit of a batch the reset dropped",
+                    sc_checkpoint_commit(&a, &k, &x, 10, 100, false, NULL, 0));
+    x = cp;
+    EXPECT_CONFLICT(
+        "commit_and_pend of a batch the reset dropped",
+        sc_checkpoint_commit_and_pend(&a, &k, &x, 10, 100, false, NULL, 0, 10, 19, 10, 2));
+    /* ...and nothing can be pended from the old position. */
+    x = cp;
+    x.has_pending = false;
+    EXPECT_CONFLICT("pend from the position before the reset",
+                    sc_checkpoint_pend(&a, &k, &x, 0, 9, 10, 1));
+
+    /* The owner notices (renewal), re-reads the row, and goes on from 100. */
+    struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = cp.epoch};
+    ck_assert_int_eq(sc_lease_renew(&a, "p", "A", LONG_MS, &h, 1), 0);
+    ck_assert(h.ok);
+    ck_assert_int_gt(h.control_seq, cp.control_seq);
+    ck_assert_int_eq(sc_checkpoint_load(&a, &k, &cp), SC_CP_OK);
+    ck_assert(cp.has_committed && !cp.has_pending);
+    ck_assert_int_eq(cp.committed_offset, 100);
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 100, 109, 10, 3), SC_CP_OK);
+
+    sc_db_close(&a);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- events ---------------------------------------------------------------------------- */
+
+/* An expected event: "kind|epoch|owner|first|last|write" ("-" for NULL) and its detail. */
+struct ev {
+    char line[128];
+    const char *detail; /* JSON, compared as jsonb */
+    bool with_row;      /* written by the transaction that last wrote the checkpoint row */
+};
+
+/*
+ * Asserts that the events of pipeline "p" after *last_id are exactly want[0..n-1], in order,
+ * and moves *last_id past them.
+ */
+static void expect_events(const struct t *t, long long *last_id, const struct ev *want, int n,
+                          const char *what)
+{
+    char id[24];
+    const char *params[] = {"p", sc_i64(id, *last_id)};
+    PGresult *res = PQexecParams(
+        t->conn,
+        "SELECT e.id, concat_ws('|', e.kind, e.epoch, e.owner, coalesce(e.first_offset::text, '-'),"
+        " coalesce(e.last_offset::text, '-'), coalesce(e.write_offset::text, '-')),"
+        " e.detail::text, e.xid::text::bigint % 4294967296 = c.xmin::text::bigint"
+        " FROM sidecar.events e LEFT JOIN sidecar.checkpoints c ON c.pipeline = e.pipeline"
+        " AND c.topic = e.topic AND c.partition = e.partition"
+        " WHERE e.pipeline = $1 AND e.id > $2 ORDER BY e.id",
+        2, NULL, params, NULL, NULL, 0);
+
+    ck_assert_msg(PQresultStatus(res) == PGRES_TUPLES_OK, "%s", PQerrorMessage(t->conn));
+    ck_assert_msg(PQntuples(res) == n, "%s: %d events, want %d (first: %s)", what, PQntuples(res),
+                  n, PQntuples(res) > 0 ? PQgetvalue(res, 0, 1) : "none");
+    for (int i = 0; i < n; i++) {
+        const char *dp[] = {want[i].detail};
+        char *canon = hx_pg_value(t->conn, "SELECT $1::jsonb::text", 1, dp);
+
+        ck_assert_msg(strcmp(PQgetvalue(res, i, 1), want[i].line) == 0,
+                      "%s: event %d is %s, want %s", what, i, PQgetvalue(res, i, 1), want[i].line);
+        ck_assert_msg(strcmp(PQgetvalue(res, i, 2), canon) == 0, "%s: event %d detail %s, want %s",
+                      what, i, PQgetvalue(res, i, 2), canon);
+        ck_assert_msg((PQgetvalue(res, i, 3)[0] == 't') == want[i].with_row,
+                      "%s: event %d %s in the transaction that wrote the row", what, i,
+                      want[i].with_row ? "not" : "unexpectedly");
+        *last_id = strtoll(PQgetvalue(res, i, 0), NULL, 10);
+        free(canon);
+    }
+    PQclear(res);
+}
+
+START_TEST(events_match_changes)
+{
+    struct t t;
+    struct sc_db a, a2;
+    struct sc_cp_key k = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct ev w[2];
+    long long last = 0;
+    struct sc_cp x;
+
+    t_start(&t, "events");
+    db_open(&t, &a);
+    db_open(&t, &a2);
+    struct sc_cp cp = acquire(&a, "p", "A");
+    long long e = cp.epoch;
+
+    snprintf(w[0].line, sizeof(w[0].line), "lease|%lld|A|-|-|0", e);
+    w[0].detail = "{\"action\": \"acquire\", \"pending\": false}";
+    w[0].with_row = true;
+    expect_events(&t, &last, w, 1, "acquire");
+
+    ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 5, "start_from latest"), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "reset|%lld|A|5|-|0", e);
+    w[0].detail = "{\"reason\": \"start_from latest\"}";
+    expect_events(&t, &last, w, 1, "set_start");
+
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 5, 14, 10, 1234), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "pend|%lld|A|5|14|0", e);
+    w[0].detail = "{\"count\": 10, \"checksum\": 1234}";
+    expect_events(&t, &last, w, 1, "pend");
+
+    ck_assert_int_eq(sc_checkpoint_commit(&a, &k, &cp, 15, 1000, false, NULL, 0), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "commit|%lld|A|5|14|1000", e);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 15}";
+    expect_events(&t, &last, w, 1, "commit");
+
+    /* A checksum above 2^31 is stored as the unsigned value. */
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 15, 24, 10, 4000000000u), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "pend|%lld|A|15|24|1000", e);
+    w[0].detail = "{\"count\": 10, \"checksum\": 4000000000}";
+    expect_events(&t, &last, w, 1, "pend (large checksum)");
+
+    /* Two changes in one statement: two events, commit first. */
+    ck_assert_int_eq(
+        sc_checkpoint_commit_and_pend(&a, &k, &cp, 25, 2000, false, NULL, 0, 25, 34, 10, 77),
+        SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "commit|%lld|A|15|24|2000", e);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 25}";
+    snprintf(w[1].line, sizeof(w[1].line), "pend|%lld|A|25|34|2000", e);
+    w[1].detail = "{\"count\": 10, \"checksum\": 77}";
+    w[1].with_row = true;
+    expect_events(&t, &last, w, 2, "commit_and_pend");
+
+    /* A replayed batch's commit, with a dead letter. */
+    ck_assert_int_eq(sc_checkpoint_commit(&a, &k, &cp, 35, 3000, true, &dead1, 1), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "replay|%lld|A|25|34|3000", e);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 35}";
+    expect_events(&t, &last, w, 1, "commit (replay)");
+
+    ck_assert_int_eq(sc_checkpoint_advance(&a, &k, &cp, 35, 44, 10, 4000, NULL, 0), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "commit|%lld|A|35|44|4000", e);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 45}";
+    expect_events(&t, &last, w, 1, "advance");
+
+    /* Refused writes: none. */
+    x = cp;
+    x.committed_offset = 0;
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &x, 45, 54, 10, 1), SC_CP_CONFLICT);
+    expect_events(&t, &last, w, 0, "conflicting pend");
+
+    /* A restarted A (a new session) takes its lease again: A's old epoch is fenced. */
+    struct sc_cp cp2 = acquire(&a2, "p", "A");
+    long long e2 = cp2.epoch;
+    snprintf(w[0].line, sizeof(w[0].line), "lease|%lld|A|45|-|4000", e2);
+    w[0].detail = "{\"action\": \"acquire\", \"pending\": false}";
+    expect_events(&t, &last, w, 1, "re-acquire");
+
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 45, 54, 10, 1), SC_CP_FENCED);
+    ck_assert_int_eq(sc_checkpoint_fail(&a, &k, &cp, "too late"), SC_CP_FENCED);
+    expect_events(&t, &last, w, 0, "fenced writes");
+
+    /* What the fenced writer reports about itself: one event, not tied to a row change. */
+    ck_assert_int_eq(sc_checkpoint_note_fenced(&a, &k, e, "commit refused"), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "fenced|%lld|A|-|-|-", e);
+    char detail[128];
+    snprintf(detail, sizeof(detail), "{\"reason\": \"commit refused\", \"current_epoch\": %lld}",
+             e2);
+    w[0].detail = detail;
+    w[0].with_row = false;
+    expect_events(&t, &last, w, 1, "note_fenced");
+
+    ck_assert_int_eq(sc_checkpoint_fail(&a2, &k, &cp2, "boom"), SC_CP_OK);
+    snprintf(w[0].line, sizeof(w[0].line), "error|%lld|A|-|-|4000", e2);
+    w[0].detail = "{\"error\": \"boom\"}";
+    w[0].with_row = true;
+    expect_events(&t, &last, w, 1, "fail");
+
+    /* Every event, and no other, is one the test expected. */
+    ck_assert_int_eq(count_of(&t, "SELECT count(*) FROM sidecar.events WHERE pipeline = $1", "p"),
+                     12);
+
+    sc_db_close(&a);
+    sc_db_close(&a2);
+    t_stop(&t);
+}
+END_TEST
+
+static Suite *checkpoint_suite(void)
+{
+    Suite *s = suite_create("checkpoint");
+    TCase *tc = tcase_create("checkpoint");
+
+    tcase_add_unchecked_fixture(tc, pg_setup, pg_teardown);
+    tcase_add_test(tc, stale_epoch_writes_are_fenced);
+    tcase_add_test(tc, queued_advance_fails_unless_it_matches);
+    tcase_add_test(tc, writes_expecting_another_state_conflict);
+    tcase_add_test(tc, operator_reset_turns_in_flight_writes_into_conflicts);
+    tcase_add_test(tc, events_match_changes);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(checkpoint_suite());
+
+    sc_log_setup(SC_LOG_WARN, SC_LOG_FORMAT_TEXT); /* not every migration's progress */
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}

@@ -1,0 +1,734 @@
+/*
+ * check_lease.c - the lease statements (sc_lease) against a throwaway
+ * PostgreSQL, no sidecar binary and no Kafka: the epoch (fencing token)
+ * only ever rises, whatever happens to the lease and checkpoint rows; a
+ * live lease of another owner is never taken; racing acquirers get exactly
+ * one winner, whose epoch is the checkpoint row's; every lease change
+ * writes its event.
+ *
+ * The server is started once (unchecked fixture); every test migrates a
+ * database of its own.  Expiry is waited for as a condition on the
+ * database clock, never as a fixed sleep.
+ */
+#include <check.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "base/sc_log.h"
+#include "db/sc_db.h"
+#include "db/sc_migrate.h"
+#include "hx.h"
+#include "protocol/sc_checkpoint.h"
+#include "protocol/sc_lease.h"
+
+#define TOPIC   "orders"
+#define LONG_MS 600000 /* a lease that stays live for the whole test */
+
+static struct hx_pg pg;
+
+static void pg_setup(void)
+{
+    hx_pg_start(&pg);
+}
+
+static void pg_teardown(void)
+{
+    hx_pg_stop(&pg);
+}
+
+/* A test's database: migrated, with an inspection connection. */
+struct t {
+    char dsn[512];
+    PGconn *conn;
+};
+
+static void t_start(struct t *t, const char *name)
+{
+    char err[1024];
+
+    hx_pg_create_db(&pg, name, t->dsn, sizeof(t->dsn));
+    t->conn = hx_pg_connect(t->dsn);
+    ck_assert_msg(sc_migrate_apply(t->conn, "sidecar", err, sizeof(err)) > 0, "migrate: %s", err);
+}
+
+static void t_stop(struct t *t)
+{
+    PQfinish(t->conn);
+}
+
+static void db_open(const struct t *t, struct sc_db *db)
+{
+    sc_db_init(db, t->dsn, "sidecar", "check_lease", 5000);
+    ck_assert_msg(sc_db_connect(db, true) == 0, "connect: %s", db->last_error);
+}
+
+/* Acquires partition of TOPIC for owner; returns whether it was acquired (the answer in *r). */
+static bool acquire(struct sc_db *db, const char *pipeline, const char *owner, int ttl_ms,
+                    int32_t partition, struct sc_lease_req *r)
+{
+    bool unavailable = true;
+
+    memset(r, 0, sizeof(*r));
+    r->topic = TOPIC;
+    r->partition = partition;
+    ck_assert_msg(sc_lease_acquire(db, pipeline, owner, ttl_ms, NULL, r, 1, &unavailable) == 0,
+                  "acquire by %s: %s", owner, db->last_error);
+    ck_assert(!unavailable);
+    return r->acquired;
+}
+
+static void release(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
+                    int64_t epoch)
+{
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+
+    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+}
+
+/* Renews one lease; returns whether it is still ours. */
+static bool renew(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
+                  int64_t epoch)
+{
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+
+    ck_assert_int_eq(sc_lease_renew(db, pipeline, owner, LONG_MS, &h, 1), 0);
+    return h.ok;
+}
+
+static long long row_int(const struct t *t, const char *sql, const char *pipeline,
+                         int32_t partition)
+{
+    char part[24];
+    const char *params[] = {pipeline, TOPIC, sc_i64(part, partition)};
+
+    return hx_pg_int(t->conn, sql, 3, params);
+}
+
+static long long cp_epoch(const struct t *t, const char *pipeline, int32_t partition)
+{
+    return row_int(t,
+                   "SELECT epoch FROM sidecar.checkpoints"
+                   " WHERE pipeline = $1 AND topic = $2 AND partition = $3",
+                   pipeline, partition);
+}
+
+static long long lease_epoch(const struct t *t, const char *pipeline, int32_t partition)
+{
+    return row_int(t,
+                   "SELECT epoch FROM sidecar.leases"
+                   " WHERE pipeline = $1 AND topic = $2 AND partition = $3",
+                   pipeline, partition);
+}
+
+/* A row as it is stored, with the transaction that last wrote it (malloc'd; NULL: no row). */
+static char *row_text(const struct t *t, const char *table, const char *pipeline, int32_t partition)
+{
+    char sql[256], part[24];
+    const char *params[] = {pipeline, TOPIC, sc_i64(part, partition)};
+
+    snprintf(sql, sizeof(sql),
+             "SELECT r.xmin::text || ' ' || row_to_json(r)::text FROM sidecar.%s r"
+             " WHERE pipeline = $1 AND topic = $2 AND partition = $3",
+             table);
+    return hx_pg_value(t->conn, sql, 3, params);
+}
+
+/* Events of pipeline: all (kind NULL), of one kind, or lease "acquire" / "release" ones. */
+static long long events_of(const struct t *t, const char *pipeline, const char *kind)
+{
+    const char *params[] = {pipeline, kind};
+
+    return hx_pg_int(t->conn,
+                     "SELECT count(*) FROM sidecar.events WHERE pipeline = $1"
+                     " AND ($2::text IS NULL OR kind = $2"
+                     " OR (kind = 'lease' AND detail->>'action' = $2))",
+                     2, params);
+}
+
+/* The acquisition's answer agrees with both rows: owner, epoch, and the checkpoint copy. */
+static void check_acquired(const struct t *t, const char *pipeline, const char *owner,
+                           int32_t partition, const struct sc_lease_req *r)
+{
+    char part[24];
+    const char *params[] = {pipeline, TOPIC, sc_i64(part, partition)};
+    char *holder = hx_pg_value(t->conn,
+                               "SELECT owner FROM sidecar.leases"
+                               " WHERE pipeline = $1 AND topic = $2 AND partition = $3"
+                               " AND expires_at > now()",
+                               3, params);
+
+    ck_assert_msg(holder != NULL && strcmp(holder, owner) == 0, "live holder %s, want %s",
+                  holder ? holder : "(none)", owner);
+    free(holder);
+    ck_assert_int_eq(lease_epoch(t, pipeline, partition), r->epoch);
+    ck_assert_int_eq(cp_epoch(t, pipeline, partition), r->epoch);
+    ck_assert_int_eq(r->cp.epoch, r->epoch);
+}
+
+/* Tries, as owner with cp's epoch, a one-record pend where cp says (on a copy of cp). */
+static enum sc_cp_status try_pend(struct sc_db *db, const char *pipeline, const char *owner,
+                                  int32_t partition, const struct sc_cp *cp)
+{
+    struct sc_cp_key k = {
+        .pipeline = pipeline, .topic = TOPIC, .partition = partition, .owner = owner};
+    struct sc_cp copy = *cp;
+    int64_t first = cp->has_committed ? cp->committed_offset : 0;
+
+    return sc_checkpoint_pend(db, &k, &copy, first, first, 1, 7);
+}
+
+/* ---- the epoch never repeats ------------------------------------------------------ */
+
+START_TEST(epoch_rises_across_release_and_reacquire)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3, r4;
+
+    t_start(&t, "epoch_release");
+    db_open(&t, &a);
+    db_open(&t, &b);
+
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert_int_ge(r1.epoch, 1);
+    check_acquired(&t, "p", "A", 0, &r1);
+
+    /* Released: free for anyone, and taking it again is a new epoch, even for A. */
+    release(&a, "p", "A", 0, r1.epoch);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+    check_acquired(&t, "p", "A", 0, &r2);
+
+    /* A different owner after a release. */
+    release(&a, "p", "A", 0, r2.epoch);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_gt(r3.epoch, r2.epoch);
+    check_acquired(&t, "p", "B", 0, &r3);
+
+    /* And back to the first one. */
+    release(&b, "p", "B", 0, r3.epoch);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));
+    ck_assert_int_gt(r4.epoch, r3.epoch);
+    check_acquired(&t, "p", "A", 0, &r4);
+
+    /* Every superseded epoch is fenced. */
+    ck_assert_int_eq(try_pend(&b, "p", "B", 0, &r3.cp), SC_CP_FENCED);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r2.cp), SC_CP_FENCED);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r4.cp), SC_CP_OK);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+START_TEST(epoch_rises_after_lease_row_deleted)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3, r4, r5;
+
+    t_start(&t, "epoch_delete");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+
+    /* An operator deletes the lease row of a live lease: the epoch lives on in the checkpoint. */
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.leases");
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_gt(r3.epoch, r2.epoch);
+    check_acquired(&t, "p", "B", 0, &r3);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r2.cp), SC_CP_FENCED);
+
+    /* Again, now back to A, who held an older epoch. */
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.leases");
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));
+    ck_assert_int_gt(r4.epoch, r3.epoch);
+    check_acquired(&t, "p", "A", 0, &r4);
+    ck_assert_int_eq(try_pend(&b, "p", "B", 0, &r3.cp), SC_CP_FENCED);
+
+    /* The checkpoint row deleted instead: the epoch lives on in the lease. */
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.checkpoints");
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r5));
+    ck_assert_int_gt(r5.epoch, r4.epoch);
+    check_acquired(&t, "p", "A", 0, &r5);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r5.cp), SC_CP_OK);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+/* Runs sidecar.reset_checkpoint(); returns the reset row's epoch, or -1 if it was refused. */
+static long long sql_reset(const struct t *t, const char *pipeline, int32_t partition, long long to,
+                           bool force)
+{
+    char part[24], off[24];
+    const char *params[] = {pipeline, TOPIC, sc_i64(part, partition), sc_i64(off, to),
+                            force ? "true" : "false"};
+    PGresult *res =
+        PQexecParams(t->conn, "SELECT (sidecar.reset_checkpoint($1, $2, $3, $4, $5)).epoch", 5,
+                     NULL, params, NULL, NULL, 0);
+    long long epoch = -1;
+
+    if (PQresultStatus(res) == PGRES_TUPLES_OK)
+        epoch = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+    else /* refused because of a live lease, nothing else */
+        ck_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "55P03");
+    PQclear(res);
+    return epoch;
+}
+
+START_TEST(epoch_rises_across_operator_reset)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3, r4;
+
+    t_start(&t, "epoch_reset");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_OK);
+
+    /* Refused while A's lease is live, and nothing changes. */
+    char *before = row_text(&t, "checkpoints", "p", 0);
+    ck_assert_int_eq(sql_reset(&t, "p", 0, 100, false), -1);
+    char *after = row_text(&t, "checkpoints", "p", 0);
+    ck_assert_str_eq(after, before);
+    free(before);
+    free(after);
+
+    /* Forced: the row moves, its epoch does not go back. */
+    ck_assert_int_eq(sql_reset(&t, "p", 0, 100, true), r1.epoch);
+    ck_assert_int_eq(cp_epoch(&t, "p", 0), r1.epoch);
+
+    /* Released, reset again, taken by B: a new, higher epoch that starts at the reset. */
+    release(&a, "p", "A", 0, r1.epoch);
+    ck_assert_int_eq(sql_reset(&t, "p", 0, 200, false), r1.epoch);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+    check_acquired(&t, "p", "B", 0, &r2);
+    ck_assert(r2.cp.has_committed && !r2.cp.has_pending);
+    ck_assert_int_eq(r2.cp.committed_offset, 200);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_FENCED);
+
+    /* A reset then a re-acquisition by the same owner. */
+    ck_assert_int_eq(sql_reset(&t, "p", 0, 300, true), r2.epoch);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_gt(r3.epoch, r2.epoch);
+    check_acquired(&t, "p", "B", 0, &r3);
+
+    /* A reset that re-creates a deleted checkpoint row (epoch 0 there): the next epoch is still
+     * above every earlier one. */
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.checkpoints");
+    ck_assert_int_ge(sql_reset(&t, "p", 0, 400, true), 0);
+    release(&b, "p", "B", 0, r3.epoch);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));
+    ck_assert_int_gt(r4.epoch, r3.epoch);
+    check_acquired(&t, "p", "A", 0, &r4);
+    ck_assert_int_eq(r4.cp.committed_offset, 400);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- live leases are respected ------------------------------------------------------- */
+
+struct expiry {
+    const struct t *t;
+    const char *pipeline;
+};
+
+/* Whether the lease has expired by the database's clock (the one the statements use). */
+static bool lease_expired(void *arg)
+{
+    const struct expiry *e = arg;
+
+    return row_int(e->t,
+                   "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND topic = $2"
+                   " AND partition = $3 AND expires_at <= now()",
+                   e->pipeline, 0) == 1;
+}
+
+START_TEST(expired_lease_taken_by_other_owner)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3;
+    struct expiry e = {&t, "p"};
+
+    t_start(&t, "expiry");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", 100, 0, &r1));
+    ck_assert_msg(hx_wait_until(lease_expired, &e, 30000), "the 100 ms lease never expired");
+
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+    check_acquired(&t, "p", "B", 0, &r2);
+
+    /* A, waking up late: its lease and its writes are gone, and B's lease is not its to take. */
+    ck_assert(!renew(&a, "p", "A", 0, r1.epoch));
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_FENCED);
+    ck_assert(!acquire(&a, "p", "A", LONG_MS, 0, &r3));
+    ck_assert_str_eq(r3.holder, "B");
+    ck_assert_int_eq(try_pend(&b, "p", "B", 0, &r2.cp), SC_CP_OK);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+START_TEST(live_lease_of_other_owner_is_not_taken)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, rb[2];
+    bool unavailable = true;
+
+    t_start(&t, "live");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    char *lease0 = row_text(&t, "leases", "p", 0), *cp0 = row_text(&t, "checkpoints", "p", 0);
+    long long events0 = events_of(&t, "p", NULL);
+
+    /* B asks for partition 0 (A's) and 1 (free) in one statement: it gets 1 only. */
+    memset(rb, 0, sizeof(rb));
+    rb[0].topic = rb[1].topic = TOPIC;
+    rb[0].partition = 0;
+    rb[1].partition = 1;
+    ck_assert_int_eq(sc_lease_acquire(&b, "p", "B", LONG_MS, NULL, rb, 2, &unavailable), 0);
+    ck_assert(!rb[0].acquired);
+    ck_assert_str_eq(rb[0].holder, "A");
+    ck_assert_int_eq(rb[0].epoch, r1.epoch);
+    ck_assert_msg(rb[0].holder_ms > 0 && rb[0].holder_ms <= LONG_MS, "holder_ms %lld",
+                  (long long)rb[0].holder_ms);
+    ck_assert(rb[1].acquired);
+    check_acquired(&t, "p", "B", 1, &rb[1]);
+
+    /* Partition 0 untouched: not even rewritten with the same values; one event, for 1. */
+    char *lease1 = row_text(&t, "leases", "p", 0), *cp1 = row_text(&t, "checkpoints", "p", 0);
+    ck_assert_str_eq(lease1, lease0);
+    ck_assert_str_eq(cp1, cp0);
+    ck_assert_int_eq(events_of(&t, "p", NULL), events0 + 1);
+    free(lease0);
+    free(lease1);
+    free(cp0);
+    free(cp1);
+
+    /* A still owns it. */
+    ck_assert(renew(&a, "p", "A", 0, r1.epoch));
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_OK);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+START_TEST(same_owner_reacquires_its_live_lease)
+{
+    struct t t;
+    struct sc_db a, a2;
+    struct sc_lease_req r1, r2;
+
+    t_start(&t, "same_owner");
+    db_open(&t, &a);
+    db_open(&t, &a2); /* A restarted after a crash: a new session, the same instance id */
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert(acquire(&a2, "p", "A", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+    check_acquired(&t, "p", "A", 0, &r2);
+
+    /* The previous incarnation is fenced like any other previous owner. */
+    ck_assert(!renew(&a, "p", "A", 0, r1.epoch));
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_FENCED);
+    ck_assert(renew(&a2, "p", "A", 0, r2.epoch));
+    ck_assert_int_eq(try_pend(&a2, "p", "A", 0, &r2.cp), SC_CP_OK);
+
+    sc_db_close(&a);
+    sc_db_close(&a2);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- racing acquirers ------------------------------------------------------------------- */
+
+#define RACERS 6
+#define ROUNDS 60
+
+struct race {
+    const char *pipeline;
+    pthread_barrier_t start, done;
+    bool stop;
+};
+
+struct racer {
+    struct race *race;
+    char owner[16];
+    struct sc_db db;
+    struct sc_lease_req req;
+    int rc;
+    bool unavailable;
+};
+
+static void *racer_main(void *arg)
+{
+    struct racer *r = arg;
+
+    for (;;) {
+        pthread_barrier_wait(&r->race->start);
+        if (r->race->stop)
+            break;
+        memset(&r->req, 0, sizeof(r->req));
+        r->req.topic = TOPIC;
+        r->req.partition = 0;
+        r->rc = sc_lease_acquire(&r->db, r->race->pipeline, r->owner, LONG_MS, NULL, &r->req, 1,
+                                 &r->unavailable);
+        pthread_barrier_wait(&r->race->done);
+    }
+    return NULL;
+}
+
+/* Every racer's session waits for a lock (held by the test's gate). */
+static bool all_racers_blocked(void *arg)
+{
+    const struct t *t = arg;
+
+    return hx_pg_int(t->conn,
+                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                     " AND application_name = 'check_lease' AND wait_event_type = 'Lock'",
+                     0, NULL) == RACERS;
+}
+
+/*
+ * Before each round the previous winner's lease is made available in one of
+ * three ways: it expires, it is released, or its row is deleted (the first
+ * round starts with no rows at all).  Every other round the racers are
+ * queued behind a lock the test holds on that lease row (a held row lock, or
+ * an uncommitted insert of the missing row) and let go together; in the
+ * others they only start together.
+ */
+START_TEST(concurrent_acquirers_get_one_winner)
+{
+    struct t t;
+    struct race race = {.pipeline = "p"};
+    struct racer racers[RACERS];
+    pthread_t tids[RACERS];
+    struct sc_db rel;
+    PGconn *gate;
+    long long prev = 0;
+    int gated_rounds = 0;
+
+    t_start(&t, "race");
+    gate = hx_pg_connect(t.dsn);
+    db_open(&t, &rel);
+    pthread_barrier_init(&race.start, NULL, RACERS + 1);
+    pthread_barrier_init(&race.done, NULL, RACERS + 1);
+    for (int i = 0; i < RACERS; i++) {
+        racers[i].race = &race;
+        snprintf(racers[i].owner, sizeof(racers[i].owner), "racer-%d", i);
+        db_open(&t, &racers[i].db);
+        ck_assert_int_eq(pthread_create(&tids[i], NULL, racer_main, &racers[i]), 0);
+    }
+
+    const char *winner = NULL;
+    for (int round = 0; round < ROUNDS; round++) {
+        int how = round % 3; /* 0: row deleted (or none yet), 1: expired, 2: released */
+        bool gated = (round / 3) % 2 == 0;
+        long long events = events_of(&t, "p", "acquire");
+
+        if (round > 0 && how == 0)
+            hx_pg_exec(t.conn, "DELETE FROM sidecar.leases");
+        else if (how == 1)
+            hx_pg_exec(t.conn, "UPDATE sidecar.leases SET expires_at = now() - interval '1 s'");
+        else if (how == 2)
+            release(&rel, "p", winner, 0, prev);
+        if (gated) {
+            hx_pg_exec(gate, "BEGIN");
+            hx_pg_exec(gate, how == 0 ? "INSERT INTO sidecar.leases (pipeline, topic, partition)"
+                                        " VALUES ('p', '" TOPIC "', 0)"
+                                      : "SELECT 1 FROM sidecar.leases FOR UPDATE");
+        }
+        pthread_barrier_wait(&race.start);
+        if (gated) {
+            ck_assert_msg(hx_wait_until(all_racers_blocked, &t, 30000),
+                          "round %d: the racers never all queued on the gate", round);
+            hx_pg_exec(gate, how == 0 ? "ROLLBACK" : "COMMIT");
+            gated_rounds++;
+        }
+        pthread_barrier_wait(&race.done);
+
+        int winners = 0;
+        struct racer *w = NULL;
+        for (int i = 0; i < RACERS; i++) {
+            ck_assert_msg(racers[i].rc == 0 && !racers[i].unavailable, "round %d: %s failed: %s",
+                          round, racers[i].owner, racers[i].db.last_error);
+            if (racers[i].req.acquired) {
+                winners++;
+                w = &racers[i];
+            }
+        }
+        ck_assert_msg(winners == 1, "round %d (%s%s): %d winners", round,
+                      how == 0   ? "deleted"
+                      : how == 1 ? "expired"
+                                 : "released",
+                      gated ? ", gated" : "", winners);
+        ck_assert_msg(w->req.epoch > prev, "round %d: epoch %lld after %lld", round,
+                      (long long)w->req.epoch, prev);
+        check_acquired(&t, "p", w->owner, 0, &w->req);
+        ck_assert_int_eq(events_of(&t, "p", "acquire"), events + 1);
+        /*
+         * A loser names the holder it saw, which may be the previous (expired or released)
+         * one, or none if that row was deleted: its statement's snapshot predates the winner's
+         * commit.  A live holder it names can only be the winner.
+         */
+        for (int i = 0; i < RACERS; i++) {
+            const struct sc_lease_req *l = &racers[i].req;
+
+            if (&racers[i] != w && l->holder_ms > 0)
+                ck_assert_msg(strcmp(l->holder, w->owner) == 0 && l->epoch == w->req.epoch,
+                              "round %d: %s was told %s (epoch %lld) holds the lease, not %s",
+                              round, racers[i].owner, l->holder, (long long)l->epoch, w->owner);
+        }
+        prev = w->req.epoch;
+        winner = w->owner;
+    }
+    ck_assert_int_eq(gated_rounds, ROUNDS / 2);
+
+    race.stop = true;
+    pthread_barrier_wait(&race.start);
+    for (int i = 0; i < RACERS; i++) {
+        pthread_join(tids[i], NULL);
+        sc_db_close(&racers[i].db);
+    }
+    pthread_barrier_destroy(&race.start);
+    pthread_barrier_destroy(&race.done);
+    sc_db_close(&rel);
+    PQfinish(gate);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- events ------------------------------------------------------------------------------- */
+
+/*
+ * Asserts the newest event of pipeline: "kind|epoch|owner|first_offset|write_offset"
+ * ("-" for NULL) and its detail (compared as jsonb).
+ */
+static void check_last_event(const struct t *t, const char *pipeline, const char *want,
+                             const char *detail)
+{
+    const char *params[] = {pipeline, detail};
+    char *got = hx_pg_value(t->conn,
+                            "SELECT concat_ws('|', kind, epoch, owner,"
+                            " coalesce(first_offset::text, '-'), coalesce(write_offset::text, '-'),"
+                            " CASE WHEN detail = $2::jsonb THEN 'detail ok' ELSE detail::text END)"
+                            " FROM sidecar.events WHERE pipeline = $1 ORDER BY id DESC LIMIT 1",
+                            2, params);
+    char full[512];
+
+    snprintf(full, sizeof(full), "%s|detail ok", want);
+    ck_assert_msg(got != NULL && strcmp(got, full) == 0, "newest event [%s], want [%s] %s",
+                  got ? got : "(none)", want, detail);
+    free(got);
+}
+
+START_TEST(lease_events_match_changes)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3, r4;
+    char want[256];
+
+    t_start(&t, "lease_events");
+    db_open(&t, &a);
+    db_open(&t, &b);
+
+    /* Acquired: one event. */
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert_int_eq(events_of(&t, "p", NULL), 1);
+    snprintf(want, sizeof(want), "lease|%lld|A|-|0", (long long)r1.epoch);
+    check_last_event(&t, "p", want, "{\"action\": \"acquire\", \"pending\": false}");
+
+    /* Not acquired, renewed, a release with an epoch that is not the lease's: none. */
+    ck_assert(!acquire(&b, "p", "B", LONG_MS, 0, &r2));
+    ck_assert(renew(&a, "p", "A", 0, r1.epoch));
+    char *lease0 = row_text(&t, "leases", "p", 0);
+    release(&a, "p", "A", 0, r1.epoch + 1);
+    release(&b, "p", "B", 0, r1.epoch);
+    char *lease1 = row_text(&t, "leases", "p", 0);
+    ck_assert_str_eq(lease1, lease0);
+    free(lease0);
+    free(lease1);
+    ck_assert_int_eq(events_of(&t, "p", NULL), 1);
+
+    /* A pends a batch (its own event), then releases: one release event. */
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_OK);
+    ck_assert_int_eq(events_of(&t, "p", NULL), 2);
+    release(&a, "p", "A", 0, r1.epoch);
+    ck_assert_int_eq(events_of(&t, "p", NULL), 3);
+    snprintf(want, sizeof(want), "lease|%lld|A|-|-", (long long)r1.epoch);
+    check_last_event(&t, "p", want, "{\"action\": \"release\", \"reason\": \"test\"}");
+
+    /* B takes over and is told there is a pending batch. */
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_eq(events_of(&t, "p", NULL), 4);
+    snprintf(want, sizeof(want), "lease|%lld|B|-|0", (long long)r3.epoch);
+    check_last_event(&t, "p", want, "{\"action\": \"acquire\", \"pending\": true}");
+
+    /* After a reset to 42 (the operator's own event), an acquisition reports that position. */
+    release(&b, "p", "B", 0, r3.epoch);
+    hx_pg_exec(t.conn, "SELECT sidecar.reset_checkpoint('p', '" TOPIC "', 0, 42)");
+    ck_assert_int_eq(events_of(&t, "p", NULL), 6);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));
+    ck_assert_int_eq(events_of(&t, "p", NULL), 7);
+    snprintf(want, sizeof(want), "lease|%lld|A|42|0", (long long)r4.epoch);
+    check_last_event(&t, "p", want, "{\"action\": \"acquire\", \"pending\": false}");
+    ck_assert_int_eq(events_of(&t, "p", "acquire"), 3);
+    ck_assert_int_eq(events_of(&t, "p", "release"), 2);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+static Suite *lease_suite(void)
+{
+    Suite *s = suite_create("lease");
+    TCase *tc = tcase_create("lease");
+
+    tcase_add_unchecked_fixture(tc, pg_setup, pg_teardown);
+    tcase_add_test(tc, epoch_rises_across_release_and_reacquire);
+    tcase_add_test(tc, epoch_rises_after_lease_row_deleted);
+    tcase_add_test(tc, epoch_rises_across_operator_reset);
+    tcase_add_test(tc, expired_lease_taken_by_other_owner);
+    tcase_add_test(tc, live_lease_of_other_owner_is_not_taken);
+    tcase_add_test(tc, same_owner_reacquires_its_live_lease);
+    tcase_add_test(tc, concurrent_acquirers_get_one_winner);
+    tcase_add_test(tc, lease_events_match_changes);
+    suite_add_tcase(s, tc);
+    return s;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(lease_suite());
+
+    sc_log_setup(SC_LOG_WARN, SC_LOG_FORMAT_TEXT); /* not every migration's progress */
+    srunner_run_all(sr, CK_ENV);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
