@@ -288,11 +288,11 @@ static enum MHD_Result h_status(struct request *r)
     if (!conn)
         return reply_error(r->c, MHD_HTTP_SERVICE_UNAVAILABLE, err);
     int rc = sc_inspect_status(conn, r->a->schema_q, &rows, err, sizeof(err));
-    db_release(r->a, rc == SC_INSPECT_RETRY);
-    if (rc != SC_INSPECT_OK)
+    db_release(r->a, rc == SC_READ_RETRY);
+    if (rc != SC_READ_OK)
         return reply_error(r->c,
-                           rc == SC_INSPECT_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE
-                                                  : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                           rc == SC_READ_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE
+                                               : MHD_HTTP_INTERNAL_SERVER_ERROR,
                            err);
     return reply_json(r->c, MHD_HTTP_OK, rows);
 }
@@ -309,13 +309,13 @@ static enum MHD_Result h_checkpoints(struct request *r)
         return reply_error(r->c, MHD_HTTP_SERVICE_UNAVAILABLE, err);
     int rc = sc_inspect_checkpoints_page(conn, r->a->schema_q, arg(r, "page_token"), limit, &page,
                                          err, sizeof(err));
-    db_release(r->a, rc == SC_INSPECT_RETRY);
+    db_release(r->a, rc == SC_READ_RETRY);
     switch (rc) {
-    case SC_INSPECT_OK:
+    case SC_READ_OK:
         return reply_json(r->c, MHD_HTTP_OK, page);
-    case SC_INSPECT_BAD_TOKEN:
+    case SC_READ_BAD_TOKEN:
         return reply_error(r->c, MHD_HTTP_BAD_REQUEST, err);
-    case SC_INSPECT_RETRY:
+    case SC_READ_RETRY:
         return reply_error(r->c, MHD_HTTP_SERVICE_UNAVAILABLE, err);
     default:
         return reply_error(r->c, MHD_HTTP_INTERNAL_SERVER_ERROR, err);
@@ -325,7 +325,7 @@ static enum MHD_Result h_checkpoints(struct request *r)
 /* The HTTP answer to a failed read. */
 static enum MHD_Result reply_read_error(struct MHD_Connection *c, int rc, const char *err)
 {
-    if (rc == SC_EVENTS_EXPIRED) {
+    if (rc == SC_READ_EXPIRED) {
         json_t *j = error_object(err);
         json_object_set_new(j, "hint",
                             json_string("add restart=snapshot to start again from the current "
@@ -333,7 +333,7 @@ static enum MHD_Result reply_read_error(struct MHD_Connection *c, int rc, const 
         return reply_json(c, MHD_HTTP_GONE, j);
     }
     return reply_error(
-        c, rc == SC_EVENTS_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_INTERNAL_SERVER_ERROR,
+        c, rc == SC_READ_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE : MHD_HTTP_INTERNAL_SERVER_ERROR,
         err);
 }
 
@@ -382,11 +382,11 @@ static enum MHD_Result h_events(struct request *r)
         goto out;
     }
     int n = sc_events_read(conn, r->a->schema_q, &cur, limit, events, err, sizeof(err));
-    if (n == SC_EVENTS_EXPIRED && restart) {
+    if (n == SC_READ_EXPIRED && restart) {
         sc_events_cursor_restart(&cur);
         n = sc_events_read(conn, r->a->schema_q, &cur, limit, events, err, sizeof(err));
     }
-    db_release(r->a, n == SC_EVENTS_RETRY);
+    db_release(r->a, n == SC_READ_RETRY);
     if (n < 0) {
         ret = reply_read_error(r->c, n, err);
         goto out;
@@ -462,13 +462,13 @@ static int stream_fill(struct stream *s, char *err, size_t errsize)
 {
     json_t *arr = json_array();
     int n = sc_events_read(s->conn, s->a->schema_q, &s->cur, STREAM_BATCH, arr, err, errsize);
-    if (n == SC_EVENTS_EXPIRED && s->restart) {
+    if (n == SC_READ_EXPIRED && s->restart) {
         sc_events_cursor_restart(&s->cur);
         n = sc_events_read(s->conn, s->a->schema_q, &s->cur, STREAM_BATCH, arr, err, errsize);
     }
     if (n >= 0 && stream_format(s, arr) != 0) {
         snprintf(err, errsize, "client too slow: more than %u bytes waiting", STREAM_BUFFER_MAX);
-        n = SC_EVENTS_FAILED;
+        n = SC_READ_FAILED;
     }
     json_decref(arr);
     return n;
@@ -491,7 +491,7 @@ static int stream_connect(struct stream *s, char *err, size_t errsize)
     s->conn = sc_events_connect(s->a->cfg->postgres.dsn, s->a->cfg->postgres.connect_timeout_ms,
                                 "kafka-sidecar/admin-stream", err, errsize);
     if (!s->conn)
-        return SC_EVENTS_RETRY;
+        return SC_READ_RETRY;
     int rc = sc_events_listen(s->conn, s->a->schema_q, err, errsize);
     if (rc != 0) {
         PQfinish(s->conn);
@@ -537,21 +537,21 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
                 continue;
             }
             int rc = stream_connect(s, err, sizeof(err));
-            if (rc == SC_EVENTS_FAILED)
+            if (rc == SC_READ_FAILED)
                 stream_fail(s, 500, err);
             else if (rc != 0)
                 s->next_connect_ms = now + 1000;
             continue;
         }
         int n = stream_fill(s, err, sizeof(err));
-        if (n == SC_EVENTS_RETRY) {
+        if (n == SC_READ_RETRY) {
             sc_warn(NULL, "admin: event stream: %s; reconnecting", err);
             PQfinish(s->conn);
             s->conn = NULL;
             continue;
         }
         if (n < 0) {
-            stream_fail(s, n == SC_EVENTS_EXPIRED ? 410 : 500, err);
+            stream_fail(s, n == SC_READ_EXPIRED ? 410 : 500, err);
             continue;
         }
         if (n >= STREAM_BATCH || s->out.len > 0)
@@ -588,8 +588,8 @@ static enum MHD_Result h_events_stream(struct request *r)
     if (rc != 0) {
         stream_free(s);
         return reply_error(r->c,
-                           rc == SC_EVENTS_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE
-                                                 : MHD_HTTP_INTERNAL_SERVER_ERROR,
+                           rc == SC_READ_RETRY ? MHD_HTTP_SERVICE_UNAVAILABLE
+                                               : MHD_HTTP_INTERNAL_SERVER_ERROR,
                            err);
     }
     /* The first read before answering, so a bad or expired token is a proper 410 / 5xx. */

@@ -10,6 +10,8 @@
 
 #include <jansson.h>
 
+#include "base/sc_base64.h"
+
 #define PAGE_ROWS   20    /* records per redrive call: small, so progress is saved often */
 #define MAX_LISTED  20    /* failures listed one per line in the summary */
 #define FAILURE_MAX 65536 /* bytes of failure lines kept for the summary */
@@ -17,44 +19,6 @@
 #define STR(x)      STR_(x)
 
 /* ---- rebuilding records ------------------------------------------------------- */
-
-static int b64_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '+')
-        return 62;
-    if (c == '/')
-        return 63;
-    return -1;
-}
-
-int sc_base64_decode(const char *in, size_t len, struct sc_buf *out)
-{
-    while (len > 0 && in[len - 1] == '=')
-        len--;
-    if (len % 4 == 1)
-        return -1;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < len; i++) {
-        int v = b64_value((unsigned char)in[i]);
-        if (v < 0)
-            return -1;
-        acc = (acc << 6) | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            if (sc_buf_putc(out, (char)((acc >> bits) & 0xFF)) < 0)
-                return -1;
-        }
-    }
-    return 0;
-}
 
 /* Appends one header value (string, {"base64": ...} or null) to r. */
 static int add_header(struct sc_dead_record *r, const char *name, const json_t *v, char *err,
@@ -71,7 +35,8 @@ static int add_header(struct sc_dead_record *r, const char *name, const json_t *
         const json_t *b = json_object_get(v, "base64");
         struct sc_buf buf;
         sc_buf_init(&buf, 0);
-        if (sc_base64_decode(json_string_value(b), json_string_length(b), &buf) != 0) {
+        if (sc_base64_decode(&buf, json_string_value(b), json_string_length(b), SC_BASE64_STD) !=
+            0) {
             sc_buf_free(&buf);
             free((char *)h.name);
             snprintf(err, errsize, "header \"%s\": invalid base64", name);

@@ -43,8 +43,4 @@ int sc_dead_record_build(struct sc_dead_record *out, const char *topic, int32_t 
     __attribute__((warn_unused_result));
 void sc_dead_record_free(struct sc_dead_record *r);
 
-/* Decodes standard base64 (padding optional); -1 on an invalid character or length. */
-int sc_base64_decode(const char *in, size_t len, struct sc_buf *out)
-    __attribute__((warn_unused_result));
-
 #endif

@@ -75,7 +75,7 @@
  * Expiry.  compact_events() (002_control.sql) deletes events in reader
  * order, oldest first, and records the last deleted (xid, id) in
  * event_horizon.  A position before it may have lost events, so the read
- * answers SC_EVENTS_EXPIRED (watch exit 2, HTTP 410) unless the caller
+ * answers SC_READ_EXPIRED (watch exit 2, HTTP 410) unless the caller
  * restarts from a new snapshot.  The horizon row is read in the same
  * statement as the events, so a compaction that commits concurrently is
  * either seen (expired) or not yet (its rows are still visible).
@@ -429,19 +429,6 @@ PGconn *sc_events_connect(const char *dsn, int timeout_ms, const char *app_name,
     return conn;
 }
 
-/* Maps a failed result to an sc_events_rc, with a message (and a hint for a missing schema). */
-static int failed(PGconn *conn, PGresult *res, const char *what, char *err, size_t errsize)
-{
-    char msg[512];
-    sc_pg_errmsg(conn, res, msg, sizeof(msg));
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    bool missing = state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0 ||
-                             strcmp(state, "3F000") == 0);
-    snprintf(err, errsize, "%s: %s%s", what, msg,
-             missing ? " (is the schema migrated? run `sidecar migrate`)" : "");
-    return sc_pg_classify(conn, res) == SC_PG_RETRY ? SC_EVENTS_RETRY : SC_EVENTS_FAILED;
-}
-
 int sc_events_listen(PGconn *conn, const char *schema_q, char *err, size_t errsize)
 {
     int rc = 0;
@@ -449,7 +436,7 @@ int sc_events_listen(PGconn *conn, const char *schema_q, char *err, size_t errsi
     char *listen = NULL, *chan = NULL;
     PGresult *res = PQexec(conn, sql);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) != 1) {
-        rc = failed(conn, res, "could not find the events channel", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not find the events channel", err, errsize);
         goto out;
     }
     chan = sc_pg_quote_ident(PQgetvalue(res, 0, 0));
@@ -457,7 +444,7 @@ int sc_events_listen(PGconn *conn, const char *schema_q, char *err, size_t errsi
     PQclear(res);
     res = PQexec(conn, listen);
     if (PQresultStatus(res) != PGRES_COMMAND_OK)
-        rc = failed(conn, res, "could not LISTEN", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not LISTEN", err, errsize);
 out:
     PQclear(res);
     free(sql);
@@ -548,14 +535,14 @@ static void append_with_token(json_t *arr, json_t *obj, const struct sc_events_c
 static int read_snapshot(PGconn *conn, const char *schema_q, struct sc_events_cursor *c,
                          json_t *arr, char *err, size_t errsize)
 {
-    int rc = SC_EVENTS_FAILED;
+    int rc = SC_READ_FAILED;
     char part[16];
     snprintf(part, sizeof(part), "%d", (int)c->filter.partition);
     const char *params[] = {c->filter.pipeline, c->filter.topic, c->filter.topic ? part : NULL};
     char *sql = sc_pg_with_schema(snapshot_sql, schema_q);
     PGresult *res = PQexecParams(conn, sql, 3, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK || PQntuples(res) < 1) {
-        rc = failed(conn, res, "could not read the checkpoints", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not read the checkpoints", err, errsize);
         goto out;
     }
     uint64_t xmin, xmax;
@@ -604,7 +591,7 @@ out:
 static int read_events(PGconn *conn, const char *schema_q, struct sc_events_cursor *c, int limit,
                        json_t *arr, char *err, size_t errsize)
 {
-    int rc = SC_EVENTS_FAILED;
+    int rc = SC_READ_FAILED;
     char xid[24], id[24], part[16], lim[16];
     snprintf(xid, sizeof(xid), "%" PRIu64, c->xid);
     snprintf(id, sizeof(id), "%" PRId64, c->id);
@@ -616,7 +603,7 @@ static int read_events(PGconn *conn, const char *schema_q, struct sc_events_curs
     char *sql = sc_pg_with_schema(events_sql, schema_q);
     PGresult *res = PQexecParams(conn, sql, 7, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = failed(conn, res, "could not read events", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not read events", err, errsize);
         goto out;
     }
     if (PQntuples(res) < 1) {
@@ -628,7 +615,7 @@ static int read_events(PGconn *conn, const char *schema_q, struct sc_events_curs
                  "resume token expired: the events after it were compacted (events.retention; "
                  "compaction last ran at %s)",
                  PQgetvalue(res, 0, 2));
-        rc = SC_EVENTS_EXPIRED;
+        rc = SC_READ_EXPIRED;
         goto out;
     }
     uint64_t horizon;
@@ -680,7 +667,7 @@ int sc_events_read(PGconn *conn, const char *schema_q, struct sc_events_cursor *
 {
     if (limit < 1 || limit > 10000) {
         snprintf(err, errsize, "limit %d out of range 1..10000", limit);
-        return SC_EVENTS_FAILED;
+        return SC_READ_FAILED;
     }
     /* Work on copies so that a failure leaves both c and out as they were. */
     struct sc_events_cursor work;

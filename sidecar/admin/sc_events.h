@@ -22,6 +22,8 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
+#include "db/sc_pg.h" /* enum sc_read_rc */
+
 /* Which events a reader wants. */
 struct sc_events_filter {
     char *pipeline;    /* NULL: every pipeline */
@@ -37,13 +39,6 @@ struct sc_events_cursor {
     int64_t id;
     char *snapshot;     /* pg_snapshot text: skip events visible in it (see NOTES); or NULL */
     uint64_t snap_xmax; /* pg_snapshot_xmax(snapshot) */
-};
-
-/* What a read returns besides a count >= 0. */
-enum sc_events_rc {
-    SC_EVENTS_RETRY = -1,   /* connection trouble: reconnect and read again with the same cursor */
-    SC_EVENTS_FAILED = -2,  /* permanent (schema missing, bug): retrying cannot help */
-    SC_EVENTS_EXPIRED = -3, /* events after the cursor were compacted away */
 };
 
 /*
@@ -87,7 +82,7 @@ char *sc_events_cursor_token(const struct sc_events_cursor *c);
 PGconn *sc_events_connect(const char *dsn, int timeout_ms, const char *app_name, char *err,
                           size_t errsize) __attribute__((warn_unused_result));
 
-/* LISTENs on the schema's events channel.  0 or an sc_events_rc with err set. */
+/* LISTENs on the schema's events channel.  0 or an sc_read_rc with err set. */
 int sc_events_listen(PGconn *conn, const char *schema_q, char *err, size_t errsize);
 
 /*
@@ -101,7 +96,7 @@ int sc_events_wait(PGconn *conn, int timeout_ms);
  * The next objects for cursor c, appended to the array out: for a fresh
  * cursor first the snapshot (every matching checkpoint, not counted against
  * limit), then up to limit events (1..10000), each with "token".  Advances
- * c.  Returns how many objects were appended, or an sc_events_rc with a
+ * c.  Returns how many objects were appended, or an sc_read_rc with a
  * message in err (c unchanged then).  schema_q is the quoted schema.
  */
 int sc_events_read(PGconn *conn, const char *schema_q, struct sc_events_cursor *c, int limit,

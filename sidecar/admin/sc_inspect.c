@@ -14,20 +14,6 @@
 #include "base/sc_util.h"
 #include "db/sc_pg.h"
 
-/* ---- queries ---------------------------------------------------------------- */
-
-static int query_failed(PGconn *conn, PGresult *res, const char *what, char *err, size_t errsize)
-{
-    char msg[512];
-    sc_pg_errmsg(conn, res, msg, sizeof(msg));
-    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
-    bool missing = state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0 ||
-                             strcmp(state, "3F000") == 0);
-    snprintf(err, errsize, "%s: %s%s", what, msg,
-             missing ? " (is the schema migrated? run `sidecar migrate`)" : "");
-    return sc_pg_classify(conn, res) == SC_PG_RETRY ? SC_INSPECT_RETRY : SC_INSPECT_FAILED;
-}
-
 static const char status_sql[] =
     "SELECT row_to_json(s)::text FROM ("
     "  SELECT pipeline, topic, partition, owner, epoch, lease_live, lease_expires_at,"
@@ -42,11 +28,11 @@ static const char status_sql[] =
 static int json_rows(PGconn *conn, const char *fmt, const char *schema_q, int nparams,
                      const char *const *params, json_t *arr, int *nrows, char *err, size_t errsize)
 {
-    int rc = SC_INSPECT_FAILED;
+    int rc = SC_READ_FAILED;
     char *sql = sc_pg_with_schema(fmt, schema_q);
     PGresult *res = PQexecParams(conn, sql, nparams, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = query_failed(conn, res, "could not read the checkpoints", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not read the checkpoints", err, errsize);
         goto out;
     }
     for (int r = 0; r < PQntuples(res); r++) {
@@ -60,7 +46,7 @@ static int json_rows(PGconn *conn, const char *fmt, const char *schema_q, int np
         json_array_append_new(arr, row);
     }
     *nrows = PQntuples(res);
-    rc = SC_INSPECT_OK;
+    rc = SC_READ_OK;
 out:
     PQclear(res);
     free(sql);
@@ -72,12 +58,12 @@ int sc_inspect_status(PGconn *conn, const char *schema_q, json_t **out, char *er
     json_t *arr = json_array();
     int n;
     int rc = json_rows(conn, status_sql, schema_q, 0, NULL, arr, &n, err, errsize);
-    if (rc != SC_INSPECT_OK) {
+    if (rc != SC_READ_OK) {
         json_decref(arr);
         return rc;
     }
     *out = arr;
-    return SC_INSPECT_OK;
+    return SC_READ_OK;
 }
 
 /*
@@ -120,7 +106,7 @@ out:
 int sc_inspect_checkpoints_page(PGconn *conn, const char *schema_q, const char *page_token,
                                 int limit, json_t **out, char *err, size_t errsize)
 {
-    int rc = SC_INSPECT_FAILED;
+    int rc = SC_READ_FAILED;
     char *pipeline = NULL, *topic = NULL;
     char part[24] = "", lim[16];
     PGresult *res = NULL;
@@ -133,7 +119,7 @@ int sc_inspect_checkpoints_page(PGconn *conn, const char *schema_q, const char *
     }
     if (page_token &&
         page_token_parse(page_token, &pipeline, &topic, part, sizeof(part), err, errsize) != 0) {
-        rc = SC_INSPECT_BAD_TOKEN;
+        rc = SC_READ_BAD_TOKEN;
         goto out;
     }
     /* One row more than the page: whether it exists says if there is a next page. */
@@ -142,7 +128,7 @@ int sc_inspect_checkpoints_page(PGconn *conn, const char *schema_q, const char *
     sql = sc_pg_with_schema(page_sql, schema_q);
     res = PQexecParams(conn, sql, 4, NULL, params, NULL, NULL, 0);
     if (PQresultStatus(res) != PGRES_TUPLES_OK) {
-        rc = query_failed(conn, res, "could not read the checkpoints", err, errsize);
+        rc = sc_pg_read_failed(conn, res, "could not read the checkpoints", err, errsize);
         goto out;
     }
     int rows = PQntuples(res);
@@ -169,7 +155,7 @@ int sc_inspect_checkpoints_page(PGconn *conn, const char *schema_q, const char *
         free(tok);
     }
     *out = json_pack("{s:O,s:o}", "checkpoints", arr, "next_page_token", next);
-    rc = SC_INSPECT_OK;
+    rc = SC_READ_OK;
 out:
     json_decref(arr);
     PQclear(res);

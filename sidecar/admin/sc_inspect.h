@@ -13,17 +13,12 @@
 #include <jansson.h>
 #include <libpq-fe.h>
 
-enum sc_inspect_rc {
-    SC_INSPECT_OK = 0,
-    SC_INSPECT_RETRY = -1,     /* connection trouble */
-    SC_INSPECT_FAILED = -2,    /* permanent: schema missing, bug */
-    SC_INSPECT_BAD_TOKEN = -3, /* the page token is not one of ours */
-};
+#include "db/sc_pg.h" /* enum sc_read_rc */
 
 /*
  * Every row of <schema>.partition_status as a JSON array of objects
  * (pending_age as seconds in "pending_age_seconds").  *out is set on
- * SC_INSPECT_OK; otherwise err says why.
+ * SC_READ_OK; otherwise err says why.
  */
 int sc_inspect_status(PGconn *conn, const char *schema_q, json_t **out, char *err, size_t errsize);
 

@@ -8,91 +8,36 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/sc_base64.h"
 #include "base/sc_util.h"
 
 #define PREFIX "v1."
-
-static const char b64url[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
-
-static int b64url_value(unsigned char c)
-{
-    if (c >= 'A' && c <= 'Z')
-        return c - 'A';
-    if (c >= 'a' && c <= 'z')
-        return c - 'a' + 26;
-    if (c >= '0' && c <= '9')
-        return c - '0' + 52;
-    if (c == '-')
-        return 62;
-    if (c == '_')
-        return 63;
-    return -1;
-}
 
 char *sc_token_encode(const json_t *obj)
 {
     char *json = json_dumps(obj, JSON_COMPACT | JSON_PRESERVE_ORDER);
     if (!json)
         abort(); /* only fails on allocation */
-    size_t n = strlen(json);
-    size_t plen = strlen(PREFIX);
-    char *out = sc_xmalloc(plen + (n + 2) / 3 * 4 + 1);
-    memcpy(out, PREFIX, plen);
-    char *o = out + plen;
-    const unsigned char *in = (const unsigned char *)json;
-    size_t i = 0;
-    for (; i + 2 < n; i += 3) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8 | in[i + 2];
-        *o++ = b64url[v >> 18 & 63];
-        *o++ = b64url[v >> 12 & 63];
-        *o++ = b64url[v >> 6 & 63];
-        *o++ = b64url[v & 63];
-    }
-    if (n - i == 1) {
-        uint32_t v = (uint32_t)in[i] << 16;
-        *o++ = b64url[v >> 18 & 63];
-        *o++ = b64url[v >> 12 & 63];
-    } else if (n - i == 2) {
-        uint32_t v = (uint32_t)in[i] << 16 | (uint32_t)in[i + 1] << 8;
-        *o++ = b64url[v >> 18 & 63];
-        *o++ = b64url[v >> 12 & 63];
-        *o++ = b64url[v >> 6 & 63];
-    }
-    *o = '\0';
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    if (sc_buf_append(&b, PREFIX, strlen(PREFIX)) < 0 ||
+        sc_base64_encode(&b, json, strlen(json), SC_BASE64_URL) < 0 || sc_buf_putc(&b, '\0') < 0)
+        abort(); /* no maximum: only allocation could fail, and that aborts */
     free(json);
-    return out;
+    return b.data;
 }
 
-/* Decodes unpadded base64url; NULL on a character outside the alphabet or an impossible length. */
+/* Decodes unpadded base64url into a NUL-terminated string; NULL when it is not valid. */
 static char *b64url_decode(const char *s, size_t n, size_t *outlen)
 {
-    if (n % 4 == 1)
-        return NULL;
-    char *out = sc_xmalloc(n / 4 * 3 + 3);
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-    for (size_t i = 0; i < n; i++) {
-        int v = b64url_value((unsigned char)s[i]);
-        if (v < 0) {
-            free(out);
-            return NULL;
-        }
-        acc = acc << 6 | (uint32_t)v;
-        bits += 6;
-        if (bits >= 8) {
-            bits -= 8;
-            out[o++] = (char)(acc >> bits & 0xff);
-        }
-    }
-    /* Leftover bits must be zero, or the same bytes would have two spellings. */
-    if (acc & ((1u << bits) - 1)) {
-        free(out);
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    if (sc_base64_decode(&b, s, n, SC_BASE64_URL) < 0 || sc_buf_putc(&b, '\0') < 0) {
+        sc_buf_free(&b);
         return NULL;
     }
-    out[o] = '\0';
-    *outlen = o;
-    return out;
+    *outlen = b.len - 1;
+    return b.data;
 }
 
 json_t *sc_token_decode(const char *token, const char *what, char *err, size_t errsize)

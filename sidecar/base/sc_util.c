@@ -247,3 +247,14 @@ bool sc_word_in(const char *list, const char *name)
             return true;
     return false;
 }
+
+int sc_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

@@ -104,6 +104,9 @@ uint32_t sc_rand(uint32_t n);
 /* Parses a whole decimal int64 string; 0 ok, -1 on garbage or overflow. */
 int sc_parse_i64(const char *s, int64_t *out);
 
+/* The value of a hexadecimal digit, or -1. */
+int sc_hexval(char c);
+
 /* Is name one of the space-separated words of list?  Never for an empty name. */
 bool sc_word_in(const char *list, const char *name);
 

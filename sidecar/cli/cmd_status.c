@@ -166,7 +166,7 @@ static int run_status(const struct sc_config *cfg, const struct sc_cli *cli)
     }
     /* Timestamps in --json are RFC 3339 UTC whatever the server's time zone. */
     PQclear(PQexec(conn, "SET TimeZone TO 'UTC'"));
-    if (sc_inspect_status(conn, schema_q, &rows, err, sizeof(err)) != SC_INSPECT_OK) {
+    if (sc_inspect_status(conn, schema_q, &rows, err, sizeof(err)) != SC_READ_OK) {
         fprintf(stderr, "sidecar status: %s\n", err);
         goto out;
     }

@@ -152,9 +152,9 @@ static int run_watch(const struct sc_config *cfg, const struct sc_cli *cli)
         if (!conn) {
             conn = sc_events_connect(cfg->postgres.dsn, cfg->postgres.connect_timeout_ms,
                                      "kafka-sidecar/watch", err, sizeof(err));
-            int rc = conn ? sc_events_listen(conn, schema_q, err, sizeof(err)) : SC_EVENTS_RETRY;
+            int rc = conn ? sc_events_listen(conn, schema_q, err, sizeof(err)) : SC_READ_RETRY;
             /* Failing to start at all is a configuration problem: say so and stop. */
-            if (rc == SC_EVENTS_FAILED || (rc != 0 && !connected_once)) {
+            if (rc == SC_READ_FAILED || (rc != 0 && !connected_once)) {
                 fprintf(stderr, "sidecar watch: %s\n", err);
                 goto out;
             }
@@ -172,7 +172,7 @@ static int run_watch(const struct sc_config *cfg, const struct sc_cli *cli)
         }
 
         int n = sc_events_read(conn, schema_q, &cur, WATCH_BATCH, batch, err, sizeof(err));
-        if (n == SC_EVENTS_EXPIRED) {
+        if (n == SC_READ_EXPIRED) {
             if (!restart_snapshot) {
                 fprintf(stderr,
                         "sidecar watch: %s\nhint: use --restart-from-snapshot to start again "
@@ -185,11 +185,11 @@ static int run_watch(const struct sc_config *cfg, const struct sc_cli *cli)
             sc_events_cursor_restart(&cur);
             continue;
         }
-        if (n == SC_EVENTS_FAILED) {
+        if (n == SC_READ_FAILED) {
             fprintf(stderr, "sidecar watch: %s\n", err);
             goto out;
         }
-        if (n == SC_EVENTS_RETRY) {
+        if (n == SC_READ_RETRY) {
             PQfinish(conn);
             conn = NULL;
             int delay = sc_backoff_next(&bo);

@@ -66,24 +66,13 @@ static size_t skip_value(const char *s, size_t len, size_t i)
     return i;
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 static long read_hex4(const char *p, const char *end)
 {
     if (end - p < 4)
         return -1;
     long v = 0;
     for (int k = 0; k < 4; k++) {
-        int h = hexval(p[k]);
+        int h = sc_hexval(p[k]);
         if (h < 0)
             return -1;
         v = v * 16 + h;

@@ -176,24 +176,13 @@ static void mark_kv_secrets(const char *dsn, bool *masked)
         mark(masked, (size_t)(bad - dsn), len);
 }
 
-static int hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes s[0..n) into buf (bounded); returns the decoded length. */
 static size_t pct_decode(const char *s, size_t n, char *buf, size_t size)
 {
     size_t o = 0;
     for (size_t i = 0; i < n && o + 1 < size; i++) {
-        if (s[i] == '%' && i + 2 < n && hexval(s[i + 1]) >= 0 && hexval(s[i + 2]) >= 0) {
-            buf[o++] = (char)(hexval(s[i + 1]) * 16 + hexval(s[i + 2]));
+        if (s[i] == '%' && i + 2 < n && sc_hexval(s[i + 1]) >= 0 && sc_hexval(s[i + 2]) >= 0) {
+            buf[o++] = (char)(sc_hexval(s[i + 1]) * 16 + sc_hexval(s[i + 2]));
             i += 2;
         } else {
             buf[o++] = s[i];
@@ -585,4 +574,17 @@ char *sc_pg_with_schema(const char *sql, const char *schema_q)
     }
     (void)!sc_buf_putc(&b, '\0');
     return b.data;
+}
+
+int sc_pg_read_failed(PGconn *conn, const PGresult *res, const char *what, char *err,
+                      size_t errsize)
+{
+    char msg[512];
+    sc_pg_errmsg(conn, res, msg, sizeof(msg));
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    bool missing = state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0 ||
+                             strcmp(state, "3F000") == 0);
+    snprintf(err, errsize, "%s: %s%s", what, msg,
+             missing ? " (is the schema migrated? run `sidecar migrate`)" : "");
+    return sc_pg_classify(conn, res) == SC_PG_RETRY ? SC_READ_RETRY : SC_READ_FAILED;
 }

@@ -22,6 +22,23 @@ enum sc_pg_errclass {
     SC_PG_PERMANENT, /* constraint violation, bad data, syntax: retrying cannot help */
 };
 
+/* What a read for people (status, checkpoint pages, events) returns besides a count >= 0. */
+enum sc_read_rc {
+    SC_READ_OK = 0,
+    SC_READ_RETRY = -1,     /* connection trouble: reconnect and read again (same cursor) */
+    SC_READ_FAILED = -2,    /* permanent (schema missing, bug): retrying cannot help */
+    SC_READ_BAD_TOKEN = -3, /* a page token that is not one of ours */
+    SC_READ_EXPIRED = -4,   /* events after the resume token were compacted away */
+};
+
+/*
+ * A failed read (res NULL: connection trouble) as "what: message", with a
+ * hint to run `sidecar migrate` when the schema's objects are missing;
+ * SC_READ_RETRY or SC_READ_FAILED.
+ */
+int sc_pg_read_failed(PGconn *conn, const PGresult *res, const char *what, char *err,
+                      size_t errsize);
+
 /*
  * Returns 0 if dsn parses (key=value or URI form), else -1 with the reason
  * in errbuf (the DSN itself is not repeated, so no secret can leak).

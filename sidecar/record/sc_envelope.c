@@ -12,6 +12,8 @@
 
 #include <libdeflate.h>
 
+#include "base/sc_base64.h"
+
 #define JSON_MAX_DEPTH 1000
 
 /* Length of the valid UTF-8 sequence at s (1..4), or 0 if invalid. */
@@ -121,38 +123,10 @@ int sc_json_string_append(struct sc_buf *out, const char *s, size_t len)
     return sc_buf_putc(out, '"');
 }
 
-int sc_base64_append(struct sc_buf *out, const void *p, size_t len)
-{
-    static const char tbl[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const unsigned char *s = p;
-    size_t olen = (len + 2) / 3 * 4;
-    if (len == 0)
-        return 0; /* nothing to write (and out->data may still be NULL) */
-    if (sc_buf_reserve(out, olen) < 0)
-        return -1;
-    char *o = out->data + out->len;
-    size_t i = 0;
-    for (; i + 3 <= len; i += 3) {
-        uint32_t v = (uint32_t)s[i] << 16 | (uint32_t)s[i + 1] << 8 | s[i + 2];
-        *o++ = tbl[v >> 18];
-        *o++ = tbl[(v >> 12) & 63];
-        *o++ = tbl[(v >> 6) & 63];
-        *o++ = tbl[v & 63];
-    }
-    if (i < len) {
-        uint32_t v = (uint32_t)s[i] << 16 | (i + 1 < len ? (uint32_t)s[i + 1] << 8 : 0);
-        *o++ = tbl[v >> 18];
-        *o++ = tbl[(v >> 12) & 63];
-        *o++ = i + 1 < len ? tbl[(v >> 6) & 63] : '=';
-        *o++ = '=';
-    }
-    out->len += olen;
-    return 0;
-}
-
 static int append_base64_object(struct sc_buf *out, const void *p, size_t len)
 {
-    if (sc_buf_append(out, "{\"base64\":\"", 11) < 0 || sc_base64_append(out, p, len) < 0)
+    if (sc_buf_append(out, "{\"base64\":\"", 11) < 0 ||
+        sc_base64_encode(out, p, len, SC_BASE64_STD) < 0)
         return -1;
     return sc_buf_append(out, "\"}", 2);
 }

@@ -85,10 +85,6 @@ bool sc_utf8_valid(const char *s, size_t len);
 int sc_json_string_append(struct sc_buf *out, const char *s, size_t len)
     __attribute__((warn_unused_result));
 
-/* Appends standard base64 (with padding). */
-int sc_base64_append(struct sc_buf *out, const void *p, size_t len)
-    __attribute__((warn_unused_result));
-
 /*
  * Folds r into a running CRC-32 over a canonical binary encoding of
  * (offset, timestamp, key, value, headers): independent of value_format and

@@ -110,6 +110,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "base/sc_base64.h"
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "db/sc_pg.h"
@@ -301,7 +302,8 @@ static int append_text_form(struct sc_buf *b, const void *p, size_t len, enum sc
 {
     if (vf != SC_VALUE_BASE64 && sc_utf8_valid(p, len) && !memchr(p, 0, len))
         return sc_buf_append(b, p, len);
-    if (sc_buf_append(b, "{\"base64\":\"", 11) < 0 || sc_base64_append(b, p, len) < 0)
+    if (sc_buf_append(b, "{\"base64\":\"", 11) < 0 ||
+        sc_base64_encode(b, p, len, SC_BASE64_STD) < 0)
         return -1;
     return sc_buf_append(b, "\"}", 2);
 }

@@ -37,6 +37,7 @@
 #include <jansson.h>
 
 #include "admin/sc_events.h"
+#include "db/sc_pg.h"
 #include "hx.h"
 #include "scx.h"
 
@@ -926,7 +927,7 @@ START_TEST(expired_and_malformed_tokens)
     sc_events_cursor_init(&c10, NULL);
     ck_assert(sc_events_cursor_from_token(&c10, t10, &no_filter, err, sizeof(err)) == 0);
     ck_assert_int_eq(sc_events_read(conn, "\"sidecar\"", &c10, 10, arr, err, sizeof(err)),
-                     SC_EVENTS_EXPIRED);
+                     SC_READ_EXPIRED);
     ck_assert_ptr_nonnull(strstr(err, "expired"));
     ck_assert_int_eq(sc_events_read(conn, "\"sidecar\"", &cur, 10, arr, err, sizeof(err)), 0);
     /* A token from before any compaction-free history: (0,0) is expired now too. */
@@ -934,7 +935,7 @@ START_TEST(expired_and_malformed_tokens)
     sc_events_cursor_init(&c0, NULL);
     ck_assert(sc_events_cursor_from_token(&c0, start, &no_filter, err, sizeof(err)) == 0);
     ck_assert_int_eq(sc_events_read(conn, "\"sidecar\"", &c0, 10, arr, err, sizeof(err)),
-                     SC_EVENTS_EXPIRED);
+                     SC_READ_EXPIRED);
 
     /* watch: exit 2 with a message that says what to do. */
     char *out = NULL;
@@ -1072,7 +1073,7 @@ START_TEST(filters_and_listen)
         sc_events_cursor_seek(&c, 0, 0);
         json_t *arr = json_array();
         w = sc_events_read(conn, "\"sidecar\"", &c, 10, arr, err, sizeof(err));
-        ck_assert_int_eq(w, SC_EVENTS_RETRY);
+        ck_assert_int_eq(w, SC_READ_RETRY);
         json_decref(arr);
         sc_events_cursor_free(&c);
     } else {

@@ -131,33 +131,6 @@ START_TEST(test_rebuild_rejects_foreign_envelopes)
 }
 END_TEST
 
-static void ck_b64(const char *in, int rc, const char *out, size_t out_len)
-{
-    struct sc_buf b;
-    sc_buf_init(&b, 0);
-    ck_assert_int_eq(sc_base64_decode(in, strlen(in), &b), rc);
-    if (rc == 0) {
-        ck_assert_uint_eq(b.len, out_len);
-        ck_assert(out_len == 0 || memcmp(b.data, out, out_len) == 0);
-    }
-    sc_buf_free(&b);
-}
-
-START_TEST(test_base64_decode)
-{
-    ck_b64("", 0, "", 0);
-    ck_b64("Zg==", 0, "f", 1);
-    ck_b64("Zm8=", 0, "fo", 2);
-    ck_b64("Zm9v", 0, "foo", 3);
-    ck_b64("Zm8", 0, "fo", 2);
-    ck_b64("/wA=", 0, "\xff\x00", 2);
-    ck_b64("+/+/", 0, "\xfb\xff\xbf", 3);
-    ck_b64("Z", -1, NULL, 0);
-    ck_b64("Zm9v!", -1, NULL, 0);
-    ck_b64("Zm 9v", -1, NULL, 0);
-}
-END_TEST
-
 int main(void)
 {
     Suite *s = suite_create("deadletter");
@@ -165,7 +138,6 @@ int main(void)
     tcase_add_test(tc, test_rebuild_gives_the_same_envelope);
     tcase_add_test(tc, test_rebuild_from_jsonb_text);
     tcase_add_test(tc, test_rebuild_rejects_foreign_envelopes);
-    tcase_add_test(tc, test_base64_decode);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
