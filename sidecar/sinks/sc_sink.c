@@ -9,14 +9,15 @@
 
 /*
  * The sink types, in the order the configuration reference lists them.
- * Adding a sink is one line here (X(name) for a struct sc_sink_class named
- * sink_<name>_class in sinks/sink_<name>.c).
+ * Adding a sink is one line here: X(name) for a struct sc_sink_class named
+ * sink_<name>_class in sinks/sink_<name>.c (docs/writing-a-sink.md).
  */
 #define SC_SINKS(X) \
     X(file)         \
     X(postgres)     \
     X(http)         \
-    X(stdout)
+    X(stdout)       \
+    /* a new sink: X(name) on a line of its own, above this one */
 
 #define DECLARE(name) extern const struct sc_sink_class sink_##name##_class;
 SC_SINKS(DECLARE)
