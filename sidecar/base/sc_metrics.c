@@ -12,6 +12,8 @@
 static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct sc_metrics_part *reg_head;
 static _Atomic uint64_t notify_mode_switches;
+static _Atomic uint64_t registry_fetches[SC_FETCH__COUNT];
+static _Atomic int64_t registry_cached;
 
 /* Upper bounds of the histogram buckets, in seconds (the last one is +Inf). */
 static const double bucket_le[SC_HIST_BUCKETS] = {0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
@@ -92,6 +94,17 @@ void sc_metrics_inc_notify_mode_switches(void)
     sc_counter_add(&notify_mode_switches, 1);
 }
 
+void sc_metrics_registry_fetch(enum sc_metrics_fetch outcome)
+{
+    if (outcome >= 0 && outcome < SC_FETCH__COUNT)
+        sc_counter_add(&registry_fetches[outcome], 1);
+}
+
+void sc_metrics_registry_cached(int64_t delta)
+{
+    atomic_fetch_add_explicit(&registry_cached, delta, memory_order_relaxed);
+}
+
 /* Label values are pipeline/topic names: escape \ " and newline anyway. */
 static int put_label(struct sc_buf *out, const char *name, const char *v)
 {
@@ -143,6 +156,12 @@ static const struct family families[] = {
      0},
     {"sink_errors_total", "Failed sink writes (retried or permanent).", COUNTER, OFF(sink_errors),
      0},
+    {"decode_errors_total",
+     "Records that could not be decoded in their value_format / key_format (dead-lettered).",
+     COUNTER, OFF(decode_errors), 0},
+    {"schema_registry_waits_total",
+     "Batches held back because the Schema Registry could not answer (retried with backoff).",
+     COUNTER, OFF(schema_waits), 0},
     {"consumer_lag", "High watermark minus committed offset (owned partitions only).", GAUGE,
      OFF(consumer_lag), 2},
     {"pending_checkpoints", "1 while the partition has a pending checkpoint.", GAUGE, OFF(pending),
@@ -220,6 +239,21 @@ int sc_metrics_render(struct sc_buf *out)
                            "and coalesced NOTIFY.\n# TYPE sidecar_notify_mode_switches_total "
                            "counter\nsidecar_notify_mode_switches_total %llu\n",
                            (unsigned long long)atomic_load(&notify_mode_switches));
+    static const char *const outcomes[SC_FETCH__COUNT] = {"ok", "not_found", "error", "unusable"};
+    if (rc == 0)
+        rc = sc_buf_printf(out, "# HELP sidecar_schema_registry_fetches_total Schema Registry "
+                                "requests for a schema id, by outcome.\n"
+                                "# TYPE sidecar_schema_registry_fetches_total counter\n");
+    for (int i = 0; i < SC_FETCH__COUNT && rc == 0; i++)
+        rc = sc_buf_printf(out, "sidecar_schema_registry_fetches_total{outcome=\"%s\"} %llu\n",
+                           outcomes[i], (unsigned long long)atomic_load(&registry_fetches[i]));
+    if (rc == 0)
+        rc = sc_buf_printf(out,
+                           "# HELP sidecar_schema_registry_cached_schemas Schemas cached by id "
+                           "(for the life of the process).\n"
+                           "# TYPE sidecar_schema_registry_cached_schemas gauge\n"
+                           "sidecar_schema_registry_cached_schemas %lld\n",
+                           (long long)atomic_load(&registry_cached));
     pthread_mutex_lock(&mode_lock);
     if (rc == 0 && modes)
         rc = sc_buf_printf(out, "# HELP sidecar_notify_coalesced 1 while NOTIFY is coalesced "

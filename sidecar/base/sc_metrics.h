@@ -37,6 +37,8 @@ struct sc_metrics_part {
     _Atomic uint64_t fenced;
     _Atomic uint64_t dead_letters;
     _Atomic uint64_t sink_errors;
+    _Atomic uint64_t decode_errors;   /* records not in their value/key format: dead letters */
+    _Atomic uint64_t schema_waits;    /* batches held back: the schema registry could not answer */
     _Atomic int64_t consumer_lag;     /* -1 = unknown */
     _Atomic int64_t committed_offset; /* -1 = unknown; set by the owner, used for the lag */
     atomic_int pending;               /* 1 while a pending checkpoint exists */
@@ -55,6 +57,17 @@ void sc_hist_observe_ns(struct sc_hist *h, int64_t ns);
 /* Process-wide gauges and counters that are not per partition. */
 void sc_metrics_set_notify_mode(const char *pipeline, int coalesced);
 void sc_metrics_inc_notify_mode_switches(void);
+
+/* Schema Registry fetches (record/sc_registry.c), by outcome, and schemas cached. */
+enum sc_metrics_fetch {
+    SC_FETCH_OK,        /* a schema was fetched (and cached for the life of the process) */
+    SC_FETCH_NOT_FOUND, /* 404: the id is unknown to the registry */
+    SC_FETCH_ERROR,     /* no usable answer: connection, timeout, 5xx, auth, garbage */
+    SC_FETCH_UNUSABLE,  /* a schema that cannot decode records (invalid, Protobuf, ...) */
+    SC_FETCH__COUNT,
+};
+void sc_metrics_registry_fetch(enum sc_metrics_fetch outcome);
+void sc_metrics_registry_cached(int64_t delta);
 
 /* Appends the Prometheus text exposition (format 0.0.4) of every metric. */
 int sc_metrics_render(struct sc_buf *out);

@@ -219,6 +219,49 @@ static void check_listen(struct sc_conf_ctx *ctx, void *field)
         sc_conf_error(ctx, "port must be between 0 and 65535 (got %ld)", p);
 }
 
+/* schema_registry.url: one http(s) URL, or several separated by commas (never quoted). */
+static void check_registry_url(struct sc_conf_ctx *ctx, void *field)
+{
+    const char *s = *(char **)field;
+    size_t n = 0;
+    for (const char *p = s;; n++) {
+        size_t len = strcspn(p, ",");
+        char *one = sc_xmalloc(len + 1);
+        memcpy(one, p, len);
+        one[len] = '\0';
+        if (len == 0)
+            sc_conf_error(ctx, "URL %zu of the list is empty", n + 1);
+        else
+            sc_conf_check_url(ctx, &one);
+        free(one);
+        if (!p[len])
+            break;
+        p += len + 1;
+    }
+}
+
+/* Each URL of the list with its password masked. */
+static char *mask_registry_url(const char *s)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 0);
+    for (const char *p = s;;) {
+        size_t len = strcspn(p, ",");
+        char *one = sc_xmalloc(len + 1);
+        memcpy(one, p, len);
+        one[len] = '\0';
+        char *masked = sc_conf_mask_url(one);
+        buf_puts(&b, masked, strlen(masked));
+        free(masked);
+        free(one);
+        if (!p[len])
+            break;
+        buf_puts(&b, ",", 1);
+        p += len + 1;
+    }
+    return buf_take(&b);
+}
+
 /* ---- table checks: computed defaults and cross-key rules ---------------------------------- */
 
 static void check_lease(struct sc_conf_ctx *ctx, void *base, const json_t *obj, bool clean)
@@ -231,11 +274,41 @@ static void check_lease(struct sc_conf_ctx *ctx, void *base, const json_t *obj, 
     sc_conf_pop(ctx);
 }
 
+static void check_registry(struct sc_conf_ctx *ctx, void *base, const json_t *obj, bool clean)
+{
+    struct sc_registry_conf *r = base;
+    /* A block without a url is "not given" (that is how the effective config prints an
+     * absent one), unless it says something only a registry needs. */
+    r->given = r->url != NULL;
+    if (!clean)
+        return;
+    if (!r->url && (r->username || r->password || r->token || r->ca_file)) {
+        sc_conf_push_key(ctx, "url");
+        sc_conf_error(ctx, "is required: the Schema Registry's http:// or https:// URL");
+        sc_conf_pop(ctx);
+    }
+    if (r->password && !r->username) {
+        sc_conf_push_key(ctx, "password");
+        sc_conf_error(ctx, "needs username (HTTP basic authentication)");
+        sc_conf_pop(ctx);
+    }
+    if (r->token && r->username) {
+        sc_conf_push_key(ctx, "token");
+        sc_conf_error(ctx, "conflicts with username: use basic authentication or a bearer token");
+        sc_conf_pop(ctx);
+    }
+}
+
 static void check_pipeline(struct sc_conf_ctx *ctx, void *base, const json_t *obj, bool clean)
 {
     struct sc_pipeline_conf *p = base;
     if (!p->group_id && p->name)
         p->group_id = sc_xasprintf("sidecar-%s", p->name);
+    /* Keys followed value_format before key_format existed (base64 forced both): a
+     * pipeline that does not name key_format keeps writing the very same bytes (I1). */
+    const json_t *kf = obj ? json_object_get(obj, "key_format") : NULL;
+    if (!kf || json_is_null(kf))
+        p->formats.key = p->formats.value == SC_VALUE_BASE64 ? SC_VALUE_BASE64 : SC_VALUE_AUTO;
 }
 
 static char *default_instance_id(void)
@@ -260,7 +333,20 @@ static void check_root(struct sc_conf_ctx *ctx, void *base, const json_t *obj, b
         cfg->instance_id = default_instance_id();
 
     for (size_t i = 0; i < cfg->npipelines; i++) {
-        const struct sc_pipeline_conf *p = &cfg->pipelines[i];
+        struct sc_pipeline_conf *p = &cfg->pipelines[i];
+        p->registry = p->schema_registry.given ? &p->schema_registry : &cfg->schema_registry;
+        bool needs = p->formats.value == SC_VALUE_AVRO || p->formats.key == SC_VALUE_AVRO;
+        if (needs && !p->registry->given) {
+            sc_conf_push_key(ctx, "pipelines");
+            sc_conf_push_index(ctx, i);
+            sc_conf_push_key(ctx,
+                             p->formats.value == SC_VALUE_AVRO ? "value_format" : "key_format");
+            sc_conf_error(ctx, "\"avro\" needs a schema_registry block (at the top level or in "
+                               "the pipeline) with the registry's url");
+            sc_conf_pop(ctx);
+            sc_conf_pop(ctx);
+            sc_conf_pop(ctx);
+        }
         for (size_t j = 0; j < i; j++) {
             const struct sc_pipeline_conf *o = &cfg->pipelines[j];
             char q[96];
@@ -320,10 +406,8 @@ static const struct sc_conf_enum start_froms[] = {
     {NULL, 0},
 };
 static const struct sc_conf_enum value_formats[] = {
-    {"auto", SC_VALUE_AUTO},
-    {"string", SC_VALUE_STRING},
-    {"base64", SC_VALUE_BASE64},
-    {NULL, 0},
+    {"auto", SC_VALUE_AUTO}, {"string", SC_VALUE_STRING},           {"base64", SC_VALUE_BASE64},
+    {"avro", SC_VALUE_AVRO}, {"json_schema", SC_VALUE_JSON_SCHEMA}, {NULL, 0},
 };
 #define CFG(f)  offsetof(struct sc_config, f)
 #define PIPE(f) offsetof(struct sc_pipeline_conf, f)
@@ -541,6 +625,72 @@ static const struct sc_conf_table lease_table = {
     .check = check_lease,
 };
 
+#define REG(f) offsetof(struct sc_registry_conf, f)
+static const struct sc_conf_key registry_keys[] = {
+    {.name = "url",
+     .type = SC_CONF_STRING,
+     .offset = REG(url),
+     .min = 1,
+     .check = check_registry_url,
+     .mask = mask_registry_url,
+     .help = "http:// or https:// base URL of the registry, or several separated by commas "
+             "(tried in turn; a password in one is masked when printed); required"},
+    {.name = "username",
+     .type = SC_CONF_STRING,
+     .offset = REG(username),
+     .min = 1,
+     .help = "HTTP basic authentication user (Confluent Cloud: the API key)"},
+    {.name = "password",
+     .type = SC_CONF_STRING,
+     .offset = REG(password),
+     .flags = SC_CONF_SECRET,
+     .help = "HTTP basic authentication password (Confluent Cloud: the API secret); use "
+             "`${file:...}` or `${VAR}`"},
+    {.name = "token",
+     .type = SC_CONF_STRING,
+     .offset = REG(token),
+     .min = 1,
+     .flags = SC_CONF_SECRET,
+     .help = "sent as \"Authorization: Bearer ...\" (instead of basic authentication)"},
+    {.name = "ca_file",
+     .type = SC_CONF_STRING,
+     .offset = REG(ca_file),
+     .min = 1,
+     .check = sc_conf_check_readable_file,
+     .def_doc = "the system CA store",
+     .help = "PEM bundle to verify an https:// registry with (read at load time)"},
+    {.name = "insecure_skip_verify",
+     .type = SC_CONF_BOOL,
+     .def = "false",
+     .offset = REG(insecure_skip_verify),
+     .help = "do not verify the registry's TLS certificate"},
+    {.name = "timeout_ms",
+     .type = SC_CONF_INT,
+     .def = "5000",
+     .offset = REG(timeout_ms),
+     .min = 100,
+     .max = 600000,
+     .help = "timeout of one request (connecting included)"},
+    {.name = "unknown_id_grace",
+     .type = SC_CONF_DURATION,
+     .def = "5m",
+     .offset = REG(unknown_id_grace_ms),
+     .min = 0,
+     .max = 7 * MS_DAY,
+     .help = "how long a schema id the registry does not know (404) is asked for again before "
+             "the partition stops in the error state (a producer may register it late, or "
+             "the sidecar may be reading a registry that is not the producer's)"},
+    {NULL},
+};
+static const struct sc_conf_table registry_table = {
+    .name = "schema_registry",
+    .help = "The Confluent-compatible Schema Registry that value_format / key_format \"avro\" "
+            "read schemas from (`GET /schemas/ids/{id}`); see docs/schema-registry.md.  A "
+            "pipeline's own schema_registry block replaces this one whole.",
+    .keys = registry_keys,
+    .check = check_registry,
+};
+
 static const struct sc_conf_key sink_keys[] = {
     {.name = "type",
      .type = SC_CONF_VARIANT,
@@ -594,9 +744,24 @@ static const struct sc_conf_key pipeline_keys[] = {
     {.name = "value_format",
      .type = SC_CONF_ENUM,
      .def = "auto",
-     .offset = PIPE(value_format),
+     .offset = PIPE(formats.value),
      .values = value_formats,
-     .help = "envelope value: auto (JSON verbatim, else a string, else base64), string, base64"},
+     .help = "envelope value: auto (JSON verbatim, else a string, else base64), string, base64, "
+             "avro (Confluent wire format, decoded with the schema from schema_registry) or "
+             "json_schema (Confluent wire format around JSON: the JSON embedded)"},
+    {.name = "key_format",
+     .type = SC_CONF_ENUM,
+     .offset = PIPE(formats.key),
+     .values = value_formats,
+     .def_doc = "`\"base64\"` when value_format is base64, else `\"auto\"`",
+     .help = "envelope key: auto and string (a string if UTF-8, else base64), base64, avro or "
+             "json_schema (as for value_format)"},
+    {.name = "schema_registry",
+     .type = SC_CONF_OBJECT,
+     .offset = PIPE(schema_registry),
+     .table = &registry_table,
+     .def_doc = "the top-level schema_registry",
+     .help = "this pipeline's own Schema Registry, replacing the top-level block whole"},
     {.name = "batch",
      .type = SC_CONF_OBJECT,
      .offset = PIPE(batch),
@@ -682,6 +847,11 @@ static const struct sc_conf_key root_keys[] = {
      .offset = 0,
      .table = &events_table,
      .help = "event history"},
+    {.name = "schema_registry",
+     .type = SC_CONF_OBJECT,
+     .offset = CFG(schema_registry),
+     .table = &registry_table,
+     .help = "Schema Registry for value_format / key_format \"avro\""},
     {.name = "pipelines",
      .type = SC_CONF_ARRAY,
      .offset = CFG(pipelines),

@@ -35,10 +35,50 @@ enum sc_assignment {
     SC_ASSIGN_KAFKA_GROUP,
 };
 
+/*
+ * How the envelope renders a record's value or key (docs/sinks.md, "Record
+ * envelope"; docs/schema-registry.md).  AVRO and JSON_SCHEMA are the
+ * Confluent wire format (0x00, a 4-byte big-endian schema id, the payload),
+ * decoded by the worker before the sink sees the record (record/sc_decode.h).
+ */
 enum sc_value_format {
     SC_VALUE_AUTO,
     SC_VALUE_STRING,
     SC_VALUE_BASE64,
+    SC_VALUE_AVRO,
+    SC_VALUE_JSON_SCHEMA,
+};
+
+/* Needs the Confluent framing (and, for Avro, the Schema Registry)? */
+static inline bool sc_format_is_framed(enum sc_value_format f)
+{
+    return f == SC_VALUE_AVRO || f == SC_VALUE_JSON_SCHEMA;
+}
+
+/* The value and key format of a pipeline, as the envelope needs them. */
+struct sc_formats {
+    enum sc_value_format value;
+    enum sc_value_format key;
+};
+
+/* The formats of a pipeline that names only value_format vf (key_format's default). */
+#define SC_FORMATS_OF(vf) \
+    ((struct sc_formats){(vf), (vf) == SC_VALUE_BASE64 ? SC_VALUE_BASE64 : SC_VALUE_AUTO})
+
+/*
+ * A Confluent-compatible Schema Registry (top level, or a pipeline's own,
+ * which replaces it whole).  Strings are NULL when not given.
+ */
+struct sc_registry_conf {
+    bool given;     /* the block is in the file (with a url) */
+    char *url;      /* one URL, or several separated by commas (tried in turn) */
+    char *username; /* HTTP basic auth */
+    char *password; /* secret */
+    char *token;    /* secret: "Authorization: Bearer ..." */
+    char *ca_file;
+    bool insecure_skip_verify;
+    int timeout_ms;
+    int64_t unknown_id_grace_ms; /* a 404 is retried this long, then the partition's error state */
 };
 
 struct sc_batch_conf {
@@ -57,7 +97,9 @@ struct sc_pipeline_conf {
     char *group_id;
     struct sc_strlist topics;
     enum sc_start_from start_from;
-    enum sc_value_format value_format;
+    struct sc_formats formats;               /* value_format, key_format */
+    struct sc_registry_conf schema_registry; /* the pipeline's own block (given or not) */
+    const struct sc_registry_conf *registry; /* the one in force: its own, else the top level's */
     struct sc_batch_conf batch;
     struct sc_lease_conf lease;
     int workers;
@@ -97,6 +139,7 @@ struct sc_config {
         int64_t retention_ms;
         int64_t compact_interval_ms;
     } events;
+    struct sc_registry_conf schema_registry;
     struct sc_pipeline_conf *pipelines;
     size_t npipelines;
 };

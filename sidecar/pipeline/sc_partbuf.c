@@ -203,6 +203,8 @@ void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const c
         pos += r->value_len + 8;
         r->headers = hdrs + nh;
         r->nheaders = e->nheaders;
+        r->key_json = r->value_json = NULL; /* set by the worker's decode_batch() */
+        r->key_json_len = r->value_json_len = 0;
         const char *name = img + e->image_len;
         for (size_t j = 0; j < e->nheaders; j++) {
             pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */

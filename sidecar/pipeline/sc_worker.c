@@ -33,6 +33,7 @@
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_partbuf.h"
 #include "pipeline/sc_worker.h"
+#include "record/sc_decode.h"
 #include "sinks/sc_sink_txn.h"
 #include "protocol/sc_lease.h"
 
@@ -78,6 +79,16 @@ struct sc_worker {
     struct sc_cp_dead *dead;
     size_t dead_cap;
     int64_t give_up_ms; /* checkpoint writes stop retrying then (0 = only on stop) */
+
+    /* value_format / key_format avro or json_schema (see decode_batch()). */
+    bool decoding;
+    struct sc_registry *registry; /* when a format is avro */
+    struct sc_buf decoded;        /* the batch's decoded keys and values */
+    struct sc_record *send;       /* what the sink gets: the records that decoded */
+    size_t *send_map;             /* send[i] is recs[send_map[i]] */
+    size_t nsend, send_cap;
+    struct sc_batch_result bad;    /* records that did not decode (indexes into recs) */
+    struct sc_batch_result merged; /* bad + the sink's dead letters, indexes into recs */
 };
 
 #define BATCH_DRAIN      512
@@ -645,7 +656,7 @@ static size_t collect_dead(struct sc_worker *w, const struct sc_batch_result *r)
     for (size_t i = 0; i < r->ndead; i++) {
         const struct sc_record *rec = &w->recs[r->dead[i].index];
         starts[i] = w->dead_env.len;
-        if (sc_envelope_append(&w->dead_env, rec, w->env.pc->value_format) < 0 ||
+        if (sc_envelope_append(&w->dead_env, rec, &w->env.pc->formats) < 0 ||
             sc_buf_putc(&w->dead_env, '\0') < 0)
             abort(); /* the buffer has no maximum */
         w->dead[i] = (struct sc_cp_dead){
@@ -664,6 +675,185 @@ static size_t collect_dead(struct sc_worker *w, const struct sc_batch_result *r)
         w->dead[i].envelope = w->dead_env.data + starts[i];
     free(starts);
     return r->ndead;
+}
+
+/* ---- decoding (value_format / key_format avro, json_schema) ------------------------- */
+
+/*
+ * NOTES: where records are decoded.
+ *
+ * Records in the Confluent wire format are decoded by the worker, after a
+ * batch is cut and pended and right before the sink write (decode_batch()),
+ * for every write of the batch: first deliveries, retries and replays
+ * alike.  The sinks never see the wire format: they get each record with
+ * its decoded JSON (struct sc_record.value_json / key_json), and the
+ * envelope (record/sc_envelope.c) stays the one place that builds the
+ * form every sink writes.
+ *
+ * Why here and not when records arrive: the buffer and the checksum stay
+ * the raw bytes Kafka returned, so what is pended and verified on replay
+ * (I5) is unchanged, and a replay by another instance decodes the same
+ * bytes with the same schema (ids are immutable and cached for the life of
+ * the process) into the same JSON (I1).  Why not before the pend: a pending
+ * batch must be written again after a crash whether or not the registry is
+ * up then, so the write has to cope with an unavailable registry anyway;
+ * waiting before the pend would add a second place that does.
+ *
+ * Outcomes, per batch:
+ *   - the registry cannot answer (connection, timeout, 5xx, 401, garbage):
+ *     nothing is written, the partition backs off like a sink retry
+ *     (sidecar_schema_registry_waits_total), and the same batch is decoded
+ *     again later; nothing is lost or skipped;
+ *   - the registry answers 404 for an id: the same, until the id has been
+ *     missing for schema_registry.unknown_id_grace, then the partition's
+ *     error state, with the id and the registry in the message;
+ *   - a record that is not in the framing, or whose payload does not decode
+ *     with its schema (or whose schema cannot decode anything: Protobuf,
+ *     invalid): a dead letter with the reason, committed with the batch
+ *     (I3); the sink gets the other records of the batch.  This is a
+ *     function of the bytes alone, so a replay drops the same records.
+ */
+
+#define DECODED_MAX_RECORD (64 * 1024 * 1024) /* a decoded key or value larger is a dead letter */
+
+enum decode_outcome {
+    DECODE_WRITE, /* b describes what the sink gets (maybe nothing: all dead letters) */
+    DECODE_RETRY, /* the registry: try the batch again later */
+    DECODE_ERROR, /* the partition's error state (err) */
+};
+
+/* Decodes one framed key or value of record i; -1 when it is a dead letter (added to w->bad). */
+static int decode_field(struct sc_worker *w, size_t i, bool key, enum sc_value_format fmt,
+                        size_t *off, size_t *len, enum decode_outcome *outcome, char *err,
+                        size_t errsize)
+{
+    const struct sc_record *r = &w->recs[i];
+    char why[600];
+    uint32_t id = 0;
+    int64_t missing_ms = 0;
+    size_t mark = w->decoded.len;
+    enum sc_decode_status st =
+        sc_decode_append(w->registry, fmt, key ? r->key : r->value, key ? r->key_len : r->value_len,
+                         &w->decoded, &id, &missing_ms, why, sizeof(why));
+    if (st == SC_DECODE_OK && w->decoded.len - mark > DECODED_MAX_RECORD) {
+        w->decoded.len = mark;
+        snprintf(why, sizeof(why), "schema id %u: the decoded %s is larger than %d MiB",
+                 (unsigned)id, key ? "key" : "value", DECODED_MAX_RECORD >> 20);
+        st = SC_DECODE_BAD;
+    }
+    switch (st) {
+    case SC_DECODE_OK:
+        *off = mark;
+        *len = w->decoded.len - mark;
+        return 0;
+    case SC_DECODE_BAD:
+        sc_batch_result_add_dead(&w->bad, i,
+                                 sc_xasprintf("%s (%s_format %s)", why, key ? "key" : "value",
+                                              fmt == SC_VALUE_AVRO ? "avro" : "json_schema"),
+                                 0, NULL, 1);
+        return -1;
+    case SC_DECODE_NOT_FOUND:
+        if (missing_ms >= w->env.pc->registry->unknown_id_grace_ms) {
+            snprintf(err, errsize,
+                     "%s, for %" PRId64 " s now (schema_registry.unknown_id_grace); the record "
+                     "at offset %" PRId64 " cannot be decoded: register the schema, or point "
+                     "schema_registry at the producer's registry, then reset the partition",
+                     why, missing_ms / 1000, r->offset);
+            *outcome = DECODE_ERROR;
+            return -1;
+        }
+        __attribute__((fallthrough));
+    case SC_DECODE_UNAVAILABLE:
+        snprintf(err, errsize, "%s", why);
+        *outcome = DECODE_RETRY;
+        return -1;
+    }
+    return -1;
+}
+
+/*
+ * Decodes the framed keys and values of w->recs[0..n) and points b at the
+ * records that decoded (w->send); the others are in w->bad.
+ */
+static enum decode_outcome decode_batch(struct sc_worker *w, struct sc_batch *b, size_t n,
+                                        char *err, size_t errsize)
+{
+    const struct sc_formats *f = &w->env.pc->formats;
+    enum decode_outcome outcome = DECODE_WRITE;
+    sc_batch_result_clear(&w->bad);
+    sc_buf_reset(&w->decoded);
+    if (n > w->send_cap) {
+        w->send_cap = n;
+        w->send = sc_xrealloc(w->send, n * sizeof(*w->send));
+        w->send_map = sc_xrealloc(w->send_map, n * sizeof(*w->send_map));
+    }
+    w->nsend = 0;
+    for (size_t i = 0; i < n && outcome == DECODE_WRITE; i++) {
+        struct sc_record *r = &w->recs[i];
+        size_t koff = 0, klen = 0, voff = 0, vlen = 0;
+        bool k = sc_format_is_framed(f->key) && r->key;
+        bool v = sc_format_is_framed(f->value) && r->value;
+        if ((k && decode_field(w, i, true, f->key, &koff, &klen, &outcome, err, errsize) < 0) ||
+            (v && decode_field(w, i, false, f->value, &voff, &vlen, &outcome, err, errsize) < 0))
+            continue;
+        /* Offsets for now: w->decoded may move while it grows. */
+        r->key_json = k ? (const char *)(uintptr_t)koff : NULL;
+        r->key_json_len = klen;
+        r->value_json = v ? (const char *)(uintptr_t)voff : NULL;
+        r->value_json_len = vlen;
+        w->send_map[w->nsend++] = i;
+    }
+    if (outcome != DECODE_WRITE)
+        return outcome;
+    for (size_t j = 0; j < w->nsend; j++) {
+        struct sc_record *r = &w->recs[w->send_map[j]];
+        if (r->key_json)
+            r->key_json = w->decoded.data + (uintptr_t)r->key_json;
+        else if (sc_format_is_framed(f->key) && r->key)
+            r->key_json = w->decoded.data; /* an offset of 0 */
+        if (r->value_json)
+            r->value_json = w->decoded.data + (uintptr_t)r->value_json;
+        else if (sc_format_is_framed(f->value) && r->value)
+            r->value_json = w->decoded.data;
+        w->send[j] = *r;
+    }
+    b->records = w->send;
+    b->count = w->nsend;
+    return DECODE_WRITE;
+}
+
+/*
+ * The dead letters of a batch written after decode_batch(): the records
+ * that did not decode and those the sink rejected (its indexes are into
+ * w->send), as one result indexed into w->recs, in record order.
+ */
+static const struct sc_batch_result *merge_dead(struct sc_worker *w,
+                                                const struct sc_batch_result *sink)
+{
+    if (!w->decoding)
+        return sink;
+    sc_batch_result_clear(&w->merged);
+    size_t a = 0, b = 0;
+    while (a < w->bad.ndead || b < sink->ndead) {
+        size_t ia = a < w->bad.ndead ? w->bad.dead[a].index : SIZE_MAX;
+        size_t ib = b < sink->ndead ? w->send_map[sink->dead[b].index] : SIZE_MAX;
+        const struct sc_dead_letter *d = ia < ib ? &w->bad.dead[a++] : &sink->dead[b++];
+        sc_batch_result_add_dead(&w->merged, ia < ib ? ia : ib,
+                                 d->error ? sc_xstrdup(d->error) : NULL, d->status,
+                                 d->excerpt ? sc_xstrdup(d->excerpt) : NULL, d->attempts);
+    }
+    w->merged.next_write_offset = sink->next_write_offset;
+    return &w->merged;
+}
+
+/* The registry could not answer for a batch: only this partition backs off. */
+static void decode_retry_later(struct sc_part *p, const char *err)
+{
+    sc_counter_add(&p->m->schema_waits, 1);
+    int delay = sc_backoff_next(&p->backoff);
+    sc_warn(&p->log, "waiting for the schema registry, retrying the batch in %d ms: %s", delay,
+            err);
+    p->retry_at_ms = sc_mono_ms() + delay;
 }
 
 /* ---- recovery ------------------------------------------------------------ */
@@ -776,6 +966,7 @@ struct hook_ctx {
     struct sc_part *p;
     struct sc_cp cp;     /* the state after the advance */
     struct sc_cp queued; /* the state after a queued advance, should it commit */
+    size_t count;        /* records in the batch (the sink may get fewer: decode_batch()) */
     size_t ndead;
     bool done;
 };
@@ -785,11 +976,11 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
 {
     struct hook_ctx *hc = arg;
     struct sc_cp_key k = key_of(hc->w, hc->p);
-    hc->ndead = collect_dead(hc->w, r);
+    hc->ndead = collect_dead(hc->w, merge_dead(hc->w, r));
     int64_t t0 = sc_mono_ns();
     enum sc_cp_status s =
         sc_checkpoint_advance(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
-                              (int32_t)b->count, r->next_write_offset, hc->w->dead, hc->ndead);
+                              (int32_t)hc->count, r->next_write_offset, hc->w->dead, hc->ndead);
     sc_hist_observe_ns(&hc->p->m->checkpoint_seconds, sc_mono_ns() - t0);
     if (s == SC_CP_OK) {
         hc->done = true;
@@ -811,7 +1002,7 @@ static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch
     }
     struct sc_cp_key k = key_of(hc->w, hc->p);
     if (sc_checkpoint_advance_queue(&hc->w->db, &k, &hc->cp, b->first_offset, b->last_offset,
-                                    (int32_t)b->count, r->next_write_offset, &hc->queued) != 0) {
+                                    (int32_t)hc->count, r->next_write_offset, &hc->queued) != 0) {
         snprintf(err, errsize, "checkpoint advance: %s", hc->w->db.last_error);
         return -1;
     }
@@ -873,16 +1064,28 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         .last_offset = rec_at(p, n - 1)->offset,
         .write_offset = p->cp.committed_write_offset,
     };
-    struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp};
+    struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp, .count = n};
+    char err[1024] = "";
+    if (w->decoding) {
+        enum decode_outcome d = decode_batch(w, &b, n, err, sizeof(err));
+        if (d == DECODE_RETRY) {
+            decode_retry_later(p, err);
+            return;
+        }
+        if (d == DECODE_ERROR) {
+            part_error(w, p, err);
+            return;
+        }
+    }
     PGconn *conn = sc_db_hold(&w->db);
     if (!conn) {
         p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
         return;
     }
     struct sc_commit_hook hook = {conn, hook_commit, &hc, hook_queue, hook_queued};
-    if (sc_checkpoint_advance_prepare(&w->db) != 0)
+    /* Dead letters (records that did not decode) are stored through commit() alone. */
+    if (w->bad.ndead > 0 || sc_checkpoint_advance_prepare(&w->db) != 0)
         hook.queue = NULL, hook.queued = NULL; /* commit() alone; it reports the trouble */
-    char err[512] = "";
     enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
     /* A sink cut short may leave the connection in pipeline mode or in a transaction:
      * never reuse it like that (sc_db_release() then reconnects). */
@@ -921,6 +1124,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     atomic_store(&p->m->committed_offset, p->cp.committed_offset);
     sc_counter_add(&p->m->records_delivered, n - hc.ndead);
     sc_counter_add(&p->m->dead_letters, hc.ndead);
+    sc_counter_add(&p->m->decode_errors, w->decoding ? w->bad.ndead : 0);
     sc_counter_add(&p->m->batches_committed, 1);
     mirror_commit(w, p, p->cp.committed_offset);
     sc_partbuf_drop(&p->buf, n);
@@ -1049,8 +1253,27 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         .write_offset = p->cp.pending_write_offset,
         .replay = p->replay,
     };
-    char err[512] = "";
-    enum sc_sink_result sr = write_batch(w, p, &b, NULL, err, sizeof(err));
+    char err[1024] = "";
+    if (w->decoding) {
+        enum decode_outcome d = decode_batch(w, &b, n, err, sizeof(err));
+        if (d == DECODE_RETRY) {
+            decode_retry_later(p, err);
+            return;
+        }
+        if (d == DECODE_ERROR) {
+            part_error(w, p, err);
+            return;
+        }
+    }
+    enum sc_sink_result sr;
+    if (b.count == 0 && n > 0) {
+        /* Not one record decoded: nothing to write, the dead letters commit below. */
+        sc_batch_result_clear(&w->result);
+        w->result.next_write_offset = b.write_offset;
+        sr = SC_SINK_OK;
+    } else {
+        sr = write_batch(w, p, &b, NULL, err, sizeof(err));
+    }
     if (sr == SC_SINK_RETRY) {
         retry_later(p, err);
         return;
@@ -1063,7 +1286,9 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     sc_backoff_reset(&p->backoff);
     sc_failpoint("after_write");
 
-    size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
+    size_t ndead = collect_dead(w, merge_dead(w, &w->result)); /* before w->recs is reused */
+    if (w->decoding)
+        sc_counter_add(&p->m->decode_errors, w->bad.ndead);
     size_t next = cut_batch(w, p, n, now, READY_FULL);
     if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) &&
         pc->batch.max_wait_ms > 0) {
@@ -1457,6 +1682,19 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
         free(w);
         return NULL;
     }
+    const struct sc_formats *f = &env->pc->formats;
+    w->decoding = sc_format_is_framed(f->value) || sc_format_is_framed(f->key);
+    if (f->value == SC_VALUE_AVRO || f->key == SC_VALUE_AVRO) {
+        w->registry = sc_registry_acquire(env->pc->registry, err, errsize);
+        if (!w->registry) {
+            sc_sink_free(w->sink);
+            free(w);
+            return NULL;
+        }
+    }
+    /* No maximum of its own: a batch holds at most max_records keys and values, each at most
+     * DECODED_MAX_RECORD decoded. */
+    sc_buf_init(&w->decoded, 0);
     w->queue = rd_kafka_queue_new(env->rk);
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
@@ -1497,6 +1735,14 @@ void sc_worker_stop(struct sc_worker *w)
         part_removed(w, w->parts, "shutdown");
     sc_batch_result_clear(&w->result);
     free(w->result.dead);
+    sc_batch_result_clear(&w->bad);
+    free(w->bad.dead);
+    sc_batch_result_clear(&w->merged);
+    free(w->merged.dead);
+    free(w->send);
+    free(w->send_map);
+    sc_buf_free(&w->decoded);
+    sc_registry_release(w->registry);
     free(w->recs);
     free(w->hdrs);
     free(w->push_hdrs);

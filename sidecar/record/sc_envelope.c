@@ -388,7 +388,7 @@ int sc_envelope_append_value(struct sc_buf *out, const void *p, size_t len, enum
 {
     if (!p)
         return sc_buf_append(out, "null", 4);
-    if (vf == SC_VALUE_BASE64)
+    if (vf == SC_VALUE_BASE64 || sc_format_is_framed(vf))
         return append_base64_object(out, p, len);
     if (vf == SC_VALUE_AUTO) {
         int r = sc_json_minify_append(out, p, len);
@@ -404,9 +404,25 @@ int sc_envelope_append_key(struct sc_buf *out, const void *p, size_t len, enum s
 {
     if (!p)
         return sc_buf_append(out, "null", 4);
-    if (vf != SC_VALUE_BASE64 && sc_utf8_valid(p, len))
+    if (vf != SC_VALUE_BASE64 && !sc_format_is_framed(vf) && sc_utf8_valid(p, len))
         return sc_json_string_append(out, p, len);
     return append_base64_object(out, p, len);
+}
+
+int sc_envelope_append_record_value(struct sc_buf *out, const struct sc_record *r,
+                                    enum sc_value_format vf)
+{
+    if (r->value && r->value_json && sc_format_is_framed(vf))
+        return sc_buf_append(out, r->value_json, r->value_json_len);
+    return sc_envelope_append_value(out, r->value, r->value_len, vf);
+}
+
+int sc_envelope_append_record_key(struct sc_buf *out, const struct sc_record *r,
+                                  enum sc_value_format kf)
+{
+    if (r->key && r->key_json && sc_format_is_framed(kf))
+        return sc_buf_append(out, r->key_json, r->key_json_len);
+    return sc_envelope_append_key(out, r->key, r->key_len, kf);
 }
 
 /* Header values: a string when valid UTF-8, else base64, null stays null. */
@@ -481,7 +497,7 @@ static int append_i64(struct sc_buf *out, int64_t v)
     return sc_buf_append(out, p, (size_t)(tmp + sizeof(tmp) - p));
 }
 
-int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_value_format vf)
+int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, const struct sc_formats *f)
 {
     if (sc_buf_append(out, "{\"topic\":", 9) < 0 ||
         sc_json_string_append(out, r->topic, strlen(r->topic)) < 0)
@@ -492,9 +508,9 @@ int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_va
         sc_buf_append(out, ",\"timestamp\":", 13) < 0 ||
         (r->timestamp >= 0 ? append_i64(out, r->timestamp) : sc_buf_append(out, "null", 4)) < 0 ||
         sc_buf_append(out, ",\"key\":", 7) < 0 ||
-        sc_envelope_append_key(out, r->key, r->key_len, vf) < 0 ||
+        sc_envelope_append_record_key(out, r, f->key) < 0 ||
         sc_buf_append(out, ",\"value\":", 9) < 0 ||
-        sc_envelope_append_value(out, r->value, r->value_len, vf) < 0 ||
+        sc_envelope_append_record_value(out, r, f->value) < 0 ||
         sc_buf_append(out, ",\"headers\":", 11) < 0 ||
         append_headers(out, r->headers, r->nheaders) < 0)
         return -1;

@@ -14,6 +14,12 @@
  * as null); a header name that repeats becomes an array of its values in
  * record order, so nothing is lost.  A missing timestamp is null.
  *
+ * value_format / key_format avro and json_schema (docs/schema-registry.md):
+ * the worker decodes such a value or key before any sink sees the record
+ * (record/sc_decode.h) and sets value_json / key_json; the envelope embeds
+ * that JSON verbatim.  Not decoded (only a dead letter's envelope, whose
+ * record could not be decoded) -> {"base64": ...} of the raw bytes.
+ *
  * @locality any thread; no shared state.
  */
 #ifndef SC_ENVELOPE_H
@@ -44,13 +50,25 @@ struct sc_record {
     size_t value_len;
     const struct sc_header *headers;
     size_t nheaders;
+    /* Decoded forms (framed formats only, see above): valid minified JSON, or NULL. */
+    const char *key_json;
+    size_t key_json_len;
+    const char *value_json;
+    size_t value_json_len;
 };
 
 /* Appends r's envelope (no trailing newline) to out; -1 if out would exceed its maximum. */
-int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, enum sc_value_format vf)
+int sc_envelope_append(struct sc_buf *out, const struct sc_record *r, const struct sc_formats *f)
     __attribute__((warn_unused_result));
 
-/* Appends the JSON form of a value under the rules above (the "value" member alone). */
+/* The envelope's "value" member alone for r under vf (decoded JSON included). */
+int sc_envelope_append_record_value(struct sc_buf *out, const struct sc_record *r,
+                                    enum sc_value_format vf) __attribute__((warn_unused_result));
+/* The envelope's "key" member alone for r under kf (decoded JSON included). */
+int sc_envelope_append_record_key(struct sc_buf *out, const struct sc_record *r,
+                                  enum sc_value_format kf) __attribute__((warn_unused_result));
+
+/* Appends the JSON form of raw value bytes under the rules above (framed formats: base64). */
 int sc_envelope_append_value(struct sc_buf *out, const void *p, size_t len, enum sc_value_format vf)
     __attribute__((warn_unused_result));
 

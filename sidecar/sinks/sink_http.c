@@ -503,7 +503,7 @@ static int build_body(struct sc_sink *sink, const struct request *rq)
     for (size_t i = rq->lo; i < rq->hi; i++) {
         if (array && i > rq->lo && sc_buf_putc(&c->body, ',') < 0)
             return -1;
-        if (sc_envelope_append(&c->body, &rq->recs[i], sink->pc->value_format) < 0)
+        if (sc_envelope_append(&c->body, &rq->recs[i], &sink->pc->formats) < 0)
             return -1;
         if (!array && sc_buf_putc(&c->body, '\n') < 0)
             return -1;

@@ -212,7 +212,7 @@ static int pg_create(struct sc_sink *sink, char *err, size_t errsize)
     int result = -1;
     struct pg_ctx *c = sc_xcalloc(1, sizeof(*c));
     c->conf = sink->conf;
-    c->vf = sink->pc->value_format;
+    c->fmt = sink->pc->formats;
     c->same_db = c->conf->dsn == NULL;
     c->dsn = c->same_db ? sink->cfg->postgres.dsn : c->conf->dsn;
     c->connect_timeout_ms = sink->cfg->postgres.connect_timeout_ms;
@@ -325,10 +325,16 @@ static int64_t encode_field(struct pg_ctx *c, enum pg_field f, const struct sc_r
         break;
     case F_KEY_TEXT:
     case F_VAL_TEXT: {
-        const void *p = f == F_KEY_TEXT ? r->key : r->value;
+        bool key = f == F_KEY_TEXT;
+        const void *p = key ? r->key : r->value;
+        const char *json = key ? r->key_json : r->value_json; /* decoded: schema registry */
+        if (!sc_format_is_framed(key ? c->fmt.key : c->fmt.value))
+            json = NULL;
         if (!p)
             return -1;
-        rc = append_text_form(b, p, f == F_KEY_TEXT ? r->key_len : r->value_len, c->vf);
+        rc = json ? sc_buf_append(b, json, key ? r->key_json_len : r->value_json_len)
+                  : append_text_form(b, p, key ? r->key_len : r->value_len,
+                                     key ? c->fmt.key : c->fmt.value);
         break;
     }
     case F_KEY_BYTEA:
@@ -344,12 +350,12 @@ static int64_t encode_field(struct pg_ctx *c, enum pg_field f, const struct sc_r
     case F_KEY_JSON:
         if (!r->key)
             return -1;
-        rc = sc_buf_putc(b, 1) | sc_envelope_append_key(b, r->key, r->key_len, c->vf);
+        rc = sc_buf_putc(b, 1) | sc_envelope_append_record_key(b, r, c->fmt.key);
         break;
     case F_VAL_JSON:
         if (!r->value)
             return -1;
-        rc = sc_buf_putc(b, 1) | sc_envelope_append_value(b, r->value, r->value_len, c->vf);
+        rc = sc_buf_putc(b, 1) | sc_envelope_append_record_value(b, r, c->fmt.value);
         break;
     case F_HEADERS:
         rc = sc_buf_putc(b, 1) | sc_envelope_append_headers(b, r->headers, r->nheaders);
@@ -358,7 +364,11 @@ static int64_t encode_field(struct pg_ctx *c, enum pg_field f, const struct sc_r
         if (!r->value)
             return -1; /* a tombstone: every path is NULL */
         rc = sc_buf_putc(b, 1);
-        int j = rc == 0 ? sc_json_minify_append(b, r->value, r->value_len) : -1;
+        /* A decoded value (schema registry) is the document; else the value's own JSON. */
+        int j = rc != 0 ? -1
+                : r->value_json && sc_format_is_framed(c->fmt.value)
+                    ? (sc_buf_append(b, r->value_json, r->value_json_len) < 0 ? -1 : 1)
+                    : sc_json_minify_append(b, r->value, r->value_len);
         if (j == 0) {
             *why = "the value is not a JSON document, so the sink's \"$.\" columns cannot be "
                    "taken from it";

@@ -139,7 +139,7 @@ enum pg_outcome {
 
 struct pg_ctx {
     const struct pg_conf *conf;
-    enum sc_value_format vf;
+    struct sc_formats fmt;
     bool same_db;  /* rows commit with the checkpoint */
     bool defaults; /* the default columns */
     const char *dsn;

@@ -48,7 +48,7 @@ static enum sc_sink_result stdout_write(struct sc_sink *sink, struct sc_sink_par
     struct stdout_ctx *c = sink->ctx;
     sc_buf_reset(&c->buf);
     for (size_t i = 0; i < b->count; i++)
-        if (sc_envelope_append(&c->buf, &b->records[i], sink->pc->value_format) < 0 ||
+        if (sc_envelope_append(&c->buf, &b->records[i], &sink->pc->formats) < 0 ||
             sc_buf_putc(&c->buf, '\n') < 0) {
             snprintf(err, errsize, "batch too large for the output buffer");
             return SC_SINK_ERROR;

@@ -181,7 +181,7 @@ static char *encode(const struct sc_record *r, enum sc_value_format vf, const ch
     struct sc_buf b;
     sc_buf_init(&b, 0);
     FUZZ_CHECK(sc_buf_append(&b, prefix, strlen(prefix)) == 0, "prefix");
-    FUZZ_CHECK(sc_envelope_append(&b, r, vf) == 0, "unbounded append failed");
+    FUZZ_CHECK(sc_envelope_append(&b, r, &SC_FORMATS_OF(vf)) == 0, "unbounded append failed");
     FUZZ_CHECK(sc_buf_putc(&b, '\0') == 0, "NUL");
     size_t plen = strlen(prefix);
     *len = b.len - 1 - plen;
@@ -342,7 +342,7 @@ static void check_format(struct sc_record *r, enum sc_value_format vf, size_t ma
      */
     struct sc_buf b;
     sc_buf_init(&b, max);
-    int rc = sc_envelope_append(&b, r, vf);
+    int rc = sc_envelope_append(&b, r, &SC_FORMATS_OF(vf));
     FUZZ_CHECK(rc == 0 ? len <= max && b.len == len && memcmp(b.data, env, len) == 0 : len > max,
                "bounded append: rc %d, envelope %zu bytes, max %zu", rc, len, max);
     sc_buf_free(&b);

@@ -128,7 +128,8 @@ static void expected_line(const struct fixture *fx, int i, struct sc_buf *out)
         .nheaders = h->nheaders,
     };
     sc_buf_reset(out);
-    ck_assert_int_eq(sc_envelope_append(out, &r, SC_VALUE_AUTO), 0);
+    ck_assert_int_eq(
+        sc_envelope_append(out, &r, &(struct sc_formats){SC_VALUE_AUTO, SC_VALUE_AUTO}), 0);
     ck_assert_int_eq(sc_buf_putc(out, '\n'), 0);
     free(hs);
 }

@@ -185,7 +185,8 @@ START_TEST(test_minimal_config_gets_every_default)
     ck_assert_str_eq(p->topics.items[0], "t");
     ck_assert_int_eq(p->assignment, SC_ASSIGN_KAFKA_GROUP);
     ck_assert_int_eq(p->start_from, SC_START_EARLIEST);
-    ck_assert_int_eq(p->value_format, SC_VALUE_AUTO);
+    ck_assert_int_eq(p->formats.value, SC_VALUE_AUTO);
+    ck_assert_int_eq(p->formats.key, SC_VALUE_AUTO);
     ck_assert_int_eq(p->batch.max_records, 5000);
     ck_assert_int_eq(p->batch.max_bytes, 1048576);
     ck_assert_int_eq(p->batch.max_wait_ms, 100);
@@ -314,7 +315,8 @@ START_TEST(test_full_config)
     ck_assert_uint_eq(p->topics.count, 2);
     ck_assert_str_eq(p->topics.items[1], "b.c");
     ck_assert_int_eq(p->start_from, SC_START_LATEST);
-    ck_assert_int_eq(p->value_format, SC_VALUE_BASE64);
+    ck_assert_int_eq(p->formats.value, SC_VALUE_BASE64);
+    ck_assert_int_eq(p->formats.key, SC_VALUE_BASE64); /* key_format follows base64 */
     ck_assert_int_eq(p->batch.max_records, 10);
     ck_assert_int_eq(p->batch.max_bytes, 2048);
     ck_assert_int_eq(p->batch.max_wait_ms, 0);

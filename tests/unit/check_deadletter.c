@@ -13,7 +13,7 @@ static char *env_of(const struct sc_record *r, enum sc_value_format vf)
 {
     struct sc_buf b;
     sc_buf_init(&b, 0);
-    ck_assert_int_eq(sc_envelope_append(&b, r, vf), 0);
+    ck_assert_int_eq(sc_envelope_append(&b, r, &SC_FORMATS_OF(vf)), 0);
     ck_assert_int_eq(sc_buf_putc(&b, '\0'), 0);
     return b.data;
 }

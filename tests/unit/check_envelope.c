@@ -14,7 +14,7 @@ static char *env_of(const struct sc_record *r, enum sc_value_format vf)
 {
     struct sc_buf b;
     sc_buf_init(&b, 0);
-    ck_assert_int_eq(sc_envelope_append(&b, r, vf), 0);
+    ck_assert_int_eq(sc_envelope_append(&b, r, &SC_FORMATS_OF(vf)), 0);
     ck_assert_int_eq(sc_buf_putc(&b, '\0'), 0);
     return b.data;
 }
@@ -229,7 +229,7 @@ START_TEST(test_buffer_maximum_is_respected)
     struct sc_buf b;
     sc_buf_init(&b, 32);
     struct sc_record r = rec("k", "a value that does not fit in thirty-two bytes");
-    ck_assert_int_eq(sc_envelope_append(&b, &r, SC_VALUE_AUTO), -1);
+    ck_assert_int_eq(sc_envelope_append(&b, &r, &SC_FORMATS_OF(SC_VALUE_AUTO)), -1);
     ck_assert_uint_le(b.len, 32);
     sc_buf_free(&b);
 }
