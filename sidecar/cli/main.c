@@ -48,6 +48,7 @@ enum {
     OPT_JSON,
     OPT_REFERENCE,
     OPT_RESTART_SNAPSHOT,
+    OPT_ONLINE,
 };
 
 /*
@@ -69,6 +70,7 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
         {"json", no_argument, NULL, OPT_JSON},
         {"reference", no_argument, NULL, OPT_REFERENCE},
         {"restart-from-snapshot", no_argument, NULL, OPT_RESTART_SNAPSHOT},
+        {"online", no_argument, NULL, OPT_ONLINE},
         {NULL, 0, NULL, 0},
     };
     const char *allowed = cmd->options;
@@ -124,6 +126,9 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
             break;
         case OPT_RESTART_SNAPSHOT:
             cli->restart_snapshot = true;
+            break;
+        case OPT_ONLINE:
+            cli->online = true;
             break;
         case ':':
             return usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);

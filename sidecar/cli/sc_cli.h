@@ -27,6 +27,7 @@ struct sc_cli {
     bool json;
     bool reference;
     bool restart_snapshot;
+    bool online; /* check-config: also ask the servers the config names */
     /* Arguments after the options (only commands with .operands get any). */
     int argc;
     char **argv;

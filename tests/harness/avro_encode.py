@@ -163,7 +163,9 @@ def order(i):
     return {
         "order_id": i,
         "customer": "customer-%d" % (i % 97),
-        "amount": decimal.Decimal(i * 7 % 100000) / 100,
+        # scaleb, not division: python3-avro writes the digits as they are, so the
+        # exponent must be the schema's scale
+        "amount": decimal.Decimal(i * 7 % 100000).scaleb(-2),
         "status": ["NEW", "PAID", "SHIPPED"][i % 3],
         "note": None if i % 2 else "note %d" % i,
         "placed_at": datetime.datetime.fromtimestamp(1700000000 + i, UTC),

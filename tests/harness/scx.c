@@ -75,6 +75,7 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         "    \"batch\": {\"max_records\": %d, \"max_wait_ms\": %d%s},\n"
         "    \"lease\": {\"ttl_ms\": %d, \"renew_ms\": %d},\n"
         "    \"workers\": %d,\n"
+        "%s%s"
         "    \"sink\": %s\n"
         "  }]\n"
         "}\n",
@@ -86,7 +87,7 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         o->topics ? o->topics : "[\"orders\"]", o->start_from ? o->start_from : "earliest",
         o->max_records ? o->max_records : 100, o->max_wait_ms ? o->max_wait_ms : 20, max_bytes,
         o->ttl_ms ? o->ttl_ms : 3000, o->renew_ms ? o->renew_ms : 1000, o->workers ? o->workers : 2,
-        sink);
+        o->extra_pipeline ? o->extra_pipeline : "", o->extra_pipeline ? ",\n" : "", sink);
     return path;
 }
 

@@ -30,20 +30,21 @@ void scx_env_stop(struct scx_env *e);
 
 /* Knobs of a generated config; zero values mean the defaults noted. */
 struct scx_opts {
-    const char *pipeline;    /* "p1" */
-    const char *topics;      /* JSON array, default ["orders"] */
-    const char *sink;        /* JSON object, default file sink into out_dir */
-    int workers;             /* 2 */
-    int max_records;         /* 100 */
-    int max_wait_ms;         /* 20 */
-    int max_bytes;           /* the default (1 MiB) */
-    int ttl_ms;              /* 3000 */
-    int renew_ms;            /* 1000 */
-    const char *start_from;  /* "earliest" */
-    const char *kafka_props; /* extra members of kafka.properties, e.g. "\"a\":\"b\"" */
-    int admin_port;          /* 0: admin disabled */
-    int shutdown_timeout_ms; /* 8000 */
-    const char *extra_top;   /* extra top-level members, e.g. "\"notify\":{...}" */
+    const char *pipeline;       /* "p1" */
+    const char *topics;         /* JSON array, default ["orders"] */
+    const char *sink;           /* JSON object, default file sink into out_dir */
+    int workers;                /* 2 */
+    int max_records;            /* 100 */
+    int max_wait_ms;            /* 20 */
+    int max_bytes;              /* the default (1 MiB) */
+    int ttl_ms;                 /* 3000 */
+    int renew_ms;               /* 1000 */
+    const char *start_from;     /* "earliest" */
+    const char *kafka_props;    /* extra members of kafka.properties, e.g. "\"a\":\"b\"" */
+    int admin_port;             /* 0: admin disabled */
+    int shutdown_timeout_ms;    /* 8000 */
+    const char *extra_top;      /* extra top-level members, e.g. "\"notify\":{...}" */
+    const char *extra_pipeline; /* extra pipeline members, e.g. "\"value_format\":\"avro\"" */
 };
 
 /* Writes a config for instance id into e->dir/<instance>.json; returns its path (static). */

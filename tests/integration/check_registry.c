@@ -1,0 +1,499 @@
+/*
+ * check_registry.c - value_format avro / json_schema end to end: records
+ * encoded by python3-avro (tests/harness/avro_encode.py) in the Confluent
+ * wire format, a Schema Registry stand-in with basic authentication
+ * (tests/harness/registry.c), and the real `sidecar run`.
+ *
+ *   - test_avro_file_sink: every order lands in the file sink as the JSON
+ *     of docs/schema-registry.md; poison records among them (no framing,
+ *     a truncated datum, a Protobuf schema id) are dead letters with their
+ *     reason while the rest of the batch is delivered; one registry request
+ *     per schema id; the password never shows (check-config, logs);
+ *     check-config --online sees the registry, and a wrong password.
+ *   - test_registry_faults: the registry down (503), then answering
+ *     garbage, then back; a schema id registered late: nothing is lost,
+ *     skipped or dead-lettered meanwhile, and everything arrives once.
+ *   - test_unknown_id_stops_the_partition: an id that never appears stops
+ *     its partition in the error state after unknown_id_grace.
+ *   - test_postgres_paths: the postgres sink's "$.path" columns read the
+ *     decoded value; json_schema values and avro keys too.
+ */
+#include <check.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "registry.h"
+#include "scx.h"
+
+#define SR_USER "sr-user"
+#define SR_PASS "s3cret-Pa55"
+
+/* The top-level schema_registry member for scx_opts.extra_top (static buffer). */
+static const char *registry_block(const struct scx_env *e, const struct reg *r, const char *pass,
+                                  const char *more)
+{
+    static char buf[1024];
+    char path[700];
+    snprintf(path, sizeof(path), "%s/sr_password", e->dir);
+    hx_write_file(path, "%s\n", pass);
+    snprintf(buf, sizeof(buf),
+             "  \"schema_registry\": {\"url\": \"%s\", \"username\": \"%s\", "
+             "\"password\": \"${file:%s}\", \"timeout_ms\": 2000%s%s}",
+             reg_url(r), SR_USER, path, more ? ", " : "", more ? more : "");
+    return buf;
+}
+
+/* Produces orders [first, first+count) of partition p, framed with id, keys "k<i>". */
+static void produce_orders(const struct scx_env *e, const char *topic, int32_t p, int64_t first,
+                           int64_t count, uint32_t id)
+{
+    char **values;
+    size_t *lens;
+    reg_orders(first, count, id, &values, &lens);
+    struct hx_record *recs = calloc((size_t)count, sizeof(*recs));
+    char(*keys)[32] = calloc((size_t)count, sizeof(*keys));
+    for (int64_t i = 0; i < count; i++) {
+        snprintf(keys[i], sizeof(keys[i]), "k%" PRId64, first + i);
+        recs[i] = (struct hx_record){.topic = topic,
+                                     .partition = p,
+                                     .key = keys[i],
+                                     .key_len = strlen(keys[i]),
+                                     .value = values[i],
+                                     .value_len = lens[i]};
+    }
+    hx_produce(e->mock.bootstrap, recs, (size_t)count);
+    for (int64_t i = 0; i < count; i++)
+        free(values[i]);
+    free(values);
+    free(lens);
+    free(recs);
+    free(keys);
+}
+
+static void produce_one(const struct scx_env *e, const char *topic, int32_t p, const void *value,
+                        size_t len)
+{
+    struct hx_record r = {.topic = topic, .partition = p, .value = value, .value_len = len};
+    hx_produce(e->mock.bootstrap, &r, 1);
+}
+
+/* The lines of a partition's file, each checked to be an envelope of that offset. */
+static json_t *read_lines(const struct scx_env *e, const char *topic, int p)
+{
+    char path[800];
+    snprintf(path, sizeof(path), "%s/%s/%d.jsonl", e->out_dir, topic, p);
+    char *text = hx_read_file(path, NULL);
+    ck_assert_msg(text != NULL, "no output file %s", path);
+    json_t *lines = json_array();
+    for (char *line = text, *nl; *line; line = nl + 1) {
+        nl = strchr(line, '\n');
+        ck_assert_msg(nl != NULL, "%s: last line not terminated", path);
+        *nl = '\0';
+        json_array_append_new(lines, json_string(line));
+    }
+    free(text);
+    return lines;
+}
+
+/* Asserts line has offset off and a "value" member whose text is exactly want. */
+static void ck_line(const char *line, int64_t off, const char *want)
+{
+    char needle[2048];
+    snprintf(needle, sizeof(needle), ",\"offset\":%" PRId64 ",", off);
+    ck_assert_msg(strstr(line, needle) != NULL, "want offset %" PRId64 ": %s", off, line);
+    snprintf(needle, sizeof(needle), ",\"value\":%s,\"headers\":", want);
+    ck_assert_msg(strstr(line, needle) != NULL, "offset %" PRId64 ":\n line %s\n want value %s",
+                  off, line, want);
+    json_error_t je;
+    json_t *j = json_loads(line, 0, &je);
+    ck_assert_msg(j != NULL, "not JSON: %s", line);
+    json_decref(j);
+}
+
+static int admin_port;
+
+static bool both_committed(void *arg)
+{
+    struct scx_env *e = arg;
+    return hx_pg_int(e->conn,
+                     "SELECT count(*) FROM sidecar.checkpoints WHERE pending_first_offset IS NULL "
+                     "AND ((partition = 0 AND committed_offset = 100) OR (partition = 1 AND "
+                     "committed_offset = 54))",
+                     0, NULL) == 2;
+}
+
+START_TEST(test_avro_file_sink)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    struct reg *r = reg_start(SR_USER, SR_PASS);
+    char *schema = reg_order_schema();
+    reg_add(r, 1, schema, NULL);
+    reg_add(r, 5, "syntax = \"proto3\"; message M { int32 a = 1; }", "PROTOBUF");
+
+    /* Partition 0: orders 0..99.  Partition 1: orders 100..149 with poison at 10, 20, 30
+     * and a tombstone at 40 (offsets). */
+    produce_orders(&e, "orders", 0, 0, 100, 1);
+    int64_t order = 100;
+    char **tr;
+    size_t *trl;
+    reg_orders(999, 1, 1, &tr, &trl);
+    for (int64_t off = 0; off < 54; off++) {
+        if (off == 10)
+            produce_one(&e, "orders", 1, "{\"not\":\"framed\"}", 16);
+        else if (off == 20)
+            produce_one(&e, "orders", 1, tr[0], trl[0] - 1); /* the datum's last byte cut */
+        else if (off == 30)
+            produce_one(&e, "orders", 1, "\x00\x00\x00\x00\x05\x08\x96\x01", 8); /* Protobuf */
+        else if (off == 40)
+            produce_one(&e, "orders", 1, NULL, 0);
+        else
+            produce_orders(&e, "orders", 1, order++, 1, 1);
+    }
+    free(tr[0]);
+    free(tr);
+    free(trl);
+
+    admin_port = scx_free_port();
+    struct scx_opts o = {.extra_top = registry_block(&e, r, SR_PASS, NULL),
+                         .extra_pipeline = "    \"value_format\": \"avro\"",
+                         .admin_port = admin_port,
+                         .max_records = 20};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    char cfgpath[700];
+    snprintf(cfgpath, sizeof(cfgpath), "%s", cfg);
+
+    /* check-config: the password masked; --online: the registry answers. */
+    const char *check[] = {hx_sidecar_bin(), "check-config", "--online", "-c", cfgpath, NULL};
+    char *out = NULL;
+    int rc = hx_run(check, NULL, 30000, &out);
+    ck_assert_msg(rc == 0, "check-config --online failed (%d): %s", rc, out);
+    ck_assert_msg(strstr(out, SR_PASS) == NULL, "the password was printed: %s", out);
+    ck_assert_msg(strstr(out, "schema registry http://127.0.0.1") != NULL, "%s", out);
+    free(out);
+
+    scx_migrate(cfgpath);
+    pid_t pid = scx_start(&e, cfgpath, "sc-1", NULL);
+    bool done = hx_wait_until(both_committed, &e, 90000);
+    char logpath[700];
+    snprintf(logpath, sizeof(logpath), "%s/sc-1.log", e.dir);
+    ck_assert_msg(done, "not delivered; log:\n%s", scx_log_tail(logpath, 4000));
+    double decode_errors = scx_metric_at(admin_port, "sidecar_decode_errors_total", "");
+    double fetched_ok =
+        scx_metric_at(admin_port, "sidecar_schema_registry_fetches_total", "outcome=\"ok\"");
+    double cached = scx_metric_at(admin_port, "sidecar_schema_registry_cached_schemas", "");
+    scx_stop(pid, 15000);
+
+    /* Every order as the mapping says, in offset order; the tombstone a null value. */
+    json_t *l0 = read_lines(&e, "orders", 0);
+    ck_assert_uint_eq(json_array_size(l0), 100);
+    for (int64_t i = 0; i < 100; i++)
+        ck_line(json_string_value(json_array_get(l0, (size_t)i)), i, reg_order_json(i));
+    json_decref(l0);
+    json_t *l1 = read_lines(&e, "orders", 1);
+    ck_assert_uint_eq(json_array_size(l1), 51);
+    size_t line = 0;
+    order = 100;
+    for (int64_t off = 0; off < 54; off++) {
+        if (off == 10 || off == 20 || off == 30)
+            continue;
+        ck_line(json_string_value(json_array_get(l1, line++)), off,
+                off == 40 ? "null" : reg_order_json(order++));
+    }
+    json_decref(l1);
+
+    /* The poison records are dead letters with their reason (and their raw bytes). */
+    char *dl = hx_pg_value(e.conn,
+                           "SELECT string_agg(format('%s: %s', \"offset\", error), E'\\n' ORDER BY "
+                           "\"offset\") FROM sidecar.dead_letters WHERE partition = 1",
+                           0, NULL);
+    fprintf(stderr, "dead letters:\n%s\n", dl);
+    ck_assert_msg(strstr(dl, "10: not in the Confluent wire format: the first byte is 0x7b") !=
+                      NULL,
+                  "%s", dl);
+    ck_assert_msg(strstr(dl, "20: schema id 1: not an Avro datum of this schema") != NULL, "%s",
+                  dl);
+    ck_assert_msg(strstr(dl, "30: schema id 5 is a PROTOBUF schema") != NULL, "%s", dl);
+    free(dl);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 3);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.dead_letters WHERE \"offset\" = 10 "
+                               "AND value = convert_to('{\"not\":\"framed\"}', 'UTF8') AND "
+                               "envelope->'value' = '{\"base64\":\"eyJub3QiOiJmcmFtZWQifQ==\"}'",
+                               0, NULL),
+                     1);
+    ck_assert_int_eq((int)decode_errors, 3);
+
+    /* One request per schema id, however many workers and batches (the cache). */
+    ck_assert_int_eq(reg_requests(r, 1), 1);
+    ck_assert_int_eq(reg_requests(r, 5), 1);
+    ck_assert_int_eq((int)fetched_ok, 1);
+    ck_assert_int_eq((int)cached, 2);
+    ck_assert_int_eq(reg_unauthorized(r), 0);
+
+    /* The password is in no log line. */
+    char *log = hx_read_file(logpath, NULL);
+    ck_assert_msg(strstr(log, SR_PASS) == NULL, "the password was logged");
+    free(log);
+
+    /* --online with a wrong password: exit 1, the registry's 401 named. */
+    o.extra_top = registry_block(&e, r, "wrong", NULL);
+    snprintf(cfgpath, sizeof(cfgpath), "%s", scx_config(&e, "sc-bad", &o));
+    const char *bad[] = {hx_sidecar_bin(), "check-config", "--online", "-c", cfgpath, NULL};
+    rc = hx_run(bad, NULL, 30000, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "HTTP 401 (credentials refused)"), "%d: %s", rc, out);
+    ck_assert_msg(strstr(out, "wrong") == NULL, "the password was printed: %s", out);
+    free(out);
+
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
+static int64_t committed(PGconn *conn, int partition)
+{
+    char p[16];
+    snprintf(p, sizeof(p), "%d", partition);
+    const char *params[] = {p};
+    return hx_pg_int(conn,
+                     "SELECT coalesce(max(committed_offset), -1) FROM sidecar.checkpoints "
+                     "WHERE partition = $1::int",
+                     1, params);
+}
+
+struct waits {
+    int port;
+    double above;
+    const char *name, *labels;
+};
+
+static bool metric_above(void *arg)
+{
+    struct waits *w = arg;
+    return scx_metric_at(w->port, w->name, w->labels) > w->above;
+}
+
+struct reqs {
+    struct reg *r;
+    uint32_t id;
+    long above;
+};
+
+static bool requests_above(void *arg)
+{
+    struct reqs *q = arg;
+    return reg_requests(q->r, q->id) > q->above;
+}
+
+START_TEST(test_registry_faults)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct reg *r = reg_start(SR_USER, SR_PASS);
+    char *schema = reg_order_schema();
+    reg_add(r, 1, schema, NULL);
+    reg_set_mode(r, REG_DOWN);
+    produce_orders(&e, "orders", 0, 0, 50, 1);
+
+    int port = scx_free_port();
+    struct scx_opts o = {.extra_top = registry_block(&e, r, SR_PASS, NULL),
+                         .extra_pipeline = "    \"value_format\": \"avro\"",
+                         .admin_port = port,
+                         .workers = 1};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+
+    /* Down: the partition waits and retries; nothing is delivered or dead-lettered. */
+    struct waits w = {port, 1, "sidecar_schema_registry_waits_total", ""};
+    ck_assert_msg(hx_wait_until(metric_above, &w, 60000), "no waits counted");
+    struct waits fe = {port, 1, "sidecar_schema_registry_fetches_total", "outcome=\"error\""};
+    ck_assert(hx_wait_until(metric_above, &fe, 30000));
+    ck_assert_int_le(committed(e.conn, 0), 0);
+
+    /* Garbage (200 with an HTML page): a registry problem too, not the records'. */
+    reg_set_mode(r, REG_GARBAGE);
+    struct reqs q = {r, 1, reg_requests(r, 1) + 1};
+    ck_assert(hx_wait_until(requests_above, &q, 30000));
+    ck_assert_int_le(committed(e.conn, 0), 0);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+
+    /* Back: everything arrives. */
+    reg_set_mode(r, REG_SERVE);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 50, 60000));
+
+    /* A schema id registered after its records arrived: they wait, then go through. */
+    produce_orders(&e, "orders", 0, 50, 10, 2);
+    struct reqs q2 = {r, 2, 2};
+    ck_assert_msg(hx_wait_until(requests_above, &q2, 30000), "id 2 was not asked for again");
+    ck_assert_int_eq(committed(e.conn, 0), 50);
+    struct waits nf = {port, 0, "sidecar_schema_registry_fetches_total", "outcome=\"not_found\""};
+    ck_assert(metric_above(&nf));
+    reg_add(r, 2, schema, NULL);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 60, 60000));
+    scx_stop(pid, 15000);
+
+    json_t *lines = read_lines(&e, "orders", 0);
+    ck_assert_uint_eq(json_array_size(lines), 60);
+    for (int64_t i = 0; i < 60; i++)
+        ck_line(json_string_value(json_array_get(lines, (size_t)i)), i, reg_order_json(i));
+    json_decref(lines);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.checkpoints WHERE state <> "
+                               "'ok'",
+                               0, NULL),
+                     0);
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
+static bool in_error(void *arg)
+{
+    struct scx_env *e = arg;
+    return hx_pg_int(e->conn, "SELECT count(*) FROM sidecar.checkpoints WHERE state = 'error'", 0,
+                     NULL) == 1;
+}
+
+START_TEST(test_unknown_id_stops_the_partition)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    struct reg *r = reg_start(NULL, NULL);
+    char *schema = reg_order_schema();
+    reg_add(r, 1, schema, NULL);
+    produce_orders(&e, "orders", 0, 0, 20, 1);
+    produce_orders(&e, "orders", 1, 0, 5, 1);
+    produce_orders(&e, "orders", 1, 5, 5, 9); /* id 9 never registered */
+    char block[512];
+    snprintf(block, sizeof(block),
+             "  \"schema_registry\": {\"url\": \"%s/\", \"unknown_id_grace\": \"2s\"}", reg_url(r));
+    struct scx_opts o = {.extra_top = block, .extra_pipeline = "    \"value_format\": \"avro\""};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    ck_assert(hx_wait_until(in_error, &e, 60000));
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 20, 30000)); /* the other one goes on */
+    char *msg =
+        hx_pg_value(e.conn, "SELECT error FROM sidecar.checkpoints WHERE partition = 1", 0, NULL);
+    ck_assert_msg(strstr(msg, "schema id 9 is not in the registry at http://127.0.0.1") &&
+                      strstr(msg, "unknown_id_grace"),
+                  "%s", msg);
+    free(msg);
+    /* Nothing of the batch holding the unknown id (records before it in the same batch
+     * included) was delivered, and nothing was skipped. */
+    ck_assert_int_le(committed(e.conn, 1), 5);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    scx_stop(pid, 15000);
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
+START_TEST(test_postgres_paths)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1", "events:1"};
+    scx_env_start(&e, 1, topics, 2);
+    struct reg *r = reg_start(NULL, NULL);
+    char *schema = reg_order_schema();
+    reg_add(r, 3, schema, NULL);
+    produce_orders(&e, "orders", 0, 0, 30, 3);
+    /* The same orders again, their ids as Avro keys: upserts keyed by order_id. */
+    char **keys;
+    size_t *klens;
+    reg_orders(0, 30, 3, &keys, &klens);
+    struct hx_record recs[30];
+    for (int i = 0; i < 30; i++)
+        recs[i] = (struct hx_record){.topic = "events",
+                                     .partition = 0,
+                                     .key = keys[i],
+                                     .key_len = klens[i],
+                                     .value = "\x00\x00\x00\x00\x0b{\"n\": 1}",
+                                     .value_len = 13};
+    hx_produce(e.mock.bootstrap, recs, 30);
+
+    hx_pg_exec(e.conn, "CREATE SCHEMA app; CREATE TABLE app.orders (order_id bigint PRIMARY KEY, "
+                       "customer text, amount numeric(12,2), placed_at timestamptz, "
+                       "doc jsonb, src bigint)");
+    char block[256];
+    snprintf(block, sizeof(block), "  \"schema_registry\": {\"url\": \"%s\"}", reg_url(r));
+    struct scx_opts o = {
+        .extra_top = block,
+        .extra_pipeline = "    \"value_format\": \"avro\"",
+        .sink = "{\"type\":\"postgres\",\"table\":\"app.orders\",\"mode\":\"upsert\","
+                "\"columns\":{\"order_id\":\"$.order_id\",\"customer\":\"$.customer\","
+                "\"amount\":\"$.amount\",\"placed_at\":\"$.placed_at\",\"doc\":\"$value\","
+                "\"src\":\"$offset\"},\"key_columns\":[\"order_id\"]}"};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 30, 60000));
+    scx_stop(pid, 15000);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.orders", 0, NULL), 30);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM app.orders WHERE customer = 'customer-' || "
+                               "order_id AND amount = (order_id * 7) / 100.0 AND placed_at = "
+                               "to_timestamp(1700000000 + order_id) AND doc->>'status' IS NOT "
+                               "NULL AND src = order_id",
+                               0, NULL),
+                     30);
+    char *doc = hx_pg_value(e.conn, "SELECT doc::text FROM app.orders WHERE order_id = 4", 0, NULL);
+    json_t *want = json_loads(reg_order_json(4), 0, NULL), *got = json_loads(doc, 0, NULL);
+    ck_assert_msg(json_equal(want, got), "%s", doc);
+    json_decref(want);
+    json_decref(got);
+    free(doc);
+
+    /* key_format avro with value_format json_schema, into the default columns. */
+    o.pipeline = "p2";
+    o.topics = "[\"events\"]";
+    o.extra_pipeline = "    \"value_format\": \"json_schema\", \"key_format\": \"avro\"";
+    o.sink = "{\"type\":\"postgres\",\"table\":\"app.events\"}";
+    cfg = scx_config(&e, "sc-2", &o);
+    pid = scx_start(&e, cfg, "sc-2", NULL);
+    ck_assert(scx_wait_committed(e.conn, "p2", "events", 1, 30, 60000));
+    scx_stop(pid, 15000);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM app.events WHERE value = '{\"n\":1}'::jsonb "
+                               "AND (key::jsonb->>'order_id')::bigint = \"offset\"",
+                               0, NULL),
+                     30);
+    for (int i = 0; i < 30; i++)
+        free(keys[i]);
+    free(keys);
+    free(klens);
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("registry");
+    TCase *tc = tcase_create("schema registry formats");
+    tcase_set_timeout(tc, 300);
+    tcase_add_test(tc, test_avro_file_sink);
+    tcase_add_test(tc, test_registry_faults);
+    tcase_add_test(tc, test_unknown_id_stops_the_partition);
+    tcase_add_test(tc, test_postgres_paths);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
