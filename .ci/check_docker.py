@@ -53,7 +53,7 @@ ENTRYPOINT = "docker/entrypoint.sh"
 
 BUILD_SCRIPT_ARGS = ["-DSIDECAR_FAILPOINTS=OFF", "-DSIDECAR_TESTS=OFF", "-DCMAKE_BUILD_TYPE=Release"]
 RUNTIME_PACKAGES = {"librdkafka1", "libpq5", "libjansson4", "libcurl4", "libmicrohttpd12", "libdeflate0",
-                    "ca-certificates"}
+                    "libavro23", "ca-certificates"}
 CONFIG_IN_IMAGE = "/etc/sidecar/sidecar.json"
 SQL_IN_IMAGE = "/usr/share/kafka-sidecar/sql/"
 OCI_LABELS = ["title", "description", "version", "revision", "created", "source"]
