@@ -5,6 +5,8 @@
 
 #include <inttypes.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 #include "record/sc_avro.h"
 #include "record/sc_envelope.h"
@@ -79,4 +81,52 @@ enum sc_decode_status sc_decode_append(struct sc_registry *reg, enum sc_value_fo
         snprintf(err, errsize, "schema id %" PRIu32 ": not an Avro datum of this schema: %s", *id,
                  why);
     return SC_DECODE_BAD;
+}
+
+/* Decodes one framed field into a malloc'd NUL-terminated copy. */
+static enum sc_decode_status decode_copy(struct sc_registry *reg, enum sc_value_format fmt,
+                                         const void *p, size_t len, const char **json,
+                                         size_t *json_len, char *err, size_t errsize)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 64 * 1024 * 1024);
+    uint32_t id;
+    int64_t missing;
+    enum sc_decode_status st = sc_decode_append(reg, fmt, p, len, &b, &id, &missing, err, errsize);
+    if (st == SC_DECODE_OK && sc_buf_putc(&b, '\0') == 0) {
+        *json = b.data;
+        *json_len = b.len - 1;
+        return SC_DECODE_OK;
+    }
+    if (st == SC_DECODE_OK) {
+        snprintf(err, errsize, "schema id %" PRIu32 ": the decoded value is too large", id);
+        st = SC_DECODE_BAD;
+    }
+    sc_buf_free(&b);
+    return st;
+}
+
+enum sc_decode_status sc_decode_record(struct sc_registry *reg, const struct sc_formats *f,
+                                       struct sc_record *r, char *err, size_t errsize)
+{
+    r->key_json = r->value_json = NULL;
+    r->key_json_len = r->value_json_len = 0;
+    enum sc_decode_status st = SC_DECODE_OK;
+    if (sc_format_is_framed(f->key) && r->key)
+        st = decode_copy(reg, f->key, r->key, r->key_len, &r->key_json, &r->key_json_len, err,
+                         errsize);
+    if (st == SC_DECODE_OK && sc_format_is_framed(f->value) && r->value)
+        st = decode_copy(reg, f->value, r->value, r->value_len, &r->value_json, &r->value_json_len,
+                         err, errsize);
+    if (st != SC_DECODE_OK)
+        sc_decode_record_free(r);
+    return st;
+}
+
+void sc_decode_record_free(struct sc_record *r)
+{
+    free((char *)r->key_json);
+    free((char *)r->value_json);
+    r->key_json = r->value_json = NULL;
+    r->key_json_len = r->value_json_len = 0;
 }

@@ -21,6 +21,7 @@
 
 #include "base/sc_util.h"
 #include "config/sc_config.h"
+#include "record/sc_envelope.h"
 #include "record/sc_registry.h"
 
 #define SC_FRAME_HEADER 5 /* magic byte + schema id */
@@ -45,5 +46,15 @@ int sc_frame_parse(const void *p, size_t len, uint32_t *id, const void **payload
 enum sc_decode_status sc_decode_append(struct sc_registry *reg, enum sc_value_format fmt,
                                        const void *p, size_t len, struct sc_buf *out, uint32_t *id,
                                        int64_t *missing_ms, char *err, size_t errsize);
+
+/*
+ * Decodes r's framed key and value under f (outside the delivery path:
+ * `sidecar redrive`) and points r->key_json / value_json at malloc'd
+ * copies; free them with sc_decode_record_free().  SC_DECODE_NOT_FOUND
+ * and SC_DECODE_UNAVAILABLE leave nothing to free.
+ */
+enum sc_decode_status sc_decode_record(struct sc_registry *reg, const struct sc_formats *f,
+                                       struct sc_record *r, char *err, size_t errsize);
+void sc_decode_record_free(struct sc_record *r);
 
 #endif

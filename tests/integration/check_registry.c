@@ -427,7 +427,7 @@ START_TEST(test_postgres_paths)
 
     hx_pg_exec(e.conn, "CREATE SCHEMA app; CREATE TABLE app.orders (order_id bigint PRIMARY KEY, "
                        "customer text, amount numeric(12,2), placed_at timestamptz, "
-                       "doc jsonb, src bigint)");
+                       "doc jsonb, src bigint, CONSTRAINT not7 CHECK (order_id <> 7))");
     char block[256];
     snprintf(block, sizeof(block), "  \"schema_registry\": {\"url\": \"%s\"}", reg_url(r));
     struct scx_opts o = {
@@ -442,6 +442,21 @@ START_TEST(test_postgres_paths)
     pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 30, 60000));
     scx_stop(pid, 15000);
+    /* Order 7 broke the table's CHECK: a dead letter whose envelope holds the decoded value. */
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.orders", 0, NULL), 29);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.dead_letters WHERE \"offset\" = 7 AND "
+                               "envelope->'value'->>'customer' = 'customer-7' AND error LIKE "
+                               "'%not7%'",
+                               0, NULL),
+                     1);
+    /* Redrive decodes it again (with the registry) and the row arrives as it should. */
+    hx_pg_exec(e.conn, "ALTER TABLE app.orders DROP CONSTRAINT not7");
+    const char *redrive[] = {hx_sidecar_bin(), "redrive", "-c", cfg, "--pipeline", "p1", NULL};
+    char *out = NULL;
+    int rc = hx_run(redrive, NULL, 60000, &out);
+    ck_assert_msg(rc == 0, "redrive failed (%d): %s", rc, out);
+    free(out);
     ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.orders", 0, NULL), 30);
     ck_assert_int_eq(hx_pg_int(e.conn,
                                "SELECT count(*) FROM app.orders WHERE customer = 'customer-' || "
