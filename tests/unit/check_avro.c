@@ -208,6 +208,16 @@ START_TEST(test_schemas)
                      0);
     ck_assert_str_eq(json, "{\"months\":1,\"days\":2,\"millis\":3}");
     free(json);
+    /* A map key encoded twice keeps its first position and its last value. */
+    ck_assert_int_eq(decode("{\"type\":\"map\",\"values\":\"int\"}",
+                            "\x06\x02"
+                            "a\x02\x02"
+                            "b\x04\x02"
+                            "a\x06\x00",
+                            11, &json, err, sizeof(err)),
+                     0);
+    ck_assert_str_eq(json, "{\"a\":3,\"b\":2}");
+    free(json);
     /* A negative decimal with a leading 0xff byte, and zero. */
     const char *dec = "{\"type\":\"bytes\",\"logicalType\":\"decimal\",\"precision\":30,"
                       "\"scale\":3}";

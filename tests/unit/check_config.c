@@ -1236,12 +1236,78 @@ START_TEST(test_nothing_leaks_on_failure)
 }
 END_TEST
 
+/* ---- schema_registry, value_format / key_format ------------------------------------------- */
+
+#define REG_PIPE(members)                                                     \
+    "  \"pipelines\": [{\"name\": \"p\", \"topics\": [\"t\"], " members ",\n" \
+    "    \"sink\": " FILE_SINK "\n" TAIL
+
+START_TEST(test_schema_registry)
+{
+    /* avro needs a registry, at the top level or in the pipeline. */
+    ck_error(HEAD REG_PIPE("\"value_format\": \"avro\""),
+             "t.json:4:", "pipelines[0].value_format: \"avro\" needs a schema_registry block");
+    ck_error(HEAD REG_PIPE("\"key_format\": \"avro\""),
+             "t.json:4:", "pipelines[0].key_format: \"avro\" needs a schema_registry block");
+    /* json_schema does not. */
+    ck_valid(HEAD REG_PIPE("\"value_format\": \"json_schema\""));
+    ck_assert_int_eq(cfg->pipelines[0].formats.value, SC_VALUE_JSON_SCHEMA);
+    ck_assert_int_eq(cfg->pipelines[0].formats.key, SC_VALUE_AUTO);
+    sc_config_free(cfg);
+
+    /* The top-level block, secrets masked, the pipeline pointing at it. */
+    setenv("SR_SECRET", "hunter2-sr", 1);
+    ck_valid(HEAD "  \"schema_registry\": {\"url\": \"https://a:8081,https://u:pw@b:8081/\", "
+                  "\"username\": \"key\", \"password\": \"${SR_SECRET}\"},\n" REG_PIPE(
+                      "\"value_format\": \"avro\", \"key_format\": \"string\""));
+    const struct sc_pipeline_conf *pc = &cfg->pipelines[0];
+    ck_assert_ptr_eq(pc->registry, &cfg->schema_registry);
+    ck_assert_str_eq(pc->registry->password, "hunter2-sr");
+    ck_assert_int_eq(pc->registry->timeout_ms, 5000);
+    ck_assert_int_eq(pc->registry->unknown_id_grace_ms, 300000);
+    ck_assert_int_eq(pc->formats.key, SC_VALUE_STRING);
+    json_t *j = sc_config_to_json(cfg);
+    char *text = json_dumps(j, 0);
+    ck_assert_msg(!strstr(text, "hunter2") && !strstr(text, ":pw@"), "%s", text);
+    ck_assert_msg(strstr(text, "https://u:****@b:8081/") != NULL, "%s", text);
+    free(text);
+    json_decref(j);
+    sc_config_free(cfg);
+
+    /* A pipeline's own block replaces the top-level one. */
+    ck_valid(HEAD "  \"schema_registry\": {\"url\": \"http://top\"},\n" REG_PIPE(
+        "\"value_format\": \"avro\", \"schema_registry\": {\"url\": \"http://own\", "
+        "\"token\": \"t\"}"));
+    ck_assert_str_eq(cfg->pipelines[0].registry->url, "http://own");
+    ck_assert_ptr_null(cfg->pipelines[0].registry->username);
+    sc_config_free(cfg);
+
+    /* Bad blocks. */
+    ck_error(HEAD "  \"schema_registry\": {\"url\": \"ftp://x\"},\n" REG_PIPE("\"workers\": 1"),
+             "t.json:4:", "schema_registry.url: must start with http:// or https://");
+    ck_error(HEAD "  \"schema_registry\": {\"url\": \"http://a,\"},\n" REG_PIPE("\"workers\": 1"),
+             "t.json:4:", "schema_registry.url: URL 2 of the list is empty");
+    ck_error(HEAD "  \"schema_registry\": {\"username\": \"u\"},\n" REG_PIPE("\"workers\": 1"),
+             "t.json:4:", "schema_registry.url: is required");
+    ck_error(HEAD "  \"schema_registry\": {\"url\": \"http://a\", \"password\": \"p\"},\n" REG_PIPE(
+                 "\"workers\": 1"),
+             "t.json:4:", "schema_registry.password: needs username");
+    ck_error(HEAD "  \"schema_registry\": {\"url\": \"http://a\", \"username\": \"u\", "
+                  "\"token\": \"secret-tok\"},\n" REG_PIPE("\"workers\": 1"),
+             "t.json:4:", "schema_registry.token: conflicts with username");
+    ck_assert_msg(strstr(err, "secret-tok") == NULL, "%s", err);
+    ck_error(HEAD REG_PIPE("\"value_format\": \"protobuf\""),
+             "t.json:4:", "pipelines[0].value_format: ");
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
     TCase *tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_minimal_config_gets_every_default);
+    tcase_add_test(tc, test_schema_registry);
     tcase_add_test(tc, test_instance_id_default);
     tcase_add_test(tc, test_full_config);
     tcase_add_test(tc, test_postgres_other_db_needs_source_position);
