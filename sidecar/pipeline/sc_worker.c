@@ -37,6 +37,12 @@
 #include "sinks/sc_sink_txn.h"
 #include "protocol/sc_lease.h"
 
+/* Where a record's decoded key and value are in the worker's buffer (decode_batch()). */
+struct json_at {
+    size_t key, key_len, value, value_len;
+    bool has_key, has_value;
+};
+
 enum op_kind {
     OP_ADD,
     OP_REACQUIRED,
@@ -86,6 +92,7 @@ struct sc_worker {
     struct sc_buf decoded;        /* the batch's decoded keys and values */
     struct sc_record *send;       /* what the sink gets: the records that decoded */
     size_t *send_map;             /* send[i] is recs[send_map[i]] */
+    struct json_at *json_at;      /* where send[i]'s JSON is in decoded, while it grows */
     size_t nsend, send_cap;
     struct sc_batch_result bad;    /* records that did not decode (indexes into recs) */
     struct sc_batch_result merged; /* bad + the sink's dead letters, indexes into recs */
@@ -786,35 +793,34 @@ static enum decode_outcome decode_batch(struct sc_worker *w, struct sc_batch *b,
         w->send_cap = n;
         w->send = sc_xrealloc(w->send, n * sizeof(*w->send));
         w->send_map = sc_xrealloc(w->send_map, n * sizeof(*w->send_map));
+        w->json_at = sc_xrealloc(w->json_at, n * sizeof(*w->json_at));
     }
     w->nsend = 0;
     for (size_t i = 0; i < n && outcome == DECODE_WRITE; i++) {
-        struct sc_record *r = &w->recs[i];
-        size_t koff = 0, klen = 0, voff = 0, vlen = 0;
+        const struct sc_record *r = &w->recs[i];
+        struct json_at *at = &w->json_at[w->nsend];
+        *at = (struct json_at){0};
         bool k = sc_format_is_framed(f->key) && r->key;
         bool v = sc_format_is_framed(f->value) && r->value;
-        if ((k && decode_field(w, i, true, f->key, &koff, &klen, &outcome, err, errsize) < 0) ||
-            (v && decode_field(w, i, false, f->value, &voff, &vlen, &outcome, err, errsize) < 0))
+        if ((k && decode_field(w, i, true, f->key, &at->key, &at->key_len, &outcome, err, errsize) <
+                      0) ||
+            (v && decode_field(w, i, false, f->value, &at->value, &at->value_len, &outcome, err,
+                               errsize) < 0))
             continue;
-        /* Offsets for now: w->decoded may move while it grows. */
-        r->key_json = k ? (const char *)(uintptr_t)koff : NULL;
-        r->key_json_len = klen;
-        r->value_json = v ? (const char *)(uintptr_t)voff : NULL;
-        r->value_json_len = vlen;
+        at->has_key = k;
+        at->has_value = v;
         w->send_map[w->nsend++] = i;
     }
     if (outcome != DECODE_WRITE)
         return outcome;
+    /* Only now, w->decoded no longer moving: point the records at their JSON. */
     for (size_t j = 0; j < w->nsend; j++) {
+        const struct json_at *at = &w->json_at[j];
         struct sc_record *r = &w->recs[w->send_map[j]];
-        if (r->key_json)
-            r->key_json = w->decoded.data + (uintptr_t)r->key_json;
-        else if (sc_format_is_framed(f->key) && r->key)
-            r->key_json = w->decoded.data; /* an offset of 0 */
-        if (r->value_json)
-            r->value_json = w->decoded.data + (uintptr_t)r->value_json;
-        else if (sc_format_is_framed(f->value) && r->value)
-            r->value_json = w->decoded.data;
+        r->key_json = at->has_key ? w->decoded.data + at->key : NULL;
+        r->key_json_len = at->key_len;
+        r->value_json = at->has_value ? w->decoded.data + at->value : NULL;
+        r->value_json_len = at->value_len;
         w->send[j] = *r;
     }
     b->records = w->send;
@@ -1741,6 +1747,7 @@ void sc_worker_stop(struct sc_worker *w)
     free(w->merged.dead);
     free(w->send);
     free(w->send_map);
+    free(w->json_at);
     sc_buf_free(&w->decoded);
     sc_registry_release(w->registry);
     free(w->recs);

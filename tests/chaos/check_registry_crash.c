@@ -27,11 +27,12 @@
 #include "registry.h"
 #include "scx.h"
 
-#define NPARTS    4
-#define CHUNKS    6
-#define PER_CHUNK 150 /* per partition: 6 x 150 x 4 = 3,600 records */
-#define INSTANCES 2
-#define MIN_KILLS 10
+#define NPARTS     4
+#define CHUNKS     6
+#define MAX_CHUNKS 20  /* 20 x 150 x 4 = 12,000 records at most */
+#define PER_CHUNK  150 /* per partition: 6 x 150 x 4 = 3,600 records */
+#define INSTANCES  2
+#define MIN_KILLS  10
 
 struct inst {
     const char *name;
@@ -120,8 +121,8 @@ START_TEST(test_avro_crash_exactly_once)
                          .extra_top = top,
                          .extra_pipeline = "    \"value_format\": \"avro\""};
     struct inst in[INSTANCES] = {
-        {"sc-1", "", "after_pend=kill@0.03", 0},
-        {"sc-2", "", "after_write=kill@0.03", 0},
+        {"sc-1", "", "after_pend=kill@0.1", 0},
+        {"sc-2", "", "after_write=kill@0.1", 0},
     };
     for (int i = 0; i < INSTANCES; i++)
         snprintf(in[i].cfg, sizeof(in[i].cfg), "%s", scx_config(&e, in[i].name, &o));
@@ -131,15 +132,18 @@ START_TEST(test_avro_crash_exactly_once)
 
     int kills = 0, self_kills = 0, chunk = 0, outages = 0;
     int64_t produced = 0;
-    while (chunk < CHUNKS || kills + self_kills < MIN_KILLS) {
-        if (chunk < CHUNKS) {
+    /* Until enough kills happened and at least one batch was sent twice (more records if
+     * need be: whether a kill lands inside a batch is chance). */
+    while (chunk < CHUNKS || kills + self_kills < MIN_KILLS ||
+           (rx_repeated_keys(rx) == 0 && chunk < MAX_CHUNKS)) {
+        if (rand() % 3 == 0) { /* the registry away while new records arrive */
+            reg_set_mode(r, REG_DOWN);
+            outages++;
+        }
+        if (chunk < CHUNKS || rx_repeated_keys(rx) == 0) {
             produce_chunk(e.mock.bootstrap, produced);
             produced += PER_CHUNK;
             chunk++;
-        }
-        if (rand() % 3 == 0) { /* the registry away for a moment */
-            reg_set_mode(r, REG_DOWN);
-            outages++;
         }
         usleep((useconds_t)(300 + rand() % 1700) * 1000);
         reg_set_mode(r, REG_SERVE);

@@ -339,6 +339,13 @@ START_TEST(test_registry_faults)
     ck_assert(metric_above(&nf));
     reg_add(r, 2, schema, NULL);
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 60, 60000));
+    /* A batch of nothing but poison: no write at all, both dead letters commit. */
+    struct hx_record poison[2] = {
+        {.topic = "orders", .partition = 0, .value = "\x01\x00\x00\x00\x01", .value_len = 5},
+        {.topic = "orders", .partition = 0, .value = "\x00\x00\x00", .value_len = 3},
+    };
+    hx_produce(e.mock.bootstrap, poison, 2);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 62, 60000));
     scx_stop(pid, 15000);
 
     json_t *lines = read_lines(&e, "orders", 0);
@@ -346,7 +353,12 @@ START_TEST(test_registry_faults)
     for (int64_t i = 0; i < 60; i++)
         ck_line(json_string_value(json_array_get(lines, (size_t)i)), i, reg_order_json(i));
     json_decref(lines);
-    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.dead_letters WHERE \"offset\" IN "
+                               "(60, 61) AND error LIKE 'not in the Confluent wire format%'",
+                               0, NULL),
+                     2);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 2);
     ck_assert_int_eq(hx_pg_int(e.conn,
                                "SELECT count(*) FROM sidecar.checkpoints WHERE state <> "
                                "'ok'",
@@ -480,7 +492,21 @@ START_TEST(test_postgres_paths)
     cfg = scx_config(&e, "sc-2", &o);
     pid = scx_start(&e, cfg, "sc-2", NULL);
     ck_assert(scx_wait_committed(e.conn, "p2", "events", 1, 30, 60000));
+    /* The transactional sink with a batch of nothing but poison: the dead letters commit. */
+    struct hx_record poison[3] = {
+        {.topic = "events", .partition = 0, .value = "{}", .value_len = 2},
+        {.topic = "events", .partition = 0, .value = "\x00\x00\x00\x00\x01{", .value_len = 6},
+        {.topic = "events", .partition = 0, .value = "", .value_len = 0},
+    };
+    hx_produce(e.mock.bootstrap, poison, 3);
+    ck_assert(scx_wait_committed(e.conn, "p2", "events", 1, 33, 60000));
     scx_stop(pid, 15000);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.dead_letters WHERE pipeline = 'p2' "
+                               "AND \"offset\" BETWEEN 30 AND 32",
+                               0, NULL),
+                     3);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.events", 0, NULL), 30);
     ck_assert_int_eq(hx_pg_int(e.conn,
                                "SELECT count(*) FROM app.events WHERE value = '{\"n\":1}'::jsonb "
                                "AND (key::jsonb->>'order_id')::bigint = \"offset\"",
