@@ -106,8 +106,9 @@ START_TEST(test_python_avro_cases)
         json_decref(parsed);
         ck_assert_int_eq(decode(schema, bytes, n, &again, err, sizeof(err)), 0);
         ck_assert_str_eq(got, again);
+        free(again);
         /* A datum one byte short, or with a byte left over, is not a datum. */
-        if (n > 0 && strcmp(name, "recursive") != 0)
+        if (n > 0)
             ck_assert_msg(decode(schema, bytes, n - 1, &again, err, sizeof(err)) == -1,
                           "%s: truncated datum accepted", name);
         bytes[n] = 0;
