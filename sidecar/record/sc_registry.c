@@ -11,6 +11,7 @@
 
 #include <inttypes.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,7 +59,7 @@ struct sc_registry {
     pthread_cond_t cond;
     struct entry *entries;
     size_t nentries;
-    size_t last_good_url;
+    atomic_size_t last_good_url; /* a hint: where the next request starts */
 };
 
 static pthread_mutex_t all_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -267,7 +268,7 @@ static enum answer fetch(struct sc_registry *r, uint32_t id, struct sc_avro_sche
     struct sc_buf body;
     sc_buf_init(&body, MAX_RESPONSE);
     enum answer a = A_FAILED;
-    size_t first = r->last_good_url; /* read without the lock: only a hint */
+    size_t first = atomic_load(&r->last_good_url);
     for (size_t k = 0; k < r->nurls; k++) {
         size_t i = (first + k) % r->nurls;
         char e[512] = "", msg[256];
@@ -293,7 +294,7 @@ static enum answer fetch(struct sc_registry *r, uint32_t id, struct sc_avro_sche
         }
         free(shown);
         if (a != A_FAILED) {
-            r->last_good_url = i;
+            atomic_store(&r->last_good_url, i);
             break;
         }
     }

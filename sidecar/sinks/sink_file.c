@@ -377,8 +377,7 @@ static int serialize(struct sc_sink *sink, const struct sc_batch *b, struct sc_b
     for (size_t i = 0; i < b->count; i++) {
         const struct sc_record *r = &b->records[i];
         if (fc->format == FILE_JSONL) {
-            if (sc_envelope_append(out, r, &sink->pc->formats) < 0 ||
-                sc_buf_putc(out, '\n') < 0)
+            if (sc_envelope_append(out, r, &sink->pc->formats) < 0 || sc_buf_putc(out, '\n') < 0)
                 return -1;
         } else {
             if ((r->value && sc_buf_append(out, r->value, r->value_len) < 0) ||

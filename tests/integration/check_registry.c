@@ -14,7 +14,8 @@
  *     garbage, then back; a schema id registered late: nothing is lost,
  *     skipped or dead-lettered meanwhile, and everything arrives once.
  *   - test_unknown_id_stops_the_partition: an id that never appears stops
- *     its partition in the error state after unknown_id_grace.
+ *     its partition in the error state after unknown_id_grace (the first
+ *     of the two registry URLs refuses connections: the second answers).
  *   - test_postgres_paths: the postgres sink's "$.path" columns read the
  *     decoded value; json_schema values and avro keys too.
  */
@@ -390,7 +391,10 @@ START_TEST(test_unknown_id_stops_the_partition)
     produce_orders(&e, "orders", 1, 5, 5, 9); /* id 9 never registered */
     char block[512];
     snprintf(block, sizeof(block),
-             "  \"schema_registry\": {\"url\": \"%s/\", \"unknown_id_grace\": \"2s\"}", reg_url(r));
+             /* The first URL refuses connections: the second one answers. */
+             "  \"schema_registry\": {\"url\": \"http://127.0.0.1:1,%s/\", "
+             "\"unknown_id_grace\": \"2s\"}",
+             reg_url(r));
     struct scx_opts o = {.extra_top = block, .extra_pipeline = "    \"value_format\": \"avro\""};
     const char *cfg = scx_config(&e, "sc-1", &o);
     scx_migrate(cfg);
