@@ -58,6 +58,11 @@ say() { echo "$smoke_name: [$(elapsed)] $*"; }
 
 net=(--network "ns:/proc/$$/ns/net")
 hardened=(--read-only --cap-drop ALL --security-opt no-new-privileges)
+# The HEALTHCHECK stays defined for `podman healthcheck run`; podman's timer
+# for it would need systemd, which is not there.
+no_timer=(--health-interval disable)
+# podman's complaints about that missing systemd go to a log, not the output.
+pm() { podman "$@" 2>>"$work/podman.log"; }
 sc=smoke-sidecar-$$
 app=smoke-app-$$
 remove_containers() { podman rm -f -t 0 "$sc" "$app" >/dev/null 2>&1; }
@@ -127,12 +132,12 @@ say "check-config: exit 0 with the secret mounted (password masked), exit 2 with
 # -- the example app -----------------------------------------------------------
 mkdir -m 755 "$work/appdata"
 chown 10002:10002 "$work/appdata"
-podman run -d --name "$app" "${net[@]}" "${hardened[@]}" -v "$work/appdata:/data" \
+pm run -d --name "$app" "${net[@]}" "${hardened[@]}" "${no_timer[@]}" -v "$work/appdata:/data" \
     -e APP_LOG=1 "$app_image" >/dev/null
 app_http() { http_get "http://127.0.0.1:8080$1"; }
 app_up() { http_ok http://127.0.0.1:8080/healthz; }
 wait_for 30 app_up || fail_with_containers "the example app does not answer on :8080"
-podman healthcheck run "$app" >/dev/null || fail_with_containers "the example app's HEALTHCHECK failed"
+podman healthcheck run "$app" >/dev/null 2>>"$work/podman.log" || fail_with_containers "the example app's HEALTHCHECK failed"
 app_pid=$(podman inspect --format '{{.State.Pid}}' "$app")
 
 # -- the sidecar: the image's config plus a file and a postgres pipeline ------
@@ -152,11 +157,11 @@ conf["pipelines"] += [
 json.dump(conf, open(sys.argv[2], "w"), indent=2)
 EOF
 chmod 644 "$work/sidecar.json"
-podman create --name "$sc" --hostname smoke-sidecar-1 "${net[@]}" "${hardened[@]}" "${secret[@]}" \
+pm create --name "$sc" --hostname smoke-sidecar-1 "${net[@]}" "${hardened[@]}" "${no_timer[@]}" "${secret[@]}" \
     -v "$work/sidecar.json:/etc/sidecar/sidecar.json:ro" -v "$work/files:/data" \
     -e SIDECAR_MIGRATE=1 -e KAFKA_BOOTSTRAP="$bootstrap" -e APP_URL=http://127.0.0.1:8080/ingest \
     "$sidecar_image" >/dev/null
-podman start "$sc" >/dev/null
+pm start "$sc" >/dev/null
 t_sidecar=$(date +%s%N)
 running() { [ "$(podman inspect --format '{{.State.Running}}' "$sc")" = true ] || fail_with_containers "the sidecar container exited"; }
 ready() { running && http_ok http://127.0.0.1:9644/readyz; }
@@ -208,19 +213,28 @@ pending_http() {
 has_pending() { [ "$(pending_http)" -gt 0 ]; }
 wait_for 30 has_pending || fail_with_containers "no batch was pended while the app was frozen"
 sleep 0.5 # the request is on its way
-podman kill -s KILL "$sc" >/dev/null
+pm kill -s KILL "$sc" >/dev/null
 podman wait "$sc" >/dev/null || true
 kill -CONT "$app_pid"
 exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$sc")
 say "SIGKILL (exit $exit_code) with $(pending_http) HTTP batch(es) pending and unanswered"
 
-podman start "$sc" >/dev/null
+restarted_at=$(psql_app -c 'SELECT now()')
+pm start "$sc" >/dev/null
 t0=$(date +%s%N)
 wait_for 120 all_committed "$total" || fail_with_containers "after the restart, not every pipeline committed $total records"
+# Every pipeline's consumer has its assignment again (the file and postgres
+# pipelines had nothing left to deliver, so their commits prove nothing):
+# librdkafka 2.0.2 aborts when a cooperative-sticky consumer is closed before
+# its first assignment (fixed in librdkafka 2.3.0), and `podman stop` below
+# would then see exit 134 instead of 0.
+leases_since() { psql_app -c "SELECT count(*) FROM sidecar.leases WHERE expires_at > now() AND acquired_at > '$1'"; }
+all_leased_again() { running && [ "$(leases_since "$restarted_at")" = 12 ]; }
+wait_for 120 all_leased_again || fail_with_containers "after the restart, $(leases_since "$restarted_at") of 12 partitions are leased"
 wait_for 30 ready || fail_with_containers "/readyz does not answer 200"
 ms=$((($(date +%s%N) - t0) / 1000000))
 say "restarted the same container: every pipeline at $total records in $ms ms, /readyz 200"
-podman healthcheck run "$sc" >"$work/healthcheck.out" 2>&1 || fail_with_containers "podman healthcheck run: $(cat "$work/healthcheck.out")"
+podman healthcheck run "$sc" >"$work/healthcheck.out" 2>>"$work/podman.log" || fail_with_containers "podman healthcheck run: $(cat "$work/healthcheck.out")"
 say "podman healthcheck run: healthy"
 metrics=$(http_get http://127.0.0.1:9644/metrics)
 grep -q '^sidecar_records_delivered_total{pipeline="orders-to-app"' <<<"$metrics" ||
@@ -230,7 +244,7 @@ grep -q '^sidecar_records_delivered_total{pipeline="orders-to-app"' <<<"$metrics
 live_leases() { psql_app -c "SELECT count(*) FROM sidecar.leases WHERE expires_at > now()"; }
 leases_before=$(live_leases)
 t0=$(date +%s%N)
-podman stop -t "$stop_grace" "$sc" >/dev/null
+pm stop -t "$stop_grace" "$sc" >/dev/null
 stop_ms=$((($(date +%s%N) - t0) / 1000000))
 exit_code=$(podman inspect --format '{{.State.ExitCode}}' "$sc")
 podman logs "$sc" >"$work/sidecar.log" 2>&1
@@ -259,8 +273,8 @@ for p in range(4):
         sys.exit("partition %d: %d lines, not offsets 0..%d once each in order" % (p, len(offsets), per - 1))
 EOF
 rows=$(psql_app -c "SELECT count(*) || ' ' || count(DISTINCT (partition, \"offset\")) || ' ' ||
-    (SELECT count(*) FROM app.audit) || ' ' || bool_and(\"offset\" < $per_partition) FROM app.events")
-[ "$rows" = "$total $total $total t" ] || fail "postgres sink: rows, distinct, inserts, in range = $rows (expected $total each)"
+    (SELECT count(*) FROM app.audit) || ' ' || max(\"offset\") FROM app.events")
+[ "$rows" = "$total $total $total $((per_partition - 1))" ] || fail "postgres sink: rows, distinct, inserts, max offset = $rows (expected $total $total $total $((per_partition - 1)))"
 replays=$(psql_app -c "SELECT count(*) FROM sidecar.events WHERE kind = 'replay' AND pipeline = 'orders-to-app'")
 answered=$(grep -c '"POST /ingest HTTP/1.1" 200 ' <(podman logs "$app" 2>&1) || true)
 batches=$(app_http /stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["batches"])')

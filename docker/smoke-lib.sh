@@ -11,6 +11,8 @@
 #   smoke_start_mock BIN TOPIC:N   kafka-mock; its bootstrap in $bootstrap
 #   wait_for SECONDS CMD...     until CMD succeeds (never a fixed sleep)
 #   fail MESSAGE                print the logs of $work and exit 1
+#
+# SMOKE_KEEP=1 keeps the work directory (logs, data) for a post-mortem.
 
 pids=()
 cleanup_hooks=()
@@ -35,7 +37,9 @@ smoke_cleanup() {
     if [ -n "${pgdata:-}" ] && [ -f "$pgdata/postmaster.pid" ]; then
         as_postgres "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1
     fi
-    if [ -n "${work:-}" ]; then
+    if [ -n "${work:-}" ] && [ -n "${SMOKE_KEEP:-}" ]; then
+        echo "${smoke_name:-smoke}: kept $work (SMOKE_KEEP)" >&2
+    elif [ -n "${work:-}" ]; then
         rm -rf "$work"
     fi
 }
@@ -48,7 +52,7 @@ smoke_init() {
 
 fail() {
     local f
-    echo "$smoke_name: FAIL: $*" >&2
+    echo "${smoke_name:-smoke}: FAIL: $*" >&2
     for f in "$work"/*.log; do
         [ -f "$f" ] || continue
         echo "== $f (last 20 lines)" >&2

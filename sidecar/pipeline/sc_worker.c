@@ -391,7 +391,7 @@ static void part_stop_delivering(struct sc_worker *w, struct sc_part *p, enum sc
     atomic_store(&p->not_fetching, true);
     sc_partbuf_clear(&p->buf);
     set_paused(w, p, true);
-    atomic_store(&p->m->pending, 0);
+    sc_metrics_set_pending(p->m, 0);
 }
 
 static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why, bool count)
@@ -749,7 +749,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
                 "%" PRId64 " left by the previous owner",
                 p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
                 p->cp.pending_write_offset);
-        atomic_store(&p->m->pending, 1);
+        sc_metrics_set_pending(p->m, 1);
     }
     p->state = SC_PART_ACTIVE;
     atomic_store(&p->not_fetching, false);
@@ -958,7 +958,7 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     if (c.and_pend)
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
     p->replay = false;
-    atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
+    sc_metrics_set_pending(p->m, c.and_pend ? 1 : 0);
     sc_counter_add(&p->m->records_delivered, n - ndead);
     sc_counter_add(&p->m->dead_letters, ndead);
     sc_counter_add(&p->m->batches_committed, 1);
@@ -1014,7 +1014,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
                               batch_checksum(p, 0, n)};
         if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
-        atomic_store(&p->m->pending, 1);
+        sc_metrics_set_pending(p->m, 1);
         sc_failpoint("after_pend");
     }
 
@@ -1300,7 +1300,7 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     }
     sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
-    atomic_store(&p->m->pending, 0);
+    sc_metrics_set_pending(p->m, 0);
     atomic_store(&p->m->consumer_lag, -1);
     for (struct sc_part **pp = &w->parts; *pp; pp = &(*pp)->next)
         if (*pp == p) {
