@@ -199,7 +199,9 @@ t0=$(date +%s%N)
     fail "kafka-produce failed"
 wait_for 120 all_committed $((first_run * 4)) || fail_with_containers "not every pipeline committed $((first_run * 4)) records"
 ms=$((($(date +%s%N) - t0) / 1000000))
-say "$((first_run * 4)) records delivered by each of 3 pipelines (http, file, postgres) in $ms ms"
+peak_rss() { awk '/^VmHWM/ { printf "%.1f MiB", $2 / 1024 }' "/proc/$(podman inspect --format '{{.State.Pid}}' "$sc")/status"; }
+say "$((first_run * 4)) records delivered by each of 3 pipelines (http, file, postgres) in $ms ms;" \
+    "the sidecar's peak RSS $(peak_rss)"
 
 # Freeze the app so that a batch is pended and sent but not answered, kill
 # the sidecar then, and let the app go on: it applies that request, whose
@@ -235,7 +237,7 @@ wait_for 30 ready || fail_with_containers "/readyz does not answer 200"
 ms=$((($(date +%s%N) - t0) / 1000000))
 say "restarted the same container: every pipeline at $total records in $ms ms, /readyz 200"
 podman healthcheck run "$sc" >"$work/healthcheck.out" 2>>"$work/podman.log" || fail_with_containers "podman healthcheck run: $(cat "$work/healthcheck.out")"
-say "podman healthcheck run: healthy"
+say "podman healthcheck run: healthy; the restarted sidecar's peak RSS $(peak_rss)"
 metrics=$(http_get http://127.0.0.1:9644/metrics)
 grep -q '^sidecar_records_delivered_total{pipeline="orders-to-app"' <<<"$metrics" ||
     fail_with_containers "/metrics has no sidecar_records_delivered_total for orders-to-app"

@@ -17,8 +17,9 @@ The checks:
   - every dashboard expression is valid PromQL: with Grafana's variables
     replaced by sample values they are loaded into `promtool check rules` as
     recording rules (Prometheus' own parser);
-  - `promtool check rules alerts.yml` and `promtool test rules
-    alerts_test.yml`;
+  - `promtool check rules alerts.yml`, `promtool test rules
+    alerts_test.yml` and `promtool check config prometheus.yml` (the compose
+    example's Prometheus);
   - the only metric that is not the sidecar's is Prometheus' own `up`, and
     only the labels the sidecar exports (pipeline, topic, partition, le)
     or Prometheus adds (job, instance) are used.
@@ -36,6 +37,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 DASHBOARD = os.path.join(HERE, "grafana-dashboard.json")
 RULES = os.path.join(HERE, "alerts.yml")
 RULES_TEST = os.path.join(HERE, "alerts_test.yml")
+PROMETHEUS_CONFIG = os.path.join(HERE, "prometheus.yml")
 PROMETHEUS_METRICS = {"up"}  # synthesised by Prometheus for every target
 LABELS = {"pipeline", "topic", "partition", "le", "job", "instance"}
 # Sample values for Grafana's variables, so that the expressions parse.
@@ -203,7 +205,8 @@ def check_promql():
             problem(DASHBOARD, "an expression is not valid PromQL:\n" + r.stdout + r.stderr)
     finally:
         os.unlink(f.name)
-    for args, path in ((("check", "rules", RULES), RULES), (("test", "rules", RULES_TEST), RULES_TEST)):
+    for args, path in ((("check", "rules", RULES), RULES), (("test", "rules", RULES_TEST), RULES_TEST),
+                       (("check", "config", PROMETHEUS_CONFIG), PROMETHEUS_CONFIG)):
         r = promtool(*args)
         if r is not None and r.returncode != 0:
             problem(path, "promtool %s failed:\n%s%s" % (" ".join(args[:2]), r.stdout, r.stderr))
