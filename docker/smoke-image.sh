@@ -75,7 +75,7 @@ fail_with_containers() {
 
 # -- the image itself ------------------------------------------------------
 want_version=$(sed -n 's/^project([^)]*VERSION \([0-9.]*\).*/\1/p' CMakeLists.txt)
-got_version=$(podman run --rm "${net[@]}" "${hardened[@]}" "$sidecar_image" version | head -n 1)
+got_version=$(podman run --rm --no-healthcheck "${net[@]}" "${hardened[@]}" "$sidecar_image" version | head -n 1)
 case "$got_version" in
 *"$want_version"*) say "version: $got_version" ;;
 *) fail "\`version\` printed '$got_version', expected $want_version" ;;
@@ -115,14 +115,14 @@ say "PostgreSQL 127.0.0.1:$pgport, Kafka $bootstrap"
 
 # -- check-config needs the secret mounted -------------------------------------
 rc=0
-podman run --rm "${net[@]}" "${hardened[@]}" "${secret[@]}" "$sidecar_image" \
+podman run --rm --no-healthcheck "${net[@]}" "${hardened[@]}" "${secret[@]}" "$sidecar_image" \
     check-config -c /etc/sidecar/sidecar.json >"$work/check-config.out" 2>&1 || rc=$?
 [ "$rc" = 0 ] || fail "check-config with the secret mounted exited $rc: $(cat "$work/check-config.out")"
 if grep -qF "$password" "$work/check-config.out"; then
     fail "check-config printed the PostgreSQL password"
 fi
 rc=0
-podman run --rm "${net[@]}" "${hardened[@]}" "$sidecar_image" \
+podman run --rm --no-healthcheck "${net[@]}" "${hardened[@]}" "$sidecar_image" \
     check-config -c /etc/sidecar/sidecar.json >"$work/check-config.out" 2>&1 || rc=$?
 if [ "$rc" != 2 ] || ! grep -q /run/secrets/pg_dsn "$work/check-config.out"; then
     fail "check-config without the secret: exit $rc, expected 2 naming /run/secrets/pg_dsn: $(cat "$work/check-config.out")"
