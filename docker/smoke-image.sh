@@ -214,7 +214,7 @@ pending_http() {
 }
 has_pending() { [ "$(pending_http)" -gt 0 ]; }
 wait_for 30 has_pending || fail_with_containers "no batch was pended while the app was frozen"
-sleep 0.5 # the request is on its way
+wait_for 30 request_unread 8080 || fail_with_containers "no request reached the frozen app"
 pm kill -s KILL "$sc" >/dev/null
 podman wait "$sc" >/dev/null || true
 kill -CONT "$app_pid"

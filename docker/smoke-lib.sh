@@ -10,6 +10,7 @@
 #   smoke_start_pg              PostgreSQL on 127.0.0.1:$pgport; psql_ runs SQL
 #   smoke_start_mock BIN TOPIC:N   kafka-mock; its bootstrap in $bootstrap
 #   wait_for SECONDS CMD...     until CMD succeeds (never a fixed sleep)
+#   request_unread PORT         a request to PORT is waiting, unread
 #   fail MESSAGE                print the logs of $work and exit 1
 #
 # SMOKE_KEEP=1 keeps the work directory (logs, data) for a post-mortem.
@@ -73,6 +74,11 @@ wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
         sleep 0.2
     done
 }
+
+# Whether a request to PORT on this machine sits unread in a server's socket
+# (Recv-Q > 0): with the server SIGSTOPped, that is a request sent whose
+# answer will come only after the sender may have died.
+request_unread() { ss -Htn state established "( sport = :$1 )" | awk '$1 > 0 { found = 1 } END { exit !found }'; }
 
 http_ok() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2>/dev/null; }
 

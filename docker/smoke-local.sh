@@ -76,7 +76,7 @@ wait "$producer_pid" || fail "kafka-produce failed"
 pending_batches() { psql_ -c "SELECT count(*) FROM sidecar.checkpoints WHERE pending_first_offset IS NOT NULL"; }
 has_pending() { [ "$(pending_batches)" -gt 0 ]; }
 wait_for 20 has_pending || fail "no batch was pended while the app was frozen"
-sleep 0.5 # the request is on its way
+wait_for 30 request_unread "$app_port" || fail "no request reached the frozen app"
 kill -9 "$sidecar_pid"
 wait "$sidecar_pid" 2>/dev/null || true
 kill -CONT "$app_pid"
