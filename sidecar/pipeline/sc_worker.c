@@ -1252,7 +1252,13 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
 
 static void part_reacquired(struct sc_worker *w, struct sc_part *p)
 {
-    (void)w;
+    /* Re-acquired after fencing or after an operator changed the row (reset, retry, a cleared
+     * error): the destination may have changed too (a file deleted or moved away, a reset that
+     * starts a new file at write offset 0), so part_start() opens it afresh instead of writing
+     * through a handle to what used to be there. */
+    if (p->sink_part && w->sink->type->part_close)
+        w->sink->type->part_close(w->sink, p->sink_part);
+    p->sink_part = NULL;
     sc_partbuf_clear(&p->buf);
     take_handover(p);
     if (!p->handover_seek) {

@@ -340,7 +340,8 @@ static int file_part_recover(struct sc_sink *sink, struct sc_sink_part *p, int64
     if (st.st_size < end) {
         snprintf(err, errsize,
                  "file \"%s\" is %lld bytes, shorter than its committed write offset %lld: output "
-                 "was lost (file truncated or deleted, or a power loss with fsync=interval/never)",
+                 "was lost (file truncated or deleted, or a power loss with fsync=interval/never); "
+                 "to write it anew: sidecar reset ... --to-offset earliest --write-offset 0",
                  p->path, (long long)st.st_size, (long long)end);
         rc = -2; /* permanent: the caller puts the partition in the error state */
         goto out;
@@ -408,11 +409,14 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
     }
     /* Someone deleted or replaced the file under us: writing on would deliver into an
      * unlinked inode, or next to a file that lost what the checkpoint says it holds. */
-    struct stat st;
-    if (fstat(p->fd, &st) == 0 && st.st_nlink == 0) {
+    struct stat st, at_path;
+    if (fstat(p->fd, &st) == 0 && (st.st_nlink == 0 || stat(p->path, &at_path) != 0 ||
+                                   at_path.st_ino != st.st_ino || at_path.st_dev != st.st_dev)) {
         snprintf(err, errsize,
-                 "\"%s\" was deleted while the sidecar had it open: the records delivered "
-                 "to it are gone; reset the partition's checkpoint to deliver them again",
+                 "\"%s\" was deleted, moved or replaced while the sidecar had it open: the "
+                 "records delivered to it are no longer there; to deliver them again into a new "
+                 "file: sidecar reset ... --to-offset earliest --write-offset 0 (or "
+                 "--write-offset keep after putting the file back)",
                  p->path);
         return SC_SINK_ERROR;
     }

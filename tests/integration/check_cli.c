@@ -104,7 +104,7 @@ START_TEST(test_bad_config_exit_2_nothing_written)
         const char *name, *extra, *sink, *expect;
     } sem[] = {
         {"type.json", "\n    \"workers\": \"four\",", file_sink,
-         "pipelines[0].workers: expected an integer"},
+         "pipelines[0].workers: expected an integer (got \"four\")"},
         {"range.json", "\n    \"batch\": {\"max_records\": 0},", file_sink,
          "pipelines[0].batch.max_records: must be between 1 and 1000000"},
         {"unknown-key.json", "\n    \"topcs\": [\"x\"],", file_sink, "did you mean \"topics\""},
@@ -114,7 +114,7 @@ START_TEST(test_bad_config_exit_2_nothing_written)
         {"unset-var.json", "", "{\"type\": \"file\", \"path\": \"${HX_UNSET_VAR}/{partition}\"}",
          "environment variable HX_UNSET_VAR is not set"},
         {"sink-url.json", "", "{\"type\": \"http\", \"url\": 42}",
-         "pipelines[0].sink.url: expected a string"},
+         "pipelines[0].sink.url: expected a string (got 42)"},
     };
     for (size_t i = 0; i < sizeof(sem) / sizeof(sem[0]); i++) {
         const char *path = cfg_with(sem[i].name, sem[i].extra, sem[i].sink);
@@ -210,6 +210,26 @@ START_TEST(test_usage_and_help)
     ck_assert_msg(strstr(out, "unknown option"), "%s", out);
     free(out);
     ck_assert_int_eq(run(&out, "migrate", "-c", "x.json", "extra"), 2);
+    free(out);
+    /* -c without its file is a missing value, not an unknown option. */
+    ck_assert_int_eq(run(&out, "status", "-c", NULL, NULL), 2);
+    ck_assert_msg(strstr(out, "option '-c' needs a value") && !strstr(out, "unknown option"), "%s",
+                  out);
+    free(out);
+    /* Without a subcommand run is implied, but the error does not blame a `run` never typed. */
+    ck_assert_int_eq(run(&out, "--verbose", NULL, NULL, NULL), 2);
+    ck_assert_msg(strstr(out, "sidecar: unknown option '--verbose'") &&
+                      !strstr(out, "sidecar run: unknown option"),
+                  "%s", out);
+    free(out);
+    ck_assert_int_eq(run(&out, "reset", "-c", "x.json", "--partiton=3"), 2);
+    ck_assert_msg(strstr(out, "did you mean '--partition'"), "%s", out);
+    free(out);
+    /* reset names every missing option at once. */
+    ck_assert_int_eq(run(&out, "reset", "-c", cfg_with("reset.json", "", "{\"type\": \"stdout\"}"),
+                         "--pipeline=p1"),
+                     2);
+    ck_assert_msg(strstr(out, "--topic T, --partition N and --to-offset"), "%s", out);
     free(out);
     const char *subs[] = {"run",   "migrate", "check-config", "status",
                           "watch", "reset",   "redrive",      "version"};
