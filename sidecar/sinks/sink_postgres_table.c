@@ -5,6 +5,7 @@
  * path runs (sink_postgres.c; the NOTES there say why they look like this).
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -544,16 +545,41 @@ static enum pg_field field_of(const struct pg_col *col)
 }
 
 /*
+ * What is wrong with a table, all of it: a setup error names every missing
+ * column, wrong type and missing index at once, not one per restart.
+ */
+struct problems {
+    struct sc_buf b;
+    int n;
+};
+
+static void problem(struct problems *pr, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void problem(struct problems *pr, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char one[1024];
+    vsnprintf(one, sizeof(one), fmt, ap);
+    va_end(ap);
+    pr->n++;
+    (void)!sc_buf_printf(&pr->b, "%s(%d) %s", pr->n > 1 ? "; " : "", pr->n, one);
+}
+
+/*
  * The default columns go to COPY in binary, so their types must be exactly
  * the ones the binary encodings are for; the config's key_type and
- * value_type say which.
+ * value_type say which.  Columns that are missing are skipped (reported
+ * already).
  */
-static int check_default_types(struct pg_ctx *c, char *err, size_t errsize)
+static void check_default_types(struct pg_ctx *c, struct problems *pr)
 {
     for (size_t i = 0; i < c->ncols; i++) {
         const struct pg_col *col = &c->cols[i];
         uint32_t want = 0;
         const char *hint = "";
+        if (!col->type)
+            continue;
         switch (col->src) {
         case SRC_TOPIC:
             want = col->base_oid == OID_VARCHAR ? OID_VARCHAR : OID_TEXT;
@@ -583,22 +609,19 @@ static int check_default_types(struct pg_ctx *c, char *err, size_t errsize)
         case SRC_PATH:
             break;
         }
-        if (col->base_oid != want) {
-            snprintf(err, errsize,
-                     "column %s of table %s has type %s, but the postgres sink's default "
-                     "columns need %s%s: alter the column or let the sink create the table",
-                     col->name_q, c->table_q, col->type,
-                     want == OID_TEXT    ? "text"
-                     : want == OID_INT4  ? "integer"
-                     : want == OID_INT8  ? "bigint"
-                     : want == OID_BYTEA ? "bytea"
-                     : want == OID_JSONB ? "jsonb"
-                                         : "timestamp with time zone",
-                     hint);
-            return -1;
-        }
+        if (col->base_oid != want)
+            problem(pr,
+                    "column %s of type %s, but the postgres sink's default columns need "
+                    "%s%s: alter the column",
+                    col->name_q, col->type,
+                    want == OID_TEXT    ? "text"
+                    : want == OID_INT4  ? "integer"
+                    : want == OID_INT8  ? "bigint"
+                    : want == OID_BYTEA ? "bytea"
+                    : want == OID_JSONB ? "jsonb"
+                                        : "timestamp with time zone",
+                    hint);
     }
-    return 0;
 }
 
 /* Reads the configured columns' types; checks the key has a unique index to conflict on. */
@@ -617,6 +640,8 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
         o = pg_classify(conn, res, err, errsize);
         goto out;
     }
+    struct problems pr = {.n = 0};
+    sc_buf_init(&pr.b, 8192);
     for (size_t i = 0; i < c->ncols; i++) {
         struct pg_col *col = &c->cols[i];
         free(col->type);
@@ -627,18 +652,16 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
                 col->base_oid = (uint32_t)strtoul(PQgetvalue(res, r, 2), NULL, 10);
             }
         if (!col->type) {
-            snprintf(err, errsize,
-                     "table %s has no column %s (configured in the postgres sink's %s): add "
-                     "the column, or drop the table and let create_table make it",
-                     c->table_q, col->name_q, c->defaults ? "default columns" : "columns");
-            goto out;
+            problem(&pr, "no column %s (configured in the postgres sink's %s)", col->name_q,
+                    c->defaults ? "default columns" : "columns");
+            continue;
         }
         col->field = field_of(col);
     }
     PQclear(res);
     res = NULL;
-    if (c->defaults && check_default_types(c, err, errsize) != 0)
-        goto out;
+    if (c->defaults)
+        check_default_types(c, &pr);
 
     /* ON CONFLICT (keys) needs a unique, immediate, non-partial index on exactly those. */
     struct sc_buf keys;
@@ -667,6 +690,7 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
     sc_buf_free(&keys);
     if (!pg_result_ok(res)) {
         o = pg_classify(conn, res, err, errsize);
+        sc_buf_free(&pr.b);
         goto out;
     }
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
@@ -679,14 +703,29 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
                 first = false;
             }
         (void)!sc_buf_putc(&names, '\0');
-        snprintf(err, errsize,
-                 "table %s has no unique index on exactly (%s), which the postgres sink needs "
-                 "to recognise a record written before: add PRIMARY KEY (%s) or a unique "
-                 "index (not deferrable, not partial)",
-                 c->table_q, names.data, names.data);
+        problem(&pr,
+                "no unique index on exactly (%s), which the postgres sink needs to recognise "
+                "a record written before: add PRIMARY KEY (%s) or a unique index (not "
+                "deferrable, not partial)",
+                names.data, names.data);
         sc_buf_free(&names);
+    }
+    if (pr.n > 0) {
+        (void)!sc_buf_putc(&pr.b, '\0');
+        if (pr.n == 1) /* without the "(1) " */
+            snprintf(err, errsize,
+                     "table %s has %s (or drop the table and let create_table "
+                     "make it)",
+                     c->table_q, pr.b.data + 4);
+        else
+            snprintf(err, errsize,
+                     "table %s has %d problems: %s (add the columns and the index, or drop the "
+                     "table and let create_table make it)",
+                     c->table_q, pr.n, pr.b.data);
+        sc_buf_free(&pr.b);
         goto out;
     }
+    sc_buf_free(&pr.b);
     o = PG_OK;
 out:
     PQclear(res);
