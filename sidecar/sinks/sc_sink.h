@@ -69,6 +69,9 @@ struct sc_batch {
 /* What write() reports besides its result. */
 struct sc_batch_result {
     int64_t next_write_offset; /* where the next batch goes (on SC_SINK_OK) */
+    int64_t retry_in_ms;       /* on SC_SINK_RETRY: call again no sooner (0: the worker's
+                                  backoff decides alone); the worker waits the longer of the
+                                  two and logs that one delay */
     struct sc_dead_letter *dead;
     size_t ndead;
     size_t dead_cap;

@@ -817,8 +817,8 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         int64_t wait = p->not_before_ms - call_start;
         if (wait > INLINE_WAIT_MS) {
             /* The worker came back before the backoff is over: send nothing yet. */
-            snprintf(err, errsize, "%s; still backing off (%" PRId64 " ms left)", p->last_error,
-                     wait);
+            snprintf(err, errsize, "%s (still backing off)", p->last_error);
+            res->retry_in_ms = wait;
             return SC_SINK_RETRY;
         }
         sc_sleep_ms(wait, NULL);
@@ -890,6 +890,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
                      p->last_error, p->round_attempts, elapsed);
             round_reset(sink, p);
             p->not_before_ms = a.retry_after_ms >= 0 ? now + wait : 0;
+            res->retry_in_ms = a.retry_after_ms >= 0 ? wait : 0;
             return SC_SINK_RETRY;
         }
         if (wait <= INLINE_WAIT_MS && now - call_start + wait <= INLINE_BUDGET_MS) {
@@ -898,9 +899,11 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
             sc_sleep_ms(wait, NULL);
             continue;
         }
+        /* The worker waits at least this long (and says how long, once). */
         p->not_before_ms = now + wait;
-        snprintf(err, errsize, "%s; next attempt in %" PRId64 " ms%s", p->last_error, wait,
-                 a.retry_after_ms >= 0 ? " (Retry-After)" : "");
+        res->retry_in_ms = wait;
+        snprintf(err, errsize, "%s%s", p->last_error,
+                 a.retry_after_ms >= 0 ? " (the server sent Retry-After)" : "");
         return SC_SINK_RETRY;
     }
 
