@@ -63,38 +63,32 @@ enum cli_kafka_rc cli_kafka_partitions(rd_kafka_t *rk, const char *topic, int ti
 {
     enum cli_kafka_rc rc = CLI_KAFKA_FAILED;
     const struct rd_kafka_metadata *md = NULL;
-    rd_kafka_topic_t *rkt = rd_kafka_topic_new(rk, topic, NULL);
-    if (!rkt) {
-        snprintf(err, errsize, "topic \"%s\": %s", topic, rd_kafka_err2str(rd_kafka_last_error()));
-        return CLI_KAFKA_FAILED;
-    }
-    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 0, rkt, &md, timeout_ms);
+    /* All topics: a request that names the topic may create it (brokers with
+     * auto.create.topics.enable, the mock cluster), and a look-up must not. */
+    rd_kafka_resp_err_t e = rd_kafka_metadata(rk, 1, NULL, &md, timeout_ms);
     if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
         snprintf(err, errsize, "could not read the metadata of topic \"%s\": %s", topic,
                  rd_kafka_err2str(e));
-        goto out;
+        return CLI_KAFKA_FAILED;
     }
-    if (md->topic_cnt != 1) {
-        snprintf(err, errsize, "no metadata for topic \"%s\"", topic);
-        goto out;
-    }
-    e = md->topics[0].err;
-    if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC ||
-        (e == RD_KAFKA_RESP_ERR_NO_ERROR && md->topics[0].partition_cnt == 0)) {
+    const struct rd_kafka_metadata_topic *t = NULL;
+    for (int i = 0; i < md->topic_cnt; i++)
+        if (strcmp(md->topics[i].topic, topic) == 0)
+            t = &md->topics[i];
+    if (!t || t->err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART ||
+        (t->err == RD_KAFKA_RESP_ERR_NO_ERROR && t->partition_cnt == 0)) {
         snprintf(err, errsize, "topic \"%s\" does not exist", topic);
         rc = CLI_KAFKA_NOT_FOUND;
         goto out;
     }
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        snprintf(err, errsize, "topic \"%s\": %s", topic, rd_kafka_err2str(e));
+    if (t->err != RD_KAFKA_RESP_ERR_NO_ERROR) {
+        snprintf(err, errsize, "topic \"%s\": %s", topic, rd_kafka_err2str(t->err));
         goto out;
     }
-    *count = md->topics[0].partition_cnt;
+    *count = t->partition_cnt;
     rc = CLI_KAFKA_OK;
 out:
-    if (md)
-        rd_kafka_metadata_destroy(md);
-    rd_kafka_topic_destroy(rkt);
+    rd_kafka_metadata_destroy(md);
     return rc;
 }
 

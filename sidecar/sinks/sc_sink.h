@@ -111,6 +111,13 @@ struct sc_sink_class {
      * keys were invalid: a NULL string means "not given or invalid".
      */
     void (*check_config)(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
+    /*
+     * Optional, for `sidecar check-config --online`: checks what the sink of
+     * cfg->pipelines[i] needs from outside the config (a table and its shape,
+     * a writable directory) without changing anything.  Returns 0 with a
+     * short note of what was checked in msg, or -1 with every problem in msg.
+     */
+    int (*check_online)(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize);
     unsigned flags; /* defaults for struct sc_sink.flags; create() may change them */
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */

@@ -106,6 +106,56 @@ static bool share_a_topic(const struct sc_pipeline_conf *a, const struct sc_pipe
     return false;
 }
 
+/*
+ * `check-config --online`: the fixed part of the path (up to the first
+ * placeholder) is a directory the sidecar can create files in, or can be
+ * created: its nearest existing ancestor is a writable directory.  Nothing
+ * is created.
+ */
+static int file_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize)
+{
+    const char *path = ((const struct file_conf *)cfg->pipelines[i].sink.conf)->path;
+    char dir[4096];
+    size_t fixed = strcspn(path, "{");
+    snprintf(dir, sizeof(dir), "%.*s", (int)(fixed < sizeof(dir) ? fixed : sizeof(dir) - 1), path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) {
+        snprintf(dir, sizeof(dir), ".");
+    } else if (slash == dir) {
+        dir[1] = '\0';
+    } else {
+        *slash = '\0';
+    }
+    bool exists = true;
+    struct stat st;
+    while (stat(dir, &st) != 0) {
+        if (errno != ENOENT) {
+            snprintf(msg, msgsize, "cannot use \"%s\": %s", dir, strerror(errno));
+            return -1;
+        }
+        exists = false;
+        char *up = strrchr(dir, '/');
+        if (!up)
+            snprintf(dir, sizeof(dir), ".");
+        else if (up == dir)
+            dir[1] = '\0';
+        else
+            *up = '\0';
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(msg, msgsize, "\"%s\" is not a directory (path \"%s\")", dir, path);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(msg, msgsize, "cannot %s files under \"%s\": %s (path \"%s\")",
+                 exists ? "create" : "create directories and", dir, strerror(errno), path);
+        return -1;
+    }
+    snprintf(msg, msgsize, "files under \"%s\" can be %s", dir,
+             exists ? "created" : "created (the directories too)");
+    return 0;
+}
+
 /* Partitions of two topics, or of two pipelines, must never share a file. */
 static void file_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i)
 {
@@ -465,6 +515,7 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
 const struct sc_sink_class sink_file_class = {
     .conf = {.name = "file", .table = &file_table},
     .check_config = file_check_config,
+    .check_online = file_check_online,
     .create = file_create,
     .destroy = file_destroy,
     .part_open = file_part_open,

@@ -280,6 +280,14 @@ void pg_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_
 {
     const struct sc_pipeline_conf *pc = &cfg->pipelines[i];
     const struct pg_conf *conf = pc->sink.conf;
+    if (conf->columns.count > MAX_PARAMS - 2 - NFIELDS) {
+        sc_conf_push_key(ctx, "sink");
+        sc_conf_push_key(ctx, "columns");
+        sc_conf_error(ctx, "the postgres sink maps at most %d columns (got %zu)",
+                      MAX_PARAMS - 2 - NFIELDS, conf->columns.count);
+        sc_conf_pop(ctx);
+        sc_conf_pop(ctx);
+    }
     if (!conf->dsn || conf->columns.count == 0 || conf->mode == PG_INSERT_IGNORE)
         return;
     bool off = false, part = false, topic = false;
@@ -336,6 +344,7 @@ int pg_plan(struct pg_ctx *c, const struct sc_pipeline_conf *pc, char *err, size
         c->defaults = true;
     } else {
         if (conf->columns.count > MAX_PARAMS - 2 - NFIELDS) {
+            /* pg_check_config() refuses such a config; this is the backstop. */
             snprintf(err, errsize, "the postgres sink maps at most %d columns",
                      MAX_PARAMS - 2 - NFIELDS);
             return -1;
@@ -997,4 +1006,54 @@ enum pg_outcome pg_setup(struct pg_ctx *c, PGconn *conn, char *err, size_t errsi
         return o;
     c->ready = true;
     return PG_OK;
+}
+
+/*
+ * `check-config --online`: the table as setup() would find it, without
+ * creating anything: it exists (or create_table will make it) and has every
+ * configured column, the types the default columns need and a unique index
+ * on the key (all problems at once, like setup()).
+ */
+int pg_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize)
+{
+    const struct sc_pipeline_conf *pc = &cfg->pipelines[i];
+    int result = -1;
+    PGconn *conn = NULL;
+    struct pg_ctx *c = sc_xcalloc(1, sizeof(*c));
+    c->conf = pc->sink.conf;
+    c->vf = pc->value_format;
+    c->same_db = c->conf->dsn == NULL;
+    c->dsn = c->same_db ? cfg->postgres.dsn : c->conf->dsn;
+    if (pg_plan(c, pc, msg, msgsize) != 0)
+        goto out;
+    conn = sc_pg_connect(c->dsn, "kafka-sidecar/check-config", cfg->postgres.connect_timeout_ms,
+                         msg, msgsize);
+    if (!conn)
+        goto out;
+    enum pg_outcome o = PG_OK;
+    int exists = table_exists(c, conn, &o, msg, msgsize);
+    if (exists < 0)
+        goto out;
+    if (exists == 0) {
+        if (!c->conf->create_table) {
+            snprintf(msg, msgsize,
+                     "table %s does not exist and create_table is false: create it (see "
+                     "docs/sinks.md, \"PostgreSQL\"), or set \"create_table\": true",
+                     c->table_q);
+            goto out;
+        }
+        snprintf(msg, msgsize, "table %s does not exist yet: the sink creates it", c->table_q);
+        result = 0;
+        goto out;
+    }
+    if (read_catalog(c, conn, msg, msgsize) != PG_OK)
+        goto out;
+    snprintf(msg, msgsize, "table %s has the columns and the unique index the sink needs",
+             c->table_q);
+    result = 0;
+out:
+    PQfinish(conn);
+    pg_plan_free(c);
+    free(c);
+    return result;
 }

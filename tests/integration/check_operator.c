@@ -235,6 +235,86 @@ START_TEST(test_retry_keeps_the_pending_batch)
 }
 END_TEST
 
+/* Writes a config for the env with the given topics and sink (and extra kafka properties). */
+static const char *own_config(const struct scx_env *e, const char *name, const char *topics,
+                              const char *sink, const char *kafka_props)
+{
+    static char path[4][700];
+    static int n;
+    char *p = path[n++ % 4];
+    snprintf(p, 700, "%s/%s", e->dir, name);
+    hx_write_file(p,
+                  "{\"instance_id\": \"ops\", \"postgres\": {\"dsn\": \"%s\"},\n"
+                  " \"kafka\": {\"bootstrap.servers\": \"%s\", \"properties\": {%s}},\n"
+                  " \"pipelines\": [{\"name\": \"p1\", \"topics\": %s, \"sink\": %s}]}\n",
+                  e->dsn, e->mock.bootstrap, kafka_props ? kafka_props : "", topics, sink);
+    return p;
+}
+
+START_TEST(test_check_config_online)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    char sink[1024];
+    snprintf(sink, sizeof(sink), "{\"type\": \"file\", \"path\": \"%s/{topic}/{partition}\"}",
+             e.out_dir);
+    const char *good = own_config(&e, "good.json", "[\"orders\"]", sink, NULL);
+
+    /* Before migrate: online says so (offline the file is fine). */
+    char *out = NULL;
+    int rc = sidecar(&out, "check-config", "-c", good, NULL);
+    ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
+    free(out);
+    rc = sidecar(&out, "check-config", "-c", good, "--online", NULL);
+    ck_assert_msg(rc == 1 && strstr(out, "sidecar migrate"), "exit %d: %s", rc, out);
+    free(out);
+    scx_migrate(good);
+    rc = sidecar(&out, "check-config", "-c", good, "--online", NULL);
+    ck_assert_msg(rc == 0 && strstr(out, "schema \"sidecar\" is migrated") &&
+                      strstr(out, "topic \"orders\" exists (2 partitions)") &&
+                      strstr(out, "can be created"),
+                  "exit %d: %s", rc, out);
+    free(out);
+
+    /* A topic Kafka does not have, a file sink under a regular file. */
+    char blocker[700];
+    snprintf(blocker, sizeof(blocker), "%s/not-a-dir", e.dir);
+    hx_write_file(blocker, "x");
+    snprintf(sink, sizeof(sink), "{\"type\": \"file\", \"path\": \"%s/{topic}/{partition}\"}",
+             blocker);
+    const char *bad = own_config(&e, "bad.json", "[\"orders\", \"nosuch\"]", sink, NULL);
+    rc = sidecar(&out, "check-config", "-c", bad, "--online", NULL);
+    ck_assert_msg(rc == 1 && strstr(out, "topic \"nosuch\" does not exist") &&
+                      strstr(out, "is not a directory") && strstr(out, "2 problems found online"),
+                  "exit %d: %s", rc, out);
+    free(out);
+
+    /* A postgres sink whose table lacks a column and the unique index: both, before `run`. */
+    hx_pg_exec(e.conn, "CREATE SCHEMA app; CREATE TABLE app.kv (id text, v text)");
+    const char *pg = own_config(&e, "pg.json", "[\"orders\"]",
+                                "{\"type\": \"postgres\", \"table\": \"app.kv\", \"mode\": "
+                                "\"upsert\", \"create_table\": false, \"columns\": {\"id\": "
+                                "\"$.id\", \"w\": \"$.w\"}, \"key_columns\": [\"id\"]}",
+                                NULL);
+    rc = sidecar(&out, "check-config", "-c", pg, "--online", NULL);
+    ck_assert_msg(rc == 1 && strstr(out, "has 2 problems: (1) no column \"w\"") &&
+                      strstr(out, "(2) no unique index on exactly (\"id\")"),
+                  "exit %d: %s", rc, out);
+    free(out);
+
+    /* Offline: librdkafka refuses the client configuration as a whole (SASL PLAIN without its
+     * credentials): exit 2 from check-config, not a surprise from run. */
+    const char *sasl = own_config(&e, "sasl.json", "[\"orders\"]", "{\"type\": \"stdout\"}",
+                                  "\"security.protocol\": \"sasl_plaintext\","
+                                  " \"sasl.mechanisms\": \"PLAIN\"");
+    rc = sidecar(&out, "check-config", "-c", sasl, NULL);
+    ck_assert_msg(rc == 2 && strstr(out, "sasl.username"), "exit %d: %s", rc, out);
+    free(out);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("operator");
@@ -242,6 +322,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_reset_is_validated_and_never_creates_rows);
     tcase_add_test(tc, test_retry_keeps_the_pending_batch);
+    tcase_add_test(tc, test_check_config_online);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
