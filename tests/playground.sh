@@ -6,10 +6,12 @@
 #
 #   bash tests/playground.sh [--topic NAME:PARTITIONS]... [--keep-data]
 #
-# Default topic: orders:4.  --keep-data leaves the work directory (configs,
-# sink output, PostgreSQL's data and log) behind on exit.  Builds into build/
-# first (installing the Debian packages it needs), unless SIDECAR_BIN_DIR
-# names a directory that holds sidecar, kafka-mock and kafka-produce already.
+# Stops on Ctrl-C or SIGTERM (a script that starts it in the background with
+# & has SIGINT ignored: use SIGTERM there).  Default topic: orders:4.
+# --keep-data leaves the work directory (configs, sink output, PostgreSQL's
+# data and log) behind on exit.  Builds into build/ first (installing the
+# Debian packages it needs), unless SIDECAR_BIN_DIR names a directory that
+# holds sidecar, kafka-mock and kafka-produce already.
 #
 # The lines a script can read: "DSN: ...", "BOOTSTRAP: ...", "CONFIG <sink>: ...",
 # "DATA: ...", "PIDS: <postgres> <kafka-mock>" and, last, "playground ready".
@@ -28,7 +30,7 @@ while [ $# -gt 0 ]; do
         shift 2
         ;;
     --keep-data) keep=1; shift ;;
-    -h | --help) sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,/^set /p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "playground: unknown option '$1' (try --help)" >&2; exit 2 ;;
     esac
 done

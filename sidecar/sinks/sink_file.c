@@ -465,8 +465,8 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
         snprintf(err, errsize,
                  "\"%s\" was deleted, moved or replaced while the sidecar had it open: the "
                  "records delivered to it are no longer there; to deliver them again into a new "
-                 "file: sidecar reset ... --to-offset earliest --write-offset 0 (or "
-                 "--write-offset keep after putting the file back)",
+                 "file: sidecar reset ... --to-offset earliest --write-offset 0 (or put the file "
+                 "back and sidecar retry the partition)",
                  p->path);
         return SC_SINK_ERROR;
     }
