@@ -4,6 +4,8 @@
  */
 #include "cli/cli_target.h"
 
+#include <regex.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +24,20 @@ static char *join_names(const char *const *names, size_t n)
     if (sc_buf_putc(&b, '\0') != 0)
         abort();
     return b.data;
+}
+
+/* Whether the pipeline's topic item (a name, or a "^pattern" as librdkafka takes it) names topic.
+ */
+static bool topic_matches(const char *item, const char *topic)
+{
+    if (item[0] != '^')
+        return strcmp(item, topic) == 0;
+    regex_t re;
+    if (regcomp(&re, item, REG_EXTENDED | REG_NOSUB) != 0)
+        return false;
+    bool match = regexec(&re, topic, 0, NULL, 0) == 0;
+    regfree(&re);
+    return match;
 }
 
 int cli_find_target(const struct sc_config *cfg, const char *pipeline, const char *topic,
@@ -47,7 +63,7 @@ int cli_find_target(const struct sc_config *cfg, const char *pipeline, const cha
         return SC_EXIT_OK;
     }
     for (size_t i = 0; i < p->topics.count; i++)
-        if (strcmp(p->topics.items[i], topic) == 0) {
+        if (topic_matches(p->topics.items[i], topic)) {
             *out = p;
             return SC_EXIT_OK;
         }

@@ -12,8 +12,9 @@ struct sc_pipeline_conf;
 
 /*
  * Finds pipeline in cfg and, when topic is not NULL, checks that it
- * consumes topic.  Returns SC_EXIT_OK with *out set, or SC_EXIT_USAGE with
- * "no pipeline "x" in FILE (configured: a, b)" or the like in err.
+ * consumes topic (by name, or a "^pattern" topic of the pipeline matching it).  Returns SC_EXIT_OK
+ * with *out set, or SC_EXIT_USAGE with "no pipeline "x" in FILE (configured: a, b)" or the like in
+ * err.
  */
 int cli_find_target(const struct sc_config *cfg, const char *pipeline, const char *topic,
                     const struct sc_pipeline_conf **out, char *err, size_t errsize);

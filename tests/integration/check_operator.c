@@ -303,6 +303,25 @@ START_TEST(test_check_config_online)
                   "exit %d: %s", rc, out);
     free(out);
 
+    /* An HTTP endpoint: nothing listening is a problem, a listening receiver is fine. */
+    char http[256];
+    snprintf(http, sizeof(http), "{\"type\": \"http\", \"url\": \"http://127.0.0.1:%d/ingest\"}",
+             scx_free_port());
+    const char *down = own_config(&e, "down.json", "[\"orders\"]", http, NULL);
+    rc = sidecar(&out, "check-config", "-c", down, "--online", NULL);
+    ck_assert_msg(rc == 1 && strstr(out, "cannot connect to http://127.0.0.1:"), "exit %d: %s", rc,
+                  out);
+    free(out);
+    struct rx *rx = rx_start();
+    snprintf(http, sizeof(http), "{\"type\": \"http\", \"url\": \"%s\"}", rx_url(rx));
+    const char *up = own_config(&e, "up.json", "[\"orders\"]", http, NULL);
+    rc = sidecar(&out, "check-config", "-c", up, "--online", NULL);
+    ck_assert_msg(rc == 0 && strstr(out, "accepts connections (no request was sent)"),
+                  "exit %d: %s", rc, out);
+    free(out);
+    ck_assert_int_eq(rx_nrequests(rx), 0);
+    rx_stop(rx);
+
     /* Offline: librdkafka refuses the client configuration as a whole (SASL PLAIN without its
      * credentials): exit 2 from check-config, not a surprise from run. */
     const char *sasl = own_config(&e, "sasl.json", "[\"orders\"]", "{\"type\": \"stdout\"}",
