@@ -10,7 +10,7 @@
  * also ask the servers what `run` would find there: PostgreSQL answers and
  * the schema is migrated, every topic exists in Kafka, each sink's
  * destination is usable (a postgres sink's table and its shape, a file
- * sink's directory).  Nothing is created or changed.  Adding a check is one
+ * sink's directory, an http sink's endpoint).  Nothing is created or changed.  Adding a check is one
  * function and one line in that table.
  */
 
@@ -191,7 +191,8 @@ const struct sc_command sc_cmd_check_config = {
             "nothing: PostgreSQL answers and the schema is migrated, every topic exists\n"
             "in Kafka, each postgres sink's table exists (or will be created) with the\n"
             "configured columns, types and unique index, each file sink's directory is\n"
-            "writable.  One line per check on stderr; exit 1 if any failed.\n"
+            "writable, each http sink's endpoint accepts a connection (no request is\n"
+            "sent).  One line per check on stderr; exit 1 if any failed.\n"
             "\n"
             "--reference prints every key with its type, default and range (Markdown).\n",
     .options = "c reference online",
