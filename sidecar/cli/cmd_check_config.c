@@ -10,8 +10,8 @@
  * also ask the servers what `run` would find there: PostgreSQL answers and
  * the schema is migrated, every topic exists in Kafka, each sink's
  * destination is usable (a postgres sink's table and its shape, a file
- * sink's directory, an http sink's endpoint).  Nothing is created or changed.  Adding a check is one
- * function and one line in that table.
+ * sink's directory, an http sink's endpoint).  Nothing is created or
+ * changed.  Adding a check is one function and one line in that table.
  */
 
 #include <stdarg.h>
