@@ -842,12 +842,18 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     return sr;
 }
 
-/* The sink asked for a retry: only this partition backs off. */
-static void retry_later(struct sc_part *p, const char *err)
+/*
+ * The sink asked for a retry: only this partition backs off, by its own
+ * backoff or as long as the sink asked (Retry-After, say), whichever is
+ * longer; the log states that one delay.
+ */
+static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
 {
     sc_counter_add(&p->m->sink_errors, 1);
-    int delay = sc_backoff_next(&p->backoff);
-    sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+    int64_t delay = sc_backoff_next(&p->backoff);
+    if (w->result.retry_in_ms > delay)
+        delay = w->result.retry_in_ms;
+    sc_warn(&p->log, "sink write failed, retrying the batch in %" PRId64 " ms: %s", delay, err);
     p->retry_at_ms = sc_mono_ms() + delay;
 }
 
@@ -908,7 +914,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         part_fenced(w, p, "committing a batch", true);
         return;
     case SC_SINK_RETRY:
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     case SC_SINK_ERROR:
         sc_counter_add(&p->m->sink_errors, 1);
@@ -1052,7 +1058,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     char err[512] = "";
     enum sc_sink_result sr = write_batch(w, p, &b, NULL, err, sizeof(err));
     if (sr == SC_SINK_RETRY) {
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     }
     if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
@@ -1252,7 +1258,13 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
 
 static void part_reacquired(struct sc_worker *w, struct sc_part *p)
 {
-    (void)w;
+    /* Re-acquired after fencing or after an operator changed the row (reset, retry, a cleared
+     * error): the destination may have changed too (a file deleted or moved away, a reset that
+     * starts a new file at write offset 0), so part_start() opens it afresh instead of writing
+     * through a handle to what used to be there. */
+    if (p->sink_part && w->sink->type->part_close)
+        w->sink->type->part_close(w->sink, p->sink_part);
+    p->sink_part = NULL;
     sc_partbuf_clear(&p->buf);
     take_handover(p);
     if (!p->handover_seek) {
