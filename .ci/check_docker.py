@@ -594,6 +594,40 @@ def check_compose(config_path, sidecar_bin):
         err(W, "postgres: POSTGRES_PASSWORD_FILE=/run/secrets/pg_password (from the pg_password secret)")
 
 
+def check_compose_files():
+    """Every bind mount's source exists (compose would create a missing one as an
+    empty directory, and the service would start without its file); the
+    observability profile's services are there and optional."""
+    W = COMPOSE
+    with open(os.path.join(ROOT, W)) as f:
+        raw = yaml.safe_load(f).get("services", {})
+    for name, svc in raw.items():
+        for m in compose_mounts(svc):
+            if m["source"].startswith((".", "/")):
+                src = os.path.normpath(os.path.join(ROOT, os.path.dirname(W), m["source"]))
+                if not os.path.exists(src):
+                    err(W, "%s: the mounted %s does not exist" % (name, m["source"]))
+    for name in ("prometheus", "grafana"):
+        if name not in raw:
+            err(W, "missing the %s service of the observability profile" % name)
+        elif "observability" not in (raw[name].get("profiles") or []):
+            err(W, "%s: belongs to the optional profile observability" % name)
+
+
+def check_apt_layers():
+    """apt leaves nothing behind in any layer: every RUN that installs packages
+    also runs `apt-get clean` and removes the package lists; the build stage's
+    .ci/install-deps cleans its cache itself."""
+    for path in (DOCKERFILE, "docker/example-app/Dockerfile"):
+        for n, w, a in dockerfile_instructions(read(path)):
+            if w == "RUN" and re.search(r"\bapt-get\s+install\b", a):
+                if "apt-get clean" not in a or "rm -rf /var/lib/apt/lists" not in a:
+                    err(path, "line %d: an apt-get install layer must end with `apt-get clean` and "
+                              "`rm -rf /var/lib/apt/lists/*`" % n)
+    if "apt-get clean" not in read(".ci/install-deps"):
+        err(".ci/install-deps", "must run `apt-get clean` after installing (the image's build stage runs it)")
+
+
 # ---- Kubernetes ----------------------------------------------------------------------------
 
 def container_env(container, pod_name="orders-app-5d8f7c9b4-x2k7p"):
@@ -807,6 +841,8 @@ def main(argv):
     opts = dict(zip(argv[1::2], argv[2::2]))
     sidecar = opts.get("--sidecar")
     check_dockerfile()
+    check_apt_layers()
+    check_compose_files()
     if "--staging" in opts:
         check_staging(opts["--staging"])
     if "--compose-config" in opts:

@@ -28,6 +28,11 @@ MUTATIONS = [
     ("docker/Dockerfile", "USER 10001:10001", "USER root", "non-root"),
     ("docker/Dockerfile", "HEALTHCHECK", "# HEALTHCHECK", "HEALTHCHECK"),
     ("docker/Dockerfile", "STOPSIGNAL SIGTERM", "STOPSIGNAL SIGINT", "STOPSIGNAL SIGTERM"),
+    ("docker/Dockerfile", "    && apt-get clean \\\n", "", "apt-get clean"),
+    ("docker/example-app/Dockerfile", "    && apt-get clean \\\n", "", "apt-get clean"),
+    (".ci/install-deps", '"${sudo[@]}" apt-get clean', "true", "apt-get clean"),
+    ("docker/compose.yaml", "./observability/prometheus.yml:", "./observability/prometheus.yaml:", "does not exist"),
+    ("docker/compose.yaml", '    profiles: ["observability"]\n', "", "optional profile observability"),
     ("docker/Dockerfile", 'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]',
      "ENTRYPOINT /usr/local/bin/docker-entrypoint.sh", "exec form"),
     ("docker/Dockerfile", 'CMD ["run", "-c", "/etc/sidecar/sidecar.json"]', "CMD run -c /etc/sidecar/sidecar.json",
@@ -60,8 +65,8 @@ MUTATIONS = [
     ("docker/k8s/sidecar.yaml", "            - name: SIDECAR_SHUTDOWN_TIMEOUT_MS # raise together with terminationGracePeriodSeconds\n"
      '              value: "8000"',
      "            - name: SIDECAR_SHUTDOWN_TIMEOUT_MS\n              value: \"29000\"", "terminationGracePeriodSeconds"),
-    ("docker/k8s/sidecar.yaml", "          resources:\n            requests:\n              cpu: 50m",
-     "          resouces:\n            requests:\n              cpu: 50m", "unknown field 'resouces'"),
+    ("docker/k8s/sidecar.yaml", "          resources:\n            requests:\n              cpu: 100m",
+     "          resouces:\n            requests:\n              cpu: 100m", "unknown field 'resouces'"),
     ("conf/docker.json", '"listen": "${SIDECAR_ADMIN_LISTEN:-0.0.0.0:9644}"',
      '"listen": "${SIDECAR_ADMIN_LISTEN:-127.0.0.1:9644}"', "0.0.0.0"),
 ]

@@ -20,75 +20,25 @@ while_frozen=100 # records per partition produced while the app is frozen
 per_partition=$((first_run + while_frozen))
 total=$((per_partition * 4))
 
-work=$(mktemp -d /tmp/sidecar-smoke-XXXXXX)
-chmod 755 "$work"
-pgdata=$work/pg
-pgbin=$(find /usr/lib/postgresql -maxdepth 2 -name bin -type d | sort -V | tail -n 1)
-pids=()
-
-as_postgres() {
-    if [ "$(id -u)" = 0 ]; then
-        runuser -u postgres -- "$@"
-    else
-        "$@"
-    fi
-}
-cleanup() {
-    set +e
-    for p in "${pids[@]}"; do
-        kill -9 "$p" 2>/dev/null
-    done
-    if [ -f "$pgdata/postmaster.pid" ]; then
-        as_postgres "$pgbin/pg_ctl" -D "$pgdata" -m immediate stop >/dev/null 2>&1
-    fi
-    rm -rf "$work"
-}
-trap cleanup EXIT
-fail() {
-    echo "smoke-local: FAIL: $*" >&2
-    for f in "$work"/*.log; do
-        echo "== $f (last 20 lines)" >&2
-        tail -n 20 "$f" >&2
-    done
-    exit 1
-}
-free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
-}
-wait_for() { # wait_for SECONDS COMMAND...: until COMMAND succeeds
-    local deadline=$((SECONDS + $1))
-    shift
-    until "$@"; do
-        [ "$SECONDS" -lt "$deadline" ] || return 1
-        sleep 0.2
-    done
-}
+smoke_name=smoke-local
+# shellcheck source=smoke-lib.sh
+. docker/smoke-lib.sh
+smoke_init
 
 # PostgreSQL
-mkdir -p "$pgdata"
-[ "$(id -u)" = 0 ] && chown postgres "$pgdata" "$work"
-as_postgres "$pgbin/initdb" -D "$pgdata" -U postgres -A trust -E UTF8 --locale=C >/dev/null
-pgport=$(free_port)
-as_postgres "$pgbin/pg_ctl" -D "$pgdata" -l "$work/pg.log" -w \
-    -o "-p $pgport -k $work -c listen_addresses=127.0.0.1" start >/dev/null
-psql_() { psql -X -q -At -h 127.0.0.1 -p "$pgport" -U postgres "$@"; }
+smoke_start_pg
 # The DSN as a secret file, like /run/secrets/pg_dsn in the container.
 echo "host=127.0.0.1 port=$pgport user=postgres dbname=postgres" >"$work/pg_dsn"
 sed "s#\${file:/run/secrets/pg_dsn}#\${file:$work/pg_dsn}#" conf/docker.json >"$work/sidecar.json"
 
 # Kafka (mock) and the example app
-mkfifo "$work/mock.in"
-"$bindir/kafka-mock" --brokers 1 --topic orders:4 <"$work/mock.in" >"$work/mock.out" 2>"$work/mock.log" &
-pids+=($!)
-exec 3>"$work/mock.in"
-wait_for 10 test -s "$work/mock.out" || fail "kafka-mock did not start"
-bootstrap=$(head -n 1 "$work/mock.out")
+smoke_start_mock "$bindir" orders:4
 app_port=$(free_port)
 APP_LISTEN=127.0.0.1:$app_port APP_DB=$work/app.db APP_LOG=1 \
     python3 docker/example-app/app.py 2>"$work/app.log" &
 app_pid=$!
 pids+=("$app_pid")
-app() { python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' "http://127.0.0.1:$app_port$1"; }
+app() { http_get "http://127.0.0.1:$app_port$1"; }
 app_up() { app /healthz >/dev/null 2>&1; }
 wait_for 10 app_up || fail "the example app did not start"
 applied() { app /stats | python3 -c 'import json, sys; print(json.load(sys.stdin)["records"])'; }
@@ -99,7 +49,6 @@ applied_at_least() {
 committed_at_least() {
     [ "$(psql_ -c 'SELECT coalesce(sum(committed_offset), 0) FROM sidecar.checkpoints')" -ge "$1" ]
 }
-http_ok() { python3 -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' "$1" 2>/dev/null; }
 ready() { http_ok "http://127.0.0.1:$admin_port/readyz"; }
 
 admin_port=$(free_port)
@@ -127,7 +76,7 @@ wait "$producer_pid" || fail "kafka-produce failed"
 pending_batches() { psql_ -c "SELECT count(*) FROM sidecar.checkpoints WHERE pending_first_offset IS NOT NULL"; }
 has_pending() { [ "$(pending_batches)" -gt 0 ]; }
 wait_for 20 has_pending || fail "no batch was pended while the app was frozen"
-sleep 0.5 # the request is on its way
+wait_for 30 request_unread "$app_port" || fail "no request reached the frozen app"
 kill -9 "$sidecar_pid"
 wait "$sidecar_pid" 2>/dev/null || true
 kill -CONT "$app_pid"

@@ -20,7 +20,8 @@ static const char status_sql[] =
     "         committed_offset, committed_write_offset, pending_first_offset,"
     "         pending_last_offset, pending_count,"
     "         extract(epoch FROM pending_age)::float8 AS pending_age_seconds,"
-    "         high_watermark, lag, stats_sampled_at, state, paused, error, updated_at"
+    "         high_watermark, lag, stats_sampled_at, state, paused, error, updated_at,"
+    "         dead_letters"
     "    FROM {S}.partition_status"
     "   ORDER BY pipeline, topic, partition) s";
 

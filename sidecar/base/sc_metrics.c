@@ -64,6 +64,23 @@ void sc_hist_observe_ns(struct sc_hist *h, int64_t ns)
     atomic_fetch_add_explicit(&h->sum_ns, (uint64_t)(ns > 0 ? ns : 0), memory_order_relaxed);
 }
 
+void sc_metrics_set_pending(struct sc_metrics_part *m, int pending)
+{
+    /* The time first: a scrape that sees pending = 1 sees this batch's time. */
+    if (pending)
+        atomic_store(&m->pending_since_ms, sc_mono_ms());
+    atomic_store(&m->pending, pending ? 1 : 0);
+}
+
+/* Seconds the partition's pending batch has been pending here; 0 without one. */
+static double pending_age(const struct sc_metrics_part *m, int64_t now_ms)
+{
+    if (!atomic_load(&m->pending))
+        return 0;
+    int64_t since = atomic_load(&m->pending_since_ms);
+    return now_ms > since ? (double)(now_ms - since) / 1000.0 : 0;
+}
+
 static pthread_mutex_t mode_lock = PTHREAD_MUTEX_INITIALIZER;
 struct mode {
     char *pipeline;
@@ -224,6 +241,16 @@ int sc_metrics_render(struct sc_buf *out)
                 rc = -1;
         }
     }
+    if (rc == 0)
+        rc = sc_buf_printf(out, "# HELP sidecar_pending_age_seconds Seconds the partition's "
+                                "pending batch has been pending in this process (a replayed "
+                                "batch counts from the takeover); 0 without one.\n"
+                                "# TYPE sidecar_pending_age_seconds gauge\n");
+    int64_t now_ms = sc_mono_ms();
+    for (struct sc_metrics_part *m = reg_head; m && rc == 0; m = m->next)
+        if (sc_buf_printf(out, "sidecar_pending_age_seconds") < 0 || put_labels(out, m, NULL) < 0 ||
+            sc_buf_printf(out, " %.3f\n", pending_age(m, now_ms)) < 0)
+            rc = -1;
     if (rc == 0)
         rc = render_hist(out, "checkpoint_seconds",
                          "Time of one checkpoint statement (pend, commit or both).",

@@ -42,6 +42,7 @@ struct sc_metrics_part {
     _Atomic int64_t consumer_lag;     /* -1 = unknown */
     _Atomic int64_t committed_offset; /* -1 = unknown; set by the owner, used for the lag */
     atomic_int pending;               /* 1 while a pending checkpoint exists */
+    _Atomic int64_t pending_since_ms; /* monotonic ms the current pending batch was pended */
     atomic_int owned;                 /* 1 while this process owns the partition */
     atomic_int error;                 /* 1 while in the error state */
     struct sc_hist checkpoint_seconds;
@@ -53,6 +54,13 @@ struct sc_metrics_part {
 struct sc_metrics_part *sc_metrics_part(const char *pipeline, const char *topic, int32_t partition);
 
 void sc_hist_observe_ns(struct sc_hist *h, int64_t ns);
+
+/*
+ * Sets the pending gauge.  pending = 1 means a new pending batch from now on
+ * (a pend, a commit that pends the next batch, or a replay taken over):
+ * sidecar_pending_age_seconds counts from this call.  0: none.
+ */
+void sc_metrics_set_pending(struct sc_metrics_part *m, int pending);
 
 /* Process-wide gauges and counters that are not per partition. */
 void sc_metrics_set_notify_mode(const char *pipeline, int coalesced);

@@ -2,12 +2,15 @@
  * cmd_reset.c - `sidecar reset`: moves a partition's checkpoint.
  *
  * reset goes through the SQL function <schema>.reset_checkpoint() so the
- * command line and psql share one implementation: it refuses while another
- * instance holds a live lease (SQLSTATE 55P03) unless forced, drops the
- * pending batch, clears the error state, writes a 'reset' event and bumps
- * control_seq, which is how a running owner notices the change.  The
- * command only resolves earliest / latest from Kafka first and reports
- * what changed.
+ * command line and psql share one implementation: it refuses an unknown
+ * pipeline or partition (it never creates a row), an offset outside the log
+ * and, unless forced, a live lease (SQLSTATE 55P03); it drops the pending
+ * batch, clears the error state, optionally sets the write offset, writes a
+ * 'reset' event and bumps control_seq, which is how a running owner notices
+ * the change.  The command first asks Kafka: the topic's partitions, the
+ * partition's log start and end (which resolve earliest / latest and bound
+ * the offset), and stores that as a fresh watermark sample in the same
+ * transaction, so the function checks against what Kafka just said.
  */
 
 #include <inttypes.h>
@@ -20,127 +23,11 @@
 
 #include "base/sc_log.h"
 #include "base/sc_util.h"
+#include "cli/cli_kafka.h"
+#include "cli/cli_target.h"
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
 #include "db/sc_pg.h"
-
-static void kafka_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
-{
-    (void)rk, (void)level;
-    /* Connection noise while resolving; the outcome is reported by the caller. */
-    sc_debug(NULL, "librdkafka %s: %s", fac, buf);
-}
-
-/* Sets a librdkafka property; -1 with a message in err. */
-static int kafka_set(rd_kafka_conf_t *conf, const char *key, const char *value, char *err,
-                     size_t errsize)
-{
-    char why[512];
-    if (rd_kafka_conf_set(conf, key, value, why, sizeof(why)) == RD_KAFKA_CONF_OK)
-        return 0;
-    snprintf(err, errsize, "kafka property \"%s\": %s", key, why);
-    return -1;
-}
-
-/*
- * Resolves earliest (log start) or latest (log end) with a short-lived
- * handle configured like the pipeline's consumer.  Returns SC_EXIT_OK, or
- * SC_EXIT_USAGE (no such partition) / SC_EXIT_FAILURE with err set.
- */
-static int resolve_offset(const struct sc_config *cfg, const struct sc_pipeline_conf *p,
-                          const char *topic, int32_t partition, bool latest, int64_t *offset,
-                          char *err, size_t errsize)
-{
-    int result = SC_EXIT_FAILURE;
-    rd_kafka_t *rk = NULL;
-    char why[512];
-    rd_kafka_conf_t *conf = rd_kafka_conf_new();
-    for (size_t i = 0; i < cfg->kafka.properties.count; i++)
-        if (kafka_set(conf, cfg->kafka.properties.items[i].key,
-                      cfg->kafka.properties.items[i].value, err, errsize) != 0)
-            goto out;
-    for (size_t i = 0; i < p->kafka_properties.count; i++)
-        if (kafka_set(conf, p->kafka_properties.items[i].key, p->kafka_properties.items[i].value,
-                      err, errsize) != 0)
-            goto out;
-    if (kafka_set(conf, "bootstrap.servers", cfg->kafka.bootstrap_servers, err, errsize) != 0 ||
-        kafka_set(conf, "client.id", "kafka-sidecar-reset", err, errsize) != 0)
-        goto out;
-    rd_kafka_conf_set_log_cb(conf, kafka_log);
-    rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, why, sizeof(why));
-    if (!rk) {
-        snprintf(err, errsize, "could not create a Kafka client: %s", why);
-        goto out;
-    }
-    conf = NULL; /* owned by rk now */
-    int64_t low = -1, high = -1;
-    rd_kafka_resp_err_t e =
-        rd_kafka_query_watermark_offsets(rk, topic, partition, &low, &high, 10000);
-    if (e == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART || e == RD_KAFKA_RESP_ERR__UNKNOWN_PARTITION ||
-        e == RD_KAFKA_RESP_ERR__UNKNOWN_TOPIC) {
-        snprintf(err, errsize, "%s[%d] does not exist in Kafka at %s (%s)", topic, (int)partition,
-                 cfg->kafka.bootstrap_servers, rd_kafka_err2str(e));
-        result = SC_EXIT_USAGE;
-        goto out;
-    }
-    if (e != RD_KAFKA_RESP_ERR_NO_ERROR) {
-        snprintf(err, errsize, "could not query the offsets of %s[%d] at %s: %s", topic,
-                 (int)partition, cfg->kafka.bootstrap_servers, rd_kafka_err2str(e));
-        goto out;
-    }
-    *offset = latest ? high : low;
-    result = SC_EXIT_OK;
-out:
-    if (conf)
-        rd_kafka_conf_destroy(conf);
-    if (rk)
-        rd_kafka_destroy(rk);
-    return result;
-}
-
-/* The names of a list, comma-separated, for "... (configured: a, b)". */
-static char *join_names(const char *const *names, size_t n)
-{
-    struct sc_buf b;
-    sc_buf_init(&b, 0);
-    for (size_t i = 0; i < n; i++)
-        if (sc_buf_printf(&b, "%s%s", i ? ", " : "", names[i]) != 0)
-            break;
-    if (sc_buf_putc(&b, '\0') != 0)
-        abort();
-    return b.data;
-}
-
-/* Checks --pipeline / --topic against the config; exit code and message. */
-static int check_target(const struct sc_config *cfg, const char *pipeline, const char *topic,
-                        const struct sc_pipeline_conf **out, char *err, size_t errsize)
-{
-    const struct sc_pipeline_conf *p = NULL;
-    for (size_t i = 0; i < cfg->npipelines; i++)
-        if (strcmp(cfg->pipelines[i].name, pipeline) == 0)
-            p = &cfg->pipelines[i];
-    if (!p) {
-        const char **names = sc_xcalloc(cfg->npipelines + 1, sizeof(char *));
-        for (size_t i = 0; i < cfg->npipelines; i++)
-            names[i] = cfg->pipelines[i].name;
-        char *list = join_names(names, cfg->npipelines);
-        snprintf(err, errsize, "no pipeline \"%s\" in %s (configured: %s)", pipeline, cfg->path,
-                 list);
-        free(list);
-        free(names);
-        return SC_EXIT_USAGE;
-    }
-    for (size_t i = 0; i < p->topics.count; i++)
-        if (strcmp(p->topics.items[i], topic) == 0) {
-            *out = p;
-            return SC_EXIT_OK;
-        }
-    char *list = join_names((const char *const *)p->topics.items, p->topics.count);
-    snprintf(err, errsize, "pipeline \"%s\" does not consume topic \"%s\" (its topics: %s)",
-             pipeline, topic, list);
-    free(list);
-    return SC_EXIT_USAGE;
-}
 
 /* A value or "none" for NULL. */
 static const char *or_none(PGresult *res, int row, int col)
@@ -161,8 +48,12 @@ static bool ok(const PGresult *res, ExecStatusType want)
     return res && PQresultStatus(res) == want;
 }
 
-/* The server's message, and its hint; a refused reset (live lease) also names --force. */
-static void report_reset_error(PGconn *conn, const PGresult *res)
+/*
+ * The server's message and its hint; a refused reset (live lease) also
+ * names --force.  Returns the exit code: 2 when the operator named
+ * something that does not exist or an offset out of range, else 1.
+ */
+static int report_reset_error(PGconn *conn, const PGresult *res)
 {
     char msg[1024];
     sc_pg_errmsg(conn, res, msg, sizeof(msg));
@@ -177,30 +68,103 @@ static void report_reset_error(PGconn *conn, const PGresult *res)
     else if (state && (strcmp(state, "42P01") == 0 || strcmp(state, "42883") == 0 ||
                        strcmp(state, "3F000") == 0))
         fprintf(stderr, "hint: is the schema migrated? run `sidecar migrate`\n");
+    if (state &&
+        (strcmp(state, "42704") == 0 || strcmp(state, "22003") == 0 || strcmp(state, "22023") == 0))
+        return SC_EXIT_USAGE;
+    return SC_EXIT_FAILURE;
+}
+
+/*
+ * Asks Kafka whether topic[partition] exists and where its log starts and
+ * ends; resolves earliest / latest and checks a given offset against them.
+ * Returns SC_EXIT_OK, SC_EXIT_USAGE (no such partition, offset outside the
+ * log) or SC_EXIT_FAILURE (Kafka did not answer), with the message printed.
+ */
+static int check_in_kafka(const struct sc_config *cfg, const struct sc_pipeline_conf *p,
+                          const char *topic, int32_t partition, const char *to_offset,
+                          int64_t *offset, int64_t *log_start, int64_t *log_end)
+{
+    char err[1024];
+    int result = SC_EXIT_FAILURE;
+    rd_kafka_t *rk = cli_kafka_new(cfg, p, err, sizeof(err));
+    if (!rk) {
+        fprintf(stderr, "sidecar reset: %s\n", err);
+        return SC_EXIT_USAGE;
+    }
+    int count = 0;
+    enum cli_kafka_rc rc = cli_kafka_partitions(rk, topic, 10000, &count, err, sizeof(err));
+    if (rc == CLI_KAFKA_OK && partition >= count) {
+        snprintf(err, sizeof(err),
+                 "topic \"%s\" has %d partition%s (0..%d): there is no partition %d", topic, count,
+                 count == 1 ? "" : "s", count - 1, (int)partition);
+        rc = CLI_KAFKA_NOT_FOUND;
+    }
+    if (rc == CLI_KAFKA_OK)
+        rc = cli_kafka_log_range(rk, topic, partition, 10000, log_start, log_end, err, sizeof(err));
+    if (rc != CLI_KAFKA_OK) {
+        fprintf(stderr, "sidecar reset: %s (Kafka at %s)\n", err, cfg->kafka.bootstrap_servers);
+        if (rc == CLI_KAFKA_FAILED)
+            fprintf(stderr, "hint: the reset is checked against Kafka first; without Kafka, "
+                            "<schema>.reset_checkpoint() in psql checks against the last "
+                            "watermark sample\n");
+        result = rc == CLI_KAFKA_NOT_FOUND ? SC_EXIT_USAGE : SC_EXIT_FAILURE;
+        goto out;
+    }
+    if (strcmp(to_offset, "earliest") == 0)
+        *offset = *log_start;
+    else if (strcmp(to_offset, "latest") == 0)
+        *offset = *log_end;
+    result = SC_EXIT_USAGE;
+    if (*offset > *log_end) {
+        fprintf(stderr,
+                "sidecar reset: --to-offset %" PRId64 " is past the log end of %s[%d]: the next "
+                "record produced gets offset %" PRId64 " (log start %" PRId64 ")\n",
+                *offset, topic, (int)partition, *log_end, *log_start);
+        goto out;
+    }
+    if (*offset < *log_start) {
+        fprintf(stderr,
+                "sidecar reset: --to-offset %" PRId64 " is before the log start of %s[%d]: the "
+                "oldest record Kafka still has is offset %" PRId64 " (log end %" PRId64 ")\n",
+                *offset, topic, (int)partition, *log_start, *log_end);
+        goto out;
+    }
+    result = SC_EXIT_OK;
+out:
+    rd_kafka_destroy(rk);
+    return result;
 }
 
 static int run_reset(const struct sc_config *cfg, const struct sc_cli *cli)
 {
     const char *pipeline = cli->pipeline, *topic = cli->topic, *partition = cli->partition;
-    const char *to_offset = cli->to_offset;
+    const char *to_offset = cli->to_offset, *write_offset = cli->write_offset;
     bool force = cli->force;
     int result = SC_EXIT_USAGE;
     char err[1024];
     char *schema_q = sc_pg_quote_ident(cfg->postgres.schema);
-    char *before_sql = NULL, *reset_sql = NULL, *event_sql = NULL;
+    char *stats_sql = NULL, *before_sql = NULL, *reset_sql = NULL, *event_sql = NULL;
     PGconn *conn = NULL;
     PGresult *step = NULL, *before = NULL, *reset = NULL, *ev = NULL;
     const struct sc_pipeline_conf *p = NULL;
-    int64_t part = -1, offset = -1;
+    int64_t part = -1, offset = -1, wo = -1, log_start = -1, log_end = -1;
     const char *how = "";
 
-    const char *missing = !pipeline    ? "--pipeline P"
-                          : !topic     ? "--topic T"
-                          : !partition ? "--partition N"
-                          : !to_offset ? "--to-offset X|earliest|latest"
-                                       : NULL;
-    if (missing) {
-        fprintf(stderr, "sidecar reset: %s is required\nTry 'sidecar reset --help'.\n", missing);
+    const char *missing[4];
+    size_t nmissing = 0;
+    if (!pipeline)
+        missing[nmissing++] = "--pipeline P";
+    if (!topic)
+        missing[nmissing++] = "--topic T";
+    if (!partition)
+        missing[nmissing++] = "--partition N";
+    if (!to_offset)
+        missing[nmissing++] = "--to-offset X|earliest|latest";
+    if (nmissing) {
+        fprintf(stderr, "sidecar reset: missing ");
+        for (size_t i = 0; i < nmissing; i++)
+            fprintf(stderr, "%s%s", i == 0 ? "" : i + 1 == nmissing ? " and " : ", ", missing[i]);
+        fprintf(stderr, "\nTry 'sidecar reset --help'.\n");
         goto out;
     }
     if (sc_parse_i64(partition, &part) != 0 || part < 0 || part > INT32_MAX) {
@@ -215,18 +179,23 @@ static int run_reset(const struct sc_config *cfg, const struct sc_cli *cli)
                 to_offset);
         goto out;
     }
-    if (check_target(cfg, pipeline, topic, &p, err, sizeof(err)) != SC_EXIT_OK) {
+    if (write_offset && strcmp(write_offset, "keep") != 0 &&
+        (sc_parse_i64(write_offset, &wo) != 0 || wo < 0)) {
+        fprintf(stderr,
+                "sidecar reset: --write-offset \"%s\": expected keep or a write offset >= 0 "
+                "(0: a file sink starts a new, empty file)\n",
+                write_offset);
+        goto out;
+    }
+    if (cli_find_target(cfg, pipeline, topic, &p, err, sizeof(err)) != SC_EXIT_OK) {
         fprintf(stderr, "sidecar reset: %s\n", err);
         goto out;
     }
-    if (earliest || latest) {
-        result = resolve_offset(cfg, p, topic, (int32_t)part, latest, &offset, err, sizeof(err));
-        if (result != SC_EXIT_OK) {
-            fprintf(stderr, "sidecar reset: %s\n", err);
-            goto out;
-        }
+    result = check_in_kafka(cfg, p, topic, (int32_t)part, to_offset, &offset, &log_start, &log_end);
+    if (result != SC_EXIT_OK)
+        goto out;
+    if (earliest || latest)
         how = latest ? " (latest: the log end offset)" : " (earliest: the log start offset)";
-    }
 
     result = SC_EXIT_FAILURE;
     conn = sc_pg_connect(cfg->postgres.dsn, "kafka-sidecar/reset", cfg->postgres.connect_timeout_ms,
@@ -235,26 +204,44 @@ static int run_reset(const struct sc_config *cfg, const struct sc_cli *cli)
         fprintf(stderr, "sidecar reset: %s\n", err);
         goto out;
     }
-    char off[24], pn[16];
+    char off[24], pn[16], lo[24], hi[24], wob[24];
     snprintf(off, sizeof(off), "%" PRId64, offset);
     snprintf(pn, sizeof(pn), "%" PRId64, part);
-    const char *params[] = {pipeline, topic, pn, off, force ? "true" : "false"};
-    before_sql = sc_pg_with_schema("SELECT pending_first_offset, pending_last_offset, state, error"
+    snprintf(lo, sizeof(lo), "%" PRId64, log_start);
+    snprintf(hi, sizeof(hi), "%" PRId64, log_end);
+    snprintf(wob, sizeof(wob), "%" PRId64, wo);
+    const char *params[] = {
+        pipeline, topic, pn, off, force ? "true" : "false", wo >= 0 ? wob : NULL};
+    const char *stats_params[] = {pipeline, topic, pn, lo, hi};
+    /* What Kafka just said, for the function's range check (and for lag). */
+    stats_sql = sc_pg_with_schema(
+        "INSERT INTO {S}.partition_stats AS s (pipeline, topic, partition, low_watermark,"
+        " high_watermark, sampled_at) VALUES ($1, $2, $3::int, $4::bigint, $5::bigint, now())"
+        " ON CONFLICT (pipeline, topic, partition) DO UPDATE SET"
+        " low_watermark = EXCLUDED.low_watermark, high_watermark = EXCLUDED.high_watermark,"
+        " sampled_at = EXCLUDED.sampled_at",
+        schema_q);
+    before_sql = sc_pg_with_schema("SELECT pending_first_offset, pending_last_offset, state, error,"
+                                   "       committed_write_offset"
                                    "  FROM {S}.checkpoints"
                                    " WHERE pipeline = $1 AND topic = $2 AND partition = $3::int",
                                    schema_q);
-    reset_sql =
-        sc_pg_with_schema("SELECT committed_offset, committed_write_offset"
-                          "  FROM {S}.reset_checkpoint($1, $2, $3::int, $4::bigint, $5::boolean)",
-                          schema_q);
+    reset_sql = sc_pg_with_schema(
+        "SELECT committed_offset, committed_write_offset"
+        "  FROM {S}.reset_checkpoint($1, $2, $3::int, $4::bigint, $5::boolean, $6::bigint)",
+        schema_q);
     /* The function's own event: the previous committed offset, read under its row lock. */
     event_sql = sc_pg_with_schema("SELECT id, detail->>'previous_committed_offset' FROM {S}.events"
                                   " WHERE xid = pg_current_xact_id() AND kind = 'reset'"
                                   " ORDER BY id DESC LIMIT 1",
                                   schema_q);
 
-    /* One transaction: the row before (for the report), the reset, and the event it wrote. */
+    /* One transaction: the sample, the row before (for the report), the reset, its event. */
     step = PQexec(conn, "BEGIN");
+    if (!ok(step, PGRES_COMMAND_OK))
+        goto failed;
+    PQclear(step);
+    step = PQexecParams(conn, stats_sql, 5, NULL, stats_params, NULL, NULL, 0);
     if (!ok(step, PGRES_COMMAND_OK))
         goto failed;
     PQclear(step);
@@ -264,7 +251,7 @@ static int run_reset(const struct sc_config *cfg, const struct sc_cli *cli)
         step = before, before = NULL;
         goto failed;
     }
-    reset = PQexecParams(conn, reset_sql, 5, NULL, params, NULL, NULL, 0);
+    reset = PQexecParams(conn, reset_sql, 6, NULL, params, NULL, NULL, 0);
     if (!ok(reset, PGRES_TUPLES_OK) || PQntuples(reset) != 1) {
         step = reset, reset = NULL;
         goto failed;
@@ -280,27 +267,36 @@ static int run_reset(const struct sc_config *cfg, const struct sc_cli *cli)
 
     printf("reset pipeline %s, %s[%s]: committed offset %s -> %s%s\n", pipeline, topic, pn,
            or_none(ev, 0, 1), PQgetvalue(reset, 0, 0), how);
+    bool wo_changed = false;
     if (PQntuples(before) == 1) {
         if (!PQgetisnull(before, 0, 0))
             printf("  dropped the pending batch %s..%s (it will not be replayed)\n",
                    PQgetvalue(before, 0, 0), PQgetvalue(before, 0, 1));
         if (strcmp(PQgetvalue(before, 0, 2), "error") == 0)
             printf("  cleared the error state (was: %s)\n", or_none(before, 0, 3));
+        wo_changed = strcmp(PQgetvalue(before, 0, 4), PQgetvalue(reset, 0, 1)) != 0;
     }
-    printf("  the sink continues at committed_write_offset %s\n", PQgetvalue(reset, 0, 1));
-    printf("  event %s (kind reset); a running owner picks the change up without a restart\n",
+    if (wo_changed)
+        printf("  the sink continues at write offset %s (was %s)\n", PQgetvalue(reset, 0, 1),
+               PQgetvalue(before, 0, 4));
+    else
+        printf("  the sink continues at committed_write_offset %s (kept)\n",
+               PQgetvalue(reset, 0, 1));
+    printf("  event %s (kind reset); a running owner picks the change up without a restart and "
+           "reopens its sink\n",
            PQgetvalue(ev, 0, 0));
     fflush(stdout);
     result = SC_EXIT_OK;
     goto out;
 failed:
-    report_reset_error(conn, step);
+    result = report_reset_error(conn, step);
 out:
     PQclear(step);
     PQclear(before);
     PQclear(reset);
     PQclear(ev);
     finish(conn);
+    free(stats_sql);
     free(before_sql);
     free(reset_sql);
     free(event_sql);
@@ -311,13 +307,23 @@ out:
 const struct sc_command sc_cmd_reset = {
     .name = "reset",
     .summary = "Move a partition's checkpoint (clears an error state).",
-    .usage = "-c FILE --pipeline P --topic T --partition N --to-offset X|earliest|latest [--force]",
+    .usage = "-c FILE --pipeline P --topic T --partition N --to-offset X|earliest|latest\n"
+             "       [--write-offset keep|N] [--force]",
     .help = "Sets the partition's committed offset (the next offset to deliver) to X, or\n"
             "to Kafka's earliest (log start) or latest (log end) offset; drops a pending\n"
             "batch (it is not replayed), clears the error state and writes a 'reset'\n"
             "event.  Same as SELECT * FROM <schema>.reset_checkpoint(...) in psql.\n"
+            "Checked first (exit 2 otherwise): the pipeline and topic are configured, the\n"
+            "partition exists in Kafka and has a checkpoint (reset never creates one), and\n"
+            "log start <= X <= log end, as Kafka says now.\n"
             "Refuses (exit 1) while another instance holds a live lease on the partition\n"
-            "unless --force is given; a running owner picks the change up by itself.\n"
+            "unless --force is given; a running owner picks the change up by itself and\n"
+            "reopens its sink (a file sink's file, for instance).\n"
+            "\n"
+            "--write-offset sets where the sink continues writing: keep (the default)\n"
+            "continues at committed_write_offset; 0 starts over (a file sink writes a new\n"
+            "file: after the file was deleted or moved away, --to-offset earliest\n"
+            "--write-offset 0 delivers everything again).\n"
             "\n"
             "Output already written stays; delivery continues from X at the sink's\n"
             "committed_write_offset, so moving back re-delivers records:\n"
@@ -330,6 +336,6 @@ const struct sc_command sc_cmd_reset = {
             "            dead letters; use upsert or insert_ignore, or delete the rows first.\n"
             "  stdout:   printed again.\n"
             "Moving forward skips records: they are never delivered.\n",
-    .options = "c pipeline topic partition to-offset force",
+    .options = "c pipeline topic partition to-offset write-offset force",
     .run = run_reset,
 };

@@ -5,7 +5,10 @@
  * Signals only set a flag; the threads notice it.  A second signal exits at
  * once: every pending checkpoint makes that a replay, never a loss.
  */
+#include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +22,7 @@
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
 #include "db/sc_migrate.h"
+#include "db/sc_pg.h"
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
@@ -47,43 +51,100 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
-/* Waits until PostgreSQL answers and the schema is current (or we are told to stop). */
-static int wait_for_database(const struct sc_config *cfg)
+/*
+ * What /readyz says before the pipelines run: the start-up stage and, while
+ * PostgreSQL cannot be reached, why.  Written by the main thread, read by
+ * the admin threads.
+ */
+struct run_state {
+    struct sc_pipeline **pls;
+    size_t n;
+    atomic_bool started; /* every pipeline started: ask them */
+    pthread_mutex_t lock;
+    char stage[600];
+};
+
+static void set_stage(struct run_state *rs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void set_stage(struct run_state *rs, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    pthread_mutex_lock(&rs->lock);
+    vsnprintf(rs->stage, sizeof(rs->stage), fmt, ap);
+    pthread_mutex_unlock(&rs->lock);
+    va_end(ap);
+}
+
+/*
+ * Waits until PostgreSQL answers and the schema is current (or we are told
+ * to stop).  A server that is down or unreachable is retried with backoff,
+ * logged at attempts 1, 2, 4, 8, ... (and at least every 5 minutes), each
+ * line saying when the next attempt is; a refused login (wrong password,
+ * unknown user or database) ends the start at once unless wait is set,
+ * because waiting will not fix it.
+ */
+static int wait_for_database(const struct sc_config *cfg, struct run_state *rs, bool wait)
 {
     struct sc_backoff bo;
     sc_backoff_init(&bo, 200, 10000);
     char err[1024];
-    bool logged = false;
-    while (!atomic_load(&stopping)) {
+    int64_t last_log = 0;
+    for (long attempt = 1; !atomic_load(&stopping); attempt++) {
         PGconn *conn = sc_pg_connect(cfg->postgres.dsn, "kafka-sidecar/startup",
                                      cfg->postgres.connect_timeout_ms, err, sizeof(err));
         if (conn) {
+            set_stage(rs, "starting: checking the schema");
             int rc = sc_migrate_require_latest(conn, cfg->postgres.schema, err, sizeof(err));
             PQfinish(conn);
-            if (rc == 0)
+            if (rc == 0) {
+                if (attempt > 1)
+                    sc_info(NULL, "connected to PostgreSQL (attempt %ld)", attempt);
                 return 0;
+            }
             sc_error(NULL, "%s", err);
+            set_stage(rs, "not starting: %s", err);
+            return -1;
+        }
+        bool refused = sc_pg_login_refused(err);
+        if (refused && !wait) {
+            sc_error(NULL,
+                     "%s: PostgreSQL refused the login; check the user, password and database "
+                     "in postgres.dsn (sidecar run --wait-for-postgres keeps retrying instead, "
+                     "e.g. while the role is being created)",
+                     err);
+            set_stage(rs, "not starting: %s", err);
             return -1;
         }
         int delay = sc_backoff_next(&bo);
-        if (!logged)
-            sc_warn(NULL, "%s; retrying (with backoff up to 10 s) until it is reachable", err);
-        logged = true;
+        set_stage(rs, "starting: waiting for PostgreSQL: %s (attempt %ld, next in %.1f s)", err,
+                  attempt, delay / 1000.0);
+        int64_t now = sc_mono_ms();
+        if ((attempt & (attempt - 1)) == 0 || now - last_log >= 300000) {
+            if (attempt == 1)
+                sc_warn(NULL, "%s; retrying with backoff (up to 10 s) until it is reachable%s", err,
+                        refused ? " (--wait-for-postgres)" : "");
+            else
+                sc_warn(NULL, "still cannot connect: %s (attempt %ld, next in %.1f s)", err,
+                        attempt, delay / 1000.0);
+            last_log = now;
+        }
         sc_sleep_ms(delay, &stopping);
     }
     return -1;
 }
-
-struct run_state {
-    struct sc_pipeline **pls;
-    size_t n;
-};
 
 static bool all_ready(void *arg, char *why, size_t whysize)
 {
     struct run_state *rs = arg;
     if (atomic_load(&stopping)) {
         snprintf(why, whysize, "shutting down");
+        return false;
+    }
+    if (!atomic_load(&rs->started)) {
+        pthread_mutex_lock(&rs->lock);
+        snprintf(why, whysize, "%s", rs->stage);
+        pthread_mutex_unlock(&rs->lock);
         return false;
     }
     for (size_t i = 0; i < rs->n; i++)
@@ -94,14 +155,15 @@ static bool all_ready(void *arg, char *why, size_t whysize)
 
 static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
 {
-    (void)cli;
     install_signals();
     sc_failpoint_init();
     sc_info(NULL, "kafka sidecar %s starting as instance \"%s\" (%zu pipeline%s)", SIDECAR_VERSION,
             cfg->instance_id, cfg->npipelines, cfg->npipelines == 1 ? "" : "s");
     int rc = SC_EXIT_OK;
     struct sc_pipeline **pls = sc_xcalloc(cfg->npipelines, sizeof(*pls));
-    struct run_state rs = {pls, cfg->npipelines};
+    struct run_state rs = {.pls = pls, .n = cfg->npipelines};
+    pthread_mutex_init(&rs.lock, NULL);
+    set_stage(&rs, "starting: connecting to PostgreSQL");
     char err[1024];
     /* The admin endpoint comes up first, so /healthz answers while we connect. */
     struct sc_admin_hooks hooks = {all_ready, &rs};
@@ -109,14 +171,17 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     if (!admin && err[0]) {
         sc_error(NULL, "%s", err);
         free(pls);
+        pthread_mutex_destroy(&rs.lock);
         return SC_EXIT_FAILURE;
     }
-    if (wait_for_database(cfg) != 0) {
+    if (wait_for_database(cfg, &rs, cli->wait_for_postgres) != 0) {
         sc_admin_stop(admin);
         free(pls);
+        pthread_mutex_destroy(&rs.lock);
         return atomic_load(&stopping) ? SC_EXIT_OK : SC_EXIT_FAILURE;
     }
     for (size_t i = 0; i < cfg->npipelines; i++) {
+        set_stage(&rs, "starting: pipeline %s", cfg->pipelines[i].name);
         pls[i] = sc_pipeline_new(cfg, &cfg->pipelines[i], &stopping, err, sizeof(err));
         if (!pls[i] || sc_pipeline_start(pls[i], err, sizeof(err)) != 0) {
             struct sc_log_fields f = {.pipeline = cfg->pipelines[i].name, .partition = -1};
@@ -130,6 +195,7 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     struct sc_notifier *notifier = NULL;
     struct sc_retention *retention = NULL;
     if (!atomic_load(&stopping)) {
+        atomic_store(&rs.started, true);
         struct sc_notify_pl **nps = sc_xcalloc(cfg->npipelines, sizeof(*nps));
         for (size_t i = 0; i < cfg->npipelines; i++)
             nps[i] = &pls[i]->notify;
@@ -187,6 +253,7 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     for (size_t i = 0; i < cfg->npipelines; i++)
         sc_pipeline_free(pls[i]);
     free(pls);
+    pthread_mutex_destroy(&rs.lock);
     rd_kafka_wait_destroyed(2000);
     sc_metrics_free_all();
     sc_info(NULL, "stopped");
@@ -196,10 +263,16 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
 const struct sc_command sc_cmd_run = {
     .name = "run",
     .summary = "Consume the configured pipelines and deliver them to their sinks.",
-    .usage = "-c FILE",
+    .usage = "-c FILE [--wait-for-postgres]",
     .help = "Runs until SIGTERM/SIGINT: then stops fetching, commits in-flight batches,\n"
             "releases its leases and exits 0.  A second signal exits at once (safe: a\n"
-            "pending checkpoint makes that a replay, never a loss).\n",
-    .options = "c",
+            "pending checkpoint makes that a replay, never a loss).\n"
+            "\n"
+            "At start-up PostgreSQL that is down or unreachable is waited for (retries\n"
+            "with backoff, logged with a growing interval; /readyz says why it is not\n"
+            "ready).  A refused login (wrong password or user, no such database, no\n"
+            "pg_hba.conf entry) exits 1 at once, since waiting will not fix it, unless\n"
+            "--wait-for-postgres is given (e.g. while the role is still being created).\n",
+    .options = "c wait-for-postgres",
     .run = run_run,
 };

@@ -56,6 +56,7 @@ enum {
     COL_PENDING,
     COL_STATE,
     COL_PAUSED,
+    COL_DEAD,
     COL_ERROR,
     NCOLS
 };
@@ -66,7 +67,8 @@ static const struct {
 } columns[NCOLS] = {
     {"PIPELINE", false}, {"TOPIC", false}, {"PARTITION", true}, {"OWNER", false},
     {"EPOCH", true},     {"LEASE", false}, {"COMMITTED", true}, {"LAG", true},
-    {"PENDING", false},  {"STATE", false}, {"PAUSED", false},   {"ERROR", false},
+    {"PENDING", false},  {"STATE", false}, {"PAUSED", false},   {"DEAD LETTERS", true},
+    {"ERROR", false},
 };
 
 /* The longest error text shown in the table (--json has all of it). */
@@ -98,6 +100,7 @@ static void status_row_cells(json_t *row, char **cells)
     }
     cells[COL_STATE] = cell(row, "state");
     cells[COL_PAUSED] = cell(row, "paused");
+    cells[COL_DEAD] = cell(row, "dead_letters");
     json_t *e = json_object_get(row, "error");
     if (json_is_string(e)) {
         /* One line, bounded: the table stays readable; --json has the whole text. */
@@ -196,8 +199,10 @@ const struct sc_command sc_cmd_status = {
     .usage = "-c FILE [--json]",
     .help = "A table of <schema>.partition_status: lease owner and epoch (LEASE live or\n"
             "expired), the committed offset (the next offset to deliver), LAG (from the\n"
-            "owner's last watermark sample; - until sampled), the pending batch and how\n"
-            "long it has been pending, the state, whether it is paused, and the error.\n"
+            "owner's last watermark sample; - when unknown: not sampled yet, or no live\n"
+            "lease holds the partition), the pending batch and how long it has been\n"
+            "pending, the state, whether it is paused, the dead letters waiting for a\n"
+            "redrive (sidecar redrive), and the error.\n"
             "--json prints the same rows as a JSON array of objects, with every column.\n",
     .options = "c json",
     .run = run_status,

@@ -23,16 +23,42 @@ static void print_command_help(FILE *out, const struct sc_command *cmd)
 
 static int usage_error(const struct sc_command *cmd, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
+/* Set when no subcommand was named and `run` is implied: errors must not blame "run". */
+static bool implied_run;
+
 static int usage_error(const struct sc_command *cmd, const char *fmt, ...)
 {
-    fprintf(stderr, "sidecar %s: ", cmd->name);
+    fprintf(stderr, implied_run ? "sidecar: " : "sidecar %s: ", cmd->name);
     va_list ap;
     va_start(ap, fmt);
     vfprintf(stderr, fmt, ap);
     va_end(ap);
-    fprintf(stderr, "\nusage: sidecar %s %s\nTry 'sidecar %s --help'.\n", cmd->name, cmd->usage,
-            cmd->name);
+    if (implied_run)
+        fprintf(stderr,
+                "\nWithout a subcommand, sidecar runs 'sidecar run %s'.\n"
+                "Try 'sidecar --help' for the subcommands, 'sidecar run --help' for run.\n",
+                cmd->usage);
+    else
+        fprintf(stderr, "\nusage: sidecar %s %s\nTry 'sidecar %s --help'.\n", cmd->name, cmd->usage,
+                cmd->name);
     return SC_EXIT_USAGE;
+}
+
+/* The accepted long option nearest to an unknown one ("--partiton"), or NULL. */
+static const char *nearest_option(const struct option *opts, const char *arg)
+{
+    if (strncmp(arg, "--", 2) != 0)
+        return NULL;
+    char name[64];
+    snprintf(name, sizeof(name), "%.*s", (int)strcspn(arg + 2, "="), arg + 2);
+    const char *best = NULL;
+    size_t best_d = 3;
+    for (size_t i = 0; opts[i].name; i++) {
+        size_t d = sc_edit_distance(name, opts[i].name);
+        if (d < best_d)
+            best = opts[i].name, best_d = d;
+    }
+    return best;
 }
 
 enum {
@@ -48,7 +74,10 @@ enum {
     OPT_JSON,
     OPT_REFERENCE,
     OPT_RESTART_SNAPSHOT,
+    OPT_WRITE_OFFSET,
+    OPT_ALL_ERRORED,
     OPT_ONLINE,
+    OPT_WAIT_FOR_POSTGRES,
 };
 
 /*
@@ -70,7 +99,10 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
         {"json", no_argument, NULL, OPT_JSON},
         {"reference", no_argument, NULL, OPT_REFERENCE},
         {"restart-from-snapshot", no_argument, NULL, OPT_RESTART_SNAPSHOT},
+        {"write-offset", required_argument, NULL, OPT_WRITE_OFFSET},
+        {"all-errored", no_argument, NULL, OPT_ALL_ERRORED},
         {"online", no_argument, NULL, OPT_ONLINE},
+        {"wait-for-postgres", no_argument, NULL, OPT_WAIT_FOR_POSTGRES},
         {NULL, 0, NULL, 0},
     };
     const char *allowed = cmd->options;
@@ -88,7 +120,8 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
     optind = 1;
     opterr = 0;
     int c;
-    while ((c = getopt_long(argc, argv, sc_word_in(allowed, "c") ? "+hc:" : "+h", opts, NULL)) !=
+    /* "+": stop at the first operand; ":": report a missing value as ':', not as unknown. */
+    while ((c = getopt_long(argc, argv, sc_word_in(allowed, "c") ? "+:hc:" : "+:h", opts, NULL)) !=
            -1) {
         switch (c) {
         case OPT_HELP:
@@ -127,13 +160,30 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
         case OPT_RESTART_SNAPSHOT:
             cli->restart_snapshot = true;
             break;
+        case OPT_WRITE_OFFSET:
+            cli->write_offset = optarg;
+            break;
+        case OPT_ALL_ERRORED:
+            cli->all_errored = true;
+            break;
         case OPT_ONLINE:
             cli->online = true;
             break;
+        case OPT_WAIT_FOR_POSTGRES:
+            cli->wait_for_postgres = true;
+            break;
         case ':':
-            return usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
-        default:
-            return usage_error(cmd, "unknown option '%s'", argv[optind - 1]);
+            return usage_error(cmd, "option '%s' needs a value%s", argv[optind - 1],
+                               optopt == OPT_CONFIG ? " (the config file: -c FILE)" : "");
+        default: {
+            const char *arg = argv[optind - 1];
+            const char *near = nearest_option(opts, arg);
+            if (optopt && optopt < 256 && strncmp(arg, "--", 2) != 0)
+                return usage_error(cmd, "unknown option '-%c'", optopt);
+            if (near)
+                return usage_error(cmd, "unknown option '%s' (did you mean '--%s'?)", arg, near);
+            return usage_error(cmd, "unknown option '%s'", arg);
+        }
         }
     }
     if (optind < argc && !cmd->operands)
@@ -191,8 +241,9 @@ static const struct sc_command cmd_help = {
 };
 
 static const struct sc_command *const commands[] = {
-    &sc_cmd_run,   &sc_cmd_migrate, &sc_cmd_check_config, &sc_cmd_status, &sc_cmd_watch,
-    &sc_cmd_reset, &sc_cmd_redrive, &sc_cmd_version,      &cmd_help,      NULL,
+    &sc_cmd_run,   &sc_cmd_migrate, &sc_cmd_check_config, &sc_cmd_status,  &sc_cmd_watch,
+    &sc_cmd_reset, &sc_cmd_retry,   &sc_cmd_redrive,      &sc_cmd_version, &cmd_help,
+    NULL,
 };
 
 static void print_usage(FILE *out)
@@ -251,6 +302,7 @@ int main(int argc, char **argv)
             print_usage(stderr);
             return SC_EXIT_USAGE;
         }
+        implied_run = true;
         return dispatch(argc, argv, &sc_cmd_run);
     }
     const struct sc_command *cmd = find_command(argv[1]);

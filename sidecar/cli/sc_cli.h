@@ -27,7 +27,10 @@ struct sc_cli {
     bool json;
     bool reference;
     bool restart_snapshot;
-    bool online; /* check-config: also ask the servers the config names */
+    const char *write_offset; /* reset: keep | N */
+    bool all_errored;         /* retry: every errored partition of the pipeline */
+    bool online;              /* check-config: also ask PostgreSQL and Kafka */
+    bool wait_for_postgres;   /* run: keep retrying even when PostgreSQL refuses the login */
     /* Arguments after the options (only commands with .operands get any). */
     int argc;
     char **argv;
@@ -57,6 +60,7 @@ extern const struct sc_command sc_cmd_check_config;
 extern const struct sc_command sc_cmd_status;
 extern const struct sc_command sc_cmd_watch;
 extern const struct sc_command sc_cmd_reset;
+extern const struct sc_command sc_cmd_retry;
 extern const struct sc_command sc_cmd_redrive;
 extern const struct sc_command sc_cmd_version;
 

@@ -432,6 +432,28 @@ static int string_value(struct sc_conf_ctx *ctx, const json_t *v, char **out, si
     return 0;
 }
 
+/*
+ * What a value of the wrong type is, for "expected X (got Y)": a string
+ * quoted (bounded), a number or literal as written, else its kind.
+ */
+static const char *json_got(char *buf, size_t size, const json_t *v)
+{
+    if (json_is_string(v))
+        return sc_conf_quote(buf, size, json_string_value(v));
+    if (json_is_integer(v))
+        snprintf(buf, size, "%" JSON_INTEGER_FORMAT, json_integer_value(v));
+    else if (json_is_real(v))
+        snprintf(buf, size, "%g", json_real_value(v));
+    else
+        snprintf(buf, size, "%s",
+                 json_is_true(v)     ? "true"
+                 : json_is_false(v)  ? "false"
+                 : json_is_null(v)   ? "null"
+                 : json_is_object(v) ? "an object"
+                                     : "an array");
+    return buf;
+}
+
 /* A string for an INT/BOOL key, when it holds "${": expanded; else NULL (type error). */
 static char *expanded_scalar(struct sc_conf_ctx *ctx, const json_t *v, bool *failed)
 {
@@ -469,10 +491,8 @@ static int integer_value(struct sc_conf_ctx *ctx, const json_t *v, int64_t *x)
     int64_t tmp;
     if (json_is_string(v) && parse_int_strict(json_string_value(v), &tmp) == 0)
         sc_conf_error(ctx, "expected an integer (write %s without quotes)", json_string_value(v));
-    else if (json_is_real(v))
-        sc_conf_error(ctx, "expected an integer (got %g)", json_real_value(v));
     else
-        sc_conf_error(ctx, "expected an integer");
+        sc_conf_error(ctx, "expected an integer (got %s)", json_got(q, sizeof(q), v));
     return -1;
 }
 
@@ -499,7 +519,7 @@ static int bool_value(struct sc_conf_ctx *ctx, const json_t *v, bool *b)
         sc_conf_error(ctx, "expected true or false (write %s without quotes)",
                       json_string_value(v));
     } else {
-        sc_conf_error(ctx, "expected true or false");
+        sc_conf_error(ctx, "expected true or false (got %s)", json_got(q, sizeof(q), v));
     }
     free(s);
     return rc;
@@ -596,7 +616,8 @@ static int parse_string(struct sc_conf_ctx *ctx, const struct sc_conf_key *key, 
     if (json_is_null(v) && !(key->flags & SC_CONF_REQUIRED) && !key->def)
         return 0; /* an explicit null means "not set" */
     if (!json_is_string(v)) {
-        sc_conf_error(ctx, "expected a string");
+        char q[96];
+        sc_conf_error(ctx, "expected a string (got %s)", json_got(q, sizeof(q), v));
         return -1;
     }
     char *s = NULL;
@@ -772,7 +793,8 @@ static int parse_strlist(struct sc_conf_ctx *ctx, const struct sc_conf_key *key,
         size_t len = 0;
         sc_conf_push_index(ctx, i);
         if (!json_is_string(item)) {
-            sc_conf_error(ctx, "expected a string");
+            char q[96];
+            sc_conf_error(ctx, "expected a string (got %s)", json_got(q, sizeof(q), item));
         } else if (string_value(ctx, item, &s, &len) == 0) {
             size_t item_before = ctx->nerrors;
             if (memchr(s, '\0', len))
@@ -841,8 +863,10 @@ static int parse_map(struct sc_conf_ctx *ctx, const struct sc_conf_key *key, voi
         } else if (scalars && json_is_boolean(item)) {
             s = sc_xstrdup(json_is_true(item) ? "true" : "false");
         } else {
-            sc_conf_error(ctx,
-                          scalars ? "expected a string, number or boolean" : "expected a string");
+            char q[96];
+            sc_conf_error(ctx, "%s (got %s)",
+                          scalars ? "expected a string, number or boolean" : "expected a string",
+                          json_got(q, sizeof(q), item));
         }
         if (s) {
             size_t item_before = ctx->nerrors;

@@ -476,6 +476,25 @@ out:
     return conn;
 }
 
+bool sc_pg_login_refused(const char *connect_error)
+{
+    static const char *const refusals[] = {
+        "password authentication failed", /* md5 / scram: wrong password or user */
+        "authentication failed",          /* ident, peer, cert, ldap, ... */
+        "no pg_hba.conf entry",
+        "no password supplied", /* fe_sendauth: the DSN has no password, the server wants one */
+        "does not exist",       /* FATAL: role "x" / database "y" does not exist */
+        "permission denied for database",
+        "not permitted to log in",
+    };
+    if (!connect_error)
+        return false;
+    for (size_t i = 0; i < sizeof(refusals) / sizeof(refusals[0]); i++)
+        if (strstr(connect_error, refusals[i]))
+            return true;
+    return false;
+}
+
 /* ---- errors -------------------------------------------------------------- */
 
 static bool is_error_status(ExecStatusType st)

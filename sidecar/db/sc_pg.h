@@ -60,6 +60,14 @@ char *sc_pg_dsn_describe(const char *dsn);
 PGconn *sc_pg_connect(const char *dsn, const char *app_name, int timeout_ms, char *errbuf,
                       size_t errsize) __attribute__((warn_unused_result));
 
+/*
+ * Whether a connection failure message from sc_pg_connect() says the server
+ * refused the login (a wrong password or user, no pg_hba.conf entry, a
+ * database that does not exist): waiting will not fix that by itself, unlike
+ * a server that is down or unreachable.
+ */
+bool sc_pg_login_refused(const char *connect_error);
+
 /* Classifies a result (NULL = no result, i.e. connection trouble). */
 enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res);
 

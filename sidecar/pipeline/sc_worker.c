@@ -409,7 +409,7 @@ static void part_stop_delivering(struct sc_worker *w, struct sc_part *p, enum sc
     atomic_store(&p->not_fetching, true);
     sc_partbuf_clear(&p->buf);
     set_paused(w, p, true);
-    atomic_store(&p->m->pending, 0);
+    sc_metrics_set_pending(p->m, 0);
 }
 
 static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why, bool count)
@@ -945,7 +945,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
                 "%" PRId64 " left by the previous owner",
                 p->cp.pending_first, p->cp.pending_last, p->cp.pending_count,
                 p->cp.pending_write_offset);
-        atomic_store(&p->m->pending, 1);
+        sc_metrics_set_pending(p->m, 1);
     }
     p->state = SC_PART_ACTIVE;
     atomic_store(&p->not_fetching, false);
@@ -1039,12 +1039,18 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     return sr;
 }
 
-/* The sink asked for a retry: only this partition backs off. */
-static void retry_later(struct sc_part *p, const char *err)
+/*
+ * The sink asked for a retry: only this partition backs off, by its own
+ * backoff or as long as the sink asked (Retry-After, say), whichever is
+ * longer; the log states that one delay.
+ */
+static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
 {
     sc_counter_add(&p->m->sink_errors, 1);
-    int delay = sc_backoff_next(&p->backoff);
-    sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+    int64_t delay = sc_backoff_next(&p->backoff);
+    if (w->result.retry_in_ms > delay)
+        delay = w->result.retry_in_ms;
+    sc_warn(&p->log, "sink write failed, retrying the batch in %" PRId64 " ms: %s", delay, err);
     p->retry_at_ms = sc_mono_ms() + delay;
 }
 
@@ -1117,7 +1123,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         part_fenced(w, p, "committing a batch", true);
         return;
     case SC_SINK_RETRY:
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     case SC_SINK_ERROR:
         sc_counter_add(&p->m->sink_errors, 1);
@@ -1168,7 +1174,7 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     if (c.and_pend)
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
     p->replay = false;
-    atomic_store(&p->m->pending, c.and_pend ? 1 : 0);
+    sc_metrics_set_pending(p->m, c.and_pend ? 1 : 0);
     sc_counter_add(&p->m->records_delivered, n - ndead);
     sc_counter_add(&p->m->dead_letters, ndead);
     sc_counter_add(&p->m->batches_committed, 1);
@@ -1224,7 +1230,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
                               batch_checksum(p, 0, n)};
         if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
-        atomic_store(&p->m->pending, 1);
+        sc_metrics_set_pending(p->m, 1);
         sc_failpoint("after_pend");
     }
 
@@ -1281,7 +1287,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         sr = write_batch(w, p, &b, NULL, err, sizeof(err));
     }
     if (sr == SC_SINK_RETRY) {
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     }
     if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {
@@ -1483,7 +1489,13 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
 
 static void part_reacquired(struct sc_worker *w, struct sc_part *p)
 {
-    (void)w;
+    /* Re-acquired after fencing or after an operator changed the row (reset, retry, a cleared
+     * error): the destination may have changed too (a file deleted or moved away, a reset that
+     * starts a new file at write offset 0), so part_start() opens it afresh instead of writing
+     * through a handle to what used to be there. */
+    if (p->sink_part && w->sink->type->part_close)
+        w->sink->type->part_close(w->sink, p->sink_part);
+    p->sink_part = NULL;
     sc_partbuf_clear(&p->buf);
     take_handover(p);
     if (!p->handover_seek) {
@@ -1531,7 +1543,7 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     }
     sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
-    atomic_store(&p->m->pending, 0);
+    sc_metrics_set_pending(p->m, 0);
     atomic_store(&p->m->consumer_lag, -1);
     for (struct sc_part **pp = &w->parts; *pp; pp = &(*pp)->next)
         if (*pp == p) {

@@ -69,6 +69,9 @@ struct sc_batch {
 /* What write() reports besides its result. */
 struct sc_batch_result {
     int64_t next_write_offset; /* where the next batch goes (on SC_SINK_OK) */
+    int64_t retry_in_ms;       /* on SC_SINK_RETRY: call again no sooner (0: the worker's
+                                  backoff decides alone); the worker waits the longer of the
+                                  two and logs that one delay */
     struct sc_dead_letter *dead;
     size_t ndead;
     size_t dead_cap;
@@ -108,6 +111,13 @@ struct sc_sink_class {
      * keys were invalid: a NULL string means "not given or invalid".
      */
     void (*check_config)(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
+    /*
+     * Optional, for `sidecar check-config --online`: checks what the sink of
+     * cfg->pipelines[i] needs from outside the config (a table and its shape,
+     * a writable directory) without changing anything.  Returns 0 with a
+     * short note of what was checked in msg, or -1 with every problem in msg.
+     */
+    int (*check_online)(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize);
     unsigned flags; /* defaults for struct sc_sink.flags; create() may change them */
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */

@@ -106,6 +106,56 @@ static bool share_a_topic(const struct sc_pipeline_conf *a, const struct sc_pipe
     return false;
 }
 
+/*
+ * `check-config --online`: the fixed part of the path (up to the first
+ * placeholder) is a directory the sidecar can create files in, or can be
+ * created: its nearest existing ancestor is a writable directory.  Nothing
+ * is created.
+ */
+static int file_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize)
+{
+    const char *path = ((const struct file_conf *)cfg->pipelines[i].sink.conf)->path;
+    char dir[4096];
+    size_t fixed = strcspn(path, "{");
+    snprintf(dir, sizeof(dir), "%.*s", (int)(fixed < sizeof(dir) ? fixed : sizeof(dir) - 1), path);
+    char *slash = strrchr(dir, '/');
+    if (!slash) {
+        snprintf(dir, sizeof(dir), ".");
+    } else if (slash == dir) {
+        dir[1] = '\0';
+    } else {
+        *slash = '\0';
+    }
+    bool exists = true;
+    struct stat st;
+    while (stat(dir, &st) != 0) {
+        if (errno != ENOENT) {
+            snprintf(msg, msgsize, "cannot use \"%s\": %s", dir, strerror(errno));
+            return -1;
+        }
+        exists = false;
+        char *up = strrchr(dir, '/');
+        if (!up)
+            snprintf(dir, sizeof(dir), ".");
+        else if (up == dir)
+            dir[1] = '\0';
+        else
+            *up = '\0';
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(msg, msgsize, "\"%s\" is not a directory (path \"%s\")", dir, path);
+        return -1;
+    }
+    if (access(dir, W_OK | X_OK) != 0) {
+        snprintf(msg, msgsize, "cannot %s files under \"%s\": %s (path \"%s\")",
+                 exists ? "create" : "create directories and", dir, strerror(errno), path);
+        return -1;
+    }
+    snprintf(msg, msgsize, "files under \"%s\" can be %s", dir,
+             exists ? "created" : "created (the directories too)");
+    return 0;
+}
+
 /* Partitions of two topics, or of two pipelines, must never share a file. */
 static void file_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i)
 {
@@ -340,7 +390,8 @@ static int file_part_recover(struct sc_sink *sink, struct sc_sink_part *p, int64
     if (st.st_size < end) {
         snprintf(err, errsize,
                  "file \"%s\" is %lld bytes, shorter than its committed write offset %lld: output "
-                 "was lost (file truncated or deleted, or a power loss with fsync=interval/never)",
+                 "was lost (file truncated or deleted, or a power loss with fsync=interval/never); "
+                 "to write it anew: sidecar reset ... --to-offset earliest --write-offset 0",
                  p->path, (long long)st.st_size, (long long)end);
         rc = -2; /* permanent: the caller puts the partition in the error state */
         goto out;
@@ -407,11 +458,14 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
     }
     /* Someone deleted or replaced the file under us: writing on would deliver into an
      * unlinked inode, or next to a file that lost what the checkpoint says it holds. */
-    struct stat st;
-    if (fstat(p->fd, &st) == 0 && st.st_nlink == 0) {
+    struct stat st, at_path;
+    if (fstat(p->fd, &st) == 0 && (st.st_nlink == 0 || stat(p->path, &at_path) != 0 ||
+                                   at_path.st_ino != st.st_ino || at_path.st_dev != st.st_dev)) {
         snprintf(err, errsize,
-                 "\"%s\" was deleted while the sidecar had it open: the records delivered "
-                 "to it are gone; reset the partition's checkpoint to deliver them again",
+                 "\"%s\" was deleted, moved or replaced while the sidecar had it open: the "
+                 "records delivered to it are no longer there; to deliver them again into a new "
+                 "file: sidecar reset ... --to-offset earliest --write-offset 0 (or put the file "
+                 "back and sidecar retry the partition)",
                  p->path);
         return SC_SINK_ERROR;
     }
@@ -460,6 +514,7 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
 const struct sc_sink_class sink_file_class = {
     .conf = {.name = "file", .table = &file_table},
     .check_config = file_check_config,
+    .check_online = file_check_online,
     .create = file_create,
     .destroy = file_destroy,
     .part_open = file_part_open,

@@ -817,8 +817,8 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         int64_t wait = p->not_before_ms - call_start;
         if (wait > INLINE_WAIT_MS) {
             /* The worker came back before the backoff is over: send nothing yet. */
-            snprintf(err, errsize, "%s; still backing off (%" PRId64 " ms left)", p->last_error,
-                     wait);
+            snprintf(err, errsize, "%s (still backing off)", p->last_error);
+            res->retry_in_ms = wait;
             return SC_SINK_RETRY;
         }
         sc_sleep_ms(wait, NULL);
@@ -890,6 +890,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
                      p->last_error, p->round_attempts, elapsed);
             round_reset(sink, p);
             p->not_before_ms = a.retry_after_ms >= 0 ? now + wait : 0;
+            res->retry_in_ms = a.retry_after_ms >= 0 ? wait : 0;
             return SC_SINK_RETRY;
         }
         if (wait <= INLINE_WAIT_MS && now - call_start + wait <= INLINE_BUDGET_MS) {
@@ -898,9 +899,11 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
             sc_sleep_ms(wait, NULL);
             continue;
         }
+        /* The worker waits at least this long (and says how long, once). */
         p->not_before_ms = now + wait;
-        snprintf(err, errsize, "%s; next attempt in %" PRId64 " ms%s", p->last_error, wait,
-                 a.retry_after_ms >= 0 ? " (Retry-After)" : "");
+        res->retry_in_ms = wait;
+        snprintf(err, errsize, "%s%s", p->last_error,
+                 a.retry_after_ms >= 0 ? " (the server sent Retry-After)" : "");
         return SC_SINK_RETRY;
     }
 
@@ -971,8 +974,54 @@ static enum sc_sink_result http_redrive(struct sc_sink *sink, const struct sc_re
     return SC_SINK_OK;
 }
 
+/*
+ * `check-config --online`: the endpoint's host resolves and accepts a
+ * connection within timeout_ms, TLS included (certificate verified as
+ * configured).  No request is sent: a wrong path or token shows only when
+ * the first batch goes out.
+ */
+static int http_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize)
+{
+    const struct http_conf *hc = cfg->pipelines[i].sink.conf;
+    char *shown = display_url(hc->url);
+    char errbuf[CURL_ERROR_SIZE] = "";
+    int result = -1;
+    CURL *e = NULL;
+    pthread_once(&curl_once, curl_init);
+    if (curl_init_rc != CURLE_OK || !(e = curl_easy_init())) {
+        snprintf(msg, msgsize, "could not create a libcurl handle");
+        goto out;
+    }
+    curl_easy_setopt(e, CURLOPT_URL, hc->url);
+    curl_easy_setopt(e, CURLOPT_CONNECT_ONLY, 1L);
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)hc->timeout_ms);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, errbuf);
+    if (hc->ca_file)
+        curl_easy_setopt(e, CURLOPT_CAINFO, hc->ca_file);
+    if (hc->insecure_skip_verify) {
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+    }
+    CURLcode rc = curl_easy_perform(e);
+    if (rc != CURLE_OK) {
+        snprintf(msg, msgsize, "cannot connect to %s: %s", shown,
+                 errbuf[0] ? errbuf : curl_easy_strerror(rc));
+        goto out;
+    }
+    snprintf(msg, msgsize, "%s accepts connections%s (no request was sent)", shown,
+             strncasecmp(hc->url, "https://", 8) == 0 ? " over TLS" : "");
+    result = 0;
+out:
+    if (e)
+        curl_easy_cleanup(e);
+    free(shown);
+    return result;
+}
+
 const struct sc_sink_class sink_http_class = {
     .conf = {.name = "http", .table = &http_table},
+    .check_online = http_check_online,
     .create = http_create,
     .destroy = http_destroy,
     .part_open = http_part_open,

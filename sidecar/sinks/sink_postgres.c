@@ -1097,6 +1097,7 @@ static enum sc_sink_result pg_redrive(struct sc_sink *sink, const struct sc_reco
 const struct sc_sink_class sink_postgres_class = {
     .conf = {.name = "postgres", .table = &pg_conf_table},
     .check_config = pg_check_config,
+    .check_online = pg_check_online,
     .flags = SC_SINK_F_TRANSACTIONAL,
     .create = pg_create,
     .destroy = pg_destroy,

@@ -50,6 +50,8 @@ struct pg_conf {
 /* The keys of "type": "postgres" and the check of the config as a whole. */
 extern const struct sc_conf_table pg_conf_table;
 void pg_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
+/* `check-config --online`: the table's shape, nothing created (sc_sink_class.check_online). */
+int pg_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize);
 
 /* After a key conflict on COPY, batches of the partition skip COPY for this long. */
 #define SLOW_BATCHES 64

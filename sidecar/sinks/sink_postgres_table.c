@@ -5,6 +5,7 @@
  * path runs (sink_postgres.c; the NOTES there say why they look like this).
  */
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -279,6 +280,14 @@ void pg_check_config(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_
 {
     const struct sc_pipeline_conf *pc = &cfg->pipelines[i];
     const struct pg_conf *conf = pc->sink.conf;
+    if (conf->columns.count > MAX_PARAMS - 2 - NFIELDS) {
+        sc_conf_push_key(ctx, "sink");
+        sc_conf_push_key(ctx, "columns");
+        sc_conf_error(ctx, "the postgres sink maps at most %d columns (got %zu)",
+                      MAX_PARAMS - 2 - NFIELDS, conf->columns.count);
+        sc_conf_pop(ctx);
+        sc_conf_pop(ctx);
+    }
     if (!conf->dsn || conf->columns.count == 0 || conf->mode == PG_INSERT_IGNORE)
         return;
     bool off = false, part = false, topic = false;
@@ -335,6 +344,7 @@ int pg_plan(struct pg_ctx *c, const struct sc_pipeline_conf *pc, char *err, size
         c->defaults = true;
     } else {
         if (conf->columns.count > MAX_PARAMS - 2 - NFIELDS) {
+            /* pg_check_config() refuses such a config; this is the backstop. */
             snprintf(err, errsize, "the postgres sink maps at most %d columns",
                      MAX_PARAMS - 2 - NFIELDS);
             return -1;
@@ -544,16 +554,41 @@ static enum pg_field field_of(const struct pg_col *col)
 }
 
 /*
+ * What is wrong with a table, all of it: a setup error names every missing
+ * column, wrong type and missing index at once, not one per restart.
+ */
+struct problems {
+    struct sc_buf b;
+    int n;
+};
+
+static void problem(struct problems *pr, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+static void problem(struct problems *pr, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char one[1024];
+    vsnprintf(one, sizeof(one), fmt, ap);
+    va_end(ap);
+    pr->n++;
+    (void)!sc_buf_printf(&pr->b, "%s(%d) %s", pr->n > 1 ? "; " : "", pr->n, one);
+}
+
+/*
  * The default columns go to COPY in binary, so their types must be exactly
  * the ones the binary encodings are for; the config's key_type and
- * value_type say which.
+ * value_type say which.  Columns that are missing are skipped (reported
+ * already).
  */
-static int check_default_types(struct pg_ctx *c, char *err, size_t errsize)
+static void check_default_types(struct pg_ctx *c, struct problems *pr)
 {
     for (size_t i = 0; i < c->ncols; i++) {
         const struct pg_col *col = &c->cols[i];
         uint32_t want = 0;
         const char *hint = "";
+        if (!col->type)
+            continue;
         switch (col->src) {
         case SRC_TOPIC:
             want = col->base_oid == OID_VARCHAR ? OID_VARCHAR : OID_TEXT;
@@ -583,22 +618,19 @@ static int check_default_types(struct pg_ctx *c, char *err, size_t errsize)
         case SRC_PATH:
             break;
         }
-        if (col->base_oid != want) {
-            snprintf(err, errsize,
-                     "column %s of table %s has type %s, but the postgres sink's default "
-                     "columns need %s%s: alter the column or let the sink create the table",
-                     col->name_q, c->table_q, col->type,
-                     want == OID_TEXT    ? "text"
-                     : want == OID_INT4  ? "integer"
-                     : want == OID_INT8  ? "bigint"
-                     : want == OID_BYTEA ? "bytea"
-                     : want == OID_JSONB ? "jsonb"
-                                         : "timestamp with time zone",
-                     hint);
-            return -1;
-        }
+        if (col->base_oid != want)
+            problem(pr,
+                    "column %s of type %s, but the postgres sink's default columns need "
+                    "%s%s: alter the column",
+                    col->name_q, col->type,
+                    want == OID_TEXT    ? "text"
+                    : want == OID_INT4  ? "integer"
+                    : want == OID_INT8  ? "bigint"
+                    : want == OID_BYTEA ? "bytea"
+                    : want == OID_JSONB ? "jsonb"
+                                        : "timestamp with time zone",
+                    hint);
     }
-    return 0;
 }
 
 /* Reads the configured columns' types; checks the key has a unique index to conflict on. */
@@ -617,6 +649,8 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
         o = pg_classify(conn, res, err, errsize);
         goto out;
     }
+    struct problems pr = {.n = 0};
+    sc_buf_init(&pr.b, 8192);
     for (size_t i = 0; i < c->ncols; i++) {
         struct pg_col *col = &c->cols[i];
         free(col->type);
@@ -627,18 +661,16 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
                 col->base_oid = (uint32_t)strtoul(PQgetvalue(res, r, 2), NULL, 10);
             }
         if (!col->type) {
-            snprintf(err, errsize,
-                     "table %s has no column %s (configured in the postgres sink's %s): add "
-                     "the column, or drop the table and let create_table make it",
-                     c->table_q, col->name_q, c->defaults ? "default columns" : "columns");
-            goto out;
+            problem(&pr, "no column %s (configured in the postgres sink's %s)", col->name_q,
+                    c->defaults ? "default columns" : "columns");
+            continue;
         }
         col->field = field_of(col);
     }
     PQclear(res);
     res = NULL;
-    if (c->defaults && check_default_types(c, err, errsize) != 0)
-        goto out;
+    if (c->defaults)
+        check_default_types(c, &pr);
 
     /* ON CONFLICT (keys) needs a unique, immediate, non-partial index on exactly those. */
     struct sc_buf keys;
@@ -667,6 +699,7 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
     sc_buf_free(&keys);
     if (!pg_result_ok(res)) {
         o = pg_classify(conn, res, err, errsize);
+        sc_buf_free(&pr.b);
         goto out;
     }
     if (strcmp(PQgetvalue(res, 0, 0), "t") != 0) {
@@ -679,14 +712,29 @@ static enum pg_outcome read_catalog(struct pg_ctx *c, PGconn *conn, char *err, s
                 first = false;
             }
         (void)!sc_buf_putc(&names, '\0');
-        snprintf(err, errsize,
-                 "table %s has no unique index on exactly (%s), which the postgres sink needs "
-                 "to recognise a record written before: add PRIMARY KEY (%s) or a unique "
-                 "index (not deferrable, not partial)",
-                 c->table_q, names.data, names.data);
+        problem(&pr,
+                "no unique index on exactly (%s), which the postgres sink needs to recognise "
+                "a record written before: add PRIMARY KEY (%s) or a unique index (not "
+                "deferrable, not partial)",
+                names.data, names.data);
         sc_buf_free(&names);
+    }
+    if (pr.n > 0) {
+        (void)!sc_buf_putc(&pr.b, '\0');
+        if (pr.n == 1) /* without the "(1) " */
+            snprintf(err, errsize,
+                     "table %s has %s (or drop the table and let create_table "
+                     "make it)",
+                     c->table_q, pr.b.data + 4);
+        else
+            snprintf(err, errsize,
+                     "table %s has %d problems: %s (add the columns and the index, or drop the "
+                     "table and let create_table make it)",
+                     c->table_q, pr.n, pr.b.data);
+        sc_buf_free(&pr.b);
         goto out;
     }
+    sc_buf_free(&pr.b);
     o = PG_OK;
 out:
     PQclear(res);
@@ -958,4 +1006,54 @@ enum pg_outcome pg_setup(struct pg_ctx *c, PGconn *conn, char *err, size_t errsi
         return o;
     c->ready = true;
     return PG_OK;
+}
+
+/*
+ * `check-config --online`: the table as setup() would find it, without
+ * creating anything: it exists (or create_table will make it) and has every
+ * configured column, the types the default columns need and a unique index
+ * on the key (all problems at once, like setup()).
+ */
+int pg_check_online(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize)
+{
+    const struct sc_pipeline_conf *pc = &cfg->pipelines[i];
+    int result = -1;
+    PGconn *conn = NULL;
+    struct pg_ctx *c = sc_xcalloc(1, sizeof(*c));
+    c->conf = pc->sink.conf;
+    c->fmt = pc->formats;
+    c->same_db = c->conf->dsn == NULL;
+    c->dsn = c->same_db ? cfg->postgres.dsn : c->conf->dsn;
+    if (pg_plan(c, pc, msg, msgsize) != 0)
+        goto out;
+    conn = sc_pg_connect(c->dsn, "kafka-sidecar/check-config", cfg->postgres.connect_timeout_ms,
+                         msg, msgsize);
+    if (!conn)
+        goto out;
+    enum pg_outcome o = PG_OK;
+    int exists = table_exists(c, conn, &o, msg, msgsize);
+    if (exists < 0)
+        goto out;
+    if (exists == 0) {
+        if (!c->conf->create_table) {
+            snprintf(msg, msgsize,
+                     "table %s does not exist and create_table is false: create it (see "
+                     "docs/sinks.md, \"PostgreSQL\"), or set \"create_table\": true",
+                     c->table_q);
+            goto out;
+        }
+        snprintf(msg, msgsize, "table %s does not exist yet: the sink creates it", c->table_q);
+        result = 0;
+        goto out;
+    }
+    if (read_catalog(c, conn, msg, msgsize) != PG_OK)
+        goto out;
+    snprintf(msg, msgsize, "table %s has the columns and the unique index the sink needs",
+             c->table_q);
+    result = 0;
+out:
+    PQfinish(conn);
+    pg_plan_free(c);
+    free(c);
+    return result;
 }

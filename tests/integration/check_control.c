@@ -103,11 +103,18 @@ START_TEST(test_pause_resume_reset_on_a_running_sidecar)
     ck_assert(wait_committed_one(e.conn, 1, 300, 10000));
     ck_assert_int_eq(scx_events(e.conn, "reset", NULL), 1);
 
-    /* Forward: skip ahead; only what follows the new position is delivered. */
+    /* Forward: skip ahead; only what follows the new position is delivered.  A reset must
+     * stay within the log (log end 500 once 400..499 are produced), so partition 0 is paused
+     * while they are, and the reset's range check reads a fresh sample. */
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 300, 100);
     ck_assert(wait_committed_one(e.conn, 0, 400, 30000));
-    hx_pg_exec(e.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 0, 450, true)");
+    hx_pg_exec(e.conn, "SELECT sidecar.pause_partition('p1', 'orders', 0)");
+    usleep(3000 * 1000); /* > renew_ms: the owner has seen it */
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 400, 100);
+    hx_pg_exec(e.conn, "UPDATE sidecar.partition_stats SET low_watermark = 0, high_watermark = 500"
+                       " WHERE partition = 0");
+    hx_pg_exec(e.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 0, 450, true)");
+    hx_pg_exec(e.conn, "SELECT sidecar.resume_partition('p1', 'orders', 0)");
     ck_assert_msg(wait_committed_one(e.conn, 0, 500, 30000), "%s", scx_log_tail(log, 3000));
     ck_assert_int_eq(file_lines(&e, 0), 450); /* 0..399 and 450..499 */
 

@@ -4,7 +4,12 @@
  *
  * Deleted: writing on would go into an unlinked inode (delivered, and gone),
  * so the partition stops in the error state with a message that says what
- * happened and what to do; the other partitions keep delivering.
+ * happened and what to do; the other partitions keep delivering.  The way
+ * out while it runs: `sidecar reset --to-offset earliest --write-offset 0`,
+ * after which the owner opens the path afresh and writes a whole new file.
+ * Moved away: the same error (writing on would go into the moved file); put
+ * back, `sidecar retry` continues with the pending batch through a handle
+ * opened anew.
  * Made read-only: the sidecar holds the file open for writing, so delivery
  * simply continues (permissions are checked at open).
  */
@@ -20,24 +25,27 @@
 START_TEST(test_file_deleted_or_read_only)
 {
     struct scx_env e;
-    const char *topics[] = {"orders:2"};
+    const char *topics[] = {"orders:3"};
     scx_env_start(&e, 1, topics, 1);
     struct scx_opts o = {0};
     const char *cfg = scx_config(&e, "sc-1", &o);
     scx_migrate(cfg);
-    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 300);
+    hx_produce_seq(e.mock.bootstrap, "orders", 3, 0, 300);
     pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
     char log[700];
     snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
-    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 300, 60000), "log:\n%s",
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 3, 300, 60000), "log:\n%s",
                   scx_log_tail(log, 3000));
 
-    char f0[800], f1[800];
+    char f0[800], f1[800], f2[800], f2away[810];
     snprintf(f0, sizeof(f0), "%s/orders/0.jsonl", e.out_dir);
     snprintf(f1, sizeof(f1), "%s/orders/1.jsonl", e.out_dir);
+    snprintf(f2, sizeof(f2), "%s/orders/2.jsonl", e.out_dir);
+    snprintf(f2away, sizeof(f2away), "%s.away", f2);
     ck_assert_int_eq(unlink(f0), 0);
     ck_assert_int_eq(chmod(f1, 0444), 0);
-    hx_produce_seq(e.mock.bootstrap, "orders", 2, 300, 200);
+    ck_assert_int_eq(rename(f2, f2away), 0);
+    hx_produce_seq(e.mock.bootstrap, "orders", 3, 300, 200);
 
     /* Partition 1 (read-only file) delivers on; partition 0 (deleted) stops with a reason. */
     int64_t end = hx_now_ms() + 60000;
@@ -45,7 +53,7 @@ START_TEST(test_file_deleted_or_read_only)
     while (hx_now_ms() < end &&
            (err0 = hx_pg_int(e.conn,
                              "SELECT count(*) FROM sidecar.checkpoints WHERE partition = 0 AND "
-                             "state = 'error' AND error LIKE '%was deleted while the sidecar%'",
+                             "state = 'error' AND error LIKE '%was deleted, moved or replaced%'",
                              0, NULL)) == 0)
         usleep(100000);
     ck_assert_msg(err0 == 1, "partition 0 not in the error state; log:\n%s",
@@ -67,7 +75,34 @@ START_TEST(test_file_deleted_or_read_only)
                      500);
     ck_assert(hx_pid_alive(pid));
     ck_assert_int_eq(access(f0, F_OK), -1); /* not recreated behind the operator's back */
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.checkpoints WHERE partition = 2 AND "
+                               "state = 'error' AND error LIKE '%moved%' AND committed_offset = 300"
+                               " AND pending_first_offset = 300",
+                               0, NULL),
+                     1);
+
+    /* Deleted: start a new file from the beginning, while the sidecar runs. */
+    const char *reset[] = {hx_sidecar_bin(), "reset", "-c",          cfg,
+                           "--pipeline",     "p1",    "--topic",     "orders",
+                           "--partition",    "0",     "--to-offset", "earliest",
+                           "--write-offset", "0",     "--force",     NULL};
+    char *out = NULL;
+    int rc = hx_run(reset, NULL, 60000, &out);
+    ck_assert_msg(rc == 0 && strstr(out, "continues at write offset 0"), "exit %d: %s", rc, out);
+    free(out);
+    /* Moved: put it back and retry, keeping the pending batch. */
+    ck_assert_int_eq(rename(f2away, f2), 0);
+    const char *retry[] = {hx_sidecar_bin(), "retry",  "-c",          cfg, "--pipeline", "p1",
+                           "--topic",        "orders", "--partition", "2", NULL};
+    rc = hx_run(retry, NULL, 60000, &out);
+    ck_assert_msg(rc == 0 && strstr(out, "pending batch 300.."), "exit %d: %s", rc, out);
+    free(out);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 3, 500, 60000), "log:\n%s",
+                  scx_log_tail(log, 3000));
     scx_stop(pid, 15000);
+    /* Every file holds every record once, in order, and is as long as its checkpoint says. */
+    scx_verify_files(&e, "p1", "orders", 3, 500);
     scx_env_stop(&e);
 }
 END_TEST

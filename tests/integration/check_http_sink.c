@@ -169,6 +169,20 @@ START_TEST(test_http_retries_are_never_permanent)
     char *text = hx_read_file(log, NULL);
     ck_assert_msg(strstr(text, "retry budget used up"), "no round of retries ran out:\n%s",
                   scx_log_tail(log, 3000));
+    /* Each retry log line states one delay: the one the worker really waits. */
+    int retry_lines = 0;
+    for (const char *l = strstr(text, "retrying the batch in "); l;
+         l = strstr(l + 1, "retrying the batch in ")) {
+        size_t len = strcspn(l, "\n");
+        char line[2048];
+        snprintf(line, sizeof(line), "%.*s", (int)len, l);
+        /* The old form: "retrying the batch in 23652 ms: ... next attempt in 6506 ms". */
+        ck_assert_msg(!strstr(line, "next attempt in") && !strstr(line, "ms left") &&
+                          !strstr(line, "retrying in"),
+                      "a retry line with two delays: %s", line);
+        retry_lines++;
+    }
+    ck_assert_int_gt(retry_lines, 0);
     free(text);
     ck_assert_int_eq(
         hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.checkpoints WHERE state <> 'ok'", 0, NULL),

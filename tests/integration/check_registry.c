@@ -170,6 +170,7 @@ START_TEST(test_avro_file_sink)
     char cfgpath[700];
     snprintf(cfgpath, sizeof(cfgpath), "%s", cfg);
 
+    scx_migrate(cfgpath);
     /* check-config: the password masked; --online: the registry answers. */
     const char *check[] = {hx_sidecar_bin(), "check-config", "--online", "-c", cfgpath, NULL};
     char *out = NULL;
@@ -179,7 +180,6 @@ START_TEST(test_avro_file_sink)
     ck_assert_msg(strstr(out, "schema registry http://127.0.0.1") != NULL, "%s", out);
     free(out);
 
-    scx_migrate(cfgpath);
     pid_t pid = scx_start(&e, cfgpath, "sc-1", NULL);
     bool done = hx_wait_until(both_committed, &e, 90000);
     char logpath[700];

@@ -84,9 +84,14 @@ static void seed_rows(PGconn *conn)
                "UPDATE sidecar.checkpoints SET paused = true WHERE topic = 'billing';"
                "INSERT INTO sidecar.leases VALUES"
                " ('p1', 'orders', 0, 'sidecar-a', 3, now(), now(), now() + interval '1 hour'),"
+               " ('p1', 'orders', 1, 'sidecar-a', 1, now(), now(), now() + interval '1 hour'),"
                " ('p2', 'billing', 0, 'sidecar-b', 2, now(), now(), now() - interval '1 minute');"
                "INSERT INTO sidecar.partition_stats (pipeline, topic, partition, low_watermark,"
-               " high_watermark) VALUES ('p1', 'orders', 0, 0, 2000), ('p1', 'orders', 1, 10, 50)");
+               " high_watermark) VALUES ('p1', 'orders', 0, 0, 2000), ('p1', 'orders', 1, 10, 50),"
+               " ('p2', 'billing', 0, 0, 900);"
+               "INSERT INTO sidecar.dead_letters (pipeline, topic, partition, \"offset\","
+               " envelope, error) VALUES ('p1', 'orders', 12, 40, '{}', 'x'),"
+               " ('p1', 'orders', 12, 41, '{}', 'x')");
 }
 
 START_TEST(status_table_and_json)
@@ -109,11 +114,11 @@ START_TEST(status_table_and_json)
     for (char *l = strtok(out, "\n"); l && n < 8; l = strtok(NULL, "\n"))
         lines[n++] = l;
     ck_assert_int_eq(n, 5);
-    static const char *const titles[] = {"PIPELINE", "TOPIC", "PARTITION", "OWNER",
-                                         "EPOCH",    "LEASE", "COMMITTED", "LAG",
-                                         "PENDING",  "STATE", "PAUSED",    "ERROR"};
-    size_t pos[12];
-    for (int c = 0; c < 12; c++) {
+    static const char *const titles[] = {
+        "PIPELINE", "TOPIC",   "PARTITION", "OWNER",  "EPOCH",        "LEASE", "COMMITTED",
+        "LAG",      "PENDING", "STATE",     "PAUSED", "DEAD LETTERS", "ERROR"};
+    size_t pos[13];
+    for (int c = 0; c < 13; c++) {
         char *at = strstr(lines[0], titles[c]);
         ck_assert_msg(at, "no column %s", titles[c]);
         pos[c] = (size_t)(at - lines[0]);
@@ -142,6 +147,13 @@ START_TEST(status_table_and_json)
                   "long errors are cut: %s", lines[3]);
     ck_assert_ptr_nonnull(strstr(lines[4], "expired"));
     ck_assert_ptr_nonnull(strstr(lines[4], "yes"));
+    /* An expired lease's sample is stale: LAG unknown, not 900 - 7. */
+    ck_assert_msg(lines[4][pos[7] + strlen("LAG") - 1] == '-', "lag of an expired lease: %s",
+                  lines[4]);
+    /* Dead letters waiting for a redrive, right-aligned under their title. */
+    size_t dead_end = pos[11] + strlen("DEAD LETTERS") - 1;
+    ck_assert_msg(lines[3][dead_end] == '2' && lines[1][dead_end] == '0', "dead letters:\n%s\n%s",
+                  lines[1], lines[3]);
     free(out);
 
     /* --json: one object per partition with every column, for scripts. */
@@ -171,7 +183,8 @@ START_TEST(status_table_and_json)
                                        "state",
                                        "paused",
                                        "error",
-                                       "updated_at"};
+                                       "updated_at",
+                                       "dead_letters"};
     for (size_t i = 0; i < sizeof(keys) / sizeof(keys[0]); i++)
         ck_assert_msg(json_object_get(r0, keys[i]), "--json lacks %s", keys[i]);
     ck_assert_int_eq(json_integer_value(json_object_get(r0, "lag")), 500);
@@ -251,8 +264,13 @@ END_TEST
 
 START_TEST(reset_refuses_live_lease_unless_forced)
 {
+    /* A reset asks Kafka for the partition and its log first: offsets 0..1999 exist. */
+    struct hx_mock m;
+    const char *topics[] = {"orders:13", "audit:4"};
+    hx_mock_start(&m, 1, topics, 2);
+    hx_produce_seq(m.bootstrap, "orders", 1, 0, 2000);
     struct tenv t;
-    tenv_start(&t, "reset_lease", NULL);
+    tenv_start(&t, "reset_lease", m.bootstrap);
     seed_rows(t.conn);
     const char *args[] = {"--pipeline", "p1",          "--topic", "orders", "--partition",
                           "0",          "--to-offset", "100",     NULL,     NULL};
@@ -299,13 +317,15 @@ START_TEST(reset_refuses_live_lease_unless_forced)
                                " AND state = 'ok' AND error IS NULL",
                                0, NULL),
                      1);
-    /* A partition without a checkpoint gets one. */
+    /* A partition without a checkpoint (never owned) is refused: a reset creates no row. */
     const char *a3[] = {"--pipeline", "p1",          "--topic", "audit", "--partition",
-                        "3",          "--to-offset", "17",      NULL};
-    ck_assert_int_eq(sidecar(&t, "reset", a3, &out), 0);
-    ck_assert_msg(strstr(out, "none -> 17"), "%s", out);
+                        "3",          "--to-offset", "0",       NULL};
+    ck_assert_int_eq(sidecar(&t, "reset", a3, &out), 2);
+    ck_assert_msg(strstr(out, "has no checkpoint for audit[3]"), "%s", out);
     free(out);
+    ck_assert_int_eq(hx_pg_int(t.conn, "SELECT count(*) FROM sidecar.checkpoints", 0, NULL), 4);
     PQfinish(t.conn);
+    hx_mock_stop(&m);
 }
 END_TEST
 
@@ -346,17 +366,23 @@ START_TEST(reset_to_earliest_and_latest)
     const char *d[] = {"--pipeline", "p1",          "--topic", "orders", "--partition",
                        "9",          "--to-offset", "latest",  NULL};
     ck_assert_int_eq(sidecar(&t, "reset", d, &out), 2);
-    ck_assert_msg(strstr(out, "orders[9] does not exist"), "%s", out);
+    ck_assert_msg(strstr(out, "topic \"orders\" has 2 partitions (0..1): there is no partition 9"),
+                  "%s", out);
     free(out);
     hx_mock_stop(&m);
-    /* Kafka unreachable: exit 1, and the numeric form still works without it. */
-    ck_assert_int_eq(sidecar(&t, "reset", a, &out), 1);
-    ck_assert_msg(strstr(out, "could not query the offsets"), "%s", out);
-    free(out);
+    /* Kafka unreachable: exit 1, nothing is reset unchecked; psql's reset_checkpoint() checks
+     * against the last sample (the command stored Kafka's answer as one). */
     const char *e[] = {"--pipeline", "p1",          "--topic", "orders", "--partition",
                        "0",          "--to-offset", "3",       NULL};
-    ck_assert_int_eq(sidecar(&t, "reset", e, &out), 0);
+    ck_assert_int_eq(sidecar(&t, "reset", e, &out), 1);
+    ck_assert_msg(strstr(out, "could not read the metadata") && strstr(out, "reset_checkpoint()"),
+                  "%s", out);
     free(out);
+    hx_pg_exec(t.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 0, 3)");
+    PGresult *bad = PQexec(t.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 0, 58)");
+    ck_assert_msg(strstr(PQresultErrorMessage(bad), "past the log end offset 57"), "%s",
+                  PQresultErrorMessage(bad));
+    PQclear(bad);
     PQfinish(t.conn);
 }
 END_TEST

@@ -487,6 +487,10 @@ START_TEST(operator_reset_turns_in_flight_writes_into_conflicts)
     ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 0, "latest"), SC_CP_OK);
     ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 0, 9, 10, 1), SC_CP_OK);
 
+    /* A reset checks the offset against the partition's last watermark sample. */
+    hx_pg_exec(t.conn,
+               "INSERT INTO sidecar.partition_stats (pipeline, topic, partition, low_watermark,"
+               " high_watermark) VALUES ('p', '" TOPIC "', 0, 0, 1000)");
     hx_pg_exec(t.conn, "SELECT sidecar.reset_checkpoint('p', '" TOPIC "', 0, 100, true)");
 
     /* The batch pending before the reset cannot be committed... */

@@ -600,27 +600,28 @@ END_TEST
 START_TEST(test_wrong_types)
 {
     ck_error(DOC("{\"type\": \"http\", \"url\": 5}"),
-             "t.json:5:37: pipelines[0].sink.url: ", "expected a string");
+             "t.json:5:37: pipelines[0].sink.url: ", "expected a string (got 5)");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"timeout_ms\": \"5s\"}"),
-             "t.json:5:63: pipelines[0].sink.timeout_ms: ", "expected an integer");
+             "t.json:5:63: pipelines[0].sink.timeout_ms: ", "expected an integer (got \"5s\")");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"timeout_ms\": \"500\"}"),
              "t.json:5:63: pipelines[0].sink.timeout_ms: ",
              "expected an integer (write 500 without quotes)");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"timeout_ms\": 1.5}"),
              "t.json:5:63: pipelines[0].sink.timeout_ms: ", "expected an integer (got 1.5)");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"insecure_skip_verify\": \"yes\"}"),
-             "t.json:5:73: pipelines[0].sink.insecure_skip_verify: ", "expected true or false");
+             "t.json:5:73: pipelines[0].sink.insecure_skip_verify: ",
+             "expected true or false (got \"yes\")");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"retry\": []}"),
              "t.json:5:58: pipelines[0].sink.retry: ", "expected an object");
     ck_error(DOC("{\"type\": \"http\", \"url\": \"http://x\", \"headers\": {\"A\": 1}}"),
-             "t.json:5:66: pipelines[0].sink.headers.A: ", "expected a string");
+             "t.json:5:66: pipelines[0].sink.headers.A: ", "expected a string (got 1)");
     ck_error(HEAD "  \"pipelines\": [{\"name\": \"p\", \"topics\": \"t\", \"sink\": {\"type\": "
                   "\"stdout\"}}]\n}",
              "t.json:4:41: pipelines[0].topics: ", "expected an array of strings");
     ck_error(HEAD
              "  \"pipelines\": [{\"name\": \"p\", \"topics\": [\"t\", 7], \"sink\": {\"type\": "
              "\"stdout\"}}]\n}",
-             "t.json:4:47: pipelines[0].topics[1]: ", "expected a string");
+             "t.json:4:47: pipelines[0].topics[1]: ", "expected a string (got 7)");
     ck_error(HEAD "  \"pipelines\": {}\n}",
              "t.json:4:16: pipelines: ", "expected an array of objects");
     ck_error(HEAD "  \"pipelines\": [\"p\"]\n}",

@@ -271,6 +271,12 @@ static long long sql_reset(const struct t *t, const char *pipeline, int32_t part
     char part[24], off[24];
     const char *params[] = {pipeline, TOPIC, sc_i64(part, partition), sc_i64(off, to),
                             force ? "true" : "false"};
+    /* A reset checks the offset against the partition's last watermark sample. */
+    PQclear(PQexecParams(t->conn,
+                         "INSERT INTO sidecar.partition_stats (pipeline, topic, partition,"
+                         " low_watermark, high_watermark) VALUES ($1, $2, $3::int, 0, 1000000)"
+                         " ON CONFLICT DO NOTHING",
+                         3, NULL, params, NULL, NULL, 0));
     PGresult *res =
         PQexecParams(t->conn, "SELECT (sidecar.reset_checkpoint($1, $2, $3, $4, $5)).epoch", 5,
                      NULL, params, NULL, NULL, 0);
@@ -324,15 +330,19 @@ START_TEST(epoch_rises_across_operator_reset)
     ck_assert_int_gt(r3.epoch, r2.epoch);
     check_acquired(&t, "p", "B", 0, &r3);
 
-    /* A reset that re-creates a deleted checkpoint row (epoch 0 there): the next epoch is still
-     * above every earlier one. */
+    /* A deleted checkpoint row is not re-created by a reset (refused: resets never create
+     * rows); the next acquisition creates it, with an epoch still above every earlier one. */
     hx_pg_exec(t.conn, "DELETE FROM sidecar.checkpoints");
-    ck_assert_int_ge(sql_reset(&t, "p", 0, 400, true), 0);
+    PGresult *res =
+        PQexec(t.conn, "SELECT sidecar.reset_checkpoint('p', '" TOPIC "', 0, 400, true)");
+    ck_assert_str_eq(PQresultErrorField(res, PG_DIAG_SQLSTATE), "42704");
+    PQclear(res);
+    ck_assert_int_eq(hx_pg_int(t.conn, "SELECT count(*) FROM sidecar.checkpoints", 0, NULL), 0);
     release(&b, "p", "B", 0, r3.epoch);
     ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));
     ck_assert_int_gt(r4.epoch, r3.epoch);
     check_acquired(&t, "p", "A", 0, &r4);
-    ck_assert_int_eq(r4.cp.committed_offset, 400);
+    ck_assert(!r4.cp.has_committed);
 
     sc_db_close(&a);
     sc_db_close(&b);
@@ -689,6 +699,10 @@ START_TEST(lease_events_match_changes)
 
     /* After a reset to 42 (the operator's own event), an acquisition reports that position. */
     release(&b, "p", "B", 0, r3.epoch);
+    /* A reset checks the offset against the partition's last watermark sample. */
+    hx_pg_exec(t.conn,
+               "INSERT INTO sidecar.partition_stats (pipeline, topic, partition, low_watermark,"
+               " high_watermark) VALUES ('p', '" TOPIC "', 0, 0, 1000)");
     hx_pg_exec(t.conn, "SELECT sidecar.reset_checkpoint('p', '" TOPIC "', 0, 42)");
     ck_assert_int_eq(events_of(&t, "p", NULL), 6);
     ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r4));

@@ -121,6 +121,40 @@ START_TEST(mask_uri_without_password)
 }
 END_TEST
 
+/* ---- sc_pg_login_refused ---------------------------------------------------- */
+
+/* Refusals that waiting cannot fix end `run` at once; a server that is away is waited for. */
+START_TEST(login_refused)
+{
+    static const char *const refused[] = {
+        "could not connect to PostgreSQL at db:5432/app as app: connection to server at "
+        "\"10.0.0.5\", port 5432 failed: FATAL:  password authentication failed for user \"app\"",
+        "... failed: FATAL:  no pg_hba.conf entry for host \"10.0.0.9\", user \"app\", database "
+        "\"app\", no encryption",
+        "... failed: FATAL:  role \"app\" does not exist",
+        "... failed: FATAL:  database \"appp\" does not exist",
+        "... failed: fe_sendauth: no password supplied",
+        "... failed: FATAL:  Ident authentication failed for user \"app\"",
+        "... failed: FATAL:  permission denied for database \"app\"",
+        "... failed: FATAL:  role \"app\" is not permitted to log in",
+    };
+    static const char *const waited_for[] = {
+        "... port 5432 failed: Connection refused",
+        "... failed: timeout expired",
+        "... could not translate host name \"db\" to address: Name or service not known",
+        "... failed: FATAL:  the database system is starting up",
+        "... failed: FATAL:  sorry, too many clients already",
+        "... failed: server closed the connection unexpectedly",
+    };
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++)
+        ck_assert_msg(sc_pg_login_refused(refused[i]), "not a refusal: %s", refused[i]);
+    for (size_t i = 0; i < sizeof(waited_for) / sizeof(waited_for[0]); i++)
+        ck_assert_msg(!sc_pg_login_refused(waited_for[i]), "taken for a refusal: %s",
+                      waited_for[i]);
+    ck_assert(!sc_pg_login_refused(NULL));
+}
+END_TEST
+
 /* ---- sc_pg_dsn_describe --------------------------------------------------- */
 
 START_TEST(describe_keyvalue)
@@ -382,6 +416,7 @@ static Suite *pg_suite(void)
     suite_add_tcase(s, tc);
 
     tc = tcase_create("migrate_files");
+    tcase_add_test(tc, login_refused);
     tcase_add_test(tc, version_of);
     tcase_add_test(tc, embedded_files);
     tcase_add_test(tc, file_list_rejected);
