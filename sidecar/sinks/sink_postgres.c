@@ -117,6 +117,9 @@
 #include "sinks/sc_sink_txn.h"
 #include "sinks/sink_postgres.h"
 
+/* With write_method auto, one batch in this many of a size class tries the other way. */
+#define PICK_EXPLORE_EVERY 16
+
 /* ---- small helpers ----------------------------------------------------- */
 
 static int put_u16(struct sc_buf *b, uint16_t v)
@@ -219,6 +222,7 @@ static int pg_create(struct sc_sink *sink, char *err, size_t errsize)
     snprintf(c->app_name, sizeof(c->app_name), "kafka-sidecar/%s/sink-%d", sink->pc->name,
              sink->worker_id);
     sc_backoff_init(&c->backoff, 100, 5000);
+    sc_pick_init(&c->pick, PICK_EXPLORE_EVERY);
     sc_buf_init(&c->data, 0);
     sc_buf_init(&c->copy, 0);
     for (int f = 0; f < NFIELDS; f++)
@@ -710,15 +714,17 @@ enum pipe_outcome {
 };
 
 /*
- * Same database, one round trip per batch (see NOTES): BEGIN, SET
- * CONSTRAINTS ALL IMMEDIATE, one INSERT of all rows (stmt), the hook's
- * checkpoint advance, Sync, COMMIT, Sync go out together.  The advance
- * fails when it does not apply, and a failure makes the server skip the
- * rest up to the Sync and leaves the transaction failed, so COMMIT commits
- * all of it or answers ROLLBACK.
- * For PIPE_NOT, *o says what failed first (PG_OK: it could not start;
- * PG_ROW from the rows: split them; PG_RETRY: connection trouble), and
- * *conflict whether that was a key conflict.
+ * Same database, one round trip (see NOTES): BEGIN, SET CONSTRAINTS ALL
+ * IMMEDIATE, one INSERT of all rows (stmt), the hook's checkpoint advance,
+ * Sync, COMMIT, Sync go out together.  With stmt NULL the transaction is
+ * open and holds the rows already (COPY): only the advance, Sync, COMMIT,
+ * Sync go out.  The advance fails when it does not apply, and a failure
+ * makes the server skip the rest up to the Sync and leaves the transaction
+ * failed, so COMMIT commits all of it or answers ROLLBACK.
+ * For PIPE_NOT, *o says what failed first (PG_OK: it could not start, or
+ * the advance did not apply; PG_ROW from the rows: split them; PG_RETRY:
+ * connection trouble), and *conflict whether that was a key conflict; the
+ * transaction is rolled back.
  */
 static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b,
                                          const struct sc_commit_hook *hook, const char *stmt,
@@ -735,19 +741,24 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     };
     *o = PG_OK;
     *conflict = false;
-    if (PQenterPipelineMode(conn) != 1)
+    if (PQenterPipelineMode(conn) != 1) {
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+            pg_rollback(conn);
         return PIPE_NOT;
-    struct insert_params ip;
-    insert_params(c, b->part->topic, b->part->partition, 0, c->nrows, &ip);
-    int queued = 0;
-    if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1)
-        queued++;
-    if (queued == Q_SET &&
-        PQsendQueryParams(conn, "SET CONSTRAINTS ALL IMMEDIATE", 0, NULL, NULL, NULL, NULL, 0) == 1)
-        queued++;
-    if (queued == Q_ROWS &&
-        PQsendQueryPrepared(conn, stmt, c->nparams, ip.values, ip.lengths, ip.formats, 0) == 1)
-        queued++;
+    }
+    int first = stmt ? Q_BEGIN : Q_ADVANCE, queued = first;
+    if (stmt) {
+        struct insert_params ip;
+        insert_params(c, b->part->topic, b->part->partition, 0, c->nrows, &ip);
+        if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1)
+            queued++;
+        if (queued == Q_SET && PQsendQueryParams(conn, "SET CONSTRAINTS ALL IMMEDIATE", 0, NULL,
+                                                 NULL, NULL, NULL, 0) == 1)
+            queued++;
+        if (queued == Q_ROWS &&
+            PQsendQueryPrepared(conn, stmt, c->nparams, ip.values, ip.lengths, ip.formats, 0) == 1)
+            queued++;
+    }
     char qerr[256] = "";
     if (queued == Q_ADVANCE && hook->queue(hook->arg, b, res, qerr, sizeof(qerr)) == 0)
         queued++;
@@ -770,7 +781,7 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     /* Results come statement by statement, each ended by NULL, and a result per Sync. */
     bool committed = false;
     int failed = -1; /* the first statement that failed */
-    for (int i = 0; !lost;) {
+    for (int i = first; !lost;) {
         PGresult *r = PQstatus(conn) == CONNECTION_OK && i <= NQ ? PQgetResult(conn) : NULL;
         if (PQstatus(conn) != CONNECTION_OK || i > NQ) {
             PQclear(r);
@@ -891,6 +902,56 @@ static enum sc_sink_result result_of(enum pg_outcome o)
     return o == PG_RETRY ? SC_SINK_RETRY : SC_SINK_ERROR;
 }
 
+/* The ways of a batch into the checkpoint database (0 and 1 are c->pick's ways). */
+enum pg_way {
+    WAY_COPY = 0,     /* COPY, then the advance and COMMIT in one round trip */
+    WAY_PIPELINE = 1, /* BEGIN, INSERT, advance, COMMIT in one round trip */
+    WAY_STATEMENTS,   /* BEGIN, INSERT split on bad rows, commit(), COMMIT: one at a time */
+};
+
+static enum pg_way choose_way(struct pg_ctx *c, const struct sc_sink_part *p,
+                              const struct sc_commit_hook *hook, size_t n)
+{
+    bool copy = c->copy_sql && p->slow_batches == 0, pipe = hook->queue != NULL;
+    if (copy && pipe) {
+        if (c->conf->write_method == PG_WRITE_COPY)
+            return WAY_COPY;
+        if (c->conf->write_method == PG_WRITE_PIPELINE)
+            return WAY_PIPELINE;
+        return sc_pick_way(&c->pick, n) == WAY_COPY ? WAY_COPY : WAY_PIPELINE;
+    }
+    return pipe ? WAY_PIPELINE : copy ? WAY_COPY : WAY_STATEMENTS;
+}
+
+/*
+ * write_pipelined(), and the hook told how it went.  Returns true when that
+ * decided the batch (*sr), false when the batch takes the usual way
+ * (nothing was committed, the connection is idle).
+ */
+static bool pipelined(struct pg_ctx *c, struct sc_sink_part *p, PGconn *conn,
+                      const struct sc_batch *b, const struct sc_commit_hook *hook, const char *stmt,
+                      struct sc_batch_result *res, enum sc_sink_result *sr, char *err,
+                      size_t errsize)
+{
+    enum pg_outcome o;
+    bool conflict;
+    enum pipe_outcome po =
+        write_pipelined(c, conn, b, hook, stmt, res, &o, &conflict, err, errsize);
+    hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
+    if (po == PIPE_COMMITTED)
+        *sr = SC_SINK_OK;
+    else if (po == PIPE_UNKNOWN || o == PG_RETRY)
+        *sr = SC_SINK_RETRY;
+    else if (o == PG_FATAL)
+        *sr = SC_SINK_ERROR; /* the table or the config: the usual way fails the same */
+    else {
+        if (conflict)
+            p->slow_batches = SLOW_BATCHES;
+        return false; /* a bad row, a conflict, or the advance did not apply */
+    }
+    return true;
+}
+
 /* Same database: rows + checkpoint in one transaction on the lent connection. */
 static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *p,
                                          const struct sc_batch *b,
@@ -900,6 +961,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
     static const char begin[] = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; ";
     PGconn *conn = hook->conn;
     enum pg_outcome o;
+    enum sc_sink_result sr;
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         pg_rollback(conn); /* never happens unless a previous call was cut short */
     if (use_utf8(conn, err, errsize) != 0)
@@ -908,37 +970,30 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
         return result_of(o);
     if ((o = pg_prepare_insert(c, conn, err, errsize)) != PG_OK)
         return result_of(o);
-    bool fast = c->copy_sql && p->slow_batches == 0 && !hook->queue;
-    if (fast && (o = copy_start(c, conn, begin, err, errsize)) != PG_OK)
+    int64_t t0 = sc_mono_ns();
+    enum pg_way way = choose_way(c, p, hook, b->count);
+    /* COPY starts before the rows are encoded: its round trip overlaps the encoding. */
+    if (way == WAY_COPY && (o = copy_start(c, conn, begin, err, errsize)) != PG_OK)
         return result_of(o);
     encode_rows(c, b->records, b->count, res, NULL);
     size_t ndead_before = res->ndead;
-    bool pipelined = false; /* tried, and fell back */
-    if (hook->queue && res->ndead == 0) {
-        bool conflict, plain = c->fast_sql && p->slow_batches == 0;
+    res->next_write_offset = b->last_offset + 1;
+    bool rows_in = false; /* the rows are in the open transaction */
+    if (way == WAY_PIPELINE && res->ndead == 0) {
+        bool plain = c->fast_sql && p->slow_batches == 0;
         if (!plain && p->slow_batches > 0)
             p->slow_batches--;
-        res->next_write_offset = b->last_offset + 1;
-        enum pipe_outcome po = write_pipelined(c, conn, b, hook, plain ? STMT_FAST : STMT_INSERT,
-                                               res, &o, &conflict, err, errsize);
-        hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
-        if (po == PIPE_COMMITTED)
-            return SC_SINK_OK;
-        if (po == PIPE_UNKNOWN || o == PG_RETRY)
-            return SC_SINK_RETRY;
-        if (o == PG_FATAL)
-            return SC_SINK_ERROR; /* the table or the config: the usual way fails the same */
-        pipelined = true;
-        if (conflict)
-            p->slow_batches = SLOW_BATCHES;
-        /* a bad row (split below), a conflict, or the advance did not apply: the usual way */
-    }
-    bool done = false;
-    if (fast) {
+        if (pipelined(c, p, conn, b, hook, plain ? STMT_FAST : STMT_INSERT, res, &sr, err,
+                      errsize)) {
+            if (sr == SC_SINK_OK && plain)
+                sc_pick_observe(&c->pick, WAY_PIPELINE, b->count, sc_mono_ns() - t0);
+            return sr;
+        }
+    } else if (way == WAY_COPY) {
         bool conflict;
         o = copy_rows(c, conn, b, &conflict, err, errsize);
         if (o == PG_OK) {
-            done = true;
+            rows_in = true;
         } else {
             pg_rollback(conn);
             if (o != PG_ROW)
@@ -947,10 +1002,19 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             if (conflict)
                 p->slow_batches = SLOW_BATCHES;
         }
-    } else if (p->slow_batches > 0 && !pipelined) {
+        /* Dead letters found while encoding go in with commit(), below. */
+        if (rows_in && res->ndead == 0 && hook->queue) {
+            if (pipelined(c, p, conn, b, hook, NULL, res, &sr, err, errsize)) {
+                if (sr == SC_SINK_OK)
+                    sc_pick_observe(&c->pick, WAY_COPY, b->count, sc_mono_ns() - t0);
+                return sr;
+            }
+            rows_in = false; /* rolled back with the advance: the usual way tells why */
+        }
+    } else if (p->slow_batches > 0) {
         p->slow_batches--;
     }
-    if (!done) {
+    if (!rows_in) {
         if ((o = pg_exec_simple(conn, "BEGIN; SET CONSTRAINTS ALL IMMEDIATE", err, errsize)) !=
             PG_OK)
             return result_of(o);
@@ -964,7 +1028,6 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             return result_of(o);
         }
     }
-    res->next_write_offset = b->last_offset + 1;
     int h = hook->commit(hook->arg, b, res, err, errsize);
     if (h != 0) {
         pg_rollback(conn);

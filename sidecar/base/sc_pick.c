@@ -1,0 +1,58 @@
+/*
+ * sc_pick.c - the cheaper of two ways, by measurement (see sc_pick.h).
+ */
+#include "base/sc_pick.h"
+
+#include <string.h>
+
+/* Weight of a new sample once a way is warm: about the last 4-8 samples count. */
+#define SC_PICK_ALPHA 0.25
+
+void sc_pick_init(struct sc_pick *p, uint32_t explore_every)
+{
+    memset(p, 0, sizeof(*p));
+    p->explore_every = explore_every < 2 ? 2 : explore_every;
+}
+
+int sc_pick_class(size_t n)
+{
+    int c = 0;
+    while (n >= 4 && c < SC_PICK_CLASSES - 1) {
+        n /= 4;
+        c++;
+    }
+    return c;
+}
+
+int sc_pick_best(const struct sc_pick *p, size_t n)
+{
+    const struct sc_pick_way *w = p->way[sc_pick_class(n)];
+    if (w[0].samples == 0 || w[1].samples == 0)
+        return -1;
+    return w[1].ns_per_unit < w[0].ns_per_unit ? 1 : 0;
+}
+
+int sc_pick_way(struct sc_pick *p, size_t n)
+{
+    int c = sc_pick_class(n);
+    const struct sc_pick_way *w = p->way[c];
+    uint32_t turn = p->turns[c]++;
+    /* Warm-up: the way with fewer samples, alternating. */
+    if (w[0].samples < SC_PICK_WARMUP || w[1].samples < SC_PICK_WARMUP)
+        return w[1].samples < w[0].samples ? 1 : 0;
+    int best = w[1].ns_per_unit < w[0].ns_per_unit ? 1 : 0;
+    return turn % p->explore_every == p->explore_every - 1 ? 1 - best : best;
+}
+
+void sc_pick_observe(struct sc_pick *p, int w, size_t n, int64_t ns)
+{
+    if (w < 0 || w >= SC_PICK_WAYS || n == 0 || ns < 0)
+        return;
+    struct sc_pick_way *x = &p->way[sc_pick_class(n)][w];
+    double v = (double)ns / (double)n;
+    x->samples++;
+    if (x->samples <= SC_PICK_WARMUP) /* a plain mean until warm */
+        x->ns_per_unit += (v - x->ns_per_unit) / x->samples;
+    else
+        x->ns_per_unit += SC_PICK_ALPHA * (v - x->ns_per_unit);
+}
