@@ -26,7 +26,7 @@
 
 #define SC_PICK_WAYS    2
 #define SC_PICK_CLASSES 8
-#define SC_PICK_WARMUP  3
+#define SC_PICK_WARMUP  2
 
 struct sc_pick_way {
     double ns_per_unit; /* weighted mean; meaningless while samples == 0 */

@@ -118,7 +118,7 @@
 #include "sinks/sink_postgres.h"
 
 /* With write_method auto, one batch in this many of a size class tries the other way. */
-#define PICK_EXPLORE_EVERY 16
+#define PICK_EXPLORE_EVERY 32
 
 /* ---- small helpers ----------------------------------------------------- */
 
