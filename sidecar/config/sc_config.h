@@ -97,6 +97,9 @@ struct sc_config {
         int64_t retention_ms;
         int64_t compact_interval_ms;
     } events;
+    struct {
+        int limit_mib; /* the budget prefetch and buffers are derived from (pipeline/sc_budget.h) */
+    } memory;
     struct sc_pipeline_conf *pipelines;
     size_t npipelines;
 };

@@ -9,7 +9,10 @@
 
 #include "base/sc_util.h"
 
-#define ARENA_MIN 65536
+/* First allocations; an emptied buffer keeps at most these (thousands of idle partitions
+ * must not each hold a batch's worth of memory). */
+#define ARENA_MIN 16384
+#define RECS_MIN  64
 
 void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes)
 {
@@ -30,9 +33,11 @@ void sc_partbuf_free(struct sc_partbuf *b)
 
 /*
  * Room for n more arena bytes at its end.  Dropped records leave space at
- * the front, reclaimed by moving the live bytes down; the arena grows only
- * when they would fill more than two thirds of it, so it stays within 1.5x
- * the most ever buffered, and each byte is moved at most twice on average.
+ * the front, reclaimed by moving the live bytes down; the arena grows (by a
+ * quarter) only when they would fill more than four fifths of it, so it
+ * stays within about 1.6x the most ever buffered, and each byte is moved
+ * at most four times on average.  When what is live fills an eighth of it
+ * or less, most of it is given back.
  */
 static char *arena_reserve(struct sc_partbuf *b, size_t n)
 {
@@ -46,10 +51,15 @@ static char *arena_reserve(struct sc_partbuf *b, size_t n)
         b->arena_len = live;
         b->arena_head = 0;
     }
-    if ((live + n) * 3 > b->arena_cap * 2) {
+    if ((live + n) * 5 > b->arena_cap * 4) {
         size_t cap = b->arena_cap ? b->arena_cap : ARENA_MIN;
-        while ((live + n) * 3 > cap * 2)
-            cap += cap / 2;
+        while ((live + n) * 5 > cap * 4)
+            cap += cap / 4;
+        b->arena = sc_xrealloc(b->arena, cap);
+        b->arena_cap = cap;
+    } else if (b->arena_cap > ARENA_MIN && (live + n) * 8 < b->arena_cap) {
+        /* It held far more once (a large batch, a large record): give most of it back. */
+        size_t cap = (live + n) * 2 > ARENA_MIN ? (live + n) * 2 : ARENA_MIN;
         b->arena = sc_xrealloc(b->arena, cap);
         b->arena_cap = cap;
     }
@@ -63,8 +73,12 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
             memmove(b->recs, b->recs + b->head, b->len * sizeof(*b->recs));
             b->head = 0;
         }
-        if (b->len == b->cap) {
-            b->cap = b->cap ? b->cap * 2 : 256;
+        /* Like the arena: a quarter more when over four fifths full, so moves stay rare. */
+        if (b->len * 5 >= b->cap * 4) {
+            b->cap = b->cap ? b->cap + b->cap / 4 : RECS_MIN;
+            b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
+        } else if (b->cap > RECS_MIN && b->len * 8 < b->cap) {
+            b->cap = b->len * 2 > RECS_MIN ? b->len * 2 : RECS_MIN;
             b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
         }
     }
@@ -107,6 +121,16 @@ void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
     if (b->len == 0) {
         b->head = 0;
         b->arena_head = b->arena_len = 0;
+        if (b->arena_cap > ARENA_MIN) {
+            free(b->arena);
+            b->arena = NULL;
+            b->arena_cap = 0;
+        }
+        if (b->cap > RECS_MIN) {
+            free(b->recs);
+            b->recs = NULL;
+            b->cap = 0;
+        }
     } else {
         b->arena_head = sc_partbuf_at(b, 0)->at;
     }

@@ -81,6 +81,19 @@ static inline int64_t sc_partbuf_bytes_upto(const struct sc_partbuf *b, size_t i
     return before - (b->len > 0 ? sc_partbuf_at(b, 0)->bytes_before : b->pushed_bytes);
 }
 
+/*
+ * The memory the buffer holds (its arena and index, allocated): what the
+ * worker's share of the memory budget bounds.  Both grow by a quarter at a
+ * time and are refilled to four fifths before they grow, so they stay
+ * within about 1.6 times what is buffered; one that held far more than it
+ * does gives most of it back as it drains, and an emptied buffer all but a
+ * small first allocation.
+ */
+static inline int64_t sc_partbuf_mem(const struct sc_partbuf *b)
+{
+    return (int64_t)b->arena_cap + (int64_t)(b->cap * sizeof(struct sc_buffered));
+}
+
 /* batch.max_bytes' measure of every buffered record. */
 static inline int64_t sc_partbuf_bytes(const struct sc_partbuf *b)
 {

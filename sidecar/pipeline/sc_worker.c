@@ -30,6 +30,7 @@
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
 #include "db/sc_db.h"
+#include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_partbuf.h"
 #include "pipeline/sc_worker.h"
@@ -78,6 +79,11 @@ struct sc_worker {
     struct sc_cp_dead *dead;
     size_t dead_cap;
     int64_t give_up_ms; /* checkpoint writes stop retrying then (0 = only on stop) */
+    struct sc_budget budget;
+    /* Set by congested() on every turn of the loop (see apply_backpressure()): */
+    bool over_budget; /* the partitions' buffers hold budget.worker_buffer or more */
+    bool starved;     /* ... and none of them a full batch: partial batches leave at once */
+    uint64_t steps;   /* successful checkpoint writes and sink writes (progress) */
 };
 
 #define BATCH_DRAIN      512
@@ -114,6 +120,7 @@ static void post(struct sc_worker *w, enum op_kind kind, struct sc_part *p, cons
     else
         w->inbox = op;
     w->inbox_tail = op;
+    pthread_cond_broadcast(&w->cond); /* a worker waiting in wait_for_room() */
     pthread_mutex_unlock(&w->lock);
     rd_kafka_queue_yield(w->queue);
 }
@@ -269,13 +276,50 @@ static void pause_if_stuck(struct sc_worker *w, struct sc_part *p, size_t len_be
         set_paused(w, p, true);
 }
 
-/* Whether a partition's full buffer holds the worker's queue back (see apply_backpressure). */
-static bool congested(const struct sc_worker *w)
+static ssize_t pending_span(const struct sc_part *p);
+
+/*
+ * Whether the worker must not take more from its queue for now: a
+ * partition's full buffer holds it back (see apply_backpressure()), or the
+ * partitions' buffers together hold the worker's share of the memory
+ * budget (sc_budget.h).  Over budget, full batches leave first; when there
+ * is none, the partial ones leave at once (w->starved) instead of waiting
+ * for records that cannot come in.  A partition replaying a pending batch
+ * cut under larger limits may need more than the budget: while one still
+ * waits for records, the budget does not stop the queue.
+ */
+static bool congested(struct sc_worker *w)
 {
+    bool full = false, any_full_batch = false, replay_waits = false;
+    int64_t mem = 0, nparts = 0;
     for (const struct sc_part *p = w->parts; p; p = p->next)
+        nparts++;
+    /* A partition may hold two batches and room to grow: its batches are cut at a third of
+     * its share of the buffer budget (in records, at its records' size so far). */
+    int64_t per_batch = w->budget.worker_buffer * 2 / 5 / (nparts > 0 ? nparts : 1);
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        if (p->buf.len > 0) {
+            int64_t live = (int64_t)(p->buf.arena_len - p->buf.arena_head) +
+                           (int64_t)(p->buf.len * sizeof(struct sc_buffered));
+            int64_t fit = per_batch / (live / (int64_t)p->buf.len + 1);
+            p->buf.max_records =
+                (size_t)(fit < 16                            ? 16
+                         : fit > w->budget.batch_max_records ? w->budget.batch_max_records
+                                                             : fit);
+        }
         if (!p->paused && buffer_full(p))
-            return true;
-    return false;
+            full = true;
+        mem += sc_partbuf_mem(&p->buf);
+        bool batch_full = false;
+        size_t from = p->written ? (size_t)p->cp.pending_count : 0;
+        if (p->buf.len > from)
+            (void)sc_partbuf_next_batch(&p->buf, from, &batch_full);
+        any_full_batch |= batch_full;
+        replay_waits |= p->replay && p->state == SC_PART_ACTIVE && pending_span(p) < 0;
+    }
+    w->over_budget = mem >= w->budget.worker_buffer && !replay_waits;
+    w->starved = w->over_budget && !any_full_batch;
+    return full || w->over_budget;
 }
 
 /*
@@ -316,6 +360,12 @@ enum ready_mode {
     READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
+
+/* READY_DUE, or READY_ANY while the worker is starved for memory (see congested()). */
+static enum ready_mode due_mode(const struct sc_worker *w)
+{
+    return w->starved ? READY_ANY : READY_DUE;
+}
 
 /* Whether the next batch, n records from index from (full or not), may leave under mode. */
 static size_t ready_as(const struct sc_worker *w, const struct sc_part *p, size_t from, size_t n,
@@ -507,6 +557,7 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
         switch (s) {
         case SC_CP_OK:
             p->cp = cp;
+            w->steps++;
             return true;
         case SC_CP_FENCED:
             part_fenced(w, p, what, true);
@@ -839,6 +890,8 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     enum sc_sink_result sr =
         w->sink->type->write(w->sink, p->sink_part, b, hook, &w->result, err, errsize);
     sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    if (sr == SC_SINK_OK)
+        w->steps++;
     return sr;
 }
 
@@ -860,7 +913,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     const struct sc_pipeline_conf *pc = w->env.pc;
     if (stopping(w))
         return;
-    size_t n = cut_batch(w, p, 0, now, READY_DUE);
+    size_t n = cut_batch(w, p, 0, now, due_mode(w));
     if (n == 0)
         return;
     build_records(w, p, 0, n);
@@ -995,7 +1048,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         size_t n = (size_t)p->cp.pending_count;
         size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w))
+            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w) &&
+                !w->starved)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
@@ -1007,7 +1061,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     if (stopping(w) && !p->cp.has_pending)
         return; /* shutting down: finish what is pending, start nothing new */
     if (!p->cp.has_pending) {
-        size_t n = cut_batch(w, p, 0, now, READY_DUE);
+        size_t n = cut_batch(w, p, 0, now, due_mode(w));
         if (n == 0)
             return;
         struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
@@ -1065,7 +1119,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
 
     size_t ndead = collect_dead(w, &w->result); /* before w->recs is reused */
     size_t next = cut_batch(w, p, n, now, READY_FULL);
-    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) &&
+    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) && !w->starved &&
         pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
@@ -1243,7 +1297,7 @@ static void take_handover(struct sc_part *p)
 
 static void part_added(struct sc_worker *w, struct sc_part *p)
 {
-    sc_partbuf_init(&p->buf, (size_t)w->env.pc->batch.max_records, w->env.pc->batch.max_bytes);
+    sc_partbuf_init(&p->buf, (size_t)w->budget.batch_max_records, w->budget.batch_max_bytes);
     take_handover(p);
     p->next = w->parts;
     w->parts = p;
@@ -1403,6 +1457,21 @@ static int next_timeout(struct sc_worker *w)
     return t < 0 ? 0 : (int)t;
 }
 
+/* Sleeps until the next batch deadline or retry (at least 1 ms), or news in the inbox. */
+static void wait_for_room(struct sc_worker *w)
+{
+    int ms = next_timeout(w);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = ts.tv_nsec + (int64_t)(ms > 0 ? ms : 1) * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_mutex_lock(&w->lock);
+    if (!w->inbox && !atomic_load(&w->stop))
+        pthread_cond_clockwait(&w->cond, &w->lock, CLOCK_MONOTONIC, &ts);
+    pthread_mutex_unlock(&w->lock);
+}
+
 static void *worker_main(void *arg)
 {
     struct sc_worker *w = arg;
@@ -1434,12 +1503,17 @@ static void *worker_main(void *arg)
                     if (!p->paused && p->state == SC_PART_ACTIVE)
                         poke_fetcher(w, p);
         }
+        uint64_t steps = w->steps;
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();
             service(w, p);
             pause_if_stuck(w, p, len, sc_mono_ms() - t0);
         }
+        /* Held back and nothing delivered (a sink in retry backoff, PostgreSQL away): wait
+         * for the next deadline instead of turning round at once. */
+        if (w->steps == steps && congested(w))
+            wait_for_room(w);
     }
     process_inbox(w);
     return NULL;
@@ -1458,6 +1532,7 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
         return NULL;
     }
     w->queue = rd_kafka_queue_new(env->rk);
+    sc_budget_derive(cfg, env->pc, &w->budget);
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
                cfg->postgres.connect_timeout_ms);
@@ -1489,6 +1564,9 @@ void sc_worker_stop(struct sc_worker *w)
         return;
     atomic_store(&w->stop, true);
     if (w->started) {
+        pthread_mutex_lock(&w->lock);
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
         rd_kafka_queue_yield(w->queue);
         pthread_join(w->thread, NULL);
     }
