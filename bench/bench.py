@@ -1165,6 +1165,182 @@ def phase_recovery(env, args, quick):
     }
 
 
+# ---- the scale curve -------------------------------------------------------------------------
+
+def pg_counters(env):
+    """Transactions committed and statements run so far (statements: pg_stat_statements only)."""
+    xact = int(env.sql1("SELECT sum(xact_commit) FROM pg_stat_database"))
+    stmts = None
+    if env.has_pgss:
+        stmts = int(env.sql1("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE "
+                             "query !~* 'pg_stat_statements|pg_stat_database'"))
+    return xact, stmts
+
+
+def scale_point(env, args, partitions, pipelines, instances, run_id):
+    """
+    One point of the curve: `pipelines` pipelines (each its own topic, the partitions split
+    evenly) in each of `instances` instances, draining `--scale-records` records.  Throughput
+    from the first lease to the last commit; CPU summed over the instances; RSS the largest.
+    """
+    per_topic = max(partitions // pipelines, 1)
+    partitions = per_topic * pipelines
+    per_part = max(args.scale_records // partitions, 1)
+    records = per_part * partitions
+    topics = ["s%d_%d" % (run_id, i) for i in range(pipelines)]
+    if env.mock:
+        env.mock.stop(signal.SIGTERM, 10)
+    env.start_mock(["%s:%d" % (t, per_topic) for t in topics])
+    t0 = time.time()
+    producers = [env.produce(t, per_part, wait=False) for t in topics]
+    for pr in producers:
+        pr.wait()
+        if pr.status != 0:
+            raise RuntimeError("kafka-produce failed (see %s)" % env.dir)
+    log("scale: %d partitions, %d pipeline(s), %d instance(s): %d records produced in %.1fs" %
+        (partitions, pipelines, instances, records, time.time() - t0))
+    names = ["scale-%d-%d" % (run_id, i) for i in range(pipelines)]
+    out = os.path.join(env.dir, "out-scale-%d" % run_id)
+    extra_pipelines = []
+    for i in range(1, pipelines):
+        extra_pipelines.append({"name": names[i], "topics": [topics[i]], "start_from": "earliest",
+                                "sink": scale_sink(env, args, out, names[i])})
+    env.checkpoint()
+    env.reset_statements()
+    m = Meter(env)
+    x0, s0 = pg_counters(env)
+    scs = []
+    for k in range(instances):
+        sc = Sidecar(env, names[0], topics[0], scale_sink(env, args, out, names[0]),
+                     instance="scale-%d" % k)
+        if extra_pipelines:
+            with open(sc.conf_path) as f:
+                conf = json.load(f)
+            conf["pipelines"] += [dict(p, **env.args.pipeline) for p in extra_pipelines]
+            with open(sc.conf_path, "w") as f:
+                json.dump(conf, f, indent=2)
+        scs.append(sc.start())
+
+    def committed():
+        return int(env.sql1("SELECT coalesce(sum(committed_offset), 0) FROM sidecar.checkpoints "
+                            "WHERE pipeline = ANY(%s)", (names,)))
+
+    _, _, t_done = wait_progress(committed, records, args.timeout,
+                                 lambda: all(not sc.child.poll() for sc in scs), "scale")
+    x1, s1 = pg_counters(env)
+    t_lease = float(env.sql1("SELECT extract(epoch FROM min(at)) FROM sidecar.events WHERE "
+                             "pipeline = ANY(%s) AND kind = 'lease'", (names,)))
+    t_all_leased = float(env.sql1(
+        "SELECT extract(epoch FROM max(f)) FROM (SELECT min(at) AS f FROM sidecar.events WHERE "
+        "pipeline = ANY(%s) AND kind = 'lease' GROUP BY pipeline, topic, partition) x", (names,)))
+    batches = int(env.sql1("SELECT count(*) FROM sidecar.events WHERE pipeline = ANY(%s) AND "
+                           "kind = 'commit'", (names,)))
+    for sc in scs:
+        sc.child.stop(signal.SIGTERM, 60)
+    servers = m.stop()
+    shutil.rmtree(out, ignore_errors=True)
+    span = max(t_done - t_lease, 1e-6)
+    cpu = sum(sc.child.cpu for sc in scs)
+    r = {
+        "partitions": partitions, "pipelines": pipelines, "instances": instances,
+        "workers_per_pipeline": env.args.pipeline.get("workers", 4),
+        "records": records, "records_per_partition": per_part,
+        "seconds": round(span, 3), "records_per_s": round(records / span),
+        "assign_s": round(t_all_leased - t_lease, 3),
+        "sidecar_cpu_s": round(cpu, 2), "cpu_us_per_record": round(cpu * 1e6 / records, 2),
+        "peak_rss_mib": round(max(sc.child.maxrss_mib for sc in scs), 1),
+        "rss_mib_per_instance": [round(sc.child.maxrss_mib, 1) for sc in scs],
+        "postgres_cpu_s": round(servers["postgres"], 2),
+        "broker_cpu_s": round(servers["broker"], 2),
+        "batches": batches, "records_per_batch": round(records / max(batches, 1)),
+        "pg_transactions": x1 - x0,
+        "pg_transactions_per_s": round((x1 - x0) / span),
+    }
+    if s0 is not None:
+        r["pg_statements"] = s1 - s0
+        r["pg_statements_per_s"] = round((s1 - s0) / span)
+    log("  %d records/s, %.2f us CPU/record, %.1f MiB peak RSS, %s statements/s, assigned in "
+        "%.1fs" % (r["records_per_s"], r["cpu_us_per_record"], r["peak_rss_mib"],
+                   r.get("pg_statements_per_s", "-"), r["assign_s"]))
+    return r
+
+
+def scale_sink(env, args, out, name):
+    if args.scale_sink == "file":
+        return {"type": "file", "path": out + "/" + name + "/{topic}/{partition}.jsonl",
+                "fsync": "batch"}
+    table = "bench.scale_" + re.sub(r"[^a-z0-9_]", "_", name)
+    fresh_table(env, table)
+    return {"type": "postgres", "table": table, "mode": "insert"}
+
+
+def scale_grid(args):
+    """(partitions, pipelines, instances) points: the partition sweep, then the others."""
+    parts = [int(x) for x in args.scale_partitions.split(",")]
+    pipes = [int(x) for x in args.scale_pipelines.split(",")]
+    insts = [int(x) for x in args.scale_instances.split(",")]
+    grid = [(p, 1, 1) for p in parts]
+    mid = [p for p in parts if 256 <= p <= 1024] or parts[:1]
+    for p in mid:
+        grid += [(p, n, 1) for n in pipes if n != 1]
+        grid += [(p, 1, i) for i in insts if i != 1]
+    return grid
+
+
+def fit_linear(points):
+    """Least squares cpu = a * records + b * partitions over the partition sweep."""
+    xs = [(p["records"], p["partitions"], p["sidecar_cpu_s"]) for p in points]
+    if len(xs) < 2:
+        return None
+    srr = sum(r * r for r, _, _ in xs)
+    spp = sum(q * q for _, q, _ in xs)
+    srp = sum(r * q for r, q, _ in xs)
+    src = sum(r * c for r, _, c in xs)
+    spc = sum(q * c for _, q, c in xs)
+    det = srr * spp - srp * srp
+    if abs(det) < 1e-9:
+        return None
+    a = (src * spp - spc * srp) / det
+    b = (spc * srr - src * srp) / det
+    return {"cpu_us_per_record": round(a * 1e6, 3), "cpu_ms_per_partition": round(b * 1e3, 3),
+            "residuals_s": [round(c - a * r - b * q, 2) for r, q, c in xs]}
+
+
+def run_scale(env, args):
+    res = {"meta": {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_rev(), "cpus": os.cpu_count(), "postgresql": env.pg_version,
+        "postgresql_settings": env.pg_settings, "sink": args.scale_sink,
+        "records": args.scale_records, "memory_limit_mib": args.memory_mib}, "points": []}
+    for i, (p, n, k) in enumerate(scale_grid(args)):
+        try:
+            res["points"].append(scale_point(env, args, p, n, k, i))
+        except RuntimeError as e:
+            log("scale: %d partitions, %d pipelines, %d instances: %s" % (p, n, k, e))
+            res["points"].append({"partitions": p, "pipelines": n, "instances": k,
+                                  "error": str(e)})
+    sweep = [q for q in res["points"] if "error" not in q and q["pipelines"] == 1 and
+             q["instances"] == 1]
+    res["fit"] = fit_linear(sweep)
+    print("\n%10s %9s %9s %10s %10s %8s %9s %10s %9s %9s" % (
+        "partitions", "pipelines", "instances", "records/s", "us CPU/rec", "RSS MiB",
+        "stmts/s", "tx/s", "rec/batch", "assign s"))
+    for q in res["points"]:
+        if "error" in q:
+            print("%10d %9d %9d  %s" % (q["partitions"], q["pipelines"], q["instances"],
+                                       q["error"]))
+            continue
+        print("%10d %9d %9d %10d %10.2f %8.1f %9s %10d %9d %9.1f" % (
+            q["partitions"], q["pipelines"], q["instances"], q["records_per_s"],
+            q["cpu_us_per_record"], q["peak_rss_mib"], q.get("pg_statements_per_s", "-"),
+            q["pg_transactions_per_s"], q["records_per_batch"], q["assign_s"]))
+    if res["fit"]:
+        print("\nsidecar CPU = %.3f us x records + %.3f ms x partitions (residuals %s s)" % (
+            res["fit"]["cpu_us_per_record"], res["fit"]["cpu_ms_per_partition"],
+            res["fit"]["residuals_s"]))
+    return res
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 
@@ -1383,6 +1559,16 @@ def main():
     ap.add_argument("--sidecar-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment variable for every sidecar run (experiments), e.g. "
                     "MALLOC_ARENA_MAX=2")
+    ap.add_argument("--scale", action="store_true",
+                    help="the scale curve instead of the phases: throughput, CPU per record, "
+                    "peak RSS and PostgreSQL statements/s over --scale-partitions (1 pipeline, "
+                    "1 instance), then --scale-pipelines and --scale-instances at 256..1024 "
+                    "partitions")
+    ap.add_argument("--scale-partitions", default="16,256,1024,4096")
+    ap.add_argument("--scale-pipelines", default="1,8")
+    ap.add_argument("--scale-instances", default="1,2,4")
+    ap.add_argument("--scale-records", type=int, default=1000000)
+    ap.add_argument("--scale-sink", choices=["file", "postgres"], default="file")
     ap.add_argument("--memory-mib", type=int,
                     help="memory.limit_mib for the sidecar under test (default: its default)")
     args = ap.parse_args()
@@ -1402,6 +1588,20 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     log("work directory %s" % env.dir)
     env.start_pg()
+    if args.scale:
+        env.start_mock(["migrate:1"])
+        subprocess.run([env.bin["sidecar"], "migrate", "-c",
+                        Sidecar(env, "migrate", "migrate", {"type": "stdout"}).conf_path],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.sql("CREATE SCHEMA IF NOT EXISTS bench")
+        res = run_scale(env, args)
+        path = args.json or os.path.join(ROOT, "bench", "results",
+                                         "scale-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2)
+        log("results written to %s" % path)
+        return
     lat_topics = [t % i for i in range(args.repeat) for t in ("lat%d", "latref%d")]
     env.start_mock(["%s:%d" % (t, args.partitions)
                     for t in ["bench"] + lat_topics + ["rt", "rec"]])

@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
+#include <unistd.h>
 
 #include "base/sc_log.h"
 
@@ -21,8 +22,8 @@
 /* Measured per record besides its payload (bench/, records of ~90 bytes): a message queued
  * in librdkafka, and a record of the batch being written (the postgres sink's row and
  * encoding, the file and http sinks' envelope). */
-#define QUEUED_MESSAGE_COST 700
-#define BATCH_RECORD_COST   600
+#define QUEUED_MESSAGE_COST 400
+#define BATCH_RECORD_COST   500
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
@@ -44,7 +45,7 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
         covered = MIN_COVERED;
     out->pipeline = covered * w / workers;
 
-    int64_t kafka = out->pipeline * 25 / 100;
+    int64_t kafka = out->pipeline * 30 / 100;
     /* librdkafka raises fetch.max.bytes to message.max.bytes (1000000) anyway */
     out->fetch_max_bytes = clamp64(kafka / 4, 1000000, 52428800);
     int64_t queue = (kafka - out->fetch_max_bytes) / w;
@@ -57,10 +58,46 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
     out->worker_buffer = out->pipeline * 50 / 100 / w;
     if (out->worker_buffer < MIN_BUFFER)
         out->worker_buffer = MIN_BUFFER;
-    int64_t scratch = out->pipeline * 25 / 100 / w;
+    int64_t scratch = out->pipeline * 20 / 100 / w;
     int64_t batch = scratch / 3 < out->worker_buffer / 4 ? scratch / 3 : out->worker_buffer / 4;
     out->batch_max_bytes = clamp64(batch, 1024, pc->batch.max_bytes);
     out->batch_max_records = (int)clamp64(scratch / BATCH_RECORD_COST, 16, pc->batch.max_records);
+}
+
+void sc_budget_feedback_init(struct sc_budget_feedback *f)
+{
+    f->next_sample_ms = 0;
+    f->permille = 1000;
+}
+
+int64_t sc_budget_rss(void)
+{
+    FILE *f = fopen("/proc/self/statm", "r");
+    if (!f)
+        return -1;
+    long long size = 0, resident = -1;
+    if (fscanf(f, "%lld %lld", &size, &resident) != 2)
+        resident = -1;
+    fclose(f);
+    return resident < 0 ? -1 : (int64_t)resident * sysconf(_SC_PAGESIZE);
+}
+
+int64_t sc_budget_worker_buffer(const struct sc_budget *b, struct sc_budget_feedback *f,
+                                int64_t now_ms)
+{
+    if (now_ms >= f->next_sample_ms) {
+        f->next_sample_ms = now_ms + SC_BUDGET_SAMPLE_MS;
+        int64_t rss = sc_budget_rss();
+        if (rss > b->limit) {
+            /* Every worker gives back its part of the excess, 5 % of its share at least. */
+            int cut = (int)((rss - b->limit) * 1000 / (b->pipeline > 0 ? b->pipeline : 1));
+            f->permille -= cut > 50 ? cut : 50;
+        } else if (rss >= 0 && rss < b->limit - b->limit / 10) {
+            f->permille += 20;
+        }
+        f->permille = f->permille < 100 ? 100 : f->permille > 1000 ? 1000 : f->permille;
+    }
+    return b->worker_buffer * f->permille / 1000;
 }
 
 static int set_i64(rd_kafka_conf_t *conf, const char *k, int64_t v, char *err, size_t errsize)

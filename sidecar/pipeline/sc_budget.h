@@ -46,7 +46,7 @@
 #include "config/sc_config.h"
 
 /* The part of the budget no setting bounds: code, libraries, idle threads (measured ~14 MiB). */
-#define SC_BUDGET_FIXED (16LL << 20)
+#define SC_BUDGET_FIXED (14LL << 20)
 
 struct sc_budget {
     int64_t limit;    /* memory.limit_mib in bytes */
@@ -61,6 +61,27 @@ struct sc_budget {
     int64_t batch_max_bytes; /* batch.max_bytes, lowered to fit */
     int batch_max_records;   /* batch.max_records, lowered to fit */
 };
+
+/*
+ * The feedback that keeps the process within the limit whatever the
+ * estimates above missed (per-partition state, libpq's buffers, allocator
+ * slack): each worker reads the process's resident memory every
+ * SC_BUDGET_SAMPLE_MS and scales its buffer share down while the process is
+ * over the limit, and back up once it is well below.
+ */
+#define SC_BUDGET_SAMPLE_MS 100
+
+struct sc_budget_feedback {
+    int64_t next_sample_ms;
+    int permille; /* the share of worker_buffer in force, 100..1000 */
+};
+
+void sc_budget_feedback_init(struct sc_budget_feedback *f);
+/* Samples the resident memory when due and returns worker_buffer scaled. */
+int64_t sc_budget_worker_buffer(const struct sc_budget *b, struct sc_budget_feedback *f,
+                                int64_t now_ms);
+/* The process's resident memory in bytes, -1 if unknown. */
+int64_t sc_budget_rss(void);
 
 /* The shares of pipeline pc in cfg's budget. */
 void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,

@@ -80,10 +80,15 @@ struct sc_worker {
     size_t dead_cap;
     int64_t give_up_ms; /* checkpoint writes stop retrying then (0 = only on stop) */
     struct sc_budget budget;
+    struct sc_budget_feedback feedback;
     /* Set by congested() on every turn of the loop (see apply_backpressure()): */
     bool over_budget; /* the partitions' buffers hold budget.worker_buffer or more */
     bool starved;     /* ... and none of them a full batch: partial batches leave at once */
     uint64_t steps;   /* successful checkpoint writes and sink writes (progress) */
+    /* w->parts by topic and partition (see find_part()) */
+    struct sc_part **slots;
+    size_t nslots, nparts_listed;
+    struct sc_part *last_found;
 };
 
 #define BATCH_DRAIN      512
@@ -296,7 +301,8 @@ static bool congested(struct sc_worker *w)
         nparts++;
     /* A partition may hold two batches and room to grow: its batches are cut at a third of
      * its share of the buffer budget (in records, at its records' size so far). */
-    int64_t per_batch = w->budget.worker_buffer * 2 / 5 / (nparts > 0 ? nparts : 1);
+    int64_t buffer = sc_budget_worker_buffer(&w->budget, &w->feedback, sc_mono_ms());
+    int64_t per_batch = buffer * 9 / 20 / (nparts > 0 ? nparts : 1);
     for (struct sc_part *p = w->parts; p; p = p->next) {
         if (p->buf.len > 0) {
             int64_t live = (int64_t)(p->buf.arena_len - p->buf.arena_head) +
@@ -317,7 +323,7 @@ static bool congested(struct sc_worker *w)
         any_full_batch |= batch_full;
         replay_waits |= p->replay && p->state == SC_PART_ACTIVE && pending_span(p) < 0;
     }
-    w->over_budget = mem >= w->budget.worker_buffer && !replay_waits;
+    w->over_budget = mem >= buffer && !replay_waits;
     w->starved = w->over_budget && !any_full_batch;
     return full || w->over_budget;
 }
@@ -1195,11 +1201,62 @@ static void service(struct sc_worker *w, struct sc_part *p)
 
 /* ---- messages ------------------------------------------------------------ */
 
+/*
+ * The worker's partitions by topic and partition, for dispatch(): an open
+ * addressing table (linear probing, at most half full), rebuilt when a
+ * partition goes, and the last partition found, since a fetch delivers a
+ * run of one partition's records.  A list walk per record cost time in
+ * proportion to the partitions a worker owns (bench/ --scale).
+ */
+static size_t part_hash(const char *topic, int32_t partition)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *c = topic; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    return (size_t)(h ^ (uint64_t)(uint32_t)partition * 0x9E3779B97F4A7C15ULL);
+}
+
+static void index_put(struct sc_worker *w, struct sc_part *p)
+{
+    size_t mask = w->nslots - 1;
+    size_t i = part_hash(p->topic, p->partition) & mask;
+    while (w->slots[i])
+        i = (i + 1) & mask;
+    w->slots[i] = p;
+}
+
+static void index_rebuild(struct sc_worker *w)
+{
+    size_t n = 0;
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        n++;
+    size_t want = 16;
+    while (want < 2 * n)
+        want *= 2;
+    if (want != w->nslots) {
+        free(w->slots);
+        w->slots = sc_xcalloc(want, sizeof(*w->slots));
+        w->nslots = want;
+    } else {
+        memset(w->slots, 0, w->nslots * sizeof(*w->slots));
+    }
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        index_put(w, p);
+    w->last_found = NULL;
+}
+
 static struct sc_part *find_part(struct sc_worker *w, const char *topic, int32_t partition)
 {
-    for (struct sc_part *p = w->parts; p; p = p->next)
+    struct sc_part *p = w->last_found;
+    if (p && p->partition == partition && strcmp(p->topic, topic) == 0)
+        return p;
+    if (w->nslots == 0)
+        return NULL;
+    size_t mask = w->nslots - 1;
+    for (size_t i = part_hash(topic, partition) & mask; (p = w->slots[i]) != NULL;
+         i = (i + 1) & mask)
         if (p->partition == partition && strcmp(p->topic, topic) == 0)
-            return p;
+            return w->last_found = p;
     return NULL;
 }
 
@@ -1301,6 +1358,11 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
     take_handover(p);
     p->next = w->parts;
     w->parts = p;
+    w->nparts_listed++;
+    if (2 * w->nparts_listed > w->nslots)
+        index_rebuild(w);
+    else
+        index_put(w, p);
     atomic_store(&p->m->owned, 1);
 }
 
@@ -1361,6 +1423,8 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
             *pp = p->next;
             break;
         }
+    w->nparts_listed--;
+    index_rebuild(w);
     rd_kafka_queue_destroy(p->queue);
     free(p->topic);
     free(p);
@@ -1436,7 +1500,7 @@ static int next_timeout(struct sc_worker *w)
         if (p->written) {
             /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
-            if (stopping(w) || ready_count(w, p, n, now, READY_FULL) > 0)
+            if (stopping(w) || w->starved || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
             int64_t due = p->commit_due_ms, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
@@ -1448,13 +1512,23 @@ static int next_timeout(struct sc_worker *w)
                               : !stopping(w) && ready_count(w, p, 0, now, READY_FULL) > 0)
             return 0;
         if (p->buf.len > 0 && !p->cp.has_pending && !stopping(w)) {
+            if (w->starved) /* out of memory for more: what is buffered leaves now */
+                return 0;
             int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
         }
     }
     int64_t t = wake - now;
-    return t < 0 ? 0 : (int)t;
+    if (t <= 0)
+        return 0;
+    /* Every turn of the loop looks at every partition: with many partitions, whose deadlines
+     * fall at different times, wake for a few of them at once (up to 1 ms per 64 partitions,
+     * at most a quarter of max_wait_ms later), so the turns stay few. */
+    int64_t slack = (int64_t)w->nparts_listed / 64;
+    if (slack > max_wait / 4)
+        slack = max_wait / 4;
+    return (int)(t + slack);
 }
 
 /* Sleeps until the next batch deadline or retry (at least 1 ms), or news in the inbox. */
@@ -1533,6 +1607,7 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
     }
     w->queue = rd_kafka_queue_new(env->rk);
     sc_budget_derive(cfg, env->pc, &w->budget);
+    sc_budget_feedback_init(&w->feedback);
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
                cfg->postgres.connect_timeout_ms);
@@ -1578,6 +1653,7 @@ void sc_worker_stop(struct sc_worker *w)
     free(w->recs);
     free(w->hdrs);
     free(w->push_hdrs);
+    free(w->slots);
     free(w->dead);
     sc_buf_free(&w->dead_env);
     sc_sink_free(w->sink);
