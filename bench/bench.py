@@ -883,7 +883,9 @@ def percentiles(lat, skip_ms):
         return round(vals[min(len(vals) - 1, int(len(vals) * p / 100))], 1)
 
     return {"records": len(vals), "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": round(vals[-1], 1)}
+            "max_ms": round(vals[-1], 1),
+            # the distribution, for plot.py: percentiles 1..99 and 99.9
+            "quantiles": [pct(q) for q in range(1, 100)] + [pct(99.9)]}
 
 
 def wait_owned(env, pipeline, partitions, timeout=60, owners=1):
@@ -1569,6 +1571,7 @@ def main():
     ap.add_argument("--scale-instances", default="1,2,4")
     ap.add_argument("--scale-records", type=int, default=1000000)
     ap.add_argument("--scale-sink", choices=["file", "postgres"], default="file")
+    ap.add_argument("--plots-dir", help="where the SVG charts go (default bench/results/)")
     ap.add_argument("--memory-mib", type=int,
                     help="memory.limit_mib for the sidecar under test (default: its default)")
     args = ap.parse_args()
@@ -1601,6 +1604,7 @@ def main():
         with open(path, "w") as f:
             json.dump(res, f, indent=2)
         log("results written to %s" % path)
+        plots(res, args)
         return
     lat_topics = [t % i for i in range(args.repeat) for t in ("lat%d", "latref%d")]
     env.start_mock(["%s:%d" % (t, args.partitions)
@@ -1670,6 +1674,7 @@ def main():
         res["latency"] = dict(runs[len(runs) // 2])
         res["latency"]["runs_p99_ms"] = {
             k: [r[k]["p99_ms"] for r in runs] for k in ("kcat", "sidecar_file")}
+        res["latency"]["runs"] = [{k: r[k] for k in ("kcat", "sidecar_file")} for r in runs]
     if wanted("roundtrips"):
         log("PostgreSQL round trips per batch")
         res["round_trips"] = phase_roundtrips(env, args, args.quick)
@@ -1684,6 +1689,15 @@ def main():
     with open(path, "w") as f:
         json.dump(res, f, indent=2)
     log("results written to %s" % path)
+    plots(res, args)
+
+
+def plots(res, args):
+    """SVG charts next to the results (bench/results/ unless --plots-dir says otherwise)."""
+    import plot  # bench/plot.py
+    out = args.plots_dir or os.path.join(ROOT, "bench", "results")
+    for p in plot.write_plots(res, out):
+        log("chart written to %s" % p)
 
 
 if __name__ == "__main__":

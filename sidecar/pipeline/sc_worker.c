@@ -315,7 +315,10 @@ static bool congested(struct sc_worker *w)
         }
         if (!p->paused && buffer_full(p))
             full = true;
-        mem += sc_partbuf_mem(&p->buf);
+        /* An empty buffer keeps a small first allocation: not counted, or a share smaller
+         * than those of all partitions would hold the queue back for ever. */
+        if (p->buf.len > 0)
+            mem += sc_partbuf_mem(&p->buf);
         bool batch_full = false;
         size_t from = p->written ? (size_t)p->cp.pending_count : 0;
         if (p->buf.len > from)
