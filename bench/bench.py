@@ -596,6 +596,7 @@ def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None, ref=False)
     env.checkpoint()
     env.reset_statements()
     m = Meter(env)
+    _, _, wal0 = pg_counters(env)
     sc = Sidecar(env, name, ds["topic"], sink, batch=batch, ref=ref).start()
     stalls = []
     _, _, t_done = wait_progress(sc.committed, ds["records"], env.args.timeout,
@@ -607,8 +608,9 @@ def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None, ref=False)
     metrics = sc.metrics()
     sc.child.stop(signal.SIGTERM)
     servers = m.stop()
+    _, _, wal1 = pg_counters(env)
     extra = {"batches": batches, "records_per_batch": round(ds["records"] / max(batches, 1)),
-             "longest_stall_s": stalls[0]}
+             "longest_stall_s": stalls[0], "wal_bytes": wal1 - wal0}
     extra.update(statement_counts(env, batches))
     extra.update(verify())
     extra["sink_write_s_avg_ms"] = hist_avg_ms(metrics, "sidecar_sink_write_seconds")
@@ -1170,13 +1172,17 @@ def phase_recovery(env, args, quick):
 # ---- the scale curve -------------------------------------------------------------------------
 
 def pg_counters(env):
-    """Transactions committed and statements run so far (statements: pg_stat_statements only)."""
+    """
+    Transactions committed, statements run (pg_stat_statements only, else None) and WAL
+    bytes written so far.
+    """
     xact = int(env.sql1("SELECT sum(xact_commit) FROM pg_stat_database"))
     stmts = None
     if env.has_pgss:
         stmts = int(env.sql1("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE "
                              "query !~* 'pg_stat_statements|pg_stat_database'"))
-    return xact, stmts
+    wal = int(env.sql1("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    return xact, stmts, wal
 
 
 def scale_point(env, args, partitions, pipelines, instances, run_id):
@@ -1210,7 +1216,7 @@ def scale_point(env, args, partitions, pipelines, instances, run_id):
     env.checkpoint()
     env.reset_statements()
     m = Meter(env)
-    x0, s0 = pg_counters(env)
+    x0, s0, w0 = pg_counters(env)
     scs = []
     for k in range(instances):
         sc = Sidecar(env, names[0], topics[0], scale_sink(env, args, out, names[0]),
@@ -1229,7 +1235,7 @@ def scale_point(env, args, partitions, pipelines, instances, run_id):
 
     _, _, t_done = wait_progress(committed, records, args.timeout,
                                  lambda: all(not sc.child.poll() for sc in scs), "scale")
-    x1, s1 = pg_counters(env)
+    x1, s1, w1 = pg_counters(env)
     t_lease = float(env.sql1("SELECT extract(epoch FROM min(at)) FROM sidecar.events WHERE "
                              "pipeline = ANY(%s) AND kind = 'lease'", (names,)))
     t_all_leased = float(env.sql1(
@@ -1237,6 +1243,8 @@ def scale_point(env, args, partitions, pipelines, instances, run_id):
         "pipeline = ANY(%s) AND kind = 'lease' GROUP BY pipeline, topic, partition) x", (names,)))
     batches = int(env.sql1("SELECT count(*) FROM sidecar.events WHERE pipeline = ANY(%s) AND "
                            "kind = 'commit'", (names,)))
+    conns = int(env.sql1("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                         "'kafka-sidecar/%%'"))
     for sc in scs:
         sc.child.stop(signal.SIGTERM, 60)
     servers = m.stop()
@@ -1257,6 +1265,10 @@ def scale_point(env, args, partitions, pipelines, instances, run_id):
         "batches": batches, "records_per_batch": round(records / max(batches, 1)),
         "pg_transactions": x1 - x0,
         "pg_transactions_per_s": round((x1 - x0) / span),
+        "wal_bytes": w1 - w0,
+        "wal_bytes_per_batch": round((w1 - w0) / max(batches, 1)),
+        "postgres_cpu_ms_per_transaction": round(servers["postgres"] * 1000 / max(x1 - x0, 1), 3),
+        "connections": conns,
     }
     if s0 is not None:
         r["pg_statements"] = s1 - s0

@@ -23,7 +23,7 @@
  * in librdkafka, and a record of the batch being written (the postgres sink's row and
  * encoding, the file and http sinks' envelope). */
 #define QUEUED_MESSAGE_COST 400
-#define BATCH_RECORD_COST   500
+#define BATCH_RECORD_COST   350
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
@@ -45,7 +45,7 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
         covered = MIN_COVERED;
     out->pipeline = covered * w / workers;
 
-    int64_t kafka = out->pipeline * 30 / 100;
+    int64_t kafka = out->pipeline * 25 / 100;
     /* librdkafka raises fetch.max.bytes to message.max.bytes (1000000) anyway */
     out->fetch_max_bytes = clamp64(kafka / 4, 1000000, 52428800);
     int64_t queue = (kafka - out->fetch_max_bytes) / w;
@@ -55,10 +55,10 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
     out->queued_messages = clamp64(queue / QUEUED_MESSAGE_COST, 1000, 10000000);
     out->partition_fetch_bytes = clamp64(out->fetch_max_bytes / 2, 65536, 1048576);
 
-    out->worker_buffer = out->pipeline * 50 / 100 / w;
+    out->worker_buffer = out->pipeline * 60 / 100 / w;
     if (out->worker_buffer < MIN_BUFFER)
         out->worker_buffer = MIN_BUFFER;
-    int64_t scratch = out->pipeline * 20 / 100 / w;
+    int64_t scratch = out->pipeline * 15 / 100 / w;
     int64_t batch = scratch / 3 < out->worker_buffer / 4 ? scratch / 3 : out->worker_buffer / 4;
     out->batch_max_bytes = clamp64(batch, 1024, pc->batch.max_bytes);
     out->batch_max_records = (int)clamp64(scratch / BATCH_RECORD_COST, 16, pc->batch.max_records);

@@ -4,6 +4,7 @@
  */
 #include "pipeline/sc_partbuf.h"
 
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -97,19 +98,16 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
     struct sc_buffered *e = &b->recs[b->head + b->len];
     *e = (struct sc_buffered){
         .offset = r->offset,
-        .timestamp = r->timestamp,
         .arrival_ms = now,
         .bytes_before = b->pushed_bytes,
         .at = b->arena_len,
         .image_len = (uint32_t)image_len,
         .names_len = (uint32_t)names_len,
-        .key_len = r->key ? (int32_t)r->key_len : -1,
-        .value_len = r->value ? (int32_t)r->value_len : -1,
-        .nheaders = (uint32_t)r->nheaders,
     };
     b->arena_len += image_len + names_len;
     b->len++;
-    b->pushed_bytes += sc_buffered_bytes(e);
+    /* batch.max_bytes counts keys and values */
+    b->pushed_bytes += (int64_t)(r->key ? r->key_len : 0) + (int64_t)(r->value ? r->value_len : 0);
 }
 
 void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
@@ -189,20 +187,41 @@ ptrdiff_t sc_partbuf_count_upto(const struct sc_partbuf *b, int64_t last)
     return (ptrdiff_t)n;
 }
 
+static int64_t get_le64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return (int64_t)le64toh(v);
+}
+
+/* Image layout (sc_record_image_write()): offset, timestamp, key length (-1 = null), key,
+ * value length (-1 = null), value, header count, then each header's name and value. */
+#define IMG_TIMESTAMP 8
+#define IMG_KEY_LEN   16
+
+/* Where the image's value length is (after the key). */
+static size_t img_value_len_at(const char *img)
+{
+    int64_t klen = get_le64(img + IMG_KEY_LEN);
+    return IMG_KEY_LEN + 8 + (size_t)(klen > 0 ? klen : 0);
+}
+
+/* Where the image's header count is (after the value). */
+static size_t img_nheaders_at(const char *img)
+{
+    size_t at = img_value_len_at(img);
+    int64_t vlen = get_le64(img + at);
+    return at + 8 + (size_t)(vlen > 0 ? vlen : 0);
+}
+
 size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n)
 {
     size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += sc_partbuf_at(b, from + i)->nheaders;
+    for (size_t i = 0; i < n; i++) {
+        const char *img = b->arena + sc_partbuf_at(b, from + i)->at;
+        total += (size_t)get_le64(img + img_nheaders_at(img));
+    }
     return total;
-}
-
-static int64_t get_le64(const char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | (unsigned char)p[i];
-    return (int64_t)v;
 }
 
 void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const char *topic,
@@ -213,29 +232,32 @@ void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const c
         const struct sc_buffered *e = sc_partbuf_at(b, from + i);
         const char *img = b->arena + e->at;
         struct sc_record *r = &out[i];
-        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
-        size_t pos = 24;
         r->topic = topic;
         r->partition = partition;
         r->offset = e->offset;
-        r->timestamp = e->timestamp;
-        r->key = e->key_len >= 0 ? img + pos : NULL;
-        r->key_len = e->key_len > 0 ? (size_t)e->key_len : 0;
-        pos += r->key_len + 8;
-        r->value = e->value_len >= 0 ? img + pos : NULL;
-        r->value_len = e->value_len > 0 ? (size_t)e->value_len : 0;
-        pos += r->value_len + 8;
+        r->timestamp = get_le64(img + IMG_TIMESTAMP);
+        int64_t klen = get_le64(img + IMG_KEY_LEN);
+        size_t pos = IMG_KEY_LEN + 8;
+        r->key = klen >= 0 ? img + pos : NULL;
+        r->key_len = klen > 0 ? (size_t)klen : 0;
+        pos += r->key_len;
+        int64_t vlen = get_le64(img + pos);
+        pos += 8;
+        r->value = vlen >= 0 ? img + pos : NULL;
+        r->value_len = vlen > 0 ? (size_t)vlen : 0;
+        pos += r->value_len;
+        r->nheaders = (size_t)get_le64(img + pos);
+        pos += 8;
         r->headers = hdrs + nh;
-        r->nheaders = e->nheaders;
         const char *name = img + e->image_len;
-        for (size_t j = 0; j < e->nheaders; j++) {
+        for (size_t j = 0; j < r->nheaders; j++) {
             pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
-            int64_t vlen = get_le64(img + pos);
+            int64_t hlen = get_le64(img + pos);
             pos += 8;
             hdrs[nh++] = (struct sc_header){.name = name,
-                                            .value = vlen >= 0 ? img + pos : NULL,
-                                            .len = vlen > 0 ? (size_t)vlen : 0};
-            pos += vlen > 0 ? (size_t)vlen : 0;
+                                            .value = hlen >= 0 ? img + pos : NULL,
+                                            .len = hlen > 0 ? (size_t)hlen : 0};
+            pos += hlen > 0 ? (size_t)hlen : 0;
             name += strlen(name) + 1;
         }
     }

@@ -302,7 +302,7 @@ static bool congested(struct sc_worker *w)
     /* A partition may hold two batches and room to grow: its batches are cut at a third of
      * its share of the buffer budget (in records, at its records' size so far). */
     int64_t buffer = sc_budget_worker_buffer(&w->budget, &w->feedback, sc_mono_ms());
-    int64_t per_batch = buffer * 9 / 20 / (nparts > 0 ? nparts : 1);
+    int64_t per_batch = buffer / 2 / (nparts > 0 ? nparts : 1);
     for (struct sc_part *p = w->parts; p; p = p->next) {
         if (p->buf.len > 0) {
             int64_t live = (int64_t)(p->buf.arena_len - p->buf.arena_head) +

@@ -10,7 +10,8 @@
  * on the worker's own checkpoint connection it runs
  *
  *     BEGIN; SET CONSTRAINTS ALL IMMEDIATE
- *     rows of the batch                  (one INSERT ... SELECT FROM unnest)
+ *     rows of the batch                  (COPY, or one INSERT ... SELECT FROM
+ *                                         unnest: see "Two ways" below)
  *     the epoch-guarded checkpoint advance (hook->queue(), or hook->commit()
  *                                          with dead letters)
  *     COMMIT
@@ -21,16 +22,28 @@
  * with its rows (I4).  Constraints are made immediate so a deferred
  * constraint fails at its row, where the batch can be split, not at COMMIT.
  *
- * One round trip.  Normally all five statements go out at once as one
- * libpq pipeline (write_pipelined()), with a Sync after the advance and
- * one after COMMIT, and the results come back together.  In extended
- * protocol the server runs each statement as it arrives and skips
- * everything after a failure up to the next Sync, leaving the transaction
- * failed; the queued advance fails (rather than matching no row) when it
- * does not apply, so COMMIT commits only when the rows and the advance both
- * succeeded, and answers ROLLBACK otherwise.  The Sync before COMMIT makes
- * a process that stalls there (SIGSTOP, a frozen VM) look idle in its
- * transaction to the server, which ends the session after
+ * Two ways, one transaction.  The rows go in by binary COPY or by one
+ * INSERT ... SELECT FROM unnest($arrays); either way the advance and
+ * COMMIT follow in one libpq pipeline (write_pipelined()), with a Sync
+ * after the advance and one after COMMIT.  COPY cannot be pipelined: it
+ * costs three round trips (BEGIN + COPY, sent before the rows are encoded
+ * so that its round trip overlaps the encoding; the rows; the advance +
+ * COMMIT) but the least server CPU per row (bench/: 1.0-1.1x psql \copy's,
+ * the INSERT 1.5x).  The INSERT goes in the same pipeline as BEGIN, the
+ * advance and COMMIT: one round trip.  Which is faster depends on the batch
+ * size, the round-trip time and the server's load, so with write_method
+ * auto each connection measures both (sc_pick.h: per batch size class the
+ * time per row, the cheaper way taken, the other tried every
+ * PICK_EXPLORE_EVERY batches); only batches that went the fast way whole
+ * are measured.
+ *
+ * In extended protocol the server runs each statement as it arrives and
+ * skips everything after a failure up to the next Sync, leaving the
+ * transaction failed; the queued advance fails (rather than matching no
+ * row) when it does not apply, so COMMIT commits only when the rows and
+ * the advance both succeeded, and answers ROLLBACK otherwise.  The Sync
+ * before COMMIT makes a process that stalls there (SIGSTOP, a frozen VM)
+ * look idle in its transaction to the server, which ends the session after
  * idle_in_transaction_session_timeout (the lease TTL, set by the worker)
  * and so frees the checkpoint row the next owner's lease needs.
  * When the connection drops once COMMIT may have reached the server, the
@@ -38,7 +51,8 @@
  * statement failed, the batch is rolled back and takes the usual way,
  * statement by statement: rows split on a bad row, then hook->commit(),
  * which tells a fence from a moved checkpoint.  A batch with dead letters
- * found while encoding it takes that way at once.
+ * found while encoding it takes that way at once (after COPY: its rows
+ * stay, commit() stores the dead letters with the advance).
  *
  * With "dsn" the table is elsewhere and the worker runs the usual protocol
  * (pend, write, commit).  A batch may then be written twice: after a crash
@@ -69,18 +83,19 @@
  * source position in the row: columns mapped from $partition and $offset
  * (and $topic when the pipeline reads several topics); create() says so.
  *
- * Fast path.  Rows go in as INSERT ... SELECT FROM unnest($arrays), whose
- * arrays are binary parameters (no quoting, no parsing of numbers).  With
- * the default columns a conflict can only be the same record, so the
- * pipelined INSERT has no ON CONFLICT (STMT_FAST): it only succeeds when no
- * row exists, and a key conflict (a replay, or a partition reset) makes the
- * partition use ON CONFLICT for the next SLOW_BATCHES batches.  Without the
- * hook's queue() (and in another database) the default columns go in by
- * binary COPY instead, with the same fallback; COPY cannot be pipelined.
- * Side by side with psql \copy of the same rows into the same table (one
- * partition, one connection): COPY at 1000 records per batch 0.7x, at 2000
- * 0.85x, at 5000 1.0x; ON CONFLICT about 0.5x.  The gap at small batches is
- * the fixed cost of a transaction per batch, which I3 requires.
+ * Fast path.  The INSERT's arrays are binary parameters (no quoting, no
+ * parsing of numbers).  With the default columns a conflict can only be the
+ * same record, so neither COPY nor the fast INSERT (STMT_FAST) has ON
+ * CONFLICT: they only succeed when no row exists, and a key conflict (a
+ * replay, or a partition reset) makes the partition use the INSERT with
+ * ON CONFLICT for the next SLOW_BATCHES batches.  Custom columns need
+ * DISTINCT ON and ON CONFLICT, so they always take the INSERT.  Without
+ * the hook's queue() (and in another database) the advance goes through
+ * commit(), a round trip of its own.  Side by side with psql \copy of the
+ * same rows into the same table (one partition, one connection): COPY at
+ * 1000 records per batch 0.7x, at 2000 0.85x, at 5000 1.0x; ON CONFLICT
+ * about 0.5x.  The gap at small batches is the fixed cost of a transaction
+ * per batch, which I3 requires.
  *
  * Values.  jsonb columns get the envelope's form of the key or value (JSON
  * verbatim, a string, or {"base64": ...}); text columns the bytes when they
@@ -118,7 +133,7 @@
 #include "sinks/sink_postgres.h"
 
 /* With write_method auto, one batch in this many of a size class tries the other way. */
-#define PICK_EXPLORE_EVERY 32
+#define PICK_EXPLORE_EVERY 64
 
 /* ---- small helpers ----------------------------------------------------- */
 
