@@ -87,12 +87,13 @@ int64_t sc_budget_worker_buffer(const struct sc_budget *b, struct sc_budget_feed
 {
     if (now_ms >= f->next_sample_ms) {
         f->next_sample_ms = now_ms + SC_BUDGET_SAMPLE_MS;
-        int64_t rss = sc_budget_rss();
-        if (rss > b->limit) {
+        /* Aim a little below the limit: the correction comes after the fact. */
+        int64_t rss = sc_budget_rss(), target = b->limit - b->limit / 20;
+        if (rss > target) {
             /* Every worker gives back its part of the excess, 5 % of its share at least. */
-            int cut = (int)((rss - b->limit) * 1000 / (b->pipeline > 0 ? b->pipeline : 1));
+            int cut = (int)((rss - target) * 1000 / (b->pipeline > 0 ? b->pipeline : 1));
             f->permille -= cut > 50 ? cut : 50;
-        } else if (rss >= 0 && rss < b->limit - b->limit / 10) {
+        } else if (rss >= 0 && rss < target - b->limit / 10) {
             f->permille += 20;
         }
         f->permille = f->permille < 100 ? 100 : f->permille > 1000 ? 1000 : f->permille;

@@ -17,16 +17,17 @@
  *
  *     covered  = limit - SC_BUDGET_FIXED (the first part, not covered)
  *     pipeline = covered x its workers / all pipelines' workers
- *       30 %  librdkafka: fetch.max.bytes a quarter of it (at least 1 MB:
+ *       25 %  librdkafka: fetch.max.bytes a quarter of it (at least 1 MB:
  *             librdkafka raises it to message.max.bytes), the rest split
  *             over the workers' queues (queued.max.messages.kbytes counts
  *             payload, so a third of a queue's share; queued.min.messages
- *             at 700 bytes a message, as measured for small records)
- *       40 %  the workers' buffers: a worker takes nothing more from its
- *             queue while its partitions hold this much (sc_worker.c)
- *       30 %  the batch being written: batch.max_bytes is lowered to a
+ *             at 400 bytes a message, as measured for small records)
+ *       60 %  the workers' buffers: a worker takes nothing more from its
+ *             queue while its partitions hold this much, and cuts each
+ *             partition's batches at half its part of it (sc_worker.c)
+ *       15 %  the batch being written: batch.max_bytes is lowered to a
  *             third of a worker's share (and to a quarter of its buffer),
- *             batch.max_records to one record per 600 bytes of it
+ *             batch.max_records to one record per 350 bytes of it
  *
  * What it cannot cover: the fixed part above and what grows with the
  * number of partitions (librdkafka's and the sidecar's per-partition
@@ -67,7 +68,7 @@ struct sc_budget {
  * estimates above missed (per-partition state, libpq's buffers, allocator
  * slack): each worker reads the process's resident memory every
  * SC_BUDGET_SAMPLE_MS and scales its buffer share down while the process is
- * over the limit, and back up once it is well below.
+ * above 95 % of the limit, and back up once it is well below.
  */
 #define SC_BUDGET_SAMPLE_MS 100
 

@@ -299,8 +299,8 @@ static bool congested(struct sc_worker *w)
     int64_t mem = 0, nparts = 0;
     for (const struct sc_part *p = w->parts; p; p = p->next)
         nparts++;
-    /* A partition may hold two batches and room to grow: its batches are cut at a third of
-     * its share of the buffer budget (in records, at its records' size so far). */
+    /* A partition may hold two batches: they are cut at half its share of the buffer budget
+     * (in records, at the size of its records so far). */
     int64_t buffer = sc_budget_worker_buffer(&w->budget, &w->feedback, sc_mono_ms());
     int64_t per_batch = buffer / 2 / (nparts > 0 ? nparts : 1);
     for (struct sc_part *p = w->parts; p; p = p->next) {
