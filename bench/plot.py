@@ -161,16 +161,20 @@ def ratios_chart(res, path):
         ", %s ms each way" % pg["client_delay_ms_each_way"]
         if pg.get("client_delay_ms_each_way") else ""), 13, "middle", bold=True)
     top, left, width = 45, 330, 380
-    vmax = max([t["value"] for t in rows] + [float(t["goal"][2:]) for t in rows] + [1]) * 1.1
+    goals = [float(t["goal"][2:]) for t in rows] + [1]
+    # The axis reaches 2.5 x the largest goal; longer bars are cut (the label says the value).
+    vmax = min(max([t["value"] for t in rows] + goals) * 1.1, max(goals) * 2.5)
+    width -= 120
     ax = Axes(svg, left, top, width, 34 * len(rows), (0, vmax), (0, 1))
     for i, t in enumerate(rows):
         y = top + i * 34
         goal = float(t["goal"][2:].strip())
         color = "#2ca02c" if t["met"] else "#d62728"
-        svg.rect(left, y + 6, ax.px(t["value"]) - left, 18, color, 0.8)
+        end = min(ax.px(t["value"]), left + width)
+        svg.rect(left, y + 6, end - left, 18, color, 0.8)
         svg.line(ax.px(goal), y + 2, ax.px(goal), y + 28, "#222", 2, "4,3")
         svg.text(left - 8, y + 19, t["target"][:52], 11, "end")
-        svg.text(ax.px(t["value"]) + 4, y + 19, "%s (goal %s)" % (t["value"], t["goal"]), 11)
+        svg.text(end + 4, y + 19, "%s (goal %s)" % (t["value"], t["goal"]), 11)
     y = top + 34 * len(rows)
     for t in rss:
         limit = float(t["goal"][2:].strip())
