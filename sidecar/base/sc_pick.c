@@ -8,10 +8,19 @@
 /* Weight of a new sample once a way is warm: about the last 4-8 samples count. */
 #define SC_PICK_ALPHA 0.25
 
-void sc_pick_init(struct sc_pick *p, uint32_t explore_every)
+void sc_pick_init(struct sc_pick *p, uint32_t explore_every, int prefer, double margin)
 {
     memset(p, 0, sizeof(*p));
     p->explore_every = explore_every < 2 ? 2 : explore_every;
+    p->prefer = prefer == 1 ? 1 : 0;
+    p->margin = margin < 0 ? 0 : margin;
+}
+
+/* The cheaper way of a warm class: the preferred one unless the other is clearly cheaper. */
+static int cheaper(const struct sc_pick *p, const struct sc_pick_way *w)
+{
+    int other = 1 - p->prefer;
+    return w[other].ns_per_unit < w[p->prefer].ns_per_unit * (1.0 - p->margin) ? other : p->prefer;
 }
 
 int sc_pick_class(size_t n)
@@ -29,7 +38,7 @@ int sc_pick_best(const struct sc_pick *p, size_t n)
     const struct sc_pick_way *w = p->way[sc_pick_class(n)];
     if (w[0].samples == 0 || w[1].samples == 0)
         return -1;
-    return w[1].ns_per_unit < w[0].ns_per_unit ? 1 : 0;
+    return cheaper(p, w);
 }
 
 int sc_pick_way(struct sc_pick *p, size_t n)
@@ -40,7 +49,7 @@ int sc_pick_way(struct sc_pick *p, size_t n)
     /* Warm-up: the way with fewer samples, alternating. */
     if (w[0].samples < SC_PICK_WARMUP || w[1].samples < SC_PICK_WARMUP)
         return w[1].samples < w[0].samples ? 1 : 0;
-    int best = w[1].ns_per_unit < w[0].ns_per_unit ? 1 : 0;
+    int best = cheaper(p, w);
     return turn % p->explore_every == p->explore_every - 1 ? 1 - best : best;
 }
 

@@ -11,9 +11,11 @@
  * Jobs fall into size classes (units 1-3, 4-15, 16-63, ... a factor of 4
  * each).  Per class and way it keeps the cost per unit (an exponentially
  * weighted mean).  A class first tries each way SC_PICK_WARMUP times,
- * alternating; after that it takes the way with the lower cost, and every
- * explore_every-th job of the class the other one, so that an estimate
- * which went stale (the server got busier, the network slower) is
+ * alternating; after that it takes the preferred way unless the other one
+ * costs less by more than margin (so that noise in the measurements, such
+ * as a server checkpoint during a few jobs, does not flip the choice), and
+ * every explore_every-th job of the class the other one, so that an
+ * estimate which went stale (the server got busier, the network slower) is
  * corrected.  Failed or atypical jobs are simply not observed.
  *
  * @locality one thread (the owner of the struct); no locking.
@@ -37,9 +39,11 @@ struct sc_pick {
     struct sc_pick_way way[SC_PICK_CLASSES][SC_PICK_WAYS];
     uint32_t turns[SC_PICK_CLASSES]; /* jobs picked in the class */
     uint32_t explore_every;          /* >= 2 */
+    int prefer;                      /* the way taken unless the other is clearly cheaper */
+    double margin;                   /* "clearly": by more than this fraction */
 };
 
-void sc_pick_init(struct sc_pick *p, uint32_t explore_every);
+void sc_pick_init(struct sc_pick *p, uint32_t explore_every, int prefer, double margin);
 /* The size class of a job of n units (n >= 1). */
 int sc_pick_class(size_t n);
 /* The way (0 or 1) to do a job of n units now. */

@@ -132,8 +132,17 @@
 #include "sinks/sc_sink_txn.h"
 #include "sinks/sink_postgres.h"
 
-/* With write_method auto, one batch in this many of a size class tries the other way. */
+/* With write_method auto, one batch in this many of a size class tries the other way, and
+ * COPY (the cheaper for the server) gives way only to a pipeline faster by this much. */
 #define PICK_EXPLORE_EVERY 64
+#define PICK_MARGIN        0.15
+
+/* The ways of a batch into the checkpoint database (0 and 1 are c->pick's ways). */
+enum pg_way {
+    WAY_COPY = 0,     /* COPY, then the advance and COMMIT in one round trip */
+    WAY_PIPELINE = 1, /* BEGIN, INSERT, advance, COMMIT in one round trip */
+    WAY_STATEMENTS,   /* BEGIN, INSERT split on bad rows, commit(), COMMIT: one at a time */
+};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -237,7 +246,7 @@ static int pg_create(struct sc_sink *sink, char *err, size_t errsize)
     snprintf(c->app_name, sizeof(c->app_name), "kafka-sidecar/%s/sink-%d", sink->pc->name,
              sink->worker_id);
     sc_backoff_init(&c->backoff, 100, 5000);
-    sc_pick_init(&c->pick, PICK_EXPLORE_EVERY);
+    sc_pick_init(&c->pick, PICK_EXPLORE_EVERY, WAY_COPY, PICK_MARGIN);
     sc_buf_init(&c->data, 0);
     sc_buf_init(&c->copy, 0);
     for (int f = 0; f < NFIELDS; f++)
@@ -916,13 +925,6 @@ static enum sc_sink_result result_of(enum pg_outcome o)
 {
     return o == PG_RETRY ? SC_SINK_RETRY : SC_SINK_ERROR;
 }
-
-/* The ways of a batch into the checkpoint database (0 and 1 are c->pick's ways). */
-enum pg_way {
-    WAY_COPY = 0,     /* COPY, then the advance and COMMIT in one round trip */
-    WAY_PIPELINE = 1, /* BEGIN, INSERT, advance, COMMIT in one round trip */
-    WAY_STATEMENTS,   /* BEGIN, INSERT split on bad rows, commit(), COMMIT: one at a time */
-};
 
 static enum pg_way choose_way(struct pg_ctx *c, const struct sc_sink_part *p,
                               const struct sc_commit_hook *hook, size_t n)

@@ -45,7 +45,7 @@ static int run(struct sc_pick *p, size_t n, int jobs, int *counts)
 START_TEST(test_measured_choice)
 {
     struct sc_pick p;
-    sc_pick_init(&p, 8);
+    sc_pick_init(&p, 8, 0, 0.1);
     ck_assert_int_eq(sc_pick_best(&p, 5000), -1);
     int counts[2];
     ck_assert_int_eq(run(&p, 5000, 80, counts), 1);
@@ -62,7 +62,7 @@ END_TEST
 START_TEST(test_follows_change)
 {
     struct sc_pick p;
-    sc_pick_init(&p, 4);
+    sc_pick_init(&p, 4, 0, 0.1);
     int counts[2];
     ck_assert_int_eq(run(&p, 1000, 40, counts), 1);
     for (int i = 0; i < 200; i++) {
@@ -76,11 +76,29 @@ START_TEST(test_follows_change)
 }
 END_TEST
 
+/* The preferred way keeps its place unless the other is cheaper by more than the margin. */
+START_TEST(test_margin)
+{
+    struct sc_pick p;
+    sc_pick_init(&p, 16, 0, 0.15);
+    for (int i = 0; i < 2 * SC_PICK_WARMUP; i++) {
+        int w = sc_pick_way(&p, 100);
+        sc_pick_observe(&p, w, 100, w == 0 ? 1000 : 900); /* the other 10 % cheaper */
+    }
+    ck_assert_int_eq(sc_pick_best(&p, 100), 0);
+    for (int i = 0; i < 40; i++) {
+        int w = sc_pick_way(&p, 100);
+        sc_pick_observe(&p, w, 100, w == 0 ? 1000 : 700); /* now 30 % cheaper */
+    }
+    ck_assert_int_eq(sc_pick_best(&p, 100), 1);
+}
+END_TEST
+
 /* Nonsense observations are ignored. */
 START_TEST(test_ignores_nonsense)
 {
     struct sc_pick p;
-    sc_pick_init(&p, 0); /* clamped to 2 */
+    sc_pick_init(&p, 0, 0, 0); /* clamped to 2 */
     ck_assert_uint_eq(p.explore_every, 2);
     sc_pick_observe(&p, 2, 10, 100);
     sc_pick_observe(&p, -1, 10, 100);
@@ -97,6 +115,7 @@ int main(void)
     tcase_add_test(tc, test_classes);
     tcase_add_test(tc, test_measured_choice);
     tcase_add_test(tc, test_follows_change);
+    tcase_add_test(tc, test_margin);
     tcase_add_test(tc, test_ignores_nonsense);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
