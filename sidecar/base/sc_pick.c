@@ -46,9 +46,12 @@ int sc_pick_way(struct sc_pick *p, size_t n)
     int c = sc_pick_class(n);
     const struct sc_pick_way *w = p->way[c];
     uint32_t turn = p->turns[c]++;
-    /* Warm-up: the way with fewer samples, alternating. */
-    if (w[0].samples < SC_PICK_WARMUP || w[1].samples < SC_PICK_WARMUP)
-        return w[1].samples < w[0].samples ? 1 : 0;
+    /* Warm-up: the preferred way SC_PICK_WARMUP times, then the other one once. */
+    int other = 1 - p->prefer;
+    if (w[p->prefer].samples < SC_PICK_WARMUP)
+        return p->prefer;
+    if (w[other].samples == 0)
+        return other;
     int best = cheaper(p, w);
     return turn % p->explore_every == p->explore_every - 1 ? 1 - best : best;
 }

@@ -10,8 +10,8 @@
  *
  * Jobs fall into size classes (units 1-3, 4-15, 16-63, ... a factor of 4
  * each).  Per class and way it keeps the cost per unit (an exponentially
- * weighted mean).  A class first tries each way SC_PICK_WARMUP times,
- * alternating; after that it takes the preferred way unless the other one
+ * weighted mean).  A class first takes the preferred way SC_PICK_WARMUP
+ * times and the other one once; after that it takes the preferred way unless the other one
  * costs less by more than margin (so that noise in the measurements, such
  * as a server checkpoint during a few jobs, does not flip the choice), and
  * every explore_every-th job of the class the other one, so that an
