@@ -33,9 +33,10 @@
  * advance and COMMIT: one round trip.  Which is faster depends on the batch
  * size, the round-trip time and the server's load, so with write_method
  * auto each connection measures both (sc_pick.h: per batch size class the
- * time per row, the cheaper way taken, the other tried every
- * PICK_EXPLORE_EVERY batches); only batches that went the fast way whole
- * are measured.
+ * time per row; COPY unless the INSERT was faster by PICK_MARGIN, the other
+ * way tried every PICK_EXPLORE_EVERY batches); only batches that went the
+ * fast way whole are measured.  Behind 1 ms each way COPY still won for
+ * batches of thousands of rows (bench/ --pg-delay-ms 1).
  *
  * In extended protocol the server runs each statement as it arrives and
  * skips everything after a failure up to the next Sync, leaving the
