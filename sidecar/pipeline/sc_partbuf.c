@@ -12,8 +12,8 @@
 
 /* First allocations; an emptied buffer keeps at most these (thousands of idle partitions
  * must not each hold a batch's worth of memory). */
-#define ARENA_MIN 16384
-#define RECS_MIN  64
+#define ARENA_MIN 4096
+#define RECS_MIN  32
 
 void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes)
 {

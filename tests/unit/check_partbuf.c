@@ -227,9 +227,9 @@ START_TEST(test_memory_given_back)
     ck_assert_uint_lt(b.arena_cap, 1u << 20);
     ck_assert_int_lt(sc_partbuf_mem(&b), full / 2);
     sc_partbuf_clear(&b);
-    ck_assert_int_le(sc_partbuf_mem(&b), 16384 + 64 * (int64_t)sizeof(struct sc_buffered));
-    ck_assert_uint_le(b.arena_cap, 16384);
-    ck_assert_uint_le(b.cap, 64);
+    ck_assert_int_le(sc_partbuf_mem(&b), 4096 + 32 * (int64_t)sizeof(struct sc_buffered));
+    ck_assert_uint_le(b.arena_cap, 4096);
+    ck_assert_uint_le(b.cap, 32);
     /* ... and it works again from there. */
     make(&r, 30000, &seed);
     struct sc_record v = view_of(&r);
