@@ -31,7 +31,8 @@
  *
  * What it cannot cover: the fixed part above and what grows with the
  * number of partitions (librdkafka's and the sidecar's per-partition
- * state, a few KiB each: docs/benchmarks.md has the measured figure),
+ * state, ~75 KiB each at 1,024 partitions: docs/benchmarks.md, "The scale
+ * curve"),
  * and one record larger than the budget, which still goes through: it is
  * fetched (librdkafka returns a first record batch larger than its fetch
  * limits), buffered and written alone.  Properties set in
