@@ -66,6 +66,13 @@ PG_SETTINGS = {
 }
 
 
+# Only where the benchmark needs to reach the server; everything else as initdb leaves it
+# (--pg-config defaults: fsync on, shared_buffers 128MB, max_wal_size 1GB, checkpoints as the
+# server decides, no pg_stat_statements).
+PG_SHOWN = ["fsync", "synchronous_commit", "full_page_writes", "shared_buffers", "max_wal_size",
+            "checkpoint_timeout", "shared_preload_libraries", "max_connections"]
+
+
 def log(msg):
     print("bench: " + msg, file=sys.stderr, flush=True)
 
@@ -85,16 +92,33 @@ class Child:
     live = set()
 
     def __init__(self, argv, stdout=None, stderr=None, env=None, stdin=subprocess.DEVNULL,
-                 preexec=None):
+                 preexec=None, group=False):
+        """group: a process group of its own, killed whole by stop() (--wrap)."""
         self.argv = argv
+        self.group = group
         self.t_start = time.time()
         self.p = subprocess.Popen(argv, stdout=stdout, stderr=stderr, env=env, stdin=stdin,
-                                  preexec_fn=preexec)
+                                  preexec_fn=preexec, start_new_session=group)
         self.pid = self.p.pid
         self.rusage = None
         self.status = None
         self.t_end = None
+        self.hwm_kib = 0
         Child.live.add(self)
+
+    def sample_hwm(self):
+        """
+        The process's peak RSS so far (VmHWM).  wait4()'s ru_maxrss cannot be used: Linux
+        counts into it the RSS the child had before exec, a copy of this Python process.
+        """
+        try:
+            with open("/proc/%d/status" % self.pid) as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        self.hwm_kib = max(self.hwm_kib, int(line.split()[1]))
+                        break
+        except OSError:
+            pass
 
     def _reaped(self, status, ru):
         self.status = os.waitstatus_to_exitcode(status)
@@ -107,6 +131,7 @@ class Child:
         """True once the process exited (reaping it)."""
         if self.rusage is not None:
             return True
+        self.sample_hwm()
         pid, status, ru = os.wait4(self.pid, os.WNOHANG)
         if pid == 0:
             return False
@@ -130,6 +155,11 @@ class Child:
             if not self.wait(timeout):
                 os.kill(self.pid, signal.SIGKILL)
                 self.wait()
+        if self.group:
+            try:  # what a --wrap command started (perf's child) goes with it
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         return self
 
     @property
@@ -138,7 +168,8 @@ class Child:
 
     @property
     def maxrss_mib(self):
-        return self.rusage.ru_maxrss / 1024.0  # kilobytes on Linux
+        """Peak RSS: VmHWM as last sampled while it ran (see sample_hwm())."""
+        return (self.hwm_kib or self.rusage.ru_maxrss) / 1024.0
 
 
 def proc_stat_cpu(pid, children=False):
@@ -182,7 +213,12 @@ class Env:
             "mock": os.path.join(self.build, "sidecar", "kafka-mock"),
             "produce": os.path.join(self.build, "sidecar", "kafka-produce"),
             "receiver": os.path.join(self.build, "bench", "bench-receiver"),
+            "delay": os.path.join(self.build, "bench", "bench-delay-proxy"),
         }
+        if args.sidecar_ref:
+            ref = os.path.abspath(args.sidecar_ref)
+            self.bin["sidecar_ref"] = (os.path.join(ref, "sidecar", "sidecar")
+                                       if os.path.isdir(ref) else ref)
         for name, path in self.bin.items():
             if not os.access(path, os.X_OK):
                 sys.exit("bench: %s not found at %s (build first: bash bench/run.sh)" % (name, path))
@@ -207,8 +243,9 @@ class Env:
         self.as_postgres([self.pgbin + "/initdb", "-D", self.pgdata, "-U", "postgres", "-A",
                           "trust", "-E", "UTF8", "--locale=C"], stderr=subprocess.DEVNULL)
         self.pg_port = free_port()
-        conf = dict(PG_SETTINGS, port=str(self.pg_port), listen_addresses="'127.0.0.1'",
-                    unix_socket_directories="'%s'" % self.pgdata)
+        self.tuned = self.args.pg_config == "tuned"
+        conf = dict(PG_SETTINGS if self.tuned else {}, port=str(self.pg_port),
+                    listen_addresses="'127.0.0.1'", unix_socket_directories="'%s'" % self.pgdata)
         with open(os.path.join(self.pgdata, "postgresql.conf"), "a") as f:
             for k, v in conf.items():
                 f.write("%s = %s\n" % (k, v))
@@ -219,9 +256,26 @@ class Env:
         self.dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres" % self.pg_port
         self.db = psycopg2.connect(self.dsn)
         self.db.autocommit = True
-        self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        self.has_pgss = self.tuned
+        if self.has_pgss:
+            self.sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         self.pg_version = self.sql1("SHOW server_version")
-        self.pg_settings = {k: self.sql1("SHOW %s" % k) for k in PG_SETTINGS}
+        self.pg_settings = {k: self.sql1("SHOW %s" % k) for k in PG_SHOWN}
+        self.pg_settings["config"] = self.args.pg_config
+        # What the measured clients connect to: the server, or the delay proxy in front of it
+        # (--pg-delay-ms).  The bench's own queries always go straight to the server.
+        self.client_port = self.pg_port
+        if self.args.pg_delay_ms > 0:
+            self.proxy = Child([self.bin["delay"], "--upstream", str(self.pg_port), "--delay-us",
+                                str(int(self.args.pg_delay_ms * 1000))], stdout=subprocess.PIPE,
+                               stderr=open(os.path.join(self.dir, "delay-proxy.log"), "w"))
+            self.client_port = int(self.proxy.p.stdout.readline())
+            self.pg_settings["client_delay_ms_each_way"] = self.args.pg_delay_ms
+        self.client_dsn = "host=127.0.0.1 port=%d user=postgres dbname=postgres" % self.client_port
+
+    def reset_statements(self):
+        if self.has_pgss:
+            self.sql("SELECT pg_stat_statements_reset()")
 
     def sql(self, q, params=None):
         with self.db.cursor() as c:
@@ -257,9 +311,14 @@ class Env:
         return {"postgres": tree_cpu(self.pg_pid), "broker": proc_stat_cpu(self.mock.pid)}
 
     def checkpoint(self):
-        """Flushes dirty buffers and WAL between phases so one phase's I/O never lands in another."""
-        self.sql("CHECKPOINT")
-        os.sync()
+        """
+        Flushes dirty buffers and WAL between phases so one phase's I/O never lands in another
+        (the tuned server only: with initdb defaults the server checkpoints as it would for a
+        user, whenever max_wal_size or checkpoint_timeout says).
+        """
+        if self.tuned:
+            self.sql("CHECKPOINT")
+            os.sync()
 
     def cleanup(self):
         for c in list(Child.live):
@@ -291,10 +350,12 @@ class Sidecar:
     """One `sidecar run` with a generated config; progress read from sidecar.checkpoints."""
 
     def __init__(self, env, name, topic, sink, batch=None, instance="bench-1", dsn=None,
-                 kafka_props=None, log_name=None):
-        self.env, self.name = env, name
+                 kafka_props=None, log_name=None, ref=False, topics=None, extra=None):
+        """ref: run the reference binary (--sidecar-ref) with only what it understands."""
+        self.env, self.name, self.ref = env, name, ref
         self.admin = "127.0.0.1:%d" % free_port()
-        pipeline = {"name": name, "topics": [topic], "start_from": "earliest", "sink": sink}
+        pipeline = {"name": name, "topics": topics or [topic], "start_from": "earliest",
+                    "sink": sink}
         batch = dict(env.args.batch, **(batch or {}))
         if batch:
             pipeline["batch"] = batch
@@ -304,12 +365,16 @@ class Sidecar:
         pipeline.update(env.args.pipeline)
         conf = {
             "instance_id": instance,
-            "postgres": {"dsn": dsn or env.dsn},
+            "postgres": {"dsn": dsn or env.client_dsn},
             "kafka": {"bootstrap.servers": env.bootstrap},
             "admin": {"listen": self.admin},
             "log": {"level": env.args.log_level, "format": "text"},
             "pipelines": [pipeline],
         }
+        if env.args.memory_mib and not ref:
+            conf["memory"] = {"limit_mib": env.args.memory_mib}
+        for k, v in (extra or {}).items():
+            conf[k] = v
         self.conf_path = os.path.join(env.dir, "%s-%s.json" % (name, instance))
         with open(self.conf_path, "w") as f:
             json.dump(conf, f, indent=2)
@@ -318,8 +383,11 @@ class Sidecar:
 
     def start(self):
         wrap = self.env.args.wrap.split() if self.env.args.wrap else []
-        self.child = Child(wrap + [self.env.bin["sidecar"], "run", "-c", self.conf_path],
-                           stderr=open(self.log_path, "a"), stdout=subprocess.DEVNULL)
+        binary = self.env.bin["sidecar_ref" if self.ref else "sidecar"]
+        env = dict(os.environ, **self.env.args.sidecar_env) if self.env.args.sidecar_env else None
+        self.child = Child(wrap + [binary, "run", "-c", self.conf_path], env=env,
+                           stderr=open(self.log_path, "a"), stdout=subprocess.DEVNULL,
+                           group=bool(wrap))
         return self
 
     def committed(self):
@@ -489,8 +557,12 @@ def statement_counts(env, batches):
     transactions per batch: a checkpoint write is a transaction of its own unless it ran
     inside BEGIN ... COMMIT (the postgres sink's advance).
     """
-    rows = [(calls, q) for calls, q in env.sql("SELECT calls, query FROM pg_stat_statements")
-            if not BENCH_QUERY.search(q)]
+    if not env.has_pgss:
+        return {}
+    allrows = [(calls, ms, q) for calls, ms, q in env.sql(
+        "SELECT calls, total_exec_time, query FROM pg_stat_statements") if not BENCH_QUERY.search(q)]
+    rows = [(calls, q) for calls, _, q in allrows]
+    top = sorted(allrows, key=lambda r: -r[1])[:8]
     per = max(batches, 1)
     cp = {"pend": r"SET pending_first_offset = \$6", "commit": r"pending_first_offset = NULL",
           "commit_and_pend": r"pending_first_offset = \$9",
@@ -499,10 +571,17 @@ def statement_counts(env, batches):
               for k, v in cp.items()}
     commits = sum(c for c, q in rows if q.strip().upper() == "COMMIT")
     tx = commits + counts["pend"] + counts["commit"] + counts["commit_and_pend"]
+    # The postgres sink's ways for the rows: COPY, or the pipelined INSERT (sink_pg_fast).
+    copies = sum(c for c, q in rows if re.search(r"^\s*COPY ", q, re.M))
+    inserts = sum(c for c, q in rows if q.lstrip().upper().startswith("INSERT INTO") and
+                  "unnest(" in q)
     return {
+        "copy_per_batch": round(copies / per, 2),
+        "insert_per_batch": round(inserts / per, 2),
         "statements_per_batch": round(sum(c for c, _ in rows) / per, 2),
         "transactions_per_batch": round(tx / per, 2),
         "checkpoint_writes_per_batch": {k: round(v / per, 2) for k, v in counts.items() if v},
+        "top_statements_ms": [[c, round(ms), re.sub(r"\s+", " ", q)[:90]] for c, ms, q in top],
     }
 
 
@@ -521,11 +600,12 @@ def log_timeline(env, name, t_begin):
         " ".join("%s/%s@%d" % (k, p, t) for k, p, t in rows))
 
 
-def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None):
+def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None, ref=False):
     env.checkpoint()
-    env.sql("SELECT pg_stat_statements_reset()")
+    env.reset_statements()
     m = Meter(env)
-    sc = Sidecar(env, name, ds["topic"], sink, batch=batch).start()
+    _, _, wal0 = pg_counters(env)
+    sc = Sidecar(env, name, ds["topic"], sink, batch=batch, ref=ref).start()
     stalls = []
     _, _, t_done = wait_progress(sc.committed, ds["records"], env.args.timeout,
                                  lambda: not sc.child.poll(), label, stalls)
@@ -536,8 +616,9 @@ def run_sidecar_phase(env, ds, label, name, sink, verify, batch=None):
     metrics = sc.metrics()
     sc.child.stop(signal.SIGTERM)
     servers = m.stop()
+    _, _, wal1 = pg_counters(env)
     extra = {"batches": batches, "records_per_batch": round(ds["records"] / max(batches, 1)),
-             "longest_stall_s": stalls[0]}
+             "longest_stall_s": stalls[0], "wal_bytes": wal1 - wal0}
     extra.update(statement_counts(env, batches))
     extra.update(verify())
     extra["sink_write_s_avg_ms"] = hist_avg_ms(metrics, "sidecar_sink_write_seconds")
@@ -556,8 +637,8 @@ def hist_avg_ms(metrics, name):
     return round(total / count * 1000, 3) if count else None
 
 
-def phase_file(env, ds, run):
-    out = os.path.join(env.dir, "out-file-%d" % run)
+def phase_file(env, ds, run, ref=False):
+    out = os.path.join(env.dir, "out-file-%d%s" % (run, "-ref" if ref else ""))
     sink = {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "format": "jsonl",
             "fsync": "batch"}
 
@@ -570,7 +651,8 @@ def phase_file(env, ds, run):
         shutil.rmtree(out)
         return {"output_mb": round(size / 1e6, 1)}
 
-    return run_sidecar_phase(env, ds, "file", "bench-file-%d" % run, sink, verify)
+    return run_sidecar_phase(env, ds, "file_ref" if ref else "file",
+                             "bench-file-%d%s" % (run, "-ref" if ref else ""), sink, verify, ref=ref)
 
 
 def make_copy_input(env, ds):
@@ -604,7 +686,7 @@ def phase_copy(env, ds, run):
     env.checkpoint()
     m = Meter(env)
     c = Child(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
-               str(env.pg_port), "-U", "postgres", "-d", "postgres", "-c",
+               str(env.client_port), "-U", "postgres", "-d", "postgres", "-c",
                "\\copy %s (topic, partition, \"offset\", key, value, headers, ts) FROM '%s'" %
                (table, ds["copy_txt"])], stdout=subprocess.DEVNULL)
     c.wait()
@@ -619,10 +701,14 @@ def phase_copy(env, ds, run):
                   servers)
 
 
-def phase_postgres(env, ds, run):
+def phase_postgres(env, ds, run, ref=False, method=None):
+    """method: force the sink's write_method (copy, pipeline); None: the default (auto)."""
+    label = "postgres" + ("_ref" if ref else "_" + method if method else "")
     table = "bench.sidecar_rows"
     fresh_table(env, table)
     sink = {"type": "postgres", "table": table, "mode": "insert"}
+    if method:
+        sink["write_method"] = method
 
     def verify():
         n = env.sql1("SELECT count(*) FROM %s" % table)
@@ -630,7 +716,7 @@ def phase_postgres(env, ds, run):
             raise RuntimeError("postgres sink wrote %d rows, expected %d" % (n, ds["records"]))
         return {}
 
-    return run_sidecar_phase(env, ds, "postgres", "bench-pg-%d" % run, sink, verify)
+    return run_sidecar_phase(env, ds, label, "bench-%s-%d" % (label, run), sink, verify, ref=ref)
 
 
 class Receiver:
@@ -645,7 +731,7 @@ class Receiver:
             return json.loads(r.read())
 
 
-def phase_http(env, ds, run):
+def phase_http(env, ds, run, ref=False):
     rx = Receiver(env)
     sink = {"type": "http", "url": rx.url}
 
@@ -657,7 +743,8 @@ def phase_http(env, ds, run):
                                                                          ds["records"]))
         return {"receiver_cpu_s": round(rx.child.cpu, 2), "requests": st["requests"]}
 
-    return run_sidecar_phase(env, ds, "http", "bench-http-%d" % run, sink, verify)
+    return run_sidecar_phase(env, ds, "http_ref" if ref else "http",
+                             "bench-http-%d%s" % (run, "-ref" if ref else ""), sink, verify, ref=ref)
 
 
 def phase_naive(env, ds, run):
@@ -667,7 +754,7 @@ def phase_naive(env, ds, run):
     m = Meter(env)
     c = Child(["/usr/bin/python3", os.path.join(ROOT, "bench", "naive_consumer.py"),
                "--bootstrap", env.bootstrap, "--topic", ds["topic"], "--group",
-               "bench-naive-%d" % run, "--dsn", env.dsn, "--table", table, "--expect",
+               "bench-naive-%d" % run, "--dsn", env.client_dsn, "--table", table, "--expect",
                str(ds["records"])], stdout=subprocess.PIPE,
               stderr=open(os.path.join(env.dir, "naive.log"), "a"))
     out = c.p.stdout.read()
@@ -688,11 +775,19 @@ PHASES = {
     "kcat": phase_kcat,
     "kcat_tuned": phase_kcat_tuned,
     "file": phase_file,
+    "file_ref": lambda env, ds, run: phase_file(env, ds, run, ref=True),
     "copy": phase_copy,
     "postgres": phase_postgres,
+    "postgres_copy": lambda env, ds, run: phase_postgres(env, ds, run, method="copy"),
+    "postgres_pipeline": lambda env, ds, run: phase_postgres(env, ds, run, method="pipeline"),
+    "postgres_ref": lambda env, ds, run: phase_postgres(env, ds, run, ref=True),
     "http": phase_http,
+    "http_ref": lambda env, ds, run: phase_http(env, ds, run, ref=True),
     "naive": phase_naive,
 }
+# Run unless --only says otherwise (the _ref phases need --sidecar-ref; postgres_copy and
+# postgres_pipeline force one way of the postgres sink, for comparing them).
+DEFAULT_PHASES = ["kcat", "kcat_tuned", "file", "copy", "postgres", "http", "naive"]
 
 
 # ---- latency ------------------------------------------------------------------------------
@@ -798,7 +893,9 @@ def percentiles(lat, skip_ms):
         return round(vals[min(len(vals) - 1, int(len(vals) * p / 100))], 1)
 
     return {"records": len(vals), "p50_ms": pct(50), "p90_ms": pct(90), "p99_ms": pct(99),
-            "max_ms": round(vals[-1], 1)}
+            "max_ms": round(vals[-1], 1),
+            # the distribution, for plot.py: percentiles 1..99 and 99.9
+            "quantiles": [pct(q) for q in range(1, 100)] + [pct(99.9)]}
 
 
 def wait_owned(env, pipeline, partitions, timeout=60, owners=1):
@@ -845,7 +942,7 @@ def phase_latency(env, args, quick, run=0):
         time.sleep(0.1)
     reader = FileLatency(os.path.join(out, topic))
     reader.start()
-    env.sql("SELECT pg_stat_statements_reset()")
+    env.reset_statements()
     m = Meter(env)
     env.produce(topic, per_part, rate=rate)
     wait_progress(sc.committed, per_part * args.partitions, 60, lambda: not sc.child.poll(),
@@ -973,7 +1070,7 @@ def phase_roundtrips(env, args, quick):
            "= a client burst after a server answer; counted from the first to the last commit"}
     for label, sink in sinks:
         name = "bench-rt-" + label
-        env.sql("SELECT pg_stat_statements_reset()")
+        env.reset_statements()
         sc = Sidecar(env, name, "rt", sink, dsn=dsn).start()
         snap0 = b0 = None
 
@@ -986,7 +1083,7 @@ def phase_roundtrips(env, args, quick):
         snap1, b1 = proxy.snapshot(), sc.batches()
         stmts = env.sql("SELECT calls, query FROM pg_stat_statements WHERE query !~* "
                         "'pg_stat_statements|sidecar.checkpoints WHERE pipeline = \\$1$' "
-                        "ORDER BY calls DESC LIMIT 12")
+                        "ORDER BY calls DESC LIMIT 12") if env.has_pgss else []
         sc.child.stop()
         batches = max(b1 - b0, 1)
         groups = {}
@@ -1080,6 +1177,193 @@ def phase_recovery(env, args, quick):
     }
 
 
+# ---- the scale curve -------------------------------------------------------------------------
+
+def pg_counters(env):
+    """
+    Transactions committed, statements run (pg_stat_statements only, else None) and WAL
+    bytes written so far.
+    """
+    xact = int(env.sql1("SELECT sum(xact_commit) FROM pg_stat_database"))
+    stmts = None
+    if env.has_pgss:
+        stmts = int(env.sql1("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE "
+                             "query !~* 'pg_stat_statements|pg_stat_database'"))
+    wal = int(env.sql1("SELECT pg_current_wal_lsn() - '0/0'::pg_lsn"))
+    return xact, stmts, wal
+
+
+def scale_point(env, args, partitions, pipelines, instances, run_id):
+    """
+    One point of the curve: `pipelines` pipelines (each its own topic, the partitions split
+    evenly) in each of `instances` instances, draining `--scale-records` records.  Throughput
+    from the first lease to the last commit; CPU summed over the instances; RSS the largest.
+    """
+    per_topic = max(partitions // pipelines, 1)
+    partitions = per_topic * pipelines
+    per_part = max(args.scale_records // partitions, 1)
+    records = per_part * partitions
+    topics = ["s%d_%d" % (run_id, i) for i in range(pipelines)]
+    if env.mock:
+        env.mock.stop(signal.SIGTERM, 10)
+    env.start_mock(["%s:%d" % (t, per_topic) for t in topics])
+    t0 = time.time()
+    producers = [env.produce(t, per_part, wait=False) for t in topics]
+    for pr in producers:
+        pr.wait()
+        if pr.status != 0:
+            raise RuntimeError("kafka-produce failed (see %s)" % env.dir)
+    log("scale: %d partitions, %d pipeline(s), %d instance(s): %d records produced in %.1fs" %
+        (partitions, pipelines, instances, records, time.time() - t0))
+    names = ["scale-%d-%d" % (run_id, i) for i in range(pipelines)]
+    out = os.path.join(env.dir, "out-scale-%d" % run_id)
+    extra_pipelines = []
+    for i in range(1, pipelines):
+        extra_pipelines.append({"name": names[i], "topics": [topics[i]], "start_from": "earliest",
+                                "sink": scale_sink(env, args, out, names[i])})
+    env.checkpoint()
+    env.reset_statements()
+    m = Meter(env)
+    x0, s0, w0 = pg_counters(env)
+    scs = []
+    for k in range(instances):
+        sc = Sidecar(env, names[0], topics[0], scale_sink(env, args, out, names[0]),
+                     instance="scale-%d" % k)
+        if extra_pipelines:
+            with open(sc.conf_path) as f:
+                conf = json.load(f)
+            conf["pipelines"] += [dict(p, **env.args.pipeline) for p in extra_pipelines]
+            with open(sc.conf_path, "w") as f:
+                json.dump(conf, f, indent=2)
+        scs.append(sc.start())
+
+    def committed():
+        return int(env.sql1("SELECT coalesce(sum(committed_offset), 0) FROM sidecar.checkpoints "
+                            "WHERE pipeline = ANY(%s)", (names,)))
+
+    _, _, t_done = wait_progress(committed, records, args.timeout,
+                                 lambda: all(not sc.child.poll() for sc in scs), "scale")
+    x1, s1, w1 = pg_counters(env)
+    t_lease = float(env.sql1("SELECT extract(epoch FROM min(at)) FROM sidecar.events WHERE "
+                             "pipeline = ANY(%s) AND kind = 'lease'", (names,)))
+    t_all_leased = float(env.sql1(
+        "SELECT extract(epoch FROM max(f)) FROM (SELECT min(at) AS f FROM sidecar.events WHERE "
+        "pipeline = ANY(%s) AND kind = 'lease' GROUP BY pipeline, topic, partition) x", (names,)))
+    batches = int(env.sql1("SELECT count(*) FROM sidecar.events WHERE pipeline = ANY(%s) AND "
+                           "kind = 'commit'", (names,)))
+    conns = int(env.sql1("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE "
+                         "'kafka-sidecar/%%'"))
+    for sc in scs:
+        sc.child.stop(signal.SIGTERM, 60)
+    servers = m.stop()
+    shutil.rmtree(out, ignore_errors=True)
+    span = max(t_done - t_lease, 1e-6)
+    cpu = sum(sc.child.cpu for sc in scs)
+    r = {
+        "partitions": partitions, "pipelines": pipelines, "instances": instances,
+        "workers_per_pipeline": env.args.pipeline.get("workers", 4),
+        "records": records, "records_per_partition": per_part,
+        "seconds": round(span, 3), "records_per_s": round(records / span),
+        "assign_s": round(t_all_leased - t_lease, 3),
+        "sidecar_cpu_s": round(cpu, 2), "cpu_us_per_record": round(cpu * 1e6 / records, 2),
+        "peak_rss_mib": round(max(sc.child.maxrss_mib for sc in scs), 1),
+        "rss_mib_per_instance": [round(sc.child.maxrss_mib, 1) for sc in scs],
+        "postgres_cpu_s": round(servers["postgres"], 2),
+        "broker_cpu_s": round(servers["broker"], 2),
+        "batches": batches, "records_per_batch": round(records / max(batches, 1)),
+        # (pg_stat_database lags by up to a second: for short runs batches/s is the figure)
+        "pg_transactions": x1 - x0,
+        "batches_per_s": round(batches / span),
+        "wal_bytes": w1 - w0,
+        "wal_bytes_per_batch": round((w1 - w0) / max(batches, 1)),
+        "postgres_cpu_ms_per_batch": round(servers["postgres"] * 1000 / max(batches, 1), 3),
+        "connections": conns,
+    }
+    if s0 is not None:
+        r["pg_statements"] = s1 - s0
+        r["pg_statements_per_s"] = round((s1 - s0) / span)
+    log("  %d records/s, %.2f us CPU/record, %.1f MiB peak RSS, %s statements/s, assigned in "
+        "%.1fs" % (r["records_per_s"], r["cpu_us_per_record"], r["peak_rss_mib"],
+                   r.get("pg_statements_per_s", "-"), r["assign_s"]))
+    return r
+
+
+def scale_sink(env, args, out, name):
+    if args.scale_sink == "file":
+        return {"type": "file", "path": out + "/" + name + "/{topic}/{partition}.jsonl",
+                "fsync": "batch"}
+    table = "bench.scale_" + re.sub(r"[^a-z0-9_]", "_", name)
+    fresh_table(env, table)
+    return {"type": "postgres", "table": table, "mode": "insert"}
+
+
+def scale_grid(args):
+    """(partitions, pipelines, instances) points: the partition sweep, then the others."""
+    parts = [int(x) for x in args.scale_partitions.split(",")]
+    pipes = [int(x) for x in args.scale_pipelines.split(",")]
+    insts = [int(x) for x in args.scale_instances.split(",")]
+    grid = [(p, 1, 1) for p in parts]
+    mid = [p for p in parts if 256 <= p <= 1024] or parts[:1]
+    for p in mid:
+        grid += [(p, n, 1) for n in pipes if n != 1]
+        grid += [(p, 1, i) for i in insts if i != 1]
+    return grid
+
+
+def fit_linear(points):
+    """Least squares cpu = a * records + b * partitions over the partition sweep."""
+    xs = [(p["records"], p["partitions"], p["sidecar_cpu_s"]) for p in points]
+    if len(xs) < 2:
+        return None
+    srr = sum(r * r for r, _, _ in xs)
+    spp = sum(q * q for _, q, _ in xs)
+    srp = sum(r * q for r, q, _ in xs)
+    src = sum(r * c for r, _, c in xs)
+    spc = sum(q * c for _, q, c in xs)
+    det = srr * spp - srp * srp
+    if abs(det) < 1e-9:
+        return None
+    a = (src * spp - spc * srp) / det
+    b = (spc * srr - src * srp) / det
+    return {"cpu_us_per_record": round(a * 1e6, 3), "cpu_ms_per_partition": round(b * 1e3, 3),
+            "residuals_s": [round(c - a * r - b * q, 2) for r, q, c in xs]}
+
+
+def run_scale(env, args):
+    res = {"meta": {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git": git_rev(), "cpus": os.cpu_count(), "postgresql": env.pg_version,
+        "postgresql_settings": env.pg_settings, "sink": args.scale_sink,
+        "records": args.scale_records, "memory_limit_mib": args.memory_mib}, "points": []}
+    for i, (p, n, k) in enumerate(scale_grid(args)):
+        try:
+            res["points"].append(scale_point(env, args, p, n, k, i))
+        except RuntimeError as e:
+            log("scale: %d partitions, %d pipelines, %d instances: %s" % (p, n, k, e))
+            res["points"].append({"partitions": p, "pipelines": n, "instances": k,
+                                  "error": str(e)})
+    sweep = [q for q in res["points"] if "error" not in q and q["pipelines"] == 1 and
+             q["instances"] == 1]
+    res["fit"] = fit_linear(sweep)
+    print("\n%10s %9s %9s %10s %10s %8s %9s %10s %9s %9s" % (
+        "partitions", "pipelines", "instances", "records/s", "us CPU/rec", "RSS MiB",
+        "stmts/s", "batches/s", "rec/batch", "WAL/batch"))
+    for q in res["points"]:
+        if "error" in q:
+            print("%10d %9d %9d  %s" % (q["partitions"], q["pipelines"], q["instances"],
+                                       q["error"]))
+            continue
+        print("%10d %9d %9d %10d %10.2f %8.1f %9s %10d %9d %9d" % (
+            q["partitions"], q["pipelines"], q["instances"], q["records_per_s"],
+            q["cpu_us_per_record"], q["peak_rss_mib"], q.get("pg_statements_per_s", "-"),
+            q["batches_per_s"], q["records_per_batch"], q["wal_bytes_per_batch"]))
+    if res["fit"]:
+        print("\nsidecar CPU = %.3f us x records + %.3f ms x partitions (residuals %s s)" % (
+            res["fit"]["cpu_us_per_record"], res["fit"]["cpu_ms_per_partition"],
+            res["fit"]["residuals_s"]))
+    return res
+
+
 # ---- report ---------------------------------------------------------------------------------
 
 
@@ -1102,12 +1386,45 @@ def reference(tp, key, best):
     return tp[name][key], name
 
 
-def build_targets(tp, lat, rt, args):
+# Paired ratios: a / b of the same run (phases of one run follow each other within minutes),
+# their median over the runs.  On a shared machine this is steadier than a ratio of medians.
+PAIRS = [
+    ("file", "kcat", "records_per_s"), ("file", "kcat_tuned", "records_per_s"),
+    ("http", "kcat", "records_per_s"), ("http", "kcat_tuned", "records_per_s"),
+    ("postgres", "copy", "records_per_s"), ("postgres", "copy", "postgres_cpu_s"),
+    ("postgres_copy", "copy", "records_per_s"), ("postgres_copy", "copy", "postgres_cpu_s"),
+    ("postgres_pipeline", "copy", "records_per_s"),
+    ("postgres_pipeline", "copy", "postgres_cpu_s"),
+    ("postgres", "naive", "records_per_s"), ("copy", "naive", "records_per_s"),
+    ("file", "kcat", "cpu_s_per_million"), ("file", "kcat_tuned", "cpu_s_per_million"),
+    ("file", "file_ref", "records_per_s"), ("postgres", "postgres_ref", "records_per_s"),
+    ("http", "http_ref", "records_per_s"), ("postgres", "postgres_ref", "postgres_cpu_s"),
+]
+
+
+def paired_ratios(runs):
+    out = {}
+    for a, b, key in PAIRS:
+        if a not in runs or b not in runs:
+            continue
+        vals = [ratio(x[key], y[key]) for x, y in zip(runs[a], runs[b])]
+        vals = [v for v in vals if v is not None]
+        if vals:
+            out["%s/%s %s" % (a, b, key)] = {"median": round(statistics.median(vals), 2),
+                                             "runs": vals}
+    return out
+
+
+def build_targets(tp, ratios, lat, args):
     t = []
 
     def add(name, value, target, ok, note=None):
         t.append({"target": name, "value": value, "goal": target,
                   "met": bool(ok) if value is not None else None, "note": note})
+
+    def paired(key):
+        r = ratios.get(key)
+        return r["median"] if r else None
 
     # Against the stronger reference of the two kcat runs: the faster, and the leaner CPU.
     ref, which = reference(tp, "records_per_s", max)
@@ -1118,27 +1435,38 @@ def build_targets(tp, lat, rt, args):
     if "file" in tp and ref:
         v = ratio(tp["file"]["cpu_s_per_million"], ref)
         add("file sink / reference CPU per million records", v, "<= 1.5", v and v <= 1.5, which)
-    if "postgres" in tp and "copy" in tp:
-        v = ratio(tp["postgres"]["records_per_s"], tp["copy"]["records_per_s"])
-        add("postgres sink / \\copy throughput", v, ">= 0.8", v and v >= 0.8)
-    if "postgres" in tp and "naive" in tp:
-        v = ratio(tp["postgres"]["records_per_s"], tp["naive"]["records_per_s"])
-        add("postgres sink / naive consumer throughput", v, ">= 3", v and v >= 3)
+    note = "median of paired runs; PostgreSQL %s" % args.pg_config + (
+        ", %.1f ms each way" % args.pg_delay_ms if args.pg_delay_ms else "")
+    v = paired("postgres/copy records_per_s")
+    if v is not None:
+        add("postgres sink / \\copy throughput", v, ">= 1.2", v >= 1.2, note)
+    v = paired("postgres/copy postgres_cpu_s")
+    if v is not None:
+        add("postgres sink / \\copy PostgreSQL CPU per row", v, "<= 1.1", v <= 1.1, note)
+    v = paired("postgres/naive records_per_s")
+    if v is not None:
+        add("postgres sink / naive consumer throughput", v, ">= 3", v >= 3)
+    for sink in ("file", "postgres", "http"):
+        v = paired("%s/%s_ref records_per_s" % (sink, sink))
+        if v is not None:
+            add("%s sink / before (--sidecar-ref) throughput" % sink, v, ">= 0.9", v >= 0.9,
+                "median of paired runs")
     for label, limit in (("file", 2), ("http", 2), ("postgres", 1)):
-        if label in tp:
+        if label in tp and tp[label].get("transactions_per_batch") is not None:
             v = tp[label].get("transactions_per_batch")
             add("PostgreSQL transactions per batch, %s" % label, v, "<= %d" % limit,
-                v is not None and v <= limit + 0.05, "pg_stat_statements, backlog drain")
-        if rt and label in rt:
-            v = rt[label]["round_trips_per_batch"].get("worker")
-            add("PostgreSQL wire round trips per batch, %s" % label, v, "<= %d" % limit,
-                v is not None and v <= limit + 0.05, "proxy count")
-    if lat and "sidecar_file" in lat:
-        v = lat["sidecar_file"].get("p99_ms")
-        add("p99 latency at %d records/s (ms)" % args.rate, v, "<= 50", v is not None and v <= 50)
+                v <= limit + 0.05, "pg_stat_statements, backlog drain")
+    if lat and lat.get("runs_p99_ms"):
+        runs = lat["runs_p99_ms"]
+        worst = max(ratio(s_, k_) or 0 for s_, k_ in zip(runs["sidecar_file"], runs["kcat"]))
+        ok = sum(1 for s_, k_ in zip(runs["sidecar_file"], runs["kcat"]) if s_ <= 1.5 * k_)
+        add("p99 latency at %d records/s / kcat's, worst run" % args.rate, round(worst, 2),
+            "<= 1.5", ok == len(runs["kcat"]), "%d of %d runs within" % (ok, len(runs["kcat"])))
     rss = [tp[k]["peak_rss_mib"] for k in ("file", "postgres", "http") if k in tp]
     if rss:
-        add("sidecar peak RSS draining the backlog (MiB)", max(rss), "<= 128", max(rss) <= 128)
+        limit = args.memory_mib or 64
+        add("sidecar peak RSS draining the backlog (MiB)", max(rss), "<= %d" % limit,
+            max(rss) <= limit, "memory.limit_mib %d" % limit)
     return t
 
 
@@ -1149,14 +1477,15 @@ def print_report(res):
             ("RSS MiB", "peak_rss_mib", "%.0f"), ("PG CPU s", "postgres_cpu_s", "%.2f"),
             ("broker CPU", "broker_cpu_s", "%.2f"), ("tx/batch", "transactions_per_batch", "%.2f")]
     print()
-    print("%-11s" % "" + "".join("%11s" % c[0] for c in cols) + "   ratio")
+    print("%-18s" % "" + "".join("%11s" % c[0] for c in cols) + "   ratio")
     refs = {"file": "kcat", "postgres": "copy", "http": "kcat", "naive": "copy",
-            "kcat_tuned": "kcat"}
+            "kcat_tuned": "kcat", "postgres_copy": "copy", "postgres_pipeline": "copy",
+            "file_ref": "kcat", "http_ref": "kcat", "postgres_ref": "copy"}
     for name in PHASES:
         if name not in tp:
             continue
         r = tp[name]
-        line = "%-11s" % name
+        line = "%-18s" % name
         for _, key, fmt in cols:
             v = r.get(key)
             line += "%11s" % (fmt % v if v is not None else "-")
@@ -1168,9 +1497,9 @@ def print_report(res):
             line += ", %.2fx kcat_tuned" % (tp[name]["records_per_s"] /
                                            tp["kcat_tuned"]["records_per_s"])
         print(line)
-    print("\nratios:")
+    print("\nratios (median of the runs' paired ratios, every run's in brackets):")
     for k, v in res["ratios"].items():
-        print("  %-44s %s" % (k, v))
+        print("  %-48s %5s  %s" % (k, v["median"], v["runs"]))
     if res.get("latency"):
         lat = res["latency"]
         print("\nend-to-end latency at %d records/s (batch.max_wait_ms %d, %s):" %
@@ -1240,14 +1569,42 @@ def main():
     ap.add_argument("--pipeline", action="append", default=[], metavar="KEY=JSON",
                     help="pipeline setting for every sidecar run (experiments), e.g. "
                     "workers=8")
+    ap.add_argument("--pg-config", choices=["tuned", "defaults"], default="tuned",
+                    help="tuned: the settings in PG_SETTINGS and a CHECKPOINT between phases; "
+                    "defaults: the server as initdb makes it (fsync on, shared_buffers 128MB, "
+                    "max_wal_size 1GB), checkpointing on its own, no pg_stat_statements")
+    ap.add_argument("--pg-delay-ms", type=float, default=0,
+                    help="the measured clients (sidecar, psql \\copy, naive) reach PostgreSQL "
+                    "through bench-delay-proxy, which delays each direction by this much")
+    ap.add_argument("--sidecar-ref", metavar="BUILD_DIR|BINARY",
+                    help="another sidecar build for the file_ref, postgres_ref and http_ref "
+                    "phases (e.g. the code before a change, built elsewhere)")
+    ap.add_argument("--sidecar-env", action="append", default=[], metavar="NAME=VALUE",
+                    help="environment variable for every sidecar run (experiments), e.g. "
+                    "MALLOC_ARENA_MAX=2")
+    ap.add_argument("--scale", action="store_true",
+                    help="the scale curve instead of the phases: throughput, CPU per record, "
+                    "peak RSS and PostgreSQL statements/s over --scale-partitions (1 pipeline, "
+                    "1 instance), then --scale-pipelines and --scale-instances at 256..1024 "
+                    "partitions")
+    ap.add_argument("--scale-partitions", default="16,256,1024,4096")
+    ap.add_argument("--scale-pipelines", default="1,8")
+    ap.add_argument("--scale-instances", default="1,2,4")
+    ap.add_argument("--scale-records", type=int, default=1000000)
+    ap.add_argument("--scale-sink", choices=["file", "postgres"], default="file")
+    ap.add_argument("--plots-dir", help="where the SVG charts go (default bench/results/)")
+    ap.add_argument("--memory-mib", type=int,
+                    help="memory.limit_mib for the sidecar under test (default: its default)")
     args = ap.parse_args()
     args.batch = {k: int(v) for k, v in (x.split("=", 1) for x in args.batch)}
     args.kafka_props = dict(x.split("=", 1) for x in args.kafka_prop)
     args.pipeline = {k: json.loads(v) for k, v in (x.split("=", 1) for x in args.pipeline)}
+    args.sidecar_env = dict(x.split("=", 1) for x in args.sidecar_env)
     only = set(args.only.split(",")) if args.only else None
 
     def wanted(p):
-        return only is None or p in only
+        return p in only if only is not None else p in DEFAULT_PHASES or p in (
+            "latency", "roundtrips", "recovery")
 
     per_part = args.records // args.partitions
     records = per_part * args.partitions
@@ -1255,6 +1612,21 @@ def main():
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     log("work directory %s" % env.dir)
     env.start_pg()
+    if args.scale:
+        env.start_mock(["migrate:1"])
+        subprocess.run([env.bin["sidecar"], "migrate", "-c",
+                        Sidecar(env, "migrate", "migrate", {"type": "stdout"}).conf_path],
+                       check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env.sql("CREATE SCHEMA IF NOT EXISTS bench")
+        res = run_scale(env, args)
+        path = args.json or os.path.join(ROOT, "bench", "results",
+                                         "scale-" + time.strftime("%Y%m%d-%H%M%S") + ".json")
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(res, f, indent=2)
+        log("results written to %s" % path)
+        plots(res, args)
+        return
     lat_topics = [t % i for i in range(args.repeat) for t in ("lat%d", "latref%d")]
     env.start_mock(["%s:%d" % (t, args.partitions)
                     for t in ["bench"] + lat_topics + ["rt", "rec"]])
@@ -1289,13 +1661,18 @@ def main():
             "postgresql_settings": env.pg_settings,
             "repeat": args.repeat,
             "sidecar_config": "defaults (batch, workers, librdkafka) unless noted",
+            "memory_limit_mib": args.memory_mib,
+            "sidecar_ref": args.sidecar_ref,
         },
         "throughput": {},
         "runs": {},
     }
     order = [p for p in PHASES if wanted(p)]
-    if ("copy" in order) and "kcat" not in order:
-        order.insert(0, "kcat")  # \copy loads kcat's dump
+    if any(p.endswith("_ref") for p in order) and not args.sidecar_ref:
+        sys.exit("bench: the _ref phases need --sidecar-ref")
+    if "copy" in order and "kcat" not in order:
+        log("kcat once, for the \\copy input")
+        phase_kcat(env, ds, 0)  # \copy loads kcat's dump
     for run in range(args.repeat):
         for name in order:
             log("run %d/%d: %s" % (run + 1, args.repeat, name))
@@ -1306,15 +1683,7 @@ def main():
     for name, rows in res["runs"].items():
         res["throughput"][name] = median_row(rows)
     tp = res["throughput"]
-    res["ratios"] = {}
-    for a, b, key in (("file", "kcat", "records_per_s"), ("file", "kcat_tuned", "records_per_s"),
-                      ("http", "kcat", "records_per_s"), ("http", "kcat_tuned", "records_per_s"),
-                      ("postgres", "copy", "records_per_s"),
-                      ("postgres", "naive", "records_per_s"), ("copy", "naive", "records_per_s"),
-                      ("file", "kcat", "cpu_s_per_million"),
-                      ("file", "kcat_tuned", "cpu_s_per_million")):
-        if a in tp and b in tp:
-            res["ratios"]["%s/%s %s" % (a, b, key)] = ratio(tp[a][key], tp[b][key])
+    res["ratios"] = paired_ratios(res["runs"])
     if wanted("latency"):
         # Repeated like the throughput phases: the run with the median sidecar p99 counts,
         # every run's p99 is kept (a loaded 2-core machine makes single runs vary widely).
@@ -1326,13 +1695,14 @@ def main():
         res["latency"] = dict(runs[len(runs) // 2])
         res["latency"]["runs_p99_ms"] = {
             k: [r[k]["p99_ms"] for r in runs] for k in ("kcat", "sidecar_file")}
+        res["latency"]["runs"] = [{k: r[k] for k in ("kcat", "sidecar_file")} for r in runs]
     if wanted("roundtrips"):
         log("PostgreSQL round trips per batch")
         res["round_trips"] = phase_roundtrips(env, args, args.quick)
     if wanted("recovery"):
         log("recovery after SIGKILL")
         res["recovery"] = phase_recovery(env, args, args.quick)
-    res["targets"] = build_targets(tp, res.get("latency"), res.get("round_trips"), args)
+    res["targets"] = build_targets(tp, res["ratios"], res.get("latency"), args)
     print_report(res)
     path = args.json or os.path.join(ROOT, "bench", "results", time.strftime("%Y%m%d-%H%M%S") +
                                      ".json")
@@ -1340,6 +1710,15 @@ def main():
     with open(path, "w") as f:
         json.dump(res, f, indent=2)
     log("results written to %s" % path)
+    plots(res, args)
+
+
+def plots(res, args):
+    """SVG charts next to the results (bench/results/ unless --plots-dir says otherwise)."""
+    import plot  # bench/plot.py
+    out = args.plots_dir or os.path.join(ROOT, "bench", "results")
+    for p in plot.write_plots(res, out):
+        log("chart written to %s" % p)
 
 
 if __name__ == "__main__":

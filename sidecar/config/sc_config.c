@@ -566,6 +566,24 @@ static const struct sc_conf_table events_table = {
     .keys = events_keys,
 };
 
+static const struct sc_conf_key memory_keys[] = {
+    {.name = "limit_mib",
+     .type = SC_CONF_INT,
+     .def = "64",
+     .offset = CFG(memory.limit_mib),
+     .min = 32,
+     .max = 1048576,
+     .help = "the process's memory budget in MiB: librdkafka's prefetch, the partitions' "
+             "buffers and the batch size are derived from it (see docs/operations.md, "
+             "\"Memory\")"},
+    {NULL},
+};
+static const struct sc_conf_table memory_table = {
+    .name = "memory",
+    .help = "Memory use.",
+    .keys = memory_keys,
+};
+
 static const struct sc_conf_key batch_keys[] = {
     /* Under backlog every batch costs a checkpoint commit, an fdatasync (file) or a
      * transaction (postgres) and a Kafka offset mirror; at 5000 records those stop
@@ -852,6 +870,11 @@ static const struct sc_conf_key root_keys[] = {
      .offset = CFG(schema_registry),
      .table = &registry_table,
      .help = "Schema Registry for value_format / key_format \"avro\""},
+    {.name = "memory",
+     .type = SC_CONF_OBJECT,
+     .offset = 0,
+     .table = &memory_table,
+     .help = "memory budget"},
     {.name = "pipelines",
      .type = SC_CONF_ARRAY,
      .offset = CFG(pipelines),

@@ -140,6 +140,9 @@ struct sc_config {
         int64_t compact_interval_ms;
     } events;
     struct sc_registry_conf schema_registry;
+    struct {
+        int limit_mib; /* the budget prefetch and buffers are derived from (pipeline/sc_budget.h) */
+    } memory;
     struct sc_pipeline_conf *pipelines;
     size_t npipelines;
 };

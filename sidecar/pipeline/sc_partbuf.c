@@ -4,12 +4,16 @@
  */
 #include "pipeline/sc_partbuf.h"
 
+#include <endian.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/sc_util.h"
 
-#define ARENA_MIN 65536
+/* First allocations; an emptied buffer keeps at most these (thousands of idle partitions
+ * must not each hold a batch's worth of memory). */
+#define ARENA_MIN 4096
+#define RECS_MIN  32
 
 void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes)
 {
@@ -30,9 +34,11 @@ void sc_partbuf_free(struct sc_partbuf *b)
 
 /*
  * Room for n more arena bytes at its end.  Dropped records leave space at
- * the front, reclaimed by moving the live bytes down; the arena grows only
- * when they would fill more than two thirds of it, so it stays within 1.5x
- * the most ever buffered, and each byte is moved at most twice on average.
+ * the front, reclaimed by moving the live bytes down; the arena grows (by a
+ * quarter) only when they would fill more than four fifths of it, so it
+ * stays within about 1.6x the most ever buffered, and each byte is moved
+ * at most four times on average.  When what is live fills an eighth of it
+ * or less, most of it is given back.
  */
 static char *arena_reserve(struct sc_partbuf *b, size_t n)
 {
@@ -46,10 +52,15 @@ static char *arena_reserve(struct sc_partbuf *b, size_t n)
         b->arena_len = live;
         b->arena_head = 0;
     }
-    if ((live + n) * 3 > b->arena_cap * 2) {
+    if ((live + n) * 5 > b->arena_cap * 4) {
         size_t cap = b->arena_cap ? b->arena_cap : ARENA_MIN;
-        while ((live + n) * 3 > cap * 2)
-            cap += cap / 2;
+        while ((live + n) * 5 > cap * 4)
+            cap += cap / 4;
+        b->arena = sc_xrealloc(b->arena, cap);
+        b->arena_cap = cap;
+    } else if (b->arena_cap > ARENA_MIN && (live + n) * 8 < b->arena_cap) {
+        /* It held far more once (a large batch, a large record): give most of it back. */
+        size_t cap = (live + n) * 2 > ARENA_MIN ? (live + n) * 2 : ARENA_MIN;
         b->arena = sc_xrealloc(b->arena, cap);
         b->arena_cap = cap;
     }
@@ -63,8 +74,12 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
             memmove(b->recs, b->recs + b->head, b->len * sizeof(*b->recs));
             b->head = 0;
         }
-        if (b->len == b->cap) {
-            b->cap = b->cap ? b->cap * 2 : 256;
+        /* Like the arena: a quarter more when over four fifths full, so moves stay rare. */
+        if (b->len * 5 >= b->cap * 4) {
+            b->cap = b->cap ? b->cap + b->cap / 4 : RECS_MIN;
+            b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
+        } else if (b->cap > RECS_MIN && b->len * 8 < b->cap) {
+            b->cap = b->len * 2 > RECS_MIN ? b->len * 2 : RECS_MIN;
             b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
         }
     }
@@ -83,19 +98,16 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
     struct sc_buffered *e = &b->recs[b->head + b->len];
     *e = (struct sc_buffered){
         .offset = r->offset,
-        .timestamp = r->timestamp,
         .arrival_ms = now,
         .bytes_before = b->pushed_bytes,
         .at = b->arena_len,
         .image_len = (uint32_t)image_len,
         .names_len = (uint32_t)names_len,
-        .key_len = r->key ? (int32_t)r->key_len : -1,
-        .value_len = r->value ? (int32_t)r->value_len : -1,
-        .nheaders = (uint32_t)r->nheaders,
     };
     b->arena_len += image_len + names_len;
     b->len++;
-    b->pushed_bytes += sc_buffered_bytes(e);
+    /* batch.max_bytes counts keys and values */
+    b->pushed_bytes += (int64_t)(r->key ? r->key_len : 0) + (int64_t)(r->value ? r->value_len : 0);
 }
 
 void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
@@ -107,6 +119,16 @@ void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
     if (b->len == 0) {
         b->head = 0;
         b->arena_head = b->arena_len = 0;
+        if (b->arena_cap > ARENA_MIN) {
+            free(b->arena);
+            b->arena = NULL;
+            b->arena_cap = 0;
+        }
+        if (b->cap > RECS_MIN) {
+            free(b->recs);
+            b->recs = NULL;
+            b->cap = 0;
+        }
     } else {
         b->arena_head = sc_partbuf_at(b, 0)->at;
     }
@@ -165,20 +187,41 @@ ptrdiff_t sc_partbuf_count_upto(const struct sc_partbuf *b, int64_t last)
     return (ptrdiff_t)n;
 }
 
+static int64_t get_le64(const char *p)
+{
+    uint64_t v;
+    memcpy(&v, p, sizeof(v));
+    return (int64_t)le64toh(v);
+}
+
+/* Image layout (sc_record_image_write()): offset, timestamp, key length (-1 = null), key,
+ * value length (-1 = null), value, header count, then each header's name and value. */
+#define IMG_TIMESTAMP 8
+#define IMG_KEY_LEN   16
+
+/* Where the image's value length is (after the key). */
+static size_t img_value_len_at(const char *img)
+{
+    int64_t klen = get_le64(img + IMG_KEY_LEN);
+    return IMG_KEY_LEN + 8 + (size_t)(klen > 0 ? klen : 0);
+}
+
+/* Where the image's header count is (after the value). */
+static size_t img_nheaders_at(const char *img)
+{
+    size_t at = img_value_len_at(img);
+    int64_t vlen = get_le64(img + at);
+    return at + 8 + (size_t)(vlen > 0 ? vlen : 0);
+}
+
 size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n)
 {
     size_t total = 0;
-    for (size_t i = 0; i < n; i++)
-        total += sc_partbuf_at(b, from + i)->nheaders;
+    for (size_t i = 0; i < n; i++) {
+        const char *img = b->arena + sc_partbuf_at(b, from + i)->at;
+        total += (size_t)get_le64(img + img_nheaders_at(img));
+    }
     return total;
-}
-
-static int64_t get_le64(const char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | (unsigned char)p[i];
-    return (int64_t)v;
 }
 
 void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const char *topic,
@@ -189,31 +232,34 @@ void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const c
         const struct sc_buffered *e = sc_partbuf_at(b, from + i);
         const char *img = b->arena + e->at;
         struct sc_record *r = &out[i];
-        /* Image layout: offset, timestamp, key length, key, value length, value, header count. */
-        size_t pos = 24;
         r->topic = topic;
         r->partition = partition;
         r->offset = e->offset;
-        r->timestamp = e->timestamp;
-        r->key = e->key_len >= 0 ? img + pos : NULL;
-        r->key_len = e->key_len > 0 ? (size_t)e->key_len : 0;
-        pos += r->key_len + 8;
-        r->value = e->value_len >= 0 ? img + pos : NULL;
-        r->value_len = e->value_len > 0 ? (size_t)e->value_len : 0;
-        pos += r->value_len + 8;
+        r->timestamp = get_le64(img + IMG_TIMESTAMP);
+        int64_t klen = get_le64(img + IMG_KEY_LEN);
+        size_t pos = IMG_KEY_LEN + 8;
+        r->key = klen >= 0 ? img + pos : NULL;
+        r->key_len = klen > 0 ? (size_t)klen : 0;
+        pos += r->key_len;
+        int64_t vlen = get_le64(img + pos);
+        pos += 8;
+        r->value = vlen >= 0 ? img + pos : NULL;
+        r->value_len = vlen > 0 ? (size_t)vlen : 0;
+        pos += r->value_len;
+        r->nheaders = (size_t)get_le64(img + pos);
+        pos += 8;
         r->headers = hdrs + nh;
-        r->nheaders = e->nheaders;
         r->key_json = r->value_json = NULL; /* set by the worker's decode_batch() */
         r->key_json_len = r->value_json_len = 0;
         const char *name = img + e->image_len;
-        for (size_t j = 0; j < e->nheaders; j++) {
+        for (size_t j = 0; j < r->nheaders; j++) {
             pos += 8 + (size_t)get_le64(img + pos); /* the name, read from its copy below */
-            int64_t vlen = get_le64(img + pos);
+            int64_t hlen = get_le64(img + pos);
             pos += 8;
             hdrs[nh++] = (struct sc_header){.name = name,
-                                            .value = vlen >= 0 ? img + pos : NULL,
-                                            .len = vlen > 0 ? (size_t)vlen : 0};
-            pos += vlen > 0 ? (size_t)vlen : 0;
+                                            .value = hlen >= 0 ? img + pos : NULL,
+                                            .len = hlen > 0 ? (size_t)hlen : 0};
+            pos += hlen > 0 ? (size_t)hlen : 0;
             name += strlen(name) + 1;
         }
     }

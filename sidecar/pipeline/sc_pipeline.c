@@ -25,6 +25,7 @@
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
+#include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_pipeline.h"
 #include "pipeline/sc_worker.h"
@@ -727,18 +728,14 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
      *
      * Prefetch: every partition's fetch queue is forwarded to its worker's queue, and
      * librdkafka applies queued.max.messages.kbytes / queued.min.messages to that queue,
-     * so they bound what is fetched but not yet taken per worker.  Workers take it at once
-     * and bound their own buffers (two batches per partition, see sc_worker.c); a consumed
-     * message costs several times its payload inside librdkafka, so 2 MiB / 20000 records
-     * per worker keeps the whole process within ~100 MiB while draining a backlog, without
-     * starving the workers (measured: bench/).  fetch.wait.max.ms: a fetch in flight holds
-     * back partitions resumed meanwhile until the broker answers, which for partitions with
-     * nothing new takes this long.
+     * so they bound what is fetched but not yet taken per worker; those and the fetch
+     * sizes come from the memory budget (sc_budget.h).  fetch.wait.max.ms: a fetch in
+     * flight holds back partitions resumed meanwhile until the broker answers, which for
+     * partitions with nothing new takes this long.
      */
     if (set_prop(conf, "client.id", client_id, err, errsize) ||
         set_prop(conf, "partition.assignment.strategy", "cooperative-sticky", err, errsize) ||
-        set_prop(conf, "queued.max.messages.kbytes", "2048", err, errsize) ||
-        set_prop(conf, "queued.min.messages", "20000", err, errsize) ||
+        sc_budget_apply(cfg, pc, conf, err, errsize) ||
         set_prop(conf, "fetch.wait.max.ms", "100", err, errsize) ||
         set_prop(conf, "session.timeout.ms", "10000", err, errsize) ||
         set_prop(conf, "heartbeat.interval.ms", "1000", err, errsize) ||

@@ -30,6 +30,7 @@
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
 #include "db/sc_db.h"
+#include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_partbuf.h"
 #include "pipeline/sc_worker.h"
@@ -96,6 +97,16 @@ struct sc_worker {
     size_t nsend, send_cap;
     struct sc_batch_result bad;    /* records that did not decode (indexes into recs) */
     struct sc_batch_result merged; /* bad + the sink's dead letters, indexes into recs */
+    struct sc_budget budget;
+    struct sc_budget_feedback feedback;
+    /* Set by congested() on every turn of the loop (see apply_backpressure()): */
+    bool over_budget; /* the partitions' buffers hold budget.worker_buffer or more */
+    bool starved;     /* ... and none of them a full batch: partial batches leave at once */
+    uint64_t steps;   /* successful checkpoint writes and sink writes (progress) */
+    /* w->parts by topic and partition (see find_part()) */
+    struct sc_part **slots;
+    size_t nslots, nparts_listed;
+    struct sc_part *last_found;
 };
 
 #define BATCH_DRAIN      512
@@ -132,6 +143,7 @@ static void post(struct sc_worker *w, enum op_kind kind, struct sc_part *p, cons
     else
         w->inbox = op;
     w->inbox_tail = op;
+    pthread_cond_broadcast(&w->cond); /* a worker waiting in wait_for_room() */
     pthread_mutex_unlock(&w->lock);
     rd_kafka_queue_yield(w->queue);
 }
@@ -287,13 +299,57 @@ static void pause_if_stuck(struct sc_worker *w, struct sc_part *p, size_t len_be
         set_paused(w, p, true);
 }
 
-/* Whether a partition's full buffer holds the worker's queue back (see apply_backpressure). */
-static bool congested(const struct sc_worker *w)
+static ssize_t pending_span(const struct sc_part *p);
+
+/*
+ * Whether the worker must not take more from its queue for now: a
+ * partition's full buffer holds it back (see apply_backpressure()), or the
+ * partitions' buffers together hold the worker's share of the memory
+ * budget (sc_budget.h).  Over budget, full batches leave first; when there
+ * is none, the partial ones leave at once (w->starved) instead of waiting
+ * for records that cannot come in.  A partition replaying a pending batch
+ * cut under larger limits may need more than the budget: while one still
+ * waits for records, the budget does not stop the queue.
+ */
+static bool congested(struct sc_worker *w)
 {
+    bool full = false, any_full_batch = false, replay_waits = false;
+    int64_t mem = 0, nparts = 0;
     for (const struct sc_part *p = w->parts; p; p = p->next)
+        nparts++;
+    /* A partition may hold two batches: they are cut at half its share of the buffer budget
+     * (in records, at the size of its records so far). */
+    int64_t buffer = sc_budget_worker_buffer(&w->budget, &w->feedback, sc_mono_ms());
+    /* Batches from the nominal share: the feedback holds the queue back, but shrinking
+     * batches for memory that is not in the buffers (many partitions' own state) only
+     * multiplied the commits (bench/ --scale: 16-record batches at 1,024 partitions). */
+    int64_t per_batch = w->budget.worker_buffer / 2 / (nparts > 0 ? nparts : 1);
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        if (p->buf.len > 0) {
+            int64_t live = (int64_t)(p->buf.arena_len - p->buf.arena_head) +
+                           (int64_t)(p->buf.len * sizeof(struct sc_buffered));
+            int64_t fit = per_batch / (live / (int64_t)p->buf.len + 1);
+            p->buf.max_records =
+                (size_t)(fit < 16                            ? 16
+                         : fit > w->budget.batch_max_records ? w->budget.batch_max_records
+                                                             : fit);
+        }
         if (!p->paused && buffer_full(p))
-            return true;
-    return false;
+            full = true;
+        /* An empty buffer keeps a small first allocation: not counted, or a share smaller
+         * than those of all partitions would hold the queue back for ever. */
+        if (p->buf.len > 0)
+            mem += sc_partbuf_mem(&p->buf);
+        bool batch_full = false;
+        size_t from = p->written ? (size_t)p->cp.pending_count : 0;
+        if (p->buf.len > from)
+            (void)sc_partbuf_next_batch(&p->buf, from, &batch_full);
+        any_full_batch |= batch_full;
+        replay_waits |= p->replay && p->state == SC_PART_ACTIVE && pending_span(p) < 0;
+    }
+    w->over_budget = mem >= buffer && !replay_waits;
+    w->starved = w->over_budget && !any_full_batch;
+    return full || w->over_budget;
 }
 
 /*
@@ -334,6 +390,12 @@ enum ready_mode {
     READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
+
+/* READY_DUE, or READY_ANY while the worker is starved for memory (see congested()). */
+static enum ready_mode due_mode(const struct sc_worker *w)
+{
+    return w->starved ? READY_ANY : READY_DUE;
+}
 
 /* Whether the next batch, n records from index from (full or not), may leave under mode. */
 static size_t ready_as(const struct sc_worker *w, const struct sc_part *p, size_t from, size_t n,
@@ -525,6 +587,7 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
         switch (s) {
         case SC_CP_OK:
             p->cp = cp;
+            w->steps++;
             return true;
         case SC_CP_FENCED:
             part_fenced(w, p, what, true);
@@ -1036,6 +1099,8 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     enum sc_sink_result sr =
         w->sink->type->write(w->sink, p->sink_part, b, hook, &w->result, err, errsize);
     sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    if (sr == SC_SINK_OK)
+        w->steps++;
     return sr;
 }
 
@@ -1063,7 +1128,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     const struct sc_pipeline_conf *pc = w->env.pc;
     if (stopping(w))
         return;
-    size_t n = cut_batch(w, p, 0, now, READY_DUE);
+    size_t n = cut_batch(w, p, 0, now, due_mode(w));
     if (n == 0)
         return;
     build_records(w, p, 0, n);
@@ -1211,7 +1276,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         size_t n = (size_t)p->cp.pending_count;
         size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w))
+            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w) &&
+                !w->starved)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
@@ -1223,7 +1289,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     if (stopping(w) && !p->cp.has_pending)
         return; /* shutting down: finish what is pending, start nothing new */
     if (!p->cp.has_pending) {
-        size_t n = cut_batch(w, p, 0, now, READY_DUE);
+        size_t n = cut_batch(w, p, 0, now, due_mode(w));
         if (n == 0)
             return;
         struct pend_args a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
@@ -1302,7 +1368,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     if (w->decoding)
         sc_counter_add(&p->m->decode_errors, w->bad.ndead);
     size_t next = cut_batch(w, p, n, now, READY_FULL);
-    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) &&
+    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) && !w->starved &&
         pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
@@ -1378,11 +1444,62 @@ static void service(struct sc_worker *w, struct sc_part *p)
 
 /* ---- messages ------------------------------------------------------------ */
 
+/*
+ * The worker's partitions by topic and partition, for dispatch(): an open
+ * addressing table (linear probing, at most half full), rebuilt when a
+ * partition goes, and the last partition found, since a fetch delivers a
+ * run of one partition's records.  A list walk per record cost time in
+ * proportion to the partitions a worker owns (bench/ --scale).
+ */
+static size_t part_hash(const char *topic, int32_t partition)
+{
+    uint64_t h = 1469598103934665603ULL; /* FNV-1a */
+    for (const char *c = topic; *c; c++)
+        h = (h ^ (unsigned char)*c) * 1099511628211ULL;
+    return (size_t)(h ^ (uint64_t)(uint32_t)partition * 0x9E3779B97F4A7C15ULL);
+}
+
+static void index_put(struct sc_worker *w, struct sc_part *p)
+{
+    size_t mask = w->nslots - 1;
+    size_t i = part_hash(p->topic, p->partition) & mask;
+    while (w->slots[i])
+        i = (i + 1) & mask;
+    w->slots[i] = p;
+}
+
+static void index_rebuild(struct sc_worker *w)
+{
+    size_t n = 0;
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        n++;
+    size_t want = 16;
+    while (want < 2 * n)
+        want *= 2;
+    if (want != w->nslots) {
+        free(w->slots);
+        w->slots = sc_xcalloc(want, sizeof(*w->slots));
+        w->nslots = want;
+    } else {
+        memset(w->slots, 0, w->nslots * sizeof(*w->slots));
+    }
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        index_put(w, p);
+    w->last_found = NULL;
+}
+
 static struct sc_part *find_part(struct sc_worker *w, const char *topic, int32_t partition)
 {
-    for (struct sc_part *p = w->parts; p; p = p->next)
+    struct sc_part *p = w->last_found;
+    if (p && p->partition == partition && strcmp(p->topic, topic) == 0)
+        return p;
+    if (w->nslots == 0)
+        return NULL;
+    size_t mask = w->nslots - 1;
+    for (size_t i = part_hash(topic, partition) & mask; (p = w->slots[i]) != NULL;
+         i = (i + 1) & mask)
         if (p->partition == partition && strcmp(p->topic, topic) == 0)
-            return p;
+            return w->last_found = p;
     return NULL;
 }
 
@@ -1480,10 +1597,15 @@ static void take_handover(struct sc_part *p)
 
 static void part_added(struct sc_worker *w, struct sc_part *p)
 {
-    sc_partbuf_init(&p->buf, (size_t)w->env.pc->batch.max_records, w->env.pc->batch.max_bytes);
+    sc_partbuf_init(&p->buf, (size_t)w->budget.batch_max_records, w->budget.batch_max_bytes);
     take_handover(p);
     p->next = w->parts;
     w->parts = p;
+    w->nparts_listed++;
+    if (2 * w->nparts_listed > w->nslots)
+        index_rebuild(w);
+    else
+        index_put(w, p);
     atomic_store(&p->m->owned, 1);
 }
 
@@ -1550,6 +1672,8 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
             *pp = p->next;
             break;
         }
+    w->nparts_listed--;
+    index_rebuild(w);
     rd_kafka_queue_destroy(p->queue);
     free(p->topic);
     free(p);
@@ -1625,7 +1749,7 @@ static int next_timeout(struct sc_worker *w)
         if (p->written) {
             /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
-            if (stopping(w) || ready_count(w, p, n, now, READY_FULL) > 0)
+            if (stopping(w) || w->starved || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
             int64_t due = p->commit_due_ms, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
@@ -1637,13 +1761,38 @@ static int next_timeout(struct sc_worker *w)
                               : !stopping(w) && ready_count(w, p, 0, now, READY_FULL) > 0)
             return 0;
         if (p->buf.len > 0 && !p->cp.has_pending && !stopping(w)) {
+            if (w->starved) /* out of memory for more: what is buffered leaves now */
+                return 0;
             int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
         }
     }
     int64_t t = wake - now;
-    return t < 0 ? 0 : (int)t;
+    if (t <= 0)
+        return 0;
+    /* Every turn of the loop looks at every partition: with many partitions, whose deadlines
+     * fall at different times, wake for a few of them at once (up to 1 ms per 64 partitions,
+     * at most a quarter of max_wait_ms later), so the turns stay few. */
+    int64_t slack = (int64_t)w->nparts_listed / 64;
+    if (slack > max_wait / 4)
+        slack = max_wait / 4;
+    return (int)(t + slack);
+}
+
+/* Sleeps until the next batch deadline or retry (at least 1 ms), or news in the inbox. */
+static void wait_for_room(struct sc_worker *w)
+{
+    int ms = next_timeout(w);
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    int64_t ns = ts.tv_nsec + (int64_t)(ms > 0 ? ms : 1) * 1000000;
+    ts.tv_sec += ns / 1000000000;
+    ts.tv_nsec = ns % 1000000000;
+    pthread_mutex_lock(&w->lock);
+    if (!w->inbox && !atomic_load(&w->stop))
+        pthread_cond_clockwait(&w->cond, &w->lock, CLOCK_MONOTONIC, &ts);
+    pthread_mutex_unlock(&w->lock);
 }
 
 static void *worker_main(void *arg)
@@ -1677,12 +1826,17 @@ static void *worker_main(void *arg)
                     if (!p->paused && p->state == SC_PART_ACTIVE)
                         poke_fetcher(w, p);
         }
+        uint64_t steps = w->steps;
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();
             service(w, p);
             pause_if_stuck(w, p, len, sc_mono_ms() - t0);
         }
+        /* Held back and nothing delivered (a sink in retry backoff, PostgreSQL away): wait
+         * for the next deadline instead of turning round at once. */
+        if (w->steps == steps && congested(w))
+            wait_for_room(w);
     }
     process_inbox(w);
     return NULL;
@@ -1714,6 +1868,8 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
      * DECODED_MAX_RECORD decoded. */
     sc_buf_init(&w->decoded, 0);
     w->queue = rd_kafka_queue_new(env->rk);
+    sc_budget_derive(cfg, env->pc, &w->budget);
+    sc_budget_feedback_init(&w->feedback);
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
                cfg->postgres.connect_timeout_ms);
@@ -1745,6 +1901,9 @@ void sc_worker_stop(struct sc_worker *w)
         return;
     atomic_store(&w->stop, true);
     if (w->started) {
+        pthread_mutex_lock(&w->lock);
+        pthread_cond_broadcast(&w->cond);
+        pthread_mutex_unlock(&w->lock);
         rd_kafka_queue_yield(w->queue);
         pthread_join(w->thread, NULL);
     }
@@ -1765,6 +1924,7 @@ void sc_worker_stop(struct sc_worker *w)
     free(w->recs);
     free(w->hdrs);
     free(w->push_hdrs);
+    free(w->slots);
     free(w->dead);
     sc_buf_free(&w->dead_env);
     sc_sink_free(w->sink);

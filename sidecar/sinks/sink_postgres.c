@@ -10,7 +10,8 @@
  * on the worker's own checkpoint connection it runs
  *
  *     BEGIN; SET CONSTRAINTS ALL IMMEDIATE
- *     rows of the batch                  (one INSERT ... SELECT FROM unnest)
+ *     rows of the batch                  (COPY, or one INSERT ... SELECT FROM
+ *                                         unnest: see "Two ways" below)
  *     the epoch-guarded checkpoint advance (hook->queue(), or hook->commit()
  *                                          with dead letters)
  *     COMMIT
@@ -21,16 +22,29 @@
  * with its rows (I4).  Constraints are made immediate so a deferred
  * constraint fails at its row, where the batch can be split, not at COMMIT.
  *
- * One round trip.  Normally all five statements go out at once as one
- * libpq pipeline (write_pipelined()), with a Sync after the advance and
- * one after COMMIT, and the results come back together.  In extended
- * protocol the server runs each statement as it arrives and skips
- * everything after a failure up to the next Sync, leaving the transaction
- * failed; the queued advance fails (rather than matching no row) when it
- * does not apply, so COMMIT commits only when the rows and the advance both
- * succeeded, and answers ROLLBACK otherwise.  The Sync before COMMIT makes
- * a process that stalls there (SIGSTOP, a frozen VM) look idle in its
- * transaction to the server, which ends the session after
+ * Two ways, one transaction.  The rows go in by binary COPY or by one
+ * INSERT ... SELECT FROM unnest($arrays); either way the advance and
+ * COMMIT follow in one libpq pipeline (write_pipelined()), with a Sync
+ * after the advance and one after COMMIT.  COPY cannot be pipelined: it
+ * costs three round trips (BEGIN + COPY, sent before the rows are encoded
+ * so that its round trip overlaps the encoding; the rows; the advance +
+ * COMMIT) but the least server CPU per row (bench/: 1.0-1.1x psql \copy's,
+ * the INSERT 1.5x).  The INSERT goes in the same pipeline as BEGIN, the
+ * advance and COMMIT: one round trip.  Which is faster depends on the batch
+ * size, the round-trip time and the server's load, so with write_method
+ * auto each connection measures both (sc_pick.h: per batch size class the
+ * time per row; COPY unless the INSERT was faster by PICK_MARGIN, the other
+ * way tried every PICK_EXPLORE_EVERY batches); only batches that went the
+ * fast way whole are measured.  Behind 1 ms each way COPY still won for
+ * batches of thousands of rows (bench/ --pg-delay-ms 1).
+ *
+ * In extended protocol the server runs each statement as it arrives and
+ * skips everything after a failure up to the next Sync, leaving the
+ * transaction failed; the queued advance fails (rather than matching no
+ * row) when it does not apply, so COMMIT commits only when the rows and
+ * the advance both succeeded, and answers ROLLBACK otherwise.  The Sync
+ * before COMMIT makes a process that stalls there (SIGSTOP, a frozen VM)
+ * look idle in its transaction to the server, which ends the session after
  * idle_in_transaction_session_timeout (the lease TTL, set by the worker)
  * and so frees the checkpoint row the next owner's lease needs.
  * When the connection drops once COMMIT may have reached the server, the
@@ -38,7 +52,8 @@
  * statement failed, the batch is rolled back and takes the usual way,
  * statement by statement: rows split on a bad row, then hook->commit(),
  * which tells a fence from a moved checkpoint.  A batch with dead letters
- * found while encoding it takes that way at once.
+ * found while encoding it takes that way at once (after COPY: its rows
+ * stay, commit() stores the dead letters with the advance).
  *
  * With "dsn" the table is elsewhere and the worker runs the usual protocol
  * (pend, write, commit).  A batch may then be written twice: after a crash
@@ -69,18 +84,19 @@
  * source position in the row: columns mapped from $partition and $offset
  * (and $topic when the pipeline reads several topics); create() says so.
  *
- * Fast path.  Rows go in as INSERT ... SELECT FROM unnest($arrays), whose
- * arrays are binary parameters (no quoting, no parsing of numbers).  With
- * the default columns a conflict can only be the same record, so the
- * pipelined INSERT has no ON CONFLICT (STMT_FAST): it only succeeds when no
- * row exists, and a key conflict (a replay, or a partition reset) makes the
- * partition use ON CONFLICT for the next SLOW_BATCHES batches.  Without the
- * hook's queue() (and in another database) the default columns go in by
- * binary COPY instead, with the same fallback; COPY cannot be pipelined.
- * Side by side with psql \copy of the same rows into the same table (one
- * partition, one connection): COPY at 1000 records per batch 0.7x, at 2000
- * 0.85x, at 5000 1.0x; ON CONFLICT about 0.5x.  The gap at small batches is
- * the fixed cost of a transaction per batch, which I3 requires.
+ * Fast path.  The INSERT's arrays are binary parameters (no quoting, no
+ * parsing of numbers).  With the default columns a conflict can only be the
+ * same record, so neither COPY nor the fast INSERT (STMT_FAST) has ON
+ * CONFLICT: they only succeed when no row exists, and a key conflict (a
+ * replay, or a partition reset) makes the partition use the INSERT with
+ * ON CONFLICT for the next SLOW_BATCHES batches.  Custom columns need
+ * DISTINCT ON and ON CONFLICT, so they always take the INSERT.  Without
+ * the hook's queue() (and in another database) the advance goes through
+ * commit(), a round trip of its own.  Side by side with psql \copy of the
+ * same rows into the same table (one partition, one connection): COPY at
+ * 1000 records per batch 0.7x, at 2000 0.85x, at 5000 1.0x; ON CONFLICT
+ * about 0.5x.  The gap at small batches is the fixed cost of a transaction
+ * per batch, which I3 requires.
  *
  * Values.  jsonb columns get the envelope's form of the key or value (JSON
  * verbatim, a string, or {"base64": ...}); text columns the bytes when they
@@ -116,6 +132,18 @@
 #include "db/sc_pg.h"
 #include "sinks/sc_sink_txn.h"
 #include "sinks/sink_postgres.h"
+
+/* With write_method auto, one batch in this many of a size class tries the other way, and
+ * COPY (the cheaper for the server) gives way only to a pipeline faster by this much. */
+#define PICK_EXPLORE_EVERY 64
+#define PICK_MARGIN        0.15
+
+/* The ways of a batch into the checkpoint database (0 and 1 are c->pick's ways). */
+enum pg_way {
+    WAY_COPY = 0,     /* COPY, then the advance and COMMIT in one round trip */
+    WAY_PIPELINE = 1, /* BEGIN, INSERT, advance, COMMIT in one round trip */
+    WAY_STATEMENTS,   /* BEGIN, INSERT split on bad rows, commit(), COMMIT: one at a time */
+};
 
 /* ---- small helpers ----------------------------------------------------- */
 
@@ -219,6 +247,7 @@ static int pg_create(struct sc_sink *sink, char *err, size_t errsize)
     snprintf(c->app_name, sizeof(c->app_name), "kafka-sidecar/%s/sink-%d", sink->pc->name,
              sink->worker_id);
     sc_backoff_init(&c->backoff, 100, 5000);
+    sc_pick_init(&c->pick, PICK_EXPLORE_EVERY, WAY_COPY, PICK_MARGIN);
     sc_buf_init(&c->data, 0);
     sc_buf_init(&c->copy, 0);
     for (int f = 0; f < NFIELDS; f++)
@@ -720,15 +749,17 @@ enum pipe_outcome {
 };
 
 /*
- * Same database, one round trip per batch (see NOTES): BEGIN, SET
- * CONSTRAINTS ALL IMMEDIATE, one INSERT of all rows (stmt), the hook's
- * checkpoint advance, Sync, COMMIT, Sync go out together.  The advance
- * fails when it does not apply, and a failure makes the server skip the
- * rest up to the Sync and leaves the transaction failed, so COMMIT commits
- * all of it or answers ROLLBACK.
- * For PIPE_NOT, *o says what failed first (PG_OK: it could not start;
- * PG_ROW from the rows: split them; PG_RETRY: connection trouble), and
- * *conflict whether that was a key conflict.
+ * Same database, one round trip (see NOTES): BEGIN, SET CONSTRAINTS ALL
+ * IMMEDIATE, one INSERT of all rows (stmt), the hook's checkpoint advance,
+ * Sync, COMMIT, Sync go out together.  With stmt NULL the transaction is
+ * open and holds the rows already (COPY): only the advance, Sync, COMMIT,
+ * Sync go out.  The advance fails when it does not apply, and a failure
+ * makes the server skip the rest up to the Sync and leaves the transaction
+ * failed, so COMMIT commits all of it or answers ROLLBACK.
+ * For PIPE_NOT, *o says what failed first (PG_OK: it could not start, or
+ * the advance did not apply; PG_ROW from the rows: split them; PG_RETRY:
+ * connection trouble), and *conflict whether that was a key conflict; the
+ * transaction is rolled back.
  */
 static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b,
                                          const struct sc_commit_hook *hook, const char *stmt,
@@ -745,19 +776,24 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     };
     *o = PG_OK;
     *conflict = false;
-    if (PQenterPipelineMode(conn) != 1)
+    if (PQenterPipelineMode(conn) != 1) {
+        if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+            pg_rollback(conn);
         return PIPE_NOT;
-    struct insert_params ip;
-    insert_params(c, b->part->topic, b->part->partition, 0, c->nrows, &ip);
-    int queued = 0;
-    if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1)
-        queued++;
-    if (queued == Q_SET &&
-        PQsendQueryParams(conn, "SET CONSTRAINTS ALL IMMEDIATE", 0, NULL, NULL, NULL, NULL, 0) == 1)
-        queued++;
-    if (queued == Q_ROWS &&
-        PQsendQueryPrepared(conn, stmt, c->nparams, ip.values, ip.lengths, ip.formats, 0) == 1)
-        queued++;
+    }
+    int first = stmt ? Q_BEGIN : Q_ADVANCE, queued = first;
+    if (stmt) {
+        struct insert_params ip;
+        insert_params(c, b->part->topic, b->part->partition, 0, c->nrows, &ip);
+        if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1)
+            queued++;
+        if (queued == Q_SET && PQsendQueryParams(conn, "SET CONSTRAINTS ALL IMMEDIATE", 0, NULL,
+                                                 NULL, NULL, NULL, 0) == 1)
+            queued++;
+        if (queued == Q_ROWS &&
+            PQsendQueryPrepared(conn, stmt, c->nparams, ip.values, ip.lengths, ip.formats, 0) == 1)
+            queued++;
+    }
     char qerr[256] = "";
     if (queued == Q_ADVANCE && hook->queue(hook->arg, b, res, qerr, sizeof(qerr)) == 0)
         queued++;
@@ -780,7 +816,7 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     /* Results come statement by statement, each ended by NULL, and a result per Sync. */
     bool committed = false;
     int failed = -1; /* the first statement that failed */
-    for (int i = 0; !lost;) {
+    for (int i = first; !lost;) {
         PGresult *r = PQstatus(conn) == CONNECTION_OK && i <= NQ ? PQgetResult(conn) : NULL;
         if (PQstatus(conn) != CONNECTION_OK || i > NQ) {
             PQclear(r);
@@ -901,6 +937,49 @@ static enum sc_sink_result result_of(enum pg_outcome o)
     return o == PG_RETRY ? SC_SINK_RETRY : SC_SINK_ERROR;
 }
 
+static enum pg_way choose_way(struct pg_ctx *c, const struct sc_sink_part *p,
+                              const struct sc_commit_hook *hook, size_t n)
+{
+    bool copy = c->copy_sql && p->slow_batches == 0, pipe = hook->queue != NULL;
+    if (copy && pipe) {
+        if (c->conf->write_method == PG_WRITE_COPY)
+            return WAY_COPY;
+        if (c->conf->write_method == PG_WRITE_PIPELINE)
+            return WAY_PIPELINE;
+        return sc_pick_way(&c->pick, n) == WAY_COPY ? WAY_COPY : WAY_PIPELINE;
+    }
+    return pipe ? WAY_PIPELINE : copy ? WAY_COPY : WAY_STATEMENTS;
+}
+
+/*
+ * write_pipelined(), and the hook told how it went.  Returns true when that
+ * decided the batch (*sr), false when the batch takes the usual way
+ * (nothing was committed, the connection is idle).
+ */
+static bool pipelined(struct pg_ctx *c, struct sc_sink_part *p, PGconn *conn,
+                      const struct sc_batch *b, const struct sc_commit_hook *hook, const char *stmt,
+                      struct sc_batch_result *res, enum sc_sink_result *sr, char *err,
+                      size_t errsize)
+{
+    enum pg_outcome o;
+    bool conflict;
+    enum pipe_outcome po =
+        write_pipelined(c, conn, b, hook, stmt, res, &o, &conflict, err, errsize);
+    hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
+    if (po == PIPE_COMMITTED)
+        *sr = SC_SINK_OK;
+    else if (po == PIPE_UNKNOWN || o == PG_RETRY)
+        *sr = SC_SINK_RETRY;
+    else if (o == PG_FATAL)
+        *sr = SC_SINK_ERROR; /* the table or the config: the usual way fails the same */
+    else {
+        if (conflict)
+            p->slow_batches = SLOW_BATCHES;
+        return false; /* a bad row, a conflict, or the advance did not apply */
+    }
+    return true;
+}
+
 /* Same database: rows + checkpoint in one transaction on the lent connection. */
 static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *p,
                                          const struct sc_batch *b,
@@ -910,6 +989,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
     static const char begin[] = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; ";
     PGconn *conn = hook->conn;
     enum pg_outcome o;
+    enum sc_sink_result sr;
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         pg_rollback(conn); /* never happens unless a previous call was cut short */
     if (use_utf8(conn, err, errsize) != 0)
@@ -918,37 +998,30 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
         return result_of(o);
     if ((o = pg_prepare_insert(c, conn, err, errsize)) != PG_OK)
         return result_of(o);
-    bool fast = c->copy_sql && p->slow_batches == 0 && !hook->queue;
-    if (fast && (o = copy_start(c, conn, begin, err, errsize)) != PG_OK)
+    int64_t t0 = sc_mono_ns();
+    enum pg_way way = choose_way(c, p, hook, b->count);
+    /* COPY starts before the rows are encoded: its round trip overlaps the encoding. */
+    if (way == WAY_COPY && (o = copy_start(c, conn, begin, err, errsize)) != PG_OK)
         return result_of(o);
     encode_rows(c, b->records, b->count, res, NULL);
     size_t ndead_before = res->ndead;
-    bool pipelined = false; /* tried, and fell back */
-    if (hook->queue && res->ndead == 0) {
-        bool conflict, plain = c->fast_sql && p->slow_batches == 0;
+    res->next_write_offset = b->last_offset + 1;
+    bool rows_in = false; /* the rows are in the open transaction */
+    if (way == WAY_PIPELINE && res->ndead == 0) {
+        bool plain = c->fast_sql && p->slow_batches == 0;
         if (!plain && p->slow_batches > 0)
             p->slow_batches--;
-        res->next_write_offset = b->last_offset + 1;
-        enum pipe_outcome po = write_pipelined(c, conn, b, hook, plain ? STMT_FAST : STMT_INSERT,
-                                               res, &o, &conflict, err, errsize);
-        hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
-        if (po == PIPE_COMMITTED)
-            return SC_SINK_OK;
-        if (po == PIPE_UNKNOWN || o == PG_RETRY)
-            return SC_SINK_RETRY;
-        if (o == PG_FATAL)
-            return SC_SINK_ERROR; /* the table or the config: the usual way fails the same */
-        pipelined = true;
-        if (conflict)
-            p->slow_batches = SLOW_BATCHES;
-        /* a bad row (split below), a conflict, or the advance did not apply: the usual way */
-    }
-    bool done = false;
-    if (fast) {
+        if (pipelined(c, p, conn, b, hook, plain ? STMT_FAST : STMT_INSERT, res, &sr, err,
+                      errsize)) {
+            if (sr == SC_SINK_OK && plain)
+                sc_pick_observe(&c->pick, WAY_PIPELINE, b->count, sc_mono_ns() - t0);
+            return sr;
+        }
+    } else if (way == WAY_COPY) {
         bool conflict;
         o = copy_rows(c, conn, b, &conflict, err, errsize);
         if (o == PG_OK) {
-            done = true;
+            rows_in = true;
         } else {
             pg_rollback(conn);
             if (o != PG_ROW)
@@ -957,10 +1030,19 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             if (conflict)
                 p->slow_batches = SLOW_BATCHES;
         }
-    } else if (p->slow_batches > 0 && !pipelined) {
+        /* Dead letters found while encoding go in with commit(), below. */
+        if (rows_in && res->ndead == 0 && hook->queue) {
+            if (pipelined(c, p, conn, b, hook, NULL, res, &sr, err, errsize)) {
+                if (sr == SC_SINK_OK)
+                    sc_pick_observe(&c->pick, WAY_COPY, b->count, sc_mono_ns() - t0);
+                return sr;
+            }
+            rows_in = false; /* rolled back with the advance: the usual way tells why */
+        }
+    } else if (p->slow_batches > 0) {
         p->slow_batches--;
     }
-    if (!done) {
+    if (!rows_in) {
         if ((o = pg_exec_simple(conn, "BEGIN; SET CONSTRAINTS ALL IMMEDIATE", err, errsize)) !=
             PG_OK)
             return result_of(o);
@@ -974,7 +1056,6 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
             return result_of(o);
         }
     }
-    res->next_write_offset = b->last_offset + 1;
     int h = hook->commit(hook->arg, b, res, err, errsize);
     if (h != 0) {
         pg_rollback(conn);

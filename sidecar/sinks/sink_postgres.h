@@ -19,6 +19,7 @@
 
 #include <libpq-fe.h>
 
+#include "base/sc_pick.h"
 #include "config/sc_config.h"
 #include "sinks/sc_sink.h"
 
@@ -28,6 +29,13 @@ enum pg_mode {
     PG_INSERT,
     PG_UPSERT,
     PG_INSERT_IGNORE,
+};
+
+/* How the rows of a batch go in (same database, default columns; see NOTES). */
+enum pg_write_method {
+    PG_WRITE_AUTO,
+    PG_WRITE_COPY,
+    PG_WRITE_PIPELINE,
 };
 
 enum pg_coltype {
@@ -45,6 +53,7 @@ struct pg_conf {
     bool create_table;
     enum pg_coltype value_type; /* default columns only: jsonb | text | bytea */
     enum pg_coltype key_type;   /* default columns only: text | bytea */
+    enum pg_write_method write_method;
 };
 
 /* The keys of "type": "postgres" and the check of the config as a whole. */
@@ -173,6 +182,10 @@ struct pg_ctx {
     /* Where STMT_INSERT is prepared (a pointer alone could be reused by malloc). */
     PGconn *prep_conn;
     int prep_pid;
+
+    /* Same database, default columns: COPY (way 0) or the pipelined INSERT (way 1), by
+     * what each cost on this connection lately (write_method auto). */
+    struct sc_pick pick;
 
     /* Per batch, reused. */
     struct sc_buf data; /* encoded fields of the rows */

@@ -178,6 +178,8 @@ static rd_kafka_t *hx_producer(const char *bootstrap, const char *compression, s
         {"linger.ms", "5"},
         {"compression.type", compression},
         {"queue.buffering.max.messages", "1000000"},
+        /* Records larger than the default 1 MB (check_memory.c). */
+        {"message.max.bytes", "100000000"},
         /* Fail within a test's patience rather than librdkafka's default 5 minutes. */
         {"message.timeout.ms", "60000"},
     };

@@ -27,6 +27,7 @@
 #include "record/sc_envelope.h"
 #include "scx.h"
 #include "sinks/sc_sink_txn.h"
+#include "sinks/sink_postgres.h"
 
 /* ---- in-process fixture ------------------------------------------------ */
 
@@ -272,11 +273,19 @@ static void assert_str(PGconn *c, const char *sql, const char *want)
  */
 START_TEST(test_default_same_db)
 {
-    bool pipelined = _i == 1; /* the worker's way: one round trip, commit() as the fallback */
+    /* 0: commit() only; with the worker's queue() too (one round trip for the advance and
+     * COMMIT, commit() as the fallback): 1 the pipelined INSERT, 2 COPY, 3 auto */
+    static const char *const methods[] = {"auto", "pipeline", "copy", "auto"};
+    bool pipelined = _i > 0;
     struct fx f;
-    fx_init(&f, pipelined ? "t_default_p" : "t_default");
+    char name[32], sink[256];
+    snprintf(name, sizeof(name), "t_default_%d", _i);
+    fx_init(&f, name);
     hx_pg_exec(f.conn, "CREATE TABLE marker (last bigint)");
-    fx_open(&f, "{\"type\": \"postgres\", \"table\": \"app.events\"}");
+    snprintf(sink, sizeof(sink),
+             "{\"type\": \"postgres\", \"table\": \"app.events\", \"write_method\": \"%s\"}",
+             methods[_i]);
+    fx_open(&f, sink);
     ck_assert(f.sink->flags & SC_SINK_F_TRANSACTIONAL);
 
     struct recs rs = {.n = 0};
@@ -324,8 +333,9 @@ START_TEST(test_default_same_db)
     ck_assert_int_eq(q_int(f.conn, "SELECT count(*) FROM marker"), 2);
     ck_assert_int_eq(PQtransactionStatus(h.conn), PQTRANS_IDLE);
     ck_assert_int_eq(PQpipelineStatus(h.conn), PQ_PIPELINE_OFF);
-    /* pipelined: the replay conflicted, the fenced and failing advances failed; none unknown */
-    ck_assert_int_eq(h.queued[1], pipelined ? 3 : 0);
+    /* pipelined: the replay conflicted (COPY: before anything was queued), the fenced and
+     * failing advances failed; none unknown */
+    ck_assert_int_eq(h.queued[1], !pipelined ? 0 : _i >= 2 ? 2 : 3); /* auto: COPY first */
     ck_assert_int_eq(h.queued[0], 0);
     h.ret = 0;
     ck_assert_int_eq(fx_write(&f, &more, &h, &res, false), SC_SINK_OK);
@@ -341,6 +351,48 @@ START_TEST(test_default_same_db)
     res_free(&res);
     PQfinish(h.conn);
     fx_close(&f);
+}
+END_TEST
+
+/*
+ * write_method auto measures both ways on the connection (COPY, preferred,
+ * and the pipelined INSERT) for each size of batch and commits every batch
+ * either way; a forced method never tries the other.
+ */
+START_TEST(test_write_method_measured)
+{
+    for (int forced = 0; forced < 2; forced++) {
+        struct fx f;
+        fx_init(&f, forced ? "t_measured_f" : "t_measured");
+        fx_open(&f, forced ? "{\"type\": \"postgres\", \"table\": \"ev\", \"write_method\": "
+                             "\"copy\"}"
+                           : "{\"type\": \"postgres\", \"table\": \"ev\"}");
+        struct hook_state h = {.conn = hx_pg_connect(f.dsn), .pipelined = true};
+        struct sc_batch_result res = {0};
+        for (int batch = 0; batch < 10; batch++) {
+            struct recs rs = {.n = 0};
+            for (int i = 0; i < 50; i++)
+                recs_add(&rs, 0, batch * 50 + i, "k", "{\"x\": 1}");
+            ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
+        }
+        ck_assert_int_eq(h.queued[2], 10);
+        ck_assert_int_eq(h.calls, 0);
+        ck_assert_int_eq(q_int(f.conn, "SELECT count(DISTINCT \"offset\") FROM ev"), 500);
+        const struct pg_ctx *c = f.sink->ctx;
+        const struct sc_pick_way *w = c->pick.way[sc_pick_class(50)];
+        if (forced) {
+            ck_assert_uint_eq(w[0].samples, 10); /* COPY */
+            ck_assert_uint_eq(w[1].samples, 0);
+        } else {
+            ck_assert_uint_ge(w[0].samples, SC_PICK_WARMUP); /* COPY, preferred */
+            ck_assert_uint_ge(w[1].samples, 1);
+            ck_assert_uint_eq(w[0].samples + w[1].samples, 10);
+            ck_assert_int_ge(sc_pick_best(&c->pick, 50), 0);
+        }
+        res_free(&res);
+        PQfinish(h.conn);
+        fx_close(&f);
+    }
 }
 END_TEST
 
@@ -835,13 +887,17 @@ END_TEST
  */
 START_TEST(test_table_dropped)
 {
-    bool pipelined = _i == 1;
+    bool pipelined = _i == 1; /* the pipelined INSERT (_i == 2: COPY, with queue() offered) */
     struct fx f;
-    fx_init(&f, pipelined ? "t_dropped_p" : "t_dropped");
-    fx_open(&f, "{\"type\": \"postgres\", \"table\": \"ev\"}");
+    char name[32];
+    snprintf(name, sizeof(name), "t_dropped_%d", _i);
+    fx_init(&f, name);
+    fx_open(&f, _i == 1 ? "{\"type\": \"postgres\", \"table\": \"ev\", \"write_method\": "
+                          "\"pipeline\"}"
+                        : "{\"type\": \"postgres\", \"table\": \"ev\"}");
     struct recs rs = {.n = 0};
     recs_add(&rs, 0, 0, "k", "{}");
-    struct hook_state h = {.conn = hx_pg_connect(f.dsn), .pipelined = pipelined};
+    struct hook_state h = {.conn = hx_pg_connect(f.dsn), .pipelined = _i > 0};
     struct sc_batch_result res = {0};
     ck_assert_int_eq(fx_write(&f, &rs, &h, &res, false), SC_SINK_OK);
     hx_pg_exec(f.conn, "DROP TABLE ev");
@@ -1100,7 +1156,8 @@ int main(void)
     TCase *tc = tcase_create("sink");
     tcase_add_unchecked_fixture(tc, pg_up, pg_down);
     tcase_set_timeout(tc, 120);
-    tcase_add_loop_test(tc, test_default_same_db, 0, 2);
+    tcase_add_loop_test(tc, test_default_same_db, 0, 4);
+    tcase_add_test(tc, test_write_method_measured);
     tcase_add_loop_test(tc, test_poison_same_db, 0, 2);
     tcase_add_test(tc, test_poison_other_db);
     tcase_add_test(tc, test_duplicate_keys_in_batch);
@@ -1111,7 +1168,7 @@ int main(void)
     tcase_add_test(tc, test_redrive);
     tcase_add_test(tc, test_config_errors);
     tcase_add_test(tc, test_create_table_race);
-    tcase_add_loop_test(tc, test_table_dropped, 0, 2);
+    tcase_add_loop_test(tc, test_table_dropped, 0, 3);
     tcase_add_test(tc, test_jsonb_safe_envelope);
     suite_add_tcase(s, tc);
 

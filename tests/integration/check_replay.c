@@ -138,8 +138,12 @@ START_TEST(test_replay_batch_larger_than_the_limits)
     struct scx_env e;
     const char *topics[] = {"orders:1"};
     scx_env_start(&e, 1, topics, 1);
-    /* max_wait_ms: the first batch is the full 200 records, however the fetches split them. */
-    struct scx_opts o = {.max_records = 200, .max_bytes = 64 << 20, .max_wait_ms = 10000};
+    /* max_wait_ms: the first batch is the full 200 records, however the fetches split them;
+     * a memory budget that lets batches be that large (the default lowers them). */
+    struct scx_opts o = {.max_records = 200,
+                         .max_bytes = 64 << 20,
+                         .max_wait_ms = 10000,
+                         .extra_top = "\"memory\": {\"limit_mib\": 256}"};
     const char *cfg = scx_config(&e, "sc-1", &o);
     scx_migrate(cfg);
     /* 3 MB in 300 records: more than one fetch response of the mock cluster. */

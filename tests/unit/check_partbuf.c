@@ -194,6 +194,51 @@ START_TEST(test_arena_reuse_keeps_records_intact)
 }
 END_TEST
 
+/*
+ * Memory: sc_partbuf_mem() is what the buffer holds allocated, within
+ * 1.7x what is buffered; a buffer that held a large burst gives most of it
+ * back as it drains, and all but a small first allocation once empty (the
+ * budget of thousands of idle partitions).
+ */
+START_TEST(test_memory_given_back)
+{
+    unsigned seed = 3;
+    struct rec r;
+    struct sc_partbuf b;
+    sc_partbuf_init(&b, 100000, 1 << 30);
+    ck_assert_int_eq(sc_partbuf_mem(&b), 0);
+    for (int i = 0; i < 20000; i++) {
+        make(&r, i, &seed);
+        struct sc_record v = view_of(&r);
+        sc_partbuf_push(&b, &v, 0);
+    }
+    int64_t full = sc_partbuf_mem(&b);
+    int64_t live =
+        (int64_t)(b.arena_len - b.arena_head) + 20000 * (int64_t)sizeof(struct sc_buffered);
+    ck_assert_int_ge(full, live);
+    ck_assert_int_le(full, live * 17 / 10); /* capacity stays close to what is buffered */
+    /* Drain to a few records, pushing a few all along: the arena shrinks with what is live. */
+    for (int i = 0; i < 200; i++) {
+        sc_partbuf_drop(&b, 120);
+        make(&r, 20000 + i, &seed);
+        struct sc_record v = view_of(&r);
+        sc_partbuf_push(&b, &v, 0);
+    }
+    ck_assert_uint_lt(b.arena_cap, 1u << 20);
+    ck_assert_int_lt(sc_partbuf_mem(&b), full / 2);
+    sc_partbuf_clear(&b);
+    ck_assert_int_le(sc_partbuf_mem(&b), 4096 + 32 * (int64_t)sizeof(struct sc_buffered));
+    ck_assert_uint_le(b.arena_cap, 4096);
+    ck_assert_uint_le(b.cap, 32);
+    /* ... and it works again from there. */
+    make(&r, 30000, &seed);
+    struct sc_record v = view_of(&r);
+    sc_partbuf_push(&b, &v, 0);
+    check_views(&b, 0, 1, &r);
+    sc_partbuf_free(&b);
+}
+END_TEST
+
 START_TEST(test_batches_by_count_and_bytes)
 {
     struct sc_partbuf b;
@@ -311,6 +356,7 @@ int main(void)
     TCase *tc = tcase_create("partbuf");
     tcase_add_test(tc, test_records_come_back_byte_for_byte);
     tcase_add_test(tc, test_arena_reuse_keeps_records_intact);
+    tcase_add_test(tc, test_memory_given_back);
     tcase_add_test(tc, test_batches_by_count_and_bytes);
     tcase_add_test(tc, test_batches_match_the_reference);
     tcase_add_test(tc, test_pending_range_with_offset_gaps);
