@@ -143,6 +143,13 @@ static const struct family families[] = {
      0},
     {"sink_errors_total", "Failed sink writes (retried or permanent).", COUNTER, OFF(sink_errors),
      0},
+    {"checkpoint_retries_total",
+     "Checkpoint statements refused for a passing reason (serialization failure, deadlock, "
+     "timeout, lock) and retried later; nothing had changed.",
+     COUNTER, OFF(checkpoint_retries), 0},
+    {"http_retry_after_total",
+     "HTTP sink answers (429, 503) whose Retry-After set when the batch is sent again.", COUNTER,
+     OFF(http_retry_after), 0},
     {"consumer_lag", "High watermark minus committed offset (owned partitions only).", GAUGE,
      OFF(consumer_lag), 2},
     {"pending_checkpoints", "1 while the partition has a pending checkpoint.", GAUGE, OFF(pending),
