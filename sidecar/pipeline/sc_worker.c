@@ -937,12 +937,17 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     return sr;
 }
 
-/* The sink asked for a retry: only this partition backs off. */
-static void retry_later(struct sc_part *p, const char *err)
+/*
+ * The sink asked for a retry: only this partition backs off, for as long as
+ * the sink said (its own schedule, or the destination's Retry-After), else
+ * by the worker's backoff.
+ */
+static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
 {
     sc_counter_add(&p->m->sink_errors, 1);
-    int delay = sc_backoff_next(&p->backoff);
-    sc_warn(&p->log, "sink write failed, retrying the batch in %d ms: %s", delay, err);
+    int64_t delay =
+        w->result.retry_in_ms > 0 ? w->result.retry_in_ms : sc_backoff_next(&p->backoff);
+    sc_warn(&p->log, "sink write failed, retrying the batch in %" PRId64 " ms: %s", delay, err);
     p->retry_at_ms = sc_mono_ms() + delay;
 }
 
@@ -1009,7 +1014,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         part_fenced(w, p, "committing a batch", true);
         return;
     case SC_SINK_RETRY:
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     case SC_SINK_ERROR:
         sc_counter_add(&p->m->sink_errors, 1);
@@ -1153,7 +1158,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     char err[512] = "";
     enum sc_sink_result sr = write_batch(w, p, &b, NULL, err, sizeof(err));
     if (sr == SC_SINK_RETRY) {
-        retry_later(p, err);
+        retry_later(w, p, err);
         return;
     }
     if (sr == SC_SINK_ERROR || sr == SC_SINK_FENCED) {

@@ -102,6 +102,7 @@ void sc_batch_result_clear(struct sc_batch_result *r)
     }
     r->ndead = 0;
     r->next_write_offset = 0;
+    r->retry_in_ms = 0;
 }
 
 int sc_sink_path_component(struct sc_buf *out, const char *name)

@@ -69,6 +69,10 @@ struct sc_batch {
 /* What write() reports besides its result. */
 struct sc_batch_result {
     int64_t next_write_offset; /* where the next batch goes (on SC_SINK_OK) */
+    /* On SC_SINK_RETRY: when to call write() again, in ms from now, when the sink knows
+     * (its own backoff, or what the destination asked, e.g. HTTP Retry-After); 0 = the
+     * worker's own backoff. */
+    int64_t retry_in_ms;
     struct sc_dead_letter *dead;
     size_t ndead;
     size_t dead_cap;

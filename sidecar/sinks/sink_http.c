@@ -21,9 +21,13 @@
  * shutdown wait for that thread, so write() never sleeps long: a wait of up
  * to INLINE_WAIT_MS is slept in place (while the call is younger than
  * INLINE_BUDGET_MS); a longer one is remembered in the partition handle
- * (not_before_ms) and write() returns SC_SINK_RETRY, so the worker backs off
- * this partition alone and calls again; a call that comes back before
- * not_before_ms returns SC_SINK_RETRY at once without sending anything.
+ * (not_before_ms) and write() returns SC_SINK_RETRY with the wait in
+ * retry_in_ms, so the worker backs off this partition alone and calls again
+ * exactly when the wait is over (it used to poll with a backoff of its own
+ * that grew with every early call: a 2 s Retry-After cost 8 s, up to 30);
+ * a call that comes back before not_before_ms returns SC_SINK_RETRY at once
+ * without sending anything.  Every Retry-After that sets a wait is counted
+ * in sidecar_http_retry_after_total.
  * retry.max_attempts and retry.max_elapsed_ms bound one round of attempts;
  * when a round is used up, write() returns SC_SINK_RETRY and the next call
  * starts a new round.  Running out of retries is never permanent: the batch
@@ -61,6 +65,7 @@
 #include <curl/curl.h>
 
 #include "base/sc_log.h"
+#include "base/sc_metrics.h"
 #include "config/sc_conf.h"
 #include "config/sc_conf_check.h"
 #include "sinks/sc_sink.h"
@@ -357,6 +362,7 @@ struct sc_sink_part {
     struct sc_backoff backoff;
     int64_t not_before_ms;
     char last_error[512];
+    struct sc_metrics_part *m; /* the partition's metrics (found at the first Retry-After) */
 };
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -819,6 +825,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
             /* The worker came back before the backoff is over: send nothing yet. */
             snprintf(err, errsize, "%s; still backing off (%" PRId64 " ms left)", p->last_error,
                      wait);
+            res->retry_in_ms = wait;
             return SC_SINK_RETRY;
         }
         sc_sleep_ms(wait, NULL);
@@ -880,6 +887,11 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         int64_t wait = a.retry_after_ms >= 0 ? a.retry_after_ms : sc_backoff_next(&p->backoff);
         if (wait > rc->max_backoff_ms)
             wait = rc->max_backoff_ms;
+        if (a.retry_after_ms >= 0) {
+            if (!p->m)
+                p->m = sc_metrics_part(rq.pipeline, rq.topic, rq.partition);
+            sc_counter_add(&p->m->http_retry_after, 1);
+        }
         bool round_over = p->round_attempts >= rc->max_attempts ||
                           (rc->max_elapsed_ms > 0 && elapsed + wait > rc->max_elapsed_ms);
         if (round_over) {
@@ -890,6 +902,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
                      p->last_error, p->round_attempts, elapsed);
             round_reset(sink, p);
             p->not_before_ms = a.retry_after_ms >= 0 ? now + wait : 0;
+            res->retry_in_ms = a.retry_after_ms >= 0 ? wait : 0; /* else the worker's backoff */
             return SC_SINK_RETRY;
         }
         if (wait <= INLINE_WAIT_MS && now - call_start + wait <= INLINE_BUDGET_MS) {
@@ -899,8 +912,9 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
             continue;
         }
         p->not_before_ms = now + wait;
-        snprintf(err, errsize, "%s; next attempt in %" PRId64 " ms%s", p->last_error, wait,
-                 a.retry_after_ms >= 0 ? " (Retry-After)" : "");
+        res->retry_in_ms = wait;
+        snprintf(err, errsize, "%s%s", p->last_error,
+                 a.retry_after_ms >= 0 ? " (as its Retry-After asks)" : "");
         return SC_SINK_RETRY;
     }
 

@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -25,6 +26,7 @@ struct rx_key {
     char *body;
     size_t body_len;
     bool accepted;
+    int requests; /* answered so far */
 };
 
 struct rx {
@@ -32,8 +34,9 @@ struct rx {
     int port;
     char url[64];
     pthread_mutex_t lock;
-    struct rx_faults faults; /* under lock; reject_marker is a copy */
+    struct rx_faults faults; /* under lock; reject_marker and retry_after are copies */
     char *marker;
+    char *retry_after;
     unsigned seed;
     struct rx_request *reqs;
     size_t nreqs, reqs_cap;
@@ -80,7 +83,7 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
             rx->keys = realloc(rx->keys, rx->keys_cap * sizeof(*rx->keys));
         }
         k = &rx->keys[rx->nkeys++];
-        *k = (struct rx_key){strdup(rq->key), malloc(rq->body_len + 1), rq->body_len, false};
+        *k = (struct rx_key){strdup(rq->key), malloc(rq->body_len + 1), rq->body_len, false, 0};
         memcpy(k->body, rq->body, rq->body_len);
     } else if (k && (k->body_len != rq->body_len || memcmp(k->body, rq->body, rq->body_len))) {
         rx->mismatches++;
@@ -91,6 +94,18 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
         return f->status_all;
     if (!rq->key)
         return 400;
+    if (f->retry_status && k->requests++ < f->retry_times) {
+        rq->fault = true;
+        if (f->retry_after && f->retry_after[0] == '+') {
+            time_t t = time(NULL) + strtol(f->retry_after + 1, NULL, 10);
+            struct tm tm;
+            strftime(rq->retry_after, sizeof(rq->retry_after), "%a, %d %b %Y %H:%M:%S GMT",
+                     gmtime_r(&t, &tm));
+        } else if (f->retry_after) {
+            snprintf(rq->retry_after, sizeof(rq->retry_after), "%s", f->retry_after);
+        }
+        return f->retry_status;
+    }
     if (rx->marker && memmem(rq->body, rq->body_len, rx->marker, strlen(rx->marker)))
         return f->reject_status ? f->reject_status : 422;
     int r = roll(rx);
@@ -101,6 +116,7 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
     r -= f->p500_before;
     if (r < f->p429) {
         rq->fault = true;
+        snprintf(rq->retry_after, sizeof(rq->retry_after), "1");
         return 429;
     }
     r -= f->p429;
@@ -174,12 +190,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         usleep((useconds_t)slow_ms * 1000);
     const char *text = rq.status == 200   ? "{\"ok\":true}"
                        : rq.status == 422 ? "{\"error\":\"poison record rejected by the test\"}"
-                       : rq.status == 429 ? "slow down"
-                                          : "{\"error\":\"injected by the test receiver\"}";
+                       : rq.status == 429 || rq.status == 503
+                           ? "slow down"
+                           : "{\"error\":\"injected by the test receiver\"}";
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
-    if (rq.status == 429)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (rq.retry_after[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, rq.retry_after);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)rq.status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -263,9 +280,12 @@ void rx_set_faults(struct rx *rx, const struct rx_faults *f)
 {
     pthread_mutex_lock(&rx->lock);
     free(rx->marker);
+    free(rx->retry_after);
     rx->faults = *f;
     rx->marker = f->reject_marker ? strdup(f->reject_marker) : NULL;
     rx->faults.reject_marker = rx->marker;
+    rx->retry_after = f->retry_after ? strdup(f->retry_after) : NULL;
+    rx->faults.retry_after = rx->retry_after;
     pthread_mutex_unlock(&rx->lock);
 }
 
@@ -294,6 +314,7 @@ void rx_stop(struct rx *rx)
     free(rx->reqs);
     free(rx->keys);
     free(rx->marker);
+    free(rx->retry_after);
     free(rx->cert);
     free(rx->key);
     pthread_mutex_destroy(&rx->lock);

@@ -28,6 +28,12 @@ struct rx_faults {
     int reject_status;         /* 422 when 0 */
     int status_all;            /* != 0: answer every request with this status (not accepted) */
     int delay_ms;              /* every answer waits this long (a slow service, not a fault) */
+    /* Deterministic back-pressure: each key's first retry_times requests are answered
+     * retry_status (429 or 503), not accepted, with a Retry-After of retry_after: delay
+     * seconds ("2"), "+N" for an HTTP date N seconds ahead, NULL for none. */
+    int retry_status;
+    int retry_times;
+    const char *retry_after;
 };
 
 struct rx_request {
@@ -41,10 +47,11 @@ struct rx_request {
     char *tenant; /* X-Tenant (a configured header in the tests) */
     char *body;   /* NUL-terminated */
     size_t body_len;
-    int64_t at_ms;       /* when the request was complete (hx_now_ms) */
-    int status;          /* what the receiver answered */
-    bool accepted_first; /* the request that accepted its key */
-    bool fault;          /* answered by an injected fault (500, 429, slow) */
+    int64_t at_ms;        /* when the request was complete (hx_now_ms) */
+    int status;           /* what the receiver answered */
+    char retry_after[64]; /* the Retry-After it sent ("" if none) */
+    bool accepted_first;  /* the request that accepted its key */
+    bool fault;           /* answered by an injected fault (500, 429, slow) */
 };
 
 struct rx;
