@@ -78,6 +78,18 @@ struct sc_batch_result {
     size_t dead_cap;
 };
 
+/*
+ * Finding rejected records by bisection (the http and postgres sinks): a
+ * rejected range is split in halves, left first, down to single records.
+ * Once the left half of a split is resolved and `bad` of its `left` records
+ * were rejected, this says whether they are dense enough (a quarter or
+ * more, of at least 16) that the right half, when rejected as a whole, is
+ * better sent one record at a time than split again: an all-bad batch of n
+ * records then costs about n calls instead of 2n, while a batch with a few
+ * rejected records keeps the bisection's few calls.
+ */
+bool sc_sink_bisect_dense(size_t left, size_t bad);
+
 /* Adds a dead letter to a result; takes ownership of error/excerpt. */
 void sc_batch_result_add_dead(struct sc_batch_result *r, size_t index, char *error, int status,
                               char *excerpt, int attempts);
