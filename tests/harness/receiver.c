@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <microhttpd.h>
 
 #include "hx.h"
@@ -44,6 +45,12 @@ struct rx {
     size_t nkeys, keys_cap;
     long mismatches;
     long connections;
+    /* rx_check_pending(): the checkpoint connection, under its own lock */
+    pthread_mutex_t pend_lock;
+    char *pend_dsn;
+    PGconn *pend_conn;
+    long pend_checked, pend_violations;
+    char pend_first_violation[512];
     char *cert, *key; /* TLS only */
 };
 
@@ -137,6 +144,62 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
     return 200;
 }
 
+/*
+ * I2: is the request's range pending (or committed) in its checkpoint row?
+ * 1 yes, 0 no (a violation), -1 cannot tell (PostgreSQL away).
+ */
+static int pend_check(struct rx *rx, const struct rx_request *rq)
+{
+    if (!rq->key || !rq->first || !rq->last || rq->redrive)
+        return 1;
+    /* Key: <pipeline>/<topic>/<partition>/<first>-<last> (the tests' names have no '/'). */
+    char pipeline[128], topic[256], part[16];
+    if (sscanf(rq->key, "%127[^/]/%255[^/]/%15[^/]/", pipeline, topic, part) != 3)
+        return 0;
+    int64_t first = strtoll(rq->first, NULL, 10), last = strtoll(rq->last, NULL, 10);
+    int rc = -1;
+    pthread_mutex_lock(&rx->pend_lock);
+    if (rx->pend_conn && PQstatus(rx->pend_conn) != CONNECTION_OK) {
+        PQfinish(rx->pend_conn);
+        rx->pend_conn = NULL;
+    }
+    if (!rx->pend_conn) {
+        rx->pend_conn = PQconnectdb(rx->pend_dsn);
+        if (PQstatus(rx->pend_conn) != CONNECTION_OK) {
+            PQfinish(rx->pend_conn);
+            rx->pend_conn = NULL;
+            goto out;
+        }
+    }
+    const char *params[] = {pipeline, topic, part};
+    PGresult *res = PQexecParams(rx->pend_conn,
+                                 "SELECT coalesce(pending_first_offset, -1),"
+                                 " coalesce(pending_last_offset, -1),"
+                                 " coalesce(committed_offset, 0) FROM sidecar.checkpoints"
+                                 " WHERE pipeline = $1 AND topic = $2 AND partition = $3::int",
+                                 3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        int64_t pf = -1, pl = -1, committed = 0;
+        if (PQntuples(res) == 1) {
+            pf = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+            pl = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+            committed = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        }
+        bool pending = pf >= 0 && pf <= first && last <= pl;
+        rc = pending || last < committed;
+        rx->pend_checked++;
+        if (!rc && rx->pend_violations++ == 0)
+            snprintf(rx->pend_first_violation, sizeof(rx->pend_first_violation),
+                     "request %s arrived while the checkpoint had pending [%" PRId64 "..%" PRId64
+                     "], committed offset %" PRId64,
+                     rq->key, pf, pl, committed);
+    }
+    PQclear(res);
+out:
+    pthread_mutex_unlock(&rx->pend_lock);
+    return rc;
+}
+
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
                                   const char *method, const char *version, const char *upload_data,
                                   size_t *upload_size, void **con_cls)
@@ -177,8 +240,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     };
     u->data = NULL;
     int slow_ms = 0;
+    int pended = rx->pend_dsn ? pend_check(rx, &rq) : 1;
+    rq.unpended = pended == 0;
     pthread_mutex_lock(&rx->lock);
-    rq.status = u->too_big ? 413 : decide(rx, &rq, &slow_ms);
+    if (pended < 0) {
+        rq.status = 503; /* cannot check I2 now: not accepted, the sink sends it again */
+        rq.fault = true;
+    } else {
+        rq.status = u->too_big ? 413 : decide(rx, &rq, &slow_ms);
+    }
     if (rx->nreqs == rx->reqs_cap) {
         rx->reqs_cap = rx->reqs_cap ? rx->reqs_cap * 2 : 1024;
         rx->reqs = realloc(rx->reqs, rx->reqs_cap * sizeof(*rx->reqs));
@@ -230,6 +300,7 @@ struct rx *rx_start_tls(const char *cert_pem, const char *key_pem)
 {
     struct rx *rx = calloc(1, sizeof(*rx));
     pthread_mutex_init(&rx->lock, NULL);
+    pthread_mutex_init(&rx->pend_lock, NULL);
     rx->seed = (unsigned)getpid() ^ (unsigned)hx_now_ms();
     bool tls = cert_pem != NULL;
     if (tls) {
@@ -315,10 +386,30 @@ void rx_stop(struct rx *rx)
     free(rx->keys);
     free(rx->marker);
     free(rx->retry_after);
+    free(rx->pend_dsn);
+    if (rx->pend_conn)
+        PQfinish(rx->pend_conn);
+    pthread_mutex_destroy(&rx->pend_lock);
     free(rx->cert);
     free(rx->key);
     pthread_mutex_destroy(&rx->lock);
     free(rx);
+}
+
+void rx_check_pending(struct rx *rx, const char *dsn)
+{
+    pthread_mutex_lock(&rx->pend_lock);
+    free(rx->pend_dsn);
+    rx->pend_dsn = strdup(dsn);
+    pthread_mutex_unlock(&rx->pend_lock);
+}
+
+long rx_pending_checked(struct rx *rx)
+{
+    pthread_mutex_lock(&rx->pend_lock);
+    long n = rx->pend_checked;
+    pthread_mutex_unlock(&rx->pend_lock);
+    return n;
 }
 
 void rx_lock(struct rx *rx)
@@ -452,6 +543,14 @@ static json_t *parse_body(const struct rx_request *r, bool array, size_t index)
 int64_t rx_verify(struct rx *rx, const struct rx_verify_opts *o)
 {
     int64_t total = 0;
+    pthread_mutex_lock(&rx->pend_lock);
+    long violations = rx->pend_violations;
+    char first_violation[512];
+    snprintf(first_violation, sizeof(first_violation), "%s", rx->pend_first_violation);
+    pthread_mutex_unlock(&rx->pend_lock);
+    ck_assert_msg(violations == 0,
+                  "%ld requests reached the receiver before their batch was pending (I2): %s",
+                  violations, first_violation);
     rx_lock(rx);
     ck_assert_msg(rx->mismatches == 0,
                   "%ld requests carried a body different from an earlier one under the same "

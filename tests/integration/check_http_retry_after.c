@@ -12,7 +12,8 @@
  * waits.  Checked: each next attempt of a key comes after the wait asked,
  * and soon after it; exactly one failed write (sidecar_sink_errors_total)
  * and one Retry-After wait per 429/503, i.e. the sink was not called again
- * before its wait was over; every record once, in order.
+ * before its wait was over; every record once, in order, and each request's
+ * range pending in PostgreSQL when it arrived (I2).
  */
 #include <check.h>
 #include <inttypes.h>
@@ -47,6 +48,7 @@ START_TEST(test_retry_after_is_honoured)
     const char *topics[] = {"orders:2"};
     scx_env_start(&e, 1, topics, 1);
     struct rx *rx = rx_start();
+    rx_check_pending(rx, e.dsn); /* I2 on every request */
     rx_set_faults(rx, &(struct rx_faults){.retry_status = v->status,
                                           .retry_times = 2,
                                           .retry_after = v->retry_after});
@@ -111,6 +113,7 @@ START_TEST(test_retry_after_is_honoured)
     struct rx_verify_opts vo = {
         .pipeline = "p1", .topic = "orders", .nparts = NPARTS, .count = COUNT, .seq_values = true};
     ck_assert_int_eq(rx_verify(rx, &vo), NPARTS * COUNT);
+    ck_assert_int_eq(rx_pending_checked(rx), (long)n);
     rx_stop(rx);
     scx_env_stop(&e);
 }
