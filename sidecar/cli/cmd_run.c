@@ -19,6 +19,7 @@
 #include "cli/sc_cli.h"
 #include "config/sc_config.h"
 #include "db/sc_migrate.h"
+#include "db/sc_pooling.h"
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
@@ -47,6 +48,21 @@ static void install_signals(void)
     signal(SIGPIPE, SIG_IGN);
 }
 
+/* Refuses a connection through a transaction pool (db/sc_pooling.c): 0 or -1. */
+static int check_pooling(const struct sc_config *cfg)
+{
+    char err[1024];
+    enum sc_pooling p = sc_pooling_check(cfg->postgres.dsn, "kafka-sidecar/startup",
+                                         cfg->postgres.connect_timeout_ms, err, sizeof(err));
+    if (p == SC_POOLING_SHARED) {
+        sc_error(NULL, "%s", err);
+        return -1;
+    }
+    if (p == SC_POOLING_UNKNOWN)
+        sc_warn(NULL, "%s", err);
+    return 0;
+}
+
 /* Waits until PostgreSQL answers and the schema is current (or we are told to stop). */
 static int wait_for_database(const struct sc_config *cfg)
 {
@@ -61,7 +77,7 @@ static int wait_for_database(const struct sc_config *cfg)
             int rc = sc_migrate_require_latest(conn, cfg->postgres.schema, err, sizeof(err));
             PQfinish(conn);
             if (rc == 0)
-                return 0;
+                return check_pooling(cfg);
             sc_error(NULL, "%s", err);
             return -1;
         }

@@ -508,6 +508,8 @@ enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res)
         "40003", /* statement_completion_unknown */
         "40P01", /* deadlock_detected */
         "25006", /* read_only_sql_transaction */
+        "26000", /* invalid_sql_statement_name: our prepared statement vanished (DISCARD ALL,
+                    another server session behind a pooler): a new connection prepares it */
         "57014", /* query_canceled (statement_timeout, pg_cancel_backend) */
         "57P01", /* admin_shutdown */
         "57P02", /* crash_shutdown */

@@ -65,7 +65,8 @@ PGconn *sc_pg_connect(const char *dsn, const char *app_name, int timeout_ms, cha
  * connection exceptions (class 08), transaction rollbacks (40: serialization
  * failures, deadlocks), cancelled statements (57014), a server shutting down
  * or starting (57P01..57P03), insufficient resources (53), lock timeouts
- * (55P03) and a read-only server (25006).  Everything else is permanent:
+ * (55P03), a read-only server (25006) and a vanished prepared statement
+ * (26000: a new connection prepares it again).  Everything else is permanent:
  * constraints (23), data (22), syntax, privileges and missing objects (42),
  * a trigger's RAISE (P0001), ...
  */
