@@ -52,6 +52,18 @@
  * state before and after and either continues, retries, or gives up the
  * partition.  Nothing is ever assumed.
  *
+ * Refusals.  A statement the server answered with an error changed
+ * nothing (each statement is its own transaction, or runs in one that is
+ * rolled back), so only a dropped connection leaves the outcome unknown
+ * (SC_CP_UNAVAILABLE).  An answered error is SC_CP_TRANSIENT when it may
+ * pass (serialization failure, deadlock, timeout, lock, resources: retry
+ * later) and SC_CP_FAILED when it cannot (a constraint, a trigger, a
+ * missing column, a privilege: sc_db.c keeps the SQLSTATE, the statement and
+ * the table, and sc_checkpoint_failure_message() turns them into the error
+ * state's message).  A FAILED write is never retried: retrying an operator's
+ * CHECK constraint forever would look like a healthy partition that never
+ * moves.
+ *
  * Fencing (I4).  The lease acquisition that gives a new owner its epoch
  * also writes that epoch into this row, in the same transaction.  Every
  * statement here carries "epoch = mine": a stalled old owner matches zero

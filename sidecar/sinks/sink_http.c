@@ -40,6 +40,12 @@
  * the half), left half first so delivery stays in offset order, until every
  * record is either delivered or alone and rejected; those become dead
  * letters, which the worker stores in the same transaction as the commit.
+ * That costs 2n - 1 requests when every record is bad, so a split's right
+ * half looks at its left sibling once that is resolved: if a quarter or
+ * more of its records (at least 16) were rejected, the right half, when
+ * rejected as a whole, is sent one record per request instead of being
+ * split again (sc_sink_bisect_dense()): about n requests for an all-bad
+ * batch, still about 2k log(n/k) for k scattered bad records.
  * The bisection state (ranges left, dead letters found) lives in the
  * partition handle, so a retry in the middle continues where it stopped; a
  * crash restarts it from the whole batch, and a deterministic receiver sees

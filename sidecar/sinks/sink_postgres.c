@@ -97,7 +97,10 @@
  * letters committed with the checkpoint.  Everything else is either
  * transient (connection, 40001, 40P01: SC_SINK_RETRY, the whole batch is
  * written again) or a problem of the table or the config (SC_SINK_ERROR: the
- * partition stops in the error state with the server's message).
+ * partition stops in the error state with the server's message).  A right
+ * half whose left sibling was dense with bad rows is tried row by row when
+ * it fails (sc_sink_bisect_dense(): about n statements for an all-bad
+ * batch, not 2n).
  *
  * Connections.  Same database: the lent checkpoint connection for batches,
  * a short-lived one for the table setup, and one for redrive.  Other
