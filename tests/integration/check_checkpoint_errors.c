@@ -20,6 +20,9 @@
  *     dead-letter insert of an HTTP record the receiver rejects fails;
  *   - privilege: INSERT on dead_letters revoked from the sidecar's role
  *     (42501).
+ *
+ * And the other side: a refusal that passes (a lock timeout, 55P03) is
+ * retried with backoff by that partition alone, never the error state.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -294,6 +297,80 @@ START_TEST(test_permanent_refusal_stops_only_its_partition)
 }
 END_TEST
 
+/*
+ * A passing refusal: partition 1's checkpoint row is locked by an open
+ * transaction and the sidecar's sessions have lock_timeout = 200ms, so its
+ * checkpoint writes fail with 55P03 again and again.  That partition alone
+ * retries with backoff (counted, logged, never the error state); the other
+ * partitions of the same worker deliver what is produced meanwhile; once
+ * the lock goes, partition 1 catches up, exactly once.
+ */
+START_TEST(test_transient_refusal_retries_only_its_partition)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:6"};
+    scx_env_start(&e, 1, topics, 1);
+    hx_pg_exec(e.conn, "ALTER DATABASE sidecar_test SET lock_timeout = '200ms'");
+    int port = scx_free_port();
+    struct scx_opts o = {.workers = 1, .max_records = 50, .admin_port = port};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, 0, COUNT);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", NPARTS, COUNT, 60000), "log:\n%s",
+                  scx_log_tail(log, 3000));
+
+    PGconn *locker = hx_pg_connect(e.dsn);
+    hx_pg_exec(locker, "SET lock_timeout = 0");
+    hx_pg_exec(locker, "BEGIN");
+    hx_pg_exec(locker, "SELECT * FROM sidecar.checkpoints WHERE partition = 1 FOR UPDATE");
+    hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, COUNT, COUNT);
+    /* The others finish while partition 1 is refused, retried and counted. */
+    int64_t end = hx_now_ms() + 60000;
+    while (hx_now_ms() < end &&
+           !(hx_pg_int(e.conn,
+                       "SELECT count(*) FROM sidecar.checkpoints WHERE partition <> 1 AND "
+                       "committed_offset = 600 AND pending_first_offset IS NULL",
+                       0, NULL) == NPARTS - 1 &&
+             scx_metric_at(port, "sidecar_checkpoint_retries_total", "partition=\"1\"") >= 3))
+        usleep(100000);
+    double retries = scx_metric_at(port, "sidecar_checkpoint_retries_total", "partition=\"1\"");
+    ck_assert_msg(retries >= 3, "partition 1 retried %.0f times; log:\n%s", retries,
+                  scx_log_tail(log, 3000));
+    ck_assert_msg(hx_pg_int(e.conn,
+                            "SELECT count(*) FROM sidecar.checkpoints WHERE partition <> 1 AND "
+                            "committed_offset = 600",
+                            0, NULL) == NPARTS - 1,
+                  "the other partitions of the worker waited for partition 1; log:\n%s",
+                  scx_log_tail(log, 3000));
+    ck_assert_int_eq(
+        q_int(e.conn, "SELECT committed_offset FROM sidecar.checkpoints WHERE partition = $1::int",
+              1),
+        COUNT);
+    char *text = hx_read_file(log, NULL);
+    ck_assert_msg(strstr(text, "refused for now") && strstr(text, "SQLSTATE 55P03"), "log:\n%s",
+                  scx_log_tail(log, 3000));
+    free(text);
+    fprintf(stderr, "lock on partition 1: %.0f checkpoint retries while the others finished\n",
+            retries);
+
+    hx_pg_exec(locker, "COMMIT");
+    PQfinish(locker);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", NPARTS, 2 * COUNT, 60000),
+                  "partition 1 did not catch up; log:\n%s", scx_log_tail(log, 3000));
+    scx_stop(pid, 20000);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.events WHERE kind = 'error' OR "
+                               "kind = 'fenced'",
+                               0, NULL),
+                     0);
+    scx_verify_files(&e, "p1", "orders", NPARTS, 2 * COUNT);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("checkpoint_errors");
@@ -301,6 +378,7 @@ int main(void)
     tcase_set_timeout(tc, 300);
     tcase_add_loop_test(tc, test_permanent_refusal_stops_only_its_partition, 0,
                         (int)(sizeof(cases) / sizeof(cases[0])));
+    tcase_add_test(tc, test_transient_refusal_retries_only_its_partition);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
