@@ -179,6 +179,13 @@ static const struct family families[] = {
     {"schema_registry_waits_total",
      "Batches held back because the Schema Registry could not answer (retried with backoff).",
      COUNTER, OFF(schema_waits), 0},
+    {"checkpoint_retries_total",
+     "Checkpoint statements refused for a passing reason (serialization failure, deadlock, "
+     "timeout, lock) and retried later; nothing had changed.",
+     COUNTER, OFF(checkpoint_retries), 0},
+    {"http_retry_after_total",
+     "HTTP sink answers (429, 503) whose Retry-After set when the batch is sent again.", COUNTER,
+     OFF(http_retry_after), 0},
     {"consumer_lag", "High watermark minus committed offset (owned partitions only).", GAUGE,
      OFF(consumer_lag), 2},
     {"pending_checkpoints", "1 while the partition has a pending checkpoint.", GAUGE, OFF(pending),

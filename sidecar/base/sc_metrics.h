@@ -37,14 +37,16 @@ struct sc_metrics_part {
     _Atomic uint64_t fenced;
     _Atomic uint64_t dead_letters;
     _Atomic uint64_t sink_errors;
-    _Atomic uint64_t decode_errors;   /* records not in their value/key format: dead letters */
-    _Atomic uint64_t schema_waits;    /* batches held back: the schema registry could not answer */
-    _Atomic int64_t consumer_lag;     /* -1 = unknown */
-    _Atomic int64_t committed_offset; /* -1 = unknown; set by the owner, used for the lag */
-    atomic_int pending;               /* 1 while a pending checkpoint exists */
-    _Atomic int64_t pending_since_ms; /* monotonic ms the current pending batch was pended */
-    atomic_int owned;                 /* 1 while this process owns the partition */
-    atomic_int error;                 /* 1 while in the error state */
+    _Atomic uint64_t decode_errors; /* records not in their value/key format: dead letters */
+    _Atomic uint64_t schema_waits;  /* batches held back: the schema registry could not answer */
+    _Atomic uint64_t checkpoint_retries; /* checkpoint statements refused for a passing reason */
+    _Atomic uint64_t http_retry_after;   /* HTTP answers whose Retry-After set the next attempt */
+    _Atomic int64_t consumer_lag;        /* -1 = unknown */
+    _Atomic int64_t committed_offset;    /* -1 = unknown; set by the owner, used for the lag */
+    atomic_int pending;                  /* 1 while a pending checkpoint exists */
+    _Atomic int64_t pending_since_ms;    /* monotonic ms the current pending batch was pended */
+    atomic_int owned;                    /* 1 while this process owns the partition */
+    atomic_int error;                    /* 1 while in the error state */
     struct sc_hist checkpoint_seconds;
     struct sc_hist sink_write_seconds;
     struct sc_metrics_part *next;

@@ -13,6 +13,7 @@
 #include "config/sc_config.h"
 #include "db/sc_migrate.h"
 #include "db/sc_pg.h"
+#include "db/sc_pooling.h"
 
 static int run_migrate(const struct sc_config *cfg, const struct sc_cli *cli)
 {
@@ -27,6 +28,15 @@ static int run_migrate(const struct sc_config *cfg, const struct sc_cli *cli)
         fprintf(stderr, "sidecar migrate: %s\n", err);
         goto out;
     }
+    /* Migrations hold a session advisory lock across transactions. */
+    enum sc_pooling pooling = sc_pooling_check(cfg->postgres.dsn, "kafka-sidecar/migrate",
+                                               cfg->postgres.connect_timeout_ms, err, sizeof(err));
+    if (pooling == SC_POOLING_SHARED) {
+        fprintf(stderr, "sidecar migrate: %s\n", err);
+        goto out;
+    }
+    if (pooling == SC_POOLING_UNKNOWN)
+        sc_warn(NULL, "%s", err);
     int applied = sc_migrate_apply(conn, schema, err, sizeof(err));
     if (applied < 0) {
         fprintf(stderr, "sidecar migrate: %s\n", err);

@@ -23,6 +23,7 @@
 #include "config/sc_config.h"
 #include "db/sc_migrate.h"
 #include "db/sc_pg.h"
+#include "db/sc_pooling.h"
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
@@ -76,6 +77,22 @@ static void set_stage(struct run_state *rs, const char *fmt, ...)
     va_end(ap);
 }
 
+/* Refuses a connection through a transaction pool (db/sc_pooling.c): 0 or -1. */
+static int check_pooling(const struct sc_config *cfg, struct run_state *rs)
+{
+    char err[1024];
+    enum sc_pooling p = sc_pooling_check(cfg->postgres.dsn, "kafka-sidecar/startup",
+                                         cfg->postgres.connect_timeout_ms, err, sizeof(err));
+    if (p == SC_POOLING_SHARED) {
+        sc_error(NULL, "%s", err);
+        set_stage(rs, "not starting: %s", err);
+        return -1;
+    }
+    if (p == SC_POOLING_UNKNOWN)
+        sc_warn(NULL, "%s", err);
+    return 0;
+}
+
 /*
  * Waits until PostgreSQL answers and the schema is current (or we are told
  * to stop).  A server that is down or unreachable is retried with backoff,
@@ -100,7 +117,7 @@ static int wait_for_database(const struct sc_config *cfg, struct run_state *rs, 
             if (rc == 0) {
                 if (attempt > 1)
                     sc_info(NULL, "connected to PostgreSQL (attempt %ld)", attempt);
-                return 0;
+                return check_pooling(cfg, rs);
             }
             sc_error(NULL, "%s", err);
             set_stage(rs, "not starting: %s", err);

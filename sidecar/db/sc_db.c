@@ -112,7 +112,37 @@ char *sc_db_expand(const struct sc_db *db, const char *sql)
     return sc_pg_with_schema(sql, db->schema_q);
 }
 
-static PGresult *check_result(struct sc_db *db, PGresult *res, enum sc_pg_errclass *cls)
+/* Records what the failed result res of statement stmt says (see struct sc_db). */
+static void note_failure(struct sc_db *db, const PGresult *res, const char *stmt)
+{
+    const char *state = res ? PQresultErrorField(res, PG_DIAG_SQLSTATE) : NULL;
+    const char *schema = res ? PQresultErrorField(res, PG_DIAG_SCHEMA_NAME) : NULL;
+    const char *table = res ? PQresultErrorField(res, PG_DIAG_TABLE_NAME) : NULL;
+    snprintf(db->last_sqlstate, sizeof(db->last_sqlstate), "%s", state ? state : "");
+    snprintf(db->last_stmt, sizeof(db->last_stmt), "%.*s", (int)strcspn(stmt, " ;("), stmt);
+    if (table && *table)
+        snprintf(db->last_relation, sizeof(db->last_relation), "%s%s%s", schema ? schema : "",
+                 schema ? "." : "", table);
+    else
+        db->last_relation[0] = '\0';
+    /* Connection trouble (class 08) and a server going away (57P01..57P03) may have hit a
+     * statement that had already done its work: only other errors are certain. */
+    db->last_answered = state && *state && strncmp(state, "08", 2) != 0 &&
+                        strncmp(state, "57P0", 4) != 0 && db->conn &&
+                        PQstatus(db->conn) == CONNECTION_OK;
+}
+
+/* No connection: nothing was sent (connection trouble, retry later). */
+static void not_connected(struct sc_db *db, enum sc_pg_errclass *cls)
+{
+    *cls = SC_PG_RETRY;
+    db->last_sqlstate[0] = db->last_relation[0] = '\0';
+    snprintf(db->last_stmt, sizeof(db->last_stmt), "(not connected)");
+    db->last_answered = false;
+}
+
+static PGresult *check_result(struct sc_db *db, PGresult *res, const char *stmt,
+                              enum sc_pg_errclass *cls)
 {
     ExecStatusType st = res ? PQresultStatus(res) : PGRES_FATAL_ERROR;
     if (st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK) {
@@ -121,6 +151,7 @@ static PGresult *check_result(struct sc_db *db, PGresult *res, enum sc_pg_errcla
     }
     *cls = sc_pg_classify(db->conn, res);
     sc_pg_errmsg(db->conn, res, db->last_error, sizeof(db->last_error));
+    note_failure(db, res, stmt);
     PQclear(res);
     if (*cls == SC_PG_RETRY || !db->conn || PQstatus(db->conn) != CONNECTION_OK) {
         *cls = SC_PG_RETRY;
@@ -143,7 +174,7 @@ static bool is_prepared(const struct sc_db *db, const struct sc_stmt *st)
 int sc_db_prepare(struct sc_db *db, const struct sc_stmt *st, enum sc_pg_errclass *cls)
 {
     if (sc_db_connect(db, false) != 0) {
-        *cls = SC_PG_RETRY;
+        not_connected(db, cls);
         return -1;
     }
     if (is_prepared(db, st))
@@ -151,7 +182,7 @@ int sc_db_prepare(struct sc_db *db, const struct sc_stmt *st, enum sc_pg_errclas
     char *sql = sc_db_expand(db, st->sql);
     PGresult *res = PQprepare(db->conn, st->name, sql, st->nparams, NULL);
     free(sql);
-    if (!check_result(db, res, cls))
+    if (!check_result(db, res, st->name, cls))
         return -1;
     PQclear(res);
     if (db->nprepared < SC_DB_MAX_STMTS)
@@ -181,26 +212,26 @@ PGresult *sc_db_exec_params(struct sc_db *db, const struct sc_stmt *st, const ch
                             const int *lengths, const int *formats, enum sc_pg_errclass *cls)
 {
     if (sc_db_connect(db, false) != 0) {
-        *cls = SC_PG_RETRY;
+        not_connected(db, cls);
         return NULL;
     }
     if (sc_db_prepare(db, st, cls) != 0)
         return NULL;
     PGresult *res = PQexecPrepared(db->conn, st->name, st->nparams, params, lengths, formats, 0);
-    return check_result(db, res, cls);
+    return check_result(db, res, st->name, cls);
 }
 
 PGresult *sc_db_exec_once(struct sc_db *db, const char *sql, int nparams, const char *const *params,
                           enum sc_pg_errclass *cls)
 {
     if (sc_db_connect(db, false) != 0) {
-        *cls = SC_PG_RETRY;
+        not_connected(db, cls);
         return NULL;
     }
     char *q = sc_db_expand(db, sql);
     PGresult *res = PQexecParams(db->conn, q, nparams, NULL, params, NULL, NULL, 0);
     free(q);
-    return check_result(db, res, cls);
+    return check_result(db, res, sql, cls);
 }
 
 const char *sc_i64(char *buf, int64_t v)

@@ -47,6 +47,14 @@ struct sc_db {
      * (a stalled holder of a transaction must not keep its row locks forever). */
     int idle_tx_timeout_ms;
     char last_error[512];
+    /* More about the last failed statement (every sc_db_exec*() and sc_db_prepare() that
+     * fails sets them): */
+    char last_sqlstate[6];   /* the server's SQLSTATE, "" when there was none */
+    char last_stmt[40];      /* the statement's name ("sc_cp_commit"), or its first word */
+    char last_relation[160]; /* "schema.table" the error is about, "" when not known */
+    /* The server answered with an error while the connection stayed up: the statement
+     * certainly did not take effect (false: the outcome of a sent statement is unknown). */
+    bool last_answered;
 };
 
 void sc_db_init(struct sc_db *db, const char *dsn, const char *schema, const char *app_name,

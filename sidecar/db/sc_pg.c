@@ -518,11 +518,17 @@ enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res)
         return conn ? SC_PG_PERMANENT : SC_PG_RETRY;
     }
     /* Conditions that pass: load, an operator, a restart.  A statement_timeout or a
-     * pg_cancel_backend() says nothing about the statement itself, and a server short of
-     * disk, memory or connections recovers by itself. */
+     * pg_cancel_backend() says nothing about the statement itself, a server short of
+     * disk, memory or connections recovers by itself, and a read-only server is a
+     * standby that a failover is promoting or that a reconnection leaves behind. */
     static const char *const retriable[] = {
+        "40000", /* transaction_rollback */
         "40001", /* serialization_failure */
+        "40003", /* statement_completion_unknown */
         "40P01", /* deadlock_detected */
+        "25006", /* read_only_sql_transaction */
+        "26000", /* invalid_sql_statement_name: our prepared statement vanished (DISCARD ALL,
+                    another server session behind a pooler): a new connection prepares it */
         "57014", /* query_canceled (statement_timeout, pg_cancel_backend) */
         "57P01", /* admin_shutdown */
         "57P02", /* crash_shutdown */
@@ -539,6 +545,50 @@ enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res)
         if (strcmp(state, retriable[i]) == 0)
             return SC_PG_RETRY;
     return SC_PG_PERMANENT;
+}
+
+const char *sc_pg_sqlstate_name(const char *state)
+{
+    static const struct {
+        const char *code, *name;
+    } names[] = {
+        {"23502", "not_null_violation"},    {"23503", "foreign_key_violation"},
+        {"23505", "unique_violation"},      {"23514", "check_violation"},
+        {"23P01", "exclusion_violation"},   {"42501", "insufficient_privilege"},
+        {"42601", "syntax_error"},          {"42703", "undefined_column"},
+        {"42704", "undefined_object"},      {"42883", "undefined_function"},
+        {"42P01", "undefined_table"},       {"3F000", "invalid_schema_name"},
+        {"P0001", "raise_exception"},       {"25006", "read_only_sql_transaction"},
+        {"40001", "serialization_failure"}, {"40P01", "deadlock_detected"},
+        {"53300", "too_many_connections"},  {"55P03", "lock_not_available"},
+        {"57014", "query_canceled"},
+    };
+    static const struct {
+        const char *cls, *name;
+    } classes[] = {
+        {"08", "connection exception"},
+        {"22", "data exception"},
+        {"23", "integrity constraint violation"},
+        {"25", "invalid transaction state"},
+        {"28", "invalid authorization"},
+        {"40", "transaction rollback"},
+        {"42", "syntax error or access rule violation"},
+        {"53", "insufficient resources"},
+        {"54", "program limit exceeded"},
+        {"55", "object not in prerequisite state"},
+        {"57", "operator intervention"},
+        {"P0", "PL/pgSQL error"},
+        {"XX", "internal error"},
+    };
+    if (!state || !*state)
+        return "no SQLSTATE: connection trouble";
+    for (size_t i = 0; i < SC_ARRAY_LEN(names); i++)
+        if (strcmp(state, names[i].code) == 0)
+            return names[i].name;
+    for (size_t i = 0; i < SC_ARRAY_LEN(classes); i++)
+        if (strncmp(state, classes[i].cls, 2) == 0)
+            return classes[i].name;
+    return "unknown class";
 }
 
 const char *sc_pg_errmsg(PGconn *conn, const PGresult *res, char *buf, size_t size)

@@ -68,8 +68,20 @@ PGconn *sc_pg_connect(const char *dsn, const char *app_name, int timeout_ms, cha
  */
 bool sc_pg_login_refused(const char *connect_error);
 
-/* Classifies a result (NULL = no result, i.e. connection trouble). */
+/*
+ * Classifies a result (NULL = no result, i.e. connection trouble).  Retry:
+ * connection exceptions (class 08), transaction rollbacks (40: serialization
+ * failures, deadlocks), cancelled statements (57014), a server shutting down
+ * or starting (57P01..57P03), insufficient resources (53), lock timeouts
+ * (55P03), a read-only server (25006) and a vanished prepared statement
+ * (26000: a new connection prepares it again).  Everything else is permanent:
+ * constraints (23), data (22), syntax, privileges and missing objects (42),
+ * a trigger's RAISE (P0001), ...
+ */
 enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res);
+
+/* The condition name of a SQLSTATE ("23514" -> "check_violation"), else its class's. */
+const char *sc_pg_sqlstate_name(const char *state);
 
 /* The first line of the result's or connection's error message, in buf. */
 const char *sc_pg_errmsg(PGconn *conn, const PGresult *res, char *buf, size_t size);

@@ -77,8 +77,12 @@ struct sc_part {
     int64_t retry_at_ms;
     struct sc_backoff backoff;
     int64_t error_poll_ms; /* next time an errored partition re-reads its row */
-    unsigned seek_gen;     /* bumped by every worker-side seek */
-    struct sc_part *next;  /* in the worker's list */
+    bool error_unrecorded; /* in the error state, but PostgreSQL refused to record it (yet) */
+    char error_msg[1024];  /* the error to record, while error_unrecorded */
+    struct sc_backoff cp_backoff; /* transient refusals of checkpoint statements */
+    int cp_retries;               /* refusals in a row (0 after a success) */
+    unsigned seek_gen;            /* bumped by every worker-side seek */
+    struct sc_part *next;         /* in the worker's list */
 };
 
 #endif

@@ -350,6 +350,7 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
     struct sc_log_fields f = pl_log(pl);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
         atomic_store(&pl->kafka_up, true); /* the group coordinator answered */
+        pl->assigned_once = true;
         sc_info(&f, "assigned %d partition%s", parts->cnt, parts->cnt == 1 ? "" : "s");
         assign_partitions(pl, parts);
         return;
@@ -839,7 +840,15 @@ void sc_pipeline_free(struct sc_pipeline *pl)
     free(pl->parts);
     if (pl->consumer_q)
         rd_kafka_queue_destroy(pl->consumer_q);
-    if (pl->rk)
+    /* librdkafka before 2.3.0 aborts in rd_kafka_destroy() when a cooperative-sticky
+     * consumer joined its group but never got an assignment (its assignor state is still
+     * NULL: librdkafka issue #4312): a SIGTERM during an instance's first rebalance then
+     * ended in SIGABRT.  The consumer is closed already (it left the group) and the process
+     * is exiting: leave that handle alone. */
+    if (pl->rk && pl->cooperative && !pl->assigned_once && rd_kafka_version() < 0x020300ff)
+        sc_debug(NULL, "pipeline %s: consumer never assigned; not destroyed (librdkafka #4312)",
+                 pl->pc->name);
+    else if (pl->rk)
         rd_kafka_destroy(pl->rk);
     if (pl->db.dsn)
         sc_db_close(&pl->db);

@@ -42,6 +42,7 @@ struct sc_pipeline {
     bool thread_started;
     const atomic_bool *stop; /* process-wide shutdown flag */
     bool cooperative;
+    bool assigned_once; /* consumer thread: a rebalance assigned partitions (maybe none) */
 
     struct sc_worker **workers;
     int nworkers;

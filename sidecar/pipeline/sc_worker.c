@@ -494,19 +494,44 @@ static void part_fenced(struct sc_worker *w, struct sc_part *p, const char *why,
     atomic_store(&p->need_reacquire, true);
 }
 
-static void part_error(struct sc_worker *w, struct sc_part *p, const char *message)
+/*
+ * Records the error state in the checkpoint row (with an 'error' event):
+ * SC_CP_OK, or why not.  Waits out a PostgreSQL outage; a transient refusal
+ * is tried a few times only: then the partition stays stopped here and the
+ * error poll (service()) tries again.
+ */
+static enum sc_cp_status record_error(struct sc_worker *w, struct sc_part *p, const char *message)
 {
     struct sc_cp_key k = key_of(w, p);
-    sc_error(&p->log, "partition stopped in error state: %s", message);
     enum sc_cp_status s;
     struct sc_backoff bo;
     sc_backoff_init(&bo, 200, 5000);
-    while ((s = sc_checkpoint_fail(&w->db, &k, &p->cp, message)) == SC_CP_UNAVAILABLE &&
+    int transient = 0;
+    while (((s = sc_checkpoint_fail(&w->db, &k, &p->cp, message)) == SC_CP_UNAVAILABLE ||
+            (s == SC_CP_TRANSIENT && ++transient < 5)) &&
            !stopping(w))
         sc_sleep_ms(sc_backoff_next(&bo), w->env.stop);
+    return s;
+}
+
+static void part_error(struct sc_worker *w, struct sc_part *p, const char *message)
+{
+    sc_error(&p->log, "partition stopped in error state: %s", message);
+    enum sc_cp_status s = record_error(w, p, message);
     if (s == SC_CP_FENCED || s == SC_CP_CONFLICT) {
         part_fenced(w, p, "while recording an error", s == SC_CP_FENCED);
         return;
+    }
+    p->error_unrecorded = s != SC_CP_OK;
+    if (p->error_unrecorded) {
+        /* The same cause (a trigger, a revoked privilege) may refuse this statement too:
+         * the partition stops anyway, and the error poll records it once it can. */
+        snprintf(p->error_msg, sizeof(p->error_msg), "%s", message);
+        sc_error(&p->log,
+                 "could not record the error state in PostgreSQL (%s: %s); the partition is "
+                 "stopped all the same (sidecar_partition_errors, /readyz) and the error state "
+                 "is recorded as soon as PostgreSQL accepts it",
+                 sc_cp_status_name(s), w->db.last_error);
     }
     atomic_store(&p->m->error, 1);
     part_stop_delivering(w, p, SC_PART_ERROR);
@@ -516,7 +541,9 @@ static void part_error(struct sc_worker *w, struct sc_part *p, const char *messa
 /*
  * After an unknown outcome (connection lost mid-statement), reads the row
  * back until PostgreSQL answers, and decides: 1 = the write took effect,
- * 0 = it did not (retry it), -1 = neither (fenced or changed: re-acquire).
+ * 0 = it did not (retry it), -1 = neither (fenced or changed: re-acquire),
+ * -2 = stopping or out of time, -3 = the row cannot be read (a permanent
+ * error: w->db.last_* say why).
  */
 /* A bounded caller (finish_pending()) ran out of time. */
 static bool gave_up(const struct sc_worker *w)
@@ -545,7 +572,9 @@ static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp 
             return -2;
         struct sc_cp now;
         enum sc_cp_status s = sc_checkpoint_load(&w->db, &k, &now);
-        if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+        if (s == SC_CP_FAILED)
+            return -3;
+        if (s == SC_CP_UNAVAILABLE || s == SC_CP_TRANSIENT) {
             retry_sleep(w, p, &bo);
             continue;
         }
@@ -574,6 +603,55 @@ static int reconcile(struct sc_worker *w, struct sc_part *p, const struct sc_cp 
 typedef enum sc_cp_status (*cp_write_fn)(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
                                          const void *arg);
 
+/* A checkpoint statement was refused for good: the partition stops, saying why. */
+static void checkpoint_failed(struct sc_worker *w, struct sc_part *p, const char *what)
+{
+    char msg[1024];
+    struct sc_cp_key k = key_of(w, p);
+    sc_checkpoint_failure_message(&w->db, &k, what, msg, sizeof(msg));
+    part_error(w, p, msg);
+}
+
+/*
+ * A checkpoint statement was refused for a passing reason and changed
+ * nothing: this partition alone tries again later, with capped backoff, so
+ * the worker's other partitions keep flowing.  Logged at the first refusal
+ * and then at every power of two, and counted (sidecar_checkpoint_retries_total).
+ */
+static void checkpoint_retry_later(struct sc_worker *w, struct sc_part *p, const char *what)
+{
+    int delay = sc_backoff_next(&p->cp_backoff);
+    p->cp_retries++;
+    sc_counter_add(&p->m->checkpoint_retries, 1);
+    if ((p->cp_retries & (p->cp_retries - 1)) == 0)
+        sc_warn(&p->log,
+                "checkpoint %s refused for now: statement %s, SQLSTATE %s (%s): %s; nothing "
+                "changed, retrying in %d ms (attempt %d)",
+                what, w->db.last_stmt, w->db.last_sqlstate,
+                sc_pg_sqlstate_name(w->db.last_sqlstate), w->db.last_error, delay, p->cp_retries);
+    p->retry_at_ms = sc_mono_ms() + delay;
+}
+
+/* A checkpoint statement took effect: transient trouble is over. */
+static void checkpoint_ok(struct sc_part *p)
+{
+    if (p->cp_retries > 0)
+        sc_info(&p->log, "checkpoint writes succeed again after %d refused attempt%s",
+                p->cp_retries, p->cp_retries == 1 ? "" : "s");
+    p->cp_retries = 0;
+    sc_backoff_reset(&p->cp_backoff);
+}
+
+/*
+ * Runs one checkpoint write (fn applied to a copy of p->cp).  Returns true
+ * when it took effect (p->cp updated).  Otherwise the partition was fenced
+ * or stopped in the error state (a permanent refusal), or it retries later
+ * (p->retry_at_ms: a transient refusal, or stopping while the outcome is
+ * unknown).  Only an unknown outcome (the connection failed with the
+ * statement sent) is resolved here, by reading the row back until
+ * PostgreSQL answers: the worker's other partitions share the connection
+ * and could not write meanwhile anyway.
+ */
 static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn fn,
                              const void *arg, const char *what)
 {
@@ -588,6 +666,7 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
         case SC_CP_OK:
             p->cp = cp;
             w->steps++;
+            checkpoint_ok(p);
             return true;
         case SC_CP_FENCED:
             part_fenced(w, p, what, true);
@@ -596,18 +675,25 @@ static bool checkpoint_write(struct sc_worker *w, struct sc_part *p, cp_write_fn
             part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
             return false;
         case SC_CP_FAILED:
-            sc_error(&p->log, "checkpoint %s failed: %s; retrying", what, w->db.last_error);
-            /* a broken statement is retried slowly, never skipped */
-            __attribute__((fallthrough));
+            checkpoint_failed(w, p, what);
+            return false;
+        case SC_CP_TRANSIENT:
+            checkpoint_retry_later(w, p, what);
+            return false;
         case SC_CP_UNAVAILABLE: {
             /* cp now holds what the write would have produced: compare it with the row. */
             int r = reconcile(w, p, &p->cp, &cp);
             if (r == 1) {
                 p->cp = cp;
+                checkpoint_ok(p);
                 return true;
             }
             if (r == -1) {
                 part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+                return false;
+            }
+            if (r == -3) {
+                checkpoint_failed(w, p, "reading the checkpoint back");
                 return false;
             }
             if (r != -2) {
@@ -652,7 +738,7 @@ static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct 
     struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s =
         sc_checkpoint_pend(&w->db, &k, cp, a->first, a->last, a->count, a->checksum);
-    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+    if (s == SC_CP_UNAVAILABLE) {
         cp->has_pending = true;
         cp->pending_first = a->first;
         cp->pending_last = a->last;
@@ -676,7 +762,7 @@ static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struc
     else
         s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay,
                                  a->dead, a->ndead);
-    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+    if (s == SC_CP_UNAVAILABLE) {
         cp->has_committed = true;
         cp->committed_offset = a->next_offset;
         cp->committed_write_offset = a->next_write_offset;
@@ -702,7 +788,7 @@ static enum sc_cp_status do_set_start(struct sc_worker *w, struct sc_part *p, st
     const struct start_args *a = arg;
     struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s = sc_checkpoint_set_start(&w->db, &k, cp, a->offset, "start_from latest");
-    if (s == SC_CP_UNAVAILABLE || s == SC_CP_FAILED) {
+    if (s == SC_CP_UNAVAILABLE) {
         cp->has_committed = true;
         cp->committed_offset = a->offset;
     }
@@ -1038,6 +1124,8 @@ struct hook_ctx {
     size_t count;        /* records in the batch (the sink may get fewer: decode_batch()) */
     size_t ndead;
     bool done;
+    bool failed;           /* the advance (or a dead letter) was refused for good */
+    char failed_msg[1024]; /* ... and why (sc_checkpoint_failure_message()) */
 };
 
 static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batch_result *r,
@@ -1054,6 +1142,13 @@ static int hook_commit(void *arg, const struct sc_batch *b, const struct sc_batc
     if (s == SC_CP_OK) {
         hc->done = true;
         return 0;
+    }
+    if (s == SC_CP_FAILED) {
+        hc->failed = true;
+        sc_checkpoint_failure_message(&hc->w->db, &k, "committing a batch", hc->failed_msg,
+                                      sizeof(hc->failed_msg));
+    } else if (s == SC_CP_TRANSIENT) {
+        sc_counter_add(&hc->p->m->checkpoint_retries, 1);
     }
     snprintf(err, errsize, "checkpoint advance: %s (%s)", sc_cp_status_name(s),
              hc->w->db.last_error);
@@ -1105,16 +1200,15 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
 }
 
 /*
- * The sink asked for a retry: only this partition backs off, by its own
- * backoff or as long as the sink asked (Retry-After, say), whichever is
- * longer; the log states that one delay.
+ * The sink asked for a retry: only this partition backs off, for as long as
+ * the sink said (its own schedule, or the destination's Retry-After), else
+ * by the worker's backoff.
  */
 static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
 {
     sc_counter_add(&p->m->sink_errors, 1);
-    int64_t delay = sc_backoff_next(&p->backoff);
-    if (w->result.retry_in_ms > delay)
-        delay = w->result.retry_in_ms;
+    int64_t delay =
+        w->result.retry_in_ms > 0 ? w->result.retry_in_ms : sc_backoff_next(&p->backoff);
     sc_warn(&p->log, "sink write failed, retrying the batch in %" PRId64 " ms: %s", delay, err);
     p->retry_at_ms = sc_mono_ms() + delay;
 }
@@ -1180,6 +1274,12 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     if (sr == SC_SINK_OK && !hc.done) {
         sr = SC_SINK_ERROR;
         snprintf(err, sizeof(err), "sink returned success without committing the checkpoint");
+    }
+    if (sr != SC_SINK_OK && hc.failed) {
+        /* The checkpoint advance or a dead letter was refused for good: the sink saw only
+         * "an error" and would have the batch retried forever. */
+        part_error(w, p, hc.failed_msg);
+        return;
     }
     switch (sr) {
     case SC_SINK_OK:
@@ -1418,10 +1518,23 @@ static void service(struct sc_worker *w, struct sc_part *p)
         p->error_poll_ms = now + ERROR_POLL_MS;
         struct sc_cp_key k = key_of(w, p);
         struct sc_cp row;
-        if (sc_checkpoint_load(&w->db, &k, &row) == SC_CP_OK &&
-            (!row.error || row.epoch != p->cp.epoch)) {
+        if (sc_checkpoint_load(&w->db, &k, &row) != SC_CP_OK)
+            return;
+        if (row.epoch != p->cp.epoch || (!row.error && !p->error_unrecorded)) {
             atomic_store(&p->m->error, 0);
+            p->error_unrecorded = false;
             part_fenced(w, p, "the error state was cleared", false);
+        } else if (p->error_unrecorded) {
+            /* PostgreSQL refused to record it (the cause may refuse every write): again. */
+            enum sc_cp_status s = sc_checkpoint_fail(&w->db, &k, &p->cp, p->error_msg);
+            if (s == SC_CP_OK) {
+                p->error_unrecorded = false;
+                sc_info(&p->log, "error state recorded in PostgreSQL");
+            } else if (s == SC_CP_FENCED || s == SC_CP_CONFLICT) {
+                atomic_store(&p->m->error, 0);
+                p->error_unrecorded = false;
+                part_fenced(w, p, "while recording an error", s == SC_CP_FENCED);
+            }
         }
         return;
     }
@@ -1593,6 +1706,9 @@ static void take_handover(struct sc_part *p)
     p->retry_at_ms = 0;
     p->next_expected = p->start_offset >= 0 ? p->start_offset : 0;
     sc_backoff_init(&p->backoff, 100, 30000);
+    sc_backoff_init(&p->cp_backoff, 100, 5000);
+    p->cp_retries = 0;
+    p->error_unrecorded = false;
 }
 
 static void part_added(struct sc_worker *w, struct sc_part *p)

@@ -52,6 +52,18 @@
  * state before and after and either continues, retries, or gives up the
  * partition.  Nothing is ever assumed.
  *
+ * Refusals.  A statement the server answered with an error changed
+ * nothing (each statement is its own transaction, or runs in one that is
+ * rolled back), so only a dropped connection leaves the outcome unknown
+ * (SC_CP_UNAVAILABLE).  An answered error is SC_CP_TRANSIENT when it may
+ * pass (serialization failure, deadlock, timeout, lock, resources: retry
+ * later) and SC_CP_FAILED when it cannot (a constraint, a trigger, a
+ * missing column, a privilege: sc_db.c keeps the SQLSTATE, the statement and
+ * the table, and sc_checkpoint_failure_message() turns them into the error
+ * state's message).  A FAILED write is never retried: retrying an operator's
+ * CHECK constraint forever would look like a healthy partition that never
+ * moves.
+ *
  * Fencing (I4).  The lease acquisition that gives a new owner its epoch
  * also writes that epoch into this row, in the same transaction.  Every
  * statement here carries "epoch = mine": a stalled old owner matches zero
@@ -261,10 +273,20 @@ const char *sc_cp_status_name(enum sc_cp_status s)
         return "conflict";
     case SC_CP_UNAVAILABLE:
         return "unavailable";
+    case SC_CP_TRANSIENT:
+        return "transient";
     case SC_CP_FAILED:
         return "failed";
     }
     return "?";
+}
+
+/* The status of a statement that failed with class cls (see struct sc_db's last_*). */
+static enum sc_cp_status failed(const struct sc_db *db, enum sc_pg_errclass cls)
+{
+    if (cls != SC_PG_RETRY)
+        return SC_CP_FAILED;
+    return db->last_answered ? SC_CP_TRANSIENT : SC_CP_UNAVAILABLE;
 }
 
 static int64_t col_i64(const PGresult *res, int row, int col)
@@ -331,7 +353,7 @@ static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, st, p->v, &cls);
     if (!res)
-        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        return failed(db, cls);
     int rows = PQntuples(res);
     PQclear(res);
     if (rows > 0)
@@ -369,7 +391,7 @@ enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_
         PGresult *res = sc_db_exec_params(db, &st_dead, v, lens, fmts, &cls);
         free(safe);
         if (!res)
-            return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+            return failed(db, cls);
         PQclear(res);
     }
     return SC_CP_OK;
@@ -565,9 +587,84 @@ enum sc_cp_status sc_checkpoint_note_fenced(struct sc_db *db, const struct sc_cp
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, &st_fenced, p.v, &cls);
     if (!res)
-        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        return failed(db, cls);
     PQclear(res);
     return SC_CP_OK;
+}
+
+/* Appends s as an SQL string literal ('it''s'), for a message a user copies into psql. */
+static void put_literal(struct sc_buf *b, const char *s)
+{
+    (void)!sc_buf_putc(b, '\'');
+    for (; *s; s++)
+        (void)!(*s == '\'' ? sc_buf_append(b, "''", 2) : sc_buf_putc(b, *s));
+    (void)!sc_buf_putc(b, '\'');
+}
+
+/* What to look at for a permanent failure with SQLSTATE state. */
+static const char *failure_cause(const char *state)
+{
+    if (strncmp(state, "23", 2) == 0)
+        return "a constraint on the table refuses the change; drop or correct it";
+    if (strcmp(state, "42501") == 0)
+        return "the sidecar's database role lacks a privilege; GRANT it";
+    if (strcmp(state, "P0001") == 0)
+        return "a trigger or function raised an error; look at the table's triggers";
+    if (strncmp(state, "42", 2) == 0 || strcmp(state, "3F000") == 0)
+        return "a column, table or function the sidecar uses is missing or changed; restore it "
+               "as sql/ defines it";
+    return "see the server's message";
+}
+
+/* What a statement of this file (or of a transaction around it) does, for messages. */
+static const char *stmt_purpose(const char *name)
+{
+    static const struct {
+        const char *name, *purpose;
+    } purposes[] = {
+        {"sc_cp_pend", "the pend"},
+        {"sc_cp_commit", "the commit"},
+        {"sc_cp_commit_pend", "the commit and the next batch's pend"},
+        {"sc_cp_advance", "the checkpoint advance"},
+        {"sc_cp_advance_strict", "the checkpoint advance"},
+        {"sc_cp_dead", "the dead-letter insert"},
+        {"sc_cp_set_start", "setting the start offset"},
+        {"sc_cp_fail", "recording the error state"},
+        {"sc_cp_load", "reading the checkpoint"},
+        {"COMMIT", "the transaction's commit"},
+    };
+    for (size_t i = 0; i < SC_ARRAY_LEN(purposes); i++)
+        if (strcmp(name, purposes[i].name) == 0)
+            return purposes[i].purpose;
+    return "a statement";
+}
+
+void sc_checkpoint_failure_message(const struct sc_db *db, const struct sc_cp_key *k,
+                                   const char *what, char *out, size_t size)
+{
+    struct sc_buf b;
+    sc_buf_init(&b, 8192); /* the parts are bounded: names, a 512-byte server message */
+    char part[24];
+    const char *stmt = db->last_stmt[0] ? db->last_stmt : "?";
+    (void)!sc_buf_printf(&b,
+                         "%s failed permanently: %s (statement %s) was refused with SQLSTATE %s "
+                         "(%s)%s%s: %s. Retrying cannot help; fix the cause (%s), then clear the "
+                         "error state, keeping the pending batch: UPDATE %s.checkpoints SET state "
+                         "= 'ok', error = NULL WHERE pipeline = ",
+                         what, stmt_purpose(stmt), stmt,
+                         db->last_sqlstate[0] ? db->last_sqlstate : "none",
+                         sc_pg_sqlstate_name(db->last_sqlstate), db->last_relation[0] ? " on " : "",
+                         db->last_relation, db->last_error, failure_cause(db->last_sqlstate),
+                         db->schema_q ? db->schema_q : "sidecar");
+    put_literal(&b, k->pipeline);
+    (void)!sc_buf_printf(&b, " AND topic = ");
+    put_literal(&b, k->topic);
+    (void)!sc_buf_printf(&b,
+                         " AND partition = %s (docs/operations.md, \"Getting a partition out "
+                         "of the error state\")",
+                         sc_i64(part, k->partition));
+    snprintf(out, size, "%.*s", (int)b.len, b.data ? b.data : "");
+    sc_buf_free(&b);
 }
 
 enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp)
@@ -577,7 +674,7 @@ enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, &st_load, p.v, &cls);
     if (!res)
-        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        return failed(db, cls);
     enum sc_cp_status s = SC_CP_CONFLICT; /* no row at all */
     if (PQntuples(res) == 1) {
         sc_checkpoint_parse_row(res, 0, 0, cp);
@@ -592,7 +689,7 @@ static enum sc_cp_status exec_simple(struct sc_db *db, const char *sql)
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec_once(db, sql, 0, NULL, &cls);
     if (!res)
-        return cls == SC_PG_RETRY ? SC_CP_UNAVAILABLE : SC_CP_FAILED;
+        return failed(db, cls);
     PQclear(res);
     return SC_CP_OK;
 }

@@ -48,7 +48,10 @@ enum sc_cp_status {
     SC_CP_FENCED,      /* the row's epoch is not ours (another owner, or a reset) */
     SC_CP_CONFLICT,    /* epoch ours but the row is not in the state we expected */
     SC_CP_UNAVAILABLE, /* PostgreSQL unreachable: outcome unknown, reconcile and retry */
-    SC_CP_FAILED,      /* permanent SQL error (a bug or a broken schema) */
+    SC_CP_TRANSIENT,   /* refused for a passing reason (serialization failure, deadlock,
+                          timeout, lock, resources): nothing changed, retry later */
+    SC_CP_FAILED,      /* refused for good (constraint, trigger, privilege, missing column...):
+                          nothing changed and retrying cannot help; db->last_* say why */
 };
 
 const char *sc_cp_status_name(enum sc_cp_status s);
@@ -134,6 +137,15 @@ enum sc_cp_status sc_checkpoint_fail(struct sc_db *db, const struct sc_cp_key *k
 /* Writes a 'fenced' event (unconditionally: the writer lost its epoch). */
 enum sc_cp_status sc_checkpoint_note_fenced(struct sc_db *db, const struct sc_cp_key *k,
                                             int64_t my_epoch, const char *reason);
+
+/*
+ * A message for the error state after SC_CP_FAILED (what: "committing a
+ * batch"): the statement, its SQLSTATE and what the server said (from
+ * db->last_*), what to fix, and the SQL that clears the error state keeping
+ * the pending batch.  Written into out (a few hundred bytes suffice).
+ */
+void sc_checkpoint_failure_message(const struct sc_db *db, const struct sc_cp_key *k,
+                                   const char *what, char *out, size_t size);
 
 /* Reads the row into *cp (for reconciling after an unknown outcome). */
 enum sc_cp_status sc_checkpoint_load(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp);

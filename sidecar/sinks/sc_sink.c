@@ -94,6 +94,11 @@ void sc_batch_result_add_dead(struct sc_batch_result *r, size_t index, char *err
         .index = index, .error = error, .status = status, .excerpt = excerpt, .attempts = attempts};
 }
 
+bool sc_sink_bisect_dense(size_t left, size_t bad)
+{
+    return left >= 16 && bad * 4 >= left;
+}
+
 void sc_batch_result_clear(struct sc_batch_result *r)
 {
     for (size_t i = 0; i < r->ndead; i++) {

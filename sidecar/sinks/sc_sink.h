@@ -69,13 +69,26 @@ struct sc_batch {
 /* What write() reports besides its result. */
 struct sc_batch_result {
     int64_t next_write_offset; /* where the next batch goes (on SC_SINK_OK) */
-    int64_t retry_in_ms;       /* on SC_SINK_RETRY: call again no sooner (0: the worker's
-                                  backoff decides alone); the worker waits the longer of the
-                                  two and logs that one delay */
+    /* On SC_SINK_RETRY: when to call write() again, in ms from now, when the sink knows
+     * (its own backoff, or what the destination asked, e.g. HTTP Retry-After); 0 = the
+     * worker's own backoff. */
+    int64_t retry_in_ms;
     struct sc_dead_letter *dead;
     size_t ndead;
     size_t dead_cap;
 };
+
+/*
+ * Finding rejected records by bisection (the http and postgres sinks): a
+ * rejected range is split in halves, left first, down to single records.
+ * Once the left half of a split is resolved and `bad` of its `left` records
+ * were rejected, this says whether they are dense enough (a quarter or
+ * more, of at least 16) that the right half, when rejected as a whole, is
+ * better sent one record at a time than split again: an all-bad batch of n
+ * records then costs about n calls instead of 2n, while a batch with a few
+ * rejected records keeps the bisection's few calls.
+ */
+bool sc_sink_bisect_dense(size_t left, size_t bad);
 
 /* Adds a dead letter to a result; takes ownership of error/excerpt. */
 void sc_batch_result_add_dead(struct sc_batch_result *r, size_t index, char *error, int status,

@@ -21,9 +21,13 @@
  * shutdown wait for that thread, so write() never sleeps long: a wait of up
  * to INLINE_WAIT_MS is slept in place (while the call is younger than
  * INLINE_BUDGET_MS); a longer one is remembered in the partition handle
- * (not_before_ms) and write() returns SC_SINK_RETRY, so the worker backs off
- * this partition alone and calls again; a call that comes back before
- * not_before_ms returns SC_SINK_RETRY at once without sending anything.
+ * (not_before_ms) and write() returns SC_SINK_RETRY with the wait in
+ * retry_in_ms, so the worker backs off this partition alone and calls again
+ * exactly when the wait is over (it used to poll with a backoff of its own
+ * that grew with every early call: a 2 s Retry-After cost 8 s, up to 30);
+ * a call that comes back before not_before_ms returns SC_SINK_RETRY at once
+ * without sending anything.  Every Retry-After that sets a wait is counted
+ * in sidecar_http_retry_after_total.
  * retry.max_attempts and retry.max_elapsed_ms bound one round of attempts;
  * when a round is used up, write() returns SC_SINK_RETRY and the next call
  * starts a new round.  Running out of retries is never permanent: the batch
@@ -36,6 +40,12 @@
  * the half), left half first so delivery stays in offset order, until every
  * record is either delivered or alone and rejected; those become dead
  * letters, which the worker stores in the same transaction as the commit.
+ * That costs 2n - 1 requests when every record is bad, so a split's right
+ * half looks at its left sibling once that is resolved: if a quarter or
+ * more of its records (at least 16) were rejected, the right half, when
+ * rejected as a whole, is sent one record per request instead of being
+ * split again (sc_sink_bisect_dense()): about n requests for an all-bad
+ * batch, still about 2k log(n/k) for k scattered bad records.
  * The bisection state (ranges left, dead letters found) lives in the
  * partition handle, so a retry in the middle continues where it stopped; a
  * crash restarts it from the whole batch, and a deterministic receiver sees
@@ -61,6 +71,7 @@
 #include <curl/curl.h>
 
 #include "base/sc_log.h"
+#include "base/sc_metrics.h"
 #include "config/sc_conf.h"
 #include "config/sc_conf_check.h"
 #include "sinks/sc_sink.h"
@@ -328,8 +339,13 @@ struct http_ctx {
 /* A range of the batch still to be sent (the bisection stack). */
 struct range {
     size_t lo, hi;
-    int attempts; /* requests of this range so far */
-    int carried;  /* requests of the enclosing ranges that carried these records */
+    int attempts;    /* requests of this range (in singles: of record lo) so far */
+    int carried;     /* requests of the enclosing ranges that carried these records */
+    bool judged;     /* the right half of a split: its left sibling's share was looked at */
+    size_t sib_lo;   /* ... where that sibling starts, */
+    size_t sib_dead; /* ... and the dead letters found before it */
+    bool dense;      /* once rejected, send its records one at a time rather than split it */
+    bool singles;    /* rejected and dense: records lo, lo + 1, ... alone, one per request */
 };
 
 struct found_dead {
@@ -351,12 +367,14 @@ struct sc_sink_part {
     struct found_dead *dead;
     size_t ndead, dead_cap;
     bool split_logged;
+    bool singles_logged;
     /* the current round of retries */
     int round_attempts;
     int64_t round_start_ms;
     struct sc_backoff backoff;
     int64_t not_before_ms;
     char last_error[512];
+    struct sc_metrics_part *m; /* the partition's metrics (found at the first Retry-After) */
 };
 
 /* ---- helpers -------------------------------------------------------------- */
@@ -730,7 +748,29 @@ static void push_range(struct sc_sink_part *p, size_t lo, size_t hi, int carried
         p->stack_cap = p->stack_cap ? p->stack_cap * 2 : 16;
         p->stack = sc_xrealloc(p->stack, p->stack_cap * sizeof(*p->stack));
     }
-    p->stack[p->nstack++] = (struct range){.lo = lo, .hi = hi, .carried = carried};
+    p->stack[p->nstack++] = (struct range){.lo = lo, .hi = hi, .carried = carried, .judged = true};
+}
+
+/*
+ * The right half of a split, once its left sibling is resolved (it is on
+ * top of the stack again): when that sibling turned out dense with rejected
+ * records, this half is likely so too, and is sent record by record once
+ * it is rejected as a whole (see sc_sink_bisect_dense()).
+ */
+static void judge_density(struct sc_sink_part *p, struct range *r, const struct sc_batch *b)
+{
+    if (r->judged)
+        return;
+    r->judged = true;
+    size_t left = r->lo - r->sib_lo, bad = p->ndead - r->sib_dead;
+    r->dense = sc_sink_bisect_dense(left, bad);
+    if (r->dense && !p->singles_logged) {
+        p->singles_logged = true;
+        sc_info(&(struct sc_log_fields){b->part->pipeline, b->part->topic, b->part->partition},
+                "%zu of the %zu records before offset %" PRId64 " were rejected: the rest of "
+                "each rejected range is sent one record at a time",
+                bad, left, b->records[r->lo].offset);
+    }
 }
 
 static void round_reset(struct sc_sink *sink, struct sc_sink_part *p)
@@ -747,6 +787,7 @@ static void part_begin(struct sc_sink *sink, struct sc_sink_part *p, const struc
     p->nstack = 0;
     p->active = b != NULL;
     p->split_logged = false;
+    p->singles_logged = false;
     p->not_before_ms = 0;
     p->last_error[0] = '\0';
     round_reset(sink, p);
@@ -766,26 +807,34 @@ static bool same_batch(const struct sc_sink_part *p, const struct sc_batch *b)
            p->count == b->count && p->checksum == b->checksum && p->write_offset == b->write_offset;
 }
 
-/* A range was rejected with a record-level 4xx: split it, or dead-letter its one record. */
+/*
+ * The request for the range on top of the stack was rejected with a
+ * record-level 4xx: dead-letter its one record (and go on with the next
+ * one, in singles), or send a dense range's records one at a time, or
+ * split the range in halves.
+ */
 static void split_rejected(struct sc_sink_part *p, const struct sc_batch *b,
                            const struct attempt *a)
 {
-    struct range r = p->stack[--p->nstack];
+    struct range *r = &p->stack[p->nstack - 1];
     struct sc_log_fields f = {b->part->pipeline, b->part->topic, b->part->partition};
-    if (r.hi - r.lo == 1) {
+    if (r->singles || r->hi - r->lo == 1) {
         if (p->ndead == p->dead_cap) {
             p->dead_cap = p->dead_cap ? p->dead_cap * 2 : 8;
             p->dead = sc_xrealloc(p->dead, p->dead_cap * sizeof(*p->dead));
         }
         p->dead[p->ndead++] = (struct found_dead){
-            .index = r.lo,
+            .index = r->lo,
             .error = describe(a),
             .status = (int)a->status,
             .excerpt = a->excerpt[0] ? sc_xstrdup(a->excerpt) : NULL,
-            .attempts = r.carried + r.attempts,
+            .attempts = r->carried + r->attempts,
         };
-        sc_warn(&f, "record at offset %" PRId64 " rejected with HTTP %ld; it goes to dead_letters",
-                b->records[r.lo].offset, a->status);
+        sc_debug(&f, "record at offset %" PRId64 " rejected with HTTP %ld; it goes to dead_letters",
+                 b->records[r->lo].offset, a->status);
+        if (++r->lo == r->hi)
+            p->nstack--;
+        r->attempts = 0;
         return;
     }
     if (!p->split_logged) {
@@ -793,12 +842,24 @@ static void split_rejected(struct sc_sink_part *p, const struct sc_batch *b,
         sc_info(&f,
                 "HTTP %ld for records [%" PRId64 "..%" PRId64 "]: splitting the batch to find the "
                 "rejected records (on_error dead_letter)",
-                a->status, b->records[r.lo].offset, b->records[r.hi - 1].offset);
+                a->status, b->records[r->lo].offset, b->records[r->hi - 1].offset);
     }
-    size_t mid = r.lo + (r.hi - r.lo) / 2;
-    int carried = r.carried + r.attempts;
-    push_range(p, mid, r.hi, carried); /* right half below: the left one goes first */
-    push_range(p, r.lo, mid, carried);
+    if (r->dense) {
+        r->singles = true;
+        r->carried += r->attempts;
+        r->attempts = 0;
+        return;
+    }
+    struct range split = *r;
+    p->nstack--;
+    size_t mid = split.lo + (split.hi - split.lo) / 2;
+    int carried = split.carried + split.attempts;
+    push_range(p, mid, split.hi, carried); /* right half below: the left one goes first */
+    struct range *right = &p->stack[p->nstack - 1];
+    right->judged = false;
+    right->sib_lo = split.lo;
+    right->sib_dead = p->ndead;
+    push_range(p, split.lo, mid, carried);
 }
 
 static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part *p,
@@ -817,7 +878,8 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         int64_t wait = p->not_before_ms - call_start;
         if (wait > INLINE_WAIT_MS) {
             /* The worker came back before the backoff is over: send nothing yet. */
-            snprintf(err, errsize, "%s (still backing off)", p->last_error);
+            snprintf(err, errsize, "%s; still backing off (%" PRId64 " ms left)", p->last_error,
+                     wait);
             res->retry_in_ms = wait;
             return SC_SINK_RETRY;
         }
@@ -827,22 +889,28 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
 
     while (p->nstack > 0) {
         struct range *r = &p->stack[p->nstack - 1];
+        judge_density(p, r, b);
         struct request rq = {.pipeline = b->part->pipeline,
                              .topic = b->part->topic,
                              .partition = b->part->partition,
                              .epoch = b->part->epoch,
                              .recs = b->records,
                              .lo = r->lo,
-                             .hi = r->hi};
+                             .hi = r->singles ? r->lo + 1 : r->hi};
         if (p->round_attempts == 0)
             p->round_start_ms = sc_mono_ms();
         struct attempt a;
         perform(sink, &rq, &a);
         r->attempts++;
-        int64_t first = b->records[r->lo].offset, last = b->records[r->hi - 1].offset;
+        int64_t first = b->records[rq.lo].offset, last = b->records[rq.hi - 1].offset;
 
         if (a.outcome == OUT_OK) {
-            p->nstack--;
+            if (rq.hi < r->hi) { /* singles: the next record */
+                r->lo = rq.hi;
+                r->attempts = 0;
+            } else {
+                p->nstack--;
+            }
             round_reset(sink, p);
             continue;
         }
@@ -880,6 +948,11 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         int64_t wait = a.retry_after_ms >= 0 ? a.retry_after_ms : sc_backoff_next(&p->backoff);
         if (wait > rc->max_backoff_ms)
             wait = rc->max_backoff_ms;
+        if (a.retry_after_ms >= 0) {
+            if (!p->m)
+                p->m = sc_metrics_part(rq.pipeline, rq.topic, rq.partition);
+            sc_counter_add(&p->m->http_retry_after, 1);
+        }
         bool round_over = p->round_attempts >= rc->max_attempts ||
                           (rc->max_elapsed_ms > 0 && elapsed + wait > rc->max_elapsed_ms);
         if (round_over) {
@@ -890,7 +963,7 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
                      p->last_error, p->round_attempts, elapsed);
             round_reset(sink, p);
             p->not_before_ms = a.retry_after_ms >= 0 ? now + wait : 0;
-            res->retry_in_ms = a.retry_after_ms >= 0 ? wait : 0;
+            res->retry_in_ms = a.retry_after_ms >= 0 ? wait : 0; /* else the worker's backoff */
             return SC_SINK_RETRY;
         }
         if (wait <= INLINE_WAIT_MS && now - call_start + wait <= INLINE_BUDGET_MS) {
@@ -903,11 +976,18 @@ static enum sc_sink_result http_write(struct sc_sink *sink, struct sc_sink_part 
         p->not_before_ms = now + wait;
         res->retry_in_ms = wait;
         snprintf(err, errsize, "%s%s", p->last_error,
-                 a.retry_after_ms >= 0 ? " (the server sent Retry-After)" : "");
+                 a.retry_after_ms >= 0 ? " (as its Retry-After asks)" : "");
         return SC_SINK_RETRY;
     }
 
     /* Every record is delivered or rejected: hand the rejected ones to the worker. */
+    if (p->ndead > 0)
+        sc_warn(&(struct sc_log_fields){b->part->pipeline, b->part->topic, b->part->partition},
+                "%zu of the records [%" PRId64 "..%" PRId64 "] rejected by %s; they go to "
+                "dead_letters (the first: offset %" PRId64 ", %s)",
+                p->ndead, b->first_offset, b->last_offset,
+                ((struct http_ctx *)sink->ctx)->display_url, b->records[p->dead[0].index].offset,
+                p->dead[0].error);
     for (size_t i = 0; i < p->ndead; i++) {
         struct found_dead *fd = &p->dead[i];
         sc_batch_result_add_dead(res, fd->index, fd->error, fd->status, fd->excerpt, fd->attempts);

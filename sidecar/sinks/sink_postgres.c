@@ -113,7 +113,10 @@
  * letters committed with the checkpoint.  Everything else is either
  * transient (connection, 40001, 40P01: SC_SINK_RETRY, the whole batch is
  * written again) or a problem of the table or the config (SC_SINK_ERROR: the
- * partition stops in the error state with the server's message).
+ * partition stops in the error state with the server's message).  A right
+ * half whose left sibling was dense with bad rows is tried row by row when
+ * it fails (sc_sink_bisect_dense(): about n statements for an all-bad
+ * batch, not 2n).
  *
  * Connections.  Same database: the lent checkpoint connection for batches,
  * a short-lived one for the table setup, and one for redrive.  Other
@@ -569,12 +572,14 @@ static void add_dead(struct pg_ctx *c, size_t row, const char *error, struct sc_
 /*
  * Writes rows [lo, hi), splitting the range on row errors until single
  * records remain, which become dead letters.  known_bad: the range failed
- * already (with err), so go straight to its halves.  In a transaction each
+ * already (with err), so go straight to its halves.  dense: if it fails,
+ * try its rows one by one instead of splitting it (its left sibling was
+ * dense with bad rows, sc_sink_bisect_dense()).  In a transaction each
  * attempt runs under a savepoint, so a failure undoes only itself.
  */
 static enum pg_outcome insert_range(struct pg_ctx *c, PGconn *conn, const char *topic,
                                     int32_t partition, size_t lo, size_t hi, bool known_bad,
-                                    bool in_tx, struct sc_batch_result *res, char *err,
+                                    bool dense, bool in_tx, struct sc_batch_result *res, char *err,
                                     size_t errsize)
 {
     if (lo >= hi)
@@ -606,12 +611,23 @@ static enum pg_outcome insert_range(struct pg_ctx *c, PGconn *conn, const char *
         add_dead(c, lo, err, res);
         return PG_OK;
     }
-    size_t mid = lo + (hi - lo) / 2;
+    if (dense) {
+        for (size_t i = lo; i < hi; i++) {
+            enum pg_outcome o = insert_range(c, conn, topic, partition, i, i + 1, false, false,
+                                             in_tx, res, err, errsize);
+            if (o != PG_OK)
+                return o;
+        }
+        return PG_OK;
+    }
+    size_t mid = lo + (hi - lo) / 2, ndead = res->ndead;
     enum pg_outcome o =
-        insert_range(c, conn, topic, partition, lo, mid, false, in_tx, res, err, errsize);
+        insert_range(c, conn, topic, partition, lo, mid, false, false, in_tx, res, err, errsize);
     if (o != PG_OK)
         return o;
-    return insert_range(c, conn, topic, partition, mid, hi, false, in_tx, res, err, errsize);
+    return insert_range(c, conn, topic, partition, mid, hi, false,
+                        sc_sink_bisect_dense(mid - lo, res->ndead - ndead), in_tx, res, err,
+                        errsize);
 }
 
 /* insert mode in another database: rows the statement did not report hit another record's key. */
@@ -642,7 +658,7 @@ static enum pg_outcome write_rows(struct pg_ctx *c, PGconn *conn, const struct s
     if (c->returning)
         memset(c->took, 0, c->nrows * sizeof(*c->took));
     enum pg_outcome o = insert_range(c, conn, b->part->topic, b->part->partition, 0, c->nrows,
-                                     false, in_tx, res, err, errsize);
+                                     false, false, in_tx, res, err, errsize);
     if (o == PG_OK)
         dead_duplicates(c, res, ndead_before);
     return o;

@@ -7,6 +7,8 @@
  * than timeout_ms.  At the end every key's bodies must be byte-identical
  * across retries and replays, and after de-duplication by Idempotency-Key
  * every record must be there exactly once, in offset order per partition.
+ * Every request is checked on arrival against sidecar.checkpoints: its
+ * range must be pending (or committed already), I2.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -41,6 +43,7 @@ START_TEST(test_http_crash_and_faults)
     scx_env_start(&e, 1, topics, 1);
     srand((unsigned)time(NULL));
     struct rx *rx = rx_start();
+    rx_check_pending(rx, e.dsn); /* I2: every request's range pending when it arrives */
     rx_set_faults(rx, &(struct rx_faults){.p500_before = 50,
                                           .p500_after = 50,
                                           .p429 = 30,
@@ -130,9 +133,10 @@ START_TEST(test_http_crash_and_faults)
     fprintf(stderr,
             "http crash test: %d kills by the test, %d at failpoints, %" PRId64
             " records per partition; %ld requests (%ld repeating a key), %ld x 500, %ld x 429 "
-            "(%ld retried by the same owner), %ld slow, %ld connections, %lld replayed batches\n",
+            "(%ld retried by the same owner), %ld slow, %ld connections, %lld replayed batches, "
+            "%ld requests checked pending\n",
             kills, self_kills, produced, requests, repeated, s500, s429, honoured, slow,
-            rx_connections(rx), replays);
+            rx_connections(rx), replays, rx_pending_checked(rx));
 
     /* Every key's bodies identical; every record once, in order, with its key and value. */
     struct rx_verify_opts v = {.pipeline = "p1",

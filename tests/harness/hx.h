@@ -7,6 +7,7 @@
  *   hx_proc.h   child processes, temp directories and files, clocks, waiting
  *   hx_pg.h     the throwaway PostgreSQL and libpq helpers
  *   hx_kafka.h  kafka-mock and producing records
+ *   hx_pgbouncer.h  a throwaway PgBouncer in front of the throwaway PostgreSQL
  *
  * Everything started here is torn down by a watchdog process even when the
  * test process is killed (it watches a pipe whose other end dies with us).
@@ -21,6 +22,7 @@
 
 #include "hx_kafka.h"
 #include "hx_pg.h"
+#include "hx_pgbouncer.h"
 #include "hx_proc.h"
 
 #endif

@@ -173,8 +173,8 @@ static void pg_paths(const struct hx_pg *pg, struct pg_paths *p)
      */
     snprintf(p->opts, sizeof(p->opts),
              "-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=300 "
-             "-c shared_buffers=64MB",
-             pg->port, pg->dir);
+             "-c shared_buffers=64MB %s",
+             pg->port, pg->dir, pg->settings);
 }
 
 /* pg_ctl start; 0 or the exit code, with pg_ctl's output in *output. */
@@ -191,11 +191,17 @@ static int pg_ctl_start(struct hx_pg *pg, char **output)
 
 void hx_pg_start(struct hx_pg *pg)
 {
+    hx_pg_start_with(pg, NULL);
+}
+
+void hx_pg_start_with(struct hx_pg *pg, const char *settings)
+{
     char data[600], tail[1600];
     char *out = NULL;
     int rc = -1;
 
     memset(pg, 0, sizeof(*pg));
+    snprintf(pg->settings, sizeof(pg->settings), "%s", settings ? settings : "");
     pg_find_bindir(pg->bindir, sizeof(pg->bindir));
     snprintf(pg->dir, sizeof(pg->dir), "/tmp/hx-pg-XXXXXX");
     if (mkdtemp(pg->dir) == NULL)

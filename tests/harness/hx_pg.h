@@ -18,11 +18,17 @@ struct hx_pg {
     int port;      /* TCP port on 127.0.0.1 */
     char dsn[512]; /* "host=127.0.0.1 port=N user=postgres dbname=postgres" */
     char bindir[256];
-    pid_t watchdog; /* stops the server and removes dir if we die */
+    pid_t watchdog;     /* stops the server and removes dir if we die */
+    char settings[256]; /* extra server options ("-c name=value ..."), kept across restarts */
 };
 
 /* initdb (as the postgres user, via runuser when root) and start on a free port. */
 void hx_pg_start(struct hx_pg *pg);
+/*
+ * Same with extra server options, e.g. "-c max_connections=20"; they come
+ * after the defaults (so they win) and stay for every restart.
+ */
+void hx_pg_start_with(struct hx_pg *pg, const char *settings);
 /* Stops the server (fast) and removes the directory. */
 void hx_pg_stop(struct hx_pg *pg);
 /* pg_ctl stop -m immediate (a crash) or fast, without removing data. */

@@ -9,9 +9,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
+#include <libpq-fe.h>
 #include <microhttpd.h>
 
 #include "hx.h"
@@ -25,6 +27,7 @@ struct rx_key {
     char *body;
     size_t body_len;
     bool accepted;
+    int requests; /* answered so far */
 };
 
 struct rx {
@@ -32,8 +35,9 @@ struct rx {
     int port;
     char url[64];
     pthread_mutex_t lock;
-    struct rx_faults faults; /* under lock; reject_marker is a copy */
+    struct rx_faults faults; /* under lock; reject_marker and retry_after are copies */
     char *marker;
+    char *retry_after;
     unsigned seed;
     struct rx_request *reqs;
     size_t nreqs, reqs_cap;
@@ -41,6 +45,12 @@ struct rx {
     size_t nkeys, keys_cap;
     long mismatches;
     long connections;
+    /* rx_check_pending(): the checkpoint connection, under its own lock */
+    pthread_mutex_t pend_lock;
+    char *pend_dsn;
+    PGconn *pend_conn;
+    long pend_checked, pend_violations;
+    char pend_first_violation[512];
     char *cert, *key; /* TLS only */
 };
 
@@ -80,7 +90,7 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
             rx->keys = realloc(rx->keys, rx->keys_cap * sizeof(*rx->keys));
         }
         k = &rx->keys[rx->nkeys++];
-        *k = (struct rx_key){strdup(rq->key), malloc(rq->body_len + 1), rq->body_len, false};
+        *k = (struct rx_key){strdup(rq->key), malloc(rq->body_len + 1), rq->body_len, false, 0};
         memcpy(k->body, rq->body, rq->body_len);
     } else if (k && (k->body_len != rq->body_len || memcmp(k->body, rq->body, rq->body_len))) {
         rx->mismatches++;
@@ -91,6 +101,18 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
         return f->status_all;
     if (!rq->key)
         return 400;
+    if (f->retry_status && k->requests++ < f->retry_times) {
+        rq->fault = true;
+        if (f->retry_after && f->retry_after[0] == '+') {
+            time_t t = time(NULL) + strtol(f->retry_after + 1, NULL, 10);
+            struct tm tm;
+            strftime(rq->retry_after, sizeof(rq->retry_after), "%a, %d %b %Y %H:%M:%S GMT",
+                     gmtime_r(&t, &tm));
+        } else if (f->retry_after) {
+            snprintf(rq->retry_after, sizeof(rq->retry_after), "%s", f->retry_after);
+        }
+        return f->retry_status;
+    }
     if (rx->marker && memmem(rq->body, rq->body_len, rx->marker, strlen(rx->marker)))
         return f->reject_status ? f->reject_status : 422;
     int r = roll(rx);
@@ -101,6 +123,7 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
     r -= f->p500_before;
     if (r < f->p429) {
         rq->fault = true;
+        snprintf(rq->retry_after, sizeof(rq->retry_after), "1");
         return 429;
     }
     r -= f->p429;
@@ -119,6 +142,62 @@ static int decide(struct rx *rx, struct rx_request *rq, int *slow_ms)
         *slow_ms = f->slow_ms;
     }
     return 200;
+}
+
+/*
+ * I2: is the request's range pending (or committed) in its checkpoint row?
+ * 1 yes, 0 no (a violation), -1 cannot tell (PostgreSQL away).
+ */
+static int pend_check(struct rx *rx, const struct rx_request *rq)
+{
+    if (!rq->key || !rq->first || !rq->last || rq->redrive)
+        return 1;
+    /* Key: <pipeline>/<topic>/<partition>/<first>-<last> (the tests' names have no '/'). */
+    char pipeline[128], topic[256], part[16];
+    if (sscanf(rq->key, "%127[^/]/%255[^/]/%15[^/]/", pipeline, topic, part) != 3)
+        return 0;
+    int64_t first = strtoll(rq->first, NULL, 10), last = strtoll(rq->last, NULL, 10);
+    int rc = -1;
+    pthread_mutex_lock(&rx->pend_lock);
+    if (rx->pend_conn && PQstatus(rx->pend_conn) != CONNECTION_OK) {
+        PQfinish(rx->pend_conn);
+        rx->pend_conn = NULL;
+    }
+    if (!rx->pend_conn) {
+        rx->pend_conn = PQconnectdb(rx->pend_dsn);
+        if (PQstatus(rx->pend_conn) != CONNECTION_OK) {
+            PQfinish(rx->pend_conn);
+            rx->pend_conn = NULL;
+            goto out;
+        }
+    }
+    const char *params[] = {pipeline, topic, part};
+    PGresult *res = PQexecParams(rx->pend_conn,
+                                 "SELECT coalesce(pending_first_offset, -1),"
+                                 " coalesce(pending_last_offset, -1),"
+                                 " coalesce(committed_offset, 0) FROM sidecar.checkpoints"
+                                 " WHERE pipeline = $1 AND topic = $2 AND partition = $3::int",
+                                 3, NULL, params, NULL, NULL, 0);
+    if (PQresultStatus(res) == PGRES_TUPLES_OK) {
+        int64_t pf = -1, pl = -1, committed = 0;
+        if (PQntuples(res) == 1) {
+            pf = strtoll(PQgetvalue(res, 0, 0), NULL, 10);
+            pl = strtoll(PQgetvalue(res, 0, 1), NULL, 10);
+            committed = strtoll(PQgetvalue(res, 0, 2), NULL, 10);
+        }
+        bool pending = pf >= 0 && pf <= first && last <= pl;
+        rc = pending || last < committed;
+        rx->pend_checked++;
+        if (!rc && rx->pend_violations++ == 0)
+            snprintf(rx->pend_first_violation, sizeof(rx->pend_first_violation),
+                     "request %s arrived while the checkpoint had pending [%" PRId64 "..%" PRId64
+                     "], committed offset %" PRId64,
+                     rq->key, pf, pl, committed);
+    }
+    PQclear(res);
+out:
+    pthread_mutex_unlock(&rx->pend_lock);
+    return rc;
 }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url,
@@ -161,8 +240,15 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     };
     u->data = NULL;
     int slow_ms = 0;
+    int pended = rx->pend_dsn ? pend_check(rx, &rq) : 1;
+    rq.unpended = pended == 0;
     pthread_mutex_lock(&rx->lock);
-    rq.status = u->too_big ? 413 : decide(rx, &rq, &slow_ms);
+    if (pended < 0) {
+        rq.status = 503; /* cannot check I2 now: not accepted, the sink sends it again */
+        rq.fault = true;
+    } else {
+        rq.status = u->too_big ? 413 : decide(rx, &rq, &slow_ms);
+    }
     if (rx->nreqs == rx->reqs_cap) {
         rx->reqs_cap = rx->reqs_cap ? rx->reqs_cap * 2 : 1024;
         rx->reqs = realloc(rx->reqs, rx->reqs_cap * sizeof(*rx->reqs));
@@ -174,12 +260,13 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
         usleep((useconds_t)slow_ms * 1000);
     const char *text = rq.status == 200   ? "{\"ok\":true}"
                        : rq.status == 422 ? "{\"error\":\"poison record rejected by the test\"}"
-                       : rq.status == 429 ? "slow down"
-                                          : "{\"error\":\"injected by the test receiver\"}";
+                       : rq.status == 429 || rq.status == 503
+                           ? "slow down"
+                           : "{\"error\":\"injected by the test receiver\"}";
     struct MHD_Response *resp =
         MHD_create_response_from_buffer(strlen(text), (void *)text, MHD_RESPMEM_PERSISTENT);
-    if (rq.status == 429)
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, "1");
+    if (rq.retry_after[0])
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, rq.retry_after);
     enum MHD_Result ret = MHD_queue_response(c, (unsigned)rq.status, resp);
     MHD_destroy_response(resp);
     return ret;
@@ -213,6 +300,7 @@ struct rx *rx_start_tls(const char *cert_pem, const char *key_pem)
 {
     struct rx *rx = calloc(1, sizeof(*rx));
     pthread_mutex_init(&rx->lock, NULL);
+    pthread_mutex_init(&rx->pend_lock, NULL);
     rx->seed = (unsigned)getpid() ^ (unsigned)hx_now_ms();
     bool tls = cert_pem != NULL;
     if (tls) {
@@ -263,9 +351,12 @@ void rx_set_faults(struct rx *rx, const struct rx_faults *f)
 {
     pthread_mutex_lock(&rx->lock);
     free(rx->marker);
+    free(rx->retry_after);
     rx->faults = *f;
     rx->marker = f->reject_marker ? strdup(f->reject_marker) : NULL;
     rx->faults.reject_marker = rx->marker;
+    rx->retry_after = f->retry_after ? strdup(f->retry_after) : NULL;
+    rx->faults.retry_after = rx->retry_after;
     pthread_mutex_unlock(&rx->lock);
 }
 
@@ -294,10 +385,31 @@ void rx_stop(struct rx *rx)
     free(rx->reqs);
     free(rx->keys);
     free(rx->marker);
+    free(rx->retry_after);
+    free(rx->pend_dsn);
+    if (rx->pend_conn)
+        PQfinish(rx->pend_conn);
+    pthread_mutex_destroy(&rx->pend_lock);
     free(rx->cert);
     free(rx->key);
     pthread_mutex_destroy(&rx->lock);
     free(rx);
+}
+
+void rx_check_pending(struct rx *rx, const char *dsn)
+{
+    pthread_mutex_lock(&rx->pend_lock);
+    free(rx->pend_dsn);
+    rx->pend_dsn = strdup(dsn);
+    pthread_mutex_unlock(&rx->pend_lock);
+}
+
+long rx_pending_checked(struct rx *rx)
+{
+    pthread_mutex_lock(&rx->pend_lock);
+    long n = rx->pend_checked;
+    pthread_mutex_unlock(&rx->pend_lock);
+    return n;
 }
 
 void rx_lock(struct rx *rx)
@@ -431,6 +543,14 @@ static json_t *parse_body(const struct rx_request *r, bool array, size_t index)
 int64_t rx_verify(struct rx *rx, const struct rx_verify_opts *o)
 {
     int64_t total = 0;
+    pthread_mutex_lock(&rx->pend_lock);
+    long violations = rx->pend_violations;
+    char first_violation[512];
+    snprintf(first_violation, sizeof(first_violation), "%s", rx->pend_first_violation);
+    pthread_mutex_unlock(&rx->pend_lock);
+    ck_assert_msg(violations == 0,
+                  "%ld requests reached the receiver before their batch was pending (I2): %s",
+                  violations, first_violation);
     rx_lock(rx);
     ck_assert_msg(rx->mismatches == 0,
                   "%ld requests carried a body different from an earlier one under the same "

@@ -28,6 +28,12 @@ struct rx_faults {
     int reject_status;         /* 422 when 0 */
     int status_all;            /* != 0: answer every request with this status (not accepted) */
     int delay_ms;              /* every answer waits this long (a slow service, not a fault) */
+    /* Deterministic back-pressure: each key's first retry_times requests are answered
+     * retry_status (429 or 503), not accepted, with a Retry-After of retry_after: delay
+     * seconds ("2"), "+N" for an HTTP date N seconds ahead, NULL for none. */
+    int retry_status;
+    int retry_times;
+    const char *retry_after;
 };
 
 struct rx_request {
@@ -41,10 +47,12 @@ struct rx_request {
     char *tenant; /* X-Tenant (a configured header in the tests) */
     char *body;   /* NUL-terminated */
     size_t body_len;
-    int64_t at_ms;       /* when the request was complete (hx_now_ms) */
-    int status;          /* what the receiver answered */
-    bool accepted_first; /* the request that accepted its key */
-    bool fault;          /* answered by an injected fault (500, 429, slow) */
+    int64_t at_ms;        /* when the request was complete (hx_now_ms) */
+    int status;           /* what the receiver answered */
+    char retry_after[64]; /* the Retry-After it sent ("" if none) */
+    bool accepted_first;  /* the request that accepted its key */
+    bool fault;           /* answered by an injected fault (500, 429, slow) */
+    bool unpended;        /* its range was neither pending nor committed (rx_check_pending()) */
 };
 
 struct rx;
@@ -78,6 +86,19 @@ long rx_count_status(struct rx *rx, int status);
  * about the 429 and may send at once).
  */
 long rx_check_retry_after(struct rx *rx);
+
+/*
+ * Invariant I2 (pend before write), checked on every request from now on:
+ * before answering, the receiver reads the partition's row in
+ * sidecar.checkpoints (dsn) and requires the request's offset range to lie
+ * within the pending batch, or to be committed already (a stalled owner's
+ * late request, a retry); anything else is a write before its pend, which
+ * rx_verify() reports.  A request it cannot check (PostgreSQL away) is
+ * answered 503, so the sink sends it again.  Redrive requests are exempt.
+ */
+void rx_check_pending(struct rx *rx, const char *dsn);
+/* Requests checked against the checkpoint so far, and those that failed the check. */
+long rx_pending_checked(struct rx *rx);
 
 /* Requests that repeated an earlier request's key (retries and replays). */
 long rx_repeated_keys(struct rx *rx);

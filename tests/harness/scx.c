@@ -20,10 +20,16 @@
 
 void scx_env_start(struct scx_env *e, int brokers, const char *const *topics, size_t ntopics)
 {
+    scx_env_start_pg(e, brokers, topics, ntopics, NULL);
+}
+
+void scx_env_start_pg(struct scx_env *e, int brokers, const char *const *topics, size_t ntopics,
+                      const char *pg_settings)
+{
     memset(e, 0, sizeof(*e));
     snprintf(e->dir, sizeof(e->dir), "%s", hx_tmpdir());
     snprintf(e->out_dir, sizeof(e->out_dir), "%s/out", e->dir);
-    hx_pg_start(&e->pg);
+    hx_pg_start_with(&e->pg, pg_settings);
     hx_pg_create_db(&e->pg, "sidecar_test", e->dsn, sizeof(e->dsn));
     e->conn = hx_pg_connect(e->dsn);
     hx_mock_start(&e->mock, brokers, topics, ntopics);

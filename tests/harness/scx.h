@@ -26,6 +26,9 @@ struct scx_env {
 
 /* Starts PostgreSQL (fresh database) and kafka-mock with the given topics ("name:parts"). */
 void scx_env_start(struct scx_env *e, int brokers, const char *const *topics, size_t ntopics);
+/* Same with extra PostgreSQL server options (see hx_pg_start_with()). */
+void scx_env_start_pg(struct scx_env *e, int brokers, const char *const *topics, size_t ntopics,
+                      const char *pg_settings);
 void scx_env_stop(struct scx_env *e);
 
 /* Knobs of a generated config; zero values mean the defaults noted. */

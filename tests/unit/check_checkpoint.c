@@ -14,9 +14,11 @@
  * database of its own.
  */
 #include <check.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "base/sc_log.h"
 #include "db/sc_db.h"
@@ -676,6 +678,172 @@ START_TEST(events_match_changes)
 }
 END_TEST
 
+/* ---- refusals ---------------------------------------------------------------------- */
+
+/* Asserts status want and, for a refusal the server answered, the SQLSTATE and statement. */
+static void expect_refusal(const struct sc_db *db, enum sc_cp_status got, enum sc_cp_status want,
+                           const char *sqlstate, const char *stmt, const char *what)
+{
+    ck_assert_msg(got == want, "%s: %s, expected %s (%s: %s)", what, st(got), st(want),
+                  db->last_sqlstate, db->last_error);
+    ck_assert_msg(strcmp(db->last_sqlstate, sqlstate) == 0, "%s: SQLSTATE %s, expected %s", what,
+                  db->last_sqlstate, sqlstate);
+    ck_assert_msg(strcmp(db->last_stmt, stmt) == 0, "%s: statement %s, expected %s", what,
+                  db->last_stmt, stmt);
+    ck_assert_msg(db->last_answered == (want != SC_CP_UNAVAILABLE), "%s: answered %d", what,
+                  db->last_answered);
+}
+
+struct killer {
+    const char *dsn;
+    const char *app;
+};
+
+/* Terminates the session named k->app once it sleeps in a trigger's pg_sleep(). */
+static void *kill_when_sleeping(void *arg)
+{
+    const struct killer *k = arg;
+    PGconn *c = hx_pg_connect(k->dsn);
+    const char *params[] = {k->app};
+    int64_t end = hx_now_ms() + 30000;
+    while (hx_now_ms() < end &&
+           hx_pg_int(c,
+                     "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND "
+                     "wait_event = 'PgSleep'",
+                     1, params) == 0)
+        usleep(20000);
+    hx_pg_int(c,
+              "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE "
+              "application_name = $1",
+              1, params);
+    PQfinish(c);
+    return NULL;
+}
+
+/*
+ * Every kind of refusal of a checkpoint write, each made by a change an
+ * operator could make: permanent ones (a CHECK constraint, a trigger
+ * raising, a dropped column, a revoked privilege) are FAILED, passing ones
+ * (a lock timeout, a serialization failure) TRANSIENT, a session killed in
+ * the middle of the statement UNAVAILABLE (the outcome is unknown).  The
+ * SQLSTATE and the statement are kept for the message, and none of them
+ * changes the row, the events or the dead letters.
+ */
+START_TEST(refusals_are_classified)
+{
+    struct t t;
+    struct sc_db a;
+    struct sc_cp_key k = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct snap before;
+    enum sc_cp_status s;
+
+    t_start(&t, "refusals");
+    db_open(&t, &a);
+    struct sc_cp cp = acquire(&a, "p", "A");
+    ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 0, "latest"), SC_CP_OK);
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 0, 9, 10, 111), SC_CP_OK);
+    struct sc_cp copy = cp;
+
+    /* integrity: a CHECK constraint added by an operator (23514) */
+    hx_pg_exec(t.conn, "ALTER TABLE sidecar.checkpoints ADD CONSTRAINT op_limit"
+                       " CHECK (committed_offset < 5) NOT VALID");
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, NULL, 0);
+    expect_refusal(&a, s, SC_CP_FAILED, "23514", "sc_cp_commit", "CHECK constraint");
+    ck_assert_str_eq(a.last_relation, "sidecar.checkpoints");
+    check_unchanged(&t, "p", &before, "refused commit");
+    check_cp_same(&cp, &copy, "refused commit");
+    char msg[1024];
+    sc_checkpoint_failure_message(&a, &k, "committing a batch", msg, sizeof(msg));
+    ck_assert_msg(strstr(msg, "committing a batch failed permanently: the commit (statement "
+                              "sc_cp_commit) was refused with SQLSTATE 23514 (check_violation) "
+                              "on sidecar.checkpoints: new row for relation \"checkpoints\""),
+                  "%s", msg);
+    ck_assert_msg(strstr(msg, "UPDATE \"sidecar\".checkpoints SET state = 'ok', error = NULL WHERE "
+                              "pipeline = 'p' AND topic = 'orders' AND partition = 0 (docs/"),
+                  "%s", msg);
+    hx_pg_exec(t.conn, "ALTER TABLE sidecar.checkpoints DROP CONSTRAINT op_limit");
+
+    /* a trigger raising, on the dead letters stored with the commit (P0001) */
+    hx_pg_exec(t.conn, "CREATE FUNCTION public.no_dead() RETURNS trigger LANGUAGE plpgsql AS"
+                       " $$ BEGIN RAISE EXCEPTION 'no dead letters today'; END $$;"
+                       " CREATE TRIGGER no_dead BEFORE INSERT ON sidecar.dead_letters"
+                       " FOR EACH ROW EXECUTE FUNCTION public.no_dead()");
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, &dead1, 1);
+    expect_refusal(&a, s, SC_CP_FAILED, "P0001", "sc_cp_dead", "trigger");
+    check_unchanged(&t, "p", &before, "refused dead letter");
+    hx_pg_exec(t.conn, "DROP TRIGGER no_dead ON sidecar.dead_letters");
+
+    /* undefined object: a column the dead-letter insert names was dropped (42703) */
+    hx_pg_exec(t.conn, "ALTER TABLE sidecar.dead_letters DROP COLUMN response_excerpt");
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, &dead1, 1);
+    expect_refusal(&a, s, SC_CP_FAILED, "42703", "sc_cp_dead", "dropped column");
+    check_unchanged(&t, "p", &before, "dropped column");
+    hx_pg_exec(t.conn, "ALTER TABLE sidecar.dead_letters ADD COLUMN response_excerpt text");
+
+    /* privilege: UPDATE on checkpoints revoked from the writer's role (42501) */
+    hx_pg_exec(t.conn, "CREATE ROLE app LOGIN; GRANT USAGE ON SCHEMA sidecar TO app;"
+                       " GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA sidecar TO app;"
+                       " GRANT USAGE ON ALL SEQUENCES IN SCHEMA sidecar TO app;"
+                       " REVOKE UPDATE ON sidecar.checkpoints FROM app");
+    char app_dsn[600];
+    snprintf(app_dsn, sizeof(app_dsn), "%s user=app", t.dsn);
+    struct sc_db app;
+    sc_db_init(&app, app_dsn, "sidecar", "check_checkpoint_app", 5000);
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&app, &k, &cp, 10, 1000, false, NULL, 0);
+    expect_refusal(&app, s, SC_CP_FAILED, "42501", "sc_cp_commit", "revoked privilege");
+    check_unchanged(&t, "p", &before, "revoked privilege");
+    sc_db_close(&app);
+
+    /* passing: the row locked by another session, lock_timeout (55P03) */
+    PGconn *locker = hx_pg_connect(t.dsn);
+    hx_pg_exec(locker, "BEGIN; SELECT * FROM sidecar.checkpoints FOR UPDATE");
+    PGresult *r = sc_db_exec_once(&a, "SET lock_timeout = '200ms'", 0, NULL,
+                                  &(enum sc_pg_errclass){SC_PG_OK});
+    ck_assert_ptr_nonnull(r);
+    PQclear(r);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, NULL, 0);
+    expect_refusal(&a, s, SC_CP_TRANSIENT, "55P03", "sc_cp_commit", "lock timeout");
+    hx_pg_exec(locker, "ROLLBACK");
+    PQfinish(locker);
+
+    /* passing: a serialization failure (40001), here raised by a trigger */
+    hx_pg_exec(t.conn, "CREATE FUNCTION public.busy() RETURNS trigger LANGUAGE plpgsql AS"
+                       " $$ BEGIN RAISE EXCEPTION 'busy' USING ERRCODE = 'serialization_failure';"
+                       " END $$; CREATE TRIGGER busy BEFORE UPDATE ON sidecar.checkpoints"
+                       " FOR EACH ROW EXECUTE FUNCTION public.busy()");
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, NULL, 0);
+    expect_refusal(&a, s, SC_CP_TRANSIENT, "40001", "sc_cp_commit", "serialization failure");
+    check_unchanged(&t, "p", &before, "serialization failure");
+    hx_pg_exec(t.conn, "DROP TRIGGER busy ON sidecar.checkpoints");
+
+    /* unknown: the session is terminated in the middle of the statement (57P01) */
+    hx_pg_exec(t.conn, "CREATE FUNCTION public.slow() RETURNS trigger LANGUAGE plpgsql AS"
+                       " $$ BEGIN PERFORM pg_sleep(60); RETURN NEW; END $$;"
+                       " CREATE TRIGGER slow BEFORE UPDATE ON sidecar.checkpoints"
+                       " FOR EACH ROW EXECUTE FUNCTION public.slow()");
+    pthread_t killer;
+    struct killer kl = {t.dsn, "check_checkpoint"};
+    ck_assert_int_eq(pthread_create(&killer, NULL, kill_when_sleeping, &kl), 0);
+    snap_take(&t, "p", &before);
+    s = sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, NULL, 0);
+    pthread_join(killer, NULL);
+    ck_assert_msg(s == SC_CP_UNAVAILABLE, "killed session: %s (%s)", st(s), a.last_error);
+    ck_assert(!a.last_answered);
+    check_unchanged(&t, "p", &before, "killed session");
+    hx_pg_exec(t.conn, "DROP TRIGGER slow ON sidecar.checkpoints");
+
+    /* Everything undone: the same commit, with its dead letter, goes through. */
+    ck_assert_int_eq(sc_checkpoint_commit(&a, &k, &cp, 10, 1000, false, &dead1, 1), SC_CP_OK);
+    sc_db_close(&a);
+    t_stop(&t);
+}
+END_TEST
+
 static Suite *checkpoint_suite(void)
 {
     Suite *s = suite_create("checkpoint");
@@ -687,6 +855,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, writes_expecting_another_state_conflict);
     tcase_add_test(tc, operator_reset_turns_in_flight_writes_into_conflicts);
     tcase_add_test(tc, events_match_changes);
+    tcase_add_test(tc, refusals_are_classified);
     suite_add_tcase(s, tc);
     return s;
 }
