@@ -82,7 +82,7 @@ static void release(struct sc_db *db, const char *pipeline, const char *owner, i
 {
     struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = epoch};
 
-    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test", NULL), 1);
 }
 
 /* What a refused write must leave as it was: the row as stored, the events, the dead letters. */
@@ -505,8 +505,16 @@ START_TEST(operator_reset_turns_in_flight_writes_into_conflicts)
 
     /* The owner notices (renewal), re-reads the row, and goes on from 100. */
     struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = cp.epoch};
-    ck_assert_int_eq(sc_lease_renew(&a, "p", "A", LONG_MS, &h, 1), 0);
-    ck_assert(h.ok);
+    struct sc_lease_self self = {"p", "A", 1, "kafka-group", LONG_MS};
+    struct sc_lease_holder holder;
+    struct sc_lease_tick tick;
+    bool registered, draining;
+    ck_assert_int_eq(sc_lease_register(&a, &self, "test", 1, &registered, &draining, &holder), 0);
+    ck_assert(registered);
+    ck_assert_int_eq(sc_lease_tick(&a, &self, &h, 1, -1, -1, NULL, false, &tick), 0);
+    ck_assert(tick.registered);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(h.state, SC_LEASE_RENEWED);
     ck_assert_int_gt(h.control_seq, cp.control_seq);
     ck_assert_int_eq(sc_checkpoint_load(&a, &k, &cp), SC_CP_OK);
     ck_assert(cp.has_committed && !cp.has_pending);

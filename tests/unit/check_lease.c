@@ -12,6 +12,8 @@
  */
 #include <check.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -79,22 +81,64 @@ static bool acquire(struct sc_db *db, const char *pipeline, const char *owner, i
     return r->acquired;
 }
 
+/* Releases one lease (reserved for to, or NULL); returns how many were released (0 or 1). */
+static int release_to(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
+                      int64_t epoch, const char *to)
+{
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    int n = sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test", to);
+
+    ck_assert_msg(n >= 0, "release: %s", db->last_error);
+    return n;
+}
+
 static void release(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
                     int64_t epoch)
 {
-    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    ck_assert_int_eq(release_to(db, pipeline, owner, partition, epoch, NULL), 1);
+}
 
-    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+/* Who owner is in the registry: the incarnation is the same for every session of it. */
+static struct sc_lease_self self_of(const char *pipeline, const char *owner, int ttl_ms)
+{
+    int64_t inc = 0;
+    for (const char *c = owner; *c; c++)
+        inc = inc * 31 + *c;
+    return (struct sc_lease_self){pipeline, owner, inc, "lease", ttl_ms};
+}
+
+/* Registers owner in pipeline; returns whether it was. */
+static bool register_as(struct sc_db *db, const char *pipeline, const char *owner, int ttl_ms)
+{
+    struct sc_lease_self self = self_of(pipeline, owner, ttl_ms);
+    struct sc_lease_holder h;
+    bool registered = false, draining = false;
+
+    ck_assert_msg(sc_lease_register(db, &self, "test-host", 4242, &registered, &draining, &h) == 0,
+                  "register: %s", db->last_error);
+    return registered;
+}
+
+/* Renews one lease with a tick (registering first); returns its state. */
+static enum sc_lease_state renew_state(struct sc_db *db, const char *pipeline, const char *owner,
+                                       int32_t partition, int64_t epoch)
+{
+    struct sc_lease_self self = self_of(pipeline, owner, LONG_MS);
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    struct sc_lease_tick tick;
+
+    ck_assert(register_as(db, pipeline, owner, LONG_MS));
+    ck_assert_int_eq(sc_lease_tick(db, &self, &h, 1, -1, -1, NULL, false, &tick), 0);
+    ck_assert(tick.registered);
+    sc_lease_tick_clear(&tick);
+    return h.state;
 }
 
 /* Renews one lease; returns whether it is still ours. */
 static bool renew(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
                   int64_t epoch)
 {
-    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
-
-    ck_assert_int_eq(sc_lease_renew(db, pipeline, owner, LONG_MS, &h, 1), 0);
-    return h.ok;
+    return renew_state(db, pipeline, owner, partition, epoch) == SC_LEASE_RENEWED;
 }
 
 static long long row_int(const struct t *t, const char *sql, const char *pipeline,
@@ -480,8 +524,11 @@ struct racer {
     struct sc_lease_req req;
     int rc;
     bool unavailable;
+    atomic_int busy; /* attempts this round that found the row locked */
 };
 
+/* Acquires until it has the lease or is told who has it: a locked row is tried again, as the
+ * sidecar does. */
 static void *racer_main(void *arg)
 {
     struct racer *r = arg;
@@ -490,34 +537,44 @@ static void *racer_main(void *arg)
         pthread_barrier_wait(&r->race->start);
         if (r->race->stop)
             break;
-        memset(&r->req, 0, sizeof(r->req));
-        r->req.topic = TOPIC;
-        r->req.partition = 0;
-        r->rc = sc_lease_acquire(&r->db, r->race->pipeline, r->owner, LONG_MS, NULL, &r->req, 1,
-                                 &r->unavailable);
+        atomic_store(&r->busy, 0);
+        do {
+            memset(&r->req, 0, sizeof(r->req));
+            r->req.topic = TOPIC;
+            r->req.partition = 0;
+            r->rc = sc_lease_acquire(&r->db, r->race->pipeline, r->owner, LONG_MS, NULL, &r->req, 1,
+                                     &r->unavailable);
+            if (r->rc == 0 && r->req.busy) {
+                atomic_fetch_add(&r->busy, 1);
+                usleep(2000);
+            }
+        } while (r->rc == 0 && r->req.busy);
         pthread_barrier_wait(&r->race->done);
     }
     return NULL;
 }
 
-/* Every racer's session waits for a lock (held by the test's gate). */
+/* Every racer found the row locked by the test's gate (and keeps trying). */
 static bool all_racers_blocked(void *arg)
 {
-    const struct t *t = arg;
+    struct racer *racers = arg;
 
-    return hx_pg_int(t->conn,
-                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                     " AND application_name = 'check_lease' AND wait_event_type = 'Lock'",
-                     0, NULL) == RACERS;
+    for (int i = 0; i < RACERS; i++)
+        if (atomic_load(&racers[i].busy) == 0)
+            return false;
+    return true;
 }
 
 /*
  * Before each round the previous winner's lease is made available in one of
  * three ways: it expires, it is released, or its row is deleted (the first
- * round starts with no rows at all).  Every other round the racers are
- * queued behind a lock the test holds on that lease row (a held row lock, or
- * an uncommitted insert of the missing row) and let go together; in the
- * others they only start together.
+ * round starts with no rows at all).  Every other round the racers find the
+ * lease row locked by the test (a held row lock, or an uncommitted insert of
+ * the missing row): a locked row is skipped, never waited for, so each racer
+ * is told "busy" and tries again until the lock goes; in the others they
+ * only start together.  Either way exactly one wins, and every loser is
+ * told the winner: the holder is read from the row it locked, not from a
+ * snapshot taken before the winner committed.
  */
 START_TEST(concurrent_acquirers_get_one_winner)
 {
@@ -562,8 +619,8 @@ START_TEST(concurrent_acquirers_get_one_winner)
         }
         pthread_barrier_wait(&race.start);
         if (gated) {
-            ck_assert_msg(hx_wait_until(all_racers_blocked, &t, 30000),
-                          "round %d: the racers never all queued on the gate", round);
+            ck_assert_msg(hx_wait_until(all_racers_blocked, racers, 30000),
+                          "round %d: the racers never all found the row locked", round);
             hx_pg_exec(gate, how == 0 ? "ROLLBACK" : "COMMIT");
             gated_rounds++;
         }
@@ -588,16 +645,13 @@ START_TEST(concurrent_acquirers_get_one_winner)
                       (long long)w->req.epoch, prev);
         check_acquired(&t, "p", w->owner, 0, &w->req);
         ck_assert_int_eq(events_of(&t, "p", "acquire"), events + 1);
-        /*
-         * A loser names the holder it saw, which may be the previous (expired or released)
-         * one, or none if that row was deleted: its statement's snapshot predates the winner's
-         * commit.  A live holder it names can only be the winner.
-         */
+        /* Every loser is told the winner, with its epoch. */
         for (int i = 0; i < RACERS; i++) {
             const struct sc_lease_req *l = &racers[i].req;
 
-            if (&racers[i] != w && l->holder_ms > 0)
-                ck_assert_msg(strcmp(l->holder, w->owner) == 0 && l->epoch == w->req.epoch,
+            if (&racers[i] != w)
+                ck_assert_msg(strcmp(l->holder, w->owner) == 0 && l->epoch == w->req.epoch &&
+                                  l->holder_ms > 0,
                               "round %d: %s was told %s (epoch %lld) holds the lease, not %s",
                               round, racers[i].owner, l->holder, (long long)l->epoch, w->owner);
         }
@@ -665,8 +719,8 @@ START_TEST(lease_events_match_changes)
     ck_assert(!acquire(&b, "p", "B", LONG_MS, 0, &r2));
     ck_assert(renew(&a, "p", "A", 0, r1.epoch));
     char *lease0 = row_text(&t, "leases", "p", 0);
-    release(&a, "p", "A", 0, r1.epoch + 1);
-    release(&b, "p", "B", 0, r1.epoch);
+    ck_assert_int_eq(release_to(&a, "p", "A", 0, r1.epoch + 1, NULL), 0);
+    ck_assert_int_eq(release_to(&b, "p", "B", 0, r1.epoch, NULL), 0);
     char *lease1 = row_text(&t, "leases", "p", 0);
     ck_assert_str_eq(lease1, lease0);
     free(lease0);
