@@ -548,6 +548,48 @@ BEGIN
 END
 $$;
 
+-- Refuses a partition the pipeline's live instances do not see in Kafka's metadata (or, with
+-- none running, one that never had a lease or checkpoint row).
+CREATE FUNCTION control_check_partition(p_pipeline text, p_topic text, p_partition int,
+                                        p_what text)
+    RETURNS void
+    LANGUAGE plpgsql SET search_path FROM CURRENT
+AS $$
+DECLARE
+    v_seen int;
+    v_count int;
+    v_topics text;
+BEGIN
+    SELECT count(*), max((topics ->> p_topic)::int),
+           string_agg(DISTINCT t.k, ', ')
+      INTO v_seen, v_count, v_topics
+      FROM instances i LEFT JOIN LATERAL jsonb_object_keys(i.topics) AS t(k) ON true
+     WHERE i.pipeline = p_pipeline AND i.expires_at > now() AND i.topics IS NOT NULL;
+    IF v_seen > 0 THEN
+        IF v_count IS NULL THEN
+            RAISE EXCEPTION '%: pipeline "%" does not consume topic "%" (its topics: %)', p_what,
+                            p_pipeline, p_topic, v_topics
+                USING ERRCODE = 'undefined_object';
+        END IF;
+        IF p_partition < 0 OR p_partition >= v_count THEN
+            RAISE EXCEPTION '%: topic "%" has % partitions (0..%), not %', p_what, p_topic,
+                            v_count, v_count - 1, p_partition
+                USING ERRCODE = 'undefined_object';
+        END IF;
+    ELSIF NOT EXISTS (SELECT 1 FROM leases
+                       WHERE pipeline = p_pipeline AND topic = p_topic
+                         AND partition = p_partition)
+          AND NOT EXISTS (SELECT 1 FROM checkpoints
+                           WHERE pipeline = p_pipeline AND topic = p_topic
+                             AND partition = p_partition) THEN
+        RAISE EXCEPTION '%: %[%] of pipeline "%" is unknown here', p_what, p_topic, p_partition,
+                        p_pipeline
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'no instance of the pipeline is running to check it against Kafka';
+    END IF;
+END
+$$;
+
 CREATE FUNCTION pin_partition(p_pipeline text, p_topic text, p_partition int, p_instance text)
     RETURNS leases
     LANGUAGE plpgsql SET search_path FROM CURRENT
@@ -556,6 +598,7 @@ DECLARE
     l leases;
 BEGIN
     PERFORM control_check_assignment(p_pipeline, p_instance, 'pin_partition');
+    PERFORM control_check_partition(p_pipeline, p_topic, p_partition, 'pin_partition');
     INSERT INTO leases (pipeline, topic, partition, pinned_to)
     VALUES (p_pipeline, p_topic, p_partition, p_instance)
     ON CONFLICT (pipeline, topic, partition) DO UPDATE SET pinned_to = EXCLUDED.pinned_to

@@ -48,6 +48,9 @@ enum {
     OPT_JSON,
     OPT_REFERENCE,
     OPT_RESTART_SNAPSHOT,
+    OPT_INSTANCE,
+    OPT_WAIT,
+    OPT_UNDO,
 };
 
 /*
@@ -69,6 +72,9 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
         {"json", no_argument, NULL, OPT_JSON},
         {"reference", no_argument, NULL, OPT_REFERENCE},
         {"restart-from-snapshot", no_argument, NULL, OPT_RESTART_SNAPSHOT},
+        {"instance", required_argument, NULL, OPT_INSTANCE},
+        {"wait", no_argument, NULL, OPT_WAIT},
+        {"undo", no_argument, NULL, OPT_UNDO},
         {NULL, 0, NULL, 0},
     };
     const char *allowed = cmd->options;
@@ -124,6 +130,15 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
             break;
         case OPT_RESTART_SNAPSHOT:
             cli->restart_snapshot = true;
+            break;
+        case OPT_INSTANCE:
+            cli->instance = optarg;
+            break;
+        case OPT_WAIT:
+            cli->wait = true;
+            break;
+        case OPT_UNDO:
+            cli->undo = true;
             break;
         case ':':
             return usage_error(cmd, "option '%s' needs a value", argv[optind - 1]);
@@ -186,8 +201,20 @@ static const struct sc_command cmd_help = {
 };
 
 static const struct sc_command *const commands[] = {
-    &sc_cmd_run,   &sc_cmd_migrate, &sc_cmd_check_config, &sc_cmd_status, &sc_cmd_watch,
-    &sc_cmd_reset, &sc_cmd_redrive, &sc_cmd_version,      &cmd_help,      NULL,
+    &sc_cmd_run,
+    &sc_cmd_migrate,
+    &sc_cmd_check_config,
+    &sc_cmd_status,
+    &sc_cmd_watch,
+    &sc_cmd_reset,
+    &sc_cmd_redrive,
+    &sc_cmd_pin,
+    &sc_cmd_unpin,
+    &sc_cmd_move,
+    &sc_cmd_drain,
+    &sc_cmd_version,
+    &cmd_help,
+    NULL,
 };
 
 static void print_usage(FILE *out)

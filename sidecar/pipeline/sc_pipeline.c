@@ -799,6 +799,7 @@ static void *consumer_main(void *arg)
         rd_kafka_topic_partition_list_add(topics, pl->pc->topics.items[i], RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(pl->rk, topics);
     rd_kafka_topic_partition_list_destroy(topics);
+    pl->subscribed = err == RD_KAFKA_RESP_ERR_NO_ERROR;
     if (err) {
         sc_error(&f, "could not subscribe: %s", rd_kafka_err2str(err));
         atomic_store(&pl->exit_code, 1);
@@ -866,7 +867,8 @@ static bool destroy_would_abort(const struct sc_pipeline *pl)
 {
     char strategy[256];
     size_t ssz = sizeof(strategy);
-    return !pl->lm && pl->never_assigned && rd_kafka_version() < 0x020300ff &&
+    return pl->pc->assignment == SC_ASSIGN_KAFKA_GROUP && pl->subscribed && pl->never_assigned &&
+           rd_kafka_version() < 0x020300ff &&
            rd_kafka_conf_get(rd_kafka_conf(pl->rk), "partition.assignment.strategy", strategy,
                              &ssz) == RD_KAFKA_CONF_OK &&
            strstr(strategy, "cooperative-sticky") != NULL;

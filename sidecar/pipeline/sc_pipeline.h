@@ -79,6 +79,7 @@ struct sc_pipeline {
     int64_t last_tick_ms;    /* when the last tick was sent */
     int64_t next_listen_ms;  /* next LISTEN attempt while it fails */
     struct sc_metrics_pl *m; /* the pipeline's assignment metrics */
+    bool subscribed;         /* kafka-group: joined (or joining) the consumer group */
     bool never_assigned;     /* kafka-group: no assignment received yet (see shutdown) */
     struct sc_leasemode *lm; /* "assignment": "lease" state (sc_leasemode.c), else NULL */
 };
