@@ -44,6 +44,7 @@ struct scx_opts {
     int admin_port;          /* 0: admin disabled */
     int shutdown_timeout_ms; /* 8000 */
     const char *extra_top;   /* extra top-level members, e.g. "\"notify\":{...}" */
+    const char *assignment;  /* "kafka-group" (the default) or "lease" */
 };
 
 /* Writes a config for instance id into e->dir/<instance>.json; returns its path (static). */
