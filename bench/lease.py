@@ -14,9 +14,9 @@ lease, group, ...; medians reported):
              fair share, and how many partitions moved other than to it
   sigterm    SIGTERM to an instance holding partitions: exit code, time to
              exit, and whether its leases were released (expired at once)
-  upkeep     3 idle instances (no records): PostgreSQL statements per second
-             spent on lease upkeep (pg_stat_statements), at 16 and 1024
-             partitions: it should grow with instances, not with partitions
+  upkeep     1 and 3 idle instances (no records): PostgreSQL statements per
+             second spent on lease upkeep (pg_stat_statements), at 16 and
+             1024 partitions: it should grow with instances, not partitions
 
 All with lease.ttl_ms 3000 / renew_ms 1000 and the group timeouts the tests
 use (session.timeout.ms 6000, heartbeat.interval.ms 500).  Prints a table and
@@ -31,6 +31,7 @@ import subprocess
 import sys
 import time
 
+sys.dont_write_bytecode = True
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from bench import Child, Env, free_port, log  # noqa: E402  (bench.py: the shared environment)
 
@@ -203,12 +204,12 @@ def phase_sigterm(env, mode, run):
             "leases_left": left}
 
 
-def phase_upkeep(env, mode, nparts, seconds):
-    pipeline = topic = "up%d%s" % (nparts, mode[0])
+def phase_upkeep(env, mode, nparts, ninst, seconds):
+    pipeline = topic = "up%d%s%d" % (nparts, mode[0], ninst)
     env.mock.p.stdin.write(("topic create %s %d\n" % (topic, nparts)).encode())
     env.mock.p.stdin.flush()
     env.mock.p.stdout.readline()
-    insts = start_group(env, pipeline, topic, mode, ["a", "b", "c"], nparts)
+    insts = start_group(env, pipeline, topic, mode, ["a", "b", "c"][:ninst], nparts)
     time.sleep(3)
     env.sql("SELECT pg_stat_statements_reset()")
     time.sleep(seconds)
@@ -217,9 +218,9 @@ def phase_upkeep(env, mode, nparts, seconds):
     rows_out = sum(r for q, _, r in rows if "lease_tick" in q)
     for i in insts:
         i.stop()
-    return {"mode": mode, "partitions": nparts, "instances": 3,
+    return {"mode": mode, "partitions": nparts, "instances": ninst,
             "statements_per_s": round(calls / seconds, 2),
-            "per_instance_per_s": round(calls / seconds / 3, 2),
+            "per_instance_per_s": round(calls / seconds / ninst, 2),
             "tick_rows_per_s": round(rows_out / seconds, 1)}
 
 
@@ -255,9 +256,11 @@ def main():
             log("round %d, %s: sigterm" % (run + 1, mode))
             results["sigterm"].append(phase_sigterm(env, mode, run))
     for nparts in (16, 1024):
-        for mode in modes:
-            log("upkeep, %s, %d partitions" % (mode, nparts))
-            results["upkeep"].append(phase_upkeep(env, mode, nparts, args.upkeep_seconds))
+        for ninst in (1, 3):
+            for mode in modes:
+                log("upkeep, %s, %d partitions, %d instance(s)" % (mode, nparts, ninst))
+                results["upkeep"].append(phase_upkeep(env, mode, nparts, ninst,
+                                                      args.upkeep_seconds))
 
     summary = {}
     for mode in modes:
@@ -279,11 +282,12 @@ def main():
     print("%-46s %12s %12s" % ("", "lease", "kafka-group"))
     for key in summary["lease"]:
         print("%-46s %12s %12s" % (key, summary["lease"][key], summary["kafka-group"][key]))
-    print("\nlease upkeep, 3 idle instances: PostgreSQL statements per second")
-    print("%-12s %12s %12s %14s" % ("partitions", "mode", "statements/s", "tick rows/s"))
+    print("\nlease upkeep of idle instances: PostgreSQL statements per second")
+    print("%-12s %10s %12s %13s %14s" % ("partitions", "instances", "mode", "statements/s",
+                                          "tick rows/s"))
     for r in results["upkeep"]:
-        print("%-12d %12s %12.2f %14.1f" % (r["partitions"], r["mode"], r["statements_per_s"],
-                                            r["tick_rows_per_s"]))
+        print("%-12d %10d %12s %13.2f %14.1f" % (r["partitions"], r["instances"], r["mode"],
+                                                 r["statements_per_s"], r["tick_rows_per_s"]))
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"summary": summary, "runs": results, "ttl_ms": TTL_MS,
