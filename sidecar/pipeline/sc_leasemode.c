@@ -174,30 +174,33 @@ static void discover(struct sc_pipeline *pl)
     struct sc_leasemode *lm = pl->lm;
     struct sc_log_fields f = lm_log(pl);
     lm->next_meta_ms = sc_mono_ms() + META_INTERVAL_MS;
+    /* One request for all the pipeline's topics (the ones this handle knows), bounded well
+     * below a renew interval: the renewal tick runs on this thread too. */
     int timeout = pl->pc->lease.renew_ms / 2;
     timeout = timeout < 200 ? 200 : timeout > 5000 ? 5000 : timeout;
-    bool changed = false;
-    for (size_t i = 0; i < pl->pc->topics.count; i++) {
-        const struct rd_kafka_metadata *md = NULL;
-        rd_kafka_resp_err_t err = rd_kafka_metadata(pl->rk, 0, lm->rkts[i], &md, timeout);
-        int count = lm->counts[i];
-        if (!err && md && md->topic_cnt == 1) {
-            rd_kafka_resp_err_t terr = md->topics[0].err;
-            if (!terr)
-                count = md->topics[0].partition_cnt;
-            else if (terr == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-                count = 0;
-            atomic_store(&pl->kafka_up, true);
-        } else if (err) {
-            sc_debug(&f, "metadata of topic \"%s\": %s", pl->pc->topics.items[i],
-                     rd_kafka_err2str(err));
-        }
+    const struct rd_kafka_metadata *md = NULL;
+    rd_kafka_resp_err_t err = rd_kafka_metadata(pl->rk, 0, NULL, &md, timeout);
+    if (err || !md) {
+        sc_debug(&f, "metadata: %s", rd_kafka_err2str(err));
         if (md)
             rd_kafka_metadata_destroy(md);
+        return;
+    }
+    atomic_store(&pl->kafka_up, true);
+    bool changed = false;
+    for (size_t i = 0; i < pl->pc->topics.count; i++) {
+        int count = lm->counts[i];
+        for (int t = 0; t < md->topic_cnt; t++) {
+            if (strcmp(md->topics[t].topic, pl->pc->topics.items[i]) != 0)
+                continue;
+            if (!md->topics[t].err)
+                count = md->topics[t].partition_cnt;
+            else if (md->topics[t].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                count = count < 0 ? 0 : count;
+        }
         if (count > lm->counts[i]) { /* a topic never shrinks (partitions cannot be removed) */
-            if (lm->counts[i] >= 0 || count > 0)
-                sc_info(&f, "topic \"%s\" has %d partition%s%s", pl->pc->topics.items[i], count,
-                        count == 1 ? "" : "s", lm->counts[i] > 0 ? " now" : "");
+            sc_info(&f, "topic \"%s\" has %d partition%s%s", pl->pc->topics.items[i], count,
+                    count == 1 ? "" : "s", lm->counts[i] > 0 ? " now" : "");
             lm->counts[i] = count;
             changed = true;
         } else if (count == 0 && lm->counts[i] < 0) {
@@ -206,6 +209,7 @@ static void discover(struct sc_pipeline *pl)
             lm->counts[i] = 0;
         }
     }
+    rd_kafka_metadata_destroy(md);
     if (!changed)
         return;
     size_t n = 0;
@@ -499,8 +503,12 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
         int asked = sc_lease_request_handoffs(&pl->db, pl->pc->name, me, rt, rp, ro, nreq);
         if (asked > 0) {
             sc_counter_add(&pl->m->steals, (uint64_t)asked);
-            sc_info(&f, "holding %d of a fair share of %d: asked %s for %d partition%s", out.owned,
-                    out.share, ro[0], asked, asked == 1 ? "" : "s");
+            bool several = false;
+            for (size_t i = 1; i < nreq; i++)
+                several |= strcmp(ro[i], ro[0]) != 0;
+            sc_info(&f, "holding %d of a fair share of %d: asked %s%s for %d partition%s",
+                    out.owned, out.share, ro[0], several ? " and others" : "", asked,
+                    asked == 1 ? "" : "s");
         }
     }
     if (ntake > 0)

@@ -457,7 +457,16 @@ START_TEST(broken_second_migration_rolls_back)
     ck_assert_int_eq(sc_migrate_apply_files(conn, "sidecar", fixed, 2, err, sizeof(err)), 1);
     ck_assert_int_eq(current_version(conn, "sidecar"), 2);
     ck_assert(has_table(conn, "sidecar", "now_exists"));
-    /* The embedded set alone now finds a newer schema: fine for require_latest. */
+    /* A schema newer than the embedded set is fine for require_latest (old binaries keep
+     * running during upgrades): one migration past the newest embedded one. */
+    char newer[32];
+    snprintf(newer, sizeof(newer), "%03d_newer.sql", sc_migrate_latest_version() + 1);
+    const struct sc_sql_file ahead[] = {
+        sc_sql_files[0],
+        {"002_fixed.sql", "CREATE TABLE now_exists (a int);\n"},
+        {newer, "CREATE TABLE newer (a int);\n"},
+    };
+    ck_assert_int_eq(sc_migrate_apply_files(conn, "sidecar", ahead, 3, err, sizeof(err)), 1);
     ck_assert_int_eq(sc_migrate_require_latest(conn, "sidecar", err, sizeof(err)), 0);
     PQfinish(conn);
 }
