@@ -368,8 +368,10 @@ COMMENT ON FUNCTION acquire_leases(text, text, bigint, text[], int[], text) IS
 --   'held'     each lease asked to renew: live = renewed; owner/epoch as they are now;
 --              control_seq, pinned_to and the handoff request on it
 --   'lease'    (p_full) every lease of the pipeline: owner while live, pin, handoff
---   'instance' (p_full) every live instance of the pipeline (owner = instance_id,
---              epoch = partitions it holds, live = not draining and in lease mode)
+--   'instance' (p_full) every live instance of the pipeline: owner = instance_id,
+--              epoch = leases it holds, live = eligible (lease mode, not draining, and it
+--              sees partitions in the metadata: one that cannot reach Kafka takes no share),
+--              control_seq = 1 while it is drained
 CREATE FUNCTION lease_tick(p_pipeline text, p_instance text, p_incarnation bigint,
                            p_assignment text, p_ttl_ms bigint, p_topics text[],
                            p_partitions int[], p_epochs bigint[], p_known int, p_share int,
@@ -434,7 +436,8 @@ BEGIN
     SELECT 'instance'::text, NULL::text, NULL::int, i.instance_id,
            (SELECT count(*) FROM leases l WHERE l.pipeline = p_pipeline
                AND l.owner = i.instance_id AND l.expires_at > now()),
-           i.assignment = 'lease' AND NOT i.draining, NULL::bigint, NULL::text, NULL::text,
+           i.assignment = 'lease' AND NOT i.draining AND coalesce(i.partitions, 0) > 0,
+           CASE WHEN i.draining THEN 1 ELSE 0 END::bigint, NULL::text, NULL::text,
            NULL::text, NULL::bigint, NULL::bigint
       FROM instances i
      WHERE i.pipeline = p_pipeline AND i.expires_at > now();

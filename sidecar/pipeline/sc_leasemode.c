@@ -408,15 +408,15 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
     const char *me = pl->cfg->instance_id;
 
     struct sc_assign_inst *insts = sc_xcalloc(t->ninsts + 1, sizeof(*insts));
-    bool me_seen = false, me_eligible = false;
+    bool me_eligible = false, me_draining = false;
     for (size_t i = 0; i < t->ninsts; i++) {
         insts[i] = (struct sc_assign_inst){t->insts[i].id, t->insts[i].eligible};
         if (strcmp(t->insts[i].id, me) == 0) {
-            me_seen = true;
             me_eligible = t->insts[i].eligible;
+            me_draining = t->insts[i].draining;
         }
     }
-    pl->draining = me_seen && !me_eligible;
+    pl->draining = me_draining;
     if (pl->draining != lm->was_draining)
         sc_info(&f, pl->draining ? "drained by an operator: handing every partition over"
                                  : "undrained: taking partitions again");

@@ -3,7 +3,8 @@
  * "lease"): the judgement each instance makes after every renewal, as a pure
  * function of what PostgreSQL said (docs/design.md §10).
  *
- * Every live, non-draining lease-mode instance is *eligible*; with N of them
+ * Every live, non-draining lease-mode instance that sees partitions in the
+ * metadata is *eligible* (lease_tick() says which); with N of them
  * and P partitions, the fair share is ceil(P/N).  Counts are *effective*:
  * what each instance will hold once the handoffs under way are done (held,
  * minus what it was asked for or must give to a pin, plus what it asked for

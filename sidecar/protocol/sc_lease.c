@@ -358,6 +358,7 @@ int sc_lease_tick(struct sc_db *db, const struct sc_lease_self *self, struct sc_
                 .id = PQgetvalue(res, row, 3),
                 .owned = (int)col_i64(res, row, 4),
                 .eligible = col_bool(res, row, 5),
+                .draining = col_i64(res, row, 6) != 0,
             };
         }
     }

@@ -121,7 +121,8 @@ struct sc_lease_row {
 struct sc_lease_instance {
     const char *id;
     int owned;     /* live leases it holds */
-    bool eligible; /* lease mode and not draining */
+    bool eligible; /* lease mode, not draining, and it sees partitions in the metadata */
+    bool draining; /* drain_instance() */
 };
 
 struct sc_lease_tick {

@@ -23,6 +23,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <librdkafka/rdkafka.h>
+
 #include "scx.h"
 #include "scx_lease.h"
 
@@ -71,6 +73,27 @@ static long long lease_events(PGconn *conn, const char *action)
                      "SELECT count(*) FROM sidecar.events WHERE kind = 'lease'"
                      " AND detail->>'action' = $1",
                      1, params);
+}
+
+/* The offsets committed to Kafka for group in topic's partitions 0..n-1 (into offsets). */
+static void kafka_committed(const char *bootstrap, const char *group, const char *topic, int n,
+                            int64_t *offsets)
+{
+    char err[512];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert(rd_kafka_conf_set(conf, "bootstrap.servers", bootstrap, err, sizeof(err)) ==
+              RD_KAFKA_CONF_OK);
+    ck_assert(rd_kafka_conf_set(conf, "group.id", group, err, sizeof(err)) == RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    ck_assert_msg(rk != NULL, "%s", err);
+    rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(n);
+    for (int p = 0; p < n; p++)
+        rd_kafka_topic_partition_list_add(l, topic, p);
+    ck_assert_int_eq(rd_kafka_committed(rk, l, 10000), RD_KAFKA_RESP_ERR_NO_ERROR);
+    for (int p = 0; p < n; p++)
+        offsets[p] = l->elems[p].offset;
+    rd_kafka_topic_partition_list_destroy(l);
+    rd_kafka_destroy(rk);
 }
 
 START_TEST(test_pin_move_drain_from_the_command_line)
@@ -209,6 +232,13 @@ START_TEST(test_pin_move_drain_from_the_command_line)
     ck_assert_int_eq(
         hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.instance_status WHERE live", 0, NULL), 0);
     scx_verify_files(&e, "p1", "orders", NPARTS, 500);
+    /* Without joining a group, the offsets are still mirrored to Kafka under group_id, so lag
+     * tools keep working. */
+    int64_t offsets[NPARTS];
+    kafka_committed(e.mock.bootstrap, "sidecar-p1", "orders", NPARTS, offsets);
+    for (int p = 0; p < NPARTS; p++)
+        ck_assert_msg(offsets[p] == 500, "partition %d: committed offset %lld in Kafka", p,
+                      (long long)offsets[p]);
     scx_env_stop(&e);
 }
 END_TEST
