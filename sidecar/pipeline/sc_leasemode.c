@@ -110,6 +110,7 @@ struct sc_leasemode {
     int share;
     int eligible;
     bool was_draining;
+    int64_t next_busy_log_ms; /* "skipped: locked" is logged at most this often */
     struct releasing **rel;
     size_t nrel, relcap;
 };
@@ -161,7 +162,7 @@ void sc_leasemode_free(struct sc_pipeline *pl)
     pl->lm = NULL;
 }
 
-/* ---- discovery ---------------------------------------------------------------------------- */
+/* ---- discovery --------------------------------------------------------------- */
 
 /*
  * The partitions of the pipeline's topics, from the metadata, every
@@ -237,7 +238,7 @@ static char *topic_counts_json(const struct sc_pipeline *pl)
     return s;
 }
 
-/* ---- handing partitions over ----------------------------------------------------------------- */
+/* ---- handing partitions over -------------------------------------------------- */
 
 static struct releasing *find_releasing(struct sc_leasemode *lm, const char *topic,
                                         int32_t partition)
@@ -322,8 +323,7 @@ static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
     start_release(pl, p, NULL, "lost");
 }
 
-/* ---- the tick ---------------------------------------------------------------------------------
- */
+/* ---- the tick ---------------------------------------------------------------- */
 
 static int row_cmp(const void *a, const void *b)
 {
@@ -370,10 +370,13 @@ static void take(struct sc_pipeline *pl, const struct sc_assign_part *parts, con
         rd_kafka_topic_partition_list_add(l, r->topic, r->partition)->offset = start;
     }
     if (busy > 0) {
-        sc_info(&f,
-                "%zu partition%s skipped: the lease or checkpoint row is locked by another "
-                "session (trying again)",
-                busy, busy == 1 ? "" : "s");
+        if (sc_mono_ms() >= pl->lm->next_busy_log_ms) {
+            sc_info(&f,
+                    "%zu partition%s skipped: the lease or checkpoint row is locked by another "
+                    "session (an open transaction?); trying again every half second",
+                    busy, busy == 1 ? "" : "s");
+            pl->lm->next_busy_log_ms = sc_mono_ms() + 30000;
+        }
         /* The lock may be gone in a moment: do not wait for a whole renew interval. */
         if (pl->lm->next_tick_ms > sc_mono_ms() + 500)
             pl->lm->next_tick_ms = sc_mono_ms() + 500;
@@ -548,8 +551,7 @@ static void tick(struct sc_pipeline *pl)
     sc_lease_tick_clear(&t);
 }
 
-/* ---- the thread --------------------------------------------------------------------------------
- */
+/* ---- the thread -------------------------------------------------------------- */
 
 static void shutdown_all(struct sc_pipeline *pl)
 {
