@@ -713,11 +713,12 @@ def check_k8s(sidecar_bin):
 
     env, sources = container_env(sc)
     vars_used = config_env_vars()
-    # instance_id from the Pod name
-    m = re.match(r"^\$\{([A-Za-z_]\w*)", json.loads(read(CONFIG))["instance_id"])
+    # instance_id from the Pod name (left out of the config, it is $HOSTNAME)
+    instance_id = json.loads(read(CONFIG)).get("instance_id", "${HOSTNAME}")
+    m = re.match(r"^\$\{([A-Za-z_]\w*)", instance_id)
     if not m or sources.get(m.group(1)) != "pod-name":
         err(W, "sidecar: instance_id (%s) must come from the Pod name (env %s from fieldRef metadata.name)"
-            % (json.loads(read(CONFIG))["instance_id"], m and m.group(1)))
+            % (instance_id, m and m.group(1)))
     if sources.get("SIDECAR_ADMIN_TOKEN") != "secret" and "SIDECAR_ADMIN_TOKEN" in vars_used:
         err(W, "sidecar: SIDECAR_ADMIN_TOKEN must come from a Secret (secretKeyRef)")
     for name, src in sources.items():

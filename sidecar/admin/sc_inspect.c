@@ -21,9 +21,17 @@ static const char status_sql[] =
     "         pending_last_offset, pending_count,"
     "         extract(epoch FROM pending_age)::float8 AS pending_age_seconds,"
     "         high_watermark, lag, stats_sampled_at, state, paused, error, updated_at,"
+    "         assignment, pinned_to, handoff_to, owner_share, owner_partitions, owner_draining,"
     "         dead_letters"
     "    FROM {S}.partition_status"
     "   ORDER BY pipeline, topic, partition) s";
+
+static const char instances_sql[] =
+    "SELECT row_to_json(s)::text FROM ("
+    "  SELECT pipeline, instance_id, assignment, live, draining, owned, share, partitions, host,"
+    "         os_pid, version, started_at, renewed_at, expires_at"
+    "    FROM {S}.instance_status WHERE live OR draining"
+    "   ORDER BY pipeline, instance_id) s";
 
 /* Runs sql (with {S} for the schema) and collects its one JSON column into an array. */
 static int json_rows(PGconn *conn, const char *fmt, const char *schema_q, int nparams,
@@ -59,6 +67,20 @@ int sc_inspect_status(PGconn *conn, const char *schema_q, json_t **out, char *er
     json_t *arr = json_array();
     int n;
     int rc = json_rows(conn, status_sql, schema_q, 0, NULL, arr, &n, err, errsize);
+    if (rc != SC_READ_OK) {
+        json_decref(arr);
+        return rc;
+    }
+    *out = arr;
+    return SC_READ_OK;
+}
+
+int sc_inspect_instances(PGconn *conn, const char *schema_q, json_t **out, char *err,
+                         size_t errsize)
+{
+    json_t *arr = json_array();
+    int n;
+    int rc = json_rows(conn, instances_sql, schema_q, 0, NULL, arr, &n, err, errsize);
     if (rc != SC_READ_OK) {
         json_decref(arr);
         return rc;

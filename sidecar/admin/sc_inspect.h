@@ -23,6 +23,13 @@
 int sc_inspect_status(PGconn *conn, const char *schema_q, json_t **out, char *err, size_t errsize);
 
 /*
+ * The live (or drained) instances of every pipeline, from <schema>.instance_status, as a
+ * JSON array of objects (mode, partitions held, fair share, host).
+ */
+int sc_inspect_instances(PGconn *conn, const char *schema_q, json_t **out, char *err,
+                         size_t errsize);
+
+/*
  * One page of <schema>.checkpoints in (pipeline, topic, partition) order,
  * after page_token (NULL = from the start): *out = {"checkpoints": [...],
  * "next_page_token": "..." or null on the last page}.  limit 1..1000.

@@ -106,6 +106,73 @@ void sc_metrics_set_notify_mode(const char *pipeline, int coalesced)
     pthread_mutex_unlock(&mode_lock);
 }
 
+static struct sc_metrics_pl *pipelines;
+
+static int put_label(struct sc_buf *out, const char *name, const char *v);
+
+struct sc_metrics_pl *sc_metrics_pipeline(const char *pipeline)
+{
+    pthread_mutex_lock(&mode_lock);
+    struct sc_metrics_pl *m, **pp = &pipelines;
+    for (m = pipelines; m; m = m->next)
+        if (strcmp(m->pipeline, pipeline) == 0)
+            break;
+    if (!m) {
+        m = sc_xcalloc(1, sizeof(*m));
+        m->pipeline = sc_xstrdup(pipeline);
+        atomic_store(&m->share, -1);
+        while (*pp && strcmp((*pp)->pipeline, pipeline) < 0) /* sorted: a stable exposition */
+            pp = &(*pp)->next;
+        m->next = *pp;
+        *pp = m;
+    }
+    pthread_mutex_unlock(&mode_lock);
+    return m;
+}
+
+/* The per-pipeline assignment series (caller holds mode_lock). */
+static int render_pipelines(struct sc_buf *out)
+{
+    static const struct {
+        const char *name, *help, *type;
+        size_t off;
+        int is_int;
+        const char *extra; /* an extra label */
+    } fams[] = {
+        {"lease_share", "Lease mode: this instance's fair share, ceil(partitions / instances).",
+         "gauge", offsetof(struct sc_metrics_pl, share), 1, NULL},
+        {"lease_instances", "Lease mode: live instances taking partitions.", "gauge",
+         offsetof(struct sc_metrics_pl, instances), 1, NULL},
+        {"lease_steals_total",
+         "Lease mode: partitions this instance asked another (above its share) to hand over.",
+         "counter", offsetof(struct sc_metrics_pl, steals), 0, NULL},
+        {"lease_handoffs_total",
+         "Lease mode: cooperative handoffs: partitions received (in) or handed over (out).",
+         "counter", offsetof(struct sc_metrics_pl, handoffs_in), 0, "direction=\"in\""},
+        {"lease_handoffs_total", NULL, "counter", offsetof(struct sc_metrics_pl, handoffs_out), 0,
+         "direction=\"out\""},
+    };
+    for (size_t f = 0; f < SC_ARRAY_LEN(fams); f++) {
+        if (fams[f].help &&
+            sc_buf_printf(out, "# HELP sidecar_%s %s\n# TYPE sidecar_%s %s\n", fams[f].name,
+                          fams[f].help, fams[f].name, fams[f].type) < 0)
+            return -1;
+        for (struct sc_metrics_pl *m = pipelines; m; m = m->next) {
+            const char *p = (const char *)m + fams[f].off;
+            long long v = fams[f].is_int ? atomic_load((const atomic_int *)p)
+                                         : (long long)atomic_load((const _Atomic uint64_t *)p);
+            if (fams[f].is_int && v < 0)
+                continue; /* not lease mode */
+            if (sc_buf_printf(out, "sidecar_%s{", fams[f].name) < 0 ||
+                put_label(out, "pipeline", m->pipeline) < 0 ||
+                (fams[f].extra && sc_buf_printf(out, ",%s", fams[f].extra) < 0) ||
+                sc_buf_printf(out, "} %lld\n", v) < 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
 void sc_metrics_inc_notify_mode_switches(void)
 {
     sc_counter_add(&notify_mode_switches, 1);
@@ -300,6 +367,8 @@ int sc_metrics_render(struct sc_buf *out)
                  ? -1
                  : 0;
     }
+    if (rc == 0)
+        rc = render_pipelines(out);
     pthread_mutex_unlock(&mode_lock);
     return rc;
 }
@@ -319,6 +388,12 @@ void sc_metrics_free_all(void)
     while (modes) {
         struct mode *m = modes;
         modes = m->next;
+        free(m->pipeline);
+        free(m);
+    }
+    while (pipelines) {
+        struct sc_metrics_pl *m = pipelines;
+        pipelines = m->next;
         free(m->pipeline);
         free(m);
     }

@@ -64,6 +64,20 @@ void sc_hist_observe_ns(struct sc_hist *h, int64_t ns);
  */
 void sc_metrics_set_pending(struct sc_metrics_part *m, int pending);
 
+/* Per-pipeline series of the partition assignment (docs/operations.md). */
+struct sc_metrics_pl {
+    char *pipeline;
+    _Atomic uint64_t steals;       /* handoffs this instance asked others for (lease mode) */
+    _Atomic uint64_t handoffs_in;  /* partitions taken over from a handoff reserved for it */
+    _Atomic uint64_t handoffs_out; /* partitions handed over (balance, move, pin, drain) */
+    atomic_int share;              /* lease mode: its fair share; -1 = not lease mode */
+    atomic_int instances;          /* lease mode: live instances taking partitions */
+    struct sc_metrics_pl *next;
+};
+
+/* The series of a pipeline (created on first use; never freed before exit). */
+struct sc_metrics_pl *sc_metrics_pipeline(const char *pipeline);
+
 /* Process-wide gauges and counters that are not per partition. */
 void sc_metrics_set_notify_mode(const char *pipeline, int coalesced);
 void sc_metrics_inc_notify_mode_switches(void);

@@ -200,10 +200,11 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     for (size_t i = 0; i < cfg->npipelines; i++) {
         set_stage(&rs, "starting: pipeline %s", cfg->pipelines[i].name);
         pls[i] = sc_pipeline_new(cfg, &cfg->pipelines[i], &stopping, err, sizeof(err));
-        if (!pls[i] || sc_pipeline_start(pls[i], err, sizeof(err)) != 0) {
+        int started = pls[i] ? sc_pipeline_start(pls[i], err, sizeof(err)) : SC_EXIT_FAILURE;
+        if (started != SC_EXIT_OK) {
             struct sc_log_fields f = {.pipeline = cfg->pipelines[i].name, .partition = -1};
             sc_error(&f, "%s", err);
-            rc = SC_EXIT_FAILURE;
+            rc = started; /* SC_EXIT_USAGE: this instance_id is in use by a live process */
             atomic_store(&stopping, true);
             break;
         }
@@ -230,7 +231,7 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
         sc_sleep_ms(200, &stopping);
         for (size_t i = 0; i < cfg->npipelines; i++)
             if (pls[i] && atomic_load(&pls[i]->exit_code) != 0) {
-                rc = SC_EXIT_FAILURE;
+                rc = atomic_load(&pls[i]->exit_code);
                 atomic_store(&stopping, true);
             }
     }
@@ -271,7 +272,8 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
         sc_pipeline_free(pls[i]);
     free(pls);
     pthread_mutex_destroy(&rs.lock);
-    rd_kafka_wait_destroyed(2000);
+    if (!sc_pipeline_kept_consumer())
+        rd_kafka_wait_destroyed(2000);
     sc_metrics_free_all();
     sc_info(NULL, "stopped");
     return rc;

@@ -48,7 +48,9 @@ enum {
     COL_PIPELINE,
     COL_TOPIC,
     COL_PART,
+    COL_MODE,
     COL_OWNER,
+    COL_SHARE,
     COL_EPOCH,
     COL_LEASE,
     COL_COMMITTED,
@@ -56,6 +58,7 @@ enum {
     COL_PENDING,
     COL_STATE,
     COL_PAUSED,
+    COL_PINNED,
     COL_DEAD,
     COL_ERROR,
     NCOLS
@@ -65,11 +68,47 @@ static const struct {
     const char *title;
     bool right; /* numbers are right-aligned */
 } columns[NCOLS] = {
-    {"PIPELINE", false}, {"TOPIC", false}, {"PARTITION", true}, {"OWNER", false},
-    {"EPOCH", true},     {"LEASE", false}, {"COMMITTED", true}, {"LAG", true},
-    {"PENDING", false},  {"STATE", false}, {"PAUSED", false},   {"DEAD LETTERS", true},
-    {"ERROR", false},
+    {"PIPELINE", false}, {"TOPIC", false},  {"PARTITION", true},    {"MODE", false},
+    {"OWNER", false},    {"SHARE", false},  {"EPOCH", true},        {"LEASE", false},
+    {"COMMITTED", true}, {"LAG", true},     {"PENDING", false},     {"STATE", false},
+    {"PAUSED", false},   {"PINNED", false}, {"DEAD LETTERS", true}, {"ERROR", false},
 };
+
+/* "lease" / "group" for the assignment mode (from the owner, else the pipeline's instances). */
+static char *mode_cell(json_t *row)
+{
+    const char *m = json_string_value(json_object_get(row, "assignment"));
+    return sc_xstrdup(!m ? "-" : strcmp(m, "kafka-group") == 0 ? "group" : m);
+}
+
+/* SHARE: what the live owner holds of its fair share, "4/4" (lease mode), "4" (group). */
+static char *share_cell(json_t *row)
+{
+    json_t *held = json_object_get(row, "owner_partitions"),
+           *share = json_object_get(row, "owner_share");
+    if (!json_is_integer(held) || json_integer_value(held) == 0)
+        return sc_xstrdup("-");
+    if (json_is_true(json_object_get(row, "owner_draining")))
+        return sc_xasprintf("%" JSON_INTEGER_FORMAT " (draining)", json_integer_value(held));
+    if (json_is_integer(share))
+        return sc_xasprintf("%" JSON_INTEGER_FORMAT "/%" JSON_INTEGER_FORMAT,
+                            json_integer_value(held), json_integer_value(share));
+    return sc_xasprintf("%" JSON_INTEGER_FORMAT, json_integer_value(held));
+}
+
+/* PINNED: the pin, and a handoff under way ("-> sc-2"). */
+static char *pinned_cell(json_t *row)
+{
+    const char *pin = json_string_value(json_object_get(row, "pinned_to"));
+    const char *to = json_string_value(json_object_get(row, "handoff_to"));
+    if (pin && to && strcmp(pin, to) != 0)
+        return sc_xasprintf("%s (-> %s)", pin, to);
+    if (pin)
+        return sc_xstrdup(pin);
+    if (to)
+        return sc_xasprintf("(-> %s)", to);
+    return sc_xstrdup("-");
+}
 
 /* The longest error text shown in the table (--json has all of it). */
 #define ERROR_CELL_MAX 80
@@ -79,7 +118,9 @@ static void status_row_cells(json_t *row, char **cells)
     cells[COL_PIPELINE] = cell(row, "pipeline");
     cells[COL_TOPIC] = cell(row, "topic");
     cells[COL_PART] = cell(row, "partition");
+    cells[COL_MODE] = mode_cell(row);
     cells[COL_OWNER] = cell(row, "owner");
+    cells[COL_SHARE] = share_cell(row);
     cells[COL_EPOCH] = cell(row, "epoch");
     json_t *owner = json_object_get(row, "owner");
     cells[COL_LEASE] = sc_xstrdup(json_is_null(owner) || !owner                      ? "-"
@@ -100,6 +141,7 @@ static void status_row_cells(json_t *row, char **cells)
     }
     cells[COL_STATE] = cell(row, "state");
     cells[COL_PAUSED] = cell(row, "paused");
+    cells[COL_PINNED] = pinned_cell(row);
     cells[COL_DEAD] = cell(row, "dead_letters");
     json_t *e = json_object_get(row, "error");
     if (json_is_string(e)) {
@@ -115,31 +157,29 @@ static void status_row_cells(json_t *row, char **cells)
     }
 }
 
-static void print_status_table(FILE *out, json_t *rows)
+/* Prints a table: the titles, then nrows rows of ncols cells (right[c]: right-aligned). */
+static void print_table(FILE *out, const char *const *titles, const bool *right, int ncols,
+                        char **cells, size_t nrows)
 {
-    size_t n = json_array_size(rows);
-    char **cells = sc_xcalloc(n * NCOLS + 1, sizeof(char *));
-    size_t width[NCOLS];
-    for (int c = 0; c < NCOLS; c++)
-        width[c] = strlen(columns[c].title);
-    for (size_t r = 0; r < n; r++) {
-        status_row_cells(json_array_get(rows, r), cells + r * NCOLS);
-        for (int c = 0; c < NCOLS; c++) {
-            size_t w = strlen(cells[r * NCOLS + c]);
+    size_t *width = sc_xcalloc((size_t)ncols, sizeof(*width));
+    for (int c = 0; c < ncols; c++)
+        width[c] = strlen(titles[c]);
+    for (size_t r = 0; r < nrows; r++)
+        for (int c = 0; c < ncols; c++) {
+            size_t w = strlen(cells[r * (size_t)ncols + (size_t)c]);
             if (w > width[c])
                 width[c] = w;
         }
-    }
-    for (size_t r = 0; r <= n; r++) {
+    for (size_t r = 0; r <= nrows; r++) {
         struct sc_buf line;
         sc_buf_init(&line, 0);
-        for (int c = 0; c < NCOLS; c++) {
-            const char *s = r == 0 ? columns[c].title : cells[(r - 1) * NCOLS + c];
-            bool last = c == NCOLS - 1;
+        for (int c = 0; c < ncols; c++) {
+            const char *s = r == 0 ? titles[c] : cells[(r - 1) * (size_t)ncols + (size_t)c];
+            bool last = c == ncols - 1;
             int w = (int)width[c];
-            int rc = columns[c].right && r > 0 ? sc_buf_printf(&line, "%*s", w, s)
-                     : last                    ? sc_buf_printf(&line, "%s", s)
-                                               : sc_buf_printf(&line, "%-*s", w, s);
+            int rc = right[c] && r > 0 ? sc_buf_printf(&line, "%*s", w, s)
+                     : last            ? sc_buf_printf(&line, "%s", s)
+                                       : sc_buf_printf(&line, "%-*s", w, s);
             if (rc == 0 && !last)
                 rc = sc_buf_append(&line, "  ", 2);
             (void)rc; /* unbounded buffer: cannot fail */
@@ -149,7 +189,57 @@ static void print_status_table(FILE *out, json_t *rows)
         fprintf(out, "%.*s\n", (int)line.len, line.data ? line.data : "");
         sc_buf_free(&line);
     }
+    free(width);
+}
+
+static void print_status_table(FILE *out, json_t *rows)
+{
+    size_t n = json_array_size(rows);
+    char **cells = sc_xcalloc(n * NCOLS + 1, sizeof(char *));
+    const char *titles[NCOLS];
+    bool right[NCOLS];
+    for (int c = 0; c < NCOLS; c++) {
+        titles[c] = columns[c].title;
+        right[c] = columns[c].right;
+    }
+    for (size_t r = 0; r < n; r++)
+        status_row_cells(json_array_get(rows, r), cells + r * NCOLS);
+    print_table(out, titles, right, NCOLS, cells, n);
     for (size_t i = 0; i < n * NCOLS; i++)
+        free(cells[i]);
+    free(cells);
+}
+
+/* The instances below the partitions: mode, state, what each holds of its share. */
+static void print_instances_table(FILE *out, json_t *rows)
+{
+    enum {
+        NI = 7
+    };
+    static const char *const titles[NI] = {"INSTANCE",   "PIPELINE", "MODE", "STATE",
+                                           "PARTITIONS", "SHARE",    "HOST"};
+    static const bool right[NI] = {false, false, false, false, true, true, false};
+    size_t n = json_array_size(rows);
+    char **cells = sc_xcalloc(n * NI + 1, sizeof(char *));
+    for (size_t r = 0; r < n; r++) {
+        json_t *row = json_array_get(rows, r);
+        char **c = cells + r * NI;
+        c[0] = cell(row, "instance_id");
+        c[1] = cell(row, "pipeline");
+        c[2] = mode_cell(row);
+        c[3] = sc_xstrdup(!json_is_true(json_object_get(row, "live"))      ? "gone (drained)"
+                          : json_is_true(json_object_get(row, "draining")) ? "draining"
+                                                                           : "live");
+        c[4] = cell(row, "owned");
+        c[5] = cell(row, "share");
+        const char *host = json_string_value(json_object_get(row, "host"));
+        json_t *pid = json_object_get(row, "os_pid");
+        c[6] = json_is_integer(pid) ? sc_xasprintf("%s (pid %" JSON_INTEGER_FORMAT ")",
+                                                   host ? host : "?", json_integer_value(pid))
+                                    : sc_xstrdup(host ? host : "-");
+    }
+    print_table(out, titles, right, NI, cells, n);
+    for (size_t i = 0; i < n * NI; i++)
         free(cells[i]);
     free(cells);
 }
@@ -159,7 +249,7 @@ static int run_status(const struct sc_config *cfg, const struct sc_cli *cli)
     bool json = cli->json;
     int result = SC_EXIT_FAILURE;
     char err[1024];
-    json_t *rows = NULL;
+    json_t *rows = NULL, *insts = NULL;
     char *schema_q = sc_pg_quote_ident(cfg->postgres.schema);
     PGconn *conn = sc_pg_connect(cfg->postgres.dsn, "kafka-sidecar/status",
                                  cfg->postgres.connect_timeout_ms, err, sizeof(err));
@@ -180,6 +270,14 @@ static int run_status(const struct sc_config *cfg, const struct sc_cli *cli)
         print_status_table(stdout, rows);
         if (json_array_size(rows) == 0)
             fprintf(stderr, "no checkpoints in schema \"%s\" yet\n", cfg->postgres.schema);
+        if (sc_inspect_instances(conn, schema_q, &insts, err, sizeof(err)) != SC_READ_OK) {
+            fprintf(stderr, "sidecar status: %s\n", err);
+            goto out;
+        }
+        if (json_array_size(insts) > 0) {
+            fputc('\n', stdout);
+            print_instances_table(stdout, insts);
+        }
     }
     if (fflush(stdout) != 0) {
         fprintf(stderr, "sidecar status: could not write the output\n");
@@ -188,6 +286,7 @@ static int run_status(const struct sc_config *cfg, const struct sc_cli *cli)
     result = SC_EXIT_OK;
 out:
     json_decref(rows);
+    json_decref(insts);
     PQfinish(conn);
     free(schema_q);
     return result;
@@ -195,7 +294,7 @@ out:
 
 const struct sc_command sc_cmd_status = {
     .name = "status",
-    .summary = "Show every partition: owner, epoch, committed offset, lag, pending.",
+    .summary = "Show every partition (owner, epoch, committed, lag, pending) and instance.",
     .usage = "-c FILE [--json]",
     .help = "A table of <schema>.partition_status: lease owner and epoch (LEASE live or\n"
             "expired), the committed offset (the next offset to deliver), LAG (from the\n"
@@ -203,7 +302,11 @@ const struct sc_command sc_cmd_status = {
             "lease holds the partition), the pending batch and how long it has been\n"
             "pending, the state, whether it is paused, the dead letters waiting for a\n"
             "redrive (sidecar redrive), and the error.\n"
-            "--json prints the same rows as a JSON array of objects, with every column.\n",
+            "MODE is the pipeline's assignment (group or lease); SHARE what the owner\n"
+            "holds of its fair share (lease mode: held/share); PINNED the instance the\n"
+            "partition is pinned to, and a handoff under way (-> instance).  Below, the\n"
+            "live instances: mode, state (live, draining), partitions held, fair share.\n"
+            "--json prints the partition rows as a JSON array of objects, with every column.\n",
     .options = "c json",
     .run = run_status,
 };

@@ -78,6 +78,9 @@ enum {
     OPT_ALL_ERRORED,
     OPT_ONLINE,
     OPT_WAIT_FOR_POSTGRES,
+    OPT_INSTANCE,
+    OPT_WAIT,
+    OPT_UNDO,
 };
 
 /*
@@ -103,6 +106,9 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
         {"all-errored", no_argument, NULL, OPT_ALL_ERRORED},
         {"online", no_argument, NULL, OPT_ONLINE},
         {"wait-for-postgres", no_argument, NULL, OPT_WAIT_FOR_POSTGRES},
+        {"instance", required_argument, NULL, OPT_INSTANCE},
+        {"wait", no_argument, NULL, OPT_WAIT},
+        {"undo", no_argument, NULL, OPT_UNDO},
         {NULL, 0, NULL, 0},
     };
     const char *allowed = cmd->options;
@@ -171,6 +177,15 @@ static int parse_cli(int argc, char **argv, const struct sc_command *cmd, struct
             break;
         case OPT_WAIT_FOR_POSTGRES:
             cli->wait_for_postgres = true;
+            break;
+        case OPT_INSTANCE:
+            cli->instance = optarg;
+            break;
+        case OPT_WAIT:
+            cli->wait = true;
+            break;
+        case OPT_UNDO:
+            cli->undo = true;
             break;
         case ':':
             return usage_error(cmd, "option '%s' needs a value%s", argv[optind - 1],
@@ -241,9 +256,9 @@ static const struct sc_command cmd_help = {
 };
 
 static const struct sc_command *const commands[] = {
-    &sc_cmd_run,   &sc_cmd_migrate, &sc_cmd_check_config, &sc_cmd_status,  &sc_cmd_watch,
-    &sc_cmd_reset, &sc_cmd_retry,   &sc_cmd_redrive,      &sc_cmd_version, &cmd_help,
-    NULL,
+    &sc_cmd_run,   &sc_cmd_migrate, &sc_cmd_check_config, &sc_cmd_status, &sc_cmd_watch,
+    &sc_cmd_reset, &sc_cmd_retry,   &sc_cmd_redrive,      &sc_cmd_pin,    &sc_cmd_unpin,
+    &sc_cmd_move,  &sc_cmd_drain,   &sc_cmd_version,      &cmd_help,      NULL,
 };
 
 static void print_usage(FILE *out)

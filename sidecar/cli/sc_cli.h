@@ -23,6 +23,9 @@ struct sc_cli {
     const char *to_offset;
     const char *from;
     const char *id;
+    const char *instance; /* --instance ID (pin, move, drain) */
+    bool wait;            /* --wait (pin, move, drain) */
+    bool undo;            /* --undo (drain) */
     bool force;
     bool json;
     bool reference;
@@ -62,6 +65,10 @@ extern const struct sc_command sc_cmd_watch;
 extern const struct sc_command sc_cmd_reset;
 extern const struct sc_command sc_cmd_retry;
 extern const struct sc_command sc_cmd_redrive;
+extern const struct sc_command sc_cmd_pin; /* these four: cmd_assign.c */
+extern const struct sc_command sc_cmd_unpin;
+extern const struct sc_command sc_cmd_move;
+extern const struct sc_command sc_cmd_drain;
 extern const struct sc_command sc_cmd_version;
 
 /* "sidecar 0.1.0 (librdkafka 2.0.2, libpq 15, jansson 2.14, ...)" */

@@ -398,6 +398,7 @@ static const struct sc_conf_enum log_formats[] = {
 };
 static const struct sc_conf_enum assignments[] = {
     {"kafka-group", SC_ASSIGN_KAFKA_GROUP},
+    {"lease", SC_ASSIGN_LEASE},
     {NULL, 0},
 };
 static const struct sc_conf_enum start_froms[] = {
@@ -739,7 +740,8 @@ static const struct sc_conf_key pipeline_keys[] = {
      .min = 1,
      .max = 255,
      .def_doc = "`\"sidecar-<name>\"`",
-     .help = "Kafka consumer group"},
+     .help = "Kafka consumer group (with assignment lease: only the name offsets are "
+             "mirrored under, for lag tools; no group is joined)"},
     {.name = "topics",
      .type = SC_CONF_STRLIST,
      .offset = PIPE(topics),
@@ -752,7 +754,9 @@ static const struct sc_conf_key pipeline_keys[] = {
      .def = "kafka-group",
      .offset = PIPE(assignment),
      .values = assignments,
-     .help = "how partitions are spread over instances"},
+     .help = "who decides which instance consumes which partition: kafka-group (Kafka's "
+             "consumer group coordinator) or lease (the instances, through PostgreSQL leases "
+             "alone: fast failover, ownership controlled from SQL; see docs/design.md §10)"},
     {.name = "start_from",
      .type = SC_CONF_ENUM,
      .def = "earliest",

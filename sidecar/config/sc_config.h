@@ -30,9 +30,10 @@ enum sc_start_from {
     SC_START_LATEST,
 };
 
-/* How partitions are spread over instances (only the Kafka consumer group so far). */
+/* How partitions are spread over instances (docs/design.md §10). */
 enum sc_assignment {
-    SC_ASSIGN_KAFKA_GROUP,
+    SC_ASSIGN_KAFKA_GROUP, /* Kafka's group coordinator assigns them */
+    SC_ASSIGN_LEASE,       /* the instances share them through PostgreSQL leases alone */
 };
 
 /*

@@ -99,6 +99,7 @@ int sc_db_connect(struct sc_db *db, bool force)
         }
         PQclear(res);
     }
+    db->connects++;
     if (db->logged_down)
         sc_info(NULL, "reconnected to PostgreSQL");
     db->logged_down = false;

@@ -46,6 +46,7 @@ struct sc_db {
     /* > 0: the server ends this session when it sits idle inside a transaction this long
      * (a stalled holder of a transaction must not keep its row locks forever). */
     int idle_tx_timeout_ms;
+    unsigned connects; /* successful connections so far: tells a new session from the last */
     char last_error[512];
     /* More about the last failed statement (every sc_db_exec*() and sc_db_prepare() that
      * fails sets them): */

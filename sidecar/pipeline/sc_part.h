@@ -28,7 +28,8 @@ struct sc_sink_part;
 enum sc_part_state {
     SC_PART_STARTING, /* handed to the worker; recovery not done yet */
     SC_PART_ACTIVE,   /* delivering */
-    SC_PART_FENCED,   /* lost its epoch; waiting for the consumer thread to re-acquire */
+    SC_PART_FENCED,   /* lost its epoch, or not leased yet: waits for the consumer thread to
+                         (re-)acquire it */
     SC_PART_ERROR,    /* checkpoint state 'error': delivers nothing until reset */
     SC_PART_PAUSED,   /* pause_partition(): keeps the lease, delivers nothing */
 };
@@ -54,12 +55,19 @@ struct sc_part {
                                              librdkafka's fetcher (poke_fetchers()) */
     int64_t control_seq;                  /* consumer: the row's control_seq as last seen */
     bool revoked;                         /* consumer: REMOVE sent */
+    int64_t reacquire_at_ms;              /* consumer: next acquisition attempt (need_reacquire) */
+    /* Consumer -> worker with REMOVE: release the lease reserved for this instance (a
+     * handoff; NULL: for anyone), and set *removed once released (or not, if no longer
+     * ours).  Both outlive the partition (the consumer thread owns them). */
+    const char *release_to;
+    atomic_bool *removed;
 
     /* Hand-over from the consumer thread (under the worker's lock). */
     struct sc_cp handover_cp;
     int64_t handover_epoch;
-    bool handover_seek;   /* the worker must seek (false: the consumer re-assigned it) */
-    int64_t start_offset; /* where Kafka was asked to start (assign/seek) */
+    bool handover_seek;    /* the worker must seek (false: the consumer re-assigned it) */
+    bool handover_waiting; /* added before its lease was acquired: waits, fetching nothing */
+    int64_t start_offset;  /* where Kafka was asked to start (assign/seek) */
 
     /* ---- worker-owned ---- */
     enum sc_part_state state;

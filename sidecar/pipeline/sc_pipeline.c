@@ -1,24 +1,36 @@
 /*
- * sc_pipeline.c - a pipeline's consumer thread: the librdkafka poll loop,
- * the rebalance callback, lease acquisition, renewal and release.
+ * sc_pipeline.c - a pipeline's consumer thread with "assignment":
+ * "kafka-group": the librdkafka poll loop, the rebalance callback, lease
+ * acquisition, renewal and release; and what both assignment modes share
+ * (sc_pipeline_int.h; lease mode is sc_leasemode.c).
  *
- * On assignment, PostgreSQL is the source of truth: the callback acquires
- * the lease of every new partition (one statement for all of them, waiting
- * while another live owner still holds one), reads its checkpoint in the
- * same statement, and assigns each partition at its pending batch's first
- * offset (a replay) or its committed offset.  Only then does librdkafka
- * start fetching it.  The partition's fetch queue is forwarded to the queue
- * of the worker it is pinned to before the assignment, so no record ever
- * reaches another queue.
+ * On assignment, PostgreSQL is the source of truth: the callback tries once
+ * to acquire the lease of every new partition (one statement for all of
+ * them), reading its checkpoint in the same statement, and assigns each
+ * acquired partition at its pending batch's first offset (a replay) or its
+ * committed offset.  A partition whose lease another live instance still
+ * holds, or whose row a frozen session has locked, is assigned paused and
+ * waits: the poll loop tries again (when the holder's lease runs out, or
+ * soon for a locked row) while the other partitions run, and once it has
+ * the lease the worker seeks to the checkpoint and resumes.  The partition's
+ * fetch queue is forwarded to the queue of the worker it is pinned to before
+ * the assignment, so no record ever reaches another queue.
  *
  * On revocation the callback asks the workers to finish (commit what they
  * have written, abandon what they have not), release the leases and drop
  * the partitions, waiting a bounded time, then unassigns.
+ *
+ * Every renew interval one statement renews the registration of this
+ * process and every lease (sc_lease_tick()); control notifications
+ * (pause, resume, reset: "<schema>_control") make it renew at once, so an
+ * operator's change reaches the owner within a batch.
  */
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -28,6 +40,7 @@
 #include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_pipeline.h"
+#include "pipeline/sc_pipeline_int.h"
 #include "pipeline/sc_worker.h"
 #include "protocol/sc_lease.h"
 
@@ -41,13 +54,17 @@ static const char *const managed[][2] = {
     {"auto.offset.reset", "error"},
 };
 
-static struct sc_log_fields pl_log(const struct sc_pipeline *pl)
+/* A locked row (busy) is tried again this soon, then less and less often. */
+#define BUSY_RETRY_MS 200
+/* A notification triggers a renewal tick at most this often. */
+#define NOTE_TICK_MS 50
+
+struct sc_log_fields sc_pl_log(const struct sc_pipeline *pl)
 {
     return (struct sc_log_fields){.pipeline = pl->pc->name, .partition = -1};
 }
 
-/* Lease validity the workers may rely on after a renewal sent at t. */
-static int64_t valid_until(const struct sc_pipeline *pl, int64_t sent_ms)
+int64_t sc_pl_valid_until(const struct sc_pipeline *pl, int64_t sent_ms)
 {
     return sent_ms + pl->pc->lease.ttl_ms - pl->pc->lease.renew_ms;
 }
@@ -68,7 +85,7 @@ static void log_cb(const rd_kafka_t *rk, int level, const char *fac, const char 
 static void error_cb(rd_kafka_t *rk, int err, const char *reason, void *opaque)
 {
     struct sc_pipeline *pl = opaque;
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     (void)rk;
     if (err == RD_KAFKA_RESP_ERR__ALL_BROKERS_DOWN)
         atomic_store(&pl->kafka_up, false);
@@ -109,7 +126,7 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 {
     (void)rk, (void)offsets;
     struct sc_pipeline *pl = opaque;
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     if (err && err != RD_KAFKA_RESP_ERR__NO_OFFSET)
         sc_debug(&f, "mirroring offsets to Kafka failed: %s (PostgreSQL stays authoritative)",
                  rd_kafka_err2str(err));
@@ -117,7 +134,7 @@ static void commit_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- partitions ------------------------------------------------------- */
 
-static struct sc_part *find_part(struct sc_pipeline *pl, const char *topic, int32_t partition)
+struct sc_part *sc_pl_find_part(struct sc_pipeline *pl, const char *topic, int32_t partition)
 {
     for (size_t i = 0; i < pl->nparts; i++)
         if (pl->parts[i]->partition == partition && strcmp(pl->parts[i]->topic, topic) == 0)
@@ -125,7 +142,7 @@ static struct sc_part *find_part(struct sc_pipeline *pl, const char *topic, int3
     return NULL;
 }
 
-static void forget_part(struct sc_pipeline *pl, struct sc_part *p)
+void sc_pl_forget_part(struct sc_pipeline *pl, struct sc_part *p)
 {
     pthread_mutex_lock(&pl->lock);
     for (size_t i = 0; i < pl->nparts; i++)
@@ -145,82 +162,8 @@ static struct sc_worker *least_loaded(struct sc_pipeline *pl)
     return best;
 }
 
-/*
- * Acquires the leases of reqs, waiting while another live owner holds some
- * (never taking a live lease), retrying while PostgreSQL is down, and
- * renewing the leases we already hold meanwhile.  Returns false if the
- * process is shutting down first.
- */
-static void renew_leases(struct sc_pipeline *pl);
-
-static bool acquire_all(struct sc_pipeline *pl, struct sc_lease_req *reqs, size_t n)
+int64_t sc_pl_start_offset(struct sc_pipeline *pl, const struct sc_lease_req *r)
 {
-    struct sc_log_fields f = pl_log(pl);
-    struct sc_backoff bo;
-    sc_backoff_init(&bo, 100, 5000);
-    size_t left = n;
-    int64_t last_log = 0;
-    struct sc_lease_req *todo = sc_xcalloc(n, sizeof(*todo));
-    while (left > 0) {
-        if (atomic_load(pl->stop)) {
-            free(todo);
-            return false;
-        }
-        /* Ask again only for the ones we do not have yet. */
-        size_t m = 0;
-        for (size_t i = 0; i < n; i++)
-            if (!reqs[i].acquired)
-                todo[m++] = reqs[i];
-        bool unavailable = false;
-        if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
-                             sc_notify_channel(&pl->notify), todo, m, &unavailable) != 0) {
-            sc_sleep_ms(sc_backoff_next(&bo), pl->stop);
-            renew_leases(pl);
-            continue;
-        }
-        sc_backoff_reset(&bo);
-        atomic_store(&pl->db_ok_ms, sc_mono_ms());
-        int64_t wait = pl->pc->lease.renew_ms;
-        for (size_t j = 0; j < m; j++) {
-            for (size_t i = 0; i < n; i++) {
-                if (reqs[i].partition != todo[j].partition ||
-                    strcmp(reqs[i].topic, todo[j].topic) != 0)
-                    continue;
-                reqs[i] = todo[j];
-                if (reqs[i].acquired) {
-                    left--;
-                } else {
-                    int64_t ms = todo[j].holder_ms;
-                    if (ms < wait)
-                        wait = ms < 50 ? 50 : ms;
-                    if (sc_mono_ms() - last_log >= 5000) {
-                        struct sc_log_fields pf = {pl->pc->name, todo[j].topic, todo[j].partition};
-                        sc_info(&pf,
-                                "lease is held by %s (epoch %" PRId64 ") for another %" PRId64
-                                " ms; waiting for it to be released or to expire",
-                                todo[j].holder[0] ? todo[j].holder : "another instance",
-                                todo[j].epoch, ms > 0 ? ms : 0);
-                    }
-                }
-            }
-        }
-        if (left > 0) {
-            if (sc_mono_ms() - last_log >= 5000)
-                last_log = sc_mono_ms();
-            sc_sleep_ms(wait, pl->stop);
-            renew_leases(pl);
-        }
-    }
-    free(todo);
-    sc_failpoint("after_lease");
-    (void)f;
-    return true;
-}
-
-/* Where to start fetching a freshly leased partition, resolving start_from. */
-static int64_t start_offset(struct sc_pipeline *pl, struct sc_lease_req *r, int64_t *persist)
-{
-    *persist = -1;
     if (r->cp.has_pending)
         return r->cp.pending_first;
     if (r->cp.has_committed)
@@ -242,63 +185,125 @@ static int64_t start_offset(struct sc_pipeline *pl, struct sc_lease_req *r, int6
                 rd_kafka_err2str(err));
         sc_sleep_ms(sc_backoff_next(&bo), pl->stop);
     }
-    *persist = hi;
     return hi;
+}
+
+/* Gives p the state of acquisition r (the worker takes it over with the next ADD or
+ * REACQUIRED); returns where to start fetching. */
+static int64_t set_handover(struct sc_pipeline *pl, struct sc_part *p, const struct sc_lease_req *r)
+{
+    int64_t start = sc_pl_start_offset(pl, r);
+    p->lease_epoch = r->epoch;
+    p->control_seq = r->cp.control_seq;
+    p->handover_cp = r->cp;
+    p->handover_epoch = r->epoch;
+    p->start_offset = start >= 0 ? start : -1;
+    atomic_store(&p->lease_valid_until_ms, sc_pl_valid_until(pl, sc_mono_ms()));
+    return start;
+}
+
+static void log_acquired(struct sc_part *p, const struct sc_lease_req *r, int64_t start,
+                         const char *how)
+{
+    if (start == RD_KAFKA_OFFSET_BEGINNING)
+        sc_info(&p->log,
+                "lease acquired%s (epoch %" PRId64 "); no checkpoint yet, starting at the "
+                "beginning (start_from earliest)",
+                how, r->epoch);
+    else
+        sc_info(&p->log, "lease acquired%s (epoch %" PRId64 "); starting at offset %" PRId64 "%s",
+                how, r->epoch, start, r->cp.has_pending ? " (pending batch to replay)" : "");
+}
+
+/* How a partition that could not be acquired waits, and for how long. */
+static void set_waiting(struct sc_pipeline *pl, struct sc_part *p, const struct sc_lease_req *r,
+                        int64_t now)
+{
+    int64_t wait = BUSY_RETRY_MS;
+    if (r && !r->busy && r->holder[0])
+        wait = r->holder_ms < 50                       ? 50
+               : r->holder_ms > pl->pc->lease.renew_ms ? pl->pc->lease.renew_ms
+                                                       : r->holder_ms;
+    p->reacquire_at_ms = now + wait;
+}
+
+struct sc_part *sc_pl_add_part(struct sc_pipeline *pl, const char *topic, int32_t partition,
+                               const struct sc_lease_req *r, int64_t *start)
+{
+    struct sc_part *p = sc_xcalloc(1, sizeof(*p));
+    p->topic = sc_xstrdup(topic);
+    p->partition = partition;
+    p->log = (struct sc_log_fields){pl->pc->name, p->topic, p->partition};
+    p->m = sc_metrics_part(pl->pc->name, p->topic, p->partition);
+    if (r && r->acquired) {
+        *start = set_handover(pl, p, r);
+        log_acquired(p, r, *start, "");
+    } else {
+        /* Not ours yet: paused before it is assigned (librdkafka keeps the pause), so it
+         * fetches nothing until the worker seeks to its checkpoint and resumes it. */
+        p->handover_waiting = true;
+        p->paused = true;
+        p->start_offset = -1;
+        atomic_store(&p->need_reacquire, true);
+        set_waiting(pl, p, r, sc_mono_ms());
+        *start = RD_KAFKA_OFFSET_END;
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, topic, partition);
+        rd_kafka_pause_partitions(pl->rk, l);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (r && r->busy)
+            sc_info(&p->log, "its lease or checkpoint row is locked by another session; "
+                             "the other partitions go on, this one waits for the lock");
+        else if (r && r->holder[0])
+            sc_info(&p->log,
+                    "lease is held by %s (epoch %" PRId64 ") for another %" PRId64
+                    " ms; waiting for it to be released or to expire",
+                    r->holder, r->epoch, r->holder_ms > 0 ? r->holder_ms : 0);
+    }
+    p->worker = least_loaded(pl);
+    p->queue = rd_kafka_queue_get_partition(pl->rk, p->topic, p->partition);
+    rd_kafka_queue_forward(p->queue, sc_worker_queue(p->worker));
+    pthread_mutex_lock(&pl->lock);
+    if (pl->nparts == pl->parts_cap) {
+        pl->parts_cap = pl->parts_cap ? pl->parts_cap * 2 : 16;
+        pl->parts = sc_xrealloc(pl->parts, pl->parts_cap * sizeof(*pl->parts));
+    }
+    pl->parts[pl->nparts++] = p;
+    pthread_mutex_unlock(&pl->lock);
+    sc_worker_add(p->worker, p);
+    return p;
 }
 
 static void assign_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_list_t *parts)
 {
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     size_t n = (size_t)parts->cnt;
     struct sc_lease_req *reqs = sc_xcalloc(n ? n : 1, sizeof(*reqs));
     for (size_t i = 0; i < n; i++) {
         reqs[i].topic = parts->elems[i].topic;
         reqs[i].partition = parts->elems[i].partition;
     }
-    if (n > 0 && !acquire_all(pl, reqs, n)) {
-        /* Shutting down while waiting: take nothing. */
-        free(reqs);
-        if (!pl->cooperative)
-            rd_kafka_assign(pl->rk, NULL);
-        return;
-    }
+    /*
+     * One attempt, never a wait here: a partition whose lease is still held (the previous
+     * owner has not released it, or died and its lease has not expired) or whose row is
+     * locked waits on its own, paused, while the others start at once.
+     */
+    bool unavailable = false;
+    if (n > 0 && sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
+                                  sc_notify_channel(&pl->notify), reqs, n, &unavailable) == 0)
+        atomic_store(&pl->db_ok_ms, sc_mono_ms());
+    size_t got = 0;
     for (size_t i = 0; i < n; i++) {
-        struct sc_lease_req *r = &reqs[i];
-        int64_t persist;
-        int64_t start = start_offset(pl, r, &persist);
+        int64_t start;
+        sc_pl_add_part(pl, reqs[i].topic, reqs[i].partition, &reqs[i], &start);
         parts->elems[i].offset = start;
-
-        struct sc_part *p = sc_xcalloc(1, sizeof(*p));
-        p->topic = sc_xstrdup(r->topic);
-        p->partition = r->partition;
-        p->log = (struct sc_log_fields){pl->pc->name, p->topic, p->partition};
-        p->m = sc_metrics_part(pl->pc->name, p->topic, p->partition);
-        p->lease_epoch = r->epoch;
-        p->control_seq = r->cp.control_seq;
-        p->handover_cp = r->cp;
-        p->handover_epoch = r->epoch;
-        p->start_offset = start >= 0 ? start : -1;
-        atomic_store(&p->lease_valid_until_ms, valid_until(pl, sc_mono_ms()));
-        p->worker = least_loaded(pl);
-        p->queue = rd_kafka_queue_get_partition(pl->rk, p->topic, p->partition);
-        rd_kafka_queue_forward(p->queue, sc_worker_queue(p->worker));
-        pthread_mutex_lock(&pl->lock);
-        if (pl->nparts == pl->parts_cap) {
-            pl->parts_cap = pl->parts_cap ? pl->parts_cap * 2 : 16;
-            pl->parts = sc_xrealloc(pl->parts, pl->parts_cap * sizeof(*pl->parts));
-        }
-        pl->parts[pl->nparts++] = p;
-        pthread_mutex_unlock(&pl->lock);
-        if (start == RD_KAFKA_OFFSET_BEGINNING)
-            sc_info(&p->log,
-                    "lease acquired (epoch %" PRId64 "); no checkpoint yet, starting at the "
-                    "beginning (start_from earliest)",
-                    r->epoch);
-        else
-            sc_info(&p->log, "lease acquired (epoch %" PRId64 "); starting at offset %" PRId64 "%s",
-                    r->epoch, start, r->cp.has_pending ? " (pending batch to replay)" : "");
-        sc_worker_add(p->worker, p);
+        got += reqs[i].acquired;
     }
+    if (got > 0)
+        sc_failpoint("after_lease");
+    if (got < n)
+        sc_info(&f, "%zu of %zu partition%s leased; the others wait for their leases", got, n,
+                n == 1 ? "" : "s");
     rd_kafka_error_t *e = NULL;
     rd_kafka_resp_err_t err = RD_KAFKA_RESP_ERR_NO_ERROR;
     if (pl->cooperative)
@@ -318,14 +323,15 @@ static void assign_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_l
 static void drop_partitions(struct sc_pipeline *pl, rd_kafka_topic_partition_list_t *parts,
                             const char *reason, int64_t deadline)
 {
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     size_t count = parts ? (size_t)parts->cnt : pl->nparts;
     for (size_t i = 0; i < count; i++) {
         struct sc_part *p =
-            parts ? find_part(pl, parts->elems[i].topic, parts->elems[i].partition) : pl->parts[0];
+            parts ? sc_pl_find_part(pl, parts->elems[i].topic, parts->elems[i].partition)
+                  : pl->parts[0];
         if (!p)
             continue;
-        forget_part(pl, p);
+        sc_pl_forget_part(pl, p);
         sc_worker_remove(p->worker, p, reason); /* the worker frees p */
     }
     for (int i = 0; i < pl->nworkers; i++)
@@ -347,10 +353,10 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
                          rd_kafka_topic_partition_list_t *parts, void *opaque)
 {
     struct sc_pipeline *pl = opaque;
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     if (err == RD_KAFKA_RESP_ERR__ASSIGN_PARTITIONS) {
+        pl->never_assigned = false;
         atomic_store(&pl->kafka_up, true); /* the group coordinator answered */
-        pl->assigned_once = true;
         sc_info(&f, "assigned %d partition%s", parts->cnt, parts->cnt == 1 ? "" : "s");
         assign_partitions(pl, parts);
         return;
@@ -386,12 +392,76 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
 
 /* ---- leases over time ------------------------------------------------- */
 
-static void renew_leases(struct sc_pipeline *pl)
+int sc_pl_register(struct sc_pipeline *pl, char *err, size_t errsize)
+{
+    struct sc_log_fields f = sc_pl_log(pl);
+    char host[256] = "";
+    if (gethostname(host, sizeof(host)) != 0)
+        snprintf(host, sizeof(host), "?");
+    host[sizeof(host) - 1] = '\0';
+    struct sc_backoff bo;
+    sc_backoff_init(&bo, 200, 5000);
+    /* A predecessor killed a moment ago may still show as connected for a moment: a short
+     * grace period before calling it a second live process. */
+    int64_t grace_end = sc_mono_ms() + 3000;
+    bool logged = false;
+    while (!atomic_load(pl->stop)) {
+        bool registered = false, draining = false;
+        struct sc_lease_holder holder;
+        if (sc_lease_register(&pl->db, &pl->self, host, (int)getpid(), &registered, &draining,
+                              &holder) != 0) {
+            if (!logged)
+                sc_warn(&f, "could not register this instance (%s); retrying", pl->db.last_error);
+            logged = true;
+            sc_sleep_ms(sc_backoff_next(&bo), pl->stop);
+            continue;
+        }
+        atomic_store(&pl->db_ok_ms, sc_mono_ms());
+        if (registered) {
+            pl->draining = draining;
+            if (draining)
+                sc_warn(&f,
+                        "instance \"%s\" is drained (drain_instance()): it takes no partitions "
+                        "until `sidecar drain --undo` / undrain_instance()",
+                        pl->cfg->instance_id);
+            return SC_EXIT_OK;
+        }
+        if (sc_mono_ms() < grace_end) {
+            sc_sleep_ms(250, pl->stop);
+            continue;
+        }
+        snprintf(err, errsize,
+                 "instance_id \"%s\" is already in use in pipeline \"%s\" by a live process "
+                 "(pid %d on host %s, started %s; its registration expires in %" PRId64
+                 " ms unless renewed): give every instance its own instance_id (leave "
+                 "instance_id out of the config to use the host name)",
+                 pl->cfg->instance_id, pl->pc->name, holder.os_pid, holder.host, holder.started_at,
+                 holder.expires_ms > 0 ? holder.expires_ms : 0);
+        return SC_EXIT_USAGE;
+    }
+    snprintf(err, errsize, "stopped before the instance was registered");
+    return SC_EXIT_FAILURE;
+}
+
+/* A lease we held is no longer ours: fenced, whether or not a worker was about to write. */
+static void lease_lost(struct sc_pipeline *pl, struct sc_part *p, const char *why)
+{
+    sc_warn(&p->log, "fenced: %s, epoch %" PRId64 " is no longer ours; stopping the partition", why,
+            p->lease_epoch);
+    atomic_store(&p->lease_valid_until_ms, 0);
+    atomic_store(&p->need_reacquire, true);
+    p->reacquire_at_ms = 0;
+    sc_counter_add(&p->m->fenced, 1);
+    struct sc_cp_key k = {pl->pc->name, p->topic, p->partition, pl->cfg->instance_id,
+                          sc_notify_channel(&pl->notify)};
+    sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, why);
+}
+
+int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const char *topic_counts,
+               struct sc_lease_tick *out)
 {
     int64_t now = sc_mono_ms();
-    if (now < pl->next_renew_ms)
-        return;
-    pl->next_renew_ms = now + pl->pc->lease.renew_ms;
+    pl->last_tick_ms = now;
     size_t n = 0;
     struct sc_lease_held *held = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*held));
     struct sc_part **which = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*which));
@@ -403,21 +473,27 @@ static void renew_leases(struct sc_pipeline *pl)
             .topic = p->topic, .partition = p->partition, .epoch = p->lease_epoch};
         which[n++] = p;
     }
-    if (n == 0) {
-        /* Nothing to renew: still find out whether PostgreSQL answers, for /readyz. */
-        enum sc_pg_errclass cls;
-        PGresult *res = sc_db_exec_once(&pl->db, "SELECT 1", 0, NULL, &cls);
-        if (res) {
-            PQclear(res);
-            atomic_store(&pl->db_ok_ms, now);
+    struct sc_lease_tick t;
+    int rc = sc_lease_tick(&pl->db, &pl->self, held, n, known, share, topic_counts, full, &t);
+    if (rc == 0 && !t.registered) {
+        /* Our registration is not ours: someone deleted it, or another process took this
+         * instance_id while we could not renew it.  Register again (refused if the other is
+         * alive and connected), and renew at the next tick. */
+        char err[512];
+        sc_lease_tick_clear(&t);
+        int r = sc_pl_register(pl, err, sizeof(err));
+        if (r != SC_EXIT_OK) {
+            sc_error(&(struct sc_log_fields){pl->pc->name, NULL, -1}, "%s", err);
+            atomic_store(&pl->exit_code, r);
         }
-    } else if (sc_lease_renew(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
-                              held, n) == 0) {
+        rc = -1;
+    }
+    if (rc == 0) {
         atomic_store(&pl->db_ok_ms, now);
         for (size_t i = 0; i < n; i++) {
             struct sc_part *p = which[i];
-            if (held[i].ok) {
-                atomic_store(&p->lease_valid_until_ms, valid_until(pl, now));
+            if (held[i].state == SC_LEASE_RENEWED) {
+                atomic_store(&p->lease_valid_until_ms, sc_pl_valid_until(pl, now));
                 if (held[i].control_seq != p->control_seq) {
                     /* reset_checkpoint / pause_partition / resume_partition: the worker
                      * finishes its batch, then the row is re-read. */
@@ -426,26 +502,30 @@ static void renew_leases(struct sc_pipeline *pl)
                     p->control_seq = held[i].control_seq;
                     atomic_store(&p->control_changed, true);
                 }
-            } else {
-                /* Someone else holds a newer epoch: we are fenced, whether or not a worker
-                 * was about to write. */
+            } else if (held[i].state == SC_LEASE_LAPSED) {
+                /* Renewed too late (this process or PostgreSQL stalled for a TTL): the lease
+                 * expired, nobody took it.  Stop writing and take it again (a new epoch). */
                 sc_warn(&p->log,
-                        "fenced: lease renewal refused, epoch %" PRId64 " is no longer ours; "
-                        "stopping the partition",
+                        "lease (epoch %" PRId64 ") expired before it was renewed; taking it "
+                        "again",
                         p->lease_epoch);
                 atomic_store(&p->lease_valid_until_ms, 0);
                 atomic_store(&p->need_reacquire, true);
-                sc_counter_add(&p->m->fenced, 1);
-                struct sc_cp_key k = {pl->pc->name, p->topic, p->partition, pl->cfg->instance_id,
-                                      sc_notify_channel(&pl->notify)};
-                sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, "lease renewal refused");
+                p->reacquire_at_ms = 0;
+            } else {
+                lease_lost(pl, p, "lease renewal refused");
             }
         }
-    } else {
-        pl->next_renew_ms = now + 500; /* PostgreSQL trouble: try again soon */
+        if (out)
+            *out = t;
+        else
+            sc_lease_tick_clear(&t);
+    } else if (out) {
+        memset(out, 0, sizeof(*out));
     }
     free(held);
     free(which);
+    return rc;
 }
 
 /*
@@ -503,41 +583,83 @@ static void restart_fetch(struct sc_pipeline *pl, struct sc_part *p, int64_t sta
     rd_kafka_topic_partition_list_destroy(l);
 }
 
-/*
- * A worker found its partition fenced (or reset): try, without waiting, to
- * take the lease again; on success the worker reloads the checkpoint and
- * seeks back to it.
- */
-static void reacquire_fenced(struct sc_pipeline *pl)
+void sc_pl_acquire_waiting(struct sc_pipeline *pl,
+                           void (*lost_fn)(struct sc_pipeline *pl, struct sc_part *p,
+                                           const char *holder))
 {
+    int64_t now = sc_mono_ms();
+    size_t n = 0;
+    struct sc_lease_req *reqs = NULL;
+    struct sc_part **which = NULL;
     for (size_t i = 0; i < pl->nparts; i++) {
         struct sc_part *p = pl->parts[i];
-        if (!atomic_load(&p->need_reacquire))
+        if (!atomic_load(&p->need_reacquire) || p->revoked || now < p->reacquire_at_ms)
             continue;
-        struct sc_lease_req r = {.topic = p->topic, .partition = p->partition};
-        bool unavailable;
-        if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
-                             sc_notify_channel(&pl->notify), &r, 1, &unavailable) != 0 ||
-            !r.acquired)
+        if (!reqs) {
+            reqs = sc_xcalloc(pl->nparts, sizeof(*reqs));
+            which = sc_xcalloc(pl->nparts, sizeof(*which));
+        }
+        reqs[n] = (struct sc_lease_req){.topic = p->topic, .partition = p->partition};
+        which[n++] = p;
+    }
+    if (n == 0)
+        return;
+    bool unavailable;
+    if (sc_lease_acquire(&pl->db, pl->pc->name, pl->cfg->instance_id, pl->pc->lease.ttl_ms,
+                         sc_notify_channel(&pl->notify), reqs, n, &unavailable) != 0) {
+        for (size_t i = 0; i < n; i++)
+            which[i]->reacquire_at_ms = now + 500; /* PostgreSQL trouble: soon again */
+        goto out;
+    }
+    atomic_store(&pl->db_ok_ms, sc_mono_ms());
+    for (size_t i = 0; i < n; i++) {
+        struct sc_part *p = which[i];
+        struct sc_lease_req *r = &reqs[i];
+        if (!r->acquired) {
+            set_waiting(pl, p, r, now);
+            if (!r->busy && r->holder[0] && strcmp(r->holder, pl->cfg->instance_id) != 0 && lost_fn)
+                lost_fn(pl, p, r->holder);
             continue;
-        int64_t persist;
-        int64_t start = start_offset(pl, &r, &persist);
+        }
+        bool waited = p->lease_epoch == 0; /* never leased here yet */
+        int64_t start = set_handover(pl, p, r);
         atomic_store(&p->need_reacquire, false);
-        p->lease_epoch = r.epoch;
-        p->control_seq = r.cp.control_seq;
-        p->handover_cp = r.cp;
-        p->handover_epoch = r.epoch;
-        p->start_offset = start >= 0 ? start : -1;
-        atomic_store(&p->lease_valid_until_ms, valid_until(pl, sc_mono_ms()));
         bool restart = atomic_exchange(&p->fetch_stopped, false);
         p->handover_seek = !restart;
-        /* The worker takes the new state first; only then does fetching restart, so
-         * nothing fetched for the new position can reach a partition it still thinks is
-         * fenced.  (A stopped fetcher has nothing stale in flight.) */
+        if (waited)
+            log_acquired(p, r, start, " after waiting");
+        /* The worker takes the new state first; only then does fetching restart, so nothing
+         * fetched for the new position can reach a partition it still thinks is fenced.
+         * (A stopped fetcher has nothing stale in flight.) */
         sc_worker_reacquired(p->worker, p);
         if (restart)
             restart_fetch(pl, p, start);
     }
+out:
+    free(reqs);
+    free(which);
+}
+
+/* A control notification: renew at once when it concerns this pipeline's partitions. */
+static void on_note(void *arg, const struct sc_lease_note *note)
+{
+    struct sc_pipeline *pl = arg;
+    if (pl->lm || !note->topic[0] || sc_pl_find_part(pl, note->topic, note->partition))
+        pl->tick_now = true;
+}
+
+void sc_pl_poll_notes(struct sc_pipeline *pl)
+{
+    int64_t now = sc_mono_ms();
+    if (now >= pl->next_listen_ms) {
+        int r = sc_lease_listen(&pl->db, &pl->listen_gen);
+        if (r < 0)
+            pl->next_listen_ms = now + 1000;
+        else if (r == 1)
+            pl->tick_now = true; /* a new session: what was announced meanwhile is unheard */
+    }
+    if (sc_lease_poll_notes(&pl->db, pl->pc->name, on_note, pl) < 0)
+        pl->next_listen_ms = 0;
 }
 
 /* $1 pipeline, $2 topics, $3 partitions, $4 low watermarks, $5 high watermarks. */
@@ -573,6 +695,8 @@ static void sample_watermarks(struct sc_pipeline *pl)
     for (size_t i = 0; i < pl->nparts; i++) {
         struct sc_part *p = pl->parts[i];
         int64_t l, h;
+        if (p->lease_epoch == 0)
+            continue; /* never leased here: its owner reports it */
         rd_kafka_resp_err_t err =
             atomic_load(&p->not_fetching)
                 ? rd_kafka_query_watermark_offsets(pl->rk, p->topic, p->partition, &l, &h, 2000)
@@ -646,16 +770,37 @@ static void poke_fetchers(struct sc_pipeline *pl)
     rd_kafka_topic_partition_list_destroy(l);
 }
 
+void sc_pl_upkeep(struct sc_pipeline *pl)
+{
+    poke_fetchers(pl);
+    sample_watermarks(pl);
+    if (sc_mono_ms() >= pl->next_reforward_ms)
+        reforward_all(pl);
+}
+
+/* Renews every renew interval, or at once when a notification asked for it. */
+static void group_tick(struct sc_pipeline *pl)
+{
+    int64_t now = sc_mono_ms();
+    if (pl->tick_now ? now - pl->last_tick_ms < NOTE_TICK_MS : now < pl->next_renew_ms)
+        return;
+    pl->tick_now = false;
+    pl->next_renew_ms = now + pl->pc->lease.renew_ms;
+    if (sc_pl_tick(pl, false, -1, -1, NULL, NULL) != 0)
+        pl->next_renew_ms = now + 500; /* PostgreSQL trouble: try again soon */
+}
+
 static void *consumer_main(void *arg)
 {
     struct sc_pipeline *pl = arg;
-    struct sc_log_fields f = pl_log(pl);
+    struct sc_log_fields f = sc_pl_log(pl);
     rd_kafka_topic_partition_list_t *topics =
         rd_kafka_topic_partition_list_new((int)pl->pc->topics.count);
     for (size_t i = 0; i < pl->pc->topics.count; i++)
         rd_kafka_topic_partition_list_add(topics, pl->pc->topics.items[i], RD_KAFKA_PARTITION_UA);
     rd_kafka_resp_err_t err = rd_kafka_subscribe(pl->rk, topics);
     rd_kafka_topic_partition_list_destroy(topics);
+    pl->subscribed = err == RD_KAFKA_RESP_ERR_NO_ERROR;
     if (err) {
         sc_error(&f, "could not subscribe: %s", rd_kafka_err2str(err));
         atomic_store(&pl->exit_code, 1);
@@ -663,7 +808,7 @@ static void *consumer_main(void *arg)
     }
     sc_info(&f, "consuming as group \"%s\" (%s rebalancing), %d worker%s", pl->pc->group_id,
             pl->cooperative ? "cooperative" : "eager", pl->nworkers, pl->nworkers == 1 ? "" : "s");
-    while (!atomic_load(pl->stop)) {
+    while (!atomic_load(pl->stop) && atomic_load(&pl->exit_code) == 0) {
         int timeout = 100;
         if (atomic_load(&pl->fetch_poke)) {
             int64_t wait = pl->next_poke_ms - sc_mono_ms();
@@ -675,12 +820,10 @@ static void *consumer_main(void *arg)
                 sc_warn(&f, "kafka: %s", rd_kafka_message_errstr(m));
             rd_kafka_message_destroy(m);
         }
-        poke_fetchers(pl);
-        renew_leases(pl);
-        reacquire_fenced(pl);
-        sample_watermarks(pl);
-        if (sc_mono_ms() >= pl->next_reforward_ms)
-            reforward_all(pl);
+        sc_pl_poll_notes(pl);
+        group_tick(pl);
+        sc_pl_acquire_waiting(pl, NULL);
+        sc_pl_upkeep(pl);
     }
     /* Leaving the group revokes everything through rebalance_cb: workers commit what they
      * wrote and release the leases before we go. */
@@ -688,6 +831,7 @@ static void *consumer_main(void *arg)
     rd_kafka_consumer_close(pl->rk);
     if (pl->nparts > 0)
         drop_partitions(pl, NULL, "shutdown", revoke_deadline(pl));
+    sc_lease_deregister(&pl->db, &pl->self);
     return NULL;
 }
 
@@ -711,6 +855,31 @@ static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *e
     return 0;
 }
 
+/*
+ * librdkafka before 2.3.0 asserts in rd_kafka_destroy() when its consumer
+ * joined a group with the cooperative-sticky assignor but never received an
+ * assignment (confluentinc/librdkafka#4312, fixed by #4381): SIGTERM during
+ * an instance's first rebalance aborted the process.  Such a consumer is
+ * closed (it leaves the group) but not destroyed: the process is exiting.
+ */
+static atomic_bool kept_consumer;
+
+static bool destroy_would_abort(const struct sc_pipeline *pl)
+{
+    char strategy[256];
+    size_t ssz = sizeof(strategy);
+    return pl->pc->assignment == SC_ASSIGN_KAFKA_GROUP && pl->subscribed && pl->never_assigned &&
+           rd_kafka_version() < 0x020300ff &&
+           rd_kafka_conf_get(rd_kafka_conf(pl->rk), "partition.assignment.strategy", strategy,
+                             &ssz) == RD_KAFKA_CONF_OK &&
+           strstr(strategy, "cooperative-sticky") != NULL;
+}
+
+bool sc_pipeline_kept_consumer(void)
+{
+    return atomic_load(&kept_consumer);
+}
+
 struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                                     const atomic_bool *stop, char *err, size_t errsize)
 {
@@ -718,8 +887,20 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     pl->cfg = cfg;
     pl->pc = pc;
     pl->stop = stop;
+    pl->never_assigned = true;
     pthread_mutex_init(&pl->lock, NULL);
     sc_notify_pl_init(&pl->notify, cfg, pc->name);
+    pl->m = sc_metrics_pipeline(pc->name);
+    uint64_t inc = 0;
+    if (getrandom(&inc, sizeof(inc), 0) != (ssize_t)sizeof(inc))
+        inc = (uint64_t)sc_mono_ms() * 2654435761u ^ (uint64_t)getpid();
+    pl->self = (struct sc_lease_self){
+        .pipeline = pc->name,
+        .instance = cfg->instance_id,
+        .incarnation = (int64_t)(inc & INT64_MAX),
+        .assignment = pc->assignment == SC_ASSIGN_LEASE ? "lease" : "kafka-group",
+        .ttl_ms = pc->lease.ttl_ms,
+    };
 
     rd_kafka_conf_t *conf = rd_kafka_conf_new();
     char client_id[256];
@@ -761,10 +942,14 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     if (rd_kafka_conf_get(conf, "partition.assignment.strategy", strategy, &ssz) ==
         RD_KAFKA_CONF_OK)
         pl->cooperative = strstr(strategy, "cooperative") != NULL;
+    /* Lease mode assigns partitions itself, one at a time (no group membership). */
+    if (pc->assignment == SC_ASSIGN_LEASE)
+        pl->cooperative = true;
     rd_kafka_conf_set_opaque(conf, pl);
     rd_kafka_conf_set_log_cb(conf, log_cb);
     rd_kafka_conf_set_error_cb(conf, error_cb);
-    rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
+    if (pc->assignment != SC_ASSIGN_LEASE)
+        rd_kafka_conf_set_rebalance_cb(conf, rebalance_cb);
     rd_kafka_conf_set_offset_commit_cb(conf, commit_cb);
     rd_kafka_conf_set_stats_cb(conf, stats_cb);
     char e[512];
@@ -798,6 +983,8 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
         if (!pl->workers[i])
             goto fail;
     }
+    if (pc->assignment == SC_ASSIGN_LEASE && sc_leasemode_init(pl, err, errsize) != 0)
+        goto fail;
     return pl;
 fail:
     if (conf)
@@ -808,17 +995,21 @@ fail:
 
 int sc_pipeline_start(struct sc_pipeline *pl, char *err, size_t errsize)
 {
+    /* On this thread, before the consumer thread owns the lease session. */
+    int rc = sc_pl_register(pl, err, errsize);
+    if (rc != SC_EXIT_OK)
+        return rc;
     for (int i = 0; i < pl->nworkers; i++)
         if (sc_worker_start(pl->workers[i]) != 0) {
             snprintf(err, errsize, "could not start worker thread %d", i);
-            return -1;
+            return SC_EXIT_FAILURE;
         }
-    if (pthread_create(&pl->thread, NULL, consumer_main, pl) != 0) {
+    if (pthread_create(&pl->thread, NULL, pl->lm ? sc_leasemode_main : consumer_main, pl) != 0) {
         snprintf(err, errsize, "could not start the consumer thread");
-        return -1;
+        return SC_EXIT_FAILURE;
     }
     pl->thread_started = true;
-    return 0;
+    return SC_EXIT_OK;
 }
 
 void sc_pipeline_join(struct sc_pipeline *pl)
@@ -838,18 +1029,19 @@ void sc_pipeline_free(struct sc_pipeline *pl)
         sc_worker_stop(pl->workers[i]);
     free(pl->workers);
     free(pl->parts);
+    sc_leasemode_free(pl);
     if (pl->consumer_q)
         rd_kafka_queue_destroy(pl->consumer_q);
-    /* librdkafka before 2.3.0 aborts in rd_kafka_destroy() when a cooperative-sticky
-     * consumer joined its group but never got an assignment (its assignor state is still
-     * NULL: librdkafka issue #4312): a SIGTERM during an instance's first rebalance then
-     * ended in SIGABRT.  The consumer is closed already (it left the group) and the process
-     * is exiting: leave that handle alone. */
-    if (pl->rk && pl->cooperative && !pl->assigned_once && rd_kafka_version() < 0x020300ff)
-        sc_debug(NULL, "pipeline %s: consumer never assigned; not destroyed (librdkafka #4312)",
-                 pl->pc->name);
-    else if (pl->rk)
+    if (pl->rk && destroy_would_abort(pl)) {
+        struct sc_log_fields f = sc_pl_log(pl);
+        sc_info(&f,
+                "librdkafka %s would abort destroying a consumer that never got an "
+                "assignment (librdkafka#4312): leaving it to the exit",
+                rd_kafka_version_str());
+        atomic_store(&kept_consumer, true);
+    } else if (pl->rk) {
         rd_kafka_destroy(pl->rk);
+    }
     if (pl->db.dsn)
         sc_db_close(&pl->db);
     pthread_mutex_destroy(&pl->lock);

@@ -1,13 +1,19 @@
 /*
  * sc_pipeline - one configured pipeline at run time: its Kafka consumer,
- * the consumer thread that handles rebalances and lease renewal, and its
- * pool of delivery workers (sc_worker.c).
+ * the consumer thread that decides which partitions it consumes and renews
+ * their leases, and its pool of delivery workers (sc_worker.c).
+ *
+ * Who decides which partitions an instance consumes is the pipeline's
+ * "assignment": with "kafka-group" Kafka's group coordinator assigns them
+ * (rebalance callback, sc_pipeline.c); with "lease" the instances share
+ * them through PostgreSQL alone (sc_leasemode.c, docs/design.md §10).
  *
  * Threads and ownership:
  *   - the consumer thread owns the rd_kafka_t poll loop, the rebalance
- *     callback, the list of owned partitions (pl->parts) and the lease
- *     connection; it creates a struct sc_part on assignment, hands it to
- *     one worker, and asks that worker to drop it on revocation;
+ *     callback or the lease-mode assignment, the list of owned partitions
+ *     (pl->parts) and the lease connection; it creates a struct sc_part when
+ *     a partition becomes its own, hands it to one worker, and asks that
+ *     worker to drop it when it goes;
  *   - a worker owns everything under "worker-owned" in struct sc_part and
  *     its own checkpoint connection and sink instance;
  *   - the two talk through the worker's inbox (mutex + condition variable,
@@ -24,14 +30,17 @@
 
 #include <librdkafka/rdkafka.h>
 
+#include "base/sc_metrics.h"
 #include "config/sc_config.h"
 #include "db/sc_db.h"
 #include "protocol/sc_checkpoint.h"
+#include "protocol/sc_lease.h"
 #include "protocol/sc_notify.h"
 #include "sinks/sc_sink.h"
 
 struct sc_worker;
 struct sc_part;
+struct sc_leasemode;
 
 struct sc_pipeline {
     const struct sc_config *cfg;
@@ -42,7 +51,6 @@ struct sc_pipeline {
     bool thread_started;
     const atomic_bool *stop; /* process-wide shutdown flag */
     bool cooperative;
-    bool assigned_once; /* consumer thread: a rebalance assigned partitions (maybe none) */
 
     struct sc_worker **workers;
     int nworkers;
@@ -62,13 +70,34 @@ struct sc_pipeline {
     atomic_bool fetch_poke;
     rd_kafka_queue_t *consumer_q;
     int64_t next_poke_ms;
+
+    /* Consumer thread: the registration, control notifications and the renewal tick. */
+    struct sc_lease_self self;
+    bool draining;           /* an operator drained this instance (lease mode) */
+    unsigned listen_gen;     /* the lease connection that LISTENs on the control channel */
+    bool tick_now;           /* a notification asks for a renewal tick at once */
+    int64_t last_tick_ms;    /* when the last tick was sent */
+    int64_t next_listen_ms;  /* next LISTEN attempt while it fails */
+    struct sc_metrics_pl *m; /* the pipeline's assignment metrics */
+    bool subscribed;         /* kafka-group: joined (or joining) the consumer group */
+    bool never_assigned;     /* kafka-group: no assignment received yet (see shutdown) */
+    struct sc_leasemode *lm; /* "assignment": "lease" state (sc_leasemode.c), else NULL */
 };
 
 /* Creates the consumer and the workers (not started). NULL with err on failure. */
 struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                                     const atomic_bool *stop, char *err, size_t errsize);
-/* Starts the worker threads and the consumer thread. */
+/*
+ * Registers this process for the pipeline, then starts the worker threads
+ * and the consumer thread.  Returns SC_EXIT_OK, SC_EXIT_FAILURE, or
+ * SC_EXIT_USAGE when another live process runs the pipeline with the same
+ * instance_id (err says which); err is set unless SC_EXIT_OK.
+ */
 int sc_pipeline_start(struct sc_pipeline *pl, char *err, size_t errsize);
+
+/* Whether the process may skip rd_kafka_wait_destroyed() (a consumer was kept alive to
+ * dodge a librdkafka bug, see sc_pipeline_free()). */
+bool sc_pipeline_kept_consumer(void);
 /*
  * Waits for the consumer thread to finish its shutdown (it starts when *stop
  * becomes true): revokes every partition, commits in-flight batches,

@@ -1284,9 +1284,15 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     switch (sr) {
     case SC_SINK_OK:
         break;
-    case SC_SINK_FENCED:
-        part_fenced(w, p, "committing a batch", true);
+    case SC_SINK_FENCED: {
+        /* No row matched: another epoch (fenced), or an operator changed the row under us
+         * (a reset, a pause): then it is re-read, not counted. */
+        struct sc_cp_key k = key_of(w, p);
+        bool fenced = sc_checkpoint_still_owner(&w->db, &k, p->cp.epoch) != 0;
+        part_fenced(w, p, fenced ? "committing a batch" : "the checkpoint changed under us",
+                    fenced);
         return;
+    }
     case SC_SINK_RETRY:
         retry_later(w, p, err);
         return;
@@ -1336,10 +1342,15 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     sc_failpoint("after_commit");
     sc_notify_count_commit(w->env.notify);
     atomic_store(&p->m->committed_offset, c.next_offset);
-    if (c.and_pend)
+    if (c.and_pend && !p->cp.has_pending) {
+        /* Committed, but the next batch was not pended: an operator paused the partition
+         * meanwhile.  Re-read the row before anything else (service()). */
+        atomic_store(&p->control_changed, true);
+    } else if (c.and_pend) {
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
+    }
     p->replay = false;
-    sc_metrics_set_pending(p->m, c.and_pend ? 1 : 0);
+    sc_metrics_set_pending(p->m, p->cp.has_pending ? 1 : 0);
     sc_counter_add(&p->m->records_delivered, n - ndead);
     sc_counter_add(&p->m->dead_letters, ndead);
     sc_counter_add(&p->m->batches_committed, 1);
@@ -1722,6 +1733,14 @@ static void part_added(struct sc_worker *w, struct sc_part *p)
         index_rebuild(w);
     else
         index_put(w, p);
+    if (p->handover_waiting) {
+        /* Assigned by Kafka but its lease is not ours yet (held by another live instance, or
+         * its row locked): paused, it fetches nothing until the consumer thread acquires it
+         * and hands it over again (OP_REACQUIRED). */
+        p->state = SC_PART_FENCED;
+        atomic_store(&p->not_fetching, true);
+        return;
+    }
     atomic_store(&p->m->owned, 1);
 }
 
@@ -1736,6 +1755,7 @@ static void part_reacquired(struct sc_worker *w, struct sc_part *p)
     p->sink_part = NULL;
     sc_partbuf_clear(&p->buf);
     take_handover(p);
+    atomic_store(&p->m->owned, 1);
     if (!p->handover_seek) {
         /* The consumer thread re-assigned the partition at the start offset. */
         sc_info(&p->log,
@@ -1772,13 +1792,22 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
         struct sc_lease_held h = {
             .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
-        if (sc_lease_release(&w->db, w->env.pc->name, w->env.cfg->instance_id,
-                             sc_notify_channel(w->env.notify), &h, 1, reason) != 0)
+        int released =
+            sc_lease_release(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                             sc_notify_channel(w->env.notify), &h, 1, reason, p->release_to);
+        if (released < 0)
             sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
                     w->db.last_error);
+        else if (released == 0)
+            sc_info(&p->log, "lease not released (%s): epoch %" PRId64 " is no longer ours", reason,
+                    p->cp.epoch);
+        else if (p->release_to)
+            sc_info(&p->log, "lease released (%s) and reserved for %s", reason, p->release_to);
         else
             sc_info(&p->log, "lease released (%s)", reason);
     }
+    if (p->removed)
+        atomic_store(p->removed, true);
     sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
     sc_metrics_set_pending(p->m, 0);

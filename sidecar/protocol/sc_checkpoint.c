@@ -119,6 +119,7 @@ static const struct sc_stmt st_pend = {
     "  pending_count = $8, pending_checksum = $9, pending_write_offset = committed_write_offset,"
     "  pending_since = now(), updated_at = now()"
     " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"
+    "  AND NOT paused"
     "  AND committed_write_offset = $10 AND committed_offset IS NOT DISTINCT FROM $11"
     " RETURNING pending_write_offset),"
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
@@ -146,15 +147,21 @@ static const struct sc_stmt st_commit = {
     12,
 };
 
+/* The commit of B always; the pend of B+1 only if the partition is not paused (an
+ * operator's pause_partition() stops delivery before the next batch: docs/operations.md). */
 static const struct sc_stmt st_commit_pend = {
     "sc_cp_commit_pend",
     "WITH c AS ("
     " UPDATE {S}.checkpoints SET committed_offset = $7, committed_write_offset = $8,"
-    "  pending_first_offset = $9, pending_last_offset = $10, pending_count = $11,"
-    "  pending_checksum = $12, pending_write_offset = $8, pending_since = now(),"
+    "  pending_first_offset = CASE WHEN paused THEN NULL ELSE $9::bigint END,"
+    "  pending_last_offset = CASE WHEN paused THEN NULL ELSE $10::bigint END,"
+    "  pending_count = CASE WHEN paused THEN NULL ELSE $11::int END,"
+    "  pending_checksum = CASE WHEN paused THEN NULL ELSE $12::bigint END,"
+    "  pending_write_offset = CASE WHEN paused THEN NULL ELSE $8::bigint END,"
+    "  pending_since = CASE WHEN paused THEN NULL ELSE now() END,"
     "  updated_at = now()"
     " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset = $6"
-    " RETURNING 1),"
+    " RETURNING paused),"
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
     "  last_offset, write_offset, detail)"
     " SELECT $1, $2, $3, v.kind, $4, $5, v.f, v.l, $8, v.d FROM c, (VALUES"
@@ -162,8 +169,9 @@ static const struct sc_stmt st_commit_pend = {
     "   jsonb_build_object('count', $14::int, 'next_offset', $7::bigint)),"
     "  (2, 'pend', $9::bigint, $10::bigint,"
     "   jsonb_build_object('count', $11::int, 'checksum', $12::bigint))) AS v(ord, kind, f, l, d)"
+    "  WHERE v.ord = 1 OR NOT c.paused"
     "  ORDER BY v.ord RETURNING id)," NOTIFY_CTE(
-        "$16") " SELECT 1 FROM c, (SELECT count(*) FROM n) AS _n",
+        "$16") " SELECT c.paused FROM c, (SELECT count(*) FROM n) AS _n",
     16,
 };
 
@@ -173,7 +181,7 @@ static const struct sc_stmt st_commit_pend = {
     " UPDATE {S}.checkpoints SET committed_offset = $9::bigint + 1, committed_write_offset = $7,"  \
     "  updated_at = now()"                                                                         \
     " WHERE " PK " AND epoch = $4 AND state = 'ok' AND pending_first_offset IS NULL"               \
-    "  AND committed_offset IS NOT DISTINCT FROM $6"                                               \
+    "  AND NOT paused AND committed_offset IS NOT DISTINCT FROM $6"                                \
     " RETURNING 1),"                                                                               \
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset," \
     "  last_offset, write_offset, detail)"                                                         \
@@ -346,15 +354,21 @@ static void param_str(struct params *p, const char *s)
     p->v[p->n++] = s;
 }
 
-/* Runs a conditional write: OK if it matched the row, else FENCED/CONFLICT from a reload. */
-static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
-                                   const struct params *p, const struct sc_cp_key *k, int64_t epoch)
+/*
+ * Runs a conditional write: OK if it matched the row, else FENCED/CONFLICT from a reload.
+ * flag (may be NULL): whether the first column of the answer is true.
+ */
+static enum sc_cp_status run_write_flag(struct sc_db *db, const struct sc_stmt *st,
+                                        const struct params *p, const struct sc_cp_key *k,
+                                        int64_t epoch, bool *flag)
 {
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, st, p->v, &cls);
     if (!res)
         return failed(db, cls);
     int rows = PQntuples(res);
+    if (flag)
+        *flag = rows > 0 && PQgetvalue(res, 0, 0)[0] == 't';
     PQclear(res);
     if (rows > 0)
         return SC_CP_OK;
@@ -364,6 +378,12 @@ static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
     if (s != SC_CP_OK)
         return s == SC_CP_CONFLICT ? SC_CP_FENCED : s;
     return now.epoch != epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+}
+
+static enum sc_cp_status run_write(struct sc_db *db, const struct sc_stmt *st,
+                                   const struct params *p, const struct sc_cp_key *k, int64_t epoch)
+{
+    return run_write_flag(db, st, p, k, epoch, NULL);
 }
 
 enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_key *k,
@@ -404,7 +424,8 @@ enum sc_cp_status sc_checkpoint_store_dead(struct sc_db *db, const struct sc_cp_
  */
 static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
                                         const struct params *p, const struct sc_cp_key *k,
-                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead);
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead,
+                                        bool *flag);
 
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
                                      int64_t first, int64_t last, int32_t count, uint32_t checksum)
@@ -455,7 +476,7 @@ enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key 
     param_i64(&p, cp->pending_last);
     param_i64(&p, cp->pending_count);
     param_str(&p, k->notify_channel);
-    enum sc_cp_status s = run_write_dead(db, &st_commit, &p, k, cp->epoch, dead, ndead);
+    enum sc_cp_status s = run_write_dead(db, &st_commit, &p, k, cp->epoch, dead, ndead, NULL);
     if (s == SC_CP_OK)
         apply_commit(cp, next_offset, next_write_offset);
     return s;
@@ -481,8 +502,14 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
     param_i64(&p, cp->pending_count); /* $14 */
     param_str(&p, replay ? "replay" : "commit");
     param_str(&p, k->notify_channel);
-    enum sc_cp_status s = run_write_dead(db, &st_commit_pend, &p, k, cp->epoch, dead, ndead);
-    if (s == SC_CP_OK) {
+    bool paused = false;
+    enum sc_cp_status s =
+        run_write_dead(db, &st_commit_pend, &p, k, cp->epoch, dead, ndead, &paused);
+    if (s == SC_CP_OK && paused) {
+        /* Committed; the next batch was not pended: an operator paused the partition. */
+        apply_commit(cp, next_offset, next_write_offset);
+        cp->paused = true;
+    } else if (s == SC_CP_OK) {
         apply_commit(cp, next_offset, next_write_offset);
         cp->has_pending = true;
         cp->pending_first = first;
@@ -696,17 +723,18 @@ static enum sc_cp_status exec_simple(struct sc_db *db, const char *sql)
 
 static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *st,
                                         const struct params *p, const struct sc_cp_key *k,
-                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead)
+                                        int64_t epoch, const struct sc_cp_dead *dead, size_t ndead,
+                                        bool *flag)
 {
     if (ndead == 0)
-        return run_write(db, st, p, k, epoch);
+        return run_write_flag(db, st, p, k, epoch, flag);
     if (!sc_db_hold(db))
         return SC_CP_UNAVAILABLE;
     enum sc_cp_status s = exec_simple(db, "BEGIN");
     if (s == SC_CP_OK)
         s = sc_checkpoint_store_dead(db, k, dead, ndead);
     if (s == SC_CP_OK)
-        s = run_write(db, st, p, k, epoch);
+        s = run_write_flag(db, st, p, k, epoch, flag);
     if (s == SC_CP_OK)
         s = exec_simple(db, "COMMIT");
     else

@@ -70,7 +70,8 @@ struct sc_cp_dead {
     int attempts;
 };
 
-/* Records a pending batch [first, last] (count records, checksum) at cp->committed_write_offset. */
+/* Records a pending batch [first, last] (count records, checksum) at cp->committed_write_offset;
+ * CONFLICT while the partition is paused (nothing new starts after pause_partition()). */
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
                                      int64_t first, int64_t last, int32_t count, uint32_t checksum);
 
@@ -86,7 +87,8 @@ enum sc_cp_status sc_checkpoint_commit(struct sc_db *db, const struct sc_cp_key 
                                        const struct sc_cp_dead *dead, size_t ndead);
 
 /* Commits the pending batch and pends the next one in one transaction (one round trip
- * when there are no dead letters). */
+ * when there are no dead letters).  A paused partition (pause_partition()) gets the commit
+ * only: then cp->has_pending is false and cp->paused true. */
 enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct sc_cp_key *k,
                                                 struct sc_cp *cp, int64_t next_offset,
                                                 int64_t next_write_offset, bool replay,

@@ -78,6 +78,7 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         "    \"name\": \"%s\",\n"
         "    \"topics\": %s,\n"
         "    \"start_from\": \"%s\",\n"
+        "    \"assignment\": \"%s\",\n"
         "    \"batch\": {\"max_records\": %d, \"max_wait_ms\": %d%s},\n"
         "    \"lease\": {\"ttl_ms\": %d, \"renew_ms\": %d},\n"
         "    \"workers\": %d,\n"
@@ -91,8 +92,9 @@ const char *scx_config(const struct scx_env *e, const char *instance, const stru
         o->shutdown_timeout_ms ? o->shutdown_timeout_ms : 8000, o->extra_top ? o->extra_top : "",
         o->extra_top ? ",\n" : "", o->pipeline ? o->pipeline : "p1",
         o->topics ? o->topics : "[\"orders\"]", o->start_from ? o->start_from : "earliest",
-        o->max_records ? o->max_records : 100, o->max_wait_ms ? o->max_wait_ms : 20, max_bytes,
-        o->ttl_ms ? o->ttl_ms : 3000, o->renew_ms ? o->renew_ms : 1000, o->workers ? o->workers : 2,
+        o->assignment ? o->assignment : "kafka-group", o->max_records ? o->max_records : 100,
+        o->max_wait_ms ? o->max_wait_ms : 20, max_bytes, o->ttl_ms ? o->ttl_ms : 3000,
+        o->renew_ms ? o->renew_ms : 1000, o->workers ? o->workers : 2,
         o->extra_pipeline ? o->extra_pipeline : "", o->extra_pipeline ? ",\n" : "", sink);
     return path;
 }

@@ -48,6 +48,7 @@ struct scx_opts {
     int shutdown_timeout_ms;    /* 8000 */
     const char *extra_top;      /* extra top-level members, e.g. "\"notify\":{...}" */
     const char *extra_pipeline; /* extra pipeline members, e.g. "\"value_format\":\"avro\"" */
+    const char *assignment;     /* "kafka-group" (the default) or "lease" */
 };
 
 /* Writes a config for instance id into e->dir/<instance>.json; returns its path (static). */

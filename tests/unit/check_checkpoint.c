@@ -84,7 +84,7 @@ static void release(struct sc_db *db, const char *pipeline, const char *owner, i
 {
     struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = epoch};
 
-    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test", NULL), 1);
 }
 
 /* What a refused write must leave as it was: the row as stored, the events, the dead letters. */
@@ -511,13 +511,74 @@ START_TEST(operator_reset_turns_in_flight_writes_into_conflicts)
 
     /* The owner notices (renewal), re-reads the row, and goes on from 100. */
     struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = cp.epoch};
-    ck_assert_int_eq(sc_lease_renew(&a, "p", "A", LONG_MS, &h, 1), 0);
-    ck_assert(h.ok);
+    struct sc_lease_self self = {"p", "A", 1, "kafka-group", LONG_MS};
+    struct sc_lease_holder holder;
+    struct sc_lease_tick tick;
+    bool registered, draining;
+    ck_assert_int_eq(sc_lease_register(&a, &self, "test", 1, &registered, &draining, &holder), 0);
+    ck_assert(registered);
+    ck_assert_int_eq(sc_lease_tick(&a, &self, &h, 1, -1, -1, NULL, false, &tick), 0);
+    ck_assert(tick.registered);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(h.state, SC_LEASE_RENEWED);
     ck_assert_int_gt(h.control_seq, cp.control_seq);
     ck_assert_int_eq(sc_checkpoint_load(&a, &k, &cp), SC_CP_OK);
     ck_assert(cp.has_committed && !cp.has_pending);
     ck_assert_int_eq(cp.committed_offset, 100);
     ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 100, 109, 10, 3), SC_CP_OK);
+
+    sc_db_close(&a);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * pause_partition() stops delivery before the next batch, whenever the owner
+ * hears of it: nothing can be pended on a paused row, a written batch still
+ * commits but its successor is not pended with it, and a transactional
+ * sink's advance (which has no pending step) is refused.
+ */
+START_TEST(paused_rows_take_no_new_batch)
+{
+    struct t t;
+    struct sc_db a;
+    struct sc_cp_key k = {.pipeline = "p", .topic = TOPIC, .partition = 0, .owner = "A"};
+    struct sc_cp x;
+
+    t_start(&t, "paused");
+    db_open(&t, &a);
+    struct sc_cp cp = acquire(&a, "p", "A");
+    ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp, 0, "latest"), SC_CP_OK);
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 0, 9, 10, 1), SC_CP_OK);
+
+    hx_pg_exec(t.conn, "SELECT sidecar.pause_partition('p', '" TOPIC "', 0)");
+
+    /* The batch in flight commits; the next one is not pended with it. */
+    long long events = count_of(&t, "SELECT count(*) FROM sidecar.events WHERE pipeline = $1", "p");
+    ck_assert_int_eq(
+        sc_checkpoint_commit_and_pend(&a, &k, &cp, 10, 100, false, NULL, 0, 10, 19, 10, 2),
+        SC_CP_OK);
+    ck_assert(cp.has_committed && !cp.has_pending && cp.paused);
+    ck_assert_int_eq(cp.committed_offset, 10);
+    ck_assert_int_eq(count_of(&t,
+                              "SELECT count(*) FROM sidecar.checkpoints WHERE pipeline = $1"
+                              " AND committed_offset = 10 AND pending_first_offset IS NULL",
+                              "p"),
+                     1);
+    ck_assert_int_eq(count_of(&t, "SELECT count(*) FROM sidecar.events WHERE pipeline = $1", "p"),
+                     events + 1); /* the commit's event, no pend event */
+
+    /* Nothing new is pended, and a transactional advance is refused. */
+    x = cp;
+    EXPECT_CONFLICT("pend on a paused row", sc_checkpoint_pend(&a, &k, &x, 10, 19, 10, 2));
+    x = cp;
+    EXPECT_CONFLICT("advance on a paused row",
+                    sc_checkpoint_advance(&a, &k, &x, 10, 19, 10, 20, NULL, 0));
+
+    /* Resumed (and re-read, as the owner does): delivery goes on. */
+    hx_pg_exec(t.conn, "SELECT sidecar.resume_partition('p', '" TOPIC "', 0)");
+    ck_assert_int_eq(sc_checkpoint_load(&a, &k, &cp), SC_CP_OK);
+    ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp, 10, 19, 10, 2), SC_CP_OK);
 
     sc_db_close(&a);
     t_stop(&t);
@@ -854,6 +915,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, queued_advance_fails_unless_it_matches);
     tcase_add_test(tc, writes_expecting_another_state_conflict);
     tcase_add_test(tc, operator_reset_turns_in_flight_writes_into_conflicts);
+    tcase_add_test(tc, paused_rows_take_no_new_batch);
     tcase_add_test(tc, events_match_changes);
     tcase_add_test(tc, refusals_are_classified);
     suite_add_tcase(s, tc);

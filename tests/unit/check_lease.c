@@ -12,6 +12,8 @@
  */
 #include <check.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,10 +60,15 @@ static void t_stop(struct t *t)
     PQfinish(t->conn);
 }
 
+static void db_open_as(const struct t *t, struct sc_db *db, const char *app)
+{
+    sc_db_init(db, t->dsn, "sidecar", app, 5000);
+    ck_assert_msg(sc_db_connect(db, true) == 0, "connect: %s", db->last_error);
+}
+
 static void db_open(const struct t *t, struct sc_db *db)
 {
-    sc_db_init(db, t->dsn, "sidecar", "check_lease", 5000);
-    ck_assert_msg(sc_db_connect(db, true) == 0, "connect: %s", db->last_error);
+    db_open_as(t, db, "check_lease");
 }
 
 /* Acquires partition of TOPIC for owner; returns whether it was acquired (the answer in *r). */
@@ -79,22 +86,64 @@ static bool acquire(struct sc_db *db, const char *pipeline, const char *owner, i
     return r->acquired;
 }
 
+/* Releases one lease (reserved for to, or NULL); returns how many were released (0 or 1). */
+static int release_to(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
+                      int64_t epoch, const char *to)
+{
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    int n = sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test", to);
+
+    ck_assert_msg(n >= 0, "release: %s", db->last_error);
+    return n;
+}
+
 static void release(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
                     int64_t epoch)
 {
-    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    ck_assert_int_eq(release_to(db, pipeline, owner, partition, epoch, NULL), 1);
+}
 
-    ck_assert_int_eq(sc_lease_release(db, pipeline, owner, NULL, &h, 1, "test"), 0);
+/* Who owner is in the registry: the incarnation is the same for every session of it. */
+static struct sc_lease_self self_of(const char *pipeline, const char *owner, int ttl_ms)
+{
+    int64_t inc = 0;
+    for (const char *c = owner; *c; c++)
+        inc = inc * 31 + *c;
+    return (struct sc_lease_self){pipeline, owner, inc, "lease", ttl_ms};
+}
+
+/* Registers owner in pipeline; returns whether it was. */
+static bool register_as(struct sc_db *db, const char *pipeline, const char *owner, int ttl_ms)
+{
+    struct sc_lease_self self = self_of(pipeline, owner, ttl_ms);
+    struct sc_lease_holder h;
+    bool registered = false, draining = false;
+
+    ck_assert_msg(sc_lease_register(db, &self, "test-host", 4242, &registered, &draining, &h) == 0,
+                  "register: %s", db->last_error);
+    return registered;
+}
+
+/* Renews one lease with a tick (registering first); returns its state. */
+static enum sc_lease_state renew_state(struct sc_db *db, const char *pipeline, const char *owner,
+                                       int32_t partition, int64_t epoch)
+{
+    struct sc_lease_self self = self_of(pipeline, owner, LONG_MS);
+    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
+    struct sc_lease_tick tick;
+
+    ck_assert(register_as(db, pipeline, owner, LONG_MS));
+    ck_assert_int_eq(sc_lease_tick(db, &self, &h, 1, -1, -1, NULL, false, &tick), 0);
+    ck_assert(tick.registered);
+    sc_lease_tick_clear(&tick);
+    return h.state;
 }
 
 /* Renews one lease; returns whether it is still ours. */
 static bool renew(struct sc_db *db, const char *pipeline, const char *owner, int32_t partition,
                   int64_t epoch)
 {
-    struct sc_lease_held h = {.topic = TOPIC, .partition = partition, .epoch = epoch};
-
-    ck_assert_int_eq(sc_lease_renew(db, pipeline, owner, LONG_MS, &h, 1), 0);
-    return h.ok;
+    return renew_state(db, pipeline, owner, partition, epoch) == SC_LEASE_RENEWED;
 }
 
 static long long row_int(const struct t *t, const char *sql, const char *pipeline,
@@ -490,8 +539,11 @@ struct racer {
     struct sc_lease_req req;
     int rc;
     bool unavailable;
+    atomic_int busy; /* attempts this round that found the row locked */
 };
 
+/* Acquires until it has the lease or is told who has it: a locked row is tried again, as the
+ * sidecar does. */
 static void *racer_main(void *arg)
 {
     struct racer *r = arg;
@@ -500,34 +552,44 @@ static void *racer_main(void *arg)
         pthread_barrier_wait(&r->race->start);
         if (r->race->stop)
             break;
-        memset(&r->req, 0, sizeof(r->req));
-        r->req.topic = TOPIC;
-        r->req.partition = 0;
-        r->rc = sc_lease_acquire(&r->db, r->race->pipeline, r->owner, LONG_MS, NULL, &r->req, 1,
-                                 &r->unavailable);
+        atomic_store(&r->busy, 0);
+        do {
+            memset(&r->req, 0, sizeof(r->req));
+            r->req.topic = TOPIC;
+            r->req.partition = 0;
+            r->rc = sc_lease_acquire(&r->db, r->race->pipeline, r->owner, LONG_MS, NULL, &r->req, 1,
+                                     &r->unavailable);
+            if (r->rc == 0 && r->req.busy) {
+                atomic_fetch_add(&r->busy, 1);
+                usleep(2000);
+            }
+        } while (r->rc == 0 && r->req.busy);
         pthread_barrier_wait(&r->race->done);
     }
     return NULL;
 }
 
-/* Every racer's session waits for a lock (held by the test's gate). */
+/* Every racer found the row locked by the test's gate (and keeps trying). */
 static bool all_racers_blocked(void *arg)
 {
-    const struct t *t = arg;
+    struct racer *racers = arg;
 
-    return hx_pg_int(t->conn,
-                     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-                     " AND application_name = 'check_lease' AND wait_event_type = 'Lock'",
-                     0, NULL) == RACERS;
+    for (int i = 0; i < RACERS; i++)
+        if (atomic_load(&racers[i].busy) == 0)
+            return false;
+    return true;
 }
 
 /*
  * Before each round the previous winner's lease is made available in one of
  * three ways: it expires, it is released, or its row is deleted (the first
- * round starts with no rows at all).  Every other round the racers are
- * queued behind a lock the test holds on that lease row (a held row lock, or
- * an uncommitted insert of the missing row) and let go together; in the
- * others they only start together.
+ * round starts with no rows at all).  Every other round the racers find the
+ * lease row locked by the test (a held row lock, or an uncommitted insert of
+ * the missing row): a locked row is skipped, never waited for, so each racer
+ * is told "busy" and tries again until the lock goes; in the others they
+ * only start together.  Either way exactly one wins, and every loser is
+ * told the winner: the holder is read from the row it locked, not from a
+ * snapshot taken before the winner committed.
  */
 START_TEST(concurrent_acquirers_get_one_winner)
 {
@@ -572,8 +634,8 @@ START_TEST(concurrent_acquirers_get_one_winner)
         }
         pthread_barrier_wait(&race.start);
         if (gated) {
-            ck_assert_msg(hx_wait_until(all_racers_blocked, &t, 30000),
-                          "round %d: the racers never all queued on the gate", round);
+            ck_assert_msg(hx_wait_until(all_racers_blocked, racers, 30000),
+                          "round %d: the racers never all found the row locked", round);
             hx_pg_exec(gate, how == 0 ? "ROLLBACK" : "COMMIT");
             gated_rounds++;
         }
@@ -598,16 +660,13 @@ START_TEST(concurrent_acquirers_get_one_winner)
                       (long long)w->req.epoch, prev);
         check_acquired(&t, "p", w->owner, 0, &w->req);
         ck_assert_int_eq(events_of(&t, "p", "acquire"), events + 1);
-        /*
-         * A loser names the holder it saw, which may be the previous (expired or released)
-         * one, or none if that row was deleted: its statement's snapshot predates the winner's
-         * commit.  A live holder it names can only be the winner.
-         */
+        /* Every loser is told the winner, with its epoch. */
         for (int i = 0; i < RACERS; i++) {
             const struct sc_lease_req *l = &racers[i].req;
 
-            if (&racers[i] != w && l->holder_ms > 0)
-                ck_assert_msg(strcmp(l->holder, w->owner) == 0 && l->epoch == w->req.epoch,
+            if (&racers[i] != w)
+                ck_assert_msg(strcmp(l->holder, w->owner) == 0 && l->epoch == w->req.epoch &&
+                                  l->holder_ms > 0,
                               "round %d: %s was told %s (epoch %lld) holds the lease, not %s",
                               round, racers[i].owner, l->holder, (long long)l->epoch, w->owner);
         }
@@ -675,8 +734,8 @@ START_TEST(lease_events_match_changes)
     ck_assert(!acquire(&b, "p", "B", LONG_MS, 0, &r2));
     ck_assert(renew(&a, "p", "A", 0, r1.epoch));
     char *lease0 = row_text(&t, "leases", "p", 0);
-    release(&a, "p", "A", 0, r1.epoch + 1);
-    release(&b, "p", "B", 0, r1.epoch);
+    ck_assert_int_eq(release_to(&a, "p", "A", 0, r1.epoch + 1, NULL), 0);
+    ck_assert_int_eq(release_to(&b, "p", "B", 0, r1.epoch, NULL), 0);
     char *lease1 = row_text(&t, "leases", "p", 0);
     ck_assert_str_eq(lease1, lease0);
     free(lease0);
@@ -718,6 +777,355 @@ START_TEST(lease_events_match_changes)
 }
 END_TEST
 
+/* ---- the epoch sequence, lapsed leases -------------------------------------------------- */
+
+START_TEST(epoch_never_repeats_when_both_rows_are_deleted)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3;
+
+    t_start(&t, "epoch_both");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r2));
+    /* Both rows gone: nothing in the tables remembers the epoch any more. */
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.leases");
+    hx_pg_exec(t.conn, "DELETE FROM sidecar.checkpoints");
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_gt(r3.epoch, r2.epoch);
+    check_acquired(&t, "p", "B", 0, &r3);
+    /* A stalled A still holding epoch r2 (or r1) stays fenced. */
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r2.cp), SC_CP_FENCED);
+    ck_assert_int_eq(try_pend(&a, "p", "A", 0, &r1.cp), SC_CP_FENCED);
+    ck_assert_int_eq(try_pend(&b, "p", "B", 0, &r3.cp), SC_CP_OK);
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+START_TEST(lapsed_lease_is_not_renewed)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r1, r2, r3;
+    struct expiry e = {&t, "p"};
+
+    t_start(&t, "lapsed");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(acquire(&a, "p", "A", 100, 0, &r1));
+    ck_assert_msg(hx_wait_until(lease_expired, &e, 30000), "the 100 ms lease never expired");
+    /* Nobody took it, but renewing it is refused: A must acquire it again (new epoch). */
+    char *before = row_text(&t, "leases", "p", 0);
+    ck_assert_int_eq(renew_state(&a, "p", "A", 0, r1.epoch), SC_LEASE_LAPSED);
+    char *after = row_text(&t, "leases", "p", 0);
+    ck_assert_str_eq(after, before);
+    free(before);
+    free(after);
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r2));
+    ck_assert_int_gt(r2.epoch, r1.epoch);
+    ck_assert_int_eq(renew_state(&a, "p", "A", 0, r2.epoch), SC_LEASE_RENEWED);
+    /* A lease another owner holds now is lost, not lapsed. */
+    release(&a, "p", "A", 0, r2.epoch);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_eq(renew_state(&a, "p", "A", 0, r2.epoch), SC_LEASE_LOST);
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- locked rows ------------------------------------------------------------------------------
+ */
+
+START_TEST(locked_rows_delay_only_their_partition)
+{
+    struct t t;
+    struct sc_db a;
+    struct sc_lease_req r[3];
+    bool unavailable;
+
+    t_start(&t, "locked");
+    db_open(&t, &a);
+    PGconn *op = hx_pg_connect(t.dsn);
+    /* Partition 0: its checkpoint row exists and an open transaction holds it. */
+    hx_pg_exec(t.conn, "INSERT INTO sidecar.checkpoints (pipeline, topic, partition)"
+                       " VALUES ('p', '" TOPIC "', 0)");
+    hx_pg_exec(op, "BEGIN");
+    hx_pg_exec(op, "SELECT 1 FROM sidecar.checkpoints WHERE partition = 0 FOR UPDATE");
+    /* Partition 1: another transaction is inserting its lease row and has not committed. */
+    PGconn *op2 = hx_pg_connect(t.dsn);
+    hx_pg_exec(op2, "BEGIN");
+    hx_pg_exec(op2, "INSERT INTO sidecar.leases (pipeline, topic, partition)"
+                    " VALUES ('p', '" TOPIC "', 1)");
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++) {
+        r[i].topic = TOPIC;
+        r[i].partition = i;
+    }
+    int64_t t0 = hx_now_ms();
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, 3, &unavailable), 0);
+    int64_t took = hx_now_ms() - t0;
+    ck_assert(!r[0].acquired && r[0].busy);
+    ck_assert(!r[1].acquired && r[1].busy);
+    ck_assert(r[2].acquired && !r[2].busy);
+    check_acquired(&t, "p", "A", 2, &r[2]);
+    ck_assert_msg(took < 5000, "the acquisition waited %lld ms for the locks", (long long)took);
+    /* The locks go: the two are acquired. */
+    hx_pg_exec(op, "COMMIT");
+    hx_pg_exec(op2, "ROLLBACK");
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, 2, &unavailable), 0);
+    ck_assert(r[0].acquired && r[1].acquired);
+    check_acquired(&t, "p", "A", 0, &r[0]);
+    check_acquired(&t, "p", "A", 1, &r[1]);
+    PQfinish(op);
+    PQfinish(op2);
+    sc_db_close(&a);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- the registry -----------------------------------------------------------------------------
+ */
+
+START_TEST(registry_refuses_a_second_live_process)
+{
+    struct t t;
+    struct sc_db a, a2;
+
+    t_start(&t, "registry");
+    /* The sessions look like the sidecar's lease sessions (their application_name). */
+    db_open_as(&t, &a, "kafka-sidecar/p/leases");
+    db_open_as(&t, &a2, "kafka-sidecar/p/leases");
+    struct sc_lease_self s1 = {"p", "A", 1, "lease", LONG_MS};
+    struct sc_lease_self s2 = {"p", "A", 2, "lease", LONG_MS};
+    struct sc_lease_holder h;
+    bool reg = false, dr = true;
+    ck_assert_int_eq(sc_lease_register(&a, &s1, "host-1", 101, &reg, &dr, &h), 0);
+    ck_assert(reg && !dr);
+    /* Another process (incarnation 2) with the same id while the first is connected. */
+    ck_assert_int_eq(sc_lease_register(&a2, &s2, "host-2", 202, &reg, &dr, &h), 0);
+    ck_assert(!reg);
+    ck_assert_str_eq(h.host, "host-1");
+    ck_assert_int_eq(h.os_pid, 101);
+    ck_assert_int_gt(h.expires_ms, 0);
+    /* The same id in another pipeline is another registration. */
+    struct sc_lease_self s3 = {"q", "A", 2, "lease", LONG_MS};
+    ck_assert_int_eq(sc_lease_register(&a2, &s3, "host-2", 202, &reg, &dr, &h), 0);
+    ck_assert(reg);
+    /* The first one's tick renews it; the second's says it is not registered. */
+    struct sc_lease_tick tick;
+    ck_assert_int_eq(sc_lease_tick(&a, &s1, NULL, 0, 4, 4, "{\"orders\": 4}", true, &tick), 0);
+    ck_assert(tick.registered);
+    ck_assert_int_eq(tick.ninsts, 1);
+    ck_assert_str_eq(tick.insts[0].id, "A");
+    ck_assert(tick.insts[0].eligible);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(sc_lease_tick(&a2, &s2, NULL, 0, -1, -1, NULL, true, &tick), 0);
+    ck_assert(!tick.registered);
+    sc_lease_tick_clear(&tick);
+    /* The first one's session ends (a crash): the second takes the id at once. */
+    sc_db_close(&a);
+    int64_t end = hx_now_ms() + 30000;
+    do
+        ck_assert_int_eq(sc_lease_register(&a2, &s2, "host-2", 202, &reg, &dr, &h), 0);
+    while (!reg && hx_now_ms() < end);
+    ck_assert_msg(reg, "the id of a disconnected process was not taken over");
+    /* Drained instances stay drained across a new registration. */
+    hx_pg_exec(t.conn, "SELECT sidecar.drain_instance('p', 'A')");
+    ck_assert_int_eq(sc_lease_register(&a2, &s2, "host-2", 202, &reg, &dr, &h), 0);
+    ck_assert(reg && dr);
+    ck_assert_int_eq(sc_lease_tick(&a2, &s2, NULL, 0, -1, -1, NULL, true, &tick), 0);
+    ck_assert(tick.ninsts == 1 && !tick.insts[0].eligible);
+    sc_lease_tick_clear(&tick);
+    /* A clean shutdown: not live any more, for the others at once. */
+    ck_assert_int_eq(sc_lease_deregister(&a2, &s2), 0);
+    ck_assert_int_eq(hx_pg_int(t.conn,
+                               "SELECT count(*) FROM sidecar.instance_status WHERE pipeline = 'p'"
+                               " AND live",
+                               0, NULL),
+                     0);
+    sc_db_close(&a2);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- handoffs ----------------------------------------------------------------------------------
+ */
+
+START_TEST(handoff_request_release_and_reservation)
+{
+    struct t t;
+    struct sc_db a, b, c;
+    struct sc_lease_req r1, r2, r3;
+
+    t_start(&t, "handoff");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    db_open(&t, &c);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    ck_assert(register_as(&c, "p", "C", LONG_MS));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r1));
+
+    /* B asks for it once; a second request (C's) on it is not made. */
+    const char *topics[] = {TOPIC};
+    const int32_t parts[] = {0};
+    const char *owners[] = {"A"};
+    ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 1), 1);
+    ck_assert_int_eq(sc_lease_request_handoffs(&c, "p", "C", topics, parts, owners, 1), 0);
+    ck_assert_int_eq(events_of(&t, "p", "handoff_request"), 1);
+    /* A's tick sees it. */
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = r1.epoch};
+    struct sc_lease_tick tick;
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, &h, 1, 1, 1, NULL, true, &tick), 0);
+    ck_assert_int_eq(h.state, SC_LEASE_RENEWED);
+    ck_assert_int_eq(tick.nleases, 1);
+    ck_assert_str_eq(tick.leases[0].owner, "A");
+    ck_assert_str_eq(tick.leases[0].handoff_to, "B");
+    ck_assert_int_eq(tick.leases[0].reason, SC_HANDOFF_BALANCE);
+    ck_assert_int_eq(tick.ninsts, 3);
+    sc_lease_tick_clear(&tick);
+
+    /* A refuses: cleared, with its event; then B asks again and A hands it over. */
+    ck_assert_int_eq(sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, 1, "test"), 1);
+    ck_assert_int_eq(events_of(&t, "p", "handoff_refused"), 1);
+    ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 1), 1);
+    ck_assert_int_eq(release_to(&a, "p", "A", 0, r1.epoch, "B"), 1);
+
+    /* Reserved for B: C cannot take it, B can. */
+    ck_assert(!acquire(&c, "p", "C", LONG_MS, 0, &r2));
+    ck_assert_str_eq(r2.holder, "B");
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &r3));
+    ck_assert_int_gt(r3.epoch, r1.epoch);
+    check_acquired(&t, "p", "B", 0, &r3);
+    ck_assert_int_eq(row_int(&t,
+                             "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND"
+                             " topic = $2 AND partition = $3 AND handoff_to IS NULL",
+                             "p", 0),
+                     1);
+
+    /* A reservation for an instance that is gone is void: anyone takes it. */
+    ck_assert_int_eq(release_to(&b, "p", "B", 0, r3.epoch, "A"), 1);
+    struct sc_lease_self sb = self_of("p", "A", LONG_MS);
+    ck_assert_int_eq(sc_lease_deregister(&a, &sb), 0);
+    ck_assert(acquire(&c, "p", "C", LONG_MS, 0, &r2));
+    sc_db_close(&a);
+    sc_db_close(&b);
+    sc_db_close(&c);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- operator control --------------------------------------------------------------------------
+ */
+
+/* Runs sql; returns its SQLSTATE ("" on success; the message in msg). */
+static const char *sql_state(const struct t *t, const char *sql, char *msg, size_t size)
+{
+    static char state[8];
+    PGresult *res = PQexec(t->conn, sql);
+    state[0] = '\0';
+    msg[0] = '\0';
+    if (PQresultStatus(res) != PGRES_TUPLES_OK) {
+        snprintf(state, sizeof(state), "%s", PQresultErrorField(res, PG_DIAG_SQLSTATE));
+        snprintf(msg, size, "%s", PQresultErrorMessage(res));
+    }
+    PQclear(res);
+    return state;
+}
+
+START_TEST(operator_functions_check_and_announce)
+{
+    struct t t;
+    struct sc_db a, b;
+    char msg[512];
+
+    t_start(&t, "operator");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    /* Nothing known about the pipeline yet. */
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.pin_partition('p', 'orders', 0, 'A')", msg, sizeof(msg)),
+        "42704");
+    ck_assert_msg(strstr(msg, "unknown pipeline"), "%s", msg);
+
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    struct sc_lease_tick tick;
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, NULL, 0, 4, 2, "{\"orders\": 4}", false, &tick), 0);
+    sc_lease_tick_clear(&tick);
+
+    /* Unknown instance, topic, partition: refused with what is known. */
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.pin_partition('p', 'orders', 0, 'Z')", msg, sizeof(msg)),
+        "42704");
+    ck_assert_msg(strstr(msg, "no instance \"Z\""), "%s", msg);
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.pin_partition('p', 'orders', 4, 'A')", msg, sizeof(msg)),
+        "42704");
+    ck_assert_msg(strstr(msg, "has 4 partitions"), "%s", msg);
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.pin_partition('p', 'refunds', 0, 'A')", msg, sizeof(msg)),
+        "42704");
+    ck_assert_msg(strstr(msg, "does not consume topic"), "%s", msg);
+
+    /* Pin, move (to a live instance only), unpin, drain, undrain: each an event. */
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.pin_partition('p', 'orders', 2, 'B')", msg, sizeof(msg)), "");
+    ck_assert_int_eq(row_int(&t,
+                             "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND"
+                             " topic = $2 AND partition = $3 AND pinned_to = 'B'",
+                             "p", 2),
+                     1);
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.move_partition('p', 'orders', 2, 'A')", msg, sizeof(msg)),
+        "55000");
+    ck_assert_msg(strstr(msg, "pinned to \"B\""), "%s", msg);
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.unpin_partition('p', 'orders', 2)", msg, sizeof(msg)), "");
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.move_partition('p', 'orders', 2, 'A')", msg, sizeof(msg)),
+        "");
+    ck_assert_int_eq(row_int(&t,
+                             "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND"
+                             " topic = $2 AND partition = $3 AND handoff_to = 'A'"
+                             " AND handoff_reason = 'move'",
+                             "p", 2),
+                     1);
+    ck_assert_str_eq(sql_state(&t, "SELECT sidecar.drain_instance('p', 'B')", msg, sizeof(msg)),
+                     "");
+    ck_assert_str_eq(
+        sql_state(&t, "SELECT sidecar.move_partition('p', 'orders', 1, 'B')", msg, sizeof(msg)),
+        "55000");
+    ck_assert_msg(strstr(msg, "is draining"), "%s", msg); /* no lease row for partition 1 yet */
+    ck_assert_str_eq(sql_state(&t, "SELECT sidecar.undrain_instance('p', 'B')", msg, sizeof(msg)),
+                     "");
+    ck_assert_int_eq(events_of(&t, "p", "pin"), 1);
+    ck_assert_int_eq(events_of(&t, "p", "unpin"), 1);
+    ck_assert_int_eq(events_of(&t, "p", "move"), 1);
+    ck_assert_int_eq(events_of(&t, "p", "drain"), 1);
+    ck_assert_int_eq(events_of(&t, "p", "undrain"), 1);
+
+    /* A pipeline whose live instances use Kafka's group coordinator: refused. */
+    struct sc_lease_self g = {"g", "G", 9, "kafka-group", LONG_MS};
+    struct sc_lease_holder h;
+    bool reg, dr;
+    ck_assert_int_eq(sc_lease_register(&a, &g, "host", 1, &reg, &dr, &h), 0);
+    ck_assert_str_eq(sql_state(&t, "SELECT sidecar.drain_instance('g', 'G')", msg, sizeof(msg)),
+                     "0A000");
+    ck_assert_msg(strstr(msg, "kafka-group"), "%s", msg);
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
 static Suite *lease_suite(void)
 {
     Suite *s = suite_create("lease");
@@ -732,6 +1140,12 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, same_owner_reacquires_its_live_lease);
     tcase_add_test(tc, concurrent_acquirers_get_one_winner);
     tcase_add_test(tc, lease_events_match_changes);
+    tcase_add_test(tc, epoch_never_repeats_when_both_rows_are_deleted);
+    tcase_add_test(tc, lapsed_lease_is_not_renewed);
+    tcase_add_test(tc, locked_rows_delay_only_their_partition);
+    tcase_add_test(tc, registry_refuses_a_second_live_process);
+    tcase_add_test(tc, handoff_request_release_and_reservation);
+    tcase_add_test(tc, operator_functions_check_and_announce);
     suite_add_tcase(s, tc);
     return s;
 }
