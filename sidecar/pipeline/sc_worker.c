@@ -749,6 +749,22 @@ static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct 
     return s;
 }
 
+/* What a commit (and pend) would make of *cp: compared with the row after an unknown outcome. */
+static void commit_intended(struct sc_cp *cp, const struct commit_args *a)
+{
+    cp->has_committed = true;
+    cp->committed_offset = a->next_offset;
+    cp->committed_write_offset = a->next_write_offset;
+    cp->has_pending = a->and_pend;
+    if (a->and_pend) {
+        cp->pending_first = a->pend.first;
+        cp->pending_last = a->pend.last;
+        cp->pending_count = a->pend.count;
+        cp->pending_checksum = a->pend.checksum;
+        cp->pending_write_offset = a->next_write_offset;
+    }
+}
+
 static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
                                    const void *arg)
 {
@@ -762,19 +778,8 @@ static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struc
     else
         s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay,
                                  a->dead, a->ndead);
-    if (s == SC_CP_UNAVAILABLE) {
-        cp->has_committed = true;
-        cp->committed_offset = a->next_offset;
-        cp->committed_write_offset = a->next_write_offset;
-        cp->has_pending = a->and_pend;
-        if (a->and_pend) {
-            cp->pending_first = a->pend.first;
-            cp->pending_last = a->pend.last;
-            cp->pending_count = a->pend.count;
-            cp->pending_checksum = a->pend.checksum;
-            cp->pending_write_offset = a->next_write_offset;
-        }
-    }
+    if (s == SC_CP_UNAVAILABLE)
+        commit_intended(cp, a);
     return s;
 }
 
@@ -1315,6 +1320,9 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     sc_failpoint("after_commit");
 }
 
+static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
+                            size_t n, size_t ndead);
+
 /*
  * Commits the pending batch (the first n buffered records, written, with
  * ndead dead letters in w->dead), pending the next `next` records in the
@@ -1338,15 +1346,23 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     }
     if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
         return; /* fenced, or stopping while PostgreSQL is away: a replay then */
+    batch_committed(w, p, &c, n, ndead);
+}
+
+/* The pending batch (n records, ndead dead letters) committed as c says: p->cp is updated. */
+static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
+                            size_t n, size_t ndead)
+{
+    bool was_replay = c->replay;
     p->written = false;
     sc_failpoint("after_commit");
     sc_notify_count_commit(w->env.notify);
-    atomic_store(&p->m->committed_offset, c.next_offset);
-    if (c.and_pend && !p->cp.has_pending) {
+    atomic_store(&p->m->committed_offset, c->next_offset);
+    if (c->and_pend && !p->cp.has_pending) {
         /* Committed, but the next batch was not pended: an operator paused the partition
          * meanwhile.  Re-read the row before anything else (service()). */
         atomic_store(&p->control_changed, true);
-    } else if (c.and_pend) {
+    } else if (c->and_pend) {
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
     }
     p->replay = false;
@@ -1356,9 +1372,9 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     sc_counter_add(&p->m->batches_committed, 1);
     if (was_replay) {
         sc_counter_add(&p->m->replays, 1);
-        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
+        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c->next_offset);
     }
-    mirror_commit(w, p, c.next_offset);
+    mirror_commit(w, p, c->next_offset);
     sc_partbuf_drop(&p->buf, n);
     apply_backpressure(w, p);
 }
@@ -1503,6 +1519,170 @@ static void finish_bounded(struct sc_worker *w, struct sc_part *p, int64_t now)
     w->give_up_ms = now + FINISH_BUDGET_MS;
     deliver_one(w, p, now, true);
     w->give_up_ms = 0;
+}
+
+/*
+ * Grouped commits.  Below saturation every partition's written batch waits
+ * for its commit (deliver_one()), and each commit was a durable PostgreSQL
+ * transaction of its own, one after the other: with several partitions per
+ * worker a record waited for the commits of the partitions served before
+ * its own.  Here the written batches of all partitions whose commit is due
+ * (by the rules of deliver_one()) go in one statement
+ * (sc_checkpoint_commit_group()), each row fenced by its own epoch and
+ * pending batch; a written batch due within half of max_wait_ms is taken
+ * along when something arrived for it meanwhile (a partial batch may always
+ * leave early), so the partitions stay in step and the next round groups
+ * them again.  A row that did not match stops only its partition, as the
+ * single statement would; a statement the server refused changed nothing,
+ * and then each partition commits alone, in service(), as before, where its
+ * own refusal is classified and retried.  One partition due is committed
+ * there too, by the single statement.
+ */
+struct group_member {
+    struct sc_part *p;
+    struct commit_args c;
+    size_t n; /* records of the written batch */
+    struct sc_cp after;
+};
+
+/* Whether p's written batch may join a grouped commit now: *next = records pended with it. */
+static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now, size_t *next,
+                            bool *due)
+{
+    if (!p->written || p->state != SC_PART_ACTIVE || now < p->retry_at_ms || p->replay ||
+        atomic_load(&p->control_changed) || atomic_load(&p->lease_valid_until_ms) < now)
+        return false; /* service() takes it as before */
+    size_t n = (size_t)p->cp.pending_count;
+    *next = cut_batch(w, p, n, now, READY_FULL);
+    *due = *next > 0 || now >= p->commit_due_ms || is_quiet(w, p, now) || w->starved;
+    if (!*due && p->commit_due_ms - now > w->env.pc->batch.max_wait_ms / 2)
+        return false;
+    if (*next == 0)
+        *next = cut_batch(w, p, n, now, READY_ANY);
+    return *due || *next > 0; /* taken early only with a batch to pend */
+}
+
+/* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
+static int member_cmp(const void *a, const void *b)
+{
+    const struct sc_part *x = ((const struct group_member *)a)->p;
+    const struct sc_part *y = ((const struct group_member *)b)->p;
+    int c = strcmp(x->topic, y->topic);
+    return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* Commits the members of g together (see above); those left written commit in service(). */
+static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
+{
+    struct sc_cp_group_item items[SC_CP_GROUP_MAX];
+    qsort(g, ng, sizeof(*g), member_cmp);
+    for (size_t i = 0; i < ng; i++) {
+        g[i].after = g[i].p->cp;
+        items[i] = (struct sc_cp_group_item){
+            .topic = g[i].p->topic,
+            .partition = g[i].p->partition,
+            .cp = &g[i].after,
+            .next_offset = g[i].c.next_offset,
+            .next_write_offset = g[i].c.next_write_offset,
+            .and_pend = g[i].c.and_pend,
+            .first = g[i].c.pend.first,
+            .last = g[i].c.pend.last,
+            .count = g[i].c.pend.count,
+            .checksum = g[i].c.pend.checksum,
+        };
+    }
+    int64_t t0 = sc_mono_ns();
+    enum sc_cp_status s =
+        sc_checkpoint_commit_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                                   sc_notify_channel(w->env.notify), items, ng);
+    int64_t took = sc_mono_ns() - t0;
+    if (s == SC_CP_TRANSIENT || s == SC_CP_FAILED) {
+        /* Nothing changed: each partition commits alone in service() and its refusal is
+         * classified there, for it alone. */
+        sc_debug(&g[0].p->log,
+                 "grouped commit of %zu partitions refused (SQLSTATE %s: %s); "
+                 "committing them one by one",
+                 ng, w->db.last_sqlstate, w->db.last_error);
+        return;
+    }
+    for (size_t i = 0; i < ng; i++) {
+        struct sc_part *p = g[i].p;
+        sc_hist_observe_ns(&p->m->checkpoint_seconds, took);
+        enum sc_cp_status ps = s == SC_CP_OK ? items[i].status : SC_CP_UNAVAILABLE;
+        int r = 0;
+        switch (ps) {
+        case SC_CP_OK:
+            r = 1;
+            break;
+        case SC_CP_FENCED:
+            part_fenced(w, p, "committing a batch", true);
+            continue;
+        case SC_CP_CONFLICT:
+            part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
+            continue;
+        case SC_CP_UNAVAILABLE:
+            if (s == SC_CP_OK)
+                continue; /* not matched, and reading why failed: service() commits it alone */
+            /* The statement's outcome is unknown (all or none): compare each row. */
+            commit_intended(&g[i].after, &g[i].c);
+            r = reconcile(w, p, &p->cp, &g[i].after);
+            break;
+        default:
+            continue; /* not matched, reading why refused: service() commits it alone */
+        }
+        if (r == 1) {
+            p->cp = g[i].after;
+            w->steps++;
+            checkpoint_ok(p);
+            batch_committed(w, p, &g[i].c, g[i].n, 0);
+        } else if (r == -1) {
+            part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+        } else if (r == -3) {
+            checkpoint_failed(w, p, "reading the checkpoint back");
+        } else if (r == -2) {
+            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+        } /* r == 0: it did not happen; service() commits it alone */
+    }
+}
+
+/* Finds the written batches due for commit and commits them in groups (see above). */
+static void commit_written_together(struct sc_worker *w)
+{
+    if ((w->sink->flags & SC_SINK_F_TRANSACTIONAL) || stopping(w) ||
+        w->env.pc->batch.max_wait_ms <= 0)
+        return;
+    struct group_member g[SC_CP_GROUP_MAX];
+    size_t ng = 0;
+    bool any_due = false;
+    int64_t now = sc_mono_ms();
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        size_t next;
+        bool due;
+        if (!group_candidate(w, p, now, &next, &due))
+            continue;
+        size_t n = (size_t)p->cp.pending_count;
+        struct group_member *m = &g[ng++];
+        *m = (struct group_member){
+            .p = p,
+            .n = n,
+            .c = {.next_offset = p->cp.pending_last + 1,
+                  .next_write_offset = p->written_next_write_offset},
+        };
+        if (next > 0) {
+            m->c.and_pend = true;
+            m->c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
+                                           (int32_t)next, batch_checksum(p, n, next)};
+        }
+        any_due = any_due || due;
+        if (ng == SC_CP_GROUP_MAX) {
+            if (any_due)
+                commit_group(w, g, ng);
+            ng = 0;
+            any_due = false;
+        }
+    }
+    if (any_due && ng >= 2)
+        commit_group(w, g, ng);
 }
 
 static void service(struct sc_worker *w, struct sc_part *p)
@@ -1972,6 +2152,7 @@ static void *worker_main(void *arg)
                         poke_fetcher(w, p);
         }
         uint64_t steps = w->steps;
+        commit_written_together(w);
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();
