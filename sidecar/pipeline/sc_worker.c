@@ -418,6 +418,22 @@ static size_t ready_count(const struct sc_worker *w, const struct sc_part *p, si
     return ready_as(w, p, from, n, full, now, mode);
 }
 
+/*
+ * When the commit of p's written batch is due: max_wait_ms after the batch
+ * was written, or earlier, when the oldest record buffered after it has
+ * waited max_wait_ms (the rule of any batch: the commit pends those records,
+ * and a record should wait for its batch no longer than max_wait_ms, not
+ * that plus the commit and the write before it).
+ */
+static int64_t commit_due_at(const struct sc_worker *w, const struct sc_part *p)
+{
+    size_t n = (size_t)p->cp.pending_count;
+    if (p->buf.len <= n)
+        return p->commit_due_ms;
+    int64_t oldest = rec_at(p, n)->arrival_ms + w->env.pc->batch.max_wait_ms;
+    return oldest < p->commit_due_ms ? oldest : p->commit_due_ms;
+}
+
 /* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
 static size_t cut_batch(const struct sc_worker *w, struct sc_part *p, size_t from, int64_t now,
                         enum ready_mode mode)
@@ -1403,7 +1419,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         size_t n = (size_t)p->cp.pending_count;
         size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w) &&
+            if (now < commit_due_at(w, p) && !is_quiet(w, p, now) && !finish && !stopping(w) &&
                 !w->starved)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
@@ -1554,8 +1570,8 @@ static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
         return false; /* service() takes it as before */
     size_t n = (size_t)p->cp.pending_count;
     *next = cut_batch(w, p, n, now, READY_FULL);
-    *due = *next > 0 || now >= p->commit_due_ms || is_quiet(w, p, now) || w->starved;
-    if (!*due && p->commit_due_ms - now > w->env.pc->batch.max_wait_ms / 2)
+    *due = *next > 0 || now >= commit_due_at(w, p) || is_quiet(w, p, now) || w->starved;
+    if (!*due && commit_due_at(w, p) - now > w->env.pc->batch.max_wait_ms / 2)
         return false;
     if (*next == 0)
         *next = cut_batch(w, p, n, now, READY_ANY);
@@ -2072,11 +2088,11 @@ static int next_timeout(struct sc_worker *w)
             continue;
         }
         if (p->written) {
-            /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
+            /* Its commit waits until commit_due_at(), the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
             if (stopping(w) || w->starved || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
-            int64_t due = p->commit_due_ms, quiet = quiet_at(w, p);
+            int64_t due = commit_due_at(w, p), quiet = quiet_at(w, p);
             due = quiet >= 0 && quiet < due ? quiet : due;
             wake = due < wake ? due : wake;
             continue;

@@ -26,6 +26,30 @@
  * arrived meanwhile with it (sc_worker.c).  B is durable all along; a crash in
  * that window is the "after 2, before 3" case below.
  *
+ * Grouped commits.  A worker serves several partitions over one connection,
+ * and each commit_and_pend is a durable transaction (a WAL flush) of its own:
+ * with W partitions per worker a record waited behind up to W of them.  So
+ * the step 3 (+ step 1 of the next batch) of every partition of a worker
+ * whose written batch is due goes in one statement, st_commit_group, an
+ * UPDATE over an array of rows (sc_checkpoint_commit_group()).  Nothing of
+ * the protocol changes per partition: each row carries its own epoch and
+ * expected pending batch in the WHERE clause (I4), exactly the guards of
+ * st_commit / st_commit_pend; each matched row writes the same events in
+ * the same statement (I7) and one NOTIFY per partition; a batch is pended
+ * before it is written (I2: its write waits for the statement's answer) and
+ * committed only after it was written and durable (I3: only written batches
+ * join).  A row that does not match is simply not updated: it gets no event,
+ * the others commit, and the caller learns which rows matched from the
+ * ordinalities returned, then reads the others back to tell a fence from a
+ * conflict, as run_write_flag() does.  The statement is one transaction, so
+ * a crash or a dropped connection leaves all its rows committed or none,
+ * each of which is a case of the table below for every partition; the
+ * worker then reads each row back, as for a single statement.  A statement
+ * the server refused (a trigger, a lock timeout, a deadlock) changed
+ * nothing for any partition: the worker then commits them one by one with
+ * the single statements, so a refusal is classified and retried for its own
+ * partition only, as before.
+ *
  * What a crash at each point leaves behind, and why the next owner repairs
  * it (it always starts by reading this row under a new, higher epoch):
  *
@@ -54,7 +78,8 @@
  *
  * Refusals.  A statement the server answered with an error changed
  * nothing (each statement is its own transaction, or runs in one that is
- * rolled back), so only a dropped connection leaves the outcome unknown
+ * rolled back; a grouped commit changed nothing for any of its partitions),
+ * so only a dropped connection leaves the outcome unknown
  * (SC_CP_UNAVAILABLE).  An answered error is SC_CP_TRANSIENT when it may
  * pass (serialization failure, deadlock, timeout, lock, resources: retry
  * later) and SC_CP_FAILED when it cannot (a constraint, a trigger, a
@@ -81,9 +106,17 @@
  * owner's rows are never committed without their checkpoint (I4).
  *
  * Locks.  Each statement updates one checkpoints row (row lock, held until
- * commit) and inserts into events.  Lease acquisition locks the lease row
- * and then the checkpoint row, in that order, everywhere; checkpoint writes
- * lock only the checkpoint row, so there is no lock-order cycle.
+ * commit) and inserts into events; a grouped commit updates (so locks) the
+ * rows of its own partitions that still carry its epoch, and no other row
+ * matches it: two owners never update the same row.  Lease acquisition
+ * locks the lease row and then the checkpoint row, in that order,
+ * everywhere, and skips locked rows; checkpoint writes lock only checkpoint
+ * rows, so there is no lock-order cycle among the sidecar's own statements.
+ * An operator's transaction holding several rows can still deadlock with a
+ * grouped commit (the worker sorts its groups by topic and partition, but
+ * the order rows are locked in is the plan's): PostgreSQL then refuses one
+ * of them (a passing refusal) and the worker commits its partitions one by
+ * one.
  */
 #include "protocol/sc_checkpoint.h"
 

@@ -265,6 +265,56 @@ START_TEST(test_two_pipelines_in_one_process)
 }
 END_TEST
 
+/*
+ * Grouped commits: one worker, four partitions, each with a written batch
+ * held back for max_wait_ms (5 s) and a new record buffered meanwhile.  When
+ * the first is due, the four commits and the four pends of the next batches
+ * go in one statement: one transaction, one event pair per partition, each
+ * in offset order, and the delivery is exactly once.  (With the grouping
+ * switched off the four commits are four transactions.)
+ */
+START_TEST(test_due_commits_grouped)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:4"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.workers = 1, .max_wait_ms = 5000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 0, 1);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    /* Each partition's first record pended (and written at once, then held back). */
+    int64_t end = hx_now_ms() + 60000;
+    while (scx_events(e.conn, "pend", NULL) < 4 && hx_now_ms() < end)
+        usleep(20000);
+    ck_assert_msg(scx_events(e.conn, "pend", NULL) == 4, "first batches not pended:\n%s",
+                  scx_log_tail(log, 4000));
+    ck_assert_int_eq(scx_events(e.conn, "commit", NULL), 0); /* still held back */
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 1, 1);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 4, 2, 60000),
+                  "records not committed in time:\n%s", scx_log_tail(log, 4000));
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 4, 2);
+
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(DISTINCT xid) FROM sidecar.events WHERE kind = "
+                               "'commit' AND first_offset = 0",
+                               0, NULL),
+                     1);
+    char *tx = hx_pg_value(e.conn,
+                           "SELECT string_agg(partition || ':' || kind || ':' || first_offset,"
+                           " ' ' ORDER BY id) FROM sidecar.events WHERE xid = (SELECT xid FROM"
+                           " sidecar.events WHERE kind = 'commit' AND first_offset = 0 LIMIT 1)",
+                           0, NULL);
+    ck_assert_str_eq(tx, "0:commit:0 0:pend:1 1:commit:0 1:pend:1 2:commit:0 2:pend:1 "
+                         "3:commit:0 3:pend:1");
+    free(tx);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -275,6 +325,7 @@ int main(void)
     tcase_add_test(tc, test_two_pipelines_in_one_process);
     tcase_add_test(tc, test_batch_limits);
     tcase_add_test(tc, test_backlog_end_not_held_back);
+    tcase_add_test(tc, test_due_commits_grouped);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
