@@ -420,10 +420,10 @@ static size_t ready_count(const struct sc_worker *w, const struct sc_part *p, si
 
 /*
  * When the commit of p's written batch is due: max_wait_ms after the batch
- * was written, or earlier, when the oldest record buffered after it has
- * waited max_wait_ms (the rule of any batch: the commit pends those records,
- * and a record should wait for its batch no longer than max_wait_ms, not
- * that plus the commit and the write before it).
+ * was pended (the records arriving since then are the next batch, and the
+ * commit pends them: each batch collects for max_wait_ms, not that plus
+ * the commit and the write of the one before), or earlier, when the oldest
+ * record buffered after it has waited max_wait_ms (the rule of any batch).
  */
 static int64_t commit_due_at(const struct sc_worker *w, const struct sc_part *p)
 {
@@ -1060,6 +1060,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         return;
     }
     atomic_store(&p->m->error, 0);
+    p->pended_ms = now; /* for a batch found pending (see commit_due_at()) */
     atomic_store(&p->m->committed_offset, p->cp.has_committed ? p->cp.committed_offset : -1);
     if (p->cp.paused) {
         sc_info(&p->log, "paused by an operator (resume_partition() to continue)");
@@ -1337,7 +1338,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
 }
 
 static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
-                            size_t n, size_t ndead);
+                            size_t n, size_t ndead, int64_t now);
 
 /*
  * Commits the pending batch (the first n buffered records, written, with
@@ -1360,15 +1361,18 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
                                     (int32_t)next, batch_checksum(p, n, next)};
     }
+    int64_t now = sc_mono_ms();
     if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
         return; /* fenced, or stopping while PostgreSQL is away: a replay then */
-    batch_committed(w, p, &c, n, ndead);
+    batch_committed(w, p, &c, n, ndead, now);
 }
 
-/* The pending batch (n records, ndead dead letters) committed as c says: p->cp is updated. */
+/* The pending batch (n records, ndead dead letters) committed as c says (by a statement sent
+ * at now or later): p->cp is updated. */
 static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
-                            size_t n, size_t ndead)
+                            size_t n, size_t ndead, int64_t now)
 {
+    p->pended_ms = now;
     bool was_replay = c->replay;
     p->written = false;
     sc_failpoint("after_commit");
@@ -1439,6 +1443,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
                               batch_checksum(p, 0, n)};
         if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
+        p->pended_ms = now;
         sc_metrics_set_pending(p->m, 1);
         sc_failpoint("after_pend");
     }
@@ -1515,7 +1520,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
-        p->commit_due_ms = now + pc->batch.max_wait_ms;
+        /* The next batch collects from the pend of this one on (commit_due_at()). */
+        p->commit_due_ms = (p->pended_ms < now ? p->pended_ms : now) + pc->batch.max_wait_ms;
         return;
     }
     commit_batch(w, p, n, w->result.next_write_offset, ndead, finish ? 0 : next);
@@ -1607,7 +1613,7 @@ static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
             .checksum = g[i].c.pend.checksum,
         };
     }
-    int64_t t0 = sc_mono_ns();
+    int64_t t0 = sc_mono_ns(), now = sc_mono_ms();
     enum sc_cp_status s =
         sc_checkpoint_commit_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
                                    sc_notify_channel(w->env.notify), items, ng);
@@ -1650,7 +1656,7 @@ static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
             p->cp = g[i].after;
             w->steps++;
             checkpoint_ok(p);
-            batch_committed(w, p, &g[i].c, g[i].n, 0);
+            batch_committed(w, p, &g[i].c, g[i].n, 0, now);
         } else if (r == -1) {
             part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
         } else if (r == -3) {
