@@ -17,7 +17,9 @@
  * buffer holds two batches stops the worker taking more until it wrote one;
  * one that stays full without delivering, or delivers slowly, is paused in
  * librdkafka (see apply_backpressure()), and resumed once it drains.  A sink that asks for a
- * retry puts only its partition into backoff.
+ * retry puts only its partition into backoff.  Below saturation the held-back
+ * commits of all partitions that are due go in one statement (grouped commits,
+ * commit_written_together()).
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -1407,9 +1409,11 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
  * prefetch limits; the batch pended with a commit is written by the next
  * call (or by finish_pending() if the partition goes away).
  *
- * A written batch whose successor is not full yet holds its commit back for
- * max_wait_ms (the batch is durable; only its commit waits), then commits
- * and pends what arrived meanwhile in the same statement.  Below saturation,
+ * A written batch whose successor is not full yet holds its commit back
+ * until max_wait_ms after it was pended (the batch is durable; only its
+ * commit waits; see commit_due_at()), then commits and pends what arrived
+ * meanwhile in the same statement, together with the other partitions of
+ * the worker that are due (commit_written_together()).  Below saturation,
  * where batches leave by max_wait_ms, a batch then costs one PostgreSQL
  * transaction instead of two, and its records wait no longer than before.
  * Readers of committed_write_offset see a batch up to max_wait_ms later;
