@@ -315,6 +315,58 @@ START_TEST(test_due_commits_grouped)
 }
 END_TEST
 
+/*
+ * A grouped commit the server refuses (here a trigger that refuses only the
+ * grouped statement, as a constraint or an operator's trigger could) changed
+ * nothing: the worker commits the partitions one by one instead, and none of
+ * them stops in the error state for it.  (Stopping the partitions on the
+ * grouped refusal fails this test: they end in the error state.)
+ */
+START_TEST(test_refused_group_commits_one_by_one)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:4"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.workers = 1, .max_wait_ms = 3000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_pg_exec(e.conn, "CREATE SEQUENCE refusals"); /* counts across rollbacks */
+    hx_pg_exec(e.conn,
+               "CREATE FUNCTION refuse_groups() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+               " IF current_query() LIKE '%WITH ORDINALITY%' THEN PERFORM nextval('refusals');"
+               " RAISE EXCEPTION 'no grouped commits here'; END IF; RETURN NEW; END $$");
+    hx_pg_exec(e.conn, "CREATE TRIGGER refuse_groups BEFORE UPDATE ON sidecar.checkpoints"
+                       " FOR EACH ROW EXECUTE FUNCTION refuse_groups()");
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 0, 1);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    int64_t end = hx_now_ms() + 60000;
+    while (scx_events(e.conn, "pend", NULL) < 4 && hx_now_ms() < end)
+        usleep(20000);
+    ck_assert_msg(scx_events(e.conn, "pend", NULL) == 4, "first batches not pended:\n%s",
+                  scx_log_tail(log, 4000));
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 1, 1);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 4, 2, 60000),
+                  "records not committed in time:\n%s", scx_log_tail(log, 4000));
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.checkpoints WHERE state <> 'ok'", 0, NULL),
+        0);
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 4, 2);
+    /* Each partition's first batch committed alone, its next batch pended with it. */
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(DISTINCT xid) FROM sidecar.events WHERE kind = "
+                               "'commit' AND first_offset = 0",
+                               0, NULL),
+                     4);
+    ck_assert_int_eq(scx_events(e.conn, "error", NULL), 0);
+    ck_assert_msg(hx_pg_int(e.conn, "SELECT last_value FROM refusals WHERE is_called", 0, NULL) > 0,
+                  "no grouped commit was tried");
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -326,6 +378,7 @@ int main(void)
     tcase_add_test(tc, test_batch_limits);
     tcase_add_test(tc, test_backlog_end_not_held_back);
     tcase_add_test(tc, test_due_commits_grouped);
+    tcase_add_test(tc, test_refused_group_commits_one_by_one);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
