@@ -354,14 +354,23 @@ static bool congested(struct sc_worker *w)
     return full || w->over_budget;
 }
 
+/* Whether everything up to the high watermark of librdkafka's last fetch response for p is
+ * buffered (nothing more is known to be there). */
+static bool caught_up(const struct sc_worker *w, const struct sc_part *p)
+{
+    int64_t lo, hi;
+    return rd_kafka_get_watermark_offsets(w->env.rk, p->topic, p->partition, &lo, &hi) ==
+               RD_KAFKA_RESP_ERR_NO_ERROR &&
+           hi >= 0 && p->next_expected >= hi;
+}
+
 /*
  * The end of a backlog or of a burst: when a partition that was behind has
  * caught up and gone quiet, its last partial batch need not wait
  * max_wait_ms for records that are not coming (nor its commit, once
  * written, as long again).  "Was behind": a full batch was cut no longer
  * than max_wait_ms before the newest buffered record arrived.  "Caught
- * up": everything up to the high watermark of librdkafka's last fetch
- * response is buffered.  "Quiet": nothing arrived for a quarter of
+ * up": caught_up().  "Quiet": nothing arrived for a quarter of
  * max_wait_ms.  Returns when that is (-1: not the end of a backlog).
  * Below saturation no batch is full, so a steady trickle still gathers for
  * the whole max_wait_ms and costs no more commits than before.
@@ -371,11 +380,8 @@ static int64_t quiet_at(const struct sc_worker *w, const struct sc_part *p)
     const struct sc_batch_conf *bc = &w->env.pc->batch;
     if (p->buf.len == 0)
         return -1;
-    int64_t last = rec_at(p, p->buf.len - 1)->arrival_ms, lo, hi;
-    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms ||
-        rd_kafka_get_watermark_offsets(w->env.rk, p->topic, p->partition, &lo, &hi) !=
-            RD_KAFKA_RESP_ERR_NO_ERROR ||
-        hi < 0 || p->next_expected < hi)
+    int64_t last = rec_at(p, p->buf.len - 1)->arrival_ms;
+    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms || !caught_up(w, p))
         return -1;
     return last + bc->max_wait_ms / 4;
 }
@@ -386,10 +392,46 @@ static bool is_quiet(const struct sc_worker *w, const struct sc_part *p, int64_t
     return at >= 0 && now >= at;
 }
 
+/*
+ * max_wait_ms counted from the Kafka timestamp: a partition that is caught
+ * up lets the batch starting at buffered record from leave once that
+ * record's timestamp is max_wait_ms old, even if it arrived later than
+ * that.  A record's wait then bounds its end-to-end latency (the time it
+ * spent in the producer, the broker and the fetch counts), instead of
+ * adding to it.  Returns when that is, on the monotonic clock of now (-1:
+ * not caught up, no timestamp, or one in the future, where the window
+ * counts from arrival only).  A partition behind (a backlog) still fills
+ * its batches: old records there do not make small ones.  Caught up, a
+ * batch leaves at most once per fetch response that brought records
+ * already max_wait_ms old.
+ */
+static int64_t aged_at(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
+{
+    if (from >= p->buf.len)
+        return -1;
+    int64_t ts = sc_partbuf_timestamp(&p->buf, from), age = sc_wall_ms() - ts;
+    if (ts < 0 || age < 0 || !caught_up(w, p))
+        return -1;
+    return now + w->env.pc->batch.max_wait_ms - age;
+}
+
+static bool is_aged(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
+{
+    int64_t at = aged_at(w, p, from, now);
+    return at >= 0 && now >= at;
+}
+
+/* The earlier of two deadlines, either -1 (none). */
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < 0 ? b : b < 0 || a < b ? a : b;
+}
+
 /* Which batches ready_count() accepts. */
 enum ready_mode {
     READY_FULL, /* full by count or bytes */
-    READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
+    READY_DUE,  /* full, or its first record waited max_wait_ms (or is that old, aged_at()), or
+                 * the partition is quiet */
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
 
@@ -405,8 +447,8 @@ static size_t ready_as(const struct sc_worker *w, const struct sc_part *p, size_
 {
     if (n == 0 || full || mode == READY_ANY)
         return n;
-    if (mode == READY_DUE &&
-        (now - rec_at(p, from)->arrival_ms >= w->env.pc->batch.max_wait_ms || is_quiet(w, p, now)))
+    if (mode == READY_DUE && (now - rec_at(p, from)->arrival_ms >= w->env.pc->batch.max_wait_ms ||
+                              is_quiet(w, p, now) || is_aged(w, p, from, now)))
         return n;
     return 0;
 }
@@ -1427,8 +1469,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         size_t n = (size_t)p->cp.pending_count;
         size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < commit_due_at(w, p) && !is_quiet(w, p, now) && !finish && !stopping(w) &&
-                !w->starved)
+            if (now < commit_due_at(w, p) && !is_quiet(w, p, now) && !is_aged(w, p, n, now) &&
+                !finish && !stopping(w) && !w->starved)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
@@ -1580,7 +1622,8 @@ static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
         return false; /* service() takes it as before */
     size_t n = (size_t)p->cp.pending_count;
     *next = cut_batch(w, p, n, now, READY_FULL);
-    *due = *next > 0 || now >= commit_due_at(w, p) || is_quiet(w, p, now) || w->starved;
+    *due = *next > 0 || now >= commit_due_at(w, p) || is_quiet(w, p, now) ||
+           is_aged(w, p, n, now) || w->starved;
     if (!*due && commit_due_at(w, p) - now > w->env.pc->batch.max_wait_ms / 2)
         return false;
     if (*next == 0)
@@ -2102,8 +2145,8 @@ static int next_timeout(struct sc_worker *w)
             size_t n = (size_t)p->cp.pending_count;
             if (stopping(w) || w->starved || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
-            int64_t due = commit_due_at(w, p), quiet = quiet_at(w, p);
-            due = quiet >= 0 && quiet < due ? quiet : due;
+            int64_t due =
+                earlier(commit_due_at(w, p), earlier(quiet_at(w, p), aged_at(w, p, n, now)));
             wake = due < wake ? due : wake;
             continue;
         }
@@ -2114,8 +2157,8 @@ static int next_timeout(struct sc_worker *w)
         if (p->buf.len > 0 && !p->cp.has_pending && !stopping(w)) {
             if (w->starved) /* out of memory for more: what is buffered leaves now */
                 return 0;
-            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(w, p);
-            due = quiet >= 0 && quiet < due ? quiet : due;
+            int64_t due = earlier(rec_at(p, 0)->arrival_ms + max_wait,
+                                  earlier(quiet_at(w, p), aged_at(w, p, 0, now)));
             wake = due < wake ? due : wake;
         }
     }
