@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "scx.h"
@@ -161,6 +162,56 @@ START_TEST(test_batch_limits)
                     0, NULL);
     ck_assert_str_eq(batches, "0-7 8-8 9-12 13-14 15-15 16-17");
     free(batches);
+    scx_env_stop(&e);
+}
+END_TEST
+
+/*
+ * batch.max_wait_ms counts from the Kafka timestamp once a partition is
+ * caught up: records produced a minute ago (CreateTime) leave as soon as
+ * they are all buffered, instead of waiting max_wait_ms (30 s here) after
+ * their arrival.  A backlog of them still fills its batches: until the
+ * last fetch's high watermark is buffered, the window counts from arrival.
+ */
+START_TEST(test_old_records_not_held_back)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.max_records = 100, .max_wait_ms = 30000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t minute_ago = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - 60000;
+    enum {
+        N = 250
+    };
+    static struct hx_record recs[N];
+    static char values[N][16];
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(values[i], sizeof(values[i]), "v%d", i);
+        recs[i] = (struct hx_record){.topic = "orders",
+                                     .value = values[i],
+                                     .value_len = (size_t)len,
+                                     .timestamp = minute_ago + i};
+    }
+    hx_produce(e.mock.bootstrap, recs, N);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    /* Held back by max_wait_ms, the last batch would take 30 s; 20 s leave room for a slow
+     * machine and cannot be met by waiting the window out. */
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, N, 20000),
+                  "records a minute old waited for max_wait_ms:\n%s", scx_log_tail(log, 4000));
+    char *batches =
+        hx_pg_value(e.conn,
+                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
+                    "FROM sidecar.events WHERE kind = 'commit'",
+                    0, NULL);
+    ck_assert_str_eq(batches, "0-99 100-199 200-249");
+    free(batches);
+    scx_stop(pid, 15000);
     scx_env_stop(&e);
 }
 END_TEST
@@ -377,6 +428,7 @@ int main(void)
     tcase_add_test(tc, test_two_pipelines_in_one_process);
     tcase_add_test(tc, test_batch_limits);
     tcase_add_test(tc, test_backlog_end_not_held_back);
+    tcase_add_test(tc, test_old_records_not_held_back);
     tcase_add_test(tc, test_due_commits_grouped);
     tcase_add_test(tc, test_refused_group_commits_one_by_one);
     suite_add_tcase(s, tc);
