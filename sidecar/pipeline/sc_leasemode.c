@@ -8,7 +8,7 @@
  *
  * NOTES
  * -----
- * What is persisted (sql/003_lease_assignment.sql).  `instances` has a row
+ * What is persisted (sql/005_lease_assignment.sql).  `instances` has a row
  * per process and pipeline, live while expires_at is in the future; `leases`
  * has, besides owner/epoch/expiry, an operator's pin and a handoff: a
  * request that the owner hand the partition to an instance (while the lease

@@ -1,7 +1,7 @@
 /*
  * sc_lease.c - leases with epoch fencing and the instance registry (see
  * sc_lease.h).  The statements call the SQL functions of
- * sql/003_lease_assignment.sql, whose comments explain their conditions.
+ * sql/005_lease_assignment.sql, whose comments explain their conditions.
  *
  * Concurrency: acquire_leases() locks the lease rows, then their checkpoint
  * rows, with SKIP LOCKED, and decides on the locked rows, so two acquirers

@@ -2,7 +2,7 @@
  * sc_lease - per-partition leases in PostgreSQL with an epoch (fencing
  * token), and the registry of live instances they are renewed with.
  * docs/design.md §4 (leases and fencing, I4) and §10 (lease-coordinated
- * assignment).  The statements are SQL functions of sql/003_lease_assignment.sql.
+ * assignment).  The statements are SQL functions of sql/005_lease_assignment.sql.
  *
  * A lease can be taken when it is free, expired or released (unless a
  * handoff reserved it for another live instance), or when it is held by

@@ -1,4 +1,4 @@
--- 003_lease_assignment.sql - partitions shared through leases alone
+-- 005_lease_assignment.sql - partitions shared through leases alone
 -- ("assignment": "lease"), the instance registry, and operator control of who
 -- owns what.
 --
@@ -729,7 +729,8 @@ COMMENT ON FUNCTION undrain_instance(text, text) IS
 
 -- ---- views -----------------------------------------------------------------------------------
 
--- partition_status gains who may own what (appended: existing queries keep working).
+-- partition_status gains who may own what (appended after 004's dead_letters: existing queries
+-- keep working).
 CREATE OR REPLACE VIEW partition_status AS
 SELECT c.pipeline,
        c.topic,
@@ -746,7 +747,9 @@ SELECT c.pipeline,
        CASE WHEN c.pending_first_offset IS NOT NULL THEN now() - c.pending_since END
            AS pending_age,
        s.high_watermark,
-       CASE WHEN s.high_watermark IS NOT NULL THEN
+       -- Only an owner samples: an expired or released lease leaves a sample that goes stale,
+       -- so its lag is unknown rather than a number that looks current (004_operator.sql).
+       CASE WHEN s.high_watermark IS NOT NULL AND l.expires_at > now() THEN
            greatest(s.high_watermark - coalesce(c.committed_offset, s.low_watermark, 0), 0)
        END AS lag,
        s.sampled_at AS stats_sampled_at,
@@ -754,6 +757,9 @@ SELECT c.pipeline,
        c.error,
        c.updated_at,
        c.paused,
+       (SELECT count(*) FROM dead_letters d
+         WHERE d.pipeline = c.pipeline AND d.topic = c.topic AND d.partition = c.partition
+           AND d.status = 'new') AS dead_letters,
        coalesce(oi.assignment,
                 (SELECT min(a.assignment) FROM instances a
                   WHERE a.pipeline = c.pipeline AND a.expires_at > now())) AS assignment,
