@@ -177,8 +177,16 @@ static long http_get(const struct sc_registry_conf *conf, const char *base, cons
     }
     CURLcode rc = curl_easy_perform(e);
     if (rc != CURLE_OK) {
-        /* curl's messages name the host, never the credentials. */
-        snprintf(err, errsize, "%s", curl_err[0] ? curl_err : curl_easy_strerror(rc));
+        /* curl's messages name the host, never the credentials.  A certificate that does not
+         * verify (untrusted CA, or not for the URL's host) says what it was checked against. */
+        const char *hint = "";
+        if (rc == CURLE_PEER_FAILED_VERIFICATION)
+            hint = conf->ca_file ? " (checked against schema_registry.ca_file)"
+                                 : " (checked against the system CA store: set "
+                                   "schema_registry.ca_file to trust a private CA)";
+        else if (rc == CURLE_SSL_CACERT_BADFILE)
+            hint = " (schema_registry.ca_file must be a PEM bundle of CA certificates)";
+        snprintf(err, errsize, "%s%s", curl_err[0] ? curl_err : curl_easy_strerror(rc), hint);
         goto out;
     }
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
