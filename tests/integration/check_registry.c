@@ -398,15 +398,11 @@ static int check_online(const char *cfg, char **out)
     return hx_run(argv, NULL, 30000, out);
 }
 
-START_TEST(test_registry_tls_ca_file)
+/* Makes e->dir/<name>-cert.pem and <name>-key.pem, self-signed for 127.0.0.1 and localhost. */
+static void self_signed(const struct scx_env *e, const char *name, char cert[800], char key[800])
 {
-    struct scx_env e;
-    const char *topics[] = {"orders:2"};
-    scx_env_start(&e, 1, topics, 1);
-    /* A self-signed certificate for 127.0.0.1 (and localhost), as a private CA's would be. */
-    char cert[800], key[800];
-    snprintf(cert, sizeof(cert), "%s/registry-cert.pem", e.dir);
-    snprintf(key, sizeof(key), "%s/registry-key.pem", e.dir);
+    snprintf(cert, 800, "%s/%s-cert.pem", e->dir, name);
+    snprintf(key, 800, "%s/%s-key.pem", e->dir, name);
     const char *gen[] = {"openssl",  "req",
                          "-x509",    "-newkey",
                          "rsa:2048", "-nodes",
@@ -419,6 +415,20 @@ START_TEST(test_registry_tls_ca_file)
     char *out = NULL;
     ck_assert_msg(hx_run(gen, NULL, 60000, &out) == 0, "openssl: %s", out);
     free(out);
+}
+
+START_TEST(test_registry_tls_ca_file)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    /* A self-signed certificate for 127.0.0.1 (and localhost), as a private CA's would be. */
+    char cert[800], key[800], other[800], otherkey[800], junk[800];
+    self_signed(&e, "registry", cert, key);
+    self_signed(&e, "other", other, otherkey);
+    snprintf(junk, sizeof(junk), "%s/junk.pem", e.dir);
+    hx_write_file(junk, "not a certificate\n");
+    char *out = NULL;
     char *cert_pem = hx_read_file(cert, NULL), *key_pem = hx_read_file(key, NULL);
     struct reg *r = reg_start_tls(SR_USER, SR_PASS, cert_pem, key_pem);
     free(cert_pem);
@@ -440,9 +450,25 @@ START_TEST(test_registry_tls_ca_file)
     snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-noca", &o));
     scx_migrate(cfg);
     int rc = check_online(cfg, &out);
-    ck_assert_msg(rc == 1 && strstr(out, "certificate") && strstr(out, reg_url(r)),
+    ck_assert_msg(rc == 1 && strstr(out, "certificate") && strstr(out, reg_url(r)) &&
+                      strstr(out, "system CA store: set schema_registry.ca_file"),
                   "check-config --online without ca_file (%d): %s", rc, out);
     ck_assert_msg(strstr(out, SR_PASS) == NULL, "the password was printed: %s", out);
+    free(out);
+    /* A ca_file of another CA, and one that is no PEM at all: refused, each with its reason. */
+    char more[900];
+    snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", other);
+    o.extra_top = registry_block(&e, r, SR_PASS, more);
+    rc = check_online(scx_config(&e, "sc-other", &o), &out);
+    ck_assert_msg(rc == 1 && strstr(out, "certificate") &&
+                      strstr(out, "(checked against schema_registry.ca_file)"),
+                  "check-config --online with another CA's ca_file (%d): %s", rc, out);
+    free(out);
+    snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", junk);
+    o.extra_top = registry_block(&e, r, SR_PASS, more);
+    rc = check_online(scx_config(&e, "sc-junk", &o), &out);
+    ck_assert_msg(rc == 1 && strstr(out, junk) && strstr(out, "must be a PEM bundle"),
+                  "check-config --online with a ca_file that is no PEM (%d): %s", rc, out);
     free(out);
 
     pid_t pid = scx_start(&e, cfg, "sc-noca", NULL);
@@ -479,10 +505,11 @@ START_TEST(test_registry_tls_ca_file)
     char *log = hx_read_file(logpath, NULL);
     fprintf(stderr, "without ca_file: %s\n", scx_log_tail(logpath, 600));
     ck_assert_msg(strstr(log, SR_PASS) == NULL, "the password was logged");
+    ck_assert_msg(strstr(log, "set schema_registry.ca_file to trust a private CA"),
+                  "the log does not point at ca_file");
     free(log);
 
     /* 2. With ca_file: check-config --online passes, and every order arrives once, decoded. */
-    char more[900];
     snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", cert);
     o.extra_top = registry_block(&e, r, SR_PASS, more);
     snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-ca", &o));
