@@ -475,6 +475,11 @@ struct sc_registry *sc_registry_acquire(const struct sc_registry_conf *conf, cha
         pthread_cond_init(&r->cond, NULL);
         r->next = all;
         all = r;
+        if (conf->insecure_skip_verify)
+            sc_warn(NULL,
+                    "schema_registry.insecure_skip_verify is set: the TLS certificate of %s is not "
+                    "verified, anyone on the path can hand out schemas (use ca_file instead)",
+                    r->display);
     }
     r->refs++;
     pthread_mutex_unlock(&all_lock);
