@@ -23,7 +23,8 @@
  *     certificate problem, and `run` logs it, delivers and dead-letters
  *     nothing and keeps both partitions backing off (transient, never the
  *     error state).  Restarted with ca_file: check-config passes and every
- *     order arrives once, decoded, with a single schema fetch.
+ *     order arrives once, decoded, with a single schema fetch.  Then with
+ *     insecure_skip_verify instead: delivered, with one warning.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -533,6 +534,37 @@ START_TEST(test_registry_tls_ca_file)
     ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
     ck_assert_int_eq(reg_requests(r, 1), 1); /* one fetch, over TLS, for the whole run */
     ck_assert_int_eq(reg_unauthorized(r), 0);
+    struct in_log insecure = {logpath, "insecure_skip_verify is set"};
+    ck_assert(!log_has(&insecure));
+
+    /* 3. insecure_skip_verify instead of ca_file: delivered too, with one warning. */
+    produce_orders(&e, "orders", 0, 80, 10, 1);
+    produce_orders(&e, "orders", 1, 90, 10, 1);
+    o.extra_top = registry_block(&e, r, SR_PASS, "\"insecure_skip_verify\": true");
+    snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-insecure", &o));
+    rc = check_online(cfg, &out);
+    ck_assert_msg(rc == 0, "check-config --online with insecure_skip_verify (%d): %s", rc, out);
+    free(out);
+    pid = scx_start(&e, cfg, "sc-insecure", NULL);
+    snprintf(logpath, sizeof(logpath), "%s/sc-insecure.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 50, 60000),
+                  "not delivered with insecure_skip_verify:\n%s", scx_log_tail(logpath, 4000));
+    scx_stop(pid, 15000);
+    log = hx_read_file(logpath, NULL);
+    const char *warning = strstr(log, "schema_registry.insecure_skip_verify is set");
+    ck_assert_msg(warning && !strstr(warning + 20, "schema_registry.insecure_skip_verify"),
+                  "not one warning:\n%s", scx_log_tail(logpath, 4000));
+    free(log);
+    for (int p = 0; p < 2; p++) {
+        json_t *lines = read_lines(&e, "orders", p);
+        ck_assert_uint_eq(json_array_size(lines), 50);
+        for (int64_t i = 40; i < 50; i++)
+            ck_line(json_string_value(json_array_get(lines, (size_t)i)), i,
+                    reg_order_json(80 + p * 10 + i - 40));
+        json_decref(lines);
+    }
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(reg_requests(r, 1), 2); /* a new process asks once again */
     free(schema);
     reg_stop(r);
     scx_env_stop(&e);
