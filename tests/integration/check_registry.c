@@ -22,8 +22,9 @@
  *     certificate.  Without ca_file: check-config --online fails naming the
  *     certificate problem, and `run` logs it, delivers and dead-letters
  *     nothing and keeps both partitions backing off (transient, never the
- *     error state).  Restarted with ca_file: check-config passes and every
- *     order arrives once, decoded, with a single schema fetch.  Then with
+ *     error state).  Restarted with ca_file: check-config passes (also via
+ *     localhost; not via 127.0.0.2, which the certificate does not name)
+ *     and every order arrives once, decoded, with a single fetch.  Then with
  *     insecure_skip_verify instead: delivered, with one warning.
  */
 #include <check.h>
@@ -518,6 +519,25 @@ START_TEST(test_registry_tls_ca_file)
     ck_assert_msg(rc == 0 && strstr(out, "schema registry https://127.0.0.1:"),
                   "check-config --online with ca_file (%d): %s", rc, out);
     free(out);
+    /* The certificate must name the URL's host: localhost it does (DNS), 127.0.0.2 not. */
+    const char *hosts[] = {"localhost", "127.0.0.2"};
+    for (int h = 0; h < 2; h++) {
+        char block[1600];
+        snprintf(block, sizeof(block),
+                 "  \"schema_registry\": {\"url\": \"https://%s:%s\", \"username\": \"%s\", "
+                 "\"password\": \"%s\", \"ca_file\": \"%s\"}",
+                 hosts[h], strrchr(reg_url(r), ':') + 1, SR_USER, SR_PASS, cert);
+        struct scx_opts oh = o;
+        oh.extra_top = block;
+        rc = check_online(scx_config(&e, "sc-host", &oh), &out);
+        if (h == 0)
+            ck_assert_msg(rc == 0, "check-config --online via localhost (%d): %s", rc, out);
+        else
+            ck_assert_msg(rc == 1 && strstr(out, "https://127.0.0.2:") &&
+                              strstr(out, "(checked against schema_registry.ca_file)"),
+                          "check-config --online via 127.0.0.2 (%d): %s", rc, out);
+        free(out);
+    }
     pid = scx_start(&e, cfg, "sc-ca", NULL);
     snprintf(logpath, sizeof(logpath), "%s/sc-ca.log", e.dir);
     ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 40, 60000),
