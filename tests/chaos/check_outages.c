@@ -40,27 +40,18 @@ START_TEST(test_postgres_restart_midstream)
         hx_pg_restart(&e.pg, true);
         e.conn = hx_pg_connect(e.dsn);
     }
-    /* A longer outage too: longer than the lease TTL (the 5 s are the fault's length, not a
-     * wait: a slower machine only makes it longer).  Both sidecars noticed it (they failed to
-     * reconnect) and are alive. */
-    char log[700], log2[700];
-    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
-    snprintf(log2, sizeof(log2), "%s/sc-2.log", e.dir);
-    int down1 = scx_log_count(log, "retrying with backoff");
-    int down2 = scx_log_count(log2, "retrying with backoff");
+    /* A longer outage too: longer than the lease TTL. */
     hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, 1000);
     produced += 1000;
     PQfinish(e.conn);
     hx_pg_server_stop(&e.pg, true);
     sleep(5);
-    ck_assert_msg(scx_wait_log(log, "retrying with backoff", down1 + 1, 60000) &&
-                      scx_wait_log(log2, "retrying with backoff", down2 + 1, 60000),
-                  "a sidecar did not notice PostgreSQL was down:\n%s\n%s", scx_log_tail(log, 2000),
-                  scx_log_tail(log2, 2000));
     ck_assert(hx_pid_alive(p1) && hx_pid_alive(p2));
     hx_pg_server_start(&e.pg);
     e.conn = hx_pg_connect(e.dsn);
 
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
     ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", NPARTS, produced, 120000),
                   "not all committed after PostgreSQL restarts; sc-1 log:\n%s",
                   scx_log_tail(log, 4000));
@@ -94,19 +85,9 @@ START_TEST(test_broker_down_up_midstream)
     ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "broker up 2"), 0);
     hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, 1500);
     produced += 1500;
-    /* Every broker away: no fetch, no group coordinator (for 6 s: the fault's length, longer
-     * than the session timeout, not a wait).  Both sidecars noticed it and are alive. */
-    char log[700], log2[700];
-    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
-    snprintf(log2, sizeof(log2), "%s/sc-2.log", e.dir);
-    int down1 = scx_log_count(log, "_ALL_BROKERS_DOWN");
-    int down2 = scx_log_count(log2, "_ALL_BROKERS_DOWN");
+    /* Every broker away: no fetch, no group coordinator. */
     ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "broker down all"), 0);
     sleep(6);
-    ck_assert_msg(scx_wait_log(log, "_ALL_BROKERS_DOWN", down1 + 1, 60000) &&
-                      scx_wait_log(log2, "_ALL_BROKERS_DOWN", down2 + 1, 60000),
-                  "a sidecar did not notice the brokers were down:\n%s\n%s",
-                  scx_log_tail(log, 2000), scx_log_tail(log2, 2000));
     ck_assert(hx_pid_alive(p1) && hx_pid_alive(p2));
     ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "broker up all"), 0);
     /* Request errors on fetches and commits. */
@@ -130,6 +111,8 @@ START_TEST(test_broker_down_up_midstream)
     produced += 1500;
     ck_assert_int_eq(hx_mock_cmd(&e.mock, reply, sizeof(reply), "rtt 2 0"), 0);
 
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
     ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", NPARTS, produced, 120000),
                   "not all committed after broker outages; sc-1 log:\n%s", scx_log_tail(log, 4000));
     scx_stop(p1, 20000);
