@@ -400,6 +400,15 @@ BEGIN
         RETURN;  -- another process holds this instance_id: renew nothing
     END IF;
 
+    -- Lock the lease rows first, in (topic, partition) order: every statement that locks
+    -- several lease rows does so in this order (acquire_leases, request_handoffs,
+    -- refuse_handoffs), so two of them never wait for each other in a cycle (a deadlock).
+    PERFORM 1 FROM leases l
+      WHERE l.pipeline = p_pipeline
+        AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+      ORDER BY l.topic, l.partition
+        FOR UPDATE;
+
     RETURN QUERY
     WITH req AS (
         SELECT * FROM unnest(p_topics, p_partitions, p_epochs) AS r(topic, partition, epoch)),
@@ -461,13 +470,25 @@ CREATE FUNCTION request_handoffs(p_pipeline text, p_instance text, p_topics text
     LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_lt text[];
+    v_lp int[];
 BEGIN
+    -- Lock order: the lease rows in (topic, partition) order, as in lease_tick; a row locked
+    -- by another session is left alone (asked for again at the next tick), never waited for.
+    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
+      FROM (SELECT l.topic, l.partition FROM leases l
+             WHERE l.pipeline = p_pipeline
+               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+             ORDER BY l.topic, l.partition
+               FOR UPDATE SKIP LOCKED) k;
     RETURN QUERY
     WITH asked AS (
         UPDATE leases l
            SET handoff_to = p_instance, handoff_reason = 'balance', handoff_at = now()
           FROM unnest(p_topics, p_partitions, p_owners) AS r(topic, partition, owner)
          WHERE l.pipeline = p_pipeline AND l.topic = r.topic AND l.partition = r.partition
+           AND (r.topic, r.partition) IN (SELECT * FROM unnest(v_lt, v_lp))
            AND l.owner = r.owner AND l.expires_at > now() AND l.handoff_to IS NULL
            AND (l.pinned_to IS NULL OR l.pinned_to = p_instance)
         RETURNING l.topic, l.partition, l.owner, l.epoch),
@@ -494,6 +515,12 @@ AS $$
 DECLARE
     v_n int;
 BEGIN
+    -- Lock order: the lease rows in (topic, partition) order, as in lease_tick.
+    PERFORM 1 FROM leases l
+      WHERE l.pipeline = p_pipeline
+        AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+      ORDER BY l.topic, l.partition
+        FOR UPDATE;
     WITH cleared AS (
         UPDATE leases l SET handoff_to = NULL, handoff_reason = NULL, handoff_at = NULL
           FROM unnest(p_topics, p_partitions) AS r(topic, partition), leases old

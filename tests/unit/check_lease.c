@@ -1021,6 +1021,109 @@ START_TEST(handoff_request_release_and_reservation)
 }
 END_TEST
 
+/* ---- lock order ---------------------------------------------------------------------------------
+ */
+
+#define LOCK_PARTS  24
+#define LOCK_ROUNDS 150
+
+/* B, until stopped: asks A for every partition, in the reverse of A's order. */
+struct asker {
+    struct sc_db db;
+    atomic_bool stop;
+    int rounds;
+    int failures;
+    char error[600];
+};
+
+static void *asker_main(void *arg)
+{
+    struct asker *k = arg;
+    const char *topics[LOCK_PARTS], *owners[LOCK_PARTS];
+    int32_t parts[LOCK_PARTS];
+
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        topics[i] = TOPIC;
+        parts[i] = LOCK_PARTS - 1 - i;
+        owners[i] = "A";
+    }
+    for (; !atomic_load(&k->stop); k->rounds++)
+        if (sc_lease_request_handoffs(&k->db, "p", "B", topics, parts, owners, LOCK_PARTS) < 0 &&
+            k->failures++ == 0)
+            snprintf(k->error, sizeof(k->error), "%s", k->db.last_error);
+    return NULL;
+}
+
+/*
+ * A renews its leases (lease_tick) and declines the requests on them
+ * (refuse_handoffs) in one order while B asks for them (request_handoffs) in
+ * the opposite one, concurrently, many times: every statement that locks
+ * several lease rows locks them in the same order, so none ever fails with
+ * "deadlock detected".
+ */
+START_TEST(lease_updaters_never_deadlock)
+{
+    struct t t;
+    struct sc_db a;
+    struct asker b = {0};
+    struct sc_lease_req r[LOCK_PARTS];
+    struct sc_lease_held h[LOCK_PARTS];
+    const char *topics[LOCK_PARTS];
+    int32_t parts[LOCK_PARTS];
+    bool unavailable;
+    pthread_t tid;
+    int failures = 0;
+    char error[600] = "";
+
+    t_start(&t, "lockorder");
+    db_open(&t, &a);
+    db_open(&t, &b.db);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b.db, "p", "B", LONG_MS));
+    /* Other pipelines' rows make the planner look the requested rows up one by one, in the
+     * order given (a nested loop over the primary key), as on a real deployment. */
+    hx_pg_exec(t.conn, "INSERT INTO sidecar.leases (pipeline, topic, partition)"
+                       " SELECT 'other-' || (g / 100), '" TOPIC "', g % 100"
+                       " FROM generate_series(0, 19999) g");
+    hx_pg_exec(t.conn, "ANALYZE sidecar.leases");
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        r[i].topic = topics[i] = TOPIC;
+        r[i].partition = parts[i] = i;
+    }
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, LOCK_PARTS, &unavailable), 0);
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        ck_assert(r[i].acquired);
+        h[i] = (struct sc_lease_held){.topic = TOPIC, .partition = i, .epoch = r[i].epoch};
+    }
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    ck_assert_int_eq(pthread_create(&tid, NULL, asker_main, &b), 0);
+    for (int round = 0; round < LOCK_ROUNDS; round++) {
+        struct sc_lease_tick tick;
+        if (sc_lease_tick(&a, &sa, h, LOCK_PARTS, LOCK_PARTS, LOCK_PARTS, NULL, false, &tick) !=
+            0) {
+            if (failures++ == 0)
+                snprintf(error, sizeof(error), "tick: %s", a.last_error);
+            continue;
+        }
+        sc_lease_tick_clear(&tick);
+        for (int i = 0; i < LOCK_PARTS; i++)
+            ck_assert_msg(h[i].state == SC_LEASE_RENEWED, "round %d: partition %d not renewed",
+                          round, i);
+        if (sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, LOCK_PARTS, "test") < 0 &&
+            failures++ == 0)
+            snprintf(error, sizeof(error), "refuse: %s", a.last_error);
+    }
+    atomic_store(&b.stop, true);
+    pthread_join(tid, NULL);
+    ck_assert_msg(failures == 0, "A failed %d times, first: %s", failures, error);
+    ck_assert_msg(b.failures == 0, "B failed %d times, first: %s", b.failures, b.error);
+    sc_db_close(&a);
+    sc_db_close(&b.db);
+    t_stop(&t);
+}
+END_TEST
+
 /* ---- operator control --------------------------------------------------------------------------
  */
 
@@ -1146,6 +1249,7 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, registry_refuses_a_second_live_process);
     tcase_add_test(tc, handoff_request_release_and_reservation);
     tcase_add_test(tc, operator_functions_check_and_announce);
+    tcase_add_test(tc, lease_updaters_never_deadlock);
     suite_add_tcase(s, tc);
     return s;
 }
