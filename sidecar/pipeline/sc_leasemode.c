@@ -545,6 +545,8 @@ static void tick(struct sc_pipeline *pl)
         lm->next_tick_ms = now + 500; /* PostgreSQL trouble: try again soon */
         return;
     }
+    if (pl->tick_busy > 0 && lm->next_tick_ms > now + 500)
+        lm->next_tick_ms = now + 500; /* a locked row was not renewed: again soon */
     lm->counts_dirty = false;
     qsort(t.leases, t.nleases, sizeof(*t.leases), row_cmp);
     plan_and_act(pl, &t);

@@ -488,11 +488,23 @@ int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const ch
         }
         rc = -1;
     }
+    pl->tick_busy = 0;
     if (rc == 0) {
         atomic_store(&pl->db_ok_ms, now);
+        pl->tick_busy = t.busy + t.self_busy;
+        if (pl->tick_busy > 0 && now >= pl->busy_log_ms) {
+            sc_info(&(struct sc_log_fields){pl->pc->name, NULL, -1},
+                    "%zu lease%s%s not renewed this time: the row is locked by another session "
+                    "(an open transaction?); still ours, trying again every half second",
+                    t.busy, t.busy == 1 ? "" : "s", t.self_busy ? " and the registration" : "");
+            pl->busy_log_ms = now + 30000;
+        }
         for (size_t i = 0; i < n; i++) {
             struct sc_part *p = which[i];
-            if (held[i].state == SC_LEASE_RENEWED) {
+            if (held[i].state == SC_LEASE_BUSY) {
+                /* Still ours, not renewed: its validity runs on from the last renewal (the
+                 * worker stops writing when it ends; the lease lapses if the lock stays). */
+            } else if (held[i].state == SC_LEASE_RENEWED) {
                 atomic_store(&p->lease_valid_until_ms, sc_pl_valid_until(pl, now));
                 if (held[i].control_seq != p->control_seq) {
                     /* reset_checkpoint / pause_partition / resume_partition: the worker
@@ -786,8 +798,8 @@ static void group_tick(struct sc_pipeline *pl)
         return;
     pl->tick_now = false;
     pl->next_renew_ms = now + pl->pc->lease.renew_ms;
-    if (sc_pl_tick(pl, false, -1, -1, NULL, NULL) != 0)
-        pl->next_renew_ms = now + 500; /* PostgreSQL trouble: try again soon */
+    if (sc_pl_tick(pl, false, -1, -1, NULL, NULL) != 0 || pl->tick_busy > 0)
+        pl->next_renew_ms = now + 500; /* PostgreSQL trouble or a locked row: again soon */
 }
 
 static void *consumer_main(void *arg)

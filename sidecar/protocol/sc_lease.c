@@ -53,7 +53,7 @@ static const struct sc_stmt st_deregister = {
 static const struct sc_stmt st_tick = {
     "sc_lease_tick",
     "SELECT kind, topic, partition, owner, epoch, live, control_seq, pinned_to, handoff_to,"
-    " handoff_reason, handoff_ms, held_ms"
+    " handoff_reason, handoff_ms, held_ms, busy"
     " FROM {S}.lease_tick($1, $2, $3::bigint, $4, $5::bigint, $6::text[], $7::int[],"
     " $8::bigint[], $9::int, $10::int, $11::jsonb, $12::boolean)",
     12,
@@ -324,6 +324,7 @@ int sc_lease_tick(struct sc_db *db, const struct sc_lease_self *self, struct sc_
         const char *kind = PQgetvalue(res, row, 0);
         if (strcmp(kind, "self") == 0) {
             out->registered = col_bool(res, row, 5);
+            out->self_busy = col_bool(res, row, 12);
         } else if (strcmp(kind, "held") == 0) {
             const char *topic = PQgetvalue(res, row, 1);
             int32_t partition = (int32_t)col_i64(res, row, 2);
@@ -333,12 +334,17 @@ int sc_lease_tick(struct sc_db *db, const struct sc_lease_self *self, struct sc_
                 struct sc_lease_held *h = &held[i];
                 if (h->partition != partition || strcmp(h->topic, topic) != 0)
                     continue;
-                if (col_bool(res, row, 5))
+                bool ours = owner && strcmp(owner, self->instance) == 0 && epoch == h->epoch;
+                if (col_bool(res, row, 5)) {
                     h->state = SC_LEASE_RENEWED;
-                else if (owner && strcmp(owner, self->instance) == 0 && epoch == h->epoch)
+                } else if (ours && col_bool(res, row, 12)) {
+                    h->state = SC_LEASE_BUSY; /* locked by another session: not renewed now */
+                    out->busy++;
+                } else if (ours) {
                     h->state = SC_LEASE_LAPSED;
-                else
+                } else {
                     h->state = SC_LEASE_LOST;
+                }
                 h->control_seq = col_i64(res, row, 6);
             }
         } else if (strcmp(kind, "lease") == 0) {

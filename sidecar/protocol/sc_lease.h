@@ -63,6 +63,8 @@ enum sc_lease_state {
     SC_LEASE_RENEWED, /* still ours, renewed */
     SC_LEASE_LAPSED,  /* still our epoch but expired before we renewed it: acquire it again */
     SC_LEASE_LOST,    /* another owner or epoch now (or the row is gone): we are fenced */
+    SC_LEASE_BUSY,    /* still ours and live, but its row is locked by another session: not
+                         renewed this time (the local validity must not be extended) */
 };
 
 struct sc_lease_held {
@@ -127,6 +129,8 @@ struct sc_lease_instance {
 
 struct sc_lease_tick {
     bool registered; /* false: another process holds our instance_id: renewed nothing */
+    bool self_busy;  /* our registration row is locked by another session: not renewed */
+    size_t busy;     /* leases answered SC_LEASE_BUSY */
     struct sc_lease_row *leases;
     size_t nleases;
     struct sc_lease_instance *insts;

@@ -1107,9 +1107,10 @@ START_TEST(lease_updaters_never_deadlock)
             continue;
         }
         sc_lease_tick_clear(&tick);
+        /* A row B holds locked is skipped (busy), never lost. */
         for (int i = 0; i < LOCK_PARTS; i++)
-            ck_assert_msg(h[i].state == SC_LEASE_RENEWED, "round %d: partition %d not renewed",
-                          round, i);
+            ck_assert_msg(h[i].state == SC_LEASE_RENEWED || h[i].state == SC_LEASE_BUSY,
+                          "round %d: partition %d lost (state %d)", round, i, (int)h[i].state);
         if (sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, LOCK_PARTS, "test") < 0 &&
             failures++ == 0)
             snprintf(error, sizeof(error), "refuse: %s", a.last_error);
@@ -1120,6 +1121,99 @@ START_TEST(lease_updaters_never_deadlock)
     ck_assert_msg(b.failures == 0, "B failed %d times, first: %s", b.failures, b.error);
     sc_db_close(&a);
     sc_db_close(&b.db);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * A lease row, and then the instance's registration, locked by an
+ * operator's open transaction: the tick does not wait for them.  It renews
+ * every other lease, answers the locked one "busy" (still ours, not
+ * renewed: its expiry is unchanged), and keeps the registration.
+ */
+START_TEST(tick_skips_locked_rows)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r[3];
+    struct sc_lease_held h[3];
+    struct sc_lease_tick tick;
+    bool unavailable;
+
+    t_start(&t, "tickskip");
+    /* A tick that waits for a lock fails after 20 s instead of hanging the test. */
+    char dsn[600];
+    snprintf(dsn, sizeof(dsn), "%s options='-c statement_timeout=20000'", t.dsn);
+    sc_db_init(&a, dsn, "sidecar", "check_lease", 5000);
+    ck_assert_msg(sc_db_connect(&a, true) == 0, "connect: %s", a.last_error);
+    db_open(&t, &b);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++) {
+        r[i].topic = TOPIC;
+        r[i].partition = i;
+    }
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, 3, &unavailable), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(r[i].acquired);
+        h[i] = (struct sc_lease_held){.topic = TOPIC, .partition = i, .epoch = r[i].epoch};
+    }
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    const char *expiry = "SELECT (extract(epoch FROM expires_at) * 1000000)::bigint FROM"
+                         " sidecar.leases WHERE pipeline = $1 AND topic = $2 AND partition = $3";
+    long long before[3];
+    for (int i = 0; i < 3; i++)
+        before[i] = row_int(&t, expiry, "p", i);
+
+    /* An operator's move of partition 1, not committed yet. */
+    PGconn *op = hx_pg_connect(t.dsn);
+    hx_pg_exec(op, "BEGIN");
+    hx_pg_exec(op, "SELECT sidecar.move_partition('p', '" TOPIC "', 1, 'B')");
+    int64_t t0 = hx_now_ms();
+    ck_assert_msg(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick) == 0, "tick: %s",
+                  a.last_error);
+    int64_t took = hx_now_ms() - t0;
+    ck_assert_msg(took < 4000, "the tick waited %lld ms for the locked row", (long long)took);
+    ck_assert(tick.registered && !tick.self_busy);
+    ck_assert_int_eq(tick.busy, 1);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(h[0].state, SC_LEASE_RENEWED);
+    ck_assert_int_eq(h[1].state, SC_LEASE_BUSY);
+    ck_assert_int_eq(h[2].state, SC_LEASE_RENEWED);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 0), before[0]);
+    ck_assert_int_eq(row_int(&t, expiry, "p", 1), before[1]);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 2), before[2]);
+
+    /* A drain of A, not committed yet: the registration row is locked too. */
+    PGconn *op2 = hx_pg_connect(t.dsn);
+    hx_pg_exec(op2, "BEGIN");
+    hx_pg_exec(op2, "SELECT sidecar.drain_instance('p', 'A')");
+    t0 = hx_now_ms();
+    ck_assert_msg(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick) == 0, "tick: %s",
+                  a.last_error);
+    took = hx_now_ms() - t0;
+    ck_assert_msg(took < 4000, "the tick waited %lld ms for the locked rows", (long long)took);
+    ck_assert(tick.registered && tick.self_busy);
+    ck_assert_int_eq(tick.busy, 1);
+    sc_lease_tick_clear(&tick);
+    ck_assert(h[0].state == SC_LEASE_RENEWED && h[1].state == SC_LEASE_BUSY &&
+              h[2].state == SC_LEASE_RENEWED);
+
+    /* The locks go: everything is renewed again. */
+    hx_pg_exec(op, "ROLLBACK");
+    hx_pg_exec(op2, "ROLLBACK");
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick), 0);
+    ck_assert(tick.registered && !tick.self_busy);
+    ck_assert_int_eq(tick.busy, 0);
+    sc_lease_tick_clear(&tick);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(h[i].state, SC_LEASE_RENEWED);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 1), before[1]);
+    PQfinish(op);
+    PQfinish(op2);
+    sc_db_close(&a);
+    sc_db_close(&b);
     t_stop(&t);
 }
 END_TEST
@@ -1250,6 +1344,7 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, handoff_request_release_and_reservation);
     tcase_add_test(tc, operator_functions_check_and_announce);
     tcase_add_test(tc, lease_updaters_never_deadlock);
+    tcase_add_test(tc, tick_skips_locked_rows);
     suite_add_tcase(s, tc);
     return s;
 }
