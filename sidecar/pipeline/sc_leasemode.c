@@ -87,13 +87,17 @@ struct known {
     int32_t partition;
 };
 
-/* A partition being handed over: the worker finishes and releases it, then we unassign. */
+/* A partition being handed over: the worker finishes and releases it, then we unassign.
+ * Until then its lease is renewed like any other (a batch in flight may take longer than
+ * the lease's slack), through p while done is false, under lm->rel_lock. */
 struct releasing {
     char *topic;
     int32_t partition;
-    char *to;         /* the instance it is reserved for, or NULL */
-    atomic_bool done; /* set by the worker once released */
-    bool handoff;     /* counts in sidecar_lease_handoffs_total{direction="out"} */
+    int64_t epoch;     /* the lease to renew; 0: none (lapsed or lost: not renewed) */
+    struct sc_part *p; /* valid while !done, under lm->rel_lock (the worker frees it after) */
+    char *to;          /* the instance it is reserved for, or NULL */
+    atomic_bool done;  /* set by the worker once released */
+    bool handoff;      /* counts in sidecar_lease_handoffs_total{direction="out"} */
     int64_t since_ms;
     bool warned;
 };
@@ -113,6 +117,7 @@ struct sc_leasemode {
     int64_t next_busy_log_ms; /* "skipped: locked" is logged at most this often */
     struct releasing **rel;
     size_t nrel, relcap;
+    pthread_mutex_t rel_lock; /* a worker sets releasing.done under it */
 };
 
 static struct sc_log_fields lm_log(const struct sc_pipeline *pl)
@@ -124,6 +129,7 @@ int sc_leasemode_init(struct sc_pipeline *pl, char *err, size_t errsize)
 {
     struct sc_leasemode *lm = sc_xcalloc(1, sizeof(*lm));
     size_t nt = pl->pc->topics.count;
+    pthread_mutex_init(&lm->rel_lock, NULL);
     lm->rkts = sc_xcalloc(nt, sizeof(*lm->rkts));
     lm->counts = sc_xcalloc(nt, sizeof(*lm->counts));
     for (size_t i = 0; i < nt; i++) {
@@ -158,6 +164,7 @@ void sc_leasemode_free(struct sc_pipeline *pl)
     free(lm->rkts);
     free(lm->counts);
     free(lm->known);
+    pthread_mutex_destroy(&lm->rel_lock);
     free(lm);
     pl->lm = NULL;
 }
@@ -259,6 +266,8 @@ static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char 
     r->topic = sc_xstrdup(p->topic);
     r->partition = p->partition;
     r->to = to ? sc_xstrdup(to) : NULL;
+    r->epoch = atomic_load(&p->need_reacquire) ? 0 : p->lease_epoch;
+    r->p = p;
     r->handoff = to != NULL && strcmp(reason, "lost") != 0;
     r->since_ms = sc_mono_ms();
     if (lm->nrel == lm->relcap) {
@@ -271,6 +280,7 @@ static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char 
                 to ? " to " : "", to ? to : "", reason);
     p->release_to = r->to;
     p->removed = &r->done;
+    p->removed_lock = &lm->rel_lock;
     p->revoked = true;
     sc_pl_forget_part(pl, p);
     sc_worker_remove(p->worker, p, reason); /* the worker frees p */
@@ -324,6 +334,23 @@ static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
 }
 
 /* ---- the tick ---------------------------------------------------------------- */
+
+/* The tick's answer for a partition being handed over (tick sent at sent_ms). */
+static void renewed_releasing(struct sc_pipeline *pl, struct releasing *r,
+                              enum sc_lease_state state, int64_t sent_ms)
+{
+    pthread_mutex_lock(&pl->lm->rel_lock);
+    if (!atomic_load(&r->done)) {
+        if (state == SC_LEASE_RENEWED) {
+            atomic_store(&r->p->lease_valid_until_ms, sc_pl_valid_until(pl, sent_ms));
+        } else if (state != SC_LEASE_BUSY) {
+            /* Lapsed or lost: write nothing more; the next owner replays what is pending. */
+            atomic_store(&r->p->lease_valid_until_ms, 0);
+            r->epoch = 0;
+        }
+    }
+    pthread_mutex_unlock(&pl->lm->rel_lock);
+}
 
 static int row_cmp(const void *a, const void *b)
 {
@@ -538,9 +565,25 @@ static void tick(struct sc_pipeline *pl)
     int renew = pl->pc->lease.renew_ms;
     lm->next_tick_ms = now + renew * 3 / 4 + (int64_t)sc_rand((uint32_t)(renew / 4 + 1));
     char *counts = lm->counts_dirty ? topic_counts_json(pl) : NULL;
+    /* The partitions being handed over are renewed until their worker has released them. */
+    struct sc_lease_held *x = sc_xcalloc(lm->nrel + 1, sizeof(*x));
+    struct releasing **xr = sc_xcalloc(lm->nrel + 1, sizeof(*xr));
+    size_t nx = 0;
+    for (size_t i = 0; i < lm->nrel; i++)
+        if (lm->rel[i]->epoch > 0 && !atomic_load(&lm->rel[i]->done)) {
+            x[nx] = (struct sc_lease_held){.topic = lm->rel[i]->topic,
+                                           .partition = lm->rel[i]->partition,
+                                           .epoch = lm->rel[i]->epoch};
+            xr[nx++] = lm->rel[i];
+        }
     struct sc_lease_tick t;
-    int rc = sc_pl_tick(pl, true, (int)lm->nknown, lm->share, counts, &t);
+    int rc = sc_pl_tick(pl, x, nx, true, (int)lm->nknown, lm->share, counts, &t);
     free(counts);
+    if (rc == 0)
+        for (size_t i = 0; i < nx; i++)
+            renewed_releasing(pl, xr[i], x[i].state, now);
+    free(x);
+    free(xr);
     if (rc != 0) {
         lm->next_tick_ms = now + 500; /* PostgreSQL trouble: try again soon */
         return;

@@ -1806,8 +1806,13 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
         else
             sc_info(&p->log, "lease released (%s)", reason);
     }
-    if (p->removed)
+    if (p->removed) {
+        if (p->removed_lock)
+            pthread_mutex_lock(p->removed_lock);
         atomic_store(p->removed, true);
+        if (p->removed_lock)
+            pthread_mutex_unlock(p->removed_lock);
+    }
     sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
     sc_metrics_set_pending(p->m, 0);
