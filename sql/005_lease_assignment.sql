@@ -537,27 +537,35 @@ END
 $$;
 
 -- Refuses handoff requests on leases p_owner holds (clears them), with an event each.
+-- p_was[i] is the request as the caller judged it (its handoff_to): a request made since
+-- (another instance's, an operator's move) is newer than the decision and stays.  A row
+-- locked by another session is left alone (the caller refuses again at its next tick).
 CREATE FUNCTION refuse_handoffs(p_pipeline text, p_owner text, p_topics text[],
-                                p_partitions int[], p_why text)
+                                p_partitions int[], p_why text, p_was text[])
     RETURNS int
     LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 #variable_conflict use_column
 DECLARE
     v_n int;
+    v_lt text[];
+    v_lp int[];
 BEGIN
     -- Lock order: the lease rows in (topic, partition) order, as in lease_tick.
-    PERFORM 1 FROM leases l
-      WHERE l.pipeline = p_pipeline
-        AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-      ORDER BY l.topic, l.partition
-        FOR UPDATE;
+    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
+      FROM (SELECT l.topic, l.partition FROM leases l
+             WHERE l.pipeline = p_pipeline
+               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+             ORDER BY l.topic, l.partition
+               FOR UPDATE SKIP LOCKED) k;
     WITH cleared AS (
         UPDATE leases l SET handoff_to = NULL, handoff_reason = NULL, handoff_at = NULL
-          FROM unnest(p_topics, p_partitions) AS r(topic, partition), leases old
+          FROM unnest(p_topics, p_partitions, p_was) AS r(topic, partition, was), leases old
          WHERE l.pipeline = p_pipeline AND l.topic = r.topic AND l.partition = r.partition
+           AND (r.topic, r.partition) IN (SELECT * FROM unnest(v_lt, v_lp))
            AND old.pipeline = l.pipeline AND old.topic = l.topic AND old.partition = l.partition
            AND l.owner = p_owner AND l.expires_at > now() AND l.handoff_to IS NOT NULL
+           AND l.handoff_to = r.was
         RETURNING l.topic, l.partition, l.epoch, old.handoff_to AS was),
     e AS (
         INSERT INTO events (pipeline, topic, partition, kind, epoch, owner, detail)

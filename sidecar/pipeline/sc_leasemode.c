@@ -96,6 +96,7 @@ struct releasing {
     int64_t epoch;     /* the lease to renew; 0: none (lapsed or lost: not renewed) */
     struct sc_part *p; /* valid while !done, under lm->rel_lock (the worker frees it after) */
     char *to;          /* the instance it is reserved for, or NULL */
+    char *seen;        /* the lease's handoff request when this was decided, or NULL */
     atomic_bool done;  /* set by the worker once released */
     bool handoff;      /* counts in sidecar_lease_handoffs_total{direction="out"} */
     int64_t since_ms;
@@ -158,6 +159,7 @@ void sc_leasemode_free(struct sc_pipeline *pl)
     for (size_t i = 0; i < lm->nrel; i++) {
         free(lm->rel[i]->topic);
         free(lm->rel[i]->to);
+        free(lm->rel[i]->seen);
         free(lm->rel[i]);
     }
     free(lm->rel);
@@ -259,13 +261,14 @@ static struct releasing *find_releasing(struct sc_leasemode *lm, const char *top
 /* Asks p's worker to finish its batch in flight and release the lease (reserved for to, or
  * for anyone); the partition is unassigned once that is done (finish_releases()). */
 static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char *to,
-                          const char *reason)
+                          const char *seen, const char *reason)
 {
     struct sc_leasemode *lm = pl->lm;
     struct releasing *r = sc_xcalloc(1, sizeof(*r));
     r->topic = sc_xstrdup(p->topic);
     r->partition = p->partition;
     r->to = to ? sc_xstrdup(to) : NULL;
+    r->seen = seen ? sc_xstrdup(seen) : NULL;
     r->epoch = atomic_load(&p->need_reacquire) ? 0 : p->lease_epoch;
     r->p = p;
     r->handoff = to != NULL && strcmp(reason, "lost") != 0;
@@ -279,6 +282,7 @@ static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char 
         sc_info(&p->log, "handing the partition over%s%s (%s) after its batch in flight",
                 to ? " to " : "", to ? to : "", reason);
     p->release_to = r->to;
+    p->release_seen = r->seen;
     p->removed = &r->done;
     p->removed_lock = &lm->rel_lock;
     p->revoked = true;
@@ -313,6 +317,7 @@ static void finish_releases(struct sc_pipeline *pl)
             sc_counter_add(&pl->m->handoffs_out, 1);
         free(r->topic);
         free(r->to);
+        free(r->seen);
         free(r);
         lm->rel[i] = lm->rel[--lm->nrel];
     }
@@ -330,7 +335,7 @@ static void finish_releases(struct sc_pipeline *pl)
 static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
 {
     sc_info(&p->log, "%s holds the lease now; dropping the partition", holder);
-    start_release(pl, p, NULL, "lost");
+    start_release(pl, p, NULL, NULL, "lost");
 }
 
 /* ---- the tick ---------------------------------------------------------------- */
@@ -494,6 +499,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
     const char **ro = sc_xcalloc(np ? np : 1, sizeof(*ro));
     int32_t *rp = sc_xcalloc(np ? np : 1, sizeof(*rp));
     const char **ft = sc_xcalloc(np ? np : 1, sizeof(*ft));
+    const char **fw = sc_xcalloc(np ? np : 1, sizeof(*fw));
     int32_t *fp = sc_xcalloc(np ? np : 1, sizeof(*fp));
     size_t ntake = 0, nreq = 0, nref = 0;
     for (size_t k = 0; k < np; k++) {
@@ -509,7 +515,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
             break;
         case SC_ACT_RELEASE:
             if (mine && !mine->revoked)
-                start_release(pl, mine, target[k], release_reason(pl, p, target[k]));
+                start_release(pl, mine, target[k], p->handoff_to, release_reason(pl, p, target[k]));
             break;
         case SC_ACT_REQUEST:
             rt[nreq] = p->topic;
@@ -518,12 +524,13 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
             break;
         case SC_ACT_REFUSE:
             ft[nref] = p->topic;
+            fw[nref] = p->handoff_to;
             fp[nref++] = p->partition;
             break;
         }
     }
     if (nref > 0 &&
-        sc_lease_refuse_handoffs(&pl->db, pl->pc->name, me, ft, fp, nref,
+        sc_lease_refuse_handoffs(&pl->db, pl->pc->name, me, ft, fp, fw, nref,
                                  pl->draining ? "draining" : "declined: balanced already") > 0)
         sc_info(&f,
                 "declined %zu handoff request%s (the partitions are balanced already, "
@@ -548,6 +555,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
     free(ro);
     free(rp);
     free(ft);
+    free(fw);
     free(fp);
     free(act);
     free(target);
@@ -603,7 +611,7 @@ static void shutdown_all(struct sc_pipeline *pl)
     struct sc_log_fields f = lm_log(pl);
     sc_info(&f, "shutting down: finishing in-flight batches and releasing leases");
     while (pl->nparts > 0)
-        start_release(pl, pl->parts[0], NULL, "shutdown");
+        start_release(pl, pl->parts[0], NULL, NULL, "shutdown");
     int64_t deadline = sc_mono_ms() + pl->cfg->shutdown_timeout_ms * 3 / 4;
     while (pl->lm->nrel > 0 && sc_mono_ms() < deadline) {
         finish_releases(pl);

@@ -64,6 +64,7 @@ struct sc_part {
      * consumer thread, holding it, may still renew lease_valid_until_ms while *removed is
      * false (lease mode keeps renewing a partition being handed over). */
     const char *release_to;
+    const char *release_seen; /* the lease's handoff request when the release was decided */
     atomic_bool *removed;
     pthread_mutex_t *removed_lock;
 

@@ -1792,9 +1792,9 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
         struct sc_lease_held h = {
             .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
-        int released =
-            sc_lease_release(&w->db, w->env.pc->name, w->env.cfg->instance_id,
-                             sc_notify_channel(w->env.notify), &h, 1, reason, p->release_to);
+        int released = sc_lease_release_judged(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                                               sc_notify_channel(w->env.notify), &h, 1, reason,
+                                               p->release_to, p->release_seen);
         if (released < 0)
             sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
                     w->db.last_error);

@@ -992,7 +992,8 @@ START_TEST(handoff_request_release_and_reservation)
     sc_lease_tick_clear(&tick);
 
     /* A refuses: cleared, with its event; then B asks again and A hands it over. */
-    ck_assert_int_eq(sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, 1, "test"), 1);
+    const char *was[] = {"B"};
+    ck_assert_int_eq(sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, was, 1, "test"), 1);
     ck_assert_int_eq(events_of(&t, "p", "handoff_refused"), 1);
     ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 1), 1);
     ck_assert_int_eq(release_to(&a, "p", "A", 0, r1.epoch, "B"), 1);
@@ -1014,6 +1015,74 @@ START_TEST(handoff_request_release_and_reservation)
     struct sc_lease_self sb = self_of("p", "A", LONG_MS);
     ck_assert_int_eq(sc_lease_deregister(&a, &sb), 0);
     ck_assert(acquire(&c, "p", "C", LONG_MS, 0, &r2));
+    sc_db_close(&a);
+    sc_db_close(&b);
+    sc_db_close(&c);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * A handoff decision is made on what a tick saw; by the time it is carried
+ * out, an operator may have moved the partition elsewhere.  The newer
+ * request wins: a release reserves the partition for the instance the
+ * operator named, not the one the owner decided on; a refusal does not
+ * clear it; a shutdown release (for anyone) keeps it.
+ */
+START_TEST(stale_handoff_decisions_keep_the_newer_request)
+{
+    struct t t;
+    struct sc_db a, b, c;
+    struct sc_lease_req r0, r1, rb, rc0, rc1;
+
+    t_start(&t, "stale");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    db_open(&t, &c);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    ck_assert(register_as(&c, "p", "C", LONG_MS));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r0));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 1, &r1));
+    const char *topics[] = {TOPIC, TOPIC};
+    const int32_t parts[] = {0, 1};
+    const char *owners[] = {"A", "A"};
+    const char *was[] = {"B", "B"};
+    const char *to_c = "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND topic = $2"
+                       " AND partition = $3 AND handoff_to = 'C' AND handoff_reason = 'move'";
+
+    /* B asks for both; A decides to grant 0 and refuse 1; meanwhile the operator moves both
+     * to C. */
+    ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 2), 2);
+    hx_pg_exec(t.conn, "SELECT sidecar.move_partition('p', '" TOPIC "', 0, 'C')");
+    hx_pg_exec(t.conn, "SELECT sidecar.move_partition('p', '" TOPIC "', 1, 'C')");
+
+    /* The refusal of B's request does not clear the operator's move. */
+    ck_assert_int_eq(
+        sc_lease_refuse_handoffs(&a, "p", "A", &topics[1], &parts[1], &was[1], 1, "test"), 0);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 1), 1);
+
+    /* The release to B reserves it for C: B cannot take it, C can. */
+    struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = r0.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&a, "p", "A", NULL, &h, 1, "balance", "B", "B"), 1);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 0), 1);
+    ck_assert(!acquire(&b, "p", "B", LONG_MS, 0, &rb));
+    ck_assert_str_eq(rb.holder, "C");
+    ck_assert(acquire(&c, "p", "C", LONG_MS, 0, &rc0));
+
+    /* A shutdown release (for anyone) keeps the pending move as the reservation. */
+    h = (struct sc_lease_held){.topic = TOPIC, .partition = 1, .epoch = r1.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&a, "p", "A", NULL, &h, 1, "shutdown", NULL, NULL), 1);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 1), 1);
+    ck_assert(!acquire(&b, "p", "B", LONG_MS, 1, &rb));
+    ck_assert(acquire(&c, "p", "C", LONG_MS, 1, &rc1));
+
+    /* What was judged is still there: the decision applies (granted to B, reserved for B). */
+    ck_assert_int_eq(
+        sc_lease_request_handoffs(&b, "p", "B", topics, parts, (const char *[]){"C"}, 1), 1);
+    h = (struct sc_lease_held){.topic = TOPIC, .partition = 0, .epoch = rc0.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&c, "p", "C", NULL, &h, 1, "balance", "B", "B"), 1);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &rb));
     sc_db_close(&a);
     sc_db_close(&b);
     sc_db_close(&c);
@@ -1068,7 +1137,7 @@ START_TEST(lease_updaters_never_deadlock)
     struct asker b = {0};
     struct sc_lease_req r[LOCK_PARTS];
     struct sc_lease_held h[LOCK_PARTS];
-    const char *topics[LOCK_PARTS];
+    const char *topics[LOCK_PARTS], *was[LOCK_PARTS];
     int32_t parts[LOCK_PARTS];
     bool unavailable;
     pthread_t tid;
@@ -1089,6 +1158,7 @@ START_TEST(lease_updaters_never_deadlock)
     memset(r, 0, sizeof(r));
     for (int i = 0; i < LOCK_PARTS; i++) {
         r[i].topic = topics[i] = TOPIC;
+        was[i] = "B";
         r[i].partition = parts[i] = i;
     }
     ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, LOCK_PARTS, &unavailable), 0);
@@ -1111,7 +1181,7 @@ START_TEST(lease_updaters_never_deadlock)
         for (int i = 0; i < LOCK_PARTS; i++)
             ck_assert_msg(h[i].state == SC_LEASE_RENEWED || h[i].state == SC_LEASE_BUSY,
                           "round %d: partition %d lost (state %d)", round, i, (int)h[i].state);
-        if (sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, LOCK_PARTS, "test") < 0 &&
+        if (sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, was, LOCK_PARTS, "test") < 0 &&
             failures++ == 0)
             snprintf(error, sizeof(error), "refuse: %s", a.last_error);
     }
@@ -1345,6 +1415,7 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, operator_functions_check_and_announce);
     tcase_add_test(tc, lease_updaters_never_deadlock);
     tcase_add_test(tc, tick_skips_locked_rows);
+    tcase_add_test(tc, stale_handoff_decisions_keep_the_newer_request);
     suite_add_tcase(s, tc);
     return s;
 }
