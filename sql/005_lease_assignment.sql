@@ -773,6 +773,16 @@ BEGIN
     UPDATE instances SET draining = p_drain
      WHERE pipeline = p_pipeline AND instance_id = p_instance
     RETURNING * INTO i;
+    IF p_drain AND NOT EXISTS (SELECT 1 FROM instances o
+                                WHERE o.pipeline = p_pipeline AND o.instance_id <> p_instance
+                                  AND o.expires_at > now() AND NOT o.draining
+                                  AND o.assignment = 'lease'
+                                  AND coalesce(o.partitions, 0) > 0) THEN
+        RAISE WARNING 'no other instance of pipeline "%" can take the partitions of "%" (none '
+                      'is running undrained and seeing the topics): the pipeline stops '
+                      'consuming until one starts or "%" is undrained', p_pipeline, p_instance,
+                      p_instance;
+    END IF;
     PERFORM control_event(p_pipeline, NULL, NULL, 'lease', NULL, NULL, NULL,
                           jsonb_build_object('action', CASE WHEN p_drain THEN 'drain'
                                                             ELSE 'undrain' END,
@@ -789,7 +799,8 @@ AS $$ SELECT drain_instance(p_pipeline, p_instance, false) $$;
 COMMENT ON FUNCTION drain_instance(text, text, boolean) IS
     'Lease mode: the instance hands all its partitions to the others (each after its batch in '
     'flight) and then idles, also across restarts, until undrain_instance(). For rolling '
-    'deploys and taking a host out of rotation.';
+    'deploys and taking a host out of rotation. Draining the last instance that could consume '
+    'stops the pipeline: it is done, with a WARNING.';
 COMMENT ON FUNCTION undrain_instance(text, text) IS
     'Lets a drained instance take partitions again.';
 

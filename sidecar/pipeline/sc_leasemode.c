@@ -302,8 +302,8 @@ static void finish_releases(struct sc_pipeline *pl)
             if (!r->warned && now - r->since_ms > pl->pc->lease.ttl_ms) {
                 struct sc_log_fields f = {pl->pc->name, r->topic, r->partition};
                 sc_warn(&f,
-                        "the worker has not finished its batch in flight after %d ms; the "
-                        "lease runs out by itself (a replay for the next owner, not a loss)",
+                        "the worker has not finished its batch in flight after %d ms (a slow "
+                        "sink?); the lease stays renewed until it has, then it is handed over",
                         pl->pc->lease.ttl_ms);
                 r->warned = true;
             }
@@ -324,17 +324,20 @@ static void finish_releases(struct sc_pipeline *pl)
     if (l) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(pl->rk, l);
         if (e) {
-            sc_warn(NULL, "unassigning released partitions: %s", rd_kafka_error_string(e));
+            struct sc_log_fields f = lm_log(pl);
+            sc_warn(&f, "unassigning released partitions: %s", rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
         }
         rd_kafka_topic_partition_list_destroy(l);
     }
 }
 
-/* A partition we wait to re-acquire is held by another live instance: it is theirs now. */
+/* A partition we wait to re-acquire is held by, or reserved for, another live instance. */
 static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
 {
-    sc_info(&p->log, "%s holds the lease now; dropping the partition", holder);
+    sc_info(&p->log,
+            "the lease is %s's now (held by it, or reserved for it); dropping the partition",
+            holder);
     start_release(pl, p, NULL, NULL, "lost");
 }
 

@@ -1393,6 +1393,44 @@ START_TEST(operator_functions_check_and_announce)
 }
 END_TEST
 
+static void collect_notice(void *arg, const char *message)
+{
+    size_t len = strlen(arg);
+    snprintf((char *)arg + len, 1024 - len, "%s", message);
+}
+
+/* Draining the last instance that could consume says so (a WARNING); the others do not. */
+START_TEST(draining_the_last_instance_warns)
+{
+    struct t t;
+    struct sc_db a, b;
+    char notices[1024] = "";
+
+    t_start(&t, "drainlast");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS), sb = self_of("p", "B", LONG_MS);
+    struct sc_lease_tick tick;
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, NULL, 0, 4, 2, "{\"orders\": 4}", false, &tick), 0);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(sc_lease_tick(&b, &sb, NULL, 0, 4, 2, "{\"orders\": 4}", false, &tick), 0);
+    sc_lease_tick_clear(&tick);
+    PQsetNoticeProcessor(t.conn, collect_notice, notices);
+    hx_pg_exec(t.conn, "SELECT sidecar.drain_instance('p', 'B')");
+    ck_assert_msg(notices[0] == '\0', "%s", notices);
+    hx_pg_exec(t.conn, "SELECT sidecar.drain_instance('p', 'A')");
+    ck_assert_msg(strstr(notices, "WARNING") && strstr(notices, "stops consuming"), "%s", notices);
+    notices[0] = '\0';
+    hx_pg_exec(t.conn, "SELECT sidecar.undrain_instance('p', 'B')");
+    ck_assert_msg(notices[0] == '\0', "%s", notices);
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
 static Suite *lease_suite(void)
 {
     Suite *s = suite_create("lease");
@@ -1416,6 +1454,7 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, lease_updaters_never_deadlock);
     tcase_add_test(tc, tick_skips_locked_rows);
     tcase_add_test(tc, stale_handoff_decisions_keep_the_newer_request);
+    tcase_add_test(tc, draining_the_last_instance_warns);
     suite_add_tcase(s, tc);
     return s;
 }
