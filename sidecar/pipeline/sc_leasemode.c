@@ -115,7 +115,12 @@ struct sc_leasemode {
     int share;
     int eligible;
     bool was_draining;
-    int64_t next_busy_log_ms; /* "skipped: locked" is logged at most this often */
+    int64_t next_busy_log_ms;       /* "skipped: locked" is logged at most this often */
+    int64_t meta_ok_ms;             /* the last metadata read that succeeded */
+    rd_kafka_resp_err_t meta_err;   /* the metadata error last logged (0: none) */
+    int meta_fails;                 /* metadata reads failed in a row */
+    rd_kafka_resp_err_t *topic_err; /* per topic: the error last logged (0: none) */
+    bool no_share;                  /* cut off from Kafka: we told the others we see nothing */
     struct releasing **rel;
     size_t nrel, relcap;
     pthread_mutex_t rel_lock; /* a worker sets releasing.done under it */
@@ -133,6 +138,7 @@ int sc_leasemode_init(struct sc_pipeline *pl, char *err, size_t errsize)
     pthread_mutex_init(&lm->rel_lock, NULL);
     lm->rkts = sc_xcalloc(nt, sizeof(*lm->rkts));
     lm->counts = sc_xcalloc(nt, sizeof(*lm->counts));
+    lm->topic_err = sc_xcalloc(nt, sizeof(*lm->topic_err));
     for (size_t i = 0; i < nt; i++) {
         lm->counts[i] = -1;
         lm->rkts[i] = rd_kafka_topic_new(pl->rk, pl->pc->topics.items[i], NULL);
@@ -165,6 +171,7 @@ void sc_leasemode_free(struct sc_pipeline *pl)
     free(lm->rel);
     free(lm->rkts);
     free(lm->counts);
+    free(lm->topic_err);
     free(lm->known);
     pthread_mutex_destroy(&lm->rel_lock);
     free(lm);
@@ -191,11 +198,28 @@ static void discover(struct sc_pipeline *pl)
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(pl->rk, 0, NULL, &md, timeout);
     if (err || !md) {
-        sc_debug(&f, "metadata: %s", rd_kafka_err2str(err));
+        if (!err)
+            err = RD_KAFKA_RESP_ERR__FAIL;
+        /* One failed read under load says little: warn from the second in a row, once per
+         * cause. */
+        if (++lm->meta_fails >= 2 && err != lm->meta_err) {
+            sc_warn(&f,
+                    "cannot read Kafka's metadata: %s; trying again every %d s (after about a "
+                    "lease TTL without Kafka this instance takes no share of the partitions)",
+                    rd_kafka_err2str(err), META_INTERVAL_MS / 1000);
+            lm->meta_err = err;
+        } else {
+            sc_debug(&f, "metadata: %s", rd_kafka_err2str(err));
+        }
         if (md)
             rd_kafka_metadata_destroy(md);
         return;
     }
+    if (lm->meta_err)
+        sc_info(&f, "Kafka's metadata can be read again");
+    lm->meta_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    lm->meta_fails = 0;
+    lm->meta_ok_ms = sc_mono_ms();
     atomic_store(&pl->kafka_up, true);
     bool changed = false;
     for (size_t i = 0; i < pl->pc->topics.count; i++) {
@@ -203,10 +227,22 @@ static void discover(struct sc_pipeline *pl)
         for (int t = 0; t < md->topic_cnt; t++) {
             if (strcmp(md->topics[t].topic, pl->pc->topics.items[i]) != 0)
                 continue;
-            if (!md->topics[t].err)
+            rd_kafka_resp_err_t te = md->topics[t].err;
+            if (!te)
                 count = md->topics[t].partition_cnt;
-            else if (md->topics[t].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+            else if (te == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 count = count < 0 ? 0 : count;
+            else if (te != lm->topic_err[i]) /* e.g. TOPIC_AUTHORIZATION_FAILED */
+                sc_warn(&f,
+                        "topic \"%s\": %s; its partitions %s until Kafka answers for it "
+                        "(checked every %d s)",
+                        pl->pc->topics.items[i], rd_kafka_err2str(te),
+                        count > 0 ? "keep what is known of them" : "are not consumed",
+                        META_INTERVAL_MS / 1000);
+            if (!te && lm->topic_err[i] &&
+                lm->topic_err[i] != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                sc_info(&f, "topic \"%s\" can be read again", pl->pc->topics.items[i]);
+            lm->topic_err[i] = te;
         }
         if (count > lm->counts[i]) { /* a topic never shrinks (partitions cannot be removed) */
             sc_info(&f, "topic \"%s\" has %d partition%s%s", pl->pc->topics.items[i], count,
@@ -342,6 +378,31 @@ static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
 }
 
 /* ---- the tick ---------------------------------------------------------------- */
+
+/*
+ * The partitions this instance tells the others it sees: none once it has
+ * been cut off from Kafka (no broker up and no metadata read) for about a
+ * lease TTL, so that it takes no share and the instances that can reach
+ * Kafka take its partitions over (it hands them over, each after its batch
+ * in flight).  It takes its share again as soon as it can read Kafka.
+ */
+static int known_partitions(struct sc_pipeline *pl)
+{
+    struct sc_leasemode *lm = pl->lm;
+    struct sc_log_fields f = lm_log(pl);
+    int64_t now = sc_mono_ms();
+    bool cut_off = lm->nknown > 0 && !atomic_load(&pl->kafka_up) &&
+                   now - lm->meta_ok_ms > pl->pc->lease.ttl_ms + META_INTERVAL_MS;
+    if (cut_off && !lm->no_share)
+        sc_warn(&f,
+                "Kafka unreachable for %" PRId64 " ms: taking no share of the partitions, so "
+                "that instances that can reach it take them over",
+                now - lm->meta_ok_ms);
+    else if (!cut_off && lm->no_share)
+        sc_info(&f, "Kafka reachable again: taking a share of the partitions again");
+    lm->no_share = cut_off;
+    return cut_off ? 0 : (int)lm->nknown;
+}
 
 /* The tick's answer for a partition being handed over (tick sent at sent_ms). */
 static void renewed_releasing(struct sc_pipeline *pl, struct releasing *r,
@@ -588,7 +649,7 @@ static void tick(struct sc_pipeline *pl)
             xr[nx++] = lm->rel[i];
         }
     struct sc_lease_tick t;
-    int rc = sc_pl_tick(pl, x, nx, true, (int)lm->nknown, lm->share, counts, &t);
+    int rc = sc_pl_tick(pl, x, nx, true, known_partitions(pl), lm->share, counts, &t);
     free(counts);
     if (rc == 0)
         for (size_t i = 0; i < nx; i++)

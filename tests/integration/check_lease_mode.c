@@ -304,6 +304,59 @@ START_TEST(test_slow_batch_during_a_handoff_is_not_replayed)
 }
 END_TEST
 
+/*
+ * An instance that loses Kafka after it had its share: sc-b reads its own
+ * kafka-mock cluster (the same topic), which is then stopped.  About a TTL
+ * later sc-b tells the others it sees no partitions: it is no longer
+ * eligible, hands its partition over and sc-a, which still reaches its
+ * Kafka, consumes everything.  (Before, sc-b kept its share: its partition
+ * stalled with nobody to take it over.)
+ */
+START_TEST(test_instance_without_kafka_takes_no_share)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    struct hx_mock other;
+    hx_mock_start(&other, 1, topics, 1);
+    static char cfg_a[700], cfg_b[700];
+    struct scx_opts o = {.assignment = "lease"};
+    snprintf(cfg_a, sizeof(cfg_a), "%s", scx_config(&e, "sc-a", &o));
+    /* sc-b's config, reading the other cluster. */
+    snprintf(cfg_b, sizeof(cfg_b), "%s", scx_config(&e, "sc-b", &o));
+    char *text = hx_read_file(cfg_b, NULL);
+    char *at = strstr(text, e.mock.bootstrap);
+    ck_assert(at != NULL);
+    *at = '\0';
+    hx_write_file(cfg_b, "%s%s%s", text, other.bootstrap, at + strlen(e.mock.bootstrap));
+    free(text);
+    scx_migrate(cfg_a);
+    pid_t a = scx_start(&e, cfg_a, "sc-a", NULL);
+    pid_t b = scx_start(&e, cfg_b, "sc-b", NULL);
+    const char *names[] = {"sc-a", "sc-b"};
+    ck_assert_msg(scx_wait_balanced(e.conn, "p1", names, 2, 2, 60000), "not balanced: %s",
+                  scx_owner_map(e.conn, "p1"));
+
+    hx_mock_stop(&other);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-b.log", e.dir);
+    const char *one[] = {"sc-a"};
+    ck_assert_msg(scx_wait_balanced(e.conn, "p1", one, 1, 2, 60000), "%s\n%s",
+                  scx_owner_map(e.conn, "p1"), scx_log_tail(log, 3000));
+    ck_assert_int_eq(scx_leases_of(e.conn, "p1", "sc-b"), 0);
+    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 50);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 50, 60000));
+    text = hx_read_file(log, NULL);
+    ck_assert_msg(text && strstr(text, "Kafka unreachable"), "%s", scx_log_tail(log, 3000));
+    free(text);
+    kill(b, SIGKILL);
+    hx_wait(b, 10000);
+    scx_stop(a, 30000);
+    scx_verify_files(&e, "p1", "orders", 2, 50);
+    scx_env_stop(&e);
+}
+END_TEST
+
 /* _i: 0 kafka-group, 1 lease */
 START_TEST(test_duplicate_instance_id_is_refused)
 {
@@ -447,10 +500,11 @@ int main(void)
     tcase_add_loop_test(tc, test_duplicate_instance_id_is_refused, 0, 2);
     tcase_add_loop_test(tc, test_pause_takes_effect_within_a_batch, 0, 2);
     suite_add_tcase(s, tc);
-    /* Its own case, so that CK_RUN_CASE=slow_handoff runs it alone. */
-    TCase *slow = tcase_create("slow_handoff");
+    /* Their own case, so that CK_RUN_CASE=faults runs them alone. */
+    TCase *slow = tcase_create("faults");
     tcase_set_timeout(slow, 600);
     tcase_add_test(slow, test_slow_batch_during_a_handoff_is_not_replayed);
+    tcase_add_test(slow, test_instance_without_kafka_takes_no_share);
     suite_add_tcase(s, slow);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
