@@ -59,9 +59,20 @@
  * renew interval later) sees them free and takes them, up to its share.
  *
  * Locks: lease_tick() locks the instance row and the renewed lease rows;
- * acquire_leases() locks lease rows, then checkpoint rows, skipping locked
- * ones; request/refuse/release lock lease rows.  Lease before checkpoint,
- * as everywhere (sc_checkpoint.c).
+ * acquire_leases() locks lease rows, then checkpoint rows; request/refuse
+ * lock lease rows; a release locks its one lease row.  Every statement that
+ * locks several lease rows locks them first, sorted by (topic, partition),
+ * with SKIP LOCKED: no two of them can deadlock, and a row held by another
+ * session (an operator's open transaction) is left for a later tick - the
+ * tick answers it "busy": still ours, not renewed, its local validity not
+ * extended.  Lease before checkpoint, as everywhere (sc_checkpoint.c).
+ *
+ * A partition being handed over stays in lm->rel, and renewed, until its
+ * worker has released it: a batch in flight may outlast the lease's slack.
+ * The release carries the handoff request it was decided on; a newer one
+ * (an operator's move meanwhile) wins.  An instance cut off from Kafka for
+ * about a TTL tells the registry it sees no partitions: it takes no share
+ * and hands its partitions to the instances that can reach Kafka.
  */
 #include <inttypes.h>
 #include <stdio.h>
