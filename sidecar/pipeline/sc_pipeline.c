@@ -457,13 +457,13 @@ static void lease_lost(struct sc_pipeline *pl, struct sc_part *p, const char *wh
     sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, why);
 }
 
-int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const char *topic_counts,
-               struct sc_lease_tick *out)
+int sc_pl_tick(struct sc_pipeline *pl, struct sc_lease_held *extra, size_t nextra, bool full,
+               int known, int share, const char *topic_counts, struct sc_lease_tick *out)
 {
     int64_t now = sc_mono_ms();
     pl->last_tick_ms = now;
     size_t n = 0;
-    struct sc_lease_held *held = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*held));
+    struct sc_lease_held *held = sc_xcalloc(pl->nparts + nextra + 1, sizeof(*held));
     struct sc_part **which = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*which));
     for (size_t i = 0; i < pl->nparts; i++) {
         struct sc_part *p = pl->parts[i];
@@ -473,8 +473,13 @@ int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const ch
             .topic = p->topic, .partition = p->partition, .epoch = p->lease_epoch};
         which[n++] = p;
     }
+    for (size_t i = 0; i < nextra; i++)
+        held[n + i] = extra[i];
     struct sc_lease_tick t;
-    int rc = sc_lease_tick(&pl->db, &pl->self, held, n, known, share, topic_counts, full, &t);
+    int rc =
+        sc_lease_tick(&pl->db, &pl->self, held, n + nextra, known, share, topic_counts, full, &t);
+    for (size_t i = 0; i < nextra; i++)
+        extra[i].state = rc == 0 ? held[n + i].state : SC_LEASE_BUSY;
     if (rc == 0 && !t.registered) {
         /* Our registration is not ours: someone deleted it, or another process took this
          * instance_id while we could not renew it.  Register again (refused if the other is
@@ -488,11 +493,23 @@ int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const ch
         }
         rc = -1;
     }
+    pl->tick_busy = 0;
     if (rc == 0) {
         atomic_store(&pl->db_ok_ms, now);
+        pl->tick_busy = t.busy + t.self_busy;
+        if (pl->tick_busy > 0 && now >= pl->busy_log_ms) {
+            sc_info(&(struct sc_log_fields){pl->pc->name, NULL, -1},
+                    "%zu lease%s%s not renewed this time: the row is locked by another session "
+                    "(an open transaction?); still ours, trying again every half second",
+                    t.busy, t.busy == 1 ? "" : "s", t.self_busy ? " and the registration" : "");
+            pl->busy_log_ms = now + 30000;
+        }
         for (size_t i = 0; i < n; i++) {
             struct sc_part *p = which[i];
-            if (held[i].state == SC_LEASE_RENEWED) {
+            if (held[i].state == SC_LEASE_BUSY) {
+                /* Still ours, not renewed: its validity runs on from the last renewal (the
+                 * worker stops writing when it ends; the lease lapses if the lock stays). */
+            } else if (held[i].state == SC_LEASE_RENEWED) {
                 atomic_store(&p->lease_valid_until_ms, sc_pl_valid_until(pl, now));
                 if (held[i].control_seq != p->control_seq) {
                     /* reset_checkpoint / pause_partition / resume_partition: the worker
@@ -786,8 +803,8 @@ static void group_tick(struct sc_pipeline *pl)
         return;
     pl->tick_now = false;
     pl->next_renew_ms = now + pl->pc->lease.renew_ms;
-    if (sc_pl_tick(pl, false, -1, -1, NULL, NULL) != 0)
-        pl->next_renew_ms = now + 500; /* PostgreSQL trouble: try again soon */
+    if (sc_pl_tick(pl, NULL, 0, false, -1, -1, NULL, NULL) != 0 || pl->tick_busy > 0)
+        pl->next_renew_ms = now + 500; /* PostgreSQL trouble or a locked row: again soon */
 }
 
 static void *consumer_main(void *arg)
