@@ -212,6 +212,23 @@ COMMENT ON FUNCTION register_instance(text, text, bigint, text, bigint, text, in
 
 -- ---- acquiring leases ----------------------------------------------------------------------
 
+-- Locks the pipeline's lease rows of (p_topics[i], p_partitions[i]) in (topic, partition)
+-- order and returns those it locked: every statement that locks several lease rows goes
+-- through here, so two of them never wait for each other in a cycle (a deadlock).  Rows
+-- locked by another session are skipped (the caller reports them busy), never waited for.
+-- The locks last until the caller's transaction ends.
+CREATE FUNCTION lock_lease_rows(p_pipeline text, p_topics text[], p_partitions int[],
+                                OUT o_topics text[], OUT o_partitions int[])
+    LANGUAGE sql SET search_path FROM CURRENT
+AS $$
+    SELECT array_agg(k.topic), array_agg(k.partition)
+      FROM (SELECT l.topic, l.partition FROM leases l
+             WHERE l.pipeline = p_pipeline
+               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+             ORDER BY l.topic, l.partition
+               FOR UPDATE SKIP LOCKED) k;
+$$;
+
 -- Tries to take the leases of the given partitions, in one transaction.  A lease can be taken
 -- when it is free, expired or released (unless reserved for another live instance by a
 -- handoff), or held by p_owner itself (a restart, or re-reading after an operator change).
@@ -268,12 +285,7 @@ BEGIN
     PERFORM set_config('lock_timeout', v_lock_timeout, true);
 
     -- Lock order everywhere: the lease row, then the checkpoint row.
-    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
-      FROM (SELECT l.topic, l.partition FROM leases l
-             WHERE l.pipeline = p_pipeline
-               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-             ORDER BY l.topic, l.partition
-               FOR UPDATE SKIP LOCKED) k;
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     SELECT array_agg(k.topic), array_agg(k.partition) INTO v_ct, v_cp
       FROM (SELECT c.topic, c.partition FROM checkpoints c
              WHERE c.pipeline = p_pipeline
@@ -422,16 +434,8 @@ BEGIN
         RETURN;  -- another process holds this instance_id: renew nothing
     END IF;
 
-    -- Lock the lease rows first, in (topic, partition) order: every statement that locks
-    -- several lease rows does so in this order (acquire_leases, request_handoffs,
-    -- refuse_handoffs), so two of them never wait for each other in a cycle (a deadlock).
-    -- Rows locked by another session are skipped (busy), never waited for.
-    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
-      FROM (SELECT l.topic, l.partition FROM leases l
-             WHERE l.pipeline = p_pipeline
-               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-             ORDER BY l.topic, l.partition
-               FOR UPDATE SKIP LOCKED) k;
+    -- Lock the lease rows first, in order (lock_lease_rows); locked ones are busy.
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
 
     RETURN QUERY
     WITH req AS (
@@ -507,12 +511,7 @@ DECLARE
 BEGIN
     -- Lock order: the lease rows in (topic, partition) order, as in lease_tick; a row locked
     -- by another session is left alone (asked for again at the next tick), never waited for.
-    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
-      FROM (SELECT l.topic, l.partition FROM leases l
-             WHERE l.pipeline = p_pipeline
-               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-             ORDER BY l.topic, l.partition
-               FOR UPDATE SKIP LOCKED) k;
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     RETURN QUERY
     WITH asked AS (
         UPDATE leases l
@@ -552,12 +551,7 @@ DECLARE
     v_lp int[];
 BEGIN
     -- Lock order: the lease rows in (topic, partition) order, as in lease_tick.
-    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
-      FROM (SELECT l.topic, l.partition FROM leases l
-             WHERE l.pipeline = p_pipeline
-               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-             ORDER BY l.topic, l.partition
-               FOR UPDATE SKIP LOCKED) k;
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     WITH cleared AS (
         UPDATE leases l SET handoff_to = NULL, handoff_reason = NULL, handoff_at = NULL
           FROM unnest(p_topics, p_partitions, p_was) AS r(topic, partition, was), leases old
