@@ -225,8 +225,7 @@ COMMENT ON FUNCTION retry_errored(text) IS
 
 -- ---- partition_status ------------------------------------------------------------
 
--- The columns of 003_lease_assignment.sql, in the same order; lag needs a live lease,
--- dead_letters is appended.
+-- Same columns, in the same order; lag needs a live lease, dead_letters is appended.
 CREATE OR REPLACE VIEW partition_status AS
 SELECT c.pipeline,
        c.topic,
@@ -253,17 +252,6 @@ SELECT c.pipeline,
        c.error,
        c.updated_at,
        c.paused,
-       coalesce(oi.assignment,
-                (SELECT min(a.assignment) FROM instances a
-                  WHERE a.pipeline = c.pipeline AND a.expires_at > now())) AS assignment,
-       l.pinned_to,
-       l.handoff_to,
-       l.handoff_reason,
-       oi.share AS owner_share,
-       (SELECT count(*) FROM leases o
-         WHERE o.pipeline = c.pipeline AND o.owner = l.owner AND o.expires_at > now()
-           AND l.expires_at > now())::int AS owner_partitions,
-       oi.draining AS owner_draining,
        (SELECT count(*) FROM dead_letters d
          WHERE d.pipeline = c.pipeline AND d.topic = c.topic AND d.partition = c.partition
            AND d.status = 'new') AS dead_letters
@@ -271,10 +259,7 @@ SELECT c.pipeline,
   LEFT JOIN leases l
     ON l.pipeline = c.pipeline AND l.topic = c.topic AND l.partition = c.partition
   LEFT JOIN partition_stats s
-    ON s.pipeline = c.pipeline AND s.topic = c.topic AND s.partition = c.partition
-  LEFT JOIN instances oi
-    ON oi.pipeline = l.pipeline AND oi.instance_id = l.owner AND oi.expires_at > now()
-       AND l.expires_at > now();
+    ON s.pipeline = c.pipeline AND s.topic = c.topic AND s.partition = c.partition;
 
 COMMENT ON COLUMN partition_status.lag IS
     'Records not yet delivered as of stats_sampled_at: high_watermark - committed_offset '

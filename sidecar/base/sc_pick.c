@@ -12,6 +12,8 @@ void sc_pick_init(struct sc_pick *p, uint32_t explore_every, int prefer, double 
 {
     memset(p, 0, sizeof(*p));
     p->explore_every = explore_every < 2 ? 2 : explore_every;
+    for (int c = 0; c < SC_PICK_CLASSES; c++)
+        p->interval[c] = p->explore_every;
     p->prefer = prefer == 1 ? 1 : 0;
     p->margin = margin < 0 ? 0 : margin;
 }
@@ -45,7 +47,6 @@ int sc_pick_way(struct sc_pick *p, size_t n)
 {
     int c = sc_pick_class(n);
     const struct sc_pick_way *w = p->way[c];
-    uint32_t turn = p->turns[c]++;
     /* Warm-up: the preferred way SC_PICK_WARMUP times, then the other one once. */
     int other = 1 - p->prefer;
     if (w[p->prefer].samples < SC_PICK_WARMUP)
@@ -53,18 +54,31 @@ int sc_pick_way(struct sc_pick *p, size_t n)
     if (w[other].samples == 0)
         return other;
     int best = cheaper(p, w);
-    return turn % p->explore_every == p->explore_every - 1 ? 1 - best : best;
+    if (++p->since[c] < p->interval[c])
+        return best;
+    p->since[c] = 0;
+    return 1 - best;
 }
 
 void sc_pick_observe(struct sc_pick *p, int w, size_t n, int64_t ns)
 {
     if (w < 0 || w >= SC_PICK_WAYS || n == 0 || ns < 0)
         return;
-    struct sc_pick_way *x = &p->way[sc_pick_class(n)][w];
+    int c = sc_pick_class(n);
+    struct sc_pick_way *x = &p->way[c][w];
+    int before = sc_pick_best(p, n);
     double v = (double)ns / (double)n;
     x->samples++;
     if (x->samples <= SC_PICK_WARMUP) /* a plain mean until warm */
         x->ns_per_unit += (v - x->ns_per_unit) / x->samples;
     else
         x->ns_per_unit += SC_PICK_ALPHA * (v - x->ns_per_unit);
+    int after = sc_pick_best(p, n);
+    if (before < 0 || after != before) {
+        p->interval[c] = p->explore_every; /* a new choice: look at the other way often */
+    } else if (w != before) {
+        /* The other way, explored, is still the dearer one: look at it half as often. */
+        uint32_t most = p->explore_every * SC_PICK_BACKOFF;
+        p->interval[c] = p->interval[c] >= most / 2 ? most : p->interval[c] * 2;
+    }
 }

@@ -14,9 +14,14 @@
  * times and the other one once; after that it takes the preferred way unless the other one
  * costs less by more than margin (so that noise in the measurements, such
  * as a server checkpoint during a few jobs, does not flip the choice), and
- * every explore_every-th job of the class the other one, so that an
- * estimate which went stale (the server got busier, the network slower) is
- * corrected.  Failed or atypical jobs are simply not observed.
+ * now and then the other one, so that an estimate which went stale (the
+ * server got busier, the network slower) is corrected: first every
+ * explore_every-th job of the class; each time the other way proves dearer
+ * again, half as often, down to every SC_PICK_BACKOFF * explore_every-th
+ * job; when the choice changes, every explore_every-th again.  (Exploring
+ * the dearer way costs what it costs: with the postgres sink, 1 batch in 64
+ * through the pipelined INSERT was 2-3 % more server CPU per row.)  Failed
+ * or atypical jobs are simply not observed.
  *
  * @locality one thread (the owner of the struct); no locking.
  */
@@ -29,6 +34,7 @@
 #define SC_PICK_WAYS    2
 #define SC_PICK_CLASSES 8
 #define SC_PICK_WARMUP  2
+#define SC_PICK_BACKOFF 16
 
 struct sc_pick_way {
     double ns_per_unit; /* weighted mean; meaningless while samples == 0 */
@@ -37,10 +43,11 @@ struct sc_pick_way {
 
 struct sc_pick {
     struct sc_pick_way way[SC_PICK_CLASSES][SC_PICK_WAYS];
-    uint32_t turns[SC_PICK_CLASSES]; /* jobs picked in the class */
-    uint32_t explore_every;          /* >= 2 */
-    int prefer;                      /* the way taken unless the other is clearly cheaper */
-    double margin;                   /* "clearly": by more than this fraction */
+    uint32_t since[SC_PICK_CLASSES];    /* jobs of the class since it last explored */
+    uint32_t interval[SC_PICK_CLASSES]; /* explores every interval-th job */
+    uint32_t explore_every;             /* >= 2: the first interval */
+    int prefer;                         /* the way taken unless the other is clearly cheaper */
+    double margin;                      /* "clearly": by more than this fraction */
 };
 
 void sc_pick_init(struct sc_pick *p, uint32_t explore_every, int prefer, double margin);

@@ -78,6 +78,18 @@ static int check_config(const struct sc_config *cfg, enum verb v, const struct s
     return SC_EXIT_USAGE;
 }
 
+/* The server's warnings (e.g. drain_instance() leaving nobody to consume), as the command's
+ * own: "sidecar VERB: warning: ..." on stderr. */
+static void print_warning(void *arg, const char *message)
+{
+    const char *prefix = "WARNING:  ";
+    if (strncmp(message, prefix, strlen(prefix)) != 0)
+        return;
+    message += strlen(prefix);
+    int len = (int)strcspn(message, "\n");
+    fprintf(stderr, "sidecar %s: warning: %.*s\n", (const char *)arg, len, message);
+}
+
 /* Runs sql with params; prints the server's error (and hint) on failure. */
 static PGresult *call(PGconn *conn, const char *name, const char *sql, int n,
                       const char *const *params)
@@ -132,7 +144,10 @@ static int run_verb(const struct sc_config *cfg, const struct sc_cli *cli, enum 
     int result = SC_EXIT_USAGE;
     char err[1024], pn[24];
     char *schema_q = sc_pg_quote_ident(cfg->postgres.schema);
-    char *sql = NULL, *wait_sql = NULL;
+    char *sql = NULL, *wait_sql = NULL, *live = NULL;
+    char *live_sql = sc_pg_with_schema("SELECT expires_at > now() FROM {S}.instances"
+                                       " WHERE pipeline = $1 AND instance_id = $2",
+                                       schema_q);
     PGconn *conn = NULL;
     PGresult *res = NULL;
     const char *pipeline = NULL;
@@ -168,6 +183,7 @@ static int run_verb(const struct sc_config *cfg, const struct sc_cli *cli, enum 
         fprintf(stderr, "sidecar %s: %s\n", name, err);
         goto out;
     }
+    PQsetNoticeProcessor(conn, print_warning, (void *)name);
     const char *pparams[] = {pipeline, cli->topic, pn, cli->instance};
     const char *dparams[] = {pipeline, cli->instance};
     switch (v) {
@@ -177,7 +193,11 @@ static int run_verb(const struct sc_config *cfg, const struct sc_cli *cli, enum 
                                 schema_q);
         if (!(res = call(conn, name, sql, 4, pparams)))
             goto out;
-        if (PQgetisnull(res, 0, 0) || strcmp(PQgetvalue(res, 0, 0), cli->instance) == 0)
+        if (!(live = value(conn, live_sql, 2, dparams)) || strcmp(live, "t") != 0)
+            printf("pinned %s %s[%s] to %s; %s is not running: the pin takes effect when it "
+                   "runs (until then the partition stays where it is)\n",
+                   pipeline, cli->topic, pn, cli->instance, cli->instance);
+        else if (PQgetisnull(res, 0, 0) || strcmp(PQgetvalue(res, 0, 0), cli->instance) == 0)
             printf("pinned %s %s[%s] to %s; it takes the partition when it is free\n", pipeline,
                    cli->topic, pn, cli->instance);
         else
@@ -256,6 +276,8 @@ out:
     PQfinish(conn);
     free(sql);
     free(wait_sql);
+    free(live_sql);
+    free(live);
     free(schema_q);
     return result;
 }
@@ -328,7 +350,9 @@ const struct sc_command sc_cmd_drain = {
     .help = "The instance hands every partition to the others (each after its batch in\n"
             "flight), then idles: for rolling deploys and taking a host out of rotation.\n"
             "It stays drained, across restarts, until `sidecar drain --undo`.  --wait\n"
-            "returns once it holds no lease (at most 60 s).\n"
+            "returns once it holds no lease (at most 60 s).  Draining the last instance\n"
+            "that can consume (running, undrained, seeing the topics) stops the pipeline\n"
+            "until one starts or is undrained: it is done, with a warning saying so.\n"
             "Same as SELECT * FROM <schema>.drain_instance(P, ID) / undrain_instance(P, ID).\n"
             "\n"
             "Rolling deploy: drain --wait, stop the instance, deploy, start it, drain "

@@ -677,7 +677,8 @@ static const struct sc_conf_key registry_keys[] = {
      .min = 1,
      .check = sc_conf_check_readable_file,
      .def_doc = "the system CA store",
-     .help = "PEM bundle to verify an https:// registry with (read at load time)"},
+     .help = "PEM bundle of the CAs to verify an https:// registry with (must be readable "
+             "when the config loads)"},
     {.name = "insecure_skip_verify",
      .type = SC_CONF_BOOL,
      .def = "false",

@@ -142,6 +142,23 @@ static void not_connected(struct sc_db *db, enum sc_pg_errclass *cls)
     db->last_answered = false;
 }
 
+/* The last failure was a transient condition of the statement on a healthy, idle session. */
+static bool statement_only(const struct sc_db *db)
+{
+    static const char *const states[] = {
+        "40001", /* serialization_failure */
+        "40P01", /* deadlock_detected */
+        "55P03", /* lock_not_available */
+    };
+    if (!db->conn || PQstatus(db->conn) != CONNECTION_OK ||
+        PQtransactionStatus(db->conn) != PQTRANS_IDLE)
+        return false;
+    for (size_t i = 0; i < SC_ARRAY_LEN(states); i++)
+        if (strcmp(db->last_sqlstate, states[i]) == 0)
+            return true;
+    return false;
+}
+
 static PGresult *check_result(struct sc_db *db, PGresult *res, const char *stmt,
                               enum sc_pg_errclass *cls)
 {
@@ -154,6 +171,12 @@ static PGresult *check_result(struct sc_db *db, PGresult *res, const char *stmt,
     sc_pg_errmsg(db->conn, res, db->last_error, sizeof(db->last_error));
     note_failure(db, res, stmt);
     PQclear(res);
+    if (*cls == SC_PG_RETRY && statement_only(db)) {
+        /* A deadlock, a serialization failure or a lock timeout ended the statement, not
+         * the session: keep it (its LISTENs and prepared statements); the caller retries. */
+        sc_debug(NULL, "PostgreSQL: %s; the statement will be retried", db->last_error);
+        return NULL;
+    }
     if (*cls == SC_PG_RETRY || !db->conn || PQstatus(db->conn) != CONNECTION_OK) {
         *cls = SC_PG_RETRY;
         if (!db->logged_down)

@@ -8,7 +8,7 @@
  *
  * NOTES
  * -----
- * What is persisted (sql/003_lease_assignment.sql).  `instances` has a row
+ * What is persisted (sql/005_lease_assignment.sql).  `instances` has a row
  * per process and pipeline, live while expires_at is in the future; `leases`
  * has, besides owner/epoch/expiry, an operator's pin and a handoff: a
  * request that the owner hand the partition to an instance (while the lease
@@ -59,9 +59,20 @@
  * renew interval later) sees them free and takes them, up to its share.
  *
  * Locks: lease_tick() locks the instance row and the renewed lease rows;
- * acquire_leases() locks lease rows, then checkpoint rows, skipping locked
- * ones; request/refuse/release lock lease rows.  Lease before checkpoint,
- * as everywhere (sc_checkpoint.c).
+ * acquire_leases() locks lease rows, then checkpoint rows; request/refuse
+ * lock lease rows; a release locks its one lease row.  Every statement that
+ * locks several lease rows locks them first, sorted by (topic, partition),
+ * with SKIP LOCKED: no two of them can deadlock, and a row held by another
+ * session (an operator's open transaction) is left for a later tick - the
+ * tick answers it "busy": still ours, not renewed, its local validity not
+ * extended.  Lease before checkpoint, as everywhere (sc_checkpoint.c).
+ *
+ * A partition being handed over stays in lm->rel, and renewed, until its
+ * worker has released it: a batch in flight may outlast the lease's slack.
+ * The release carries the handoff request it was decided on; a newer one
+ * (an operator's move meanwhile) wins.  An instance cut off from Kafka for
+ * about a TTL tells the registry it sees no partitions: it takes no share
+ * and hands its partitions to the instances that can reach Kafka.
  */
 #include <inttypes.h>
 #include <stdio.h>
@@ -87,13 +98,18 @@ struct known {
     int32_t partition;
 };
 
-/* A partition being handed over: the worker finishes and releases it, then we unassign. */
+/* A partition being handed over: the worker finishes and releases it, then we unassign.
+ * Until then its lease is renewed like any other (a batch in flight may take longer than
+ * the lease's slack), through p while done is false, under lm->rel_lock. */
 struct releasing {
     char *topic;
     int32_t partition;
-    char *to;         /* the instance it is reserved for, or NULL */
-    atomic_bool done; /* set by the worker once released */
-    bool handoff;     /* counts in sidecar_lease_handoffs_total{direction="out"} */
+    int64_t epoch;     /* the lease to renew; 0: none (lapsed or lost: not renewed) */
+    struct sc_part *p; /* valid while !done, under lm->rel_lock (the worker frees it after) */
+    char *to;          /* the instance it is reserved for, or NULL */
+    char *seen;        /* the lease's handoff request when this was decided, or NULL */
+    atomic_bool done;  /* set by the worker once released */
+    bool handoff;      /* counts in sidecar_lease_handoffs_total{direction="out"} */
     int64_t since_ms;
     bool warned;
 };
@@ -110,9 +126,15 @@ struct sc_leasemode {
     int share;
     int eligible;
     bool was_draining;
-    int64_t next_busy_log_ms; /* "skipped: locked" is logged at most this often */
+    int64_t next_busy_log_ms;       /* "skipped: locked" is logged at most this often */
+    int64_t meta_ok_ms;             /* the last metadata read that succeeded */
+    rd_kafka_resp_err_t meta_err;   /* the metadata error last logged (0: none) */
+    int meta_fails;                 /* metadata reads failed in a row */
+    rd_kafka_resp_err_t *topic_err; /* per topic: the error last logged (0: none) */
+    bool no_share;                  /* cut off from Kafka: we told the others we see nothing */
     struct releasing **rel;
     size_t nrel, relcap;
+    pthread_mutex_t rel_lock; /* a worker sets releasing.done under it */
 };
 
 static struct sc_log_fields lm_log(const struct sc_pipeline *pl)
@@ -124,8 +146,10 @@ int sc_leasemode_init(struct sc_pipeline *pl, char *err, size_t errsize)
 {
     struct sc_leasemode *lm = sc_xcalloc(1, sizeof(*lm));
     size_t nt = pl->pc->topics.count;
+    pthread_mutex_init(&lm->rel_lock, NULL);
     lm->rkts = sc_xcalloc(nt, sizeof(*lm->rkts));
     lm->counts = sc_xcalloc(nt, sizeof(*lm->counts));
+    lm->topic_err = sc_xcalloc(nt, sizeof(*lm->topic_err));
     for (size_t i = 0; i < nt; i++) {
         lm->counts[i] = -1;
         lm->rkts[i] = rd_kafka_topic_new(pl->rk, pl->pc->topics.items[i], NULL);
@@ -152,12 +176,15 @@ void sc_leasemode_free(struct sc_pipeline *pl)
     for (size_t i = 0; i < lm->nrel; i++) {
         free(lm->rel[i]->topic);
         free(lm->rel[i]->to);
+        free(lm->rel[i]->seen);
         free(lm->rel[i]);
     }
     free(lm->rel);
     free(lm->rkts);
     free(lm->counts);
+    free(lm->topic_err);
     free(lm->known);
+    pthread_mutex_destroy(&lm->rel_lock);
     free(lm);
     pl->lm = NULL;
 }
@@ -182,11 +209,28 @@ static void discover(struct sc_pipeline *pl)
     const struct rd_kafka_metadata *md = NULL;
     rd_kafka_resp_err_t err = rd_kafka_metadata(pl->rk, 0, NULL, &md, timeout);
     if (err || !md) {
-        sc_debug(&f, "metadata: %s", rd_kafka_err2str(err));
+        if (!err)
+            err = RD_KAFKA_RESP_ERR__FAIL;
+        /* One failed read under load says little: warn from the second in a row, once per
+         * cause. */
+        if (++lm->meta_fails >= 2 && err != lm->meta_err) {
+            sc_warn(&f,
+                    "cannot read Kafka's metadata: %s; trying again every %d s (after about a "
+                    "lease TTL without Kafka this instance takes no share of the partitions)",
+                    rd_kafka_err2str(err), META_INTERVAL_MS / 1000);
+            lm->meta_err = err;
+        } else {
+            sc_debug(&f, "metadata: %s", rd_kafka_err2str(err));
+        }
         if (md)
             rd_kafka_metadata_destroy(md);
         return;
     }
+    if (lm->meta_err)
+        sc_info(&f, "Kafka's metadata can be read again");
+    lm->meta_err = RD_KAFKA_RESP_ERR_NO_ERROR;
+    lm->meta_fails = 0;
+    lm->meta_ok_ms = sc_mono_ms();
     atomic_store(&pl->kafka_up, true);
     bool changed = false;
     for (size_t i = 0; i < pl->pc->topics.count; i++) {
@@ -194,10 +238,22 @@ static void discover(struct sc_pipeline *pl)
         for (int t = 0; t < md->topic_cnt; t++) {
             if (strcmp(md->topics[t].topic, pl->pc->topics.items[i]) != 0)
                 continue;
-            if (!md->topics[t].err)
+            rd_kafka_resp_err_t te = md->topics[t].err;
+            if (!te)
                 count = md->topics[t].partition_cnt;
-            else if (md->topics[t].err == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+            else if (te == RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
                 count = count < 0 ? 0 : count;
+            else if (te != lm->topic_err[i]) /* e.g. TOPIC_AUTHORIZATION_FAILED */
+                sc_warn(&f,
+                        "topic \"%s\": %s; its partitions %s until Kafka answers for it "
+                        "(checked every %d s)",
+                        pl->pc->topics.items[i], rd_kafka_err2str(te),
+                        count > 0 ? "keep what is known of them" : "are not consumed",
+                        META_INTERVAL_MS / 1000);
+            if (!te && lm->topic_err[i] &&
+                lm->topic_err[i] != RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                sc_info(&f, "topic \"%s\" can be read again", pl->pc->topics.items[i]);
+            lm->topic_err[i] = te;
         }
         if (count > lm->counts[i]) { /* a topic never shrinks (partitions cannot be removed) */
             sc_info(&f, "topic \"%s\" has %d partition%s%s", pl->pc->topics.items[i], count,
@@ -252,13 +308,16 @@ static struct releasing *find_releasing(struct sc_leasemode *lm, const char *top
 /* Asks p's worker to finish its batch in flight and release the lease (reserved for to, or
  * for anyone); the partition is unassigned once that is done (finish_releases()). */
 static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char *to,
-                          const char *reason)
+                          const char *seen, const char *reason)
 {
     struct sc_leasemode *lm = pl->lm;
     struct releasing *r = sc_xcalloc(1, sizeof(*r));
     r->topic = sc_xstrdup(p->topic);
     r->partition = p->partition;
     r->to = to ? sc_xstrdup(to) : NULL;
+    r->seen = seen ? sc_xstrdup(seen) : NULL;
+    r->epoch = atomic_load(&p->need_reacquire) ? 0 : p->lease_epoch;
+    r->p = p;
     r->handoff = to != NULL && strcmp(reason, "lost") != 0;
     r->since_ms = sc_mono_ms();
     if (lm->nrel == lm->relcap) {
@@ -270,7 +329,9 @@ static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char 
         sc_info(&p->log, "handing the partition over%s%s (%s) after its batch in flight",
                 to ? " to " : "", to ? to : "", reason);
     p->release_to = r->to;
+    p->release_seen = r->seen;
     p->removed = &r->done;
+    p->removed_lock = &lm->rel_lock;
     p->revoked = true;
     sc_pl_forget_part(pl, p);
     sc_worker_remove(p->worker, p, reason); /* the worker frees p */
@@ -288,8 +349,8 @@ static void finish_releases(struct sc_pipeline *pl)
             if (!r->warned && now - r->since_ms > pl->pc->lease.ttl_ms) {
                 struct sc_log_fields f = {pl->pc->name, r->topic, r->partition};
                 sc_warn(&f,
-                        "the worker has not finished its batch in flight after %d ms; the "
-                        "lease runs out by itself (a replay for the next owner, not a loss)",
+                        "the worker has not finished its batch in flight after %d ms (a slow "
+                        "sink?); the lease stays renewed until it has, then it is handed over",
                         pl->pc->lease.ttl_ms);
                 r->warned = true;
             }
@@ -303,27 +364,73 @@ static void finish_releases(struct sc_pipeline *pl)
             sc_counter_add(&pl->m->handoffs_out, 1);
         free(r->topic);
         free(r->to);
+        free(r->seen);
         free(r);
         lm->rel[i] = lm->rel[--lm->nrel];
     }
     if (l) {
         rd_kafka_error_t *e = rd_kafka_incremental_unassign(pl->rk, l);
         if (e) {
-            sc_warn(NULL, "unassigning released partitions: %s", rd_kafka_error_string(e));
+            struct sc_log_fields f = lm_log(pl);
+            sc_warn(&f, "unassigning released partitions: %s", rd_kafka_error_string(e));
             rd_kafka_error_destroy(e);
         }
         rd_kafka_topic_partition_list_destroy(l);
     }
 }
 
-/* A partition we wait to re-acquire is held by another live instance: it is theirs now. */
+/* A partition we wait to re-acquire is held by, or reserved for, another live instance. */
 static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
 {
-    sc_info(&p->log, "%s holds the lease now; dropping the partition", holder);
-    start_release(pl, p, NULL, "lost");
+    sc_info(&p->log,
+            "the lease is %s's now (held by it, or reserved for it); dropping the partition",
+            holder);
+    start_release(pl, p, NULL, NULL, "lost");
 }
 
 /* ---- the tick ---------------------------------------------------------------- */
+
+/*
+ * The partitions this instance tells the others it sees: none once it has
+ * been cut off from Kafka (no broker up and no metadata read) for about a
+ * lease TTL, so that it takes no share and the instances that can reach
+ * Kafka take its partitions over (it hands them over, each after its batch
+ * in flight).  It takes its share again as soon as it can read Kafka.
+ */
+static int known_partitions(struct sc_pipeline *pl)
+{
+    struct sc_leasemode *lm = pl->lm;
+    struct sc_log_fields f = lm_log(pl);
+    int64_t now = sc_mono_ms();
+    bool cut_off = lm->nknown > 0 && !atomic_load(&pl->kafka_up) &&
+                   now - lm->meta_ok_ms > pl->pc->lease.ttl_ms + META_INTERVAL_MS;
+    if (cut_off && !lm->no_share)
+        sc_warn(&f,
+                "Kafka unreachable for %" PRId64 " ms: taking no share of the partitions, so "
+                "that instances that can reach it take them over",
+                now - lm->meta_ok_ms);
+    else if (!cut_off && lm->no_share)
+        sc_info(&f, "Kafka reachable again: taking a share of the partitions again");
+    lm->no_share = cut_off;
+    return cut_off ? 0 : (int)lm->nknown;
+}
+
+/* The tick's answer for a partition being handed over (tick sent at sent_ms). */
+static void renewed_releasing(struct sc_pipeline *pl, struct releasing *r,
+                              enum sc_lease_state state, int64_t sent_ms)
+{
+    pthread_mutex_lock(&pl->lm->rel_lock);
+    if (!atomic_load(&r->done)) {
+        if (state == SC_LEASE_RENEWED) {
+            atomic_store(&r->p->lease_valid_until_ms, sc_pl_valid_until(pl, sent_ms));
+        } else if (state != SC_LEASE_BUSY) {
+            /* Lapsed or lost: write nothing more; the next owner replays what is pending. */
+            atomic_store(&r->p->lease_valid_until_ms, 0);
+            r->epoch = 0;
+        }
+    }
+    pthread_mutex_unlock(&pl->lm->rel_lock);
+}
 
 static int row_cmp(const void *a, const void *b)
 {
@@ -467,6 +574,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
     const char **ro = sc_xcalloc(np ? np : 1, sizeof(*ro));
     int32_t *rp = sc_xcalloc(np ? np : 1, sizeof(*rp));
     const char **ft = sc_xcalloc(np ? np : 1, sizeof(*ft));
+    const char **fw = sc_xcalloc(np ? np : 1, sizeof(*fw));
     int32_t *fp = sc_xcalloc(np ? np : 1, sizeof(*fp));
     size_t ntake = 0, nreq = 0, nref = 0;
     for (size_t k = 0; k < np; k++) {
@@ -482,7 +590,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
             break;
         case SC_ACT_RELEASE:
             if (mine && !mine->revoked)
-                start_release(pl, mine, target[k], release_reason(pl, p, target[k]));
+                start_release(pl, mine, target[k], p->handoff_to, release_reason(pl, p, target[k]));
             break;
         case SC_ACT_REQUEST:
             rt[nreq] = p->topic;
@@ -491,12 +599,13 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
             break;
         case SC_ACT_REFUSE:
             ft[nref] = p->topic;
+            fw[nref] = p->handoff_to;
             fp[nref++] = p->partition;
             break;
         }
     }
     if (nref > 0 &&
-        sc_lease_refuse_handoffs(&pl->db, pl->pc->name, me, ft, fp, nref,
+        sc_lease_refuse_handoffs(&pl->db, pl->pc->name, me, ft, fp, fw, nref,
                                  pl->draining ? "draining" : "declined: balanced already") > 0)
         sc_info(&f,
                 "declined %zu handoff request%s (the partitions are balanced already, "
@@ -521,6 +630,7 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
     free(ro);
     free(rp);
     free(ft);
+    free(fw);
     free(fp);
     free(act);
     free(target);
@@ -538,13 +648,31 @@ static void tick(struct sc_pipeline *pl)
     int renew = pl->pc->lease.renew_ms;
     lm->next_tick_ms = now + renew * 3 / 4 + (int64_t)sc_rand((uint32_t)(renew / 4 + 1));
     char *counts = lm->counts_dirty ? topic_counts_json(pl) : NULL;
+    /* The partitions being handed over are renewed until their worker has released them. */
+    struct sc_lease_held *x = sc_xcalloc(lm->nrel + 1, sizeof(*x));
+    struct releasing **xr = sc_xcalloc(lm->nrel + 1, sizeof(*xr));
+    size_t nx = 0;
+    for (size_t i = 0; i < lm->nrel; i++)
+        if (lm->rel[i]->epoch > 0 && !atomic_load(&lm->rel[i]->done)) {
+            x[nx] = (struct sc_lease_held){.topic = lm->rel[i]->topic,
+                                           .partition = lm->rel[i]->partition,
+                                           .epoch = lm->rel[i]->epoch};
+            xr[nx++] = lm->rel[i];
+        }
     struct sc_lease_tick t;
-    int rc = sc_pl_tick(pl, true, (int)lm->nknown, lm->share, counts, &t);
+    int rc = sc_pl_tick(pl, x, nx, true, known_partitions(pl), lm->share, counts, &t);
     free(counts);
+    if (rc == 0)
+        for (size_t i = 0; i < nx; i++)
+            renewed_releasing(pl, xr[i], x[i].state, now);
+    free(x);
+    free(xr);
     if (rc != 0) {
         lm->next_tick_ms = now + 500; /* PostgreSQL trouble: try again soon */
         return;
     }
+    if (pl->tick_busy > 0 && lm->next_tick_ms > now + 500)
+        lm->next_tick_ms = now + 500; /* a locked row was not renewed: again soon */
     lm->counts_dirty = false;
     qsort(t.leases, t.nleases, sizeof(*t.leases), row_cmp);
     plan_and_act(pl, &t);
@@ -558,7 +686,7 @@ static void shutdown_all(struct sc_pipeline *pl)
     struct sc_log_fields f = lm_log(pl);
     sc_info(&f, "shutting down: finishing in-flight batches and releasing leases");
     while (pl->nparts > 0)
-        start_release(pl, pl->parts[0], NULL, "shutdown");
+        start_release(pl, pl->parts[0], NULL, NULL, "shutdown");
     int64_t deadline = sc_mono_ms() + pl->cfg->shutdown_timeout_ms * 3 / 4;
     while (pl->lm->nrel > 0 && sc_mono_ms() < deadline) {
         finish_releases(pl);

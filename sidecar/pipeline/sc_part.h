@@ -10,6 +10,7 @@
 #ifndef SC_PART_H
 #define SC_PART_H
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
@@ -58,9 +59,14 @@ struct sc_part {
     int64_t reacquire_at_ms;              /* consumer: next acquisition attempt (need_reacquire) */
     /* Consumer -> worker with REMOVE: release the lease reserved for this instance (a
      * handoff; NULL: for anyone), and set *removed once released (or not, if no longer
-     * ours).  Both outlive the partition (the consumer thread owns them). */
+     * ours).  All three outlive the partition (the consumer thread owns them).  The worker
+     * sets *removed holding *removed_lock (if any), after which it frees the partition: the
+     * consumer thread, holding it, may still renew lease_valid_until_ms while *removed is
+     * false (lease mode keeps renewing a partition being handed over). */
     const char *release_to;
+    const char *release_seen; /* the lease's handoff request when the release was decided */
     atomic_bool *removed;
+    pthread_mutex_t *removed_lock;
 
     /* Hand-over from the consumer thread (under the worker's lock). */
     struct sc_cp handover_cp;

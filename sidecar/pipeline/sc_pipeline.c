@@ -457,13 +457,13 @@ static void lease_lost(struct sc_pipeline *pl, struct sc_part *p, const char *wh
     sc_checkpoint_note_fenced(&pl->db, &k, p->lease_epoch, why);
 }
 
-int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const char *topic_counts,
-               struct sc_lease_tick *out)
+int sc_pl_tick(struct sc_pipeline *pl, struct sc_lease_held *extra, size_t nextra, bool full,
+               int known, int share, const char *topic_counts, struct sc_lease_tick *out)
 {
     int64_t now = sc_mono_ms();
     pl->last_tick_ms = now;
     size_t n = 0;
-    struct sc_lease_held *held = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*held));
+    struct sc_lease_held *held = sc_xcalloc(pl->nparts + nextra + 1, sizeof(*held));
     struct sc_part **which = sc_xcalloc(pl->nparts ? pl->nparts : 1, sizeof(*which));
     for (size_t i = 0; i < pl->nparts; i++) {
         struct sc_part *p = pl->parts[i];
@@ -473,8 +473,13 @@ int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const ch
             .topic = p->topic, .partition = p->partition, .epoch = p->lease_epoch};
         which[n++] = p;
     }
+    for (size_t i = 0; i < nextra; i++)
+        held[n + i] = extra[i];
     struct sc_lease_tick t;
-    int rc = sc_lease_tick(&pl->db, &pl->self, held, n, known, share, topic_counts, full, &t);
+    int rc =
+        sc_lease_tick(&pl->db, &pl->self, held, n + nextra, known, share, topic_counts, full, &t);
+    for (size_t i = 0; i < nextra; i++)
+        extra[i].state = rc == 0 ? held[n + i].state : SC_LEASE_BUSY;
     if (rc == 0 && !t.registered) {
         /* Our registration is not ours: someone deleted it, or another process took this
          * instance_id while we could not renew it.  Register again (refused if the other is
@@ -488,11 +493,23 @@ int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const ch
         }
         rc = -1;
     }
+    pl->tick_busy = 0;
     if (rc == 0) {
         atomic_store(&pl->db_ok_ms, now);
+        pl->tick_busy = t.busy + t.self_busy;
+        if (pl->tick_busy > 0 && now >= pl->busy_log_ms) {
+            sc_info(&(struct sc_log_fields){pl->pc->name, NULL, -1},
+                    "%zu lease%s%s not renewed this time: the row is locked by another session "
+                    "(an open transaction?); still ours, trying again every half second",
+                    t.busy, t.busy == 1 ? "" : "s", t.self_busy ? " and the registration" : "");
+            pl->busy_log_ms = now + 30000;
+        }
         for (size_t i = 0; i < n; i++) {
             struct sc_part *p = which[i];
-            if (held[i].state == SC_LEASE_RENEWED) {
+            if (held[i].state == SC_LEASE_BUSY) {
+                /* Still ours, not renewed: its validity runs on from the last renewal (the
+                 * worker stops writing when it ends; the lease lapses if the lock stays). */
+            } else if (held[i].state == SC_LEASE_RENEWED) {
                 atomic_store(&p->lease_valid_until_ms, sc_pl_valid_until(pl, now));
                 if (held[i].control_seq != p->control_seq) {
                     /* reset_checkpoint / pause_partition / resume_partition: the worker
@@ -544,10 +561,63 @@ static void reforward_all(struct sc_pipeline *pl)
 }
 
 /*
+ * Waits until librdkafka applied the fetch start of a re-assigned partition:
+ * a seek is refused while the old fetcher stops (__PREV_IN_PROGRESS) and
+ * until the start is applied (__STATE); one that succeeds was applied after
+ * it (see restart_fetch()).
+ */
+#define RESTART_WAIT_MS 10000
+
+static bool wait_fetch_started(struct sc_pipeline *pl, struct sc_part *p, int64_t start)
+{
+    int64_t deadline = sc_mono_ms() + RESTART_WAIT_MS;
+    for (;;) {
+        rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
+        rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = start;
+        rd_kafka_error_t *e = rd_kafka_seek_partitions(pl->rk, l, 1000);
+        rd_kafka_resp_err_t err = e ? rd_kafka_error_code(e) : l->elems[0].err;
+        char why[256];
+        snprintf(why, sizeof(why), "%s", e ? rd_kafka_error_string(e) : rd_kafka_err2str(err));
+        if (e)
+            rd_kafka_error_destroy(e);
+        rd_kafka_topic_partition_list_destroy(l);
+        if (err == RD_KAFKA_RESP_ERR_NO_ERROR)
+            return true;
+        bool again = err == RD_KAFKA_RESP_ERR__STATE ||
+                     err == RD_KAFKA_RESP_ERR__PREV_IN_PROGRESS ||
+                     err == RD_KAFKA_RESP_ERR__TIMED_OUT;
+        if (!again || sc_mono_ms() >= deadline) {
+            sc_warn(&p->log,
+                    "fetching did not restart at offset %" PRId64 " (%s); the worker seeks "
+                    "there itself",
+                    start, why);
+            return false;
+        }
+        sc_sleep_ms(10, pl->stop);
+        if (atomic_load(pl->stop))
+            return false;
+    }
+}
+
+/*
  * librdkafka stops fetching a partition after an offset-out-of-range error
  * (auto.offset.reset=error), and a seek cannot restart it: assign it again.
+ *
+ * librdkafka 2.0 numbers each pause, resume, seek, fetch start and fetch stop
+ * of a partition when the call creates it, on the calling thread, but
+ * applies them in the order they reach its main thread, and it discards
+ * (silently, for pause and resume) one numbered below the last it applied.
+ * A worker's resume numbered just before the fetch start a re-assignment
+ * queues, but applied after it, is thus lost: the partition stays paused in
+ * librdkafka while the worker believes it resumed, and it is never fetched
+ * again (seen in the debug log: "received outdated op PAUSE (v8) ...
+ * (opv10)", then nothing).  So the fetch restarts while the partition is
+ * still paused (the worker paused it when the error stopped it), and this
+ * returns only once librdkafka applied the start (wait_fetch_started()); the
+ * worker, told afterwards, resumes with the newest operation of all.
+ * Returns false when that could not be confirmed.
  */
-static void restart_fetch(struct sc_pipeline *pl, struct sc_part *p, int64_t start)
+static bool restart_fetch(struct sc_pipeline *pl, struct sc_part *p, int64_t start)
 {
     rd_kafka_topic_partition_list_t *l = rd_kafka_topic_partition_list_new(1);
     rd_kafka_topic_partition_list_add(l, p->topic, p->partition)->offset = start;
@@ -578,9 +648,11 @@ static void restart_fetch(struct sc_pipeline *pl, struct sc_part *p, int64_t sta
     if (e || err)
         sc_warn(&p->log, "could not restart fetching at offset %" PRId64 ": %s", start,
                 e ? rd_kafka_error_string(e) : rd_kafka_err2str(err));
+    bool ok = !e && !err;
     if (e)
         rd_kafka_error_destroy(e);
     rd_kafka_topic_partition_list_destroy(l);
+    return ok && wait_fetch_started(pl, p, start);
 }
 
 void sc_pl_acquire_waiting(struct sc_pipeline *pl,
@@ -625,15 +697,14 @@ void sc_pl_acquire_waiting(struct sc_pipeline *pl,
         int64_t start = set_handover(pl, p, r);
         atomic_store(&p->need_reacquire, false);
         bool restart = atomic_exchange(&p->fetch_stopped, false);
-        p->handover_seek = !restart;
         if (waited)
             log_acquired(p, r, start, " after waiting");
-        /* The worker takes the new state first; only then does fetching restart, so nothing
-         * fetched for the new position can reach a partition it still thinks is fenced.
-         * (A stopped fetcher has nothing stale in flight.) */
+        /* A stopped fetcher restarts before the worker is told, while the partition stays
+         * paused (nothing fetched reaches the worker before it takes the new state, and its
+         * resume comes after all the restart did: see restart_fetch()).  A running one is
+         * moved by the worker's seek once it took the new state. */
+        p->handover_seek = !restart || !restart_fetch(pl, p, start);
         sc_worker_reacquired(p->worker, p);
-        if (restart)
-            restart_fetch(pl, p, start);
     }
 out:
     free(reqs);
@@ -786,8 +857,8 @@ static void group_tick(struct sc_pipeline *pl)
         return;
     pl->tick_now = false;
     pl->next_renew_ms = now + pl->pc->lease.renew_ms;
-    if (sc_pl_tick(pl, false, -1, -1, NULL, NULL) != 0)
-        pl->next_renew_ms = now + 500; /* PostgreSQL trouble: try again soon */
+    if (sc_pl_tick(pl, NULL, 0, false, -1, -1, NULL, NULL) != 0 || pl->tick_busy > 0)
+        pl->next_renew_ms = now + 500; /* PostgreSQL trouble or a locked row: again soon */
 }
 
 static void *consumer_main(void *arg)

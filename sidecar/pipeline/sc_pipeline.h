@@ -77,6 +77,8 @@ struct sc_pipeline {
     unsigned listen_gen;     /* the lease connection that LISTENs on the control channel */
     bool tick_now;           /* a notification asks for a renewal tick at once */
     int64_t last_tick_ms;    /* when the last tick was sent */
+    size_t tick_busy;        /* rows the last tick found locked (not renewed): tick soon */
+    int64_t busy_log_ms;     /* when "not renewed: locked" may be logged again */
     int64_t next_listen_ms;  /* next LISTEN attempt while it fails */
     struct sc_metrics_pl *m; /* the pipeline's assignment metrics */
     bool subscribed;         /* kafka-group: joined (or joining) the consumer group */

@@ -40,10 +40,12 @@ struct sc_part *sc_pl_add_part(struct sc_pipeline *pl, const char *topic, int32_
  * for each (renewed: valid longer, operator changes noticed; lapsed or lost:
  * the partition waits for re-acquisition, a loss counted as fenced).  With
  * full, *out also holds the lease table and the live instances (caller
- * clears it).  Returns 0, or -1 (PostgreSQL trouble: try again soon).
+ * clears it).  extra[0..nextra) are renewed too, their answers left in
+ * their state for the caller (partitions being handed over, no longer in
+ * pl->parts).  Returns 0, or -1 (PostgreSQL trouble: try again soon).
  */
-int sc_pl_tick(struct sc_pipeline *pl, bool full, int known, int share, const char *topic_counts,
-               struct sc_lease_tick *out);
+int sc_pl_tick(struct sc_pipeline *pl, struct sc_lease_held *extra, size_t nextra, bool full,
+               int known, int share, const char *topic_counts, struct sc_lease_tick *out);
 
 /*
  * Tries to (re-)acquire every partition waiting for its lease whose retry

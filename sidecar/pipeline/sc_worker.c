@@ -2041,9 +2041,9 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
     if (p->state != SC_PART_FENCED && strcmp(reason, "lost") != 0) {
         struct sc_lease_held h = {
             .topic = p->topic, .partition = p->partition, .epoch = p->cp.epoch};
-        int released =
-            sc_lease_release(&w->db, w->env.pc->name, w->env.cfg->instance_id,
-                             sc_notify_channel(w->env.notify), &h, 1, reason, p->release_to);
+        int released = sc_lease_release_judged(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                                               sc_notify_channel(w->env.notify), &h, 1, reason,
+                                               p->release_to, p->release_seen);
         if (released < 0)
             sc_warn(&p->log, "could not release the lease (%s); it expires by itself",
                     w->db.last_error);
@@ -2055,8 +2055,13 @@ static void part_removed(struct sc_worker *w, struct sc_part *p, const char *rea
         else
             sc_info(&p->log, "lease released (%s)", reason);
     }
-    if (p->removed)
+    if (p->removed) {
+        if (p->removed_lock)
+            pthread_mutex_lock(p->removed_lock);
         atomic_store(p->removed, true);
+        if (p->removed_lock)
+            pthread_mutex_unlock(p->removed_lock);
+    }
     sc_partbuf_free(&p->buf);
     atomic_store(&p->m->owned, 0);
     sc_metrics_set_pending(p->m, 0);

@@ -1,7 +1,7 @@
 /*
  * sc_lease.c - leases with epoch fencing and the instance registry (see
  * sc_lease.h).  The statements call the SQL functions of
- * sql/003_lease_assignment.sql, whose comments explain their conditions.
+ * sql/005_lease_assignment.sql, whose comments explain their conditions.
  *
  * Concurrency: acquire_leases() locks the lease rows, then their checkpoint
  * rows, with SKIP LOCKED, and decides on the locked rows, so two acquirers
@@ -53,7 +53,7 @@ static const struct sc_stmt st_deregister = {
 static const struct sc_stmt st_tick = {
     "sc_lease_tick",
     "SELECT kind, topic, partition, owner, epoch, live, control_seq, pinned_to, handoff_to,"
-    " handoff_reason, handoff_ms, held_ms"
+    " handoff_reason, handoff_ms, held_ms, busy"
     " FROM {S}.lease_tick($1, $2, $3::bigint, $4, $5::bigint, $6::text[], $7::int[],"
     " $8::bigint[], $9::int, $10::int, $11::jsonb, $12::boolean)",
     12,
@@ -65,27 +65,33 @@ static const struct sc_stmt st_tick = {
     " $1::text)::text) FROM e HAVING " ch "::text IS NOT NULL AND count(*) > 0)"
 
 /* $1 pipeline, $2 topics, $3 partitions, $4 epochs, $5 owner, $6 reason, $7 notify channel,
- * $8 handoff target (NULL: anyone).  Only a lease still ours (owner, epoch) is released. */
+ * $8 handoff target (NULL: anyone), $9 the row's handoff_to when the release was decided.
+ * Only a lease still ours (owner, epoch) is released.  A handoff request made since the
+ * decision (handoff_to other than $9: an operator's move, another request) is newer: it
+ * stays, and becomes the reservation; otherwise $8 replaces it. */
+#define SAME_REQUEST " l.handoff_to IS NOT DISTINCT FROM $9::text"
 static const struct sc_stmt st_release = {
     "sc_lease_release",
     "WITH l AS ("
-    " UPDATE {S}.leases l SET expires_at = now(), renewed_at = now(), handoff_to = $8,"
-    "  handoff_reason = CASE WHEN $8::text IS NULL THEN NULL"
-    "   ELSE coalesce(l.handoff_reason, 'balance') END,"
-    "  handoff_at = CASE WHEN $8::text IS NULL THEN NULL ELSE now() END"
+    " UPDATE {S}.leases l SET expires_at = now(), renewed_at = now(),"
+    "  handoff_to = CASE WHEN" SAME_REQUEST " THEN $8 ELSE l.handoff_to END,"
+    "  handoff_reason = CASE WHEN NOT" SAME_REQUEST " THEN l.handoff_reason"
+    "   WHEN $8::text IS NULL THEN NULL ELSE coalesce(l.handoff_reason, 'balance') END,"
+    "  handoff_at = CASE WHEN (CASE WHEN" SAME_REQUEST " THEN $8 ELSE l.handoff_to END) IS NULL"
+    "   THEN NULL ELSE now() END"
     " FROM unnest($2::text[], $3::int[], $4::bigint[]) AS r(topic, partition, epoch)"
     " WHERE l.pipeline = $1 AND l.topic = r.topic AND l.partition = r.partition"
     "  AND l.epoch = r.epoch AND l.owner = $5"
-    " RETURNING l.topic, l.partition, l.epoch),"
+    " RETURNING l.topic, l.partition, l.epoch, l.handoff_to),"
     " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, detail)"
     " SELECT $1, l.topic, l.partition, 'lease', l.epoch, $5,"
     "  jsonb_strip_nulls(jsonb_build_object('action', 'release', 'reason', $6::text,"
-    "   'to', $8::text)) FROM l RETURNING id),"
-    " c AS (SELECT {S}.control_notify($1, NULL, NULL, 'release', $8) FROM e"
-    "  HAVING count(*) > 0)," NOTIFY_LEASE(
+    "   'to', l.handoff_to)) FROM l RETURNING id),"
+    " c AS (SELECT {S}.control_notify($1, NULL, NULL, 'release',"
+    "  (SELECT min(l.handoff_to) FROM l)) FROM e HAVING count(*) > 0)," NOTIFY_LEASE(
         "$7") " SELECT (SELECT count(*) FROM l), (SELECT count(*) FROM n),"
               " (SELECT count(*) FROM c)",
-    8,
+    9,
 };
 
 /* $1 pipeline, $2 me, $3 topics, $4 partitions, $5 owners. */
@@ -95,11 +101,11 @@ static const struct sc_stmt st_request = {
     5,
 };
 
-/* $1 pipeline, $2 me, $3 topics, $4 partitions, $5 why. */
+/* $1 pipeline, $2 me, $3 topics, $4 partitions, $5 why, $6 the requests as judged. */
 static const struct sc_stmt st_refuse = {
     "sc_lease_refuse",
-    "SELECT {S}.refuse_handoffs($1, $2, $3::text[], $4::int[], $5)",
-    5,
+    "SELECT {S}.refuse_handoffs($1, $2, $3::text[], $4::int[], $5, $6::text[])",
+    6,
 };
 
 int sc_pg_array_str(struct sc_buf *b, const char *const *items, size_t n)
@@ -324,6 +330,7 @@ int sc_lease_tick(struct sc_db *db, const struct sc_lease_self *self, struct sc_
         const char *kind = PQgetvalue(res, row, 0);
         if (strcmp(kind, "self") == 0) {
             out->registered = col_bool(res, row, 5);
+            out->self_busy = col_bool(res, row, 12);
         } else if (strcmp(kind, "held") == 0) {
             const char *topic = PQgetvalue(res, row, 1);
             int32_t partition = (int32_t)col_i64(res, row, 2);
@@ -333,12 +340,17 @@ int sc_lease_tick(struct sc_db *db, const struct sc_lease_self *self, struct sc_
                 struct sc_lease_held *h = &held[i];
                 if (h->partition != partition || strcmp(h->topic, topic) != 0)
                     continue;
-                if (col_bool(res, row, 5))
+                bool ours = owner && strcmp(owner, self->instance) == 0 && epoch == h->epoch;
+                if (col_bool(res, row, 5)) {
                     h->state = SC_LEASE_RENEWED;
-                else if (owner && strcmp(owner, self->instance) == 0 && epoch == h->epoch)
+                } else if (ours && col_bool(res, row, 12)) {
+                    h->state = SC_LEASE_BUSY; /* locked by another session: not renewed now */
+                    out->busy++;
+                } else if (ours) {
                     h->state = SC_LEASE_LAPSED;
-                else
+                } else {
                     h->state = SC_LEASE_LOST;
+                }
                 h->control_seq = col_i64(res, row, 6);
             }
         } else if (strcmp(kind, "lease") == 0) {
@@ -377,6 +389,14 @@ int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
                      const char *notify_channel, const struct sc_lease_held *held, size_t n,
                      const char *reason, const char *handoff_to)
 {
+    return sc_lease_release_judged(db, pipeline, owner, notify_channel, held, n, reason, handoff_to,
+                                   handoff_to);
+}
+
+int sc_lease_release_judged(struct sc_db *db, const char *pipeline, const char *owner,
+                            const char *notify_channel, const struct sc_lease_held *held, size_t n,
+                            const char *reason, const char *handoff_to, const char *seen)
+{
     if (n == 0)
         return 0;
     const char **topics = sc_xcalloc(n, sizeof(*topics));
@@ -392,8 +412,8 @@ int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
     free(topics);
     free(parts);
     free(epochs);
-    const char *params[] = {pipeline, a.topics.data, a.partitions.data, a.epochs.data,
-                            owner,    reason,        notify_channel,    handoff_to};
+    const char *params[] = {pipeline, a.topics.data,  a.partitions.data, a.epochs.data, owner,
+                            reason,   notify_channel, handoff_to,        seen};
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, &st_release, params, &cls);
     arrays_free(&a);
@@ -404,10 +424,11 @@ int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
     return released;
 }
 
-/* Runs st with (pipeline, me, topics, partitions, extra); returns its one integer, or -1. */
+/* Runs st with (pipeline, me, topics, partitions, owners or why[, was]); returns its one
+ * integer, or -1. */
 static int run_handoff(struct sc_db *db, const struct sc_stmt *st, const char *pipeline,
                        const char *me, const char *const *topics, const int32_t *partitions,
-                       size_t n, const char *const *owners, const char *why)
+                       size_t n, const char *const *owners, const char *why, const char *const *was)
 {
     if (n == 0)
         return 0;
@@ -415,9 +436,10 @@ static int run_handoff(struct sc_db *db, const struct sc_stmt *st, const char *p
     arrays_build(&a, topics, partitions, NULL, n);
     struct sc_buf ob;
     sc_buf_init(&ob, 0);
-    if (owners)
-        (void)!sc_pg_array_str(&ob, owners, n);
-    const char *params[] = {pipeline, me, a.topics.data, a.partitions.data, owners ? ob.data : why};
+    if (owners || was)
+        (void)!sc_pg_array_str(&ob, owners ? owners : was, n);
+    const char *params[] = {pipeline, me, a.topics.data, a.partitions.data, owners ? ob.data : why,
+                            ob.data};
     enum sc_pg_errclass cls;
     PGresult *res = sc_db_exec(db, st, params, &cls);
     arrays_free(&a);
@@ -433,14 +455,14 @@ int sc_lease_request_handoffs(struct sc_db *db, const char *pipeline, const char
                               const char *const *topics, const int32_t *partitions,
                               const char *const *owners, size_t n)
 {
-    return run_handoff(db, &st_request, pipeline, me, topics, partitions, n, owners, NULL);
+    return run_handoff(db, &st_request, pipeline, me, topics, partitions, n, owners, NULL, NULL);
 }
 
 int sc_lease_refuse_handoffs(struct sc_db *db, const char *pipeline, const char *me,
-                             const char *const *topics, const int32_t *partitions, size_t n,
-                             const char *why)
+                             const char *const *topics, const int32_t *partitions,
+                             const char *const *was, size_t n, const char *why)
 {
-    return run_handoff(db, &st_refuse, pipeline, me, topics, partitions, n, NULL, why);
+    return run_handoff(db, &st_refuse, pipeline, me, topics, partitions, n, NULL, why, was);
 }
 
 int sc_lease_listen(struct sc_db *db, unsigned *gen)

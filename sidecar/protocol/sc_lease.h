@@ -2,7 +2,7 @@
  * sc_lease - per-partition leases in PostgreSQL with an epoch (fencing
  * token), and the registry of live instances they are renewed with.
  * docs/design.md §4 (leases and fencing, I4) and §10 (lease-coordinated
- * assignment).  The statements are SQL functions of sql/003_lease_assignment.sql.
+ * assignment).  The statements are SQL functions of sql/005_lease_assignment.sql.
  *
  * A lease can be taken when it is free, expired or released (unless a
  * handoff reserved it for another live instance), or when it is held by
@@ -63,6 +63,8 @@ enum sc_lease_state {
     SC_LEASE_RENEWED, /* still ours, renewed */
     SC_LEASE_LAPSED,  /* still our epoch but expired before we renewed it: acquire it again */
     SC_LEASE_LOST,    /* another owner or epoch now (or the row is gone): we are fenced */
+    SC_LEASE_BUSY,    /* still ours and live, but its row is locked by another session: not
+                         renewed this time (the local validity must not be extended) */
 };
 
 struct sc_lease_held {
@@ -127,6 +129,8 @@ struct sc_lease_instance {
 
 struct sc_lease_tick {
     bool registered; /* false: another process holds our instance_id: renewed nothing */
+    bool self_busy;  /* our registration row is locked by another session: not renewed */
+    size_t busy;     /* leases answered SC_LEASE_BUSY */
     struct sc_lease_row *leases;
     size_t nleases;
     struct sc_lease_instance *insts;
@@ -150,11 +154,18 @@ void sc_lease_tick_clear(struct sc_lease_tick *t);
  * Releases (expires now) the given leases, writing a 'lease' release event
  * and telling the other instances on the control channel.  handoff_to
  * reserves them for that instance (a handoff); NULL frees them for anyone.
+ * seen is the lease's handoff request (handoff_to) as it was when the
+ * release was decided: a request made since then (an operator's move,
+ * another instance's request) is newer and stays, as the reservation,
+ * instead of handoff_to.  sc_lease_release() judges with seen = handoff_to.
  * Returns how many were released (a lease no longer ours is not), or -1.
  */
 int sc_lease_release(struct sc_db *db, const char *pipeline, const char *owner,
                      const char *notify_channel, const struct sc_lease_held *held, size_t n,
                      const char *reason, const char *handoff_to);
+int sc_lease_release_judged(struct sc_db *db, const char *pipeline, const char *owner,
+                            const char *notify_channel, const struct sc_lease_held *held, size_t n,
+                            const char *reason, const char *handoff_to, const char *seen);
 
 /*
  * Lease mode: asks the owners[i] of (topics[i], partitions[i]) to hand them
@@ -165,10 +176,14 @@ int sc_lease_request_handoffs(struct sc_db *db, const char *pipeline, const char
                               const char *const *topics, const int32_t *partitions,
                               const char *const *owners, size_t n);
 
-/* Lease mode: declines the handoff requests on these leases of mine (why: for the event). */
+/*
+ * Lease mode: declines the handoff requests on these leases of mine (why:
+ * for the event).  was[i] is the request (handoff_to) as it was judged: one
+ * made since then is newer and is not cleared.  Returns how many were.
+ */
 int sc_lease_refuse_handoffs(struct sc_db *db, const char *pipeline, const char *me,
-                             const char *const *topics, const int32_t *partitions, size_t n,
-                             const char *why);
+                             const char *const *topics, const int32_t *partitions,
+                             const char *const *was, size_t n, const char *why);
 
 /*
  * LISTENs on the control channel ("<schema>_control") on db's connection

@@ -431,10 +431,11 @@ static int scan_value(struct scan *c, const struct plan *pl, int depth)
              * datum is a lie, unless the items take no bytes, which are counted. */
             bool zero = pl->kind == K_ARRAY && pl->kids[0]->zero_width;
             if (zero) {
-                c->zero_items += count;
-                if (count > SC_AVRO_MAX_ITEMS || c->zero_items > SC_AVRO_MAX_ITEMS)
+                /* Checked before adding: a hostile count near INT64_MAX must not overflow. */
+                if (count > SC_AVRO_MAX_ITEMS || c->zero_items > SC_AVRO_MAX_ITEMS - count)
                     return scan_fail(c, "an array holds more than 1000000 items of a type that "
                                         "takes no bytes");
+                c->zero_items += count;
             } else if (count > c->end - c->p) {
                 return scan_fail(c, "an array or map claims more items than the datum holds");
             }

@@ -177,8 +177,16 @@ static long http_get(const struct sc_registry_conf *conf, const char *base, cons
     }
     CURLcode rc = curl_easy_perform(e);
     if (rc != CURLE_OK) {
-        /* curl's messages name the host, never the credentials. */
-        snprintf(err, errsize, "%s", curl_err[0] ? curl_err : curl_easy_strerror(rc));
+        /* curl's messages name the host, never the credentials.  A certificate that does not
+         * verify (untrusted CA, or not for the URL's host) says what it was checked against. */
+        const char *hint = "";
+        if (rc == CURLE_PEER_FAILED_VERIFICATION)
+            hint = conf->ca_file ? " (checked against schema_registry.ca_file)"
+                                 : " (checked against the system CA store: set "
+                                   "schema_registry.ca_file to trust a private CA)";
+        else if (rc == CURLE_SSL_CACERT_BADFILE)
+            hint = " (schema_registry.ca_file must be a PEM bundle of CA certificates)";
+        snprintf(err, errsize, "%s%s", curl_err[0] ? curl_err : curl_easy_strerror(rc), hint);
         goto out;
     }
     curl_easy_getinfo(e, CURLINFO_RESPONSE_CODE, &status);
@@ -467,6 +475,11 @@ struct sc_registry *sc_registry_acquire(const struct sc_registry_conf *conf, cha
         pthread_cond_init(&r->cond, NULL);
         r->next = all;
         all = r;
+        if (conf->insecure_skip_verify)
+            sc_warn(NULL,
+                    "schema_registry.insecure_skip_verify is set: the TLS certificate of %s is not "
+                    "verified, anyone on the path can hand out schemas (use ca_file instead)",
+                    r->display);
     }
     r->refs++;
     pthread_mutex_unlock(&all_lock);

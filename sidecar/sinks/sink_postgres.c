@@ -34,7 +34,8 @@
  * size, the round-trip time and the server's load, so with write_method
  * auto each connection measures both (sc_pick.h: per batch size class the
  * time per row; COPY unless the INSERT was faster by PICK_MARGIN, the other
- * way tried every PICK_EXPLORE_EVERY batches); only batches that went the
+ * way tried after PICK_EXPLORE_EVERY batches, then less and less often
+ * while it stays the dearer one); only batches that went the
  * fast way whole are measured.  Behind 1 ms each way COPY still won for
  * batches of thousands of rows (bench/ --pg-delay-ms 1).
  *

@@ -136,7 +136,7 @@ START_TEST(test_balance_as_instances_come_and_go)
                               "N=%d: partition %d moved from %s to %s after %s left", n - 1, p,
                               before[p], after[p], names[n - 1]);
         fprintf(stderr,
-                "leave: %s's partitions re-balanced over %d in %lld ms (incl. 1.5 s of "
+                "leave: %s's partitions re-balanced over %d in %lld ms (incl. two renewals of "
                 "checking it is at rest)\n",
                 names[n - 1], n - 1, (long long)(hx_now_ms() - t0));
         hx_produce_seq(e.mock.bootstrap, "orders", BAL_PARTS, produced, 100);

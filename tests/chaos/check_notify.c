@@ -25,7 +25,7 @@ struct watcher {
     const char *dsn;
     atomic_bool stop;
     atomic_long notifications;
-    long long seen_count;
+    atomic_llong seen_count;
     unsigned char *seen; /* by event id */
     long long duplicates;
     char last_xid[32];
@@ -148,18 +148,32 @@ START_TEST(test_coalesced_notifications_lose_nothing)
     long before = atomic_load(&w.notifications);
     hx_produce_seq(e.mock.bootstrap, "orders", 4, 8000, 1); /* one record per partition */
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 4, 8001, 30000));
-    usleep(500000);
+    /* The four commits' notifications arrive after the commits: wait for them (a bound, not
+     * a pause; a coalescing sidecar would send fewer and fail here). */
+    end = hx_now_ms() + 30000;
+    while (atomic_load(&w.notifications) - before < 4 && hx_now_ms() < end)
+        usleep(50000);
     ck_assert_int_ge(atomic_load(&w.notifications) - before, 4);
 
     scx_stop(pid, 20000);
-    sleep(2);
+    /* The stopped sidecar's last events (lease releases) are committed: wait until the
+     * watcher has read as many events as the table holds, then stop it. */
+    long long total = 0;
+    end = hx_now_ms() + 30000;
+    do {
+        total = hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events", 0, NULL);
+        if (atomic_load(&w.seen_count) >= total)
+            break;
+        usleep(50000);
+    } while (hx_now_ms() < end);
     atomic_store(&w.stop, true);
     pthread_join(t, NULL);
 
     /* The watcher saw every event exactly once. */
-    long long total = hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events", 0, NULL);
+    total = hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events", 0, NULL);
     ck_assert_int_eq(w.duplicates, 0);
-    ck_assert_msg(w.seen_count == total, "watcher saw %lld of %lld events", w.seen_count, total);
+    ck_assert_msg(atomic_load(&w.seen_count) == total, "watcher saw %lld of %lld events",
+                  (long long)atomic_load(&w.seen_count), total);
     free(w.seen);
     scx_verify_files(&e, "p1", "orders", 4, 8001);
     scx_env_stop(&e);

@@ -29,7 +29,7 @@
 
 #define NPARTS       4
 #define CHUNKS       6
-#define MAX_CHUNKS   20  /* 20 x 150 x 4 = 12,000 records at most */
+#define MAX_CHUNKS   40  /* 40 x 150 x 4 = 24,000 records at most */
 #define PER_CHUNK    150 /* per partition: 6 x 150 x 4 = 3,600 records */
 #define INSTANCES    2
 #define MIN_KILLS    10

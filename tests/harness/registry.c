@@ -27,6 +27,7 @@ struct reg {
     int port;
     char url[64];
     char *user, *password;
+    char *cert, *key; /* TLS only: MHD keeps pointers to them for the daemon's life */
     pthread_mutex_t lock;
     enum reg_mode mode;
     struct schema *schemas;
@@ -113,21 +114,40 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
     return ret;
 }
 
-struct reg *reg_start(const char *user, const char *password)
+struct reg *reg_start_tls(const char *user, const char *password, const char *cert_pem,
+                          const char *key_pem)
 {
     struct reg *r = calloc(1, sizeof(*r));
     pthread_mutex_init(&r->lock, NULL);
     r->user = user ? strdup(user) : NULL;
     r->password = password ? strdup(password) : NULL;
+    bool tls = cert_pem != NULL;
+    if (tls) {
+        r->cert = strdup(cert_pem);
+        r->key = strdup(key_pem);
+    }
+    unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD;
     for (int tries = 0; tries < 20 && !r->daemon; tries++) {
         r->port = scx_free_port();
-        r->daemon = MHD_start_daemon(
-            MHD_USE_THREAD_PER_CONNECTION | MHD_USE_INTERNAL_POLLING_THREAD, (uint16_t)r->port,
-            NULL, NULL, on_request, r, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+        if (tls)
+            r->daemon = MHD_start_daemon(
+                flags | MHD_USE_TLS, (uint16_t)r->port, NULL, NULL, on_request, r,
+                MHD_OPTION_HTTPS_MEM_CERT, r->cert, MHD_OPTION_HTTPS_MEM_KEY, r->key,
+                MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
+        else
+            r->daemon =
+                MHD_start_daemon(flags, (uint16_t)r->port, NULL, NULL, on_request, r,
+                                 MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)60, MHD_OPTION_END);
     }
-    ck_assert_msg(r->daemon != NULL, "could not start the Schema Registry stand-in");
-    snprintf(r->url, sizeof(r->url), "http://127.0.0.1:%d", r->port);
+    ck_assert_msg(r->daemon != NULL, "could not start the Schema Registry stand-in%s",
+                  tls ? " with TLS" : "");
+    snprintf(r->url, sizeof(r->url), "%s://127.0.0.1:%d", tls ? "https" : "http", r->port);
     return r;
+}
+
+struct reg *reg_start(const char *user, const char *password)
+{
+    return reg_start_tls(user, password, NULL, NULL);
 }
 
 const char *reg_url(const struct reg *r)
@@ -189,6 +209,8 @@ void reg_stop(struct reg *r)
     free(r->schemas);
     free(r->user);
     free(r->password);
+    free(r->cert);
+    free(r->key);
     pthread_mutex_destroy(&r->lock);
     free(r);
 }

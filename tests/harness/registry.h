@@ -1,9 +1,11 @@
 /*
  * registry - a Schema Registry stand-in for the tests (libmicrohttpd): the
  * two calls the sidecar makes, GET /schemas/ids/{id} and GET /subjects,
- * with HTTP basic authentication, and the faults the tests need (an
- * outage answering 503, garbage answers).  It counts the requests per id,
- * so tests can see the sidecar's cache at work.
+ * with HTTP basic authentication, over plain HTTP or TLS (reg_start_tls),
+ * and the faults the tests need (an outage answering 503, garbage
+ * answers).  It counts the requests per id, so tests can see the sidecar's
+ * cache at work (a request whose TLS handshake fails is not counted: it
+ * never reaches the handler).
  */
 #ifndef REGISTRY_H
 #define REGISTRY_H
@@ -21,7 +23,10 @@ struct reg;
 
 /* Starts on a free port of 127.0.0.1; user NULL = no authentication. */
 struct reg *reg_start(const char *user, const char *password);
-/* "http://127.0.0.1:PORT" (a buffer in the stand-in). */
+/* The same over HTTPS with this certificate and key (PEM texts, copied). */
+struct reg *reg_start_tls(const char *user, const char *password, const char *cert_pem,
+                          const char *key_pem);
+/* "http://127.0.0.1:PORT", or "https://..." (a buffer in the stand-in). */
 const char *reg_url(const struct reg *r);
 /* Registers schema (its JSON text) under id; type NULL = Avro (no schemaType member). */
 void reg_add(struct reg *r, uint32_t id, const char *schema, const char *type);

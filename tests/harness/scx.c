@@ -301,6 +301,28 @@ const char *scx_log_tail(const char *path, size_t bytes)
     return buf;
 }
 
+int scx_log_count(const char *path, const char *needle)
+{
+    char *d = hx_read_file(path, NULL);
+    int n = 0;
+    size_t len = strlen(needle);
+    for (const char *c = d; c && len > 0 && (c = strstr(c, needle)); c += len)
+        n++;
+    free(d);
+    return n;
+}
+
+bool scx_wait_log(const char *path, const char *needle, int count, int timeout_ms)
+{
+    int64_t end = hx_now_ms() + timeout_ms;
+    do {
+        if (scx_log_count(path, needle) >= count)
+            return true;
+        usleep(100000);
+    } while (hx_now_ms() < end);
+    return false;
+}
+
 bool scx_pid_stopped(pid_t pid)
 {
     char path[64], line[512];

@@ -104,4 +104,10 @@ void scx_create_audited_events(PGconn *conn);
 /* The tail of a log file, for failure messages (static buffer). */
 const char *scx_log_tail(const char *path, size_t bytes);
 
+/* How often needle occurs in the file at path (0 if it is missing). */
+int scx_log_count(const char *path, const char *needle);
+/* Waits until needle occurs at least count times in the file at path; returns whether that
+ * happened within timeout_ms.  A witness that a process saw something, instead of a pause. */
+bool scx_wait_log(const char *path, const char *needle, int count, int timeout_ms);
+
 #endif

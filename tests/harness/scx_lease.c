@@ -52,19 +52,48 @@ static bool balanced_now(PGconn *conn, const char *pipeline, const char *const *
     return sum == nparts;
 }
 
+/*
+ * Waits until each of the n instances has renewed its registration (lease_tick(), which
+ * returns the view it plans on) in a transaction that started after now.  Each plans and
+ * acts on that view before its next tick.  Returns false at end (a hx_now_ms() time).
+ */
+static bool all_ticked_since_now(PGconn *conn, const char *pipeline, const char *const *instances,
+                                 size_t n, int64_t end)
+{
+    char *since = hx_pg_value(conn, "SELECT clock_timestamp()::text", 0, NULL);
+    bool all = false;
+    while (!all && hx_now_ms() < end) {
+        all = true;
+        for (size_t i = 0; i < n && all; i++) {
+            const char *params[] = {pipeline, instances[i], since};
+            all = hx_pg_int(conn,
+                            "SELECT count(*) FROM sidecar.instances WHERE pipeline = $1"
+                            " AND instance_id = $2 AND renewed_at > $3::timestamptz",
+                            3, params) == 1;
+        }
+        if (!all)
+            usleep(50 * 1000);
+    }
+    free(since);
+    return all;
+}
+
 bool scx_wait_balanced(PGconn *conn, const char *pipeline, const char *const *instances, size_t n,
                        int nparts, int timeout_ms)
 {
     int64_t end = hx_now_ms() + timeout_ms;
     while (hx_now_ms() < end) {
         if (balanced_now(conn, pipeline, instances, n, nparts)) {
+            /* At rest: every instance has planned on this view (a tick after it) and acted
+             * on its plan (a second tick after that), and nothing changed. */
             char *before = scx_owner_map(conn, pipeline);
-            usleep(1500 * 1000);
+            bool ticked = all_ticked_since_now(conn, pipeline, instances, n, end) &&
+                          all_ticked_since_now(conn, pipeline, instances, n, end);
             char *after = scx_owner_map(conn, pipeline);
             bool same = strcmp(before, after) == 0;
             free(before);
             free(after);
-            if (same && balanced_now(conn, pipeline, instances, n, nparts))
+            if (ticked && same && balanced_now(conn, pipeline, instances, n, nparts))
                 return true;
         }
         usleep(100 * 1000);

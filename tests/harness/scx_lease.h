@@ -20,7 +20,8 @@ char *scx_owner_map(PGconn *conn, const char *pipeline);
 /*
  * Waits until all nparts partitions of pipeline are leased, only by the
  * given instances, each holding floor or ceil of nparts/n, with no handoff
- * under way, and the same for a second look 1.5 s later (at rest).
+ * under way, and the same after every one of the instances has ticked
+ * twice since (at rest: each planned on that view and acted on its plan).
  * Returns whether that happened within timeout_ms.
  */
 bool scx_wait_balanced(PGconn *conn, const char *pipeline, const char *const *instances, size_t n,

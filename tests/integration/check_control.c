@@ -40,6 +40,54 @@ static bool wait_committed_one(PGconn *conn, int partition, long long want, int 
     return committed(conn, partition) == want;
 }
 
+/*
+ * pause_partition() of partition, then waits until the owner has applied it: it logs so once
+ * per pause (its lease renewal or its next checkpoint write sees the change), so wait for
+ * that line rather than pausing for longer than renew_ms and hoping it did.
+ */
+static void pause_and_wait(PGconn *conn, const char *log, int partition)
+{
+    char needle[64], sql[96];
+    snprintf(needle, sizeof(needle), "orders[%d] paused by an operator", partition);
+    snprintf(sql, sizeof(sql), "SELECT sidecar.pause_partition('p1', 'orders', %d)", partition);
+    int before = scx_log_count(log, needle);
+    hx_pg_exec(conn, sql);
+    ck_assert_msg(scx_wait_log(log, needle, before + 1, 30000),
+                  "the owner never applied the pause of partition %d:\n%s", partition,
+                  scx_log_tail(log, 3000));
+}
+
+/*
+ * Waits until the owner's watermark sample of partition (every 5 s, into partition_stats) has
+ * the log end offset high: reset_checkpoint() checks its offset against that sample.
+ */
+static bool wait_sampled(PGconn *conn, int partition, long long high, int timeout_ms)
+{
+    char p[16], h[32];
+    snprintf(p, sizeof(p), "%d", partition);
+    snprintf(h, sizeof(h), "%lld", high);
+    const char *params[] = {p, h};
+    int64_t end = hx_now_ms() + timeout_ms;
+    do {
+        if (hx_pg_int(conn,
+                      "SELECT count(*) FROM sidecar.partition_stats WHERE pipeline = 'p1' AND"
+                      " topic = 'orders' AND partition = $1::int AND high_watermark = $2::bigint",
+                      2, params) == 1)
+            return true;
+        usleep(100000);
+    } while (hx_now_ms() < end);
+    return false;
+}
+
+/* Number of sidecar_consumer_lag samples (partitions whose lag is known) in an exposition. */
+static int lag_samples(const char *exposition)
+{
+    int n = 0;
+    for (const char *c = exposition; c && (c = strstr(c, "\nsidecar_consumer_lag{")); c++)
+        n++;
+    return n;
+}
+
 static long file_lines(const struct scx_env *e, int partition)
 {
     char path[800];
@@ -69,10 +117,11 @@ START_TEST(test_pause_resume_reset_on_a_running_sidecar)
                   scx_log_tail(log, 3000));
 
     /* Pause partition 0: it stops, partition 1 goes on. */
-    hx_pg_exec(e.conn, "SELECT sidecar.pause_partition('p1', 'orders', 0)");
-    usleep(3000 * 1000); /* > renew_ms: the owner has seen it */
+    pause_and_wait(e.conn, log, 0);
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 200, 100);
     ck_assert(wait_committed_one(e.conn, 1, 300, 30000));
+    /* A negative check: nothing shows that partition 0 would have delivered by now, so give
+     * it a moment (a slower machine can only make this pass wrongly, never fail). */
     usleep(1000 * 1000);
     ck_assert_int_eq(committed(e.conn, 0), 200);
     ck_assert_int_eq(scx_events(e.conn, "pause", NULL), 1);
@@ -84,6 +133,11 @@ START_TEST(test_pause_resume_reset_on_a_running_sidecar)
     /* Resume: it catches up. */
     hx_pg_exec(e.conn, "SELECT sidecar.resume_partition('p1', 'orders', 0)");
     ck_assert_msg(wait_committed_one(e.conn, 0, 300, 30000), "%s", scx_log_tail(log, 3000));
+
+    /* reset_checkpoint checks its offset against the owner's last watermark sample: wait for
+     * one of the log as it is (end 300). */
+    ck_assert_msg(wait_sampled(e.conn, 1, 300, 30000), "no watermark sample of partition 1:\n%s",
+                  scx_log_tail(log, 3000));
 
     /* reset_checkpoint refuses a live lease unless forced. */
     PGresult *res = PQexec(e.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 1, 250)");
@@ -105,14 +159,15 @@ START_TEST(test_pause_resume_reset_on_a_running_sidecar)
 
     /* Forward: skip ahead; only what follows the new position is delivered.  A reset must
      * stay within the log (log end 500 once 400..499 are produced), so partition 0 is paused
-     * while they are, and the reset's range check reads a fresh sample. */
+     * while they are, and the reset's range check reads a fresh sample: the owner's own (it
+     * samples paused partitions too), not one written here, which a sample of the owner's
+     * taken before the produce could overwrite just before the reset. */
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 300, 100);
     ck_assert(wait_committed_one(e.conn, 0, 400, 30000));
-    hx_pg_exec(e.conn, "SELECT sidecar.pause_partition('p1', 'orders', 0)");
-    usleep(3000 * 1000); /* > renew_ms: the owner has seen it */
+    pause_and_wait(e.conn, log, 0);
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 400, 100);
-    hx_pg_exec(e.conn, "UPDATE sidecar.partition_stats SET low_watermark = 0, high_watermark = 500"
-                       " WHERE partition = 0");
+    ck_assert_msg(wait_sampled(e.conn, 0, 500, 30000), "no watermark sample of partition 0:\n%s",
+                  scx_log_tail(log, 3000));
     hx_pg_exec(e.conn, "SELECT sidecar.reset_checkpoint('p1', 'orders', 0, 450, true)");
     hx_pg_exec(e.conn, "SELECT sidecar.resume_partition('p1', 'orders', 0)");
     ck_assert_msg(wait_committed_one(e.conn, 0, 500, 30000), "%s", scx_log_tail(log, 3000));
@@ -137,11 +192,23 @@ START_TEST(test_metrics_parse_and_match_deliveries)
     hx_produce_seq(e.mock.bootstrap, "orders", 3, 0, 700);
     pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 3, 700, 60000));
-    sleep(6); /* one watermark sample */
-
-    long status;
-    char *metrics = scx_http_get(port, "/metrics", NULL, &status);
+    /* Watermarks are sampled every 5 s: wait for a sample taken after the commits, when every
+     * partition's lag is known and 0 (before it, lag is unknown or from before the commits). */
+    long status = 0;
+    char *metrics = NULL;
+    int64_t end = hx_now_ms() + 30000;
+    for (;;) {
+        metrics = scx_http_get(port, "/metrics", NULL, &status);
+        if ((status == 200 && lag_samples(metrics) == 3 &&
+             scx_metric(metrics, "sidecar_consumer_lag", "") == 0) ||
+            hx_now_ms() >= end)
+            break;
+        free(metrics);
+        usleep(200000);
+    }
     ck_assert_int_eq(status, 200);
+    ck_assert_msg(lag_samples(metrics) == 3, "no watermark sample for every partition:\n%s",
+                  metrics);
     /* The reference parser (python3-prometheus-client) must accept every line. */
     const char *argv[] = {"/usr/bin/python3", "-c",
                           "import sys\n"
@@ -172,11 +239,12 @@ START_TEST(test_metrics_parse_and_match_deliveries)
 
     /* Lag in SQL: produce while the sidecar is stopped, the last sample is before that, so
      * sample again with a running sidecar paused on one partition. */
-    hx_pg_exec(e.conn, "SELECT sidecar.pause_partition('p1', 'orders', 2)");
-    sleep(2);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    pause_and_wait(e.conn, log, 2);
     hx_produce_seq(e.mock.bootstrap, "orders", 3, 700, 50);
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 750, 30000));
-    int64_t end = hx_now_ms() + 20000;
+    end = hx_now_ms() + 20000;
     long long lag = -1;
     while (hx_now_ms() < end) {
         char *v = hx_pg_value(

@@ -269,9 +269,13 @@ START_TEST(test_backlog_end_not_held_back)
      * max_wait_ms): the first two or three still count as the end of the backlog (a full
      * batch was cut less than max_wait_ms before they came), then batches gather for
      * max_wait_ms again. */
+    int64_t next = hx_now_ms();
     for (int i = 0; i < 8; i++) {
+        /* 1.5 s from one produce's start to the next, however long producing takes here. */
+        while (hx_now_ms() < next)
+            usleep(10000);
+        next = hx_now_ms() + 1500;
         hx_produce_seq(e.mock.bootstrap, "orders", 1, 250 + i, 1);
-        usleep(1500000);
     }
     ck_assert(scx_wait_committed(e.conn, "p1", "orders", 1, 258, 30000));
     long long trickle = hx_pg_int(e.conn,

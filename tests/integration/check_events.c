@@ -154,6 +154,49 @@ static json_t *watch_lines(const char *path)
     return arr;
 }
 
+/* The start of the latest query of any `sidecar watch` (its application_name), as text. */
+static char *watch_query_start(PGconn *conn)
+{
+    char *v = hx_pg_value(conn,
+                          "SELECT coalesce(max(query_start), '-infinity')::text FROM"
+                          " pg_stat_activity WHERE application_name = 'kafka-sidecar/watch'",
+                          0, NULL);
+    return v ? v : strdup("-infinity");
+}
+
+/* Waits until a `sidecar watch` query started after the time after (text); returns its start. */
+static char *watch_query_after(PGconn *conn, const char *after, int64_t deadline)
+{
+    const char *params[] = {after};
+    for (;;) {
+        if (hx_pg_int(conn,
+                      "SELECT count(*) FROM pg_stat_activity WHERE application_name ="
+                      " 'kafka-sidecar/watch' AND query_start > $1::timestamptz",
+                      1, params) > 0)
+            return watch_query_start(conn);
+        ck_assert_msg(hx_now_ms() < deadline, "sidecar watch read nothing after %s", after);
+        usleep(20000);
+    }
+}
+
+/*
+ * Waits until `sidecar watch` (resumed with --from: one query per turn of its loop, whose
+ * lines it prints before the next) has read the events once more after this call and
+ * printed what that read returned: a query that starts after now, then one that starts
+ * after that.  The witness that anything it would print twice or extra is in its output,
+ * instead of a pause longer than its poll interval.
+ */
+static void wait_watch_read_again(PGconn *conn)
+{
+    int64_t deadline = hx_now_ms() + 30000;
+    char *now = hx_pg_value(conn, "SELECT clock_timestamp()::text", 0, NULL);
+    char *first = watch_query_after(conn, now, deadline);
+    char *second = watch_query_after(conn, first, deadline);
+    free(now);
+    free(first);
+    free(second);
+}
+
 /* ---- checking what a reader saw ---------------------------------------------------- */
 
 struct seen_event {
@@ -506,8 +549,8 @@ START_TEST(commit_order_with_concurrent_writers)
                               have, total, scx_log_tail(err_path, 3000));
                 usleep(100000);
             }
-            /* Longer than a poll interval: anything printed twice or extra shows up. */
-            usleep(1500000);
+            /* One more read, printed: anything printed twice or extra shows up. */
+            wait_watch_read_again(t.conn);
             kill(pid, SIGTERM);
             ck_assert_int_eq(hx_wait(pid, 10000), 0);
         }
@@ -578,6 +621,7 @@ END_TEST
 
 #define SNAP_PARTS   6
 #define SNAP_READERS 8
+#define SNAP_WARMUP  20 /* commits before the watch starts; events it prints after its snapshot */
 
 struct snap_writer {
     const char *dsn;
@@ -744,14 +788,38 @@ START_TEST(snapshot_is_consistent_with_events)
                                     .final_known = &final_known};
         pthread_create(&rt[i], NULL, snap_reader_main, &r[i]);
     }
-    /* And the real binary, started in the middle of it all. */
-    usleep(1200000);
+    /* And the real binary, started in the middle of it all: once the writers have committed
+     * a few events, and running until it has printed events after its snapshot. */
+    int64_t deadline = hx_now_ms() + 30000;
+    while (hx_pg_int(t.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'commit'", 0, NULL) <
+           SNAP_WARMUP) {
+        ck_assert_msg(hx_now_ms() < deadline, "the writers committed nothing");
+        usleep(20000);
+    }
     char out[700], err_path[700];
     snprintf(out, sizeof(out), "%s/watch.out", t.dir);
     snprintf(err_path, sizeof(err_path), "%s/watch.err", t.dir);
     const char *args[] = {"--pipeline", "p1", NULL};
     pid_t pid = watch_spawn(&t, out, err_path, args);
-    usleep(2500000);
+    deadline = hx_now_ms() + 30000;
+    for (;;) {
+        struct continuity c = {0};
+        for (int p = 0; p < SNAP_PARTS; p++)
+            c.next[p] = -1;
+        json_t *lines = watch_lines(out);
+        size_t i;
+        json_t *obj;
+        json_array_foreach(lines, i, obj)
+        {
+            continuity_add(&c, obj);
+        }
+        json_decref(lines);
+        if (c.events >= SNAP_WARMUP || c.error[0])
+            break;
+        ck_assert_msg(hx_now_ms() < deadline, "sidecar watch printed %lld events:\n%s", c.events,
+                      scx_log_tail(err_path, 2000));
+        usleep(50000);
+    }
     atomic_store(&stop, true);
     for (int p = 0; p < SNAP_PARTS; p++)
         pthread_join(wt[p], NULL);
@@ -769,7 +837,7 @@ START_TEST(snapshot_is_consistent_with_events)
     struct continuity bin = {0};
     for (int p = 0; p < SNAP_PARTS; p++)
         bin.next[p] = -1;
-    int64_t deadline = hx_now_ms() + 20000;
+    deadline = hx_now_ms() + 20000;
     for (;;) {
         memset(&bin, 0, sizeof(bin));
         for (int p = 0; p < SNAP_PARTS; p++)
@@ -847,7 +915,7 @@ START_TEST(snapshot_tokens)
             break;
         usleep(100000);
     }
-    usleep(1500000);
+    wait_watch_read_again(t.conn); /* a second line would be printed by now */
     json_decref(lines);
     lines = watch_lines(out);
     kill(pid, SIGTERM);

@@ -234,7 +234,9 @@ START_TEST(test_http_paused_partition_resumes_after_rebalance)
                               "\"max_backoff_ms\":200}"),
     };
     char cfg1[700], cfg2[700];
+    setenv("SCX_LOG_LEVEL", "debug", 1); /* sc-1 logs when it pauses a partition */
     snprintf(cfg1, sizeof(cfg1), "%s", scx_config(&e, "sc-1", &o));
+    unsetenv("SCX_LOG_LEVEL");
     snprintf(cfg2, sizeof(cfg2), "%s", scx_config(&e, "sc-2", &o));
     scx_migrate(cfg1);
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 600);
@@ -244,11 +246,14 @@ START_TEST(test_http_paused_partition_resumes_after_rebalance)
     ck_assert_msg(wait_leases(e.conn, "sc-1", 2, 60000), "sc-1 has no leases:\n%s",
                   scx_log_tail(log, 3000));
     /* Both partitions retry their first batch while 600 records arrive: more than the worker
-     * buffers (it checks every 256 records), so both are paused. */
+     * buffers (it checks every 256 records), so both are paused.  Wait until sc-1 says so
+     * (without it the rebalance below would not test a paused partition). */
     int64_t end = hx_now_ms() + 30000;
     while (rx_count_status(rx, 503) < 6 && hx_now_ms() < end)
         usleep(100000);
-    sleep(2);
+    ck_assert_msg(scx_wait_log(log, "orders[0] paused fetching", 1, 30000) &&
+                      scx_wait_log(log, "orders[1] paused fetching", 1, 30000),
+                  "sc-1 did not pause both partitions:\n%s", scx_log_tail(log, 3000));
 
     /* A second instance joins (every partition is revoked and re-assigned), then leaves. */
     pid_t b = scx_start(&e, cfg2, "sc-2", NULL);

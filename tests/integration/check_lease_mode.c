@@ -243,6 +243,120 @@ START_TEST(test_pin_move_drain_from_the_command_line)
 }
 END_TEST
 
+/*
+ * A handoff while the owner's batch in flight takes longer than the lease's
+ * slack (every write of sc-a sleeps 8 s, a TTL is 3 s): the partition is
+ * renewed until its worker has finished the batch and released the lease,
+ * so the batch is committed by its writer and the next owner replays
+ * nothing.  (When the partition stopped being renewed as its handoff began,
+ * the lease ran out mid-batch: sc-b took it and replayed the batch, and
+ * sc-a's commit was fenced.)
+ */
+START_TEST(test_slow_batch_during_a_handoff_is_not_replayed)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    static char cfg_a[700], cfg_b[700];
+    struct scx_opts o = {.assignment = "lease", .max_records = 50};
+    snprintf(cfg_a, sizeof(cfg_a), "%s", scx_config(&e, "sc-a", &o));
+    snprintf(cfg_b, sizeof(cfg_b), "%s", scx_config(&e, "sc-b", &o));
+    scx_migrate(cfg_a);
+    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 20);
+    pid_t a = scx_start(&e, cfg_a, "sc-a", "after_write=sleep:8000");
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-a.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 20, 90000), "%s",
+                  scx_log_tail(log, 3000));
+    pid_t b = scx_start(&e, cfg_b, "sc-b", NULL);
+    const char *names[] = {"sc-a", "sc-b"};
+    ck_assert_msg(scx_wait_balanced(e.conn, "p1", names, 2, 2, 60000), "not balanced: %s",
+                  scx_owner_map(e.conn, "p1"));
+
+    /* sc-a pends a batch of its partition and sleeps in its write; then the move. */
+    int m = some_partition_of(e.conn, "sc-a");
+    char ms[16];
+    snprintf(ms, sizeof(ms), "%d", m);
+    hx_produce_seq(e.mock.bootstrap, "orders", 2, 20, 20);
+    const char *params[] = {ms};
+    int64_t end = hx_now_ms() + 60000;
+    while (hx_pg_int(e.conn,
+                     "SELECT count(*) FROM sidecar.checkpoints WHERE pipeline = 'p1'"
+                     " AND topic = 'orders' AND partition = $1::int AND pending_first_offset = 20",
+                     1, params) == 0 &&
+           hx_now_ms() < end)
+        usleep(20000);
+    char *out = NULL;
+    int rc = sidecar(&out, "move", cfg_a, "--topic", "orders", "--partition", ms, "--instance",
+                     "sc-b", "--wait", NULL);
+    ck_assert_msg(rc == 0 && strstr(out, "done"), "%d: %s\n%s", rc, out, scx_log_tail(log, 3000));
+    free(out);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 40, 90000), "%s",
+                  scx_log_tail(log, 3000));
+    ck_assert_msg(scx_events(e.conn, "replay", NULL) == 0 &&
+                      scx_events(e.conn, "fenced", NULL) == 0,
+                  "replays %lld, fenced %lld\n%s", scx_events(e.conn, "replay", NULL),
+                  scx_events(e.conn, "fenced", NULL), scx_log_tail(log, 3000));
+    scx_stop(a, 30000);
+    scx_stop(b, 30000);
+    scx_verify_files(&e, "p1", "orders", 2, 40);
+    scx_env_stop(&e);
+}
+END_TEST
+
+/*
+ * An instance that loses Kafka after it had its share: sc-b reads its own
+ * kafka-mock cluster (the same topic), which is then stopped.  About a TTL
+ * later sc-b tells the others it sees no partitions: it is no longer
+ * eligible, hands its partition over and sc-a, which still reaches its
+ * Kafka, consumes everything.  (Before, sc-b kept its share: its partition
+ * stalled with nobody to take it over.)
+ */
+START_TEST(test_instance_without_kafka_takes_no_share)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    struct hx_mock other;
+    hx_mock_start(&other, 1, topics, 1);
+    static char cfg_a[700], cfg_b[700];
+    struct scx_opts o = {.assignment = "lease"};
+    snprintf(cfg_a, sizeof(cfg_a), "%s", scx_config(&e, "sc-a", &o));
+    /* sc-b's config, reading the other cluster. */
+    snprintf(cfg_b, sizeof(cfg_b), "%s", scx_config(&e, "sc-b", &o));
+    char *text = hx_read_file(cfg_b, NULL);
+    char *at = strstr(text, e.mock.bootstrap);
+    ck_assert(at != NULL);
+    *at = '\0';
+    hx_write_file(cfg_b, "%s%s%s", text, other.bootstrap, at + strlen(e.mock.bootstrap));
+    free(text);
+    scx_migrate(cfg_a);
+    pid_t a = scx_start(&e, cfg_a, "sc-a", NULL);
+    pid_t b = scx_start(&e, cfg_b, "sc-b", NULL);
+    const char *names[] = {"sc-a", "sc-b"};
+    ck_assert_msg(scx_wait_balanced(e.conn, "p1", names, 2, 2, 60000), "not balanced: %s",
+                  scx_owner_map(e.conn, "p1"));
+
+    hx_mock_stop(&other);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-b.log", e.dir);
+    const char *one[] = {"sc-a"};
+    ck_assert_msg(scx_wait_balanced(e.conn, "p1", one, 1, 2, 60000), "%s\n%s",
+                  scx_owner_map(e.conn, "p1"), scx_log_tail(log, 3000));
+    ck_assert_int_eq(scx_leases_of(e.conn, "p1", "sc-b"), 0);
+    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 50);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 50, 60000));
+    text = hx_read_file(log, NULL);
+    ck_assert_msg(text && strstr(text, "Kafka unreachable"), "%s", scx_log_tail(log, 3000));
+    free(text);
+    kill(b, SIGKILL);
+    hx_wait(b, 10000);
+    scx_stop(a, 30000);
+    scx_verify_files(&e, "p1", "orders", 2, 50);
+    scx_env_stop(&e);
+}
+END_TEST
+
 /* _i: 0 kafka-group, 1 lease */
 START_TEST(test_duplicate_instance_id_is_refused)
 {
@@ -386,6 +500,12 @@ int main(void)
     tcase_add_loop_test(tc, test_duplicate_instance_id_is_refused, 0, 2);
     tcase_add_loop_test(tc, test_pause_takes_effect_within_a_batch, 0, 2);
     suite_add_tcase(s, tc);
+    /* Their own case, so that CK_RUN_CASE=faults runs them alone. */
+    TCase *slow = tcase_create("faults");
+    tcase_set_timeout(slow, 600);
+    tcase_add_test(slow, test_slow_batch_during_a_handoff_is_not_replayed);
+    tcase_add_test(slow, test_instance_without_kafka_takes_no_share);
+    suite_add_tcase(s, slow);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
     int failed = srunner_ntests_failed(sr);

@@ -66,8 +66,14 @@ START_TEST(test_small_budget_many_partitions)
     scx_stop(pid, 15000);
     scx_verify_files(&e, "p1", "many", 64, 3000);
     fprintf(stderr, "check_memory: peak RSS %ld KiB under a 32 MiB budget\n", peak);
-    /* within the budget, but for what the feedback (sc_budget.h) takes a moment to notice */
-    ck_assert_msg(peak > 0 && peak <= 36 * 1024, "peak RSS %ld KiB over the 32 MiB budget", peak);
+    /* The budget, plus what it does not cover: about 75 KiB per partition of librdkafka's
+     * fetch state (docs/benchmarks.md, the scale curve), plus 6 MiB for what the RSS feedback
+     * (sc_budget.h) takes a moment to notice.  Measured 32-37 MiB; with the budget ignored
+     * (96 MiB) 54-56 MiB.  (A bound of budget + 4 MiB failed about one run in five.) */
+    long bound = 32 * 1024 + 64 * 75 + 6 * 1024;
+    ck_assert_msg(peak > 0 && peak <= bound,
+                  "peak RSS %ld KiB over the 32 MiB budget plus 64 partitions' overhead (%ld KiB)",
+                  peak, bound);
     size_t len;
     char *all = hx_read_file(log, &len);
     ck_assert_msg(all && strstr(all, "memory budget 32 MiB"), "no budget in the log:\n%s",

@@ -216,6 +216,57 @@ START_TEST(second_run_is_a_noop)
 }
 END_TEST
 
+/*
+ * Upgrades from what earlier builds applied: round 1 shipped versions 1 and 2; the build
+ * before lease mode shipped 1, 2 and 4 (lease mode's migration came later, as 5).  Each
+ * upgrade applies the rest in version order, keeps the rows, and ends with the same schema
+ * as a fresh migration.
+ */
+START_TEST(upgrade_from_earlier_builds)
+{
+    char dsn[512];
+    fresh_db("m_upgrade_fresh", dsn);
+    PGconn *fresh = connect_or_fail(dsn);
+    ck_assert_int_ge(apply_or_fail(fresh, "sidecar"), 1);
+    char *want = schema_fingerprint(fresh, "sidecar");
+    PQfinish(fresh);
+
+    static const int shipped[][4] = {{1, 2, 0}, {1, 2, 4, 0}};
+    for (size_t k = 0; k < sizeof(shipped) / sizeof(shipped[0]); k++) {
+        char name[32];
+        snprintf(name, sizeof(name), "m_upgrade_%zu", k);
+        fresh_db(name, dsn);
+        PGconn *conn = connect_or_fail(dsn);
+        struct sc_sql_file old[8];
+        size_t nold = 0;
+        for (size_t i = 0; i < sc_sql_nfiles; i++)
+            for (size_t j = 0; j < 4 && shipped[k][j]; j++)
+                if (sc_migrate_version_of(sc_sql_files[i].name) == shipped[k][j] && nold < 8)
+                    old[nold++] = sc_sql_files[i];
+        char err[1024];
+        ck_assert_int_eq(sc_migrate_apply_files(conn, "sidecar", old, nold, err, sizeof(err)),
+                         (int)nold);
+        hx_pg_exec(conn, "INSERT INTO sidecar.checkpoints (pipeline, topic, partition,"
+                         " committed_offset) VALUES ('p1', 'orders', 0, 42)");
+        int applied =
+            sc_migrate_apply_files(conn, "sidecar", sc_sql_files, sc_sql_nfiles, err, sizeof(err));
+        ck_assert_msg(applied == (int)(sc_sql_nfiles - nold), "upgrade %zu: %d applied: %s", k,
+                      applied, err);
+        ck_assert_int_eq(current_version(conn, "sidecar"), sc_migrate_latest_version());
+        ck_assert_int_eq(hx_pg_int(conn,
+                                   "SELECT committed_offset FROM sidecar.partition_status"
+                                   " WHERE pipeline = 'p1' AND partition = 0",
+                                   0, NULL),
+                         42);
+        char *got = schema_fingerprint(conn, "sidecar");
+        ck_assert_msg(strcmp(got, want) == 0, "upgrade %zu: schema differs from a fresh one", k);
+        free(got);
+        PQfinish(conn);
+    }
+    free(want);
+}
+END_TEST
+
 /* ---- concurrency -------------------------------------------------------------- */
 
 /* Takes the migration lock of schema from the test's side. */
@@ -687,6 +738,7 @@ static Suite *migrate_suite(void)
     tcase_add_unchecked_fixture(tc, pg_setup, pg_teardown);
     tcase_add_test(tc, fresh_migrate_creates_everything);
     tcase_add_test(tc, second_run_is_a_noop);
+    tcase_add_test(tc, upgrade_from_earlier_builds);
     tcase_add_test(tc, concurrent_threads_migrate_once);
     tcase_add_test(tc, binary_migrate_reports_version);
     tcase_add_test(tc, concurrent_binaries_migrate_once);

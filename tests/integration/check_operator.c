@@ -208,19 +208,22 @@ START_TEST(test_retry_keeps_the_pending_batch)
     rc = sidecar(&out, "status", "-c", cfg, NULL);
     ck_assert_msg(rc == 0, "exit %d: %s", rc, out);
     ck_assert_msg(strstr(out, "DEAD LETTERS"), "%s", out);
-    /* Partition 1's row: p1 orders 1 OWNER EPOCH LEASE COMMITTED LAG PENDING STATE PAUSED DEAD. */
+    /* Partition 1's row: p1 orders 1 MODE OWNER SHARE EPOCH LEASE COMMITTED LAG PENDING STATE
+     * PAUSED PINNED DEAD (ERROR is empty). */
     bool found = false;
     for (const char *row = strstr(out, "\np1 "); row && !found; row = strstr(row + 1, "\np1 ")) {
-        char t[12][64];
-        if (sscanf(row + 1, "%63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s", t[0],
-                   t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11]) != 12 ||
+        char t[15][64];
+        if (sscanf(row + 1,
+                   "%63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s %63s",
+                   t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9], t[10], t[11], t[12],
+                   t[13], t[14]) != 15 ||
             strcmp(t[2], "1") != 0)
             continue;
         found = true;
-        ck_assert_msg(strcmp(t[5], "expired") == 0 && strcmp(t[6], "150") == 0 &&
-                          strcmp(t[7], "-") == 0 && strcmp(t[11], "2") == 0,
-                      "partition 1: LEASE %s COMMITTED %s LAG %s DEAD LETTERS %s\n%s", t[5], t[6],
-                      t[7], t[11], out);
+        ck_assert_msg(strcmp(t[7], "expired") == 0 && strcmp(t[8], "150") == 0 &&
+                          strcmp(t[9], "-") == 0 && strcmp(t[14], "2") == 0,
+                      "partition 1: LEASE %s COMMITTED %s LAG %s DEAD LETTERS %s\n%s", t[7], t[8],
+                      t[9], t[14], out);
     }
     ck_assert_msg(found, "no row for partition 1: %s", out);
     free(out);

@@ -18,6 +18,14 @@
  *     of the two registry URLs refuses connections: the second answers).
  *   - test_postgres_paths: the postgres sink's "$.path" columns read the
  *     decoded value; json_schema values and avro keys too.
+ *   - test_registry_tls_ca_file: the registry over https with a self-signed
+ *     certificate.  Without ca_file: check-config --online fails naming the
+ *     certificate problem, and `run` logs it, delivers and dead-letters
+ *     nothing and keeps both partitions backing off (transient, never the
+ *     error state).  Restarted with ca_file: check-config passes (also via
+ *     localhost; not via 127.0.0.2, which the certificate does not name)
+ *     and every order arrives once, decoded, with a single fetch.  Then with
+ *     insecure_skip_verify instead: delivered, with one warning.
  */
 #include <check.h>
 #include <inttypes.h>
@@ -371,6 +379,218 @@ START_TEST(test_registry_faults)
 }
 END_TEST
 
+/* The log at path contains needle (for hx_wait_until). */
+struct in_log {
+    const char *path, *needle;
+};
+
+static bool log_has(void *arg)
+{
+    struct in_log *l = arg;
+    char *text = hx_read_file(l->path, NULL);
+    bool found = text && strstr(text, l->needle) != NULL;
+    free(text);
+    return found;
+}
+
+/* Runs `sidecar check-config --online -c cfg`; returns its exit code, output in *out. */
+static int check_online(const char *cfg, char **out)
+{
+    const char *argv[] = {hx_sidecar_bin(), "check-config", "--online", "-c", cfg, NULL};
+    return hx_run(argv, NULL, 30000, out);
+}
+
+/* Makes e->dir/<name>-cert.pem and <name>-key.pem, self-signed for 127.0.0.1 and localhost. */
+static void self_signed(const struct scx_env *e, const char *name, char cert[800], char key[800])
+{
+    snprintf(cert, 800, "%s/%s-cert.pem", e->dir, name);
+    snprintf(key, 800, "%s/%s-key.pem", e->dir, name);
+    const char *gen[] = {"openssl",  "req",
+                         "-x509",    "-newkey",
+                         "rsa:2048", "-nodes",
+                         "-days",    "2",
+                         "-subj",    "/CN=127.0.0.1",
+                         "-addext",  "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                         "-keyout",  key,
+                         "-out",     cert,
+                         NULL};
+    char *out = NULL;
+    ck_assert_msg(hx_run(gen, NULL, 60000, &out) == 0, "openssl: %s", out);
+    free(out);
+}
+
+START_TEST(test_registry_tls_ca_file)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    /* A self-signed certificate for 127.0.0.1 (and localhost), as a private CA's would be. */
+    char cert[800], key[800], other[800], otherkey[800], junk[800];
+    self_signed(&e, "registry", cert, key);
+    self_signed(&e, "other", other, otherkey);
+    snprintf(junk, sizeof(junk), "%s/junk.pem", e.dir);
+    hx_write_file(junk, "not a certificate\n");
+    char *out = NULL;
+    char *cert_pem = hx_read_file(cert, NULL), *key_pem = hx_read_file(key, NULL);
+    struct reg *r = reg_start_tls(SR_USER, SR_PASS, cert_pem, key_pem);
+    free(cert_pem);
+    free(key_pem);
+    ck_assert_msg(strncmp(reg_url(r), "https://127.0.0.1:", 18) == 0, "%s", reg_url(r));
+    char *schema = reg_order_schema();
+    reg_add(r, 1, schema, NULL);
+    /* Partition 0: orders 0..39, partition 1: orders 40..79. */
+    produce_orders(&e, "orders", 0, 0, 40, 1);
+    produce_orders(&e, "orders", 1, 40, 40, 1);
+
+    /* 1. Without ca_file the certificate is not trusted (the system store does not know it). */
+    int port = scx_free_port();
+    struct scx_opts o = {.extra_top = registry_block(&e, r, SR_PASS, NULL),
+                         .extra_pipeline = "    \"value_format\": \"avro\"",
+                         .admin_port = port,
+                         .max_records = 20};
+    char cfg[700], logpath[700];
+    snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-noca", &o));
+    scx_migrate(cfg);
+    int rc = check_online(cfg, &out);
+    ck_assert_msg(rc == 1 && strstr(out, "certificate") && strstr(out, reg_url(r)) &&
+                      strstr(out, "system CA store: set schema_registry.ca_file"),
+                  "check-config --online without ca_file (%d): %s", rc, out);
+    ck_assert_msg(strstr(out, SR_PASS) == NULL, "the password was printed: %s", out);
+    free(out);
+    /* A ca_file of another CA, and one that is no PEM at all: refused, each with its reason. */
+    char more[900];
+    snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", other);
+    o.extra_top = registry_block(&e, r, SR_PASS, more);
+    rc = check_online(scx_config(&e, "sc-other", &o), &out);
+    ck_assert_msg(rc == 1 && strstr(out, "certificate") &&
+                      strstr(out, "(checked against schema_registry.ca_file)"),
+                  "check-config --online with another CA's ca_file (%d): %s", rc, out);
+    free(out);
+    snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", junk);
+    o.extra_top = registry_block(&e, r, SR_PASS, more);
+    rc = check_online(scx_config(&e, "sc-junk", &o), &out);
+    ck_assert_msg(rc == 1 && strstr(out, junk) && strstr(out, "must be a PEM bundle"),
+                  "check-config --online with a ca_file that is no PEM (%d): %s", rc, out);
+    free(out);
+
+    pid_t pid = scx_start(&e, cfg, "sc-noca", NULL);
+    snprintf(logpath, sizeof(logpath), "%s/sc-noca.log", e.dir);
+    struct in_log l = {logpath, "certificate"};
+    ck_assert_msg(hx_wait_until(log_has, &l, 60000), "no certificate problem logged:\n%s",
+                  scx_log_tail(logpath, 4000));
+    /* Transient: both partitions back off and ask again (more than once each). */
+    struct waits w0 = {port, 1, "sidecar_schema_registry_waits_total", "partition=\"0\""};
+    struct waits w1 = {port, 1, "sidecar_schema_registry_waits_total", "partition=\"1\""};
+    struct waits fe = {port, 2, "sidecar_schema_registry_fetches_total", "outcome=\"error\""};
+    ck_assert_msg(hx_wait_until(metric_above, &w0, 60000) &&
+                      hx_wait_until(metric_above, &w1, 60000) &&
+                      hx_wait_until(metric_above, &fe, 60000),
+                  "the partitions do not wait and retry:\n%s", scx_log_tail(logpath, 4000));
+    /* Nothing delivered, dead-lettered or stopped; no request got past the handshake. */
+    ck_assert_int_le(committed(e.conn, 0), 0);
+    ck_assert_int_le(committed(e.conn, 1), 0);
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.checkpoints WHERE state <> 'ok'", 0, NULL),
+        0);
+    ck_assert_int_eq((int)scx_metric_at(port, "sidecar_decode_errors_total", ""), 0);
+    ck_assert_int_eq(reg_requests(r, 1), 0);
+    scx_stop(pid, 15000);
+    for (int p = 0; p < 2; p++) {
+        char path[800];
+        size_t len = 0;
+        snprintf(path, sizeof(path), "%s/orders/%d.jsonl", e.out_dir, p);
+        free(hx_read_file(path, &len));
+        ck_assert_msg(len == 0, "%s has %zu bytes", path, len);
+    }
+    /* The log line names the registry and the certificate problem, never the password. */
+    char *log = hx_read_file(logpath, NULL);
+    fprintf(stderr, "without ca_file: %s\n", scx_log_tail(logpath, 600));
+    ck_assert_msg(strstr(log, SR_PASS) == NULL, "the password was logged");
+    ck_assert_msg(strstr(log, "set schema_registry.ca_file to trust a private CA"),
+                  "the log does not point at ca_file");
+    free(log);
+
+    /* 2. With ca_file: check-config --online passes, and every order arrives once, decoded. */
+    snprintf(more, sizeof(more), "\"ca_file\": \"%s\"", cert);
+    o.extra_top = registry_block(&e, r, SR_PASS, more);
+    snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-ca", &o));
+    rc = check_online(cfg, &out);
+    ck_assert_msg(rc == 0 && strstr(out, "schema registry https://127.0.0.1:"),
+                  "check-config --online with ca_file (%d): %s", rc, out);
+    free(out);
+    /* The certificate must name the URL's host: localhost it does (DNS), 127.0.0.2 not. */
+    const char *hosts[] = {"localhost", "127.0.0.2"};
+    for (int h = 0; h < 2; h++) {
+        char block[1600];
+        snprintf(block, sizeof(block),
+                 "  \"schema_registry\": {\"url\": \"https://%s:%s\", \"username\": \"%s\", "
+                 "\"password\": \"%s\", \"ca_file\": \"%s\"}",
+                 hosts[h], strrchr(reg_url(r), ':') + 1, SR_USER, SR_PASS, cert);
+        struct scx_opts oh = o;
+        oh.extra_top = block;
+        rc = check_online(scx_config(&e, "sc-host", &oh), &out);
+        if (h == 0)
+            ck_assert_msg(rc == 0, "check-config --online via localhost (%d): %s", rc, out);
+        else
+            ck_assert_msg(rc == 1 && strstr(out, "https://127.0.0.2:") &&
+                              strstr(out, "(checked against schema_registry.ca_file)"),
+                          "check-config --online via 127.0.0.2 (%d): %s", rc, out);
+        free(out);
+    }
+    pid = scx_start(&e, cfg, "sc-ca", NULL);
+    snprintf(logpath, sizeof(logpath), "%s/sc-ca.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 40, 60000),
+                  "not delivered with ca_file:\n%s", scx_log_tail(logpath, 4000));
+    scx_stop(pid, 15000);
+    for (int p = 0; p < 2; p++) {
+        json_t *lines = read_lines(&e, "orders", p);
+        ck_assert_uint_eq(json_array_size(lines), 40);
+        for (int64_t i = 0; i < 40; i++)
+            ck_line(json_string_value(json_array_get(lines, (size_t)i)), i,
+                    reg_order_json(p * 40 + i));
+        json_decref(lines);
+    }
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(reg_requests(r, 1), 1); /* one fetch, over TLS, for the whole run */
+    ck_assert_int_eq(reg_unauthorized(r), 0);
+    struct in_log insecure = {logpath, "insecure_skip_verify is set"};
+    ck_assert(!log_has(&insecure));
+
+    /* 3. insecure_skip_verify instead of ca_file: delivered too, with one warning. */
+    produce_orders(&e, "orders", 0, 80, 10, 1);
+    produce_orders(&e, "orders", 1, 90, 10, 1);
+    o.extra_top = registry_block(&e, r, SR_PASS, "\"insecure_skip_verify\": true");
+    snprintf(cfg, sizeof(cfg), "%s", scx_config(&e, "sc-insecure", &o));
+    rc = check_online(cfg, &out);
+    ck_assert_msg(rc == 0, "check-config --online with insecure_skip_verify (%d): %s", rc, out);
+    free(out);
+    pid = scx_start(&e, cfg, "sc-insecure", NULL);
+    snprintf(logpath, sizeof(logpath), "%s/sc-insecure.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 2, 50, 60000),
+                  "not delivered with insecure_skip_verify:\n%s", scx_log_tail(logpath, 4000));
+    scx_stop(pid, 15000);
+    log = hx_read_file(logpath, NULL);
+    const char *warning = strstr(log, "schema_registry.insecure_skip_verify is set");
+    ck_assert_msg(warning && !strstr(warning + 20, "schema_registry.insecure_skip_verify"),
+                  "not one warning:\n%s", scx_log_tail(logpath, 4000));
+    free(log);
+    for (int p = 0; p < 2; p++) {
+        json_t *lines = read_lines(&e, "orders", p);
+        ck_assert_uint_eq(json_array_size(lines), 50);
+        for (int64_t i = 40; i < 50; i++)
+            ck_line(json_string_value(json_array_get(lines, (size_t)i)), i,
+                    reg_order_json(80 + p * 10 + i - 40));
+        json_decref(lines);
+    }
+    ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
+    ck_assert_int_eq(reg_requests(r, 1), 2); /* a new process asks once again */
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
 static bool in_error(void *arg)
 {
     struct scx_env *e = arg;
@@ -535,6 +755,7 @@ int main(void)
     tcase_add_test(tc, test_registry_faults);
     tcase_add_test(tc, test_unknown_id_stops_the_partition);
     tcase_add_test(tc, test_postgres_paths);
+    tcase_add_test(tc, test_registry_tls_ca_file);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

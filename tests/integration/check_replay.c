@@ -119,7 +119,7 @@ START_TEST(test_replay_mismatch_is_an_error_state)
                     " FROM sidecar.checkpoints",
                     0, NULL);
     ck_assert_msg(resumed, "partitions did not resume after the SQL reset (%s):\n%s", states,
-                  scx_log_tail(log, 3000));
+                  scx_log_tail(log, 20000));
     free(states);
     scx_stop(pid, 15000);
     scx_verify_files(&e, "p1", "orders", 3, 110);

@@ -71,7 +71,10 @@ START_TEST(test_secrets_never_shown)
     pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
     ck_assert_msg(scx_wait_committed(e.conn, "files", "orders", 2, 200, 60000), "log:\n%s",
                   scx_log_tail(log, 3000));
-    sleep(2); /* the HTTP pipeline fails and retries meanwhile, logging each time */
+    /* The HTTP pipeline fails and retries, logging each time: wait until a failure and its
+     * retry are in the log (the URL they show is checked below). */
+    ck_assert_msg(scx_wait_log(log, "request to http://127.0.0.1:", 2, 30000),
+                  "the HTTP errors were not logged:\n%s", scx_log_tail(log, 2000));
 
     static const char *const paths[] = {"/healthz",   "/readyz",         "/metrics",
                                         "/v1/status", "/v1/checkpoints", "/v1/events?limit=1000"};

@@ -992,7 +992,8 @@ START_TEST(handoff_request_release_and_reservation)
     sc_lease_tick_clear(&tick);
 
     /* A refuses: cleared, with its event; then B asks again and A hands it over. */
-    ck_assert_int_eq(sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, 1, "test"), 1);
+    const char *was[] = {"B"};
+    ck_assert_int_eq(sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, was, 1, "test"), 1);
     ck_assert_int_eq(events_of(&t, "p", "handoff_refused"), 1);
     ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 1), 1);
     ck_assert_int_eq(release_to(&a, "p", "A", 0, r1.epoch, "B"), 1);
@@ -1017,6 +1018,272 @@ START_TEST(handoff_request_release_and_reservation)
     sc_db_close(&a);
     sc_db_close(&b);
     sc_db_close(&c);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * A handoff decision is made on what a tick saw; by the time it is carried
+ * out, an operator may have moved the partition elsewhere.  The newer
+ * request wins: a release reserves the partition for the instance the
+ * operator named, not the one the owner decided on; a refusal does not
+ * clear it; a shutdown release (for anyone) keeps it.
+ */
+START_TEST(stale_handoff_decisions_keep_the_newer_request)
+{
+    struct t t;
+    struct sc_db a, b, c;
+    struct sc_lease_req r0, r1, rb, rc0, rc1;
+
+    t_start(&t, "stale");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    db_open(&t, &c);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    ck_assert(register_as(&c, "p", "C", LONG_MS));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 0, &r0));
+    ck_assert(acquire(&a, "p", "A", LONG_MS, 1, &r1));
+    const char *topics[] = {TOPIC, TOPIC};
+    const int32_t parts[] = {0, 1};
+    const char *owners[] = {"A", "A"};
+    const char *was[] = {"B", "B"};
+    const char *to_c = "SELECT count(*) FROM sidecar.leases WHERE pipeline = $1 AND topic = $2"
+                       " AND partition = $3 AND handoff_to = 'C' AND handoff_reason = 'move'";
+
+    /* B asks for both; A decides to grant 0 and refuse 1; meanwhile the operator moves both
+     * to C. */
+    ck_assert_int_eq(sc_lease_request_handoffs(&b, "p", "B", topics, parts, owners, 2), 2);
+    hx_pg_exec(t.conn, "SELECT sidecar.move_partition('p', '" TOPIC "', 0, 'C')");
+    hx_pg_exec(t.conn, "SELECT sidecar.move_partition('p', '" TOPIC "', 1, 'C')");
+
+    /* The refusal of B's request does not clear the operator's move. */
+    ck_assert_int_eq(
+        sc_lease_refuse_handoffs(&a, "p", "A", &topics[1], &parts[1], &was[1], 1, "test"), 0);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 1), 1);
+
+    /* The release to B reserves it for C: B cannot take it, C can. */
+    struct sc_lease_held h = {.topic = TOPIC, .partition = 0, .epoch = r0.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&a, "p", "A", NULL, &h, 1, "balance", "B", "B"), 1);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 0), 1);
+    ck_assert(!acquire(&b, "p", "B", LONG_MS, 0, &rb));
+    ck_assert_str_eq(rb.holder, "C");
+    ck_assert(acquire(&c, "p", "C", LONG_MS, 0, &rc0));
+
+    /* A shutdown release (for anyone) keeps the pending move as the reservation. */
+    h = (struct sc_lease_held){.topic = TOPIC, .partition = 1, .epoch = r1.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&a, "p", "A", NULL, &h, 1, "shutdown", NULL, NULL), 1);
+    ck_assert_int_eq(row_int(&t, to_c, "p", 1), 1);
+    ck_assert(!acquire(&b, "p", "B", LONG_MS, 1, &rb));
+    ck_assert(acquire(&c, "p", "C", LONG_MS, 1, &rc1));
+
+    /* What was judged is still there: the decision applies (granted to B, reserved for B). */
+    ck_assert_int_eq(
+        sc_lease_request_handoffs(&b, "p", "B", topics, parts, (const char *[]){"C"}, 1), 1);
+    h = (struct sc_lease_held){.topic = TOPIC, .partition = 0, .epoch = rc0.epoch};
+    ck_assert_int_eq(sc_lease_release_judged(&c, "p", "C", NULL, &h, 1, "balance", "B", "B"), 1);
+    ck_assert(acquire(&b, "p", "B", LONG_MS, 0, &rb));
+    sc_db_close(&a);
+    sc_db_close(&b);
+    sc_db_close(&c);
+    t_stop(&t);
+}
+END_TEST
+
+/* ---- lock order ---------------------------------------------------------------------------------
+ */
+
+#define LOCK_PARTS  24
+#define LOCK_ROUNDS 150
+
+/* B, until stopped: asks A for every partition, in the reverse of A's order. */
+struct asker {
+    struct sc_db db;
+    atomic_bool stop;
+    int rounds;
+    int failures;
+    char error[600];
+};
+
+static void *asker_main(void *arg)
+{
+    struct asker *k = arg;
+    const char *topics[LOCK_PARTS], *owners[LOCK_PARTS];
+    int32_t parts[LOCK_PARTS];
+
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        topics[i] = TOPIC;
+        parts[i] = LOCK_PARTS - 1 - i;
+        owners[i] = "A";
+    }
+    for (; !atomic_load(&k->stop); k->rounds++)
+        if (sc_lease_request_handoffs(&k->db, "p", "B", topics, parts, owners, LOCK_PARTS) < 0 &&
+            k->failures++ == 0)
+            snprintf(k->error, sizeof(k->error), "%s", k->db.last_error);
+    return NULL;
+}
+
+/*
+ * A renews its leases (lease_tick) and declines the requests on them
+ * (refuse_handoffs) in one order while B asks for them (request_handoffs) in
+ * the opposite one, concurrently, many times: every statement that locks
+ * several lease rows locks them in the same order, so none ever fails with
+ * "deadlock detected".
+ */
+START_TEST(lease_updaters_never_deadlock)
+{
+    struct t t;
+    struct sc_db a;
+    struct asker b = {0};
+    struct sc_lease_req r[LOCK_PARTS];
+    struct sc_lease_held h[LOCK_PARTS];
+    const char *topics[LOCK_PARTS], *was[LOCK_PARTS];
+    int32_t parts[LOCK_PARTS];
+    bool unavailable;
+    pthread_t tid;
+    int failures = 0;
+    char error[600] = "";
+
+    t_start(&t, "lockorder");
+    db_open(&t, &a);
+    db_open(&t, &b.db);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b.db, "p", "B", LONG_MS));
+    /* Other pipelines' rows make the planner look the requested rows up one by one, in the
+     * order given (a nested loop over the primary key), as on a real deployment. */
+    hx_pg_exec(t.conn, "INSERT INTO sidecar.leases (pipeline, topic, partition)"
+                       " SELECT 'other-' || (g / 100), '" TOPIC "', g % 100"
+                       " FROM generate_series(0, 19999) g");
+    hx_pg_exec(t.conn, "ANALYZE sidecar.leases");
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        r[i].topic = topics[i] = TOPIC;
+        was[i] = "B";
+        r[i].partition = parts[i] = i;
+    }
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, LOCK_PARTS, &unavailable), 0);
+    for (int i = 0; i < LOCK_PARTS; i++) {
+        ck_assert(r[i].acquired);
+        h[i] = (struct sc_lease_held){.topic = TOPIC, .partition = i, .epoch = r[i].epoch};
+    }
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    ck_assert_int_eq(pthread_create(&tid, NULL, asker_main, &b), 0);
+    for (int round = 0; round < LOCK_ROUNDS; round++) {
+        struct sc_lease_tick tick;
+        if (sc_lease_tick(&a, &sa, h, LOCK_PARTS, LOCK_PARTS, LOCK_PARTS, NULL, false, &tick) !=
+            0) {
+            if (failures++ == 0)
+                snprintf(error, sizeof(error), "tick: %s", a.last_error);
+            continue;
+        }
+        sc_lease_tick_clear(&tick);
+        /* A row B holds locked is skipped (busy), never lost. */
+        for (int i = 0; i < LOCK_PARTS; i++)
+            ck_assert_msg(h[i].state == SC_LEASE_RENEWED || h[i].state == SC_LEASE_BUSY,
+                          "round %d: partition %d lost (state %d)", round, i, (int)h[i].state);
+        if (sc_lease_refuse_handoffs(&a, "p", "A", topics, parts, was, LOCK_PARTS, "test") < 0 &&
+            failures++ == 0)
+            snprintf(error, sizeof(error), "refuse: %s", a.last_error);
+    }
+    atomic_store(&b.stop, true);
+    pthread_join(tid, NULL);
+    ck_assert_msg(failures == 0, "A failed %d times, first: %s", failures, error);
+    ck_assert_msg(b.failures == 0, "B failed %d times, first: %s", b.failures, b.error);
+    sc_db_close(&a);
+    sc_db_close(&b.db);
+    t_stop(&t);
+}
+END_TEST
+
+/*
+ * A lease row, and then the instance's registration, locked by an
+ * operator's open transaction: the tick does not wait for them.  It renews
+ * every other lease, answers the locked one "busy" (still ours, not
+ * renewed: its expiry is unchanged), and keeps the registration.
+ */
+START_TEST(tick_skips_locked_rows)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_lease_req r[3];
+    struct sc_lease_held h[3];
+    struct sc_lease_tick tick;
+    bool unavailable;
+
+    t_start(&t, "tickskip");
+    /* A tick that waits for a lock fails after 20 s instead of hanging the test. */
+    char dsn[600];
+    snprintf(dsn, sizeof(dsn), "%s options='-c statement_timeout=20000'", t.dsn);
+    sc_db_init(&a, dsn, "sidecar", "check_lease", 5000);
+    ck_assert_msg(sc_db_connect(&a, true) == 0, "connect: %s", a.last_error);
+    db_open(&t, &b);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    memset(r, 0, sizeof(r));
+    for (int i = 0; i < 3; i++) {
+        r[i].topic = TOPIC;
+        r[i].partition = i;
+    }
+    ck_assert_int_eq(sc_lease_acquire(&a, "p", "A", LONG_MS, NULL, r, 3, &unavailable), 0);
+    for (int i = 0; i < 3; i++) {
+        ck_assert(r[i].acquired);
+        h[i] = (struct sc_lease_held){.topic = TOPIC, .partition = i, .epoch = r[i].epoch};
+    }
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS);
+    const char *expiry = "SELECT (extract(epoch FROM expires_at) * 1000000)::bigint FROM"
+                         " sidecar.leases WHERE pipeline = $1 AND topic = $2 AND partition = $3";
+    long long before[3];
+    for (int i = 0; i < 3; i++)
+        before[i] = row_int(&t, expiry, "p", i);
+
+    /* An operator's move of partition 1, not committed yet. */
+    PGconn *op = hx_pg_connect(t.dsn);
+    hx_pg_exec(op, "BEGIN");
+    hx_pg_exec(op, "SELECT sidecar.move_partition('p', '" TOPIC "', 1, 'B')");
+    int64_t t0 = hx_now_ms();
+    ck_assert_msg(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick) == 0, "tick: %s",
+                  a.last_error);
+    int64_t took = hx_now_ms() - t0;
+    ck_assert_msg(took < 4000, "the tick waited %lld ms for the locked row", (long long)took);
+    ck_assert(tick.registered && !tick.self_busy);
+    ck_assert_int_eq(tick.busy, 1);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(h[0].state, SC_LEASE_RENEWED);
+    ck_assert_int_eq(h[1].state, SC_LEASE_BUSY);
+    ck_assert_int_eq(h[2].state, SC_LEASE_RENEWED);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 0), before[0]);
+    ck_assert_int_eq(row_int(&t, expiry, "p", 1), before[1]);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 2), before[2]);
+
+    /* A drain of A, not committed yet: the registration row is locked too. */
+    PGconn *op2 = hx_pg_connect(t.dsn);
+    hx_pg_exec(op2, "BEGIN");
+    hx_pg_exec(op2, "SELECT sidecar.drain_instance('p', 'A')");
+    t0 = hx_now_ms();
+    ck_assert_msg(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick) == 0, "tick: %s",
+                  a.last_error);
+    took = hx_now_ms() - t0;
+    ck_assert_msg(took < 4000, "the tick waited %lld ms for the locked rows", (long long)took);
+    ck_assert(tick.registered && tick.self_busy);
+    ck_assert_int_eq(tick.busy, 1);
+    sc_lease_tick_clear(&tick);
+    ck_assert(h[0].state == SC_LEASE_RENEWED && h[1].state == SC_LEASE_BUSY &&
+              h[2].state == SC_LEASE_RENEWED);
+
+    /* The locks go: everything is renewed again. */
+    hx_pg_exec(op, "ROLLBACK");
+    hx_pg_exec(op2, "ROLLBACK");
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, h, 3, 3, 2, NULL, true, &tick), 0);
+    ck_assert(tick.registered && !tick.self_busy);
+    ck_assert_int_eq(tick.busy, 0);
+    sc_lease_tick_clear(&tick);
+    for (int i = 0; i < 3; i++)
+        ck_assert_int_eq(h[i].state, SC_LEASE_RENEWED);
+    ck_assert_int_gt(row_int(&t, expiry, "p", 1), before[1]);
+    PQfinish(op);
+    PQfinish(op2);
+    sc_db_close(&a);
+    sc_db_close(&b);
     t_stop(&t);
 }
 END_TEST
@@ -1126,6 +1393,44 @@ START_TEST(operator_functions_check_and_announce)
 }
 END_TEST
 
+static void collect_notice(void *arg, const char *message)
+{
+    size_t len = strlen(arg);
+    snprintf((char *)arg + len, 1024 - len, "%s", message);
+}
+
+/* Draining the last instance that could consume says so (a WARNING); the others do not. */
+START_TEST(draining_the_last_instance_warns)
+{
+    struct t t;
+    struct sc_db a, b;
+    char notices[1024] = "";
+
+    t_start(&t, "drainlast");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    ck_assert(register_as(&a, "p", "A", LONG_MS));
+    ck_assert(register_as(&b, "p", "B", LONG_MS));
+    struct sc_lease_self sa = self_of("p", "A", LONG_MS), sb = self_of("p", "B", LONG_MS);
+    struct sc_lease_tick tick;
+    ck_assert_int_eq(sc_lease_tick(&a, &sa, NULL, 0, 4, 2, "{\"orders\": 4}", false, &tick), 0);
+    sc_lease_tick_clear(&tick);
+    ck_assert_int_eq(sc_lease_tick(&b, &sb, NULL, 0, 4, 2, "{\"orders\": 4}", false, &tick), 0);
+    sc_lease_tick_clear(&tick);
+    PQsetNoticeProcessor(t.conn, collect_notice, notices);
+    hx_pg_exec(t.conn, "SELECT sidecar.drain_instance('p', 'B')");
+    ck_assert_msg(notices[0] == '\0', "%s", notices);
+    hx_pg_exec(t.conn, "SELECT sidecar.drain_instance('p', 'A')");
+    ck_assert_msg(strstr(notices, "WARNING") && strstr(notices, "stops consuming"), "%s", notices);
+    notices[0] = '\0';
+    hx_pg_exec(t.conn, "SELECT sidecar.undrain_instance('p', 'B')");
+    ck_assert_msg(notices[0] == '\0', "%s", notices);
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
 static Suite *lease_suite(void)
 {
     Suite *s = suite_create("lease");
@@ -1146,6 +1451,10 @@ static Suite *lease_suite(void)
     tcase_add_test(tc, registry_refuses_a_second_live_process);
     tcase_add_test(tc, handoff_request_release_and_reservation);
     tcase_add_test(tc, operator_functions_check_and_announce);
+    tcase_add_test(tc, lease_updaters_never_deadlock);
+    tcase_add_test(tc, tick_skips_locked_rows);
+    tcase_add_test(tc, stale_handoff_decisions_keep_the_newer_request);
+    tcase_add_test(tc, draining_the_last_instance_warns);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -23,7 +23,8 @@ END_TEST
 /*
  * A simulated connection where way 0 costs 10 + 1 per unit and way 1 costs
  * 100 + 0.5 per unit: way 1 wins from 180 units on.  After warming up, big
- * jobs take way 1 and small ones way 0, each trying the other 1 in 8.
+ * jobs take way 1 and small ones way 0, each trying the other after 8 jobs,
+ * then after 16, 32, ... as it keeps proving dearer.
  */
 static int64_t cost(int way, size_t n)
 {
@@ -49,11 +50,10 @@ START_TEST(test_measured_choice)
     ck_assert_int_eq(sc_pick_best(&p, 5000), -1);
     int counts[2];
     ck_assert_int_eq(run(&p, 5000, 80, counts), 1);
-    /* warm-up, then 1 in 8 the other way */
-    ck_assert_int_ge(counts[0], SC_PICK_WARMUP + 80 / 8 - 1);
-    ck_assert_int_le(counts[0], SC_PICK_WARMUP + 80 / 8 + 1);
+    /* warm-up, then the other way after 8, 16 and 32 more jobs (80 in all) */
+    ck_assert_int_eq(counts[0], SC_PICK_WARMUP + 3);
     ck_assert_int_eq(run(&p, 8, 80, counts), 0); /* another class, its own answer */
-    ck_assert_int_le(counts[1], SC_PICK_WARMUP + 80 / 8 + 1);
+    ck_assert_int_eq(counts[1], 1 + 3);
     ck_assert_int_eq(sc_pick_best(&p, 5000), 1); /* unchanged by the small jobs */
 }
 END_TEST
@@ -70,9 +70,34 @@ START_TEST(test_follows_change)
         sc_pick_observe(&p, w, 1000, w == 1 ? 5000 : cost(0, 1000));
     }
     ck_assert_int_eq(sc_pick_best(&p, 1000), 0);
-    ck_assert_int_eq(sc_pick_way(&p, 1000) + sc_pick_way(&p, 1000) + sc_pick_way(&p, 1000) +
-                         sc_pick_way(&p, 1000),
-                     1); /* one exploration in four */
+    ck_assert_uint_gt(p.interval[sc_pick_class(1000)], 4); /* way 1 proved dearer since */
+}
+END_TEST
+
+/*
+ * Exploring the dearer way costs: each exploration that confirms the
+ * choice halves how often it comes, down to 1 job in SC_PICK_BACKOFF *
+ * explore_every; a change of choice makes it frequent again.
+ */
+START_TEST(test_exploration_backs_off)
+{
+    struct sc_pick p;
+    sc_pick_init(&p, 4, 0, 0.1);
+    int counts[2];
+    int c = sc_pick_class(5000);
+    ck_assert_int_eq(run(&p, 5000, 2000, counts), 1);
+    ck_assert_uint_eq(p.interval[c], 4 * SC_PICK_BACKOFF);
+    /* 4, 8, 16, 32 and then every 64th job: far fewer than 1 in 4 */
+    ck_assert_int_le(counts[0], SC_PICK_WARMUP + 4 + 2000 / 64 + 1);
+    ck_assert_int_ge(counts[0], SC_PICK_WARMUP + 2000 / 64 - 1);
+    /* Way 1 gets dear (its own jobs show it: no exploration needed): the choice moves to
+     * way 0 and way 1 is looked at every 4th job again. */
+    for (int i = 0; i < 20 && sc_pick_best(&p, 5000) != 0; i++) {
+        int w = sc_pick_way(&p, 5000);
+        sc_pick_observe(&p, w, 5000, w == 1 ? 50000 : cost(0, 5000));
+    }
+    ck_assert_int_eq(sc_pick_best(&p, 5000), 0);
+    ck_assert_uint_eq(p.interval[c], 4);
 }
 END_TEST
 
@@ -115,6 +140,7 @@ int main(void)
     tcase_add_test(tc, test_classes);
     tcase_add_test(tc, test_measured_choice);
     tcase_add_test(tc, test_follows_change);
+    tcase_add_test(tc, test_exploration_backs_off);
     tcase_add_test(tc, test_margin);
     tcase_add_test(tc, test_ignores_nonsense);
     suite_add_tcase(s, tc);

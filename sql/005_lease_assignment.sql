@@ -1,4 +1,4 @@
--- 003_lease_assignment.sql - partitions shared through leases alone
+-- 005_lease_assignment.sql - partitions shared through leases alone
 -- ("assignment": "lease"), the instance registry, and operator control of who
 -- owns what.
 --
@@ -212,6 +212,23 @@ COMMENT ON FUNCTION register_instance(text, text, bigint, text, bigint, text, in
 
 -- ---- acquiring leases ----------------------------------------------------------------------
 
+-- Locks the pipeline's lease rows of (p_topics[i], p_partitions[i]) in (topic, partition)
+-- order and returns those it locked: every statement that locks several lease rows goes
+-- through here, so two of them never wait for each other in a cycle (a deadlock).  Rows
+-- locked by another session are skipped (the caller reports them busy), never waited for.
+-- The locks last until the caller's transaction ends.
+CREATE FUNCTION lock_lease_rows(p_pipeline text, p_topics text[], p_partitions int[],
+                                OUT o_topics text[], OUT o_partitions int[])
+    LANGUAGE sql SET search_path FROM CURRENT
+AS $$
+    SELECT array_agg(k.topic), array_agg(k.partition)
+      FROM (SELECT l.topic, l.partition FROM leases l
+             WHERE l.pipeline = p_pipeline
+               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
+             ORDER BY l.topic, l.partition
+               FOR UPDATE SKIP LOCKED) k;
+$$;
+
 -- Tries to take the leases of the given partitions, in one transaction.  A lease can be taken
 -- when it is free, expired or released (unless reserved for another live instance by a
 -- handoff), or held by p_owner itself (a restart, or re-reading after an operator change).
@@ -268,12 +285,7 @@ BEGIN
     PERFORM set_config('lock_timeout', v_lock_timeout, true);
 
     -- Lock order everywhere: the lease row, then the checkpoint row.
-    SELECT array_agg(k.topic), array_agg(k.partition) INTO v_lt, v_lp
-      FROM (SELECT l.topic, l.partition FROM leases l
-             WHERE l.pipeline = p_pipeline
-               AND (l.topic, l.partition) IN (SELECT * FROM unnest(p_topics, p_partitions))
-             ORDER BY l.topic, l.partition
-               FOR UPDATE SKIP LOCKED) k;
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     SELECT array_agg(k.topic), array_agg(k.partition) INTO v_ct, v_cp
       FROM (SELECT c.topic, c.partition FROM checkpoints c
              WHERE c.pipeline = p_pipeline
@@ -364,41 +376,66 @@ COMMENT ON FUNCTION acquire_leases(text, text, bigint, text[], int[], text) IS
 -- One call per renew interval per instance, whatever the partition count: renews the
 -- instance's registration and the leases it holds (only while they are live: an expired lease
 -- is no longer renewed, it must be acquired again), and answers, as rows of kind
---   'self'     the registration: live = renewed; false when another incarnation holds the id
+--   'self'     the registration: live = still ours (false when another incarnation holds the
+--              id); busy = its row is locked by another session and was not renewed this time
 --   'held'     each lease asked to renew: live = renewed; owner/epoch as they are now;
---              control_seq, pinned_to and the handoff request on it
+--              control_seq, pinned_to and the handoff request on it; busy = still live but
+--              locked by another session (an operator's open transaction, a stalled
+--              instance's request): not renewed this time, still ours; the caller asks again
+--              soon and does not extend its own validity for it
 --   'lease'    (p_full) every lease of the pipeline: owner while live, pin, handoff
 --   'instance' (p_full) every live instance of the pipeline: owner = instance_id,
 --              epoch = leases it holds, live = eligible (lease mode, not draining, and it
 --              sees partitions in the metadata: one that cannot reach Kafka takes no share),
 --              control_seq = 1 while it is drained
+-- A locked row is never waited for: one open transaction on one row must not stop the
+-- instance from renewing everything else (its leases would all lapse).
 CREATE FUNCTION lease_tick(p_pipeline text, p_instance text, p_incarnation bigint,
                            p_assignment text, p_ttl_ms bigint, p_topics text[],
                            p_partitions int[], p_epochs bigint[], p_known int, p_share int,
                            p_topic_counts jsonb, p_full boolean)
     RETURNS TABLE (kind text, topic text, partition int, owner text, epoch bigint,
                    live boolean, control_seq bigint, pinned_to text, handoff_to text,
-                   handoff_reason text, handoff_ms bigint, held_ms bigint)
+                   handoff_reason text, handoff_ms bigint, held_ms bigint, busy boolean)
     LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 #variable_conflict use_column
 DECLARE
     v_ttl interval := make_interval(secs => p_ttl_ms / 1000.0);
     v_ok boolean;
+    v_busy boolean := false;
+    v_inc bigint;
+    v_lt text[];
+    v_lp int[];
 BEGIN
+    PERFORM 1 FROM instances i WHERE i.pipeline = p_pipeline AND i.instance_id = p_instance
+        FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        -- Missing, or locked by another session (drain_instance() in an open transaction):
+        -- still ours if it names this incarnation; renewed at a later tick.
+        SELECT i.incarnation INTO v_inc FROM instances i
+         WHERE i.pipeline = p_pipeline AND i.instance_id = p_instance;
+        v_busy := FOUND;
+        v_ok := FOUND AND v_inc = p_incarnation;
+    END IF;
     UPDATE instances i
        SET renewed_at = now(), expires_at = now() + v_ttl, backend_pid = pg_backend_pid(),
            incarnation = p_incarnation, assignment = p_assignment,
            partitions = p_known, share = p_share, topics = coalesce(p_topic_counts, i.topics)
-     WHERE i.pipeline = p_pipeline AND i.instance_id = p_instance
+     WHERE i.pipeline = p_pipeline AND i.instance_id = p_instance AND NOT v_busy
        AND (i.incarnation = p_incarnation OR i.expires_at <= now());
-    v_ok := FOUND;
+    IF NOT v_busy THEN
+        v_ok := FOUND;
+    END IF;
     RETURN QUERY SELECT 'self'::text, NULL::text, NULL::int, p_instance, p_incarnation, v_ok,
                         NULL::bigint, NULL::text, NULL::text, NULL::text, NULL::bigint,
-                        NULL::bigint;
+                        NULL::bigint, v_busy;
     IF NOT v_ok THEN
         RETURN;  -- another process holds this instance_id: renew nothing
     END IF;
+
+    -- Lock the lease rows first, in order (lock_lease_rows); locked ones are busy.
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
 
     RETURN QUERY
     WITH req AS (
@@ -408,12 +445,16 @@ BEGIN
           FROM req
          WHERE l.pipeline = p_pipeline AND l.topic = req.topic AND l.partition = req.partition
            AND l.epoch = req.epoch AND l.owner = p_instance AND l.expires_at > now()
+           AND (req.topic, req.partition) IN (SELECT * FROM unnest(v_lt, v_lp))
         RETURNING l.topic, l.partition)
     SELECT 'held'::text, req.topic, req.partition, l.owner, l.epoch,
            EXISTS (SELECT 1 FROM renewed w WHERE w.topic = req.topic
                                              AND w.partition = req.partition),
            c.control_seq, l.pinned_to, l.handoff_to, l.handoff_reason,
-           (extract(epoch FROM (now() - l.handoff_at)) * 1000)::bigint, NULL::bigint
+           (extract(epoch FROM (now() - l.handoff_at)) * 1000)::bigint, NULL::bigint,
+           l.expires_at > now()
+               AND (req.topic, req.partition) NOT IN (SELECT * FROM unnest(coalesce(v_lt, '{}'),
+                                                                          coalesce(v_lp, '{}')))
       FROM req
       LEFT JOIN leases l
         ON l.pipeline = p_pipeline AND l.topic = req.topic AND l.partition = req.partition
@@ -428,7 +469,7 @@ BEGIN
            CASE WHEN l.expires_at > now() THEN l.owner END, l.epoch, l.expires_at > now(),
            NULL::bigint, l.pinned_to, l.handoff_to, l.handoff_reason,
            (extract(epoch FROM (now() - l.handoff_at)) * 1000)::bigint,
-           (extract(epoch FROM (now() - l.acquired_at)) * 1000)::bigint
+           (extract(epoch FROM (now() - l.acquired_at)) * 1000)::bigint, NULL::boolean
       FROM leases l
      WHERE l.pipeline = p_pipeline
        AND (l.expires_at > now() OR l.pinned_to IS NOT NULL OR l.handoff_to IS NOT NULL);
@@ -438,12 +479,15 @@ BEGIN
                AND l.owner = i.instance_id AND l.expires_at > now()),
            i.assignment = 'lease' AND NOT i.draining AND coalesce(i.partitions, 0) > 0,
            CASE WHEN i.draining THEN 1 ELSE 0 END::bigint, NULL::text, NULL::text,
-           NULL::text, NULL::bigint, NULL::bigint
+           NULL::text, NULL::bigint, NULL::bigint, NULL::boolean
       FROM instances i
      WHERE i.pipeline = p_pipeline AND i.expires_at > now();
-    -- Forget instances gone for a day (their draining flag with them).
+    -- Forget instances gone for a day (their draining flag with them), unless locked.
     DELETE FROM instances i
-     WHERE i.pipeline = p_pipeline AND i.expires_at < now() - interval '1 day';
+     WHERE (i.pipeline, i.instance_id) IN
+           (SELECT o.pipeline, o.instance_id FROM instances o
+             WHERE o.pipeline = p_pipeline AND o.expires_at < now() - interval '1 day'
+               FOR UPDATE SKIP LOCKED);
 END
 $$;
 
@@ -461,13 +505,20 @@ CREATE FUNCTION request_handoffs(p_pipeline text, p_instance text, p_topics text
     LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 #variable_conflict use_column
+DECLARE
+    v_lt text[];
+    v_lp int[];
 BEGIN
+    -- Lock order: the lease rows in (topic, partition) order, as in lease_tick; a row locked
+    -- by another session is left alone (asked for again at the next tick), never waited for.
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     RETURN QUERY
     WITH asked AS (
         UPDATE leases l
            SET handoff_to = p_instance, handoff_reason = 'balance', handoff_at = now()
           FROM unnest(p_topics, p_partitions, p_owners) AS r(topic, partition, owner)
          WHERE l.pipeline = p_pipeline AND l.topic = r.topic AND l.partition = r.partition
+           AND (r.topic, r.partition) IN (SELECT * FROM unnest(v_lt, v_lp))
            AND l.owner = r.owner AND l.expires_at > now() AND l.handoff_to IS NULL
            AND (l.pinned_to IS NULL OR l.pinned_to = p_instance)
         RETURNING l.topic, l.partition, l.owner, l.epoch),
@@ -485,21 +536,30 @@ END
 $$;
 
 -- Refuses handoff requests on leases p_owner holds (clears them), with an event each.
+-- p_was[i] is the request as the caller judged it (its handoff_to): a request made since
+-- (another instance's, an operator's move) is newer than the decision and stays.  A row
+-- locked by another session is left alone (the caller refuses again at its next tick).
 CREATE FUNCTION refuse_handoffs(p_pipeline text, p_owner text, p_topics text[],
-                                p_partitions int[], p_why text)
+                                p_partitions int[], p_why text, p_was text[])
     RETURNS int
     LANGUAGE plpgsql SET search_path FROM CURRENT
 AS $$
 #variable_conflict use_column
 DECLARE
     v_n int;
+    v_lt text[];
+    v_lp int[];
 BEGIN
+    -- Lock order: the lease rows in (topic, partition) order, as in lease_tick.
+    SELECT * INTO v_lt, v_lp FROM lock_lease_rows(p_pipeline, p_topics, p_partitions);
     WITH cleared AS (
         UPDATE leases l SET handoff_to = NULL, handoff_reason = NULL, handoff_at = NULL
-          FROM unnest(p_topics, p_partitions) AS r(topic, partition), leases old
+          FROM unnest(p_topics, p_partitions, p_was) AS r(topic, partition, was), leases old
          WHERE l.pipeline = p_pipeline AND l.topic = r.topic AND l.partition = r.partition
+           AND (r.topic, r.partition) IN (SELECT * FROM unnest(v_lt, v_lp))
            AND old.pipeline = l.pipeline AND old.topic = l.topic AND old.partition = l.partition
            AND l.owner = p_owner AND l.expires_at > now() AND l.handoff_to IS NOT NULL
+           AND l.handoff_to = r.was
         RETURNING l.topic, l.partition, l.epoch, old.handoff_to AS was),
     e AS (
         INSERT INTO events (pipeline, topic, partition, kind, epoch, owner, detail)
@@ -707,6 +767,16 @@ BEGIN
     UPDATE instances SET draining = p_drain
      WHERE pipeline = p_pipeline AND instance_id = p_instance
     RETURNING * INTO i;
+    IF p_drain AND NOT EXISTS (SELECT 1 FROM instances o
+                                WHERE o.pipeline = p_pipeline AND o.instance_id <> p_instance
+                                  AND o.expires_at > now() AND NOT o.draining
+                                  AND o.assignment = 'lease'
+                                  AND coalesce(o.partitions, 0) > 0) THEN
+        RAISE WARNING 'no other instance of pipeline "%" can take the partitions of "%" (none '
+                      'is running undrained and seeing the topics): the pipeline stops '
+                      'consuming until one starts or "%" is undrained', p_pipeline, p_instance,
+                      p_instance;
+    END IF;
     PERFORM control_event(p_pipeline, NULL, NULL, 'lease', NULL, NULL, NULL,
                           jsonb_build_object('action', CASE WHEN p_drain THEN 'drain'
                                                             ELSE 'undrain' END,
@@ -723,13 +793,15 @@ AS $$ SELECT drain_instance(p_pipeline, p_instance, false) $$;
 COMMENT ON FUNCTION drain_instance(text, text, boolean) IS
     'Lease mode: the instance hands all its partitions to the others (each after its batch in '
     'flight) and then idles, also across restarts, until undrain_instance(). For rolling '
-    'deploys and taking a host out of rotation.';
+    'deploys and taking a host out of rotation. Draining the last instance that could consume '
+    'stops the pipeline: it is done, with a WARNING.';
 COMMENT ON FUNCTION undrain_instance(text, text) IS
     'Lets a drained instance take partitions again.';
 
 -- ---- views -----------------------------------------------------------------------------------
 
--- partition_status gains who may own what (appended: existing queries keep working).
+-- partition_status gains who may own what (appended after 004's dead_letters: existing queries
+-- keep working).
 CREATE OR REPLACE VIEW partition_status AS
 SELECT c.pipeline,
        c.topic,
@@ -746,7 +818,9 @@ SELECT c.pipeline,
        CASE WHEN c.pending_first_offset IS NOT NULL THEN now() - c.pending_since END
            AS pending_age,
        s.high_watermark,
-       CASE WHEN s.high_watermark IS NOT NULL THEN
+       -- Only an owner samples: an expired or released lease leaves a sample that goes stale,
+       -- so its lag is unknown rather than a number that looks current (004_operator.sql).
+       CASE WHEN s.high_watermark IS NOT NULL AND l.expires_at > now() THEN
            greatest(s.high_watermark - coalesce(c.committed_offset, s.low_watermark, 0), 0)
        END AS lag,
        s.sampled_at AS stats_sampled_at,
@@ -754,6 +828,9 @@ SELECT c.pipeline,
        c.error,
        c.updated_at,
        c.paused,
+       (SELECT count(*) FROM dead_letters d
+         WHERE d.pipeline = c.pipeline AND d.topic = c.topic AND d.partition = c.partition
+           AND d.status = 'new') AS dead_letters,
        coalesce(oi.assignment,
                 (SELECT min(a.assignment) FROM instances a
                   WHERE a.pipeline = c.pipeline AND a.expires_at > now())) AS assignment,
