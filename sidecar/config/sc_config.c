@@ -610,8 +610,10 @@ static const struct sc_conf_key batch_keys[] = {
      .offset = offsetof(struct sc_batch_conf, max_wait_ms),
      .min = 0,
      .max = 60000,
-     .help = "how long a partial batch may wait for more records (at the end of a backlog, "
-             "a quarter of it: see \"Data flow\" in docs/design.md)"},
+     .help = "how long a partial batch may wait for more records, counted from the oldest "
+             "record's Kafka timestamp once the partition has caught up, else from its "
+             "arrival (at the end of a backlog, a quarter of it: see \"Data flow\" in "
+             "docs/design.md)"},
     {NULL},
 };
 static const struct sc_conf_table batch_table = {

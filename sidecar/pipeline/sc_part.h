@@ -84,6 +84,7 @@ struct sc_part {
     bool written; /* the pending batch is written; its commit waits (see sc_worker.c) */
     int64_t written_next_write_offset;
     int64_t commit_due_ms; /* a written batch commits then at the latest */
+    int64_t pended_ms;     /* when the pending batch was pended: the next one collects since */
     int64_t full_cut_ms;   /* when the last full batch was cut (sc_worker.c quiet_at()) */
     int64_t next_expected; /* lowest offset accepted into the buffer */
     struct sc_partbuf buf; /* the buffered records */

@@ -214,6 +214,11 @@ static size_t img_nheaders_at(const char *img)
     return at + 8 + (size_t)(vlen > 0 ? vlen : 0);
 }
 
+int64_t sc_partbuf_timestamp(const struct sc_partbuf *b, size_t i)
+{
+    return get_le64(b->arena + sc_partbuf_at(b, i)->at + IMG_TIMESTAMP);
+}
+
 size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n)
 {
     size_t total = 0;

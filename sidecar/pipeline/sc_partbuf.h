@@ -117,6 +117,9 @@ bool sc_partbuf_holds_one(const struct sc_partbuf *b);
  */
 ptrdiff_t sc_partbuf_count_upto(const struct sc_partbuf *b, int64_t last);
 
+/* The Kafka timestamp of the i-th buffered record (ms since the epoch; < 0 = none). */
+int64_t sc_partbuf_timestamp(const struct sc_partbuf *b, size_t i);
+
 /* The headers of records [from, from+n): what sc_partbuf_views() needs in hdrs. */
 size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n);
 /*

@@ -17,7 +17,9 @@
  * buffer holds two batches stops the worker taking more until it wrote one;
  * one that stays full without delivering, or delivers slowly, is paused in
  * librdkafka (see apply_backpressure()), and resumed once it drains.  A sink that asks for a
- * retry puts only its partition into backoff.
+ * retry puts only its partition into backoff.  Below saturation the held-back
+ * commits of all partitions that are due go in one statement (grouped commits,
+ * commit_written_together()).
  */
 #include <inttypes.h>
 #include <pthread.h>
@@ -352,14 +354,23 @@ static bool congested(struct sc_worker *w)
     return full || w->over_budget;
 }
 
+/* Whether everything up to the high watermark of librdkafka's last fetch response for p is
+ * buffered (nothing more is known to be there). */
+static bool caught_up(const struct sc_worker *w, const struct sc_part *p)
+{
+    int64_t lo, hi;
+    return rd_kafka_get_watermark_offsets(w->env.rk, p->topic, p->partition, &lo, &hi) ==
+               RD_KAFKA_RESP_ERR_NO_ERROR &&
+           hi >= 0 && p->next_expected >= hi;
+}
+
 /*
  * The end of a backlog or of a burst: when a partition that was behind has
  * caught up and gone quiet, its last partial batch need not wait
  * max_wait_ms for records that are not coming (nor its commit, once
  * written, as long again).  "Was behind": a full batch was cut no longer
  * than max_wait_ms before the newest buffered record arrived.  "Caught
- * up": everything up to the high watermark of librdkafka's last fetch
- * response is buffered.  "Quiet": nothing arrived for a quarter of
+ * up": caught_up().  "Quiet": nothing arrived for a quarter of
  * max_wait_ms.  Returns when that is (-1: not the end of a backlog).
  * Below saturation no batch is full, so a steady trickle still gathers for
  * the whole max_wait_ms and costs no more commits than before.
@@ -369,11 +380,8 @@ static int64_t quiet_at(const struct sc_worker *w, const struct sc_part *p)
     const struct sc_batch_conf *bc = &w->env.pc->batch;
     if (p->buf.len == 0)
         return -1;
-    int64_t last = rec_at(p, p->buf.len - 1)->arrival_ms, lo, hi;
-    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms ||
-        rd_kafka_get_watermark_offsets(w->env.rk, p->topic, p->partition, &lo, &hi) !=
-            RD_KAFKA_RESP_ERR_NO_ERROR ||
-        hi < 0 || p->next_expected < hi)
+    int64_t last = rec_at(p, p->buf.len - 1)->arrival_ms;
+    if (p->full_cut_ms == 0 || last - p->full_cut_ms > bc->max_wait_ms || !caught_up(w, p))
         return -1;
     return last + bc->max_wait_ms / 4;
 }
@@ -384,10 +392,46 @@ static bool is_quiet(const struct sc_worker *w, const struct sc_part *p, int64_t
     return at >= 0 && now >= at;
 }
 
+/*
+ * max_wait_ms counted from the Kafka timestamp: a partition that is caught
+ * up lets the batch starting at buffered record from leave once that
+ * record's timestamp is max_wait_ms old, even if it arrived later than
+ * that.  A record's wait then bounds its end-to-end latency (the time it
+ * spent in the producer, the broker and the fetch counts), instead of
+ * adding to it.  Returns when that is, on the monotonic clock of now (-1:
+ * not caught up, no timestamp, or one in the future, where the window
+ * counts from arrival only).  A partition behind (a backlog) still fills
+ * its batches: old records there do not make small ones.  Caught up, a
+ * batch leaves at most once per fetch response that brought records
+ * already max_wait_ms old.
+ */
+static int64_t aged_at(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
+{
+    if (from >= p->buf.len)
+        return -1;
+    int64_t ts = sc_partbuf_timestamp(&p->buf, from), age = sc_wall_ms() - ts;
+    if (ts < 0 || age < 0 || !caught_up(w, p))
+        return -1;
+    return now + w->env.pc->batch.max_wait_ms - age;
+}
+
+static bool is_aged(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
+{
+    int64_t at = aged_at(w, p, from, now);
+    return at >= 0 && now >= at;
+}
+
+/* The earlier of two deadlines, either -1 (none). */
+static int64_t earlier(int64_t a, int64_t b)
+{
+    return a < 0 ? b : b < 0 || a < b ? a : b;
+}
+
 /* Which batches ready_count() accepts. */
 enum ready_mode {
     READY_FULL, /* full by count or bytes */
-    READY_DUE,  /* full, or its first record waited max_wait_ms, or the partition is quiet */
+    READY_DUE,  /* full, or its first record waited max_wait_ms (or is that old, aged_at()), or
+                 * the partition is quiet */
     READY_ANY,  /* whatever is buffered (a written batch's commit takes it along) */
 };
 
@@ -403,8 +447,8 @@ static size_t ready_as(const struct sc_worker *w, const struct sc_part *p, size_
 {
     if (n == 0 || full || mode == READY_ANY)
         return n;
-    if (mode == READY_DUE &&
-        (now - rec_at(p, from)->arrival_ms >= w->env.pc->batch.max_wait_ms || is_quiet(w, p, now)))
+    if (mode == READY_DUE && (now - rec_at(p, from)->arrival_ms >= w->env.pc->batch.max_wait_ms ||
+                              is_quiet(w, p, now) || is_aged(w, p, from, now)))
         return n;
     return 0;
 }
@@ -416,6 +460,22 @@ static size_t ready_count(const struct sc_worker *w, const struct sc_part *p, si
     bool full;
     size_t n = sc_partbuf_next_batch(&p->buf, from, &full);
     return ready_as(w, p, from, n, full, now, mode);
+}
+
+/*
+ * When the commit of p's written batch is due: max_wait_ms after the batch
+ * was pended (the records arriving since then are the next batch, and the
+ * commit pends them: each batch collects for max_wait_ms, not that plus
+ * the commit and the write of the one before), or earlier, when the oldest
+ * record buffered after it has waited max_wait_ms (the rule of any batch).
+ */
+static int64_t commit_due_at(const struct sc_worker *w, const struct sc_part *p)
+{
+    size_t n = (size_t)p->cp.pending_count;
+    if (p->buf.len <= n)
+        return p->commit_due_ms;
+    int64_t oldest = rec_at(p, n)->arrival_ms + w->env.pc->batch.max_wait_ms;
+    return oldest < p->commit_due_ms ? oldest : p->commit_due_ms;
 }
 
 /* ready_count() for a batch about to be pended; remembers when one was full (see quiet_at()). */
@@ -749,6 +809,22 @@ static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct 
     return s;
 }
 
+/* What a commit (and pend) would make of *cp: compared with the row after an unknown outcome. */
+static void commit_intended(struct sc_cp *cp, const struct commit_args *a)
+{
+    cp->has_committed = true;
+    cp->committed_offset = a->next_offset;
+    cp->committed_write_offset = a->next_write_offset;
+    cp->has_pending = a->and_pend;
+    if (a->and_pend) {
+        cp->pending_first = a->pend.first;
+        cp->pending_last = a->pend.last;
+        cp->pending_count = a->pend.count;
+        cp->pending_checksum = a->pend.checksum;
+        cp->pending_write_offset = a->next_write_offset;
+    }
+}
+
 static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
                                    const void *arg)
 {
@@ -762,19 +838,8 @@ static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struc
     else
         s = sc_checkpoint_commit(&w->db, &k, cp, a->next_offset, a->next_write_offset, a->replay,
                                  a->dead, a->ndead);
-    if (s == SC_CP_UNAVAILABLE) {
-        cp->has_committed = true;
-        cp->committed_offset = a->next_offset;
-        cp->committed_write_offset = a->next_write_offset;
-        cp->has_pending = a->and_pend;
-        if (a->and_pend) {
-            cp->pending_first = a->pend.first;
-            cp->pending_last = a->pend.last;
-            cp->pending_count = a->pend.count;
-            cp->pending_checksum = a->pend.checksum;
-            cp->pending_write_offset = a->next_write_offset;
-        }
-    }
+    if (s == SC_CP_UNAVAILABLE)
+        commit_intended(cp, a);
     return s;
 }
 
@@ -1039,6 +1104,7 @@ static void part_start(struct sc_worker *w, struct sc_part *p, int64_t now)
         return;
     }
     atomic_store(&p->m->error, 0);
+    p->pended_ms = now; /* for a batch found pending (see commit_due_at()) */
     atomic_store(&p->m->committed_offset, p->cp.has_committed ? p->cp.committed_offset : -1);
     if (p->cp.paused) {
         sc_info(&p->log, "paused by an operator (resume_partition() to continue)");
@@ -1315,6 +1381,9 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     sc_failpoint("after_commit");
 }
 
+static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
+                            size_t n, size_t ndead, int64_t now);
+
 /*
  * Commits the pending batch (the first n buffered records, written, with
  * ndead dead letters in w->dead), pending the next `next` records in the
@@ -1336,17 +1405,28 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
                                     (int32_t)next, batch_checksum(p, n, next)};
     }
+    int64_t now = sc_mono_ms();
     if (!checkpoint_write(w, p, do_commit, &c, "committing a batch"))
         return; /* fenced, or stopping while PostgreSQL is away: a replay then */
+    batch_committed(w, p, &c, n, ndead, now);
+}
+
+/* The pending batch (n records, ndead dead letters) committed as c says (by a statement sent
+ * at now or later): p->cp is updated. */
+static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
+                            size_t n, size_t ndead, int64_t now)
+{
+    p->pended_ms = now;
+    bool was_replay = c->replay;
     p->written = false;
     sc_failpoint("after_commit");
     sc_notify_count_commit(w->env.notify);
-    atomic_store(&p->m->committed_offset, c.next_offset);
-    if (c.and_pend && !p->cp.has_pending) {
+    atomic_store(&p->m->committed_offset, c->next_offset);
+    if (c->and_pend && !p->cp.has_pending) {
         /* Committed, but the next batch was not pended: an operator paused the partition
          * meanwhile.  Re-read the row before anything else (service()). */
         atomic_store(&p->control_changed, true);
-    } else if (c.and_pend) {
+    } else if (c->and_pend) {
         sc_failpoint("after_pend"); /* the next batch is pending, not yet written */
     }
     p->replay = false;
@@ -1356,9 +1436,9 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
     sc_counter_add(&p->m->batches_committed, 1);
     if (was_replay) {
         sc_counter_add(&p->m->replays, 1);
-        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c.next_offset);
+        sc_info(&p->log, "replayed batch committed; next offset %" PRId64, c->next_offset);
     }
-    mirror_commit(w, p, c.next_offset);
+    mirror_commit(w, p, c->next_offset);
     sc_partbuf_drop(&p->buf, n);
     apply_backpressure(w, p);
 }
@@ -1371,9 +1451,11 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
  * prefetch limits; the batch pended with a commit is written by the next
  * call (or by finish_pending() if the partition goes away).
  *
- * A written batch whose successor is not full yet holds its commit back for
- * max_wait_ms (the batch is durable; only its commit waits), then commits
- * and pends what arrived meanwhile in the same statement.  Below saturation,
+ * A written batch whose successor is not full yet holds its commit back
+ * until max_wait_ms after it was pended (the batch is durable; only its
+ * commit waits; see commit_due_at()), then commits and pends what arrived
+ * meanwhile in the same statement, together with the other partitions of
+ * the worker that are due (commit_written_together()).  Below saturation,
  * where batches leave by max_wait_ms, a batch then costs one PostgreSQL
  * transaction instead of two, and its records wait no longer than before.
  * Readers of committed_write_offset see a batch up to max_wait_ms later;
@@ -1387,8 +1469,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         size_t n = (size_t)p->cp.pending_count;
         size_t next = cut_batch(w, p, n, now, READY_FULL);
         if (next == 0) {
-            if (now < p->commit_due_ms && !is_quiet(w, p, now) && !finish && !stopping(w) &&
-                !w->starved)
+            if (now < commit_due_at(w, p) && !is_quiet(w, p, now) && !is_aged(w, p, n, now) &&
+                !finish && !stopping(w) && !w->starved)
                 return;
             /* Due: what arrived meanwhile is pended with the commit (it waited less than
              * max_wait_ms; a partial batch may always leave earlier). */
@@ -1407,6 +1489,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
                               batch_checksum(p, 0, n)};
         if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
+        p->pended_ms = now;
         sc_metrics_set_pending(p->m, 1);
         sc_failpoint("after_pend");
     }
@@ -1483,7 +1566,8 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
-        p->commit_due_ms = now + pc->batch.max_wait_ms;
+        /* The next batch collects from the pend of this one on (commit_due_at()). */
+        p->commit_due_ms = (p->pended_ms < now ? p->pended_ms : now) + pc->batch.max_wait_ms;
         return;
     }
     commit_batch(w, p, n, w->result.next_write_offset, ndead, finish ? 0 : next);
@@ -1503,6 +1587,171 @@ static void finish_bounded(struct sc_worker *w, struct sc_part *p, int64_t now)
     w->give_up_ms = now + FINISH_BUDGET_MS;
     deliver_one(w, p, now, true);
     w->give_up_ms = 0;
+}
+
+/*
+ * Grouped commits.  Below saturation every partition's written batch waits
+ * for its commit (deliver_one()), and each commit was a durable PostgreSQL
+ * transaction of its own, one after the other: with several partitions per
+ * worker a record waited for the commits of the partitions served before
+ * its own.  Here the written batches of all partitions whose commit is due
+ * (by the rules of deliver_one()) go in one statement
+ * (sc_checkpoint_commit_group()), each row fenced by its own epoch and
+ * pending batch; a written batch due within half of max_wait_ms is taken
+ * along when something arrived for it meanwhile (a partial batch may always
+ * leave early), so the partitions stay in step and the next round groups
+ * them again.  A row that did not match stops only its partition, as the
+ * single statement would; a statement the server refused changed nothing,
+ * and then each partition commits alone, in service(), as before, where its
+ * own refusal is classified and retried.  One partition due is committed
+ * there too, by the single statement.
+ */
+struct group_member {
+    struct sc_part *p;
+    struct commit_args c;
+    size_t n; /* records of the written batch */
+    struct sc_cp after;
+};
+
+/* Whether p's written batch may join a grouped commit now: *next = records pended with it. */
+static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now, size_t *next,
+                            bool *due)
+{
+    if (!p->written || p->state != SC_PART_ACTIVE || now < p->retry_at_ms || p->replay ||
+        atomic_load(&p->control_changed) || atomic_load(&p->lease_valid_until_ms) < now)
+        return false; /* service() takes it as before */
+    size_t n = (size_t)p->cp.pending_count;
+    *next = cut_batch(w, p, n, now, READY_FULL);
+    *due = *next > 0 || now >= commit_due_at(w, p) || is_quiet(w, p, now) ||
+           is_aged(w, p, n, now) || w->starved;
+    if (!*due && commit_due_at(w, p) - now > w->env.pc->batch.max_wait_ms / 2)
+        return false;
+    if (*next == 0)
+        *next = cut_batch(w, p, n, now, READY_ANY);
+    return *due || *next > 0; /* taken early only with a batch to pend */
+}
+
+/* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
+static int member_cmp(const void *a, const void *b)
+{
+    const struct sc_part *x = ((const struct group_member *)a)->p;
+    const struct sc_part *y = ((const struct group_member *)b)->p;
+    int c = strcmp(x->topic, y->topic);
+    return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* Commits the members of g together (see above); those left written commit in service(). */
+static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
+{
+    struct sc_cp_group_item items[SC_CP_GROUP_MAX];
+    qsort(g, ng, sizeof(*g), member_cmp);
+    for (size_t i = 0; i < ng; i++) {
+        g[i].after = g[i].p->cp;
+        items[i] = (struct sc_cp_group_item){
+            .topic = g[i].p->topic,
+            .partition = g[i].p->partition,
+            .cp = &g[i].after,
+            .next_offset = g[i].c.next_offset,
+            .next_write_offset = g[i].c.next_write_offset,
+            .and_pend = g[i].c.and_pend,
+            .first = g[i].c.pend.first,
+            .last = g[i].c.pend.last,
+            .count = g[i].c.pend.count,
+            .checksum = g[i].c.pend.checksum,
+        };
+    }
+    int64_t t0 = sc_mono_ns(), now = sc_mono_ms();
+    enum sc_cp_status s =
+        sc_checkpoint_commit_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                                   sc_notify_channel(w->env.notify), items, ng);
+    int64_t took = sc_mono_ns() - t0;
+    if (s == SC_CP_TRANSIENT || s == SC_CP_FAILED) {
+        /* Nothing changed: each partition commits alone in service() and its refusal is
+         * classified there, for it alone. */
+        sc_debug(&g[0].p->log,
+                 "grouped commit of %zu partitions refused (SQLSTATE %s: %s); "
+                 "committing them one by one",
+                 ng, w->db.last_sqlstate, w->db.last_error);
+        return;
+    }
+    for (size_t i = 0; i < ng; i++) {
+        struct sc_part *p = g[i].p;
+        sc_hist_observe_ns(&p->m->checkpoint_seconds, took);
+        enum sc_cp_status ps = s == SC_CP_OK ? items[i].status : SC_CP_UNAVAILABLE;
+        int r = 0;
+        switch (ps) {
+        case SC_CP_OK:
+            r = 1;
+            break;
+        case SC_CP_FENCED:
+            part_fenced(w, p, "committing a batch", true);
+            continue;
+        case SC_CP_CONFLICT:
+            part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
+            continue;
+        case SC_CP_UNAVAILABLE:
+            if (s == SC_CP_OK)
+                continue; /* not matched, and reading why failed: service() commits it alone */
+            /* The statement's outcome is unknown (all or none): compare each row. */
+            commit_intended(&g[i].after, &g[i].c);
+            r = reconcile(w, p, &p->cp, &g[i].after);
+            break;
+        default:
+            continue; /* not matched, reading why refused: service() commits it alone */
+        }
+        if (r == 1) {
+            p->cp = g[i].after;
+            w->steps++;
+            checkpoint_ok(p);
+            batch_committed(w, p, &g[i].c, g[i].n, 0, now);
+        } else if (r == -1) {
+            part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+        } else if (r == -3) {
+            checkpoint_failed(w, p, "reading the checkpoint back");
+        } else if (r == -2) {
+            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+        } /* r == 0: it did not happen; service() commits it alone */
+    }
+}
+
+/* Finds the written batches due for commit and commits them in groups (see above). */
+static void commit_written_together(struct sc_worker *w)
+{
+    if ((w->sink->flags & SC_SINK_F_TRANSACTIONAL) || stopping(w) ||
+        w->env.pc->batch.max_wait_ms <= 0)
+        return;
+    struct group_member g[SC_CP_GROUP_MAX];
+    size_t ng = 0;
+    bool any_due = false;
+    int64_t now = sc_mono_ms();
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        size_t next;
+        bool due;
+        if (!group_candidate(w, p, now, &next, &due))
+            continue;
+        size_t n = (size_t)p->cp.pending_count;
+        struct group_member *m = &g[ng++];
+        *m = (struct group_member){
+            .p = p,
+            .n = n,
+            .c = {.next_offset = p->cp.pending_last + 1,
+                  .next_write_offset = p->written_next_write_offset},
+        };
+        if (next > 0) {
+            m->c.and_pend = true;
+            m->c.pend = (struct pend_args){rec_at(p, n)->offset, rec_at(p, n + next - 1)->offset,
+                                           (int32_t)next, batch_checksum(p, n, next)};
+        }
+        any_due = any_due || due;
+        if (ng == SC_CP_GROUP_MAX) {
+            if (any_due)
+                commit_group(w, g, ng);
+            ng = 0;
+            any_due = false;
+        }
+    }
+    if (any_due && ng >= 2)
+        commit_group(w, g, ng);
 }
 
 static void service(struct sc_worker *w, struct sc_part *p)
@@ -1897,12 +2146,12 @@ static int next_timeout(struct sc_worker *w)
             continue;
         }
         if (p->written) {
-            /* Its commit waits until commit_due_ms, the next batch is full, or quiet. */
+            /* Its commit waits until commit_due_at(), the next batch is full, or quiet. */
             size_t n = (size_t)p->cp.pending_count;
             if (stopping(w) || w->starved || ready_count(w, p, n, now, READY_FULL) > 0)
                 return 0;
-            int64_t due = p->commit_due_ms, quiet = quiet_at(w, p);
-            due = quiet >= 0 && quiet < due ? quiet : due;
+            int64_t due =
+                earlier(commit_due_at(w, p), earlier(quiet_at(w, p), aged_at(w, p, n, now)));
             wake = due < wake ? due : wake;
             continue;
         }
@@ -1913,8 +2162,8 @@ static int next_timeout(struct sc_worker *w)
         if (p->buf.len > 0 && !p->cp.has_pending && !stopping(w)) {
             if (w->starved) /* out of memory for more: what is buffered leaves now */
                 return 0;
-            int64_t due = rec_at(p, 0)->arrival_ms + max_wait, quiet = quiet_at(w, p);
-            due = quiet >= 0 && quiet < due ? quiet : due;
+            int64_t due = earlier(rec_at(p, 0)->arrival_ms + max_wait,
+                                  earlier(quiet_at(w, p), aged_at(w, p, 0, now)));
             wake = due < wake ? due : wake;
         }
     }
@@ -1977,6 +2226,7 @@ static void *worker_main(void *arg)
                         poke_fetcher(w, p);
         }
         uint64_t steps = w->steps;
+        commit_written_together(w);
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();

@@ -26,6 +26,30 @@
  * arrived meanwhile with it (sc_worker.c).  B is durable all along; a crash in
  * that window is the "after 2, before 3" case below.
  *
+ * Grouped commits.  A worker serves several partitions over one connection,
+ * and each commit_and_pend is a durable transaction (a WAL flush) of its own:
+ * with W partitions per worker a record waited behind up to W of them.  So
+ * the step 3 (+ step 1 of the next batch) of every partition of a worker
+ * whose written batch is due goes in one statement, st_commit_group, an
+ * UPDATE over an array of rows (sc_checkpoint_commit_group()).  Nothing of
+ * the protocol changes per partition: each row carries its own epoch and
+ * expected pending batch in the WHERE clause (I4), exactly the guards of
+ * st_commit / st_commit_pend; each matched row writes the same events in
+ * the same statement (I7) and one NOTIFY per partition; a batch is pended
+ * before it is written (I2: its write waits for the statement's answer) and
+ * committed only after it was written and durable (I3: only written batches
+ * join).  A row that does not match is simply not updated: it gets no event,
+ * the others commit, and the caller learns which rows matched from the
+ * ordinalities returned, then reads the others back to tell a fence from a
+ * conflict, as run_write_flag() does.  The statement is one transaction, so
+ * a crash or a dropped connection leaves all its rows committed or none,
+ * each of which is a case of the table below for every partition; the
+ * worker then reads each row back, as for a single statement.  A statement
+ * the server refused (a trigger, a lock timeout, a deadlock) changed
+ * nothing for any partition: the worker then commits them one by one with
+ * the single statements, so a refusal is classified and retried for its own
+ * partition only, as before.
+ *
  * What a crash at each point leaves behind, and why the next owner repairs
  * it (it always starts by reading this row under a new, higher epoch):
  *
@@ -54,7 +78,8 @@
  *
  * Refusals.  A statement the server answered with an error changed
  * nothing (each statement is its own transaction, or runs in one that is
- * rolled back), so only a dropped connection leaves the outcome unknown
+ * rolled back; a grouped commit changed nothing for any of its partitions),
+ * so only a dropped connection leaves the outcome unknown
  * (SC_CP_UNAVAILABLE).  An answered error is SC_CP_TRANSIENT when it may
  * pass (serialization failure, deadlock, timeout, lock, resources: retry
  * later) and SC_CP_FAILED when it cannot (a constraint, a trigger, a
@@ -81,9 +106,17 @@
  * owner's rows are never committed without their checkpoint (I4).
  *
  * Locks.  Each statement updates one checkpoints row (row lock, held until
- * commit) and inserts into events.  Lease acquisition locks the lease row
- * and then the checkpoint row, in that order, everywhere; checkpoint writes
- * lock only the checkpoint row, so there is no lock-order cycle.
+ * commit) and inserts into events; a grouped commit updates (so locks) the
+ * rows of its own partitions that still carry its epoch, and no other row
+ * matches it: two owners never update the same row.  Lease acquisition
+ * locks the lease row and then the checkpoint row, in that order,
+ * everywhere, and skips locked rows; checkpoint writes lock only checkpoint
+ * rows, so there is no lock-order cycle among the sidecar's own statements.
+ * An operator's transaction holding several rows can still deadlock with a
+ * grouped commit (the worker sorts its groups by topic and partition, but
+ * the order rows are locked in is the plan's): PostgreSQL then refuses one
+ * of them (a passing refusal) and the worker commits its partitions one by
+ * one.
  */
 #include "protocol/sc_checkpoint.h"
 
@@ -172,6 +205,48 @@ static const struct sc_stmt st_commit_pend = {
     "  WHERE v.ord = 1 OR NOT c.paused"
     "  ORDER BY v.ord RETURNING id)," NOTIFY_CTE(
         "$16") " SELECT c.paused FROM c, (SELECT count(*) FROM n) AS _n",
+    16,
+};
+
+/*
+ * st_commit / st_commit_pend for several partitions of one pipeline and owner
+ * (sc_checkpoint_commit_group()): one row per partition in the arrays $4..$16
+ * (pend columns NULL: commit only), each row guarded by its own epoch and
+ * pending batch as the single statements are.  A row that does not match is
+ * not updated, so it gets no event and no NOTIFY, and is missing from the
+ * answer (its ordinality ord says which item each answered row is).
+ */
+static const struct sc_stmt st_commit_group = {
+    "sc_cp_commit_group",
+    "WITH r AS (SELECT * FROM unnest($4::text[], $5::int[], $6::bigint[], $7::bigint[],"
+    "  $8::bigint[], $9::bigint[], $10::bigint[], $11::bigint[], $12::int[], $13::bigint[],"
+    "  $14::bigint[], $15::int[], $16::text[]) WITH ORDINALITY"
+    "  AS r(topic, part, epoch, pf, nxt, nwo, f, l, cnt, ck, cl, cc, kind, ord)),"
+    " c AS ("
+    " UPDATE {S}.checkpoints t SET committed_offset = r.nxt, committed_write_offset = r.nwo,"
+    "  pending_first_offset = CASE WHEN t.paused THEN NULL ELSE r.f END,"
+    "  pending_last_offset = CASE WHEN t.paused THEN NULL ELSE r.l END,"
+    "  pending_count = CASE WHEN t.paused THEN NULL ELSE r.cnt END,"
+    "  pending_checksum = CASE WHEN t.paused THEN NULL ELSE r.ck END,"
+    "  pending_write_offset = CASE WHEN t.paused OR r.f IS NULL THEN NULL ELSE r.nwo END,"
+    "  pending_since = CASE WHEN t.paused OR r.f IS NULL THEN NULL ELSE now() END,"
+    "  updated_at = now()"
+    " FROM r WHERE t.pipeline = $1 AND t.topic = r.topic AND t.partition = r.part"
+    "  AND t.epoch = r.epoch AND t.state = 'ok' AND t.pending_first_offset = r.pf"
+    " RETURNING r.*, t.paused),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, c.topic, c.part, v.kind, c.epoch, $2, v.f, v.l, c.nwo, v.d FROM c,"
+    "  LATERAL (VALUES (1, c.kind, c.pf, c.cl,"
+    "   jsonb_build_object('count', c.cc, 'next_offset', c.nxt)),"
+    "  (2, 'pend', c.f, c.l, jsonb_build_object('count', c.cnt, 'checksum', c.ck)))"
+    "  AS v(o, kind, f, l, d)"
+    "  WHERE v.o = 1 OR (c.f IS NOT NULL AND NOT c.paused)"
+    "  ORDER BY c.ord, v.o RETURNING id, topic, partition),"
+    " n AS (SELECT pg_notify($3::text, json_build_object('id', max(e.id), 'pipeline', $1::text,"
+    "  'topic', e.topic, 'partition', e.partition)::text) FROM e WHERE $3::text IS NOT NULL"
+    "  GROUP BY e.topic, e.partition)"
+    " SELECT c.ord, c.paused FROM c, (SELECT count(*) FROM n) AS _n",
     16,
 };
 
@@ -521,6 +596,160 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
     return s;
 }
 
+/* A text[] literal element: "..." with \ and " escaped (a topic may hold any byte but NUL). */
+static int put_array_text(struct sc_buf *b, const char *s)
+{
+    int rc = sc_buf_putc(b, '"');
+    for (; *s && rc == 0; s++) {
+        if (*s == '"' || *s == '\\')
+            rc = sc_buf_putc(b, '\\');
+        if (rc == 0)
+            rc = sc_buf_putc(b, *s);
+    }
+    return rc == 0 ? sc_buf_putc(b, '"') : rc;
+}
+
+/* The columns of st_commit_group's arrays $4..$16, in order. */
+enum {
+    G_TOPIC,
+    G_PART,
+    G_EPOCH,
+    G_PF,
+    G_NXT,
+    G_NWO,
+    G_F,
+    G_L,
+    G_CNT,
+    G_CK,
+    G_CL,
+    G_CC,
+    G_KIND,
+    G_NCOLS
+};
+
+/* Appends item it's value of column col (NULL for the pend columns of a commit alone). */
+static int put_group_value(struct sc_buf *b, const struct sc_cp_group_item *it, int col)
+{
+    char num[24];
+    int64_t v;
+    switch (col) {
+    case G_TOPIC:
+        return put_array_text(b, it->topic);
+    case G_KIND:
+        return put_array_text(b, it->replay ? "replay" : "commit");
+    case G_PART:
+        v = it->partition;
+        break;
+    case G_EPOCH:
+        v = it->cp->epoch;
+        break;
+    case G_PF:
+        v = it->cp->pending_first;
+        break;
+    case G_NXT:
+        v = it->next_offset;
+        break;
+    case G_NWO:
+        v = it->next_write_offset;
+        break;
+    case G_CL:
+        v = it->cp->pending_last;
+        break;
+    case G_CC:
+        v = it->cp->pending_count;
+        break;
+    default:
+        if (!it->and_pend)
+            return sc_buf_append(b, "NULL", 4);
+        v = col == G_F     ? it->first
+            : col == G_L   ? it->last
+            : col == G_CNT ? it->count
+                           : (int64_t)it->checksum;
+        break;
+    }
+    const char *t = sc_i64(num, v);
+    return sc_buf_append(b, t, strlen(t));
+}
+
+enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipeline,
+                                             const char *owner, const char *notify_channel,
+                                             struct sc_cp_group_item *items, size_t n)
+{
+    if (n == 0 || n > SC_CP_GROUP_MAX)
+        return SC_CP_FAILED; /* a caller's bug; nothing sent */
+    /* All 13 arrays in one buffer, each NUL-terminated: a topic name is at most 249 bytes. */
+    struct sc_buf b;
+    sc_buf_init(&b, 1 << 20);
+    size_t at[G_NCOLS];
+    int rc = 0;
+    for (int col = 0; col < G_NCOLS && rc == 0; col++) {
+        at[col] = b.len;
+        rc = sc_buf_putc(&b, '{');
+        for (size_t i = 0; i < n && rc == 0; i++) {
+            if (i > 0)
+                rc = sc_buf_putc(&b, ',');
+            if (rc == 0)
+                rc = put_group_value(&b, &items[i], col);
+        }
+        if (rc == 0)
+            rc = sc_buf_append(&b, "}", 2); /* with the NUL */
+    }
+    enum sc_cp_status s = SC_CP_FAILED;
+    if (rc != 0)
+        goto out; /* over 1 MiB: not with SC_CP_GROUP_MAX names of at most 249 bytes */
+    const char *v[16] = {pipeline, owner, notify_channel};
+    for (int col = 0; col < G_NCOLS; col++)
+        v[3 + col] = b.data + at[col];
+    enum sc_pg_errclass cls;
+    PGresult *res = sc_db_exec(db, &st_commit_group, v, &cls);
+    if (!res) {
+        s = failed(db, cls);
+        goto out;
+    }
+    bool matched[SC_CP_GROUP_MAX] = {false}, paused[SC_CP_GROUP_MAX] = {false};
+    for (int row = 0; row < PQntuples(res); row++) {
+        int64_t ord = col_i64(res, row, 0);
+        if (ord >= 1 && ord <= (int64_t)n) {
+            matched[ord - 1] = true;
+            paused[ord - 1] = PQgetvalue(res, row, 1)[0] == 't';
+        }
+    }
+    PQclear(res);
+    s = SC_CP_OK;
+    for (size_t i = 0; i < n; i++) {
+        struct sc_cp_group_item *it = &items[i];
+        struct sc_cp *cp = it->cp;
+        if (!matched[i]) {
+            /* As run_write_flag(): find out why, so the caller can tell a fence from a bug. */
+            struct sc_cp_key k = {pipeline, it->topic, it->partition, owner, NULL};
+            struct sc_cp now;
+            enum sc_cp_status ls = sc_checkpoint_load(db, &k, &now);
+            if (ls == SC_CP_CONFLICT) /* no row at all */
+                it->status = SC_CP_FENCED;
+            else if (ls != SC_CP_OK)
+                it->status = ls;
+            else
+                it->status = now.epoch != cp->epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+            continue;
+        }
+        it->status = SC_CP_OK;
+        apply_commit(cp, it->next_offset, it->next_write_offset);
+        if (it->and_pend && paused[i]) {
+            cp->paused = true; /* committed; the next batch was not pended */
+        } else if (it->and_pend) {
+            cp->has_pending = true;
+            cp->pending_first = it->first;
+            cp->pending_last = it->last;
+            cp->pending_count = it->count;
+            cp->pending_checksum = it->checksum;
+            cp->pending_write_offset = it->next_write_offset;
+        }
+    }
+out:
+    sc_buf_free(&b);
+    return s;
+}
+
 /* The parameters of st_advance and st_advance_strict. */
 static void advance_params(struct params *p, const struct sc_cp_key *k, const struct sc_cp *cp,
                            int64_t first, int64_t last, int32_t count, int64_t next_write_offset)
@@ -652,6 +881,7 @@ static const char *stmt_purpose(const char *name)
         {"sc_cp_pend", "the pend"},
         {"sc_cp_commit", "the commit"},
         {"sc_cp_commit_pend", "the commit and the next batch's pend"},
+        {"sc_cp_commit_group", "the grouped commit of several partitions"},
         {"sc_cp_advance", "the checkpoint advance"},
         {"sc_cp_advance_strict", "the checkpoint advance"},
         {"sc_cp_dead", "the dead-letter insert"},

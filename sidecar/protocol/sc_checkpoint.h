@@ -96,6 +96,45 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
                                                 int64_t first, int64_t last, int32_t count,
                                                 uint32_t checksum);
 
+/* At most this many partitions per grouped commit statement (sc_checkpoint_commit_group()). */
+#define SC_CP_GROUP_MAX 64
+
+/* One partition's part of a grouped commit. */
+struct sc_cp_group_item {
+    const char *topic;
+    int32_t partition;
+    struct sc_cp *cp; /* the writer's copy of the row: updated when status is SC_CP_OK */
+    int64_t next_offset, next_write_offset;
+    bool replay;
+    bool and_pend; /* pend the next batch [first, last] (count, checksum) with the commit */
+    int64_t first, last;
+    int32_t count;
+    uint32_t checksum;
+    enum sc_cp_status status; /* out: this partition's outcome (see below) */
+};
+
+/*
+ * sc_checkpoint_commit() or sc_checkpoint_commit_and_pend() (without dead
+ * letters) for up to SC_CP_GROUP_MAX partitions of one pipeline and owner,
+ * in one statement: one round trip and one transaction for all of them.
+ * Every row is guarded by its own epoch and expected pending batch, exactly
+ * as the single statements are, and a row that does not match changes
+ * nothing and writes no event, while the others commit.
+ *
+ * Returns SC_CP_OK when the statement ran: then every item's status says
+ * what happened to its partition: SC_CP_OK (committed, item->cp updated, as
+ * by the single statement, paused included), SC_CP_FENCED or SC_CP_CONFLICT
+ * (its row did not match: nothing of it changed), or SC_CP_UNAVAILABLE /
+ * SC_CP_TRANSIENT / SC_CP_FAILED when its row did not match and reading it
+ * back to say why failed (nothing of it changed either).  Any other return
+ * is the statement's own: SC_CP_TRANSIENT or SC_CP_FAILED changed nothing
+ * for any item; SC_CP_UNAVAILABLE leaves all of them unknown (all committed
+ * or none: it is one transaction).  Items' statuses are then undefined.
+ */
+enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipeline,
+                                             const char *owner, const char *notify_channel,
+                                             struct sc_cp_group_item *items, size_t n);
+
 /*
  * For sinks that commit records and checkpoint in one transaction (no
  * pending step): advances the committed position from cp (nothing pending)

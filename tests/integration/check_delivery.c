@@ -11,6 +11,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "scx.h"
@@ -165,6 +166,70 @@ START_TEST(test_batch_limits)
 }
 END_TEST
 
+/* Whether the file sink's output file (arg) holds 50 lines. */
+static bool fifty_lines(void *arg)
+{
+    size_t len = 0, lines = 0;
+    char *data = hx_read_file(arg, &len);
+    for (size_t i = 0; data && i < len; i++)
+        lines += data[i] == '\n';
+    free(data);
+    return lines >= 50;
+}
+
+/*
+ * batch.max_wait_ms counts from the Kafka timestamp once a partition is
+ * caught up: 50 records produced a minute ago (CreateTime), fewer than a
+ * full batch, are written as soon as they are all buffered instead of
+ * waiting max_wait_ms (30 s here) after their arrival.  (Not the end of a
+ * backlog: no batch was full.)
+ */
+START_TEST(test_old_records_not_held_back)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.max_records = 100, .max_wait_ms = 30000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    int64_t minute_ago = (int64_t)now.tv_sec * 1000 + now.tv_nsec / 1000000 - 60000;
+    enum {
+        N = 50
+    };
+    static struct hx_record recs[N];
+    static char values[N][16];
+    for (int i = 0; i < N; i++) {
+        int len = snprintf(values[i], sizeof(values[i]), "v%d", i);
+        recs[i] = (struct hx_record){.topic = "orders",
+                                     .value = values[i],
+                                     .value_len = (size_t)len,
+                                     .timestamp = minute_ago + i};
+    }
+    hx_produce(e.mock.bootstrap, recs, N);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    /* Held back by max_wait_ms, the batch would be written after 30 s; 20 s leave room for a
+     * slow machine and cannot be met by waiting the window out. */
+    char path[800];
+    snprintf(path, sizeof(path), "%s/orders/0.jsonl", e.out_dir);
+    ck_assert_msg(hx_wait_until(fifty_lines, path, 20000),
+                  "records a minute old waited for max_wait_ms:\n%s", scx_log_tail(log, 4000));
+    /* Its commit still waits for the batch after it (or, as here, for the shutdown). */
+    scx_stop(pid, 15000);
+    char *batches =
+        hx_pg_value(e.conn,
+                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
+                    "FROM sidecar.events WHERE kind = 'commit'",
+                    0, NULL);
+    ck_assert_str_eq(batches, "0-49");
+    free(batches);
+    scx_env_stop(&e);
+}
+END_TEST
+
 /*
  * The end of a backlog is not held back by max_wait_ms (4 s here): once the
  * partition has caught up and nothing arrived for a quarter of it, the last
@@ -269,6 +334,108 @@ START_TEST(test_two_pipelines_in_one_process)
 }
 END_TEST
 
+/*
+ * Grouped commits: one worker, four partitions, each with a written batch
+ * held back for max_wait_ms (5 s) and a new record buffered meanwhile.  When
+ * the first is due, the four commits and the four pends of the next batches
+ * go in one statement: one transaction, one event pair per partition, each
+ * in offset order, and the delivery is exactly once.  (With the grouping
+ * switched off the four commits are four transactions.)
+ */
+START_TEST(test_due_commits_grouped)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:4"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.workers = 1, .max_wait_ms = 5000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 0, 1);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    /* Each partition's first record pended (and written at once, then held back). */
+    int64_t end = hx_now_ms() + 60000;
+    while (scx_events(e.conn, "pend", NULL) < 4 && hx_now_ms() < end)
+        usleep(20000);
+    ck_assert_msg(scx_events(e.conn, "pend", NULL) == 4, "first batches not pended:\n%s",
+                  scx_log_tail(log, 4000));
+    ck_assert_int_eq(scx_events(e.conn, "commit", NULL), 0); /* still held back */
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 1, 1);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 4, 2, 60000),
+                  "records not committed in time:\n%s", scx_log_tail(log, 4000));
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 4, 2);
+
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(DISTINCT xid) FROM sidecar.events WHERE kind = "
+                               "'commit' AND first_offset = 0",
+                               0, NULL),
+                     1);
+    char *tx = hx_pg_value(e.conn,
+                           "SELECT string_agg(partition || ':' || kind || ':' || first_offset,"
+                           " ' ' ORDER BY id) FROM sidecar.events WHERE xid = (SELECT xid FROM"
+                           " sidecar.events WHERE kind = 'commit' AND first_offset = 0 LIMIT 1)",
+                           0, NULL);
+    ck_assert_str_eq(tx, "0:commit:0 0:pend:1 1:commit:0 1:pend:1 2:commit:0 2:pend:1 "
+                         "3:commit:0 3:pend:1");
+    free(tx);
+    scx_env_stop(&e);
+}
+END_TEST
+
+/*
+ * A grouped commit the server refuses (here a trigger that refuses only the
+ * grouped statement, as a constraint or an operator's trigger could) changed
+ * nothing: the worker commits the partitions one by one instead, and none of
+ * them stops in the error state for it.  (Stopping the partitions on the
+ * grouped refusal fails this test: they end in the error state.)
+ */
+START_TEST(test_refused_group_commits_one_by_one)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:4"};
+    scx_env_start(&e, 1, topics, 1);
+    struct scx_opts o = {.workers = 1, .max_wait_ms = 3000};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    hx_pg_exec(e.conn, "CREATE SEQUENCE refusals"); /* counts across rollbacks */
+    hx_pg_exec(e.conn,
+               "CREATE FUNCTION refuse_groups() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+               " IF current_query() LIKE '%WITH ORDINALITY%' THEN PERFORM nextval('refusals');"
+               " RAISE EXCEPTION 'no grouped commits here'; END IF; RETURN NEW; END $$");
+    hx_pg_exec(e.conn, "CREATE TRIGGER refuse_groups BEFORE UPDATE ON sidecar.checkpoints"
+                       " FOR EACH ROW EXECUTE FUNCTION refuse_groups()");
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 0, 1);
+    pid_t pid = scx_start(&e, cfg, "sc-1", NULL);
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    int64_t end = hx_now_ms() + 60000;
+    while (scx_events(e.conn, "pend", NULL) < 4 && hx_now_ms() < end)
+        usleep(20000);
+    ck_assert_msg(scx_events(e.conn, "pend", NULL) == 4, "first batches not pended:\n%s",
+                  scx_log_tail(log, 4000));
+    hx_produce_seq(e.mock.bootstrap, "orders", 4, 1, 1);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 4, 2, 60000),
+                  "records not committed in time:\n%s", scx_log_tail(log, 4000));
+    ck_assert_int_eq(
+        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.checkpoints WHERE state <> 'ok'", 0, NULL),
+        0);
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 4, 2);
+    /* Each partition's first batch committed alone, its next batch pended with it. */
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(DISTINCT xid) FROM sidecar.events WHERE kind = "
+                               "'commit' AND first_offset = 0",
+                               0, NULL),
+                     4);
+    ck_assert_int_eq(scx_events(e.conn, "error", NULL), 0);
+    ck_assert_msg(hx_pg_int(e.conn, "SELECT last_value FROM refusals WHERE is_called", 0, NULL) > 0,
+                  "no grouped commit was tried");
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("delivery");
@@ -279,6 +446,9 @@ int main(void)
     tcase_add_test(tc, test_two_pipelines_in_one_process);
     tcase_add_test(tc, test_batch_limits);
     tcase_add_test(tc, test_backlog_end_not_held_back);
+    tcase_add_test(tc, test_old_records_not_held_back);
+    tcase_add_test(tc, test_due_commits_grouped);
+    tcase_add_test(tc, test_refused_group_commits_one_by_one);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);

@@ -739,6 +739,271 @@ START_TEST(events_match_changes)
 }
 END_TEST
 
+/* ---- grouped commits ---------------------------------------------------------------------- */
+
+/* A topic whose name needs quoting in an array literal (PostgreSQL accepts any text). */
+#define WEIRD "we\"ird\\, {t}"
+
+static struct sc_cp acquire_part(struct sc_db *db, const char *pipeline, const char *owner,
+                                 const char *topic, int32_t partition)
+{
+    struct sc_lease_req r = {.topic = topic, .partition = partition};
+    bool unavailable = true;
+
+    ck_assert_msg(sc_lease_acquire(db, pipeline, owner, LONG_MS, NULL, &r, 1, &unavailable) == 0,
+                  "acquire: %s", db->last_error);
+    ck_assert_msg(r.acquired, "%s could not acquire %s/%d", owner, topic, (int)partition);
+    return r.cp;
+}
+
+/* The row of (pipeline p, topic, partition) as stored, with its xmin (malloc'd). */
+static char *row_of(const struct t *t, const char *topic, int32_t partition)
+{
+    char part[24];
+    const char *params[] = {topic, sc_i64(part, partition)};
+    char *row = hx_pg_value(t->conn,
+                            "SELECT c.xmin::text || ' ' || row_to_json(c)::text"
+                            " FROM sidecar.checkpoints c WHERE pipeline = 'p' AND topic = $1"
+                            " AND partition = $2",
+                            2, params);
+    ck_assert(row != NULL);
+    return row;
+}
+
+static long long events_of(const struct t *t)
+{
+    return count_of(t, "SELECT count(*) FROM sidecar.events WHERE pipeline = $1", "p");
+}
+
+/* A grouped item committing cp's pending batch (next offset = its last + 1), pending
+ * [first, first + 9] unless first < 0. */
+static struct sc_cp_group_item item(const char *topic, int32_t partition, struct sc_cp *cp,
+                                    int64_t first)
+{
+    return (struct sc_cp_group_item){
+        .topic = topic,
+        .partition = partition,
+        .cp = cp,
+        .next_offset = cp->pending_last + 1,
+        .next_write_offset = (cp->pending_last + 1) * 100,
+        .and_pend = first >= 0,
+        .first = first,
+        .last = first + 9,
+        .count = 10,
+        .checksum = (uint32_t)(1000 + first),
+        .status = SC_CP_FAILED, /* must be overwritten */
+    };
+}
+
+/*
+ * The grouped commit of several partitions in one statement: each row is
+ * fenced by its own epoch and pending batch, exactly as the single
+ * statements are.  A fenced row and a conflicting row among committing ones
+ * change nothing of theirs (row, events, the caller's copy) while the others
+ * commit, with the events the single statements write, in the same
+ * transaction as their rows, and one NOTIFY per committed partition.  A
+ * paused row gets the commit only.  A refusal of the whole statement (here
+ * a trigger refusing one row) changes no row at all.
+ */
+START_TEST(grouped_commits_fence_each_row)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_cp_key kb = {.pipeline = "p", .topic = TOPIC, .partition = 1, .owner = "B"};
+    struct sc_cp_group_item g[5];
+    struct ev w[8];
+    long long last = 0;
+    enum sc_cp_status s;
+
+    t_start(&t, "grouped");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    /* A owns orders/0..3 and WEIRD/0, each with [0, 9] pending. */
+    struct sc_cp cp[5];
+    const char *topics[5] = {TOPIC, TOPIC, TOPIC, TOPIC, WEIRD};
+    const int32_t parts[5] = {0, 1, 2, 3, 0};
+    for (int i = 0; i < 5; i++) {
+        struct sc_cp_key k = {
+            .pipeline = "p", .topic = topics[i], .partition = parts[i], .owner = "A"};
+        cp[i] = acquire_part(&a, "p", "A", topics[i], parts[i]);
+        ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp[i], 0, "latest"), SC_CP_OK);
+        ck_assert_int_eq(sc_checkpoint_pend(&a, &k, &cp[i], 0, 9, 10, 111), SC_CP_OK);
+    }
+    /* orders/1 goes to B (A's copy keeps its old epoch): A's commit of it is fenced. */
+    {
+        struct sc_lease_held h = {.topic = TOPIC, .partition = 1, .epoch = cp[1].epoch};
+        ck_assert_int_eq(sc_lease_release(&a, "p", "A", NULL, &h, 1, "test", NULL), 1);
+    }
+    struct sc_cp cpb = acquire_part(&b, "p", "B", TOPIC, 1);
+    /* orders/2: A's copy expects another pending batch: a conflict. */
+    cp[2].pending_first = 5;
+    cp[2].pending_last = 14;
+    struct sc_cp copy1 = cp[1], copy2 = cp[2];
+    char *row1 = row_of(&t, TOPIC, 1), *row2 = row_of(&t, TOPIC, 2);
+    last = hx_pg_int(t.conn, "SELECT max(id) FROM sidecar.events", 0, NULL); /* the setup's */
+
+    hx_pg_exec(t.conn, "LISTEN grouped");
+    g[0] = item(TOPIC, 0, &cp[0], 10);
+    g[1] = item(TOPIC, 1, &cp[1], 10);
+    g[2] = item(TOPIC, 2, &cp[2], 15);
+    g[3] = item(TOPIC, 3, &cp[3], -1); /* a commit without a pend */
+    g[4] = item(WEIRD, 0, &cp[4], 10);
+    s = sc_checkpoint_commit_group(&a, "p", "A", "grouped", g, 5);
+    ck_assert_msg(s == SC_CP_OK, "grouped commit: %s (%s)", st(s), a.last_error);
+    ck_assert_msg(g[0].status == SC_CP_OK, "orders/0: %s", st(g[0].status));
+    ck_assert_msg(g[1].status == SC_CP_FENCED, "orders/1: %s, want fenced", st(g[1].status));
+    ck_assert_msg(g[2].status == SC_CP_CONFLICT, "orders/2: %s, want conflict", st(g[2].status));
+    ck_assert_msg(g[3].status == SC_CP_OK, "orders/3: %s", st(g[3].status));
+    ck_assert_msg(g[4].status == SC_CP_OK, "weird/0: %s", st(g[4].status));
+
+    /* The refused rows and their writers' copies are as they were. */
+    char *now1 = row_of(&t, TOPIC, 1), *now2 = row_of(&t, TOPIC, 2);
+    ck_assert_msg(strcmp(now1, row1) == 0, "fenced row changed:\n  was %s\n  now %s", row1, now1);
+    ck_assert_msg(strcmp(now2, row2) == 0, "conflicting row changed:\n  was %s\n  now %s", row2,
+                  now2);
+    free(now1), free(now2), free(row1), free(row2);
+    check_cp_same(&cp[1], &copy1, "fenced grouped commit");
+    check_cp_same(&cp[2], &copy2, "conflicting grouped commit");
+
+    /* The others: copies and rows as the single statements leave them. */
+    ck_assert(cp[0].has_committed && cp[0].committed_offset == 10 && cp[0].has_pending &&
+              cp[0].pending_first == 10 && cp[0].pending_last == 19 &&
+              cp[0].pending_write_offset == 1000 && cp[0].committed_write_offset == 1000);
+    ck_assert(cp[3].committed_offset == 10 && !cp[3].has_pending);
+    ck_assert(cp[4].committed_offset == 10 && cp[4].has_pending && cp[4].pending_first == 10);
+    for (int i = 0; i < 5; i += (i == 0 ? 3 : 1)) {
+        struct sc_cp_key k = {.pipeline = "p", .topic = topics[i], .partition = parts[i]};
+        struct sc_cp row;
+        ck_assert_int_eq(sc_checkpoint_load(&a, &k, &row), SC_CP_OK);
+        row.control_seq = cp[i].control_seq;
+        ck_assert_msg(
+            row.has_committed == cp[i].has_committed &&
+                row.committed_offset == cp[i].committed_offset &&
+                row.committed_write_offset == cp[i].committed_write_offset &&
+                row.has_pending == cp[i].has_pending &&
+                (!row.has_pending || (row.pending_first == cp[i].pending_first &&
+                                      row.pending_last == cp[i].pending_last &&
+                                      row.pending_count == cp[i].pending_count &&
+                                      row.pending_checksum == cp[i].pending_checksum &&
+                                      row.pending_write_offset == cp[i].pending_write_offset)),
+            "row %d differs from the writer's copy", i);
+    }
+    /* Events: the commit (and pend) of each committed row, in its transaction, in order. */
+    long long e = cp[0].epoch, e3 = cp[3].epoch, e4 = cp[4].epoch;
+    snprintf(w[0].line, sizeof(w[0].line), "commit|%lld|A|0|9|1000", e);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 10}";
+    snprintf(w[1].line, sizeof(w[1].line), "pend|%lld|A|10|19|1000", e);
+    w[1].detail = "{\"count\": 10, \"checksum\": 1010}";
+    snprintf(w[2].line, sizeof(w[2].line), "commit|%lld|A|0|9|1000", e3);
+    w[2].detail = "{\"count\": 10, \"next_offset\": 10}";
+    snprintf(w[3].line, sizeof(w[3].line), "commit|%lld|A|0|9|1000", e4);
+    w[3].detail = "{\"count\": 10, \"next_offset\": 10}";
+    snprintf(w[4].line, sizeof(w[4].line), "pend|%lld|A|10|19|1000", e4);
+    w[4].detail = "{\"count\": 10, \"checksum\": 1010}";
+    for (int i = 0; i < 5; i++)
+        w[i].with_row = true;
+    expect_events(&t, &last, w, 5, "grouped commit");
+    /* One NOTIFY per committed partition, naming it and its last event. */
+    hx_pg_exec(t.conn, "SELECT 1");
+    int notes = 0;
+    PGnotify *nf;
+    bool seen[5] = {false};
+    while ((nf = PQnotifies(t.conn)) != NULL) {
+        ck_assert_str_eq(nf->relname, "grouped");
+        const char *params[] = {nf->extra};
+        char *who = hx_pg_value(t.conn,
+                                "SELECT ($1::json->>'topic') || '/' || ($1::json->>'partition')"
+                                " || ' ' || (($1::json->>'id')::bigint = (SELECT max(id) FROM"
+                                " sidecar.events e WHERE e.topic = $1::json->>'topic' AND"
+                                " e.partition = ($1::json->>'partition')::int))::text",
+                                1, params);
+        for (int i = 0; i < 5; i++) {
+            char want[300];
+            snprintf(want, sizeof(want), "%s/%d true", topics[i], (int)parts[i]);
+            if (strcmp(who, want) == 0) {
+                ck_assert_msg(!seen[i], "two notifications for %s", who);
+                seen[i] = true;
+            }
+        }
+        free(who);
+        PQfreemem(nf);
+        notes++;
+    }
+    ck_assert_msg(notes == 3 && seen[0] && seen[3] && seen[4], "%d notifications", notes);
+    hx_pg_exec(t.conn, "UNLISTEN grouped");
+
+    /* The refusals were for the reasons named: B's write of the same batch commits, and A's
+     * with the right pending batch. */
+    ck_assert_int_eq(sc_checkpoint_commit(&b, &kb, &cpb, 10, 1000, false, NULL, 0), SC_CP_OK);
+    cp[2].pending_first = 0;
+    cp[2].pending_last = 9;
+    g[0] = item(TOPIC, 2, &cp[2], 10);
+    /* ... and all rows matching: all commit; a paused one without its next batch. */
+    hx_pg_exec(t.conn, "SELECT sidecar.pause_partition('p', '" TOPIC "', 0)");
+    g[1] = item(TOPIC, 0, &cp[0], 20);
+    g[2] = item(WEIRD, 0, &cp[4], 20);
+    s = sc_checkpoint_commit_group(&a, "p", "A", NULL, g, 3);
+    ck_assert_msg(s == SC_CP_OK && g[0].status == SC_CP_OK && g[1].status == SC_CP_OK &&
+                      g[2].status == SC_CP_OK,
+                  "all matching: %s %s %s %s", st(s), st(g[0].status), st(g[1].status),
+                  st(g[2].status));
+    ck_assert(cp[2].committed_offset == 10 && cp[2].has_pending && cp[2].pending_first == 10);
+    ck_assert(cp[0].committed_offset == 20 && !cp[0].has_pending && cp[0].paused);
+    ck_assert(cp[4].committed_offset == 20 && cp[4].has_pending && cp[4].pending_first == 20);
+    ck_assert_int_eq(count_of(&t,
+                              "SELECT count(*) FROM sidecar.checkpoints WHERE pipeline = $1"
+                              " AND committed_offset = 20 AND pending_first_offset IS NULL"
+                              " AND topic = 'orders' AND partition = 0",
+                              "p"),
+                     1);
+    /* commit + pend, commit (paused: no pend), commit + pend */
+    long long e2 = cp[2].epoch;
+    snprintf(w[0].line, sizeof(w[0].line), "commit|%lld|A|0|9|1000", e2);
+    w[0].detail = "{\"count\": 10, \"next_offset\": 10}";
+    snprintf(w[1].line, sizeof(w[1].line), "pend|%lld|A|10|19|1000", e2);
+    w[1].detail = "{\"count\": 10, \"checksum\": 1010}";
+    snprintf(w[2].line, sizeof(w[2].line), "commit|%lld|A|10|19|2000", e);
+    w[2].detail = "{\"count\": 10, \"next_offset\": 20}";
+    snprintf(w[3].line, sizeof(w[3].line), "commit|%lld|A|10|19|2000", e4);
+    w[3].detail = "{\"count\": 10, \"next_offset\": 20}";
+    snprintf(w[4].line, sizeof(w[4].line), "pend|%lld|A|20|29|2000", e4);
+    w[4].detail = "{\"count\": 10, \"checksum\": 1020}";
+    /* skip B's commit and the pause's event first */
+    last = hx_pg_int(t.conn,
+                     "SELECT max(id) FROM sidecar.events WHERE pipeline = 'p' AND"
+                     " (owner = 'B' OR kind NOT IN ('commit', 'pend'))",
+                     0, NULL);
+    expect_events(&t, &last, w, 5, "grouped commit, all matching");
+
+    /* A refusal of the statement (a trigger refusing one of its rows) changes no row. */
+    hx_pg_exec(t.conn,
+               "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+               " IF NEW.partition = 2 THEN RAISE EXCEPTION 'no'; END IF; RETURN NEW; END $$");
+    hx_pg_exec(t.conn, "CREATE TRIGGER refuse BEFORE UPDATE ON sidecar.checkpoints FOR EACH ROW"
+                       " EXECUTE FUNCTION refuse()");
+    char *r2 = row_of(&t, TOPIC, 2), *r4 = row_of(&t, WEIRD, 0);
+    long long events = events_of(&t);
+    struct sc_cp c2 = cp[2], c4 = cp[4];
+    g[0] = item(WEIRD, 0, &cp[4], 30);
+    g[1] = item(TOPIC, 2, &cp[2], 20);
+    s = sc_checkpoint_commit_group(&a, "p", "A", NULL, g, 2);
+    ck_assert_msg(s == SC_CP_FAILED, "refused grouped commit: %s", st(s));
+    ck_assert_str_eq(a.last_sqlstate, "P0001");
+    ck_assert_str_eq(a.last_stmt, "sc_cp_commit_group");
+    char *n2 = row_of(&t, TOPIC, 2), *n4 = row_of(&t, WEIRD, 0);
+    ck_assert_str_eq(n2, r2);
+    ck_assert_str_eq(n4, r4);
+    ck_assert_int_eq(events_of(&t), events);
+    check_cp_same(&cp[2], &c2, "refused grouped commit");
+    check_cp_same(&cp[4], &c4, "refused grouped commit");
+    free(r2), free(r4), free(n2), free(n4);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
 /* ---- refusals ---------------------------------------------------------------------- */
 
 /* Asserts status want and, for a refusal the server answered, the SQLSTATE and statement. */
@@ -917,6 +1182,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, operator_reset_turns_in_flight_writes_into_conflicts);
     tcase_add_test(tc, paused_rows_take_no_new_batch);
     tcase_add_test(tc, events_match_changes);
+    tcase_add_test(tc, grouped_commits_fence_each_row);
     tcase_add_test(tc, refusals_are_classified);
     suite_add_tcase(s, tc);
     return s;
