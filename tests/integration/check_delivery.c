@@ -16,6 +16,15 @@
 
 #include "scx.h"
 
+/* The committed batches' offset ranges in commit order, e.g. "0-7 8-8" (malloc'd). */
+static char *commit_ranges(PGconn *conn)
+{
+    return hx_pg_value(conn,
+                       "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
+                       "FROM sidecar.events WHERE kind = 'commit'",
+                       0, NULL);
+}
+
 START_TEST(test_deliver_restart_continue)
 {
     struct scx_env e;
@@ -155,11 +164,7 @@ START_TEST(test_batch_limits)
     ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, (int64_t)n, 30000),
                   "records not committed in time:\n%s", scx_log_tail(log, 4000));
     scx_stop(pid, 15000);
-    char *batches =
-        hx_pg_value(e.conn,
-                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY "
-                    "id) FROM sidecar.events WHERE kind = 'commit'",
-                    0, NULL);
+    char *batches = commit_ranges(e.conn);
     ck_assert_str_eq(batches, "0-7 8-8 9-12 13-14 15-15 16-17");
     free(batches);
     scx_env_stop(&e);
@@ -219,11 +224,7 @@ START_TEST(test_old_records_not_held_back)
                   "records a minute old waited for max_wait_ms:\n%s", scx_log_tail(log, 4000));
     /* Its commit still waits for the batch after it (or, as here, for the shutdown). */
     scx_stop(pid, 15000);
-    char *batches =
-        hx_pg_value(e.conn,
-                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
-                    "FROM sidecar.events WHERE kind = 'commit'",
-                    0, NULL);
+    char *batches = commit_ranges(e.conn);
     ck_assert_str_eq(batches, "0-49");
     free(batches);
     scx_env_stop(&e);
@@ -257,11 +258,7 @@ START_TEST(test_backlog_end_not_held_back)
                              "sidecar.events WHERE kind IN ('lease', 'commit')",
                              0, NULL);
     ck_assert_msg(ms < 5000, "the last partial batch committed %lld ms after the lease", ms);
-    char *batches =
-        hx_pg_value(e.conn,
-                    "SELECT string_agg(first_offset || '-' || last_offset, ' ' ORDER BY id) "
-                    "FROM sidecar.events WHERE kind = 'commit'",
-                    0, NULL);
+    char *batches = commit_ranges(e.conn);
     ck_assert_str_eq(batches, "0-99 100-199 200-249");
     free(batches);
 
