@@ -403,16 +403,19 @@ static bool is_quiet(const struct sc_worker *w, const struct sc_part *p, int64_t
  * counts from arrival only).  A partition behind (a backlog) still fills
  * its batches: old records there do not make small ones.  Caught up, a
  * batch leaves at most once per fetch response that brought records
- * already max_wait_ms old.
+ * already max_wait_ms old.  Whether the partition is caught up (a lock in
+ * librdkafka) is asked only once that time has come: a time still ahead is
+ * returned as it is, and if the partition is behind when it comes, -1.
  */
 static int64_t aged_at(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
 {
     if (from >= p->buf.len)
         return -1;
     int64_t ts = sc_partbuf_timestamp(&p->buf, from), age = sc_wall_ms() - ts;
-    if (ts < 0 || age < 0 || !caught_up(w, p))
+    if (ts < 0 || age < 0)
         return -1;
-    return now + w->env.pc->batch.max_wait_ms - age;
+    int64_t at = now + w->env.pc->batch.max_wait_ms - age;
+    return at > now || caught_up(w, p) ? at : -1;
 }
 
 static bool is_aged(const struct sc_worker *w, const struct sc_part *p, size_t from, int64_t now)
