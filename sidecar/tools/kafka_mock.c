@@ -520,12 +520,14 @@ reply:
 /*
  * The host handle has no bootstrap.servers on purpose (it only owns the
  * cluster), which librdkafka reports as a configuration warning: drop that
- * one, keep anything else on stderr.
+ * one, keep other warnings and errors on stderr, and debug lines too when
+ * KAFKA_MOCK_DEBUG asks for them.
  */
 static void host_log(const rd_kafka_t *rk, int level, const char *fac, const char *buf)
 {
     (void)rk;
-    if (level > LOG_WARNING || strcmp(fac, "CONFWARN") == 0)
+    const char *debug = getenv("KAFKA_MOCK_DEBUG");
+    if ((level > LOG_WARNING && !(debug && *debug)) || strcmp(fac, "CONFWARN") == 0)
         return;
     fprintf(stderr, "kafka-mock: %s: %s\n", fac, buf);
 }
@@ -576,6 +578,9 @@ static void usage(FILE *f)
           "\n"
           "Errors pushed with \"errors\" hit the next requests of that type from ANY\n"
           "client, including this tool's own \"watermarks\" (Metadata, ListOffsets).\n"
+          "\n"
+          "environment: KAFKA_MOCK_DEBUG=CONTEXTS (e.g. \"mock\") prints librdkafka's debug\n"
+          "log of those contexts on stderr: group membership, connections, rebalances.\n"
           "\n"
           "limits of the mock (librdkafka 2.0): no SSL/SASL, no admin API, data in memory\n"
           "only; about 5 MiB of batches kept per partition (older batches are dropped,\n"
@@ -678,6 +683,13 @@ int main(int argc, char **argv)
 
     conf = rd_kafka_conf_new();
     rd_kafka_conf_set_log_cb(conf, host_log);
+    const char *debug = getenv("KAFKA_MOCK_DEBUG");
+    if (debug && *debug &&
+        rd_kafka_conf_set(conf, "debug", debug, errstr, sizeof(errstr)) != RD_KAFKA_CONF_OK) {
+        rd_kafka_conf_destroy(conf);
+        fprintf(stderr, "kafka-mock: KAFKA_MOCK_DEBUG=\"%s\": %s\n", debug, errstr);
+        return 2;
+    }
     m.host = rd_kafka_new(RD_KAFKA_PRODUCER, conf, errstr, sizeof(errstr));
     if (m.host == NULL) {
         rd_kafka_conf_destroy(conf);

@@ -340,6 +340,72 @@ START_TEST(test_mock_commands)
 }
 END_TEST
 
+/* Joins group as a new consumer of topic gen, leaves, and returns the member id it was given. */
+static char *join_and_leave(const char *group)
+{
+    char errstr[256];
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert_int_eq(
+        rd_kafka_conf_set(conf, "bootstrap.servers", mock.bootstrap, errstr, sizeof(errstr)),
+        RD_KAFKA_CONF_OK);
+    ck_assert_int_eq(rd_kafka_conf_set(conf, "group.id", group, errstr, sizeof(errstr)),
+                     RD_KAFKA_CONF_OK);
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, errstr, sizeof(errstr));
+    ck_assert_msg(rk, "%s", errstr);
+    rd_kafka_poll_set_consumer(rk);
+    rd_kafka_topic_partition_list_t *topics = rd_kafka_topic_partition_list_new(1);
+    rd_kafka_topic_partition_list_add(topics, "gen", RD_KAFKA_PARTITION_UA);
+    ck_assert_int_eq(rd_kafka_subscribe(rk, topics), RD_KAFKA_RESP_ERR_NO_ERROR);
+    rd_kafka_topic_partition_list_destroy(topics);
+    char *id = NULL;
+    int64_t deadline = hx_now_ms() + 30000;
+    while (!id && hx_now_ms() < deadline) {
+        rd_kafka_message_t *m = rd_kafka_consumer_poll(rk, 100);
+        if (m)
+            rd_kafka_message_destroy(m);
+        char *mid = rd_kafka_memberid(rk);
+        if (mid && *mid)
+            id = strdup(mid);
+        rd_kafka_mem_free(rk, mid);
+    }
+    ck_assert_msg(id, "no member id from the coordinator within 30 s");
+    rd_kafka_consumer_close(rk);
+    rd_kafka_destroy(rk);
+    return id;
+}
+
+/*
+ * The mock names a member after its address ("%p"), and a member that timed
+ * out and a later one can share that address: a client rejoining under the
+ * old name then shared another client's entry (an assertion in the mock, a
+ * crash in the 2.0 sticky assignor).  kafka-mock appends a sequence number
+ * to each name (sidecar/tools/mock_member_ids.c): the ids carry it, all
+ * different.  Without the fix the ids are bare addresses and this fails.
+ */
+START_TEST(test_mock_member_ids_unique)
+{
+    char *ids[3];
+    unsigned long seqs[3];
+    for (int i = 0; i < 3; i++) {
+        char group[16];
+        snprintf(group, sizeof(group), "ids-%d", i);
+        ids[i] = join_and_leave(group);
+        const char *dash = strrchr(ids[i], '-');
+        char *end = NULL;
+        ck_assert_msg(strncmp(ids[i], "0x", 2) == 0 && dash &&
+                          (seqs[i] = strtoul(dash + 1, &end, 10)) > 0 && end && !*end,
+                      "member id \"%s\" is not ADDRESS-SEQUENCE", ids[i]);
+    }
+    for (int i = 0; i < 3; i++)
+        for (int j = i + 1; j < 3; j++) {
+            ck_assert_str_ne(ids[i], ids[j]);
+            ck_assert_uint_ne(seqs[i], seqs[j]);
+        }
+    for (int i = 0; i < 3; i++)
+        free(ids[i]);
+}
+END_TEST
+
 START_TEST(test_produce_count)
 {
     const char *argv[] = {hx_produce_bin(), "-b",  mock.bootstrap, "-t", "gen",
@@ -653,6 +719,7 @@ static Suite *harness_suite(void)
     tcase_add_unchecked_fixture(tc, mock_setup, mock_teardown);
     tcase_set_timeout(tc, 120);
     tcase_add_test(tc, test_mock_commands);
+    tcase_add_test(tc, test_mock_member_ids_unique);
     tcase_add_test(tc, test_produce_count);
     tcase_add_test(tc, test_produce_stdin);
     tcase_add_test(tc, test_hx_produce);
