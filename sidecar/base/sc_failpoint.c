@@ -93,6 +93,8 @@ void sc_failpoint_hit(const char *name)
         raise(SIGKILL);
     else if (strcmp(fp->action, "stop") == 0)
         raise(SIGSTOP);
+    else if (strcmp(fp->action, "segv") == 0)
+        raise(SIGSEGV);
     else if (strcmp(fp->action, "exit") == 0)
         _exit(99);
     else if (strcmp(fp->action, "sleep") == 0)

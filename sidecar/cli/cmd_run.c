@@ -5,6 +5,7 @@
  * Signals only set a flag; the threads notice it.  A second signal exits at
  * once: every pending checkpoint makes that a replay, never a loss.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -12,10 +13,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "admin/sc_admin.h"
 #include "admin/sc_retention.h"
+#include "base/sc_crash.h"
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
@@ -50,6 +53,41 @@ static void install_signals(void)
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    sc_crash_install();
+}
+
+/*
+ * The shutdown bound, whatever blocks: the pipelines' threads are joined
+ * against the deadline, but stopping the admin endpoint, the notifier and
+ * the workers and destroying the Kafka handles could still wait on a
+ * library.  This thread ends the process when the deadline passes.
+ */
+static int shutdown_timeout_ms;
+
+static void *shutdown_watchdog(void *arg)
+{
+    int64_t deadline = *(int64_t *)arg;
+    free(arg);
+    struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000};
+    while (clock_nanosleep(CLOCK_MONOTONIC, TIMER_ABSTIME, &ts, NULL) == EINTR)
+        ;
+    sc_error(NULL,
+             "shutdown did not finish within shutdown_timeout_ms (%d ms); exiting anyway "
+             "(pending checkpoints make this a replay, not a loss)",
+             shutdown_timeout_ms);
+    _exit(SC_EXIT_FAILURE);
+    return NULL;
+}
+
+static void start_shutdown_watchdog(int64_t deadline_ms)
+{
+    pthread_t t;
+    int64_t *arg = sc_xmalloc(sizeof(*arg));
+    *arg = deadline_ms;
+    if (pthread_create(&t, NULL, shutdown_watchdog, arg) == 0)
+        pthread_detach(t);
+    else
+        free(arg);
 }
 
 /*
@@ -239,6 +277,8 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
     /* Shutdown: bounded by shutdown_timeout_ms, after which we leave anyway (safe). */
     int64_t deadline = sc_mono_ms() + cfg->shutdown_timeout_ms;
     sc_info(NULL, "stopping (at most %d ms)", cfg->shutdown_timeout_ms);
+    shutdown_timeout_ms = cfg->shutdown_timeout_ms;
+    start_shutdown_watchdog(deadline);
     for (size_t i = 0; i < cfg->npipelines; i++) {
         if (!pls[i])
             continue;
@@ -264,6 +304,7 @@ static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
         }
         pls[i]->thread_started = false;
     }
+    sc_failpoint("shutdown_cleanup");
     /* The admin threads read the pipelines, the notifier their state: stop them first. */
     sc_admin_stop(admin);
     sc_notifier_stop(notifier);

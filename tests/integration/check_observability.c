@@ -6,8 +6,14 @@
  * records.  On the way, sidecar_pending_age_seconds is watched live: it
  * grows while a batch is held pending (a failpoint sleeps after the pend)
  * and drops to 0 once everything is committed.
+ *
+ * A crash leaves a last log line: a sidecar that dies of SIGSEGV (a
+ * failpoint raises it) logs the signal and a backtrace an operator can
+ * resolve, dies of the signal (exit status 139, as before), and the restart
+ * delivers every record once.
  */
 #include <check.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,12 +111,43 @@ START_TEST(test_dashboard_and_rules_use_exported_metrics)
 }
 END_TEST
 
+START_TEST(test_crash_leaves_a_backtrace)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:2"};
+    scx_env_start(&e, 1, topics, 1);
+    const char *cfg = scx_config(&e, "sc-1", &(struct scx_opts){0});
+    scx_migrate(cfg);
+    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 200);
+    pid_t pid = scx_start(&e, cfg, "sc-1", "after_lease=segv#1");
+    int rc = hx_wait(pid, 60000);
+    ck_assert_msg(rc == 128 + SIGSEGV, "expected death by SIGSEGV (status 139), got %d", rc);
+
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    const char *tail = scx_log_tail(log, 4000);
+    ck_assert_msg(scx_log_count(log, "fatal signal 11 (SIGSEGV) in thread") == 1,
+                  "no crash record in the log:\n%s", tail);
+    /* Frames as module+offset, our own binary among them (addr2line resolves those). */
+    ck_assert_msg(strstr(tail, "Backtrace (addr2line -f -e MODULE OFFSET): ") &&
+                      strstr(tail, " sidecar+0x"),
+                  "no backtrace with sidecar frames in the crash record:\n%s", tail);
+
+    pid = scx_start(&e, cfg, "sc-1", NULL);
+    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 200, 60000));
+    scx_stop(pid, 15000);
+    scx_verify_files(&e, "p1", "orders", 2, 200);
+    scx_env_stop(&e);
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("observability");
     TCase *tc = tcase_create("metric names");
     tcase_set_timeout(tc, 300);
     tcase_add_test(tc, test_dashboard_and_rules_use_exported_metrics);
+    tcase_add_test(tc, test_crash_leaves_a_backtrace);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
