@@ -7,10 +7,16 @@
  *
  * Each entry is NAME=ACTION with an optional trigger: @P fires with
  * probability P on each pass, #N fires on the Nth pass (default: every
- * pass).  Actions: kill (SIGKILL self), stop (SIGSTOP self), exit (_exit 99),
- * sleep:MS.  Points: after_pend, file_mid_write, after_write, after_commit,
- * after_lease, pg_before_commit (postgres sink, same database: rows and
- * checkpoint sent, COMMIT not yet; pipelined or not).
+ * pass).  Actions: kill (SIGKILL self), stop (SIGSTOP self), segv (SIGSEGV
+ * self: the crash report), exit (_exit 99), sleep:MS.  Points: after_pend,
+ * file_mid_write, after_write, after_commit, after_lease, pg_before_commit
+ * (postgres sink, same database: rows and checkpoint sent, COMMIT not yet;
+ * pipelined or not), shutdown_cleanup (`run` on SIGTERM: the pipelines'
+ * threads have ended, the rest is not stopped yet).  close_yield is armed
+ * with any action and acts itself: the revoke that the consumer's close
+ * delivers yields the group's queue and returns unserved, which ends
+ * rd_kafka_consumer_close() early with the group stuck half left (what a
+ * worker's poke during the close once did).
  */
 #ifndef SC_FAILPOINT_H
 #define SC_FAILPOINT_H

@@ -700,7 +700,7 @@ static void shutdown_all(struct sc_pipeline *pl)
                 pl->lm->nrel, pl->lm->nrel == 1 ? "" : "s");
     rd_kafka_assign(pl->rk, NULL);
     sc_lease_deregister(&pl->db, &pl->self);
-    rd_kafka_consumer_close(pl->rk);
+    sc_pl_close_consumer(pl);
 }
 
 void *sc_leasemode_main(void *arg)

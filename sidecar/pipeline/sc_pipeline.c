@@ -362,6 +362,12 @@ static void rebalance_cb(rd_kafka_t *rk, rd_kafka_resp_err_t err,
         return;
     }
     if (err == RD_KAFKA_RESP_ERR__REVOKE_PARTITIONS) {
+        if (pl->closing && sc_failpoint_armed("close_yield")) {
+            /* Test-only: what a poke during the close did.  The close returns before this
+             * revoke is served, and the group waits for an unassign that never comes. */
+            rd_kafka_queue_yield(pl->consumer_q);
+            return;
+        }
         bool lost = rd_kafka_assignment_lost(rk);
         sc_info(&f, "%s %d partition%s", lost ? "lost" : "revoked", parts->cnt,
                 parts->cnt == 1 ? "" : "s");
@@ -899,7 +905,7 @@ static void *consumer_main(void *arg)
     /* Leaving the group revokes everything through rebalance_cb: workers commit what they
      * wrote and release the leases before we go. */
     sc_info(&f, "shutting down: finishing in-flight batches and releasing leases");
-    rd_kafka_consumer_close(pl->rk);
+    sc_pl_close_consumer(pl);
     if (pl->nparts > 0)
         drop_partitions(pl, NULL, "shutdown", revoke_deadline(pl));
     sc_lease_deregister(&pl->db, &pl->self);
@@ -912,8 +918,37 @@ static void *consumer_main(void *arg)
 static void wake_fetchers(void *arg)
 {
     struct sc_pipeline *pl = arg;
-    if (!atomic_exchange(&pl->fetch_poke, true))
+    if (atomic_exchange(&pl->fetch_poke, true))
+        return;
+    pthread_mutex_lock(&pl->poke_lock);
+    if (!pl->closing)
         rd_kafka_queue_yield(pl->consumer_q);
+    pthread_mutex_unlock(&pl->poke_lock);
+}
+
+/*
+ * While rd_kafka_consumer_close() runs, the group's queue (consumer_q) is
+ * forwarded to the close's own queue, and a yield on consumer_q ends the
+ * close's wait early: the group is then left half terminated, and the
+ * second close inside rd_kafka_destroy() waits forever for a reply that
+ * went to the first one (SIGTERM hung in chaos_check_random).  So no
+ * worker pokes from here on; and a close that still returns unfinished
+ * leaves the handle to the process exit rather than to that wait.
+ */
+void sc_pl_close_consumer(struct sc_pipeline *pl)
+{
+    pthread_mutex_lock(&pl->poke_lock);
+    pl->closing = true;
+    pthread_mutex_unlock(&pl->poke_lock);
+    rd_kafka_resp_err_t err = rd_kafka_consumer_close(pl->rk);
+    if (err != RD_KAFKA_RESP_ERR__UNKNOWN_GROUP && !rd_kafka_consumer_closed(pl->rk)) {
+        struct sc_log_fields f = sc_pl_log(pl);
+        sc_warn(&f,
+                "leaving the consumer group did not finish (%s); the Kafka handle is left to "
+                "the process exit",
+                rd_kafka_err2str(err));
+        pl->close_unfinished = true;
+    }
 }
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errsize)
@@ -960,6 +995,7 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
     pl->stop = stop;
     pl->never_assigned = true;
     pthread_mutex_init(&pl->lock, NULL);
+    pthread_mutex_init(&pl->poke_lock, NULL);
     sc_notify_pl_init(&pl->notify, cfg, pc->name);
     pl->m = sc_metrics_pipeline(pc->name);
     uint64_t inc = 0;
@@ -1103,7 +1139,9 @@ void sc_pipeline_free(struct sc_pipeline *pl)
     sc_leasemode_free(pl);
     if (pl->consumer_q)
         rd_kafka_queue_destroy(pl->consumer_q);
-    if (pl->rk && destroy_would_abort(pl)) {
+    if (pl->rk && pl->close_unfinished) {
+        atomic_store(&kept_consumer, true); /* logged when the close returned */
+    } else if (pl->rk && destroy_would_abort(pl)) {
         struct sc_log_fields f = sc_pl_log(pl);
         sc_info(&f,
                 "librdkafka %s would abort destroying a consumer that never got an "
@@ -1116,6 +1154,7 @@ void sc_pipeline_free(struct sc_pipeline *pl)
     if (pl->db.dsn)
         sc_db_close(&pl->db);
     pthread_mutex_destroy(&pl->lock);
+    pthread_mutex_destroy(&pl->poke_lock);
     free(pl);
 }
 

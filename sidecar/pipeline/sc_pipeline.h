@@ -70,6 +70,12 @@ struct sc_pipeline {
     atomic_bool fetch_poke;
     rd_kafka_queue_t *consumer_q;
     int64_t next_poke_ms;
+    /* Set (under poke_lock) before the consumer is closed: no more pokes.  While it closes,
+     * consumer_q is forwarded to the close's own queue, and a poke (a queue yield) would end
+     * rd_kafka_consumer_close() early, leaving the group half left. */
+    pthread_mutex_t poke_lock;
+    bool closing;
+    bool close_unfinished; /* rd_kafka_consumer_close() returned before the group was left */
 
     /* Consumer thread: the registration, control notifications and the renewal tick. */
     struct sc_lease_self self;

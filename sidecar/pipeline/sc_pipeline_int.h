@@ -17,6 +17,9 @@
 
 struct sc_log_fields sc_pl_log(const struct sc_pipeline *pl);
 
+/* Leaves the consumer group (rd_kafka_consumer_close) with fetcher pokes stopped first. */
+void sc_pl_close_consumer(struct sc_pipeline *pl);
+
 /* Lease validity the workers may rely on after a renewal sent at sent_ms. */
 int64_t sc_pl_valid_until(const struct sc_pipeline *pl, int64_t sent_ms);
 
