@@ -415,13 +415,22 @@ START_TEST(test_random_faults)
     }
     note(w, "every record committed");
     for (int i = 0; i < INSTANCES; i++) {
+        /* One that died during the run (a crash) is not a shutdown failure: say which. */
+        bool was_alive = hx_pid_alive(w->pid[i]);
         kill(w->pid[i], SIGTERM);
         int rc = hx_wait(w->pid[i], 20000);
+        if (rc == -1) {
+            /* Hung: SIGABRT makes it log where its main thread is (the crash record). */
+            kill(w->pid[i], SIGABRT);
+            hx_wait(w->pid[i], 10000);
+        }
         if (rc != 0) {
             char log[700];
             snprintf(log, sizeof(log), "%s/%s.log", w->e.dir, names[i]);
             fprintf(stderr, "---- %s log:\n%s\n", names[i], scx_log_tail(log, 6000));
         }
+        ck_assert_msg(was_alive, "%s died during the run (status %d, seed %" PRIu64 ")", names[i],
+                      rc, seed);
         ck_assert_msg(rc == 0, "%s did not exit cleanly on SIGTERM (status %d, seed %" PRIu64 ")",
                       names[i], rc, seed);
     }
