@@ -367,3 +367,21 @@ double scx_metric_at(int port, const char *name, const char *labels)
     free(m);
     return v;
 }
+
+void scx_self_signed(const struct scx_env *e, const char *name, char cert[800], char key[800])
+{
+    snprintf(cert, 800, "%s/%s-cert.pem", e->dir, name);
+    snprintf(key, 800, "%s/%s-key.pem", e->dir, name);
+    const char *gen[] = {"openssl",  "req",
+                         "-x509",    "-newkey",
+                         "rsa:2048", "-nodes",
+                         "-days",    "2",
+                         "-subj",    "/CN=127.0.0.1",
+                         "-addext",  "subjectAltName=IP:127.0.0.1,DNS:localhost",
+                         "-keyout",  key,
+                         "-out",     cert,
+                         NULL};
+    char *out = NULL;
+    ck_assert_msg(hx_run(gen, NULL, 60000, &out) == 0, "openssl: %s", out);
+    free(out);
+}

@@ -77,6 +77,13 @@ bool scx_wait_committed(PGconn *conn, const char *pipeline, const char *topic, i
 void scx_verify_files(const struct scx_env *e, const char *pipeline, const char *topic, int nparts,
                       int64_t count);
 
+/*
+ * Makes e->dir/<name>-cert.pem and <name>-key.pem (openssl), a certificate
+ * self-signed for 127.0.0.1 and localhost, as a private CA's would be.
+ * cert and key receive the paths.
+ */
+void scx_self_signed(const struct scx_env *e, const char *name, char cert[800], char key[800]);
+
 /* A free TCP port on 127.0.0.1. */
 int scx_free_port(void);
 

@@ -365,20 +365,7 @@ START_TEST(test_http_tls_ca_file_and_insecure)
     const char *topics[] = {"orders:2"};
     scx_env_start(&e, 1, topics, 1);
     char cert[800], key[800];
-    snprintf(cert, sizeof(cert), "%s/cert.pem", e.dir);
-    snprintf(key, sizeof(key), "%s/key.pem", e.dir);
-    const char *gen[] = {"openssl",  "req",
-                         "-x509",    "-newkey",
-                         "rsa:2048", "-nodes",
-                         "-days",    "2",
-                         "-subj",    "/CN=127.0.0.1",
-                         "-addext",  "subjectAltName=IP:127.0.0.1",
-                         "-keyout",  key,
-                         "-out",     cert,
-                         NULL};
-    char *out = NULL;
-    ck_assert_msg(hx_run(gen, NULL, 60000, &out) == 0, "openssl: %s", out);
-    free(out);
+    scx_self_signed(&e, "receiver", cert, key);
     char *cert_pem = hx_read_file(cert, NULL), *key_pem = hx_read_file(key, NULL);
     struct rx *rx = rx_start_tls(cert_pem, key_pem);
     free(cert_pem);

@@ -400,25 +400,6 @@ static int check_online(const char *cfg, char **out)
     return hx_run(argv, NULL, 30000, out);
 }
 
-/* Makes e->dir/<name>-cert.pem and <name>-key.pem, self-signed for 127.0.0.1 and localhost. */
-static void self_signed(const struct scx_env *e, const char *name, char cert[800], char key[800])
-{
-    snprintf(cert, 800, "%s/%s-cert.pem", e->dir, name);
-    snprintf(key, 800, "%s/%s-key.pem", e->dir, name);
-    const char *gen[] = {"openssl",  "req",
-                         "-x509",    "-newkey",
-                         "rsa:2048", "-nodes",
-                         "-days",    "2",
-                         "-subj",    "/CN=127.0.0.1",
-                         "-addext",  "subjectAltName=IP:127.0.0.1,DNS:localhost",
-                         "-keyout",  key,
-                         "-out",     cert,
-                         NULL};
-    char *out = NULL;
-    ck_assert_msg(hx_run(gen, NULL, 60000, &out) == 0, "openssl: %s", out);
-    free(out);
-}
-
 START_TEST(test_registry_tls_ca_file)
 {
     struct scx_env e;
@@ -426,8 +407,8 @@ START_TEST(test_registry_tls_ca_file)
     scx_env_start(&e, 1, topics, 1);
     /* A self-signed certificate for 127.0.0.1 (and localhost), as a private CA's would be. */
     char cert[800], key[800], other[800], otherkey[800], junk[800];
-    self_signed(&e, "registry", cert, key);
-    self_signed(&e, "other", other, otherkey);
+    scx_self_signed(&e, "registry", cert, key);
+    scx_self_signed(&e, "other", other, otherkey);
     snprintf(junk, sizeof(junk), "%s/junk.pem", e.dir);
     hx_write_file(junk, "not a certificate\n");
     char *out = NULL;
