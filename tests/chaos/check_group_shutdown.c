@@ -119,16 +119,25 @@ START_TEST(test_sigterm_during_first_cooperative_rebalance)
 }
 END_TEST
 
+/* One instance sc-1 with failpoints, started on 100 records of orders:2 and waited for. */
+static pid_t start_delivered(struct scx_env *e, const struct scx_opts *o, const char *failpoints,
+                             const char **cfg)
+{
+    const char *topics[] = {"orders:2"};
+    scx_env_start(e, 1, topics, 1);
+    *cfg = scx_config(e, "sc-1", o);
+    scx_migrate(*cfg);
+    hx_produce_seq(e->mock.bootstrap, "orders", 2, 0, 100);
+    pid_t pid = scx_start(e, *cfg, "sc-1", failpoints);
+    ck_assert(scx_wait_committed(e->conn, "p1", "orders", 2, 100, 60000));
+    return pid;
+}
+
 START_TEST(test_close_cut_short_does_not_hang)
 {
     struct scx_env e;
-    const char *topics[] = {"orders:2"};
-    scx_env_start(&e, 1, topics, 1);
-    const char *cfg = scx_config(&e, "sc-1", &(struct scx_opts){0});
-    scx_migrate(cfg);
-    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 100);
-    pid_t pid = scx_start(&e, cfg, "sc-1", "close_yield=sleep:0");
-    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 100, 60000));
+    const char *cfg;
+    pid_t pid = start_delivered(&e, &(struct scx_opts){0}, "close_yield=sleep:0", &cfg);
     kill(pid, SIGTERM);
     int rc = hx_wait(pid, 20000);
     char log[700];
@@ -147,14 +156,9 @@ END_TEST
 START_TEST(test_shutdown_bound_holds_whatever_blocks)
 {
     struct scx_env e;
-    const char *topics[] = {"orders:2"};
-    scx_env_start(&e, 1, topics, 1);
-    struct scx_opts o = {.shutdown_timeout_ms = 2000};
-    const char *cfg = scx_config(&e, "sc-1", &o);
-    scx_migrate(cfg);
-    hx_produce_seq(e.mock.bootstrap, "orders", 2, 0, 100);
-    pid_t pid = scx_start(&e, cfg, "sc-1", "shutdown_cleanup=sleep:60000");
-    ck_assert(scx_wait_committed(e.conn, "p1", "orders", 2, 100, 60000));
+    const char *cfg;
+    pid_t pid = start_delivered(&e, &(struct scx_opts){.shutdown_timeout_ms = 2000},
+                                "shutdown_cleanup=sleep:60000", &cfg);
     int64_t t0 = hx_now_ms();
     kill(pid, SIGTERM);
     int rc = hx_wait(pid, 30000);
