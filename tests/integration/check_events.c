@@ -703,6 +703,22 @@ static void continuity_add(struct continuity *c, json_t *obj)
     c->events++;
 }
 
+/* The continuity of everything sidecar watch has written to path so far. */
+static void watch_continuity(const char *path, struct continuity *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (int p = 0; p < SNAP_PARTS; p++)
+        c->next[p] = -1;
+    json_t *lines = watch_lines(path);
+    size_t i;
+    json_t *obj;
+    json_array_foreach(lines, i, obj)
+    {
+        continuity_add(c, obj);
+    }
+    json_decref(lines);
+}
+
 struct snap_reader {
     const char *dsn;
     unsigned seed;
@@ -803,17 +819,8 @@ START_TEST(snapshot_is_consistent_with_events)
     pid_t pid = watch_spawn(&t, out, err_path, args);
     deadline = hx_now_ms() + 30000;
     for (;;) {
-        struct continuity c = {0};
-        for (int p = 0; p < SNAP_PARTS; p++)
-            c.next[p] = -1;
-        json_t *lines = watch_lines(out);
-        size_t i;
-        json_t *obj;
-        json_array_foreach(lines, i, obj)
-        {
-            continuity_add(&c, obj);
-        }
-        json_decref(lines);
+        struct continuity c;
+        watch_continuity(out, &c);
         if (c.events >= SNAP_WARMUP || c.error[0])
             break;
         ck_assert_msg(hx_now_ms() < deadline, "sidecar watch printed %lld events:\n%s", c.events,
@@ -834,22 +841,10 @@ START_TEST(snapshot_is_consistent_with_events)
         ck_assert_msg(r[i].cont.error[0] == '\0', "reader %d: %s", i, r[i].cont.error);
     }
 
-    struct continuity bin = {0};
-    for (int p = 0; p < SNAP_PARTS; p++)
-        bin.next[p] = -1;
+    struct continuity bin;
     deadline = hx_now_ms() + 20000;
     for (;;) {
-        memset(&bin, 0, sizeof(bin));
-        for (int p = 0; p < SNAP_PARTS; p++)
-            bin.next[p] = -1;
-        json_t *lines = watch_lines(out);
-        size_t i;
-        json_t *obj;
-        json_array_foreach(lines, i, obj)
-        {
-            continuity_add(&bin, obj);
-        }
-        json_decref(lines);
+        watch_continuity(out, &bin);
         ck_assert_msg(bin.error[0] == '\0', "sidecar watch: %s", bin.error);
         if (caught_up(&bin, final, -1))
             break;
