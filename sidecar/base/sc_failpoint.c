@@ -76,18 +76,18 @@ bool sc_failpoint_is_armed(const char *name)
     return npoints > 0 && find(name) != NULL;
 }
 
-void sc_failpoint_hit(const char *name)
+bool sc_failpoint_hit(const char *name)
 {
     if (npoints == 0)
-        return;
+        return false;
     struct failpoint *fp = find(name);
     if (!fp)
-        return;
+        return false;
     long pass = atomic_fetch_add(&fp->passes, 1) + 1;
     if (fp->nth > 0 && pass != fp->nth)
-        return;
+        return false;
     if (fp->probability >= 0 && (double)sc_rand(1000000) / 1e6 >= fp->probability)
-        return;
+        return false;
     sc_warn(NULL, "failpoint %s fired: %s", name, fp->action);
     if (strcmp(fp->action, "kill") == 0)
         raise(SIGKILL);
@@ -99,6 +99,7 @@ void sc_failpoint_hit(const char *name)
         _exit(99);
     else if (strcmp(fp->action, "sleep") == 0)
         sc_sleep_ms(fp->arg, NULL);
+    return strcmp(fp->action, "fail") == 0;
 }
 
 #endif
