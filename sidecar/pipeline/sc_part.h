@@ -83,6 +83,7 @@ struct sc_part {
     bool replay;  /* cp's pending batch was found at takeover: verify and re-deliver */
     bool written; /* the pending batch is written; its commit waits (see sc_worker.c) */
     int64_t written_next_write_offset;
+    int64_t unsynced_ns;   /* sink time of writes not yet synced (sync_written()) */
     int64_t commit_due_ms; /* a written batch commits then at the latest */
     int64_t pended_ms;     /* when the pending batch was pended: the next one collects since */
     int64_t full_cut_ms;   /* when the last full batch was cut (sc_worker.c quiet_at()) */

@@ -1253,7 +1253,10 @@ static void hook_queued(void *arg, int outcome)
     hc->done = true;
 }
 
-/* One sink write of batch b, timed into sink_write_seconds; the outcome in w->result. */
+/*
+ * One sink write of batch b, timed into sink_write_seconds (with its sync, when the sink
+ * syncs before the commit: see sync_written()); the outcome in w->result.
+ */
 static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
                                        const struct sc_batch *b, const struct sc_commit_hook *hook,
                                        char *err, size_t errsize)
@@ -1262,10 +1265,42 @@ static enum sc_sink_result write_batch(struct sc_worker *w, struct sc_part *p,
     int64_t t0 = sc_mono_ns();
     enum sc_sink_result sr =
         w->sink->type->write(w->sink, p->sink_part, b, hook, &w->result, err, errsize);
-    sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
+    if (w->sink->type->part_sync)
+        p->unsynced_ns += sc_mono_ns() - t0;
+    else
+        sc_hist_observe_ns(&p->m->sink_write_seconds, sc_mono_ns() - t0);
     if (sr == SC_SINK_OK)
         w->steps++;
     return sr;
+}
+
+static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err);
+
+/*
+ * Before any commit that covers p's written batch: makes it durable (the
+ * sink's part_sync(), the file sink's fdatasync).  The worker's grouped
+ * commit syncs all its members right before their one statement, so the
+ * writes of a round go out one after the other and their syncs follow
+ * together.  false: the sync failed, the commit must not happen; the batch
+ * stays pending and is written again (same offset) after the partition's
+ * backoff.
+ */
+static bool sync_written(struct sc_worker *w, struct sc_part *p)
+{
+    if (!w->sink->type->part_sync || !p->sink_part)
+        return true;
+    char err[1024] = "";
+    int64_t t0 = sc_mono_ns();
+    int rc = w->sink->type->part_sync(w->sink, p->sink_part, err, sizeof(err));
+    if (p->unsynced_ns > 0)
+        sc_hist_observe_ns(&p->m->sink_write_seconds, p->unsynced_ns + sc_mono_ns() - t0);
+    p->unsynced_ns = 0;
+    if (rc == 0)
+        return true;
+    p->written = false;
+    w->result.retry_in_ms = 0;
+    retry_later(w, p, err);
+    return false;
 }
 
 /*
@@ -1395,6 +1430,8 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
 static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
                          int64_t next_write_offset, size_t ndead, size_t next)
 {
+    if (!sync_written(w, p))
+        return;
     bool was_replay = p->replay;
     struct commit_args c = {
         .next_offset = p->cp.pending_last + 1,
@@ -1647,6 +1684,12 @@ static int member_cmp(const void *a, const void *b)
 static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
 {
     struct sc_cp_group_item items[SC_CP_GROUP_MAX];
+    size_t synced = 0;
+    for (size_t i = 0; i < ng; i++)
+        if (sync_written(w, g[i].p))
+            g[synced++] = g[i];
+    if ((ng = synced) == 0)
+        return;
     qsort(g, ng, sizeof(*g), member_cmp);
     for (size_t i = 0; i < ng; i++) {
         g[i].after = g[i].p->cp;

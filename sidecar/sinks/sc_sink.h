@@ -26,7 +26,7 @@
 #include "record/sc_envelope.h"
 
 enum sc_sink_result {
-    SC_SINK_OK = 0, /* durably delivered (per the sink's durability policy) */
+    SC_SINK_OK = 0, /* delivered; durable per the sink's policy once part_sync() returned */
     SC_SINK_RETRY,  /* transient: the same batch will be written again, same offset */
     SC_SINK_ERROR,  /* permanent for the partition: it goes to the error state */
     SC_SINK_FENCED, /* transactional sinks: the checkpoint commit matched no row (I4) */
@@ -161,6 +161,19 @@ struct sc_sink_class {
     enum sc_sink_result (*write)(struct sc_sink *sink, struct sc_sink_part *p,
                                  const struct sc_batch *b, const struct sc_commit_hook *hook,
                                  struct sc_batch_result *res, char *err, size_t errsize);
+
+    /*
+     * Optional: makes durable what write() delivered to p since the last
+     * call, for a sink whose durability step may wait until the checkpoint
+     * commit (file: fdatasync).  The worker calls it before every commit
+     * that covers a written batch, so a worker that wrote several partitions
+     * syncs them together just before their grouped commit, instead of one
+     * after the other between the writes (on ext4 the first fdatasync
+     * commits the journal for all of them).  Returns 0, or -1 with err: the
+     * written batch is then written again (same write offset) before its
+     * commit.
+     */
+    int (*part_sync)(struct sc_sink *sink, struct sc_sink_part *p, char *err, size_t errsize);
 
     /*
      * Optional (`sidecar redrive`): re-sends dead-lettered records, outside

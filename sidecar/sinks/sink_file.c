@@ -4,8 +4,10 @@
  * bytes it wrote before (docs/design.md §4).
  *
  * Durability (I3) follows the `fsync` policy: "batch" fdatasync()s before a
- * batch counts as delivered, so the committed checkpoint never points past
- * durable bytes even across power loss; "interval" syncs at most every
+ * batch's commit (file_part_sync(), which the worker calls for the
+ * partitions it commits together, right before their statement), so the
+ * committed checkpoint never points past durable bytes even across power
+ * loss; "interval" syncs at most every
  * fsync_interval_ms and "never" leaves it to the kernel: both survive a
  * process crash exactly like "batch" (the page cache outlives the process)
  * but a power loss can lose the tail of the file.  Recovery detects that
@@ -444,6 +446,23 @@ static bool retriable_errno(int e)
     return e == ENOSPC || e == EIO || e == EDQUOT || e == EINTR || e == EAGAIN || e == ENOMEM;
 }
 
+/* fdatasync()s p; after a failure the page cache's state is unknown: the caller writes the
+ * whole batch again. */
+static int sync_part(struct sc_sink_part *p, char *err, size_t errsize)
+{
+    if (sc_failpoint_fails("file_sync")) {
+        snprintf(err, errsize, "could not fsync \"%s\": failpoint file_sync", p->path);
+        return -1;
+    }
+    if (fdatasync(p->fd) != 0) {
+        snprintf(err, errsize, "could not fsync \"%s\": %s", p->path, strerror(errno));
+        return -1;
+    }
+    p->dirty = false;
+    p->last_sync_ms = sc_mono_ms();
+    return 0;
+}
+
 static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part *p,
                                       const struct sc_batch *b, const struct sc_commit_hook *hook,
                                       struct sc_batch_result *res, char *err, size_t errsize)
@@ -495,20 +514,20 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
             sc_failpoint("file_mid_write");
         }
     }
-    bool sync =
-        fc->fsync == FSYNC_BATCH ||
-        (fc->fsync == FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms);
-    if (sync) {
-        if (fdatasync(p->fd) != 0) {
-            /* After a failed fsync the page cache state is unknown: retry the whole batch. */
-            snprintf(err, errsize, "could not fsync \"%s\": %s", p->path, strerror(errno));
-            return SC_SINK_RETRY;
-        }
-        p->dirty = false;
-        p->last_sync_ms = sc_mono_ms();
-    }
+    /* fsync "batch" syncs in file_part_sync(), just before the batch's commit. */
+    if (fc->fsync == FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms &&
+        sync_part(p, err, errsize) != 0)
+        return SC_SINK_RETRY;
     res->next_write_offset = b->write_offset + (int64_t)c->buf.len;
     return SC_SINK_OK;
+}
+
+/* fsync "batch": what was written since the last sync, before the commit that covers it. */
+static int file_part_sync(struct sc_sink *sink, struct sc_sink_part *p, char *err, size_t errsize)
+{
+    if (((const struct file_conf *)sink->conf)->fsync != FSYNC_BATCH || !p->dirty)
+        return 0;
+    return sync_part(p, err, errsize);
 }
 
 const struct sc_sink_class sink_file_class = {
@@ -521,4 +540,5 @@ const struct sc_sink_class sink_file_class = {
     .part_recover = file_part_recover,
     .part_close = file_part_close,
     .write = file_write,
+    .part_sync = file_part_sync,
 };
