@@ -16,7 +16,8 @@ data set, and on that same topic measures, one after the other:
 For each: records/s, MB/s (key + value bytes), CPU seconds (user + sys of
 the measured process, from wait4), peak RSS, and the CPU the PostgreSQL
 server and the mock broker used meanwhile.  Then end-to-end latency at a
-fixed produce rate, PostgreSQL round trips per batch (counted by a proxy
+fixed produce rate (as a reader of the output files sees it, kcat's and the
+sidecar's alike: bench-latency-reader), PostgreSQL round trips per batch (counted by a proxy
 between the sidecar and PostgreSQL), and recovery time after SIGKILL with
 two instances.  Prints a table and writes JSON.
 
@@ -26,7 +27,6 @@ count; the wall time from process start is reported too.
 """
 import argparse
 import atexit
-import ctypes
 import datetime
 import glob
 import json
@@ -37,7 +37,6 @@ import shutil
 import signal
 import socket
 import statistics
-import struct
 import subprocess
 import sys
 import tempfile
@@ -214,6 +213,7 @@ class Env:
             "produce": os.path.join(self.build, "sidecar", "kafka-produce"),
             "receiver": os.path.join(self.build, "bench", "bench-receiver"),
             "delay": os.path.join(self.build, "bench", "bench-delay-proxy"),
+            "latency": os.path.join(self.build, "bench", "bench-latency-reader"),
         }
         if args.sidecar_ref:
             ref = os.path.abspath(args.sidecar_ref)
@@ -793,91 +793,26 @@ DEFAULT_PHASES = ["kcat", "kcat_tuned", "file", "copy", "postgres", "http", "nai
 # ---- latency ------------------------------------------------------------------------------
 
 
-class Inotify:
-    """Just enough inotify (ctypes) to hear about writes to the files of one directory."""
+class LatencyReader:
+    """
+    bench-latency-reader on one directory: the wall-clock time at which each line written
+    there could be read, minus the record's Kafka timestamp.  Both sides of the comparison
+    go through it (kcat writes the same format to a file), so its own lag, small as it is,
+    counts for both.
+    """
 
-    IN_MODIFY = 0x2
-    IN_CREATE = 0x100
+    def __init__(self, env, directory, name):
+        self.tsv = os.path.join(env.dir, "latency-%s.tsv" % name)
+        os.makedirs(directory, exist_ok=True)
+        self.child = Child([env.bin["latency"], directory, self.tsv], stdout=subprocess.PIPE)
+        if self.child.p.stdout.readline().strip() != b"ready":
+            raise RuntimeError("bench-latency-reader did not start on " + directory)
 
-    def __init__(self, path):
-        self.libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        self.fd = self.libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
-        if self.fd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_init1")
-        wd = self.libc.inotify_add_watch(self.fd, path.encode(), self.IN_MODIFY | self.IN_CREATE)
-        if wd < 0:
-            raise OSError(ctypes.get_errno(), "inotify_add_watch " + path)
-
-    def names(self, timeout):
-        """Names of the files written since the last call (waits up to timeout)."""
-        sel = selectors.DefaultSelector()
-        sel.register(self.fd, selectors.EVENT_READ)
-        ready = sel.select(timeout)
-        sel.close()
-        if not ready:
-            return set()
-        buf = os.read(self.fd, 65536)
-        names, i = set(), 0
-        while i < len(buf):
-            _, _, _, n = struct.unpack_from("iIII", buf, i)
-            names.add(buf[i + 16:i + 16 + n].rstrip(b"\0").decode())
-            i += 16 + n
-        return names
-
-
-class FileLatency(threading.Thread):
-    """Arrival time of every line the file sink writes, minus the record's Kafka timestamp."""
-
-    TS = re.compile(rb'"timestamp":(\d+)')
-
-    def __init__(self, directory):
-        super().__init__(daemon=True)
-        self.dir = directory
-        self.ino = Inotify(directory)
-        self.pos, self.rest, self.lat = {}, {}, []
-        self.stopping = False
-
-    def run(self):
-        while not self.stopping:
-            for name in self.ino.names(0.2):
-                self.read(name)
-
-    def read(self, name):
-        path = os.path.join(self.dir, name)
-        try:
-            with open(path, "rb") as f:
-                f.seek(self.pos.get(name, 0))
-                data = f.read()
-        except OSError:
-            return
-        now_ms = time.time() * 1000
-        self.pos[name] = self.pos.get(name, 0) + len(data)
-        data = self.rest.get(name, b"") + data
-        lines = data.split(b"\n")
-        self.rest[name] = lines.pop()
-        for line in lines:
-            m = self.TS.search(line)
-            if m:
-                self.lat.append((int(m.group(1)), now_ms - int(m.group(1))))
-
-
-class KcatLatency(threading.Thread):
-    """The reference: kcat's arrival times (unbuffered output) minus the Kafka timestamp."""
-
-    def __init__(self, env, topic, props):
-        super().__init__(daemon=True)
-        argv = ["kcat", "-C", "-u", "-q", "-b", env.bootstrap, "-t", topic, "-o", "end",
-                "-f", "%T\\n"]
-        for k, v in props.items():
-            argv += ["-X", "%s=%s" % (k, v)]
-        self.child = Child(argv, stdout=subprocess.PIPE)
-        self.lat = []
-
-    def run(self):
-        for line in self.child.p.stdout:
-            now_ms = time.time() * 1000
-            ts = int(line)
-            self.lat.append((ts, now_ms - ts))
+    def stop(self):
+        """The (timestamp, latency ms) of every line read."""
+        self.child.stop()
+        with open(self.tsv) as f:
+            return [(int(t), float(v)) for t, v in (line.split() for line in f)]
 
 
 def percentiles(lat, skip_ms):
@@ -921,15 +856,21 @@ def phase_latency(env, args, quick, run=0):
     res = {"rate": rate, "seconds": seconds, "max_wait_ms": 10,
            "consumer_properties": props, "skip_first_ms": 1000}
 
-    # Reference: kcat on its own topic.
-    k = KcatLatency(env, "latref%d" % run, props)
-    k.start()
+    # Reference: kcat on its own topic, writing each record's timestamp as a JSON line to a
+    # file as it gets it (-u: unbuffered), read by the same reader as the sidecar's files.
+    kdir = os.path.join(env.dir, "out-latency-kcat-%d" % run)
+    kreader = LatencyReader(env, kdir, "kcat-%d" % run)
+    argv = ["kcat", "-C", "-u", "-q", "-b", env.bootstrap, "-t", "latref%d" % run, "-o", "end",
+            "-f", '{"timestamp":%T}\\n']
+    for k, v in props.items():
+        argv += ["-X", "%s=%s" % (k, v)]
+    with open(os.path.join(kdir, "kcat.jsonl"), "w") as kout:
+        kcat = Child(argv, stdout=kout)
     time.sleep(2)  # kcat -o end: let it reach the end before producing
     env.produce("latref%d" % run, per_part, rate=rate)
     time.sleep(1)
-    k.child.stop()
-    k.join(5)
-    res["kcat"] = percentiles(k.lat, 1000)
+    kcat.stop()
+    res["kcat"] = percentiles(kreader.stop(), 1000)
 
     out = os.path.join(env.dir, "out-latency-%d" % run)
     sink = {"type": "file", "path": out + "/{topic}/{partition}.jsonl", "format": "jsonl",
@@ -940,25 +881,20 @@ def phase_latency(env, args, quick, run=0):
     deadline = time.time() + 30
     while len(glob.glob(out + "/%s/*.jsonl" % topic)) < args.partitions and time.time() < deadline:
         time.sleep(0.1)
-    reader = FileLatency(os.path.join(out, topic))
-    reader.start()
+    reader = LatencyReader(env, os.path.join(out, topic), "sidecar-%d" % run)
     env.reset_statements()
     m = Meter(env)
     env.produce(topic, per_part, rate=rate)
     wait_progress(sc.committed, per_part * args.partitions, 60, lambda: not sc.child.poll(),
                   "latency")
     time.sleep(0.5)
-    reader.stopping = True
-    reader.join(5)
+    lat = reader.stop()
     servers = m.stop()
     metrics = sc.metrics()
     batches = sc.batches()
     counts = statement_counts(env, batches)
     sc.child.stop()
-    if env.args.keep:
-        with open(os.path.join(env.dir, "latency-%d.tsv" % run), "w") as f:
-            f.writelines("%d\t%.1f\n" % x for x in sorted(reader.lat))
-    res["sidecar_file"] = percentiles(reader.lat, 1000)
+    res["sidecar_file"] = percentiles(lat, 1000)
     res["sidecar_file"]["cpu_s"] = round(sc.child.cpu, 2)
     res["sidecar_file"]["batches"] = batches
     res["sidecar_file"].update(counts)
