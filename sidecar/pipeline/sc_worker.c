@@ -1278,12 +1278,10 @@ static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
 
 /*
  * Before any commit that covers p's written batch: makes it durable (the
- * sink's part_sync(), the file sink's fdatasync).  The worker's grouped
- * commit syncs all its members right before their one statement, so the
- * writes of a round go out one after the other and their syncs follow
- * together.  false: the sync failed, the commit must not happen; the batch
- * stays pending and is written again (same offset) after the partition's
- * backoff.
+ * sink's part_sync(), the file sink's fdatasync), if sync_written_all()
+ * has not already.  false: the sync failed, the commit must not happen;
+ * the batch stays pending and is written again (same offset) after the
+ * partition's backoff.
  */
 static bool sync_written(struct sc_worker *w, struct sc_part *p)
 {
@@ -1669,6 +1667,22 @@ static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
     if (*next == 0)
         *next = cut_batch(w, p, n, now, READY_ANY);
     return *due || *next > 0; /* taken early only with a batch to pend */
+}
+
+/*
+ * After a turn's writes: syncs the batches written in it whose commit waits
+ * (the sink's part_sync()), while the worker has nothing else to do.  The
+ * writes of the turn went out back to back, right after the statement that
+ * pended them; their syncs no longer stand between the next statement and
+ * its writes.  A batch whose sync fails is written again (sync_written()).
+ */
+static void sync_written_all(struct sc_worker *w)
+{
+    if (!w->sink->type->part_sync)
+        return;
+    for (struct sc_part *p = w->parts; p; p = p->next)
+        if (p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE)
+            (void)sync_written(w, p);
 }
 
 /* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
@@ -2279,6 +2293,7 @@ static void *worker_main(void *arg)
             service(w, p);
             pause_if_stuck(w, p, len, sc_mono_ms() - t0);
         }
+        sync_written_all(w);
         /* Held back and nothing delivered (a sink in retry backoff, PostgreSQL away): wait
          * for the next deadline instead of turning round at once. */
         if (w->steps == steps && congested(w))

@@ -166,12 +166,11 @@ struct sc_sink_class {
      * Optional: makes durable what write() delivered to p since the last
      * call, for a sink whose durability step may wait until the checkpoint
      * commit (file: fdatasync).  The worker calls it before every commit
-     * that covers a written batch, so a worker that wrote several partitions
-     * syncs them together just before their grouped commit, instead of one
-     * after the other between the writes (on ext4 the first fdatasync
-     * commits the journal for all of them).  Returns 0, or -1 with err: the
-     * written batch is then written again (same write offset) before its
-     * commit.
+     * that covers a written batch, and after a turn in which it wrote
+     * several partitions' batches, for those whose commit waits: the writes
+     * of the turn go out back to back, each no longer behind the syncs of
+     * the ones before.  Returns 0, or -1 with err: the written batch is then
+     * written again (same write offset) before its commit.
      */
     int (*part_sync)(struct sc_sink *sink, struct sc_sink_part *p, char *err, size_t errsize);
 

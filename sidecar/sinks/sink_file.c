@@ -4,10 +4,9 @@
  * bytes it wrote before (docs/design.md §4).
  *
  * Durability (I3) follows the `fsync` policy: "batch" fdatasync()s before a
- * batch's commit (file_part_sync(), which the worker calls for the
- * partitions it commits together, right before their statement), so the
- * committed checkpoint never points past durable bytes even across power
- * loss; "interval" syncs at most every
+ * batch's commit (file_part_sync(), which the worker calls once a turn's
+ * writes are out, and before each commit), so the committed checkpoint
+ * never points past durable bytes even across power loss; "interval" syncs at most every
  * fsync_interval_ms and "never" leaves it to the kernel: both survive a
  * process crash exactly like "batch" (the page cache outlives the process)
  * but a power loss can lose the tail of the file.  Recovery detects that
@@ -514,7 +513,7 @@ static enum sc_sink_result file_write(struct sc_sink *sink, struct sc_sink_part 
             sc_failpoint("file_mid_write");
         }
     }
-    /* fsync "batch" syncs in file_part_sync(), just before the batch's commit. */
+    /* fsync "batch" syncs in file_part_sync(), before the batch's commit. */
     if (fc->fsync == FSYNC_INTERVAL && sc_mono_ms() - p->last_sync_ms >= fc->fsync_interval_ms &&
         sync_part(p, err, errsize) != 0)
         return SC_SINK_RETRY;
