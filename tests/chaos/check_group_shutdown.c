@@ -39,17 +39,9 @@
 
 #define WINDOW "SyncGroup response: Broker: Group rebalance in progress"
 
-static bool log_has(const char *path, const char *text)
-{
-    char *d = hx_read_file(path, NULL);
-    bool found = d && strstr(d, text);
-    free(d);
-    return found;
-}
-
 static bool in_window(void *arg)
 {
-    return log_has(arg, WINDOW);
+    return scx_log_count(arg, WINDOW) > 0;
 }
 
 static bool both_own(void *arg)
@@ -91,7 +83,7 @@ START_TEST(test_sigterm_during_first_cooperative_rebalance)
     ck_assert_msg(hx_wait_until(in_window, log_c, 90000),
                   "C never got a SyncGroup answer of REBALANCE_IN_PROGRESS:\n%s",
                   scx_log_tail(log_c, 3000));
-    ck_assert_msg(!log_has(log_c, "] assigned "), "C was assigned before the SIGTERM");
+    ck_assert_msg(scx_log_count(log_c, "] assigned ") == 0, "C was assigned before the SIGTERM");
 
     /* SIGTERM between its first JoinGroup and its first assignment. */
     kill(c, SIGTERM);
@@ -145,7 +137,7 @@ START_TEST(test_close_cut_short_does_not_hang)
     ck_assert_msg(rc == 0, "exit status %d after SIGTERM (-1: still running):\n%s", rc,
                   scx_log_tail(log, 2000));
     /* The close really was cut short: the test reached the path it is about. */
-    ck_assert_msg(log_has(log, "leaving the consumer group did not finish"), "%s",
+    ck_assert_msg(scx_log_count(log, "leaving the consumer group did not finish") > 0, "%s",
                   scx_log_tail(log, 2000));
     ck_assert_int_eq(scx_leases_of(e.conn, "p1", "sc-1"), 0);
     scx_verify_files(&e, "p1", "orders", 2, 100);
@@ -169,8 +161,9 @@ START_TEST(test_shutdown_bound_holds_whatever_blocks)
                   scx_log_tail(log, 2000));
     /* The 60 s sleep did not hold it: it left at the bound (2 s), well before. */
     ck_assert_msg(took < 30000, "took %lld ms", (long long)took);
-    ck_assert_msg(log_has(log, "shutdown did not finish within shutdown_timeout_ms (2000 ms)"),
-                  "%s", scx_log_tail(log, 2000));
+    ck_assert_msg(
+        scx_log_count(log, "shutdown did not finish within shutdown_timeout_ms (2000 ms)") > 0,
+        "%s", scx_log_tail(log, 2000));
 
     hx_produce_seq(e.mock.bootstrap, "orders", 2, 100, 100);
     pid = scx_start(&e, cfg, "sc-1", NULL);
