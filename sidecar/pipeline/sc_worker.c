@@ -787,6 +787,7 @@ struct commit_args {
     struct pend_args pend;
     const struct sc_cp_dead *dead;
     size_t ndead;
+    size_t ndecode; /* of the dead letters, records that did not decode */
 };
 
 /*
@@ -1426,7 +1427,7 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
  * same statement when next > 0.
  */
 static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
-                         int64_t next_write_offset, size_t ndead, size_t next)
+                         int64_t next_write_offset, size_t ndead, size_t ndecode, size_t next)
 {
     if (!sync_written(w, p))
         return;
@@ -1437,6 +1438,7 @@ static void commit_batch(struct sc_worker *w, struct sc_part *p, size_t n,
         .replay = was_replay,
         .dead = w->dead,
         .ndead = ndead,
+        .ndecode = ndecode,
     };
     if (next > 0 && !stopping(w)) {
         c.and_pend = true;
@@ -1471,6 +1473,7 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
     sc_metrics_set_pending(p->m, p->cp.has_pending ? 1 : 0);
     sc_counter_add(&p->m->records_delivered, n - ndead);
     sc_counter_add(&p->m->dead_letters, ndead);
+    sc_counter_add(&p->m->decode_errors, c->ndecode);
     sc_counter_add(&p->m->batches_committed, 1);
     if (was_replay) {
         sc_counter_add(&p->m->replays, 1);
@@ -1514,7 +1517,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
              * max_wait_ms; a partial batch may always leave earlier). */
             next = cut_batch(w, p, n, now, READY_ANY);
         }
-        commit_batch(w, p, n, p->written_next_write_offset, 0, finish ? 0 : next);
+        commit_batch(w, p, n, p->written_next_write_offset, 0, 0, finish ? 0 : next);
         return;
     }
     if (stopping(w) && !p->cp.has_pending)
@@ -1597,8 +1600,9 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
     sc_failpoint("after_write");
 
     size_t ndead = collect_dead(w, merge_dead(w, &w->result)); /* before w->recs is reused */
-    if (w->decoding)
-        sc_counter_add(&p->m->decode_errors, w->bad.ndead);
+    /* Counted when the batch commits: a batch whose sync or commit fails is decoded and
+     * written again. */
+    size_t ndecode = w->decoding ? w->bad.ndead : 0;
     size_t next = cut_batch(w, p, n, now, READY_FULL);
     if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) && !w->starved &&
         pc->batch.max_wait_ms > 0) {
@@ -1608,7 +1612,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
         p->commit_due_ms = (p->pended_ms < now ? p->pended_ms : now) + pc->batch.max_wait_ms;
         return;
     }
-    commit_batch(w, p, n, w->result.next_write_offset, ndead, finish ? 0 : next);
+    commit_batch(w, p, n, w->result.next_write_offset, ndead, ndecode, finish ? 0 : next);
 }
 
 /*

@@ -619,6 +619,57 @@ START_TEST(test_unknown_id_stops_the_partition)
 }
 END_TEST
 
+/*
+ * A batch with a record that does not decode, whose sync fails: the batch
+ * is decoded and written again, and the bad record is still one decode
+ * error and one dead letter.  The bad record is the topic's first, so it
+ * is in the first batch, whose sync is the one that fails.
+ */
+START_TEST(test_failed_sync_counts_a_decode_error_once)
+{
+    struct scx_env e;
+    const char *topics[] = {"orders:1"};
+    scx_env_start(&e, 1, topics, 1);
+    struct reg *r = reg_start(NULL, NULL);
+    char *schema = reg_order_schema();
+    reg_add(r, 1, schema, NULL);
+    produce_one(&e, "orders", 0, "{\"not\":\"framed\"}", 16);
+    produce_orders(&e, "orders", 0, 0, 9, 1);
+    char block[512];
+    snprintf(block, sizeof(block), "  \"schema_registry\": {\"url\": \"%s\"}", reg_url(r));
+    int port = scx_free_port();
+    struct scx_opts o = {
+        .extra_top = block, .extra_pipeline = "    \"value_format\": \"avro\"", .admin_port = port};
+    const char *cfg = scx_config(&e, "sc-1", &o);
+    scx_migrate(cfg);
+    pid_t pid = scx_start(&e, cfg, "sc-1", "file_sync=fail#1");
+    char log[700];
+    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
+    ck_assert_msg(scx_wait_committed(e.conn, "p1", "orders", 1, 10, 60000), "log:\n%s",
+                  scx_log_tail(log, 4000));
+    double decode_errors = scx_metric_at(port, "sidecar_decode_errors_total", "");
+    double dead = scx_metric_at(port, "sidecar_dead_letters_total", "");
+    scx_stop(pid, 15000);
+    ck_assert_int_eq(scx_log_count(log, "failpoint file_sync fired"), 1);
+    ck_assert_int_eq(scx_log_count(log, "retrying the batch in"), 1);
+    ck_assert_msg(decode_errors == 1 && dead == 1, "decode errors %g, dead letters %g",
+                  decode_errors, dead);
+    ck_assert_int_eq(hx_pg_int(e.conn,
+                               "SELECT count(*) FROM sidecar.dead_letters WHERE \"offset\" = 0 "
+                               "AND attempts = 1",
+                               0, NULL),
+                     1);
+    json_t *lines = read_lines(&e, "orders", 0);
+    ck_assert_uint_eq(json_array_size(lines), 9);
+    for (int64_t i = 0; i < 9; i++)
+        ck_line(json_string_value(json_array_get(lines, (size_t)i)), i + 1, reg_order_json(i));
+    json_decref(lines);
+    free(schema);
+    reg_stop(r);
+    scx_env_stop(&e);
+}
+END_TEST
+
 START_TEST(test_postgres_paths)
 {
     struct scx_env e;
@@ -735,6 +786,7 @@ int main(void)
     tcase_add_test(tc, test_avro_file_sink);
     tcase_add_test(tc, test_registry_faults);
     tcase_add_test(tc, test_unknown_id_stops_the_partition);
+    tcase_add_test(tc, test_failed_sync_counts_a_decode_error_once);
     tcase_add_test(tc, test_postgres_paths);
     tcase_add_test(tc, test_registry_tls_ca_file);
     suite_add_tcase(s, tc);
