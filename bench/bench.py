@@ -1197,7 +1197,9 @@ def scale_point(env, args, partitions, pipelines, instances, run_id):
     cpu = sum(sc.child.cpu for sc in scs)
     r = {
         "partitions": partitions, "pipelines": pipelines, "instances": instances,
-        "workers_per_pipeline": env.args.pipeline.get("workers", 4),
+        # the sidecar's default for the file and postgres sinks: one per CPU, at most 4
+        "workers_per_pipeline": env.args.pipeline.get(
+            "workers", min(4, len(os.sched_getaffinity(0)))),
         "records": records, "records_per_partition": per_part,
         "seconds": round(span, 3), "records_per_s": round(records / span),
         "assign_s": round(t_all_leased - t_lease, 3),

@@ -4,11 +4,14 @@
 #include "base/sc_util.h"
 
 #include <errno.h>
+#include <limits.h>
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static void oom(size_t n)
 {
@@ -257,4 +260,99 @@ int sc_hexval(char c)
     if (c >= 'A' && c <= 'F')
         return c - 'A' + 10;
     return -1;
+}
+
+/* The CPUs a quota of quota per period microseconds allows, rounded up (INT_MAX: none). */
+static int quota_cpus(long long quota, long long period)
+{
+    if (quota <= 0 || period <= 0)
+        return INT_MAX;
+    long long n = (quota + period - 1) / period;
+    return n > INT_MAX ? INT_MAX : (int)n;
+}
+
+/* cgroup v2: cpu.max of dir ("max 100000" or "200000 100000"); INT_MAX if none or no limit. */
+static int v2_cpus(const char *dir)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/cpu.max", dir) >= (int)sizeof(path))
+        return INT_MAX;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return INT_MAX;
+    char quota[32] = "";
+    long long period = 0;
+    int n = fscanf(f, "%31s %lld", quota, &period);
+    fclose(f);
+    if (n != 2 || strcmp(quota, "max") == 0)
+        return INT_MAX;
+    return quota_cpus(strtoll(quota, NULL, 10), period);
+}
+
+static long long read_ll(const char *root, const char *name)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof(path), "%s/%s", root, name) >= (int)sizeof(path))
+        return -1;
+    FILE *f = fopen(path, "r");
+    long long v = -1;
+    if (f) {
+        if (fscanf(f, "%lld", &v) != 1)
+            v = -1;
+        fclose(f);
+    }
+    return v;
+}
+
+int sc_cpus_available_at(const char *root, const char *cgroup, int affinity)
+{
+    int n = affinity > 0 ? affinity : 1;
+    /* v2: the process's cgroup and each ancestor up to the root may each set a limit. */
+    char dir[PATH_MAX];
+    if (snprintf(dir, sizeof(dir), "%s%s", root, cgroup && cgroup[0] == '/' ? cgroup : "") >=
+        (int)sizeof(dir))
+        snprintf(dir, sizeof(dir), "%s", root);
+    for (;;) {
+        int c = v2_cpus(dir);
+        if (c < n)
+            n = c;
+        char *slash = strrchr(dir, '/');
+        if (strlen(dir) <= strlen(root) || !slash || slash < dir + strlen(root))
+            break;
+        *slash = '\0';
+    }
+    /* v1: the cpu controller's files at its root (a container's own cgroup). */
+    static const char *const v1[] = {"cpu", "cpu,cpuacct", "cpuacct,cpu"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(v1); i++) {
+        char q[64], pd[64];
+        snprintf(q, sizeof(q), "%s/cpu.cfs_quota_us", v1[i]);
+        snprintf(pd, sizeof(pd), "%s/cpu.cfs_period_us", v1[i]);
+        int c = quota_cpus(read_ll(root, q), read_ll(root, pd));
+        if (c < n)
+            n = c;
+    }
+    return n;
+}
+
+int sc_cpus_available(void)
+{
+    cpu_set_t set;
+    int affinity = sched_getaffinity(0, sizeof(set), &set) == 0 ? CPU_COUNT(&set) : 0;
+    if (affinity <= 0) {
+        long online = sysconf(_SC_NPROCESSORS_ONLN);
+        affinity = online > 0 && online < INT_MAX ? (int)online : 1;
+    }
+    /* "0::/path" in /proc/self/cgroup: the process's cgroup v2 */
+    char line[PATH_MAX + 8], cgroup[PATH_MAX] = "";
+    FILE *f = fopen("/proc/self/cgroup", "r");
+    while (f && fgets(line, sizeof(line), f)) {
+        size_t len = strcspn(line, "\n");
+        if (strncmp(line, "0::", 3) == 0 && len - 3 < sizeof(cgroup)) {
+            memcpy(cgroup, line + 3, len - 3);
+            cgroup[len - 3] = '\0';
+        }
+    }
+    if (f)
+        fclose(f);
+    return sc_cpus_available_at("/sys/fs/cgroup", cgroup[0] ? cgroup : NULL, affinity);
 }

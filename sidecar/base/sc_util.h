@@ -113,4 +113,15 @@ bool sc_word_in(const char *list, const char *name);
 /* Levenshtein distance between a and b (for "did you mean" hints). */
 size_t sc_edit_distance(const char *a, const char *b);
 
+/*
+ * The CPUs this process may use: its affinity mask's, or fewer when its
+ * cgroup allows less CPU time (cgroup v2 cpu.max of its cgroup and every
+ * ancestor, or v1 cpu.cfs_quota_us / cpu.cfs_period_us at the hierarchy's
+ * root, as a container sees it), rounded up; 1 at least.
+ */
+int sc_cpus_available(void);
+/* The same with the cgroup hierarchy mounted at root, the process's cgroup v2 path
+ * (from /proc/self/cgroup; NULL: unknown) and an affinity count (for tests). */
+int sc_cpus_available_at(const char *root, const char *cgroup, int affinity);
+
 #endif

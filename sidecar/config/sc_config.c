@@ -382,6 +382,31 @@ static void check_sinks(struct sc_conf_ctx *ctx, const struct sc_config *cfg,
     }
 }
 
+/*
+ * pipelines[].workers when not given: what the sink asks for (a sink whose
+ * writes wait on a remote service keeps its requests going in parallel),
+ * else one per CPU available, at most 4.  More workers than CPUs only made
+ * them take turns: on 2 CPUs, 4 workers against 2 cost the file sink 8-13 %
+ * more CPU and a worse p99 latency (docs/benchmarks.md), and the postgres
+ * sink's COPY no throughput.
+ */
+static void default_workers(struct sc_config *cfg, const struct sc_sink_registry *sinks)
+{
+    int cpus = -1;
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        struct sc_pipeline_conf *p = &cfg->pipelines[i];
+        if (p->workers > 0)
+            continue;
+        if (sinks && sinks->default_workers && p->sink.variant && p->sink.conf)
+            p->workers = sinks->default_workers(cfg, i);
+        if (p->workers > 0)
+            continue;
+        if (cpus < 0)
+            cpus = sc_cpus_available();
+        p->workers = cpus < SC_DEFAULT_WORKERS_MAX ? cpus : SC_DEFAULT_WORKERS_MAX;
+    }
+}
+
 /* ---- the tables --------------------------------------------------------------------------- */
 
 static const struct sc_conf_enum log_levels[] = {
@@ -799,11 +824,13 @@ static const struct sc_conf_key pipeline_keys[] = {
      .help = "partition leases"},
     {.name = "workers",
      .type = SC_CONF_INT,
-     .def = "4",
      .offset = PIPE(workers),
      .min = 1,
      .max = 64,
-     .help = "delivery threads (a partition is pinned to one)"},
+     .def_doc = "4 for the http sink; else the CPUs available, at most 4",
+     .help = "delivery threads (a partition is pinned to one); the CPUs available are the "
+             "process's CPU affinity, fewer if its cgroup's CPU quota allows less (a "
+             "container's --cpus), rounded up"},
     {.name = "kafka_properties",
      .type = SC_CONF_MAP,
      .offset = PIPE(kafka_properties),
@@ -987,6 +1014,7 @@ static int load_text(const char *name, const char *text, size_t len,
     ctx.variants = sinks ? sinks->types : NULL;
     sc_conf_parse(&ctx, &root_table, cfg, root);
     check_sinks(&ctx, cfg, sinks);
+    default_workers(cfg, sinks);
     if (ctx.nerrors == 0) {
         *out = cfg;
         cfg = NULL;

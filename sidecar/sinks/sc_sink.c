@@ -39,9 +39,16 @@ static void check_sink(struct sc_conf_ctx *ctx, const struct sc_config *cfg, siz
         type->check_config(ctx, cfg, i);
 }
 
+static int default_workers(const struct sc_config *cfg, size_t i)
+{
+    const struct sc_sink_class *type = sc_sink_class_of(&cfg->pipelines[i].sink);
+    return type ? type->default_workers : 0;
+}
+
 const struct sc_sink_registry sc_sinks = {
     .types = sink_type,
     .check = check_sink,
+    .default_workers = default_workers,
 };
 
 const struct sc_sink_class *sc_sink_class_of(const struct sc_conf_choice *sink)

@@ -132,6 +132,9 @@ struct sc_sink_class {
      */
     int (*check_online)(const struct sc_config *cfg, size_t i, char *msg, size_t msgsize);
     unsigned flags; /* defaults for struct sc_sink.flags; create() may change them */
+    /* Optional: the pipeline's workers when its config does not set them (0: one per CPU
+     * available, at most 4), e.g. more for a sink whose writes mostly wait on a service. */
+    int default_workers;
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */
     int (*create)(struct sc_sink *sink, char *err, size_t errsize);

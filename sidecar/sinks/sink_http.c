@@ -1102,6 +1102,9 @@ out:
 const struct sc_sink_class sink_http_class = {
     .conf = {.name = "http", .table = &http_table},
     .check_online = http_check_online,
+    /* Each worker has one request out at a time, which mostly waits on the service: as many
+     * as before the CPU-based default, whatever the CPUs (docs/sinks.md). */
+    .default_workers = 4,
     .create = http_create,
     .destroy = http_destroy,
     .part_open = http_part_open,

@@ -14,6 +14,7 @@
 #include <jansson.h>
 
 #include "base/sc_log.h"
+#include "base/sc_util.h"
 #include "config/sc_conf_check.h"
 #include "config/sc_config.h"
 #include "sinks/sc_sink.h"
@@ -192,7 +193,8 @@ START_TEST(test_minimal_config_gets_every_default)
     ck_assert_int_eq(p->batch.max_wait_ms, 100);
     ck_assert_int_eq(p->lease.ttl_ms, 10000);
     ck_assert_int_eq(p->lease.renew_ms, 3000);
-    ck_assert_int_eq(p->workers, 4);
+    int cpus = sc_cpus_available();
+    ck_assert_int_eq(p->workers, cpus < 4 ? cpus : 4);
     ck_assert_uint_eq(p->kafka_properties.count, 0);
     ck_assert_str_eq(p->sink.variant->name, "file");
     ck_assert_str_eq(sink_str(0, "path"), "/d/{partition}");
@@ -1087,6 +1089,78 @@ START_TEST(test_http_sink_rules)
 }
 END_TEST
 
+/*
+ * workers when not given: 4 for the http sink (its requests wait on the
+ * service), else one per CPU available, at most 4; given, as given.
+ */
+START_TEST(test_default_workers)
+{
+    int cpus = sc_cpus_available();
+    ck_assert_int_ge(cpus, 1);
+    ck_valid(DOC("{\"type\": \"http\", \"url\": \"http://x\"}"));
+    ck_assert_int_eq(cfg->pipelines[0].workers, 4);
+    sc_config_free(cfg);
+    cfg = NULL;
+    ck_valid(DOC("{\"type\": \"stdout\"}"));
+    ck_assert_int_eq(cfg->pipelines[0].workers, cpus < 4 ? cpus : 4);
+    sc_config_free(cfg);
+    cfg = NULL;
+    ck_valid(HEAD PIPE_HEAD "    \"workers\": 7,\n    \"sink\": {\"type\": \"http\", \"url\": "
+                            "\"http://x\"}\n" TAIL);
+    ck_assert_int_eq(cfg->pipelines[0].workers, 7);
+    sc_config_free(cfg);
+    cfg = NULL;
+}
+END_TEST
+
+static void write_at(const char *dir, const char *name, const char *text)
+{
+    char path[256];
+    snprintf(path, sizeof(path), "%s/%s", dir, name);
+    FILE *f = fopen(path, "w");
+    ck_assert_ptr_nonnull(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+/* The CPUs available: the affinity count, lowered by a cgroup's CPU quota, rounded up. */
+START_TEST(test_cpus_available_follows_cgroup_quotas)
+{
+    char root[64] = "/tmp/sc-cgroup-XXXXXX", dir[256];
+    ck_assert_ptr_nonnull(mkdtemp(root));
+    /* Nothing to read: the affinity count (at least 1). */
+    ck_assert_int_eq(sc_cpus_available_at(root, "/a/b", 8), 8);
+    ck_assert_int_eq(sc_cpus_available_at(root, NULL, 0), 1);
+    /* cgroup v2: the process's cgroup and its ancestors; the lowest quota wins. */
+    snprintf(dir, sizeof(dir), "%s/a", root);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    snprintf(dir, sizeof(dir), "%s/a/b", root);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    write_at(root, "cpu.max", "max 100000\n");
+    write_at(root, "a/b/cpu.max", "max 100000\n");
+    ck_assert_int_eq(sc_cpus_available_at(root, "/a/b", 8), 8);
+    write_at(root, "a/cpu.max", "150000 100000\n"); /* 1.5 CPUs: 2 */
+    ck_assert_int_eq(sc_cpus_available_at(root, "/a/b", 8), 2);
+    ck_assert_int_eq(sc_cpus_available_at(root, "/a/b", 1), 1);
+    ck_assert_int_eq(sc_cpus_available_at(root, "/", 8), 8); /* another cgroup's limit */
+    write_at(root, "cpu.max", "50000 100000\n");
+    ck_assert_int_eq(sc_cpus_available_at(root, "/a/b", 8), 1);
+    write_at(root, "cpu.max", "garbage\n");
+    ck_assert_int_eq(sc_cpus_available_at(root, "/", 8), 8);
+    /* cgroup v1: the cpu controller's quota at its root; -1 is no limit. */
+    snprintf(dir, sizeof(dir), "%s/cpu,cpuacct", root);
+    ck_assert_int_eq(mkdir(dir, 0700), 0);
+    write_at(root, "cpu,cpuacct/cpu.cfs_quota_us", "-1\n");
+    write_at(root, "cpu,cpuacct/cpu.cfs_period_us", "100000\n");
+    ck_assert_int_eq(sc_cpus_available_at(root, NULL, 8), 8);
+    write_at(root, "cpu,cpuacct/cpu.cfs_quota_us", "300000\n");
+    ck_assert_int_eq(sc_cpus_available_at(root, NULL, 8), 3);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", root);
+    ck_assert_int_eq(system(cmd), 0);
+}
+END_TEST
+
 START_TEST(test_admin_listen)
 {
     static const struct {
@@ -1308,6 +1382,8 @@ static Suite *config_suite(void)
     TCase *tc = tcase_create("config");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_minimal_config_gets_every_default);
+    tcase_add_test(tc, test_default_workers);
+    tcase_add_test(tc, test_cpus_available_follows_cgroup_quotas);
     tcase_add_test(tc, test_schema_registry);
     tcase_add_test(tc, test_instance_id_default);
     tcase_add_test(tc, test_full_config);
