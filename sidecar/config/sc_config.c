@@ -387,8 +387,8 @@ static void check_sinks(struct sc_conf_ctx *ctx, const struct sc_config *cfg,
  * writes wait on a remote service keeps its requests going in parallel),
  * else one per CPU available, at most 4.  More workers than CPUs only made
  * them take turns: on 2 CPUs, 4 workers against 2 cost the file sink 8-13 %
- * more CPU and a worse p99 latency (docs/benchmarks.md), and the postgres
- * sink's COPY no throughput.
+ * more CPU and a worse p99 latency (docs/benchmarks.md), and gave the
+ * postgres sink no more throughput.
  */
 static void default_workers(struct sc_config *cfg, const struct sc_sink_registry *sinks)
 {
