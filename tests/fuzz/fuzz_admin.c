@@ -22,10 +22,13 @@
  * shows up in an answer unless the request itself holds it.
  */
 #include <arpa/inet.h>
+#include <ctype.h>
 #include <errno.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
@@ -224,6 +227,42 @@ static bool plain_target(const char *t, size_t n)
 }
 
 /*
+ * Writes in to out (room for 4 * n + 1 bytes) with each byte >= 0x80 as \xNN; returns
+ * out's length.  in and out may be the same buffer.
+ */
+static size_t escape_high(const char *in, size_t n, char *out)
+{
+    char *copy = malloc(n + 1);
+    memcpy(copy, in, n);
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        unsigned char b = (unsigned char)copy[i];
+        len += b < 0x80 ? (size_t)(out[len] = (char)b, 1)
+                        : (size_t)snprintf(out + len, 5, "\\x%02x", b);
+    }
+    free(copy);
+    return len;
+}
+
+/* Writes in to out with each %XX decoded, as libmicrohttpd decodes a query; returns the
+ * length. */
+static size_t percent_decode(const char *in, size_t n, char *out)
+{
+    size_t len = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (in[i] == '%' && i + 2 < n && isxdigit((unsigned char)in[i + 1]) &&
+            isxdigit((unsigned char)in[i + 2])) {
+            char hex[3] = {in[i + 1], in[i + 2], 0};
+            out[len++] = (char)strtoul(hex, NULL, 16);
+            i += 2;
+        } else {
+            out[len++] = in[i] == '+' ? ' ' : in[i];
+        }
+    }
+    return len;
+}
+
+/*
  * Checks the first answer in ans (a request may smuggle a second one in: only the
  * first is looked at).  input is the part of the request the fuzzer wrote.
  */
@@ -239,20 +278,18 @@ static void check_answer(const char *input, size_t inlen, const char *ans, size_
     FUZZ_CHECK(memcmp(ans + 8, " 500", 4) != 0, "internal server error for: %.*s",
                (int)(inlen < 300 ? inlen : 300), input);
     /* Echoed input may be shown with bytes >= 0x80 as \xNN, whose hex digits can spell a
-     * secret next to the input's letters ("f\xffuzz-..."): judge against that form too. */
-    char *esc = malloc(inlen * 4 + 1);
-    size_t elen = 0;
-    for (size_t i = 0; i < inlen; i++) {
-        unsigned char b = (unsigned char)input[i];
-        elen += b < 0x80 ? (size_t)(esc[elen] = (char)b, 1)
-                         : (size_t)snprintf(esc + elen, 5, "\\x%02x", b);
-    }
+     * secret next to the input's letters ("f\xffuzz-..."), and query parameters are echoed
+     * percent-decoded ("%fFuzz-..." becomes "\xffuzz-..."): judge against those forms too. */
+    char *esc = malloc(inlen * 4 + 1), *dec = malloc(inlen * 4 + 1);
+    size_t elen = escape_high(input, inlen, esc);
+    size_t dlen = escape_high(dec, percent_decode(input, inlen, dec), dec);
     static const char *const secrets[] = {TOKEN, PG_PASSWORD};
     for (size_t i = 0; i < SC_ARRAY_LEN(secrets); i++)
         FUZZ_CHECK(!contains(ans, len, secrets[i]) || contains(input, inlen, secrets[i]) ||
-                       contains(esc, elen, secrets[i]),
+                       contains(esc, elen, secrets[i]) || contains(dec, dlen, secrets[i]),
                    "the answer shows a secret: %.*s", (int)len, ans);
     free(esc);
+    free(dec);
     const char *end = memmem(ans, len, "\r\n\r\n", 4);
     FUZZ_CHECK(end != NULL, "answer without the end of its headers");
     size_t hlen = (size_t)(end - ans) + 4;
