@@ -103,7 +103,24 @@ char *sc_conf_mask_url(const char *url)
     return sc_xasprintf("%.*s****%s", (int)(cut - url), url, at);
 }
 
-void sc_conf_check_readable_file(struct sc_conf_ctx *ctx, void *field)
+/*
+ * The markers OpenSSL's PEM reader takes a CA bundle's certificates from
+ * (curl hands it the file as it is).  A DER file, a private key alone or an
+ * empty file has none: curl would refuse it at the first connection, after
+ * the config had passed.
+ */
+static bool has_pem_certificate(const char *data, size_t n)
+{
+    static const char *const markers[] = {"-----BEGIN CERTIFICATE-----",
+                                          "-----BEGIN TRUSTED CERTIFICATE-----",
+                                          "-----BEGIN X509 CERTIFICATE-----"};
+    for (size_t i = 0; i < SC_ARRAY_LEN(markers); i++)
+        if (memmem(data, n, markers[i], strlen(markers[i])))
+            return true;
+    return false;
+}
+
+void sc_conf_check_ca_bundle(struct sc_conf_ctx *ctx, void *field)
 {
     const char *path = *(char **)field;
     char *data = NULL;
@@ -115,6 +132,11 @@ void sc_conf_check_readable_file(struct sc_conf_ctx *ctx, void *field)
                       errno == EFBIG    ? "larger than 16 MiB"
                       : errno == EINVAL ? "not a regular file"
                                         : strerror(errno));
+    else if (!has_pem_certificate(data, n))
+        sc_conf_error(ctx,
+                      "file %s holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" "
+                      "line): a CA bundle in PEM format is expected",
+                      sc_conf_quote(q, sizeof(q), path));
     free(data);
 }
 

@@ -31,8 +31,9 @@ void sc_conf_check_url(struct sc_conf_ctx *ctx, void *field);
 /* STRING masker: https://user:PASSWORD@host/ -> https://user:****@host/. */
 char *sc_conf_mask_url(const char *url);
 
-/* STRING check: a regular file that can be read now (at most 16 MiB), e.g. a CA bundle. */
-void sc_conf_check_readable_file(struct sc_conf_ctx *ctx, void *field);
+/* STRING check: a CA bundle for curl's CAINFO: a regular file that can be read now (at most
+ * 16 MiB) and holds at least one PEM certificate. */
+void sc_conf_check_ca_bundle(struct sc_conf_ctx *ctx, void *field);
 
 /* Does a property or header name look like it holds a secret (password, token, ...)? */
 bool sc_conf_key_is_secret(const char *name);

@@ -702,10 +702,10 @@ static const struct sc_conf_key registry_keys[] = {
      .type = SC_CONF_STRING,
      .offset = REG(ca_file),
      .min = 1,
-     .check = sc_conf_check_readable_file,
+     .check = sc_conf_check_ca_bundle,
      .def_doc = "the system CA store",
      .help = "PEM bundle of the CAs to verify an https:// registry with (must be readable "
-             "when the config loads)"},
+             "and hold a certificate when the config loads)"},
     {.name = "insecure_skip_verify",
      .type = SC_CONF_BOOL,
      .def = "false",

@@ -271,9 +271,10 @@ static const struct sc_conf_key http_keys[] = {
      .type = SC_CONF_STRING,
      .offset = HTTPK(ca_file),
      .min = 1,
-     .check = sc_conf_check_readable_file,
+     .check = sc_conf_check_ca_bundle,
      .def_doc = "the system CA store",
-     .help = "PEM bundle to verify the server with (read at load time)"},
+     .help = "PEM bundle of the CAs to verify the server with (checked for a certificate "
+             "when the config loads; curl reads it when it connects)"},
     {.name = "insecure_skip_verify",
      .type = SC_CONF_BOOL,
      .def = "false",

@@ -1376,6 +1376,60 @@ START_TEST(test_schema_registry)
 }
 END_TEST
 
+/*
+ * A ca_file (the http sink's, the registry's) must hold a PEM certificate
+ * when the config loads: an empty file, a DER certificate or a key alone
+ * used to pass, and curl refused them only at the first connection.
+ */
+START_TEST(test_ca_file_must_hold_a_certificate)
+{
+    static const char pem[] = "# a bundle\n-----BEGIN CERTIFICATE-----\nMIIB\n"
+                              "-----END CERTIFICATE-----\n";
+    static const char key[] = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n";
+    static const char der[] = "\x30\x82\x01\x0a\x02\x82\x01\x01\x00";
+    const struct {
+        const char *name, *data;
+        size_t len;
+    } files[] = {{"ca.pem", pem, sizeof(pem) - 1},
+                 {"empty.pem", "", 0},
+                 {"key.pem", key, sizeof(key) - 1},
+                 {"ca.der", der, sizeof(der) - 1}};
+    char paths[SC_ARRAY_LEN(files)][128];
+    for (size_t i = 0; i < SC_ARRAY_LEN(files); i++) {
+        snprintf(paths[i], sizeof(paths[i]), "%s/%s", tmpdir, files[i].name);
+        write_file(paths[i], files[i].data, files[i].len);
+    }
+    char doc[2048], want[1024];
+    for (size_t i = 0; i < SC_ARRAY_LEN(files); i++) {
+        for (int reg = 0; reg < 2; reg++) {
+            if (reg)
+                snprintf(doc, sizeof(doc),
+                         HEAD "  \"schema_registry\": {\"url\": \"https://r\", \"ca_file\": "
+                              "\"%s\"},\n" REG_PIPE("\"workers\": 1"),
+                         paths[i]);
+            else
+                snprintf(doc, sizeof(doc),
+                         DOC("{\"type\": \"http\", \"url\": \"https://x\", \"ca_file\": \"%s\"}"),
+                         paths[i]);
+            if (i == 0) {
+                ck_valid(doc);
+                continue;
+            }
+            snprintf(want, sizeof(want),
+                     "file \"%s\" holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" "
+                     "line): a CA bundle in PEM format is expected",
+                     paths[i]);
+            ck_error(doc, "t.json:", want);
+            ck_assert(has_line("t.json:", reg ? "schema_registry.ca_file: " : "sink.ca_file: "));
+        }
+    }
+    /* A directory is no file. */
+    snprintf(doc, sizeof(doc),
+             DOC("{\"type\": \"http\", \"url\": \"https://x\", \"ca_file\": \"%s\"}"), tmpdir);
+    ck_error(doc, "t.json:", "Is a directory");
+}
+END_TEST
+
 static Suite *config_suite(void)
 {
     Suite *s = suite_create("config");
@@ -1383,6 +1437,7 @@ static Suite *config_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, test_minimal_config_gets_every_default);
     tcase_add_test(tc, test_default_workers);
+    tcase_add_test(tc, test_ca_file_must_hold_a_certificate);
     tcase_add_test(tc, test_cpus_available_follows_cgroup_quotas);
     tcase_add_test(tc, test_schema_registry);
     tcase_add_test(tc, test_instance_id_default);
