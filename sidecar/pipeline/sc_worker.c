@@ -32,6 +32,7 @@
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
 #include "db/sc_db.h"
+#include "base/sc_parallel.h"
 #include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_partbuf.h"
@@ -109,6 +110,8 @@ struct sc_worker {
     struct sc_part **slots;
     size_t nslots, nparts_listed;
     struct sc_part *last_found;
+    /* The sink's part_sync() of several partitions at once (sync_written_all()). */
+    struct sc_parallel syncers;
 };
 
 #define BATCH_DRAIN      512
@@ -1284,22 +1287,46 @@ static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
  * the batch stays pending and is written again (same offset) after the
  * partition's backoff.
  */
+struct sync_job {
+    struct sc_sink *sink;
+    struct sc_part *p;
+    int rc;
+    int64_t took_ns;
+    char err[1024];
+};
+
+/* The sink's part_sync() of one partition: in the worker thread or a syncer. */
+static void sync_job_run(void *arg)
+{
+    struct sync_job *j = arg;
+    int64_t t0 = sc_mono_ns();
+    j->err[0] = '\0';
+    j->rc = j->sink->type->part_sync(j->sink, j->p->sink_part, j->err, sizeof(j->err));
+    j->took_ns = sc_mono_ns() - t0;
+}
+
+/* After j ran, in the worker thread: the metric, and a failed sync's retry. */
+static bool sync_job_done(struct sc_worker *w, const struct sync_job *j)
+{
+    struct sc_part *p = j->p;
+    if (p->unsynced_ns > 0)
+        sc_hist_observe_ns(&p->m->sink_write_seconds, p->unsynced_ns + j->took_ns);
+    p->unsynced_ns = 0;
+    if (j->rc == 0)
+        return true;
+    p->written = false;
+    w->result.retry_in_ms = 0;
+    retry_later(w, p, j->err);
+    return false;
+}
+
 static bool sync_written(struct sc_worker *w, struct sc_part *p)
 {
     if (!w->sink->type->part_sync || !p->sink_part)
         return true;
-    char err[1024] = "";
-    int64_t t0 = sc_mono_ns();
-    int rc = w->sink->type->part_sync(w->sink, p->sink_part, err, sizeof(err));
-    if (p->unsynced_ns > 0)
-        sc_hist_observe_ns(&p->m->sink_write_seconds, p->unsynced_ns + sc_mono_ns() - t0);
-    p->unsynced_ns = 0;
-    if (rc == 0)
-        return true;
-    p->written = false;
-    w->result.retry_in_ms = 0;
-    retry_later(w, p, err);
-    return false;
+    struct sync_job j = {.sink = w->sink, .p = p};
+    sync_job_run(&j);
+    return sync_job_done(w, &j);
 }
 
 /*
@@ -1500,8 +1527,11 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
  * where batches leave by max_wait_ms, a batch then costs one PostgreSQL
  * transaction instead of two, and its records wait no longer than before.
  * Readers of committed_write_offset see a batch up to max_wait_ms later;
- * what is written is the same.  A replay, a batch with dead letters, a
- * stopping worker and finish commit at once.
+ * what is written is the same.  With a sink that syncs before the commit,
+ * a batch whose successor is full (a backlog) waits too, but only for the
+ * turn's end and the next turn's grouped commit (see hold, below).  A
+ * replay, a batch with dead letters, a stopping worker and finish commit
+ * at once.
  */
 static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, bool finish)
 {
@@ -1604,8 +1634,18 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
      * written again. */
     size_t ndecode = w->decoding ? w->bad.ndead : 0;
     size_t next = cut_batch(w, p, n, now, READY_FULL);
-    if (next == 0 && ndead == 0 && !p->replay && !finish && !stopping(w) && !w->starved &&
-        pc->batch.max_wait_ms > 0) {
+    /* A sink that syncs before the commit holds back the commit of a batch whose successor
+     * is full, or of a worker starved for memory, too: to the end of the turn, where its
+     * sync runs alongside the other partitions' (sync_written_all()), and the start of the
+     * next, where it commits in a group.  Committed here, each such batch synced and
+     * committed alone, one after the other: in a backlog under the memory budget, 45 % of
+     * the batches (bench/, file sink, 2M records over 32 partitions: 0.77 -> 0.87 x the
+     * build before the budget).  A sink without a sync gains nothing from the wait and
+     * would hold the batch's memory through it. */
+    bool hold = next == 0 && !w->starved;
+    if (w->sink->type->part_sync)
+        hold = true;
+    if (hold && ndead == 0 && !p->replay && !finish && !stopping(w) && pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
         /* The next batch collects from the pend of this one on (commit_due_at()). */
@@ -1678,15 +1718,29 @@ static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
  * (the sink's part_sync()), while the worker has nothing else to do.  The
  * writes of the turn went out back to back, right after the statement that
  * pended them; their syncs no longer stand between the next statement and
- * its writes.  A batch whose sync fails is written again (sync_written()).
+ * its writes.  The syncs run SC_PARALLEL_MAX at once (each partition has
+ * its own file: concurrent fdatasyncs share the filesystem's journal
+ * commits, measured 0.16 against 0.35 ms a file for 16 files on ext4).  A
+ * batch whose sync fails is written again (sync_written()).
  */
 static void sync_written_all(struct sc_worker *w)
 {
     if (!w->sink->type->part_sync)
         return;
+    size_t n = 0;
     for (struct sc_part *p = w->parts; p; p = p->next)
-        if (p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE)
-            (void)sync_written(w, p);
+        n += p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part;
+    if (n == 0)
+        return;
+    struct sync_job *jobs = sc_xcalloc(n, sizeof(*jobs));
+    size_t i = 0;
+    for (struct sc_part *p = w->parts; p && i < n; p = p->next)
+        if (p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part)
+            jobs[i++] = (struct sync_job){.sink = w->sink, .p = p};
+    sc_parallel_run(&w->syncers, sync_job_run, jobs, sizeof(*jobs), n);
+    for (i = 0; i < n; i++)
+        (void)sync_job_done(w, &jobs[i]);
+    free(jobs);
 }
 
 /* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
@@ -2344,6 +2398,7 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
     w->db.idle_tx_timeout_ms = env->pc->lease.ttl_ms;
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
+    sc_parallel_init(&w->syncers);
     return w;
 }
 
@@ -2372,6 +2427,7 @@ void sc_worker_stop(struct sc_worker *w)
         rd_kafka_queue_yield(w->queue);
         pthread_join(w->thread, NULL);
     }
+    sc_parallel_destroy(&w->syncers);
     /* Partitions the consumer thread never got to remove (hard shutdown). */
     while (w->parts)
         part_removed(w, w->parts, "shutdown");

@@ -172,8 +172,12 @@ struct sc_sink_class {
      * that covers a written batch, and after a turn in which it wrote
      * several partitions' batches, for those whose commit waits: the writes
      * of the turn go out back to back, each no longer behind the syncs of
-     * the ones before.  Returns 0, or -1 with err: the written batch is then
-     * written again (same write offset) before its commit.
+     * the ones before.  Those syncs run several at once (base/sc_parallel.h):
+     * it may be called from another thread than the worker's, alongside
+     * other partitions' part_sync() (never two for one partition, never
+     * alongside any other call into the sink), so it touches only p.
+     * Returns 0, or -1 with err: the written batch is then written again
+     * (same write offset) before its commit.
      */
     int (*part_sync)(struct sc_sink *sink, struct sc_sink_part *p, char *err, size_t errsize);
 
