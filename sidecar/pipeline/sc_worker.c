@@ -31,8 +31,8 @@
 #include "base/sc_failpoint.h"
 #include "base/sc_log.h"
 #include "base/sc_metrics.h"
-#include "db/sc_db.h"
 #include "base/sc_parallel.h"
+#include "db/sc_db.h"
 #include "pipeline/sc_budget.h"
 #include "pipeline/sc_part.h"
 #include "pipeline/sc_partbuf.h"
@@ -112,6 +112,8 @@ struct sc_worker {
     struct sc_part *last_found;
     /* The sink's part_sync() of several partitions at once (sync_written_all()). */
     struct sc_parallel syncers;
+    struct sync_job *sync_jobs;
+    size_t sync_jobs_cap;
 };
 
 #define BATCH_DRAIN      512
@@ -1639,12 +1641,10 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
      * sync runs alongside the other partitions' (sync_written_all()), and the start of the
      * next, where it commits in a group.  Committed here, each such batch synced and
      * committed alone, one after the other: in a backlog under the memory budget, 45 % of
-     * the batches (bench/, file sink, 2M records over 32 partitions: 0.77 -> 0.87 x the
-     * build before the budget).  A sink without a sync gains nothing from the wait and
+     * the batches (bench/, file sink, 2M records over 32 partitions: 0.66-0.77 -> 0.83 x
+     * the build before the budget).  A sink without a sync gains nothing from the wait and
      * would hold the batch's memory through it. */
-    bool hold = next == 0 && !w->starved;
-    if (w->sink->type->part_sync)
-        hold = true;
+    bool hold = w->sink->type->part_sync || (next == 0 && !w->starved);
     if (hold && ndead == 0 && !p->replay && !finish && !stopping(w) && pc->batch.max_wait_ms > 0) {
         p->written = true;
         p->written_next_write_offset = w->result.next_write_offset;
@@ -1720,8 +1720,9 @@ static bool group_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
  * pended them; their syncs no longer stand between the next statement and
  * its writes.  The syncs run SC_PARALLEL_MAX at once (each partition has
  * its own file: concurrent fdatasyncs share the filesystem's journal
- * commits, measured 0.16 against 0.35 ms a file for 16 files on ext4).  A
- * batch whose sync fails is written again (sync_written()).
+ * commits; 16 files on ext4, four at a time, took about 0.2 ms each
+ * against 0.35 one after the other).  A batch whose sync fails is written
+ * again (sync_written()).
  */
 static void sync_written_all(struct sc_worker *w)
 {
@@ -1732,7 +1733,11 @@ static void sync_written_all(struct sc_worker *w)
         n += p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part;
     if (n == 0)
         return;
-    struct sync_job *jobs = sc_xcalloc(n, sizeof(*jobs));
+    if (n > w->sync_jobs_cap) {
+        w->sync_jobs = sc_xrealloc(w->sync_jobs, n * sizeof(*w->sync_jobs));
+        w->sync_jobs_cap = n;
+    }
+    struct sync_job *jobs = w->sync_jobs;
     size_t i = 0;
     for (struct sc_part *p = w->parts; p && i < n; p = p->next)
         if (p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part)
@@ -1740,7 +1745,6 @@ static void sync_written_all(struct sc_worker *w)
     sc_parallel_run(&w->syncers, sync_job_run, jobs, sizeof(*jobs), n);
     for (i = 0; i < n; i++)
         (void)sync_job_done(w, &jobs[i]);
-    free(jobs);
 }
 
 /* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
@@ -2428,6 +2432,7 @@ void sc_worker_stop(struct sc_worker *w)
         pthread_join(w->thread, NULL);
     }
     sc_parallel_destroy(&w->syncers);
+    free(w->sync_jobs);
     /* Partitions the consumer thread never got to remove (hard shutdown). */
     while (w->parts)
         part_removed(w, w->parts, "shutdown");

@@ -1413,6 +1413,8 @@ START_TEST(test_ca_file_must_hold_a_certificate)
                          paths[i]);
             if (i == 0) {
                 ck_valid(doc);
+                sc_config_free(cfg);
+                cfg = NULL;
                 continue;
             }
             snprintf(want, sizeof(want),
