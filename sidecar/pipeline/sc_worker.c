@@ -1729,22 +1729,18 @@ static void sync_written_all(struct sc_worker *w)
     if (!w->sink->type->part_sync)
         return;
     size_t n = 0;
-    for (struct sc_part *p = w->parts; p; p = p->next)
-        n += p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part;
-    if (n == 0)
-        return;
-    if (n > w->sync_jobs_cap) {
-        w->sync_jobs = sc_xrealloc(w->sync_jobs, n * sizeof(*w->sync_jobs));
-        w->sync_jobs_cap = n;
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        if (!p->written || p->unsynced_ns <= 0 || p->state != SC_PART_ACTIVE || !p->sink_part)
+            continue;
+        if (n == w->sync_jobs_cap) {
+            w->sync_jobs_cap = n ? 2 * n : 16;
+            w->sync_jobs = sc_xrealloc(w->sync_jobs, w->sync_jobs_cap * sizeof(*w->sync_jobs));
+        }
+        w->sync_jobs[n++] = (struct sync_job){.sink = w->sink, .p = p};
     }
-    struct sync_job *jobs = w->sync_jobs;
-    size_t i = 0;
-    for (struct sc_part *p = w->parts; p && i < n; p = p->next)
-        if (p->written && p->unsynced_ns > 0 && p->state == SC_PART_ACTIVE && p->sink_part)
-            jobs[i++] = (struct sync_job){.sink = w->sink, .p = p};
-    sc_parallel_run(&w->syncers, sync_job_run, jobs, sizeof(*jobs), n);
-    for (i = 0; i < n; i++)
-        (void)sync_job_done(w, &jobs[i]);
+    sc_parallel_run(&w->syncers, sync_job_run, w->sync_jobs, sizeof(*w->sync_jobs), n);
+    for (size_t i = 0; i < n; i++)
+        (void)sync_job_done(w, &w->sync_jobs[i]);
 }
 
 /* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */

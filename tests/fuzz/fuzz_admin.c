@@ -228,19 +228,16 @@ static bool plain_target(const char *t, size_t n)
 
 /*
  * Writes in to out (room for 4 * n + 1 bytes) with each byte >= 0x80 as \xNN; returns
- * out's length.  in and out may be the same buffer.
+ * out's length.
  */
 static size_t escape_high(const char *in, size_t n, char *out)
 {
-    char *copy = malloc(n + 1);
-    memcpy(copy, in, n);
     size_t len = 0;
     for (size_t i = 0; i < n; i++) {
-        unsigned char b = (unsigned char)copy[i];
+        unsigned char b = (unsigned char)in[i];
         len += b < 0x80 ? (size_t)(out[len] = (char)b, 1)
                         : (size_t)snprintf(out + len, 5, "\\x%02x", b);
     }
-    free(copy);
     return len;
 }
 
@@ -280,9 +277,10 @@ static void check_answer(const char *input, size_t inlen, const char *ans, size_
     /* Echoed input may be shown with bytes >= 0x80 as \xNN, whose hex digits can spell a
      * secret next to the input's letters ("f\xffuzz-..."), and query parameters are echoed
      * percent-decoded ("%fFuzz-..." becomes "\xffuzz-..."): judge against those forms too. */
-    char *esc = malloc(inlen * 4 + 1), *dec = malloc(inlen * 4 + 1);
+    char *esc = malloc(inlen * 4 + 1), *dec = malloc(inlen * 4 + 1), *raw = malloc(inlen + 1);
     size_t elen = escape_high(input, inlen, esc);
-    size_t dlen = escape_high(dec, percent_decode(input, inlen, dec), dec);
+    size_t dlen = escape_high(raw, percent_decode(input, inlen, raw), dec);
+    free(raw);
     static const char *const secrets[] = {TOKEN, PG_PASSWORD};
     for (size_t i = 0; i < SC_ARRAY_LEN(secrets); i++)
         FUZZ_CHECK(!contains(ans, len, secrets[i]) || contains(input, inlen, secrets[i]) ||
