@@ -566,11 +566,16 @@ def statement_counts(env, batches):
     per = max(batches, 1)
     cp = {"pend": r"SET pending_first_offset = \$6", "commit": r"pending_first_offset = NULL",
           "commit_and_pend": r"pending_first_offset = \$9",
-          "advance": r"committed_offset = \$9::bigint"}
-    counts = {k: sum(c for c, q in rows if "checkpoints SET" in q and re.search(v, q))
+          "advance": r"committed_offset = \$9::bigint",
+          # the grouped statements: several partitions' rows in one (sc_checkpoint.c)
+          "commit_group": r"t SET committed_offset = r\.nxt",
+          "pend_group": r"t SET pending_first_offset = r\.f"}
+    counts = {k: sum(c for c, q in rows if re.search(r"checkpoints (t )?SET", q) and
+                     re.search(v, q))
               for k, v in cp.items()}
     commits = sum(c for c, q in rows if q.strip().upper() == "COMMIT")
-    tx = commits + counts["pend"] + counts["commit"] + counts["commit_and_pend"]
+    tx = commits + sum(counts[k] for k in ("pend", "commit", "commit_and_pend", "commit_group",
+                                           "pend_group"))
     # The postgres sink's ways for the rows: COPY, or the pipelined INSERT (sink_pg_fast).
     copies = sum(c for c, q in rows if re.search(r"^\s*COPY ", q, re.M))
     inserts = sum(c for c, q in rows if q.lstrip().upper().startswith("INSERT INTO") and

@@ -1872,6 +1872,138 @@ static void commit_written_together(struct sc_worker *w)
         commit_group(w, g, ng);
 }
 
+/*
+ * Grouped pends.  Under a backlog with a memory budget, a worker's
+ * partitions often commit a batch with nothing buffered to pend with it:
+ * the budget held the queue back until the commit freed the batch's
+ * memory.  Their next batches were then pended one statement each, one
+ * round trip after the other before each write: with 16 partitions a
+ * worker, half the batches (bench/, file sink, 2M records over 32
+ * partitions under 64 MiB).  So before the turn's writes, the new batches
+ * of all partitions that have one ready go in one statement
+ * (sc_checkpoint_pend_group()), each row guarded as the single pend is;
+ * every write still waits for its pend's answer (I2).  A partition whose
+ * row did not match is stopped as the single pend would stop it; a
+ * statement the server refused changed nothing, and then each partition
+ * pends alone in service(), where its refusal is classified and retried.
+ */
+struct pend_member {
+    struct sc_part *p;
+    struct pend_args a;
+    struct sc_cp after;
+};
+
+static int pend_member_cmp(const void *a, const void *b)
+{
+    const struct sc_part *x = ((const struct pend_member *)a)->p;
+    const struct sc_part *y = ((const struct pend_member *)b)->p;
+    int c = strcmp(x->topic, y->topic);
+    return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+/* A pend took effect (grouped or read back): as deliver_one() after its single pend. */
+static void batch_pended(struct sc_worker *w, struct sc_part *p, const struct sc_cp *after,
+                         int64_t now)
+{
+    p->cp = *after;
+    w->steps++;
+    checkpoint_ok(p);
+    p->pended_ms = now;
+    sc_metrics_set_pending(p->m, 1);
+    sc_failpoint("after_pend");
+}
+
+static void pend_group(struct sc_worker *w, struct pend_member *g, size_t ng, int64_t now)
+{
+    struct sc_cp_group_item items[SC_CP_GROUP_MAX];
+    qsort(g, ng, sizeof(*g), pend_member_cmp);
+    for (size_t i = 0; i < ng; i++) {
+        g[i].after = g[i].p->cp;
+        items[i] = (struct sc_cp_group_item){
+            .topic = g[i].p->topic,
+            .partition = g[i].p->partition,
+            .cp = &g[i].after,
+            .first = g[i].a.first,
+            .last = g[i].a.last,
+            .count = g[i].a.count,
+            .checksum = g[i].a.checksum,
+        };
+    }
+    int64_t t0 = sc_mono_ns();
+    enum sc_cp_status s = sc_checkpoint_pend_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
+                                                   sc_notify_channel(w->env.notify), items, ng);
+    int64_t took = sc_mono_ns() - t0;
+    if (s == SC_CP_TRANSIENT || s == SC_CP_FAILED) {
+        sc_debug(&g[0].p->log,
+                 "grouped pend of %zu partitions refused (SQLSTATE %s: %s); pending them one "
+                 "by one",
+                 ng, w->db.last_sqlstate, w->db.last_error);
+        return; /* nothing changed: each pends alone in service() */
+    }
+    for (size_t i = 0; i < ng; i++) {
+        struct sc_part *p = g[i].p;
+        sc_hist_observe_ns(&p->m->checkpoint_seconds, took);
+        enum sc_cp_status ps = s == SC_CP_OK ? items[i].status : SC_CP_UNAVAILABLE;
+        if (ps == SC_CP_OK) {
+            batch_pended(w, p, &g[i].after, now);
+        } else if (ps == SC_CP_FENCED) {
+            part_fenced(w, p, "pending a batch", true);
+        } else if (ps == SC_CP_CONFLICT) {
+            part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
+        } else if (ps == SC_CP_UNAVAILABLE && s != SC_CP_OK) {
+            /* The statement's outcome is unknown (all or none): compare each row. */
+            struct sc_cp intended = p->cp;
+            intended.has_pending = true;
+            intended.pending_first = g[i].a.first;
+            intended.pending_last = g[i].a.last;
+            intended.pending_count = g[i].a.count;
+            intended.pending_checksum = g[i].a.checksum;
+            intended.pending_write_offset = intended.committed_write_offset;
+            int r = reconcile(w, p, &p->cp, &intended);
+            if (r == 1)
+                batch_pended(w, p, &intended, now);
+            else if (r == -1)
+                part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+            else if (r == -3)
+                checkpoint_failed(w, p, "reading the checkpoint back");
+            else if (r == -2)
+                p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+            /* r == 0: it did not happen; service() pends it alone */
+        } /* else not matched, and reading why failed: service() pends it alone */
+    }
+}
+
+/* Pends the new batches of the partitions that have one ready, in groups (see above). */
+static void pend_ready_together(struct sc_worker *w)
+{
+    if ((w->sink->flags & SC_SINK_F_TRANSACTIONAL) || stopping(w))
+        return;
+    struct pend_member g[SC_CP_GROUP_MAX];
+    size_t ng = 0;
+    int64_t now = sc_mono_ms();
+    for (struct sc_part *p = w->parts; p; p = p->next) {
+        /* What deliver_one() would pend now, with service()'s conditions for getting there. */
+        if (p->state != SC_PART_ACTIVE || p->written || p->cp.has_pending || p->replay ||
+            now < p->retry_at_ms || atomic_load(&p->control_changed) ||
+            atomic_load(&p->lease_valid_until_ms) < now)
+            continue;
+        size_t n = cut_batch(w, p, 0, now, due_mode(w));
+        if (n == 0)
+            continue;
+        g[ng++] = (struct pend_member){
+            .p = p,
+            .a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
+                  batch_checksum(p, 0, n)},
+        };
+        if (ng == SC_CP_GROUP_MAX) {
+            pend_group(w, g, ng, now);
+            ng = 0;
+        }
+    }
+    if (ng >= 2)
+        pend_group(w, g, ng, now);
+}
+
 static void service(struct sc_worker *w, struct sc_part *p)
 {
     int64_t now = sc_mono_ms();
@@ -2345,6 +2477,7 @@ static void *worker_main(void *arg)
         }
         uint64_t steps = w->steps;
         commit_written_together(w);
+        pend_ready_together(w);
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();

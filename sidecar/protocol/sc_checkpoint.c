@@ -48,7 +48,10 @@
  * the server refused (a trigger, a lock timeout, a deadlock) changed
  * nothing for any partition: the worker then commits them one by one with
  * the single statements, so a refusal is classified and retried for its own
- * partition only, as before.
+ * partition only, as before.  Step 1 alone goes the same way for the new
+ * batches no commit took along (st_pend_group, sc_checkpoint_pend_group()):
+ * st_pend's guards and event per row, all pended or none, every write after
+ * the statement's answer (I2).
  *
  * What a crash at each point leaves behind, and why the next owner repairs
  * it (it always starts by reading this row under a new, higher epoch):
@@ -248,6 +251,36 @@ static const struct sc_stmt st_commit_group = {
     "  GROUP BY e.topic, e.partition)"
     " SELECT c.ord, c.paused FROM c, (SELECT count(*) FROM n) AS _n",
     16,
+};
+
+/*
+ * The pends of several partitions (sc_checkpoint_pend_group()): st_pend's
+ * guards and event for each row of the arrays $4..$12.
+ */
+static const struct sc_stmt st_pend_group = {
+    "sc_cp_pend_group",
+    "WITH r AS (SELECT * FROM unnest($4::text[], $5::int[], $6::bigint[], $7::bigint[],"
+    "  $8::bigint[], $9::bigint[], $10::bigint[], $11::int[], $12::bigint[]) WITH ORDINALITY"
+    "  AS r(topic, part, epoch, cwo, co, f, l, cnt, ck, ord)),"
+    " c AS ("
+    " UPDATE {S}.checkpoints t SET pending_first_offset = r.f, pending_last_offset = r.l,"
+    "  pending_count = r.cnt, pending_checksum = r.ck,"
+    "  pending_write_offset = t.committed_write_offset, pending_since = now(), updated_at = now()"
+    " FROM r WHERE t.pipeline = $1 AND t.topic = r.topic AND t.partition = r.part"
+    "  AND t.epoch = r.epoch AND t.state = 'ok' AND t.pending_first_offset IS NULL"
+    "  AND NOT t.paused AND t.committed_write_offset = r.cwo"
+    "  AND t.committed_offset IS NOT DISTINCT FROM r.co"
+    " RETURNING r.*, t.pending_write_offset AS pwo),"
+    " e AS (INSERT INTO {S}.events (pipeline, topic, partition, kind, epoch, owner, first_offset,"
+    "  last_offset, write_offset, detail)"
+    " SELECT $1, c.topic, c.part, 'pend', c.epoch, $2, c.f, c.l, c.pwo,"
+    "  jsonb_build_object('count', c.cnt, 'checksum', c.ck) FROM c ORDER BY c.ord"
+    "  RETURNING id, topic, partition),"
+    " n AS (SELECT pg_notify($3::text, json_build_object('id', max(e.id), 'pipeline', $1::text,"
+    "  'topic', e.topic, 'partition', e.partition)::text) FROM e WHERE $3::text IS NOT NULL"
+    "  GROUP BY e.topic, e.partition)"
+    " SELECT c.ord FROM c, (SELECT count(*) FROM n) AS _n",
+    12,
 };
 
 /* The advance of a transactional sink, up to its final SELECT (which differs below). */
@@ -671,25 +704,88 @@ static int put_group_value(struct sc_buf *b, const struct sc_cp_group_item *it, 
     return sc_buf_append(b, t, strlen(t));
 }
 
-enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipeline,
-                                             const char *owner, const char *notify_channel,
-                                             struct sc_cp_group_item *items, size_t n)
+/* The columns of st_pend_group's arrays $4..$12, in order. */
+enum {
+    P_TOPIC,
+    P_PART,
+    P_EPOCH,
+    P_CWO,
+    P_CO,
+    P_F,
+    P_L,
+    P_CNT,
+    P_CK,
+    P_NCOLS
+};
+
+static int put_pend_value(struct sc_buf *b, const struct sc_cp_group_item *it, int col)
 {
-    if (n == 0 || n > SC_CP_GROUP_MAX)
+    char num[24];
+    const struct sc_cp *cp = it->cp;
+    int64_t v;
+    switch (col) {
+    case P_TOPIC:
+        return put_array_text(b, it->topic);
+    case P_PART:
+        v = it->partition;
+        break;
+    case P_EPOCH:
+        v = cp->epoch;
+        break;
+    case P_CWO:
+        v = cp->committed_write_offset;
+        break;
+    case P_CO:
+        /* As st_pend's $11: a reset meanwhile makes the row a conflict. */
+        if (!cp->has_committed)
+            return sc_buf_append(b, "NULL", 4);
+        v = cp->committed_offset;
+        break;
+    case P_F:
+        v = it->first;
+        break;
+    case P_L:
+        v = it->last;
+        break;
+    case P_CNT:
+        v = it->count;
+        break;
+    default:
+        v = (int64_t)it->checksum;
+        break;
+    }
+    const char *t = sc_i64(num, v);
+    return sc_buf_append(b, t, strlen(t));
+}
+
+/*
+ * Runs grouped statement st over items[0..n): ncols arrays, column col of
+ * every item put by put(), as $4.. after $1 pipeline, $2 owner, $3 the
+ * notification channel.  matched[i] (and paused[i], from the answer's
+ * second column when the statement has one) say which rows it updated.
+ * SC_CP_OK when it ran, else the statement's own status.
+ */
+static enum sc_cp_status
+run_group(struct sc_db *db, const struct sc_stmt *st, const char *pipeline, const char *owner,
+          const char *notify_channel, const struct sc_cp_group_item *items, size_t n, int ncols,
+          int (*put)(struct sc_buf *, const struct sc_cp_group_item *, int), bool *matched,
+          bool *paused)
+{
+    if (n == 0 || n > SC_CP_GROUP_MAX || ncols > G_NCOLS)
         return SC_CP_FAILED; /* a caller's bug; nothing sent */
-    /* All 13 arrays in one buffer, each NUL-terminated: a topic name is at most 249 bytes. */
+    /* All arrays in one buffer, each NUL-terminated: a topic name is at most 249 bytes. */
     struct sc_buf b;
     sc_buf_init(&b, 1 << 20);
-    size_t at[G_NCOLS];
+    size_t at[G_NCOLS]; /* the widest statement's */
     int rc = 0;
-    for (int col = 0; col < G_NCOLS && rc == 0; col++) {
+    for (int col = 0; col < ncols && rc == 0; col++) {
         at[col] = b.len;
         rc = sc_buf_putc(&b, '{');
         for (size_t i = 0; i < n && rc == 0; i++) {
             if (i > 0)
                 rc = sc_buf_putc(&b, ',');
             if (rc == 0)
-                rc = put_group_value(&b, &items[i], col);
+                rc = put(&b, &items[i], col);
         }
         if (rc == 0)
             rc = sc_buf_append(&b, "}", 2); /* with the NUL */
@@ -698,38 +794,59 @@ enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipel
     if (rc != 0)
         goto out; /* over 1 MiB: not with SC_CP_GROUP_MAX names of at most 249 bytes */
     const char *v[16] = {pipeline, owner, notify_channel};
-    for (int col = 0; col < G_NCOLS; col++)
+    for (int col = 0; col < ncols; col++)
         v[3 + col] = b.data + at[col];
     enum sc_pg_errclass cls;
-    PGresult *res = sc_db_exec(db, &st_commit_group, v, &cls);
+    PGresult *res = sc_db_exec(db, st, v, &cls);
     if (!res) {
         s = failed(db, cls);
         goto out;
     }
-    bool matched[SC_CP_GROUP_MAX] = {false}, paused[SC_CP_GROUP_MAX] = {false};
+    memset(matched, 0, n * sizeof(*matched));
+    memset(paused, 0, n * sizeof(*paused));
     for (int row = 0; row < PQntuples(res); row++) {
         int64_t ord = col_i64(res, row, 0);
         if (ord >= 1 && ord <= (int64_t)n) {
             matched[ord - 1] = true;
-            paused[ord - 1] = PQgetvalue(res, row, 1)[0] == 't';
+            paused[ord - 1] = PQnfields(res) > 1 && PQgetvalue(res, row, 1)[0] == 't';
         }
     }
     PQclear(res);
     s = SC_CP_OK;
+out:
+    sc_buf_free(&b);
+    return s;
+}
+
+/* An item whose row a grouped statement did not update: as run_write_flag(), find out why,
+ * so the caller can tell a fence from a bug. */
+static enum sc_cp_status unmatched_status(struct sc_db *db, const char *pipeline, const char *owner,
+                                          const struct sc_cp_group_item *it)
+{
+    struct sc_cp_key k = {pipeline, it->topic, it->partition, owner, NULL};
+    struct sc_cp now;
+    enum sc_cp_status ls = sc_checkpoint_load(db, &k, &now);
+    if (ls == SC_CP_CONFLICT) /* no row at all */
+        return SC_CP_FENCED;
+    if (ls != SC_CP_OK)
+        return ls;
+    return now.epoch != it->cp->epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+}
+
+enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipeline,
+                                             const char *owner, const char *notify_channel,
+                                             struct sc_cp_group_item *items, size_t n)
+{
+    bool matched[SC_CP_GROUP_MAX], paused[SC_CP_GROUP_MAX];
+    enum sc_cp_status s = run_group(db, &st_commit_group, pipeline, owner, notify_channel, items, n,
+                                    G_NCOLS, put_group_value, matched, paused);
+    if (s != SC_CP_OK)
+        return s;
     for (size_t i = 0; i < n; i++) {
         struct sc_cp_group_item *it = &items[i];
         struct sc_cp *cp = it->cp;
         if (!matched[i]) {
-            /* As run_write_flag(): find out why, so the caller can tell a fence from a bug. */
-            struct sc_cp_key k = {pipeline, it->topic, it->partition, owner, NULL};
-            struct sc_cp now;
-            enum sc_cp_status ls = sc_checkpoint_load(db, &k, &now);
-            if (ls == SC_CP_CONFLICT) /* no row at all */
-                it->status = SC_CP_FENCED;
-            else if (ls != SC_CP_OK)
-                it->status = ls;
-            else
-                it->status = now.epoch != cp->epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+            it->status = unmatched_status(db, pipeline, owner, it);
             continue;
         }
         it->status = SC_CP_OK;
@@ -745,9 +862,34 @@ enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipel
             cp->pending_write_offset = it->next_write_offset;
         }
     }
-out:
-    sc_buf_free(&b);
-    return s;
+    return SC_CP_OK;
+}
+
+enum sc_cp_status sc_checkpoint_pend_group(struct sc_db *db, const char *pipeline,
+                                           const char *owner, const char *notify_channel,
+                                           struct sc_cp_group_item *items, size_t n)
+{
+    bool matched[SC_CP_GROUP_MAX], paused[SC_CP_GROUP_MAX];
+    enum sc_cp_status s = run_group(db, &st_pend_group, pipeline, owner, notify_channel, items, n,
+                                    P_NCOLS, put_pend_value, matched, paused);
+    if (s != SC_CP_OK)
+        return s;
+    for (size_t i = 0; i < n; i++) {
+        struct sc_cp_group_item *it = &items[i];
+        struct sc_cp *cp = it->cp;
+        if (!matched[i]) {
+            it->status = unmatched_status(db, pipeline, owner, it);
+            continue;
+        }
+        it->status = SC_CP_OK;
+        cp->has_pending = true;
+        cp->pending_first = it->first;
+        cp->pending_last = it->last;
+        cp->pending_count = it->count;
+        cp->pending_checksum = it->checksum;
+        cp->pending_write_offset = cp->committed_write_offset;
+    }
+    return SC_CP_OK;
 }
 
 /* The parameters of st_advance and st_advance_strict. */

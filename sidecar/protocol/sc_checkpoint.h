@@ -136,6 +136,21 @@ enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipel
                                              struct sc_cp_group_item *items, size_t n);
 
 /*
+ * sc_checkpoint_pend() for up to SC_CP_GROUP_MAX partitions of one pipeline
+ * and owner, in one statement: each item pends [first, last] (count,
+ * checksum; next_offset, next_write_offset, replay and and_pend are not
+ * read).  Every row is guarded exactly as the single statement guards it
+ * (its epoch, nothing pending, not paused, the committed position in
+ * item->cp), writes the same 'pend' event, and a row that does not match
+ * changes nothing while the others pend.  Returns and statuses as
+ * sc_checkpoint_commit_group()'s; SC_CP_OK for an item means pended
+ * (item->cp updated as by the single statement).
+ */
+enum sc_cp_status sc_checkpoint_pend_group(struct sc_db *db, const char *pipeline,
+                                           const char *owner, const char *notify_channel,
+                                           struct sc_cp_group_item *items, size_t n);
+
+/*
  * For sinks that commit records and checkpoint in one transaction (no
  * pending step): advances the committed position from cp (nothing pending)
  * to the batch [first, last], storing dead letters too.  Must run on db's

@@ -1004,6 +1004,146 @@ START_TEST(grouped_commits_fence_each_row)
 }
 END_TEST
 
+/*
+ * The grouped pend of several partitions' new batches in one statement:
+ * each row is guarded exactly as the single pend guards it.  A fenced row,
+ * a row whose committed position moved and a paused row change nothing of
+ * theirs (row, events, the caller's copy) while the others pend, with the
+ * single statement's event, in the same transaction as their rows, and one
+ * NOTIFY per pended partition.  A refusal of the whole statement changes no
+ * row at all.
+ */
+START_TEST(grouped_pends_fence_each_row)
+{
+    struct t t;
+    struct sc_db a, b;
+    struct sc_cp_group_item g[5];
+    struct ev w[2];
+    enum sc_cp_status s;
+
+    t_start(&t, "gpend");
+    db_open(&t, &a);
+    db_open(&t, &b);
+    /* A owns orders/0..3 and WEIRD/0, nothing pending. */
+    struct sc_cp cp[5];
+    const char *topics[5] = {TOPIC, TOPIC, TOPIC, TOPIC, WEIRD};
+    const int32_t parts[5] = {0, 1, 2, 3, 0};
+    for (int i = 0; i < 5; i++) {
+        struct sc_cp_key k = {
+            .pipeline = "p", .topic = topics[i], .partition = parts[i], .owner = "A"};
+        cp[i] = acquire_part(&a, "p", "A", topics[i], parts[i]);
+        ck_assert_int_eq(sc_checkpoint_set_start(&a, &k, &cp[i], 0, "latest"), SC_CP_OK);
+    }
+    /* orders/1 goes to B (A's copy keeps its old epoch): A's pend of it is fenced. */
+    {
+        struct sc_lease_held h = {.topic = TOPIC, .partition = 1, .epoch = cp[1].epoch};
+        ck_assert_int_eq(sc_lease_release(&a, "p", "A", NULL, &h, 1, "test", NULL), 1);
+    }
+    (void)acquire_part(&b, "p", "B", TOPIC, 1);
+    /* orders/2: A's copy expects another committed write offset: a conflict.  orders/3 is
+     * paused: nothing new starts, as with the single pend. */
+    struct sc_cp right2 = cp[2];
+    cp[2].committed_write_offset = 7;
+    hx_pg_exec(t.conn, "SELECT sidecar.pause_partition('p', '" TOPIC "', 3)");
+    struct sc_cp copy[4] = {cp[0], cp[1], cp[2], cp[3]};
+    char *row[4];
+    for (int i = 1; i < 4; i++)
+        row[i] = row_of(&t, TOPIC, i);
+    long long last = hx_pg_int(t.conn, "SELECT max(id) FROM sidecar.events", 0, NULL);
+
+    hx_pg_exec(t.conn, "LISTEN gpend");
+    for (int i = 0; i < 5; i++)
+        g[i] = item(topics[i], parts[i], &cp[i], 0);
+    s = sc_checkpoint_pend_group(&a, "p", "A", "gpend", g, 5);
+    ck_assert_msg(s == SC_CP_OK, "grouped pend: %s (%s)", st(s), a.last_error);
+    const enum sc_cp_status want[5] = {SC_CP_OK, SC_CP_FENCED, SC_CP_CONFLICT, SC_CP_CONFLICT,
+                                       SC_CP_OK};
+    for (int i = 0; i < 5; i++)
+        ck_assert_msg(g[i].status == want[i], "item %d: %s, want %s", i, st(g[i].status),
+                      st(want[i]));
+
+    /* The refused rows and their writers' copies are as they were. */
+    for (int i = 1; i < 4; i++) {
+        char *now = row_of(&t, TOPIC, i);
+        ck_assert_msg(strcmp(now, row[i]) == 0, "refused row %d changed:\n  was %s\n  now %s", i,
+                      row[i], now);
+        free(now);
+        free(row[i]);
+        check_cp_same(&cp[i], &copy[i], "refused grouped pend");
+    }
+    /* The others: copies and rows as the single pend leaves them. */
+    for (int i = 0; i < 5; i += 4) {
+        ck_assert(cp[i].has_pending && cp[i].pending_first == 0 && cp[i].pending_last == 9 &&
+                  cp[i].pending_count == 10 && cp[i].pending_checksum == 1000 &&
+                  cp[i].pending_write_offset == cp[i].committed_write_offset);
+        struct sc_cp_key k = {.pipeline = "p", .topic = topics[i], .partition = parts[i]};
+        struct sc_cp r;
+        ck_assert_int_eq(sc_checkpoint_load(&a, &k, &r), SC_CP_OK);
+        ck_assert_msg(r.has_pending && r.pending_first == 0 && r.pending_last == 9 &&
+                          r.pending_count == 10 && r.pending_checksum == 1000 &&
+                          r.pending_write_offset == cp[i].pending_write_offset &&
+                          r.committed_write_offset == cp[i].committed_write_offset,
+                      "row %d differs from the writer's copy", i);
+    }
+    /* Events: the pend of each pended row, in its transaction, in the items' order. */
+    for (int i = 0; i < 2; i++) {
+        const struct sc_cp *c = &cp[i * 4];
+        snprintf(w[i].line, sizeof(w[i].line), "pend|%lld|A|0|9|%lld", (long long)c->epoch,
+                 (long long)c->committed_write_offset);
+        w[i].detail = "{\"count\": 10, \"checksum\": 1000}";
+        w[i].with_row = true;
+    }
+    expect_events(&t, &last, w, 2, "grouped pend");
+    /* One NOTIFY per pended partition. */
+    hx_pg_exec(t.conn, "SELECT 1");
+    int notes = 0;
+    PGnotify *nf;
+    while ((nf = PQnotifies(t.conn)) != NULL) {
+        ck_assert_str_eq(nf->relname, "gpend");
+        notes++;
+        PQfreemem(nf);
+    }
+    ck_assert_int_eq(notes, 2);
+    hx_pg_exec(t.conn, "UNLISTEN gpend");
+
+    /* The refusal was for the reason named: with the right copy, orders/2 pends. */
+    cp[2] = right2;
+    g[0] = item(TOPIC, 2, &cp[2], 0);
+    s = sc_checkpoint_pend_group(&a, "p", "A", NULL, g, 1);
+    ck_assert_msg(s == SC_CP_OK && g[0].status == SC_CP_OK && cp[2].has_pending,
+                  "orders/2 with the right copy: %s %s", st(s), st(g[0].status));
+
+    /* A refusal of the statement (a trigger refusing one of its rows) changes no row. */
+    struct sc_cp cp5 = acquire_part(&a, "p", "A", TOPIC, 5),
+                 cp6 = acquire_part(&a, "p", "A", TOPIC, 6);
+    hx_pg_exec(t.conn,
+               "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
+               " IF NEW.partition = 6 THEN RAISE EXCEPTION 'no'; END IF; RETURN NEW; END $$");
+    hx_pg_exec(t.conn, "CREATE TRIGGER refuse BEFORE UPDATE ON sidecar.checkpoints FOR EACH ROW"
+                       " EXECUTE FUNCTION refuse()");
+    char *r5 = row_of(&t, TOPIC, 5), *r6 = row_of(&t, TOPIC, 6);
+    long long events = events_of(&t);
+    struct sc_cp c5 = cp5, c6 = cp6;
+    g[0] = item(TOPIC, 5, &cp5, 0);
+    g[1] = item(TOPIC, 6, &cp6, 0);
+    s = sc_checkpoint_pend_group(&a, "p", "A", NULL, g, 2);
+    ck_assert_msg(s == SC_CP_FAILED, "refused grouped pend: %s", st(s));
+    ck_assert_str_eq(a.last_sqlstate, "P0001");
+    ck_assert_str_eq(a.last_stmt, "sc_cp_pend_group");
+    char *n5 = row_of(&t, TOPIC, 5), *n6 = row_of(&t, TOPIC, 6);
+    ck_assert_str_eq(n5, r5);
+    ck_assert_str_eq(n6, r6);
+    ck_assert_int_eq(events_of(&t), events);
+    check_cp_same(&cp5, &c5, "refused grouped pend");
+    check_cp_same(&cp6, &c6, "refused grouped pend");
+    free(r5), free(r6), free(n5), free(n6);
+
+    sc_db_close(&a);
+    sc_db_close(&b);
+    t_stop(&t);
+}
+END_TEST
+
 /* ---- refusals ---------------------------------------------------------------------- */
 
 /* Asserts status want and, for a refusal the server answered, the SQLSTATE and statement. */
@@ -1183,6 +1323,7 @@ static Suite *checkpoint_suite(void)
     tcase_add_test(tc, paused_rows_take_no_new_batch);
     tcase_add_test(tc, events_match_changes);
     tcase_add_test(tc, grouped_commits_fence_each_row);
+    tcase_add_test(tc, grouped_pends_fence_each_row);
     tcase_add_test(tc, refusals_are_classified);
     suite_add_tcase(s, tc);
     return s;
