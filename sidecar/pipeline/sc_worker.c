@@ -807,14 +807,9 @@ static enum sc_cp_status do_pend(struct sc_worker *w, struct sc_part *p, struct 
     struct sc_cp_key k = key_of(w, p);
     enum sc_cp_status s =
         sc_checkpoint_pend(&w->db, &k, cp, a->first, a->last, a->count, a->checksum);
-    if (s == SC_CP_UNAVAILABLE) {
-        cp->has_pending = true;
-        cp->pending_first = a->first;
-        cp->pending_last = a->last;
-        cp->pending_count = a->count;
-        cp->pending_checksum = a->checksum;
-        cp->pending_write_offset = cp->committed_write_offset;
-    }
+    if (s == SC_CP_UNAVAILABLE)
+        sc_checkpoint_apply_pend(cp, a->first, a->last, a->count, a->checksum,
+                                 cp->committed_write_offset);
     return s;
 }
 
@@ -824,14 +819,10 @@ static void commit_intended(struct sc_cp *cp, const struct commit_args *a)
     cp->has_committed = true;
     cp->committed_offset = a->next_offset;
     cp->committed_write_offset = a->next_write_offset;
-    cp->has_pending = a->and_pend;
-    if (a->and_pend) {
-        cp->pending_first = a->pend.first;
-        cp->pending_last = a->pend.last;
-        cp->pending_count = a->pend.count;
-        cp->pending_checksum = a->pend.checksum;
-        cp->pending_write_offset = a->next_write_offset;
-    }
+    cp->has_pending = false;
+    if (a->and_pend)
+        sc_checkpoint_apply_pend(cp, a->pend.first, a->pend.last, a->pend.count, a->pend.checksum,
+                                 a->next_write_offset);
 }
 
 static enum sc_cp_status do_commit(struct sc_worker *w, struct sc_part *p, struct sc_cp *cp,
@@ -1744,12 +1735,15 @@ static void sync_written_all(struct sc_worker *w)
 }
 
 /* Rows are locked in (topic, partition) order, in every grouped statement of every owner. */
-static int member_cmp(const void *a, const void *b)
+static int part_order(const struct sc_part *x, const struct sc_part *y)
 {
-    const struct sc_part *x = ((const struct group_member *)a)->p;
-    const struct sc_part *y = ((const struct group_member *)b)->p;
     int c = strcmp(x->topic, y->topic);
     return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+}
+
+static int member_cmp(const void *a, const void *b)
+{
+    return part_order(((const struct group_member *)a)->p, ((const struct group_member *)b)->p);
 }
 
 /* Commits the members of g together (see above); those left written commit in service(). */
@@ -1895,10 +1889,7 @@ struct pend_member {
 
 static int pend_member_cmp(const void *a, const void *b)
 {
-    const struct sc_part *x = ((const struct pend_member *)a)->p;
-    const struct sc_part *y = ((const struct pend_member *)b)->p;
-    int c = strcmp(x->topic, y->topic);
-    return c ? c : (x->partition > y->partition) - (x->partition < y->partition);
+    return part_order(((const struct pend_member *)a)->p, ((const struct pend_member *)b)->p);
 }
 
 /* A pend took effect (grouped or read back): as deliver_one() after its single pend. */
@@ -1953,12 +1944,8 @@ static void pend_group(struct sc_worker *w, struct pend_member *g, size_t ng, in
         } else if (ps == SC_CP_UNAVAILABLE && s != SC_CP_OK) {
             /* The statement's outcome is unknown (all or none): compare each row. */
             struct sc_cp intended = p->cp;
-            intended.has_pending = true;
-            intended.pending_first = g[i].a.first;
-            intended.pending_last = g[i].a.last;
-            intended.pending_count = g[i].a.count;
-            intended.pending_checksum = g[i].a.checksum;
-            intended.pending_write_offset = intended.committed_write_offset;
+            sc_checkpoint_apply_pend(&intended, g[i].a.first, g[i].a.last, g[i].a.count,
+                                     g[i].a.checksum, intended.committed_write_offset);
             int r = reconcile(w, p, &p->cp, &intended);
             if (r == 1)
                 batch_pended(w, p, &intended, now);

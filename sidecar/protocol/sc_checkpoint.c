@@ -535,6 +535,17 @@ static enum sc_cp_status run_write_dead(struct sc_db *db, const struct sc_stmt *
                                         int64_t epoch, const struct sc_cp_dead *dead, size_t ndead,
                                         bool *flag);
 
+void sc_checkpoint_apply_pend(struct sc_cp *cp, int64_t first, int64_t last, int32_t count,
+                              uint32_t checksum, int64_t write_offset)
+{
+    cp->has_pending = true;
+    cp->pending_first = first;
+    cp->pending_last = last;
+    cp->pending_count = count;
+    cp->pending_checksum = checksum;
+    cp->pending_write_offset = write_offset;
+}
+
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
                                      int64_t first, int64_t last, int32_t count, uint32_t checksum)
 {
@@ -551,14 +562,8 @@ enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k
         param_str(&p, NULL);
     param_str(&p, k->notify_channel);
     enum sc_cp_status s = run_write(db, &st_pend, &p, k, cp->epoch);
-    if (s == SC_CP_OK) {
-        cp->has_pending = true;
-        cp->pending_first = first;
-        cp->pending_last = last;
-        cp->pending_count = count;
-        cp->pending_checksum = checksum;
-        cp->pending_write_offset = cp->committed_write_offset;
-    }
+    if (s == SC_CP_OK)
+        sc_checkpoint_apply_pend(cp, first, last, count, checksum, cp->committed_write_offset);
     return s;
 }
 
@@ -619,12 +624,7 @@ enum sc_cp_status sc_checkpoint_commit_and_pend(struct sc_db *db, const struct s
         cp->paused = true;
     } else if (s == SC_CP_OK) {
         apply_commit(cp, next_offset, next_write_offset);
-        cp->has_pending = true;
-        cp->pending_first = first;
-        cp->pending_last = last;
-        cp->pending_count = count;
-        cp->pending_checksum = checksum;
-        cp->pending_write_offset = next_write_offset;
+        sc_checkpoint_apply_pend(cp, first, last, count, checksum, next_write_offset);
     }
     return s;
 }
@@ -758,18 +758,33 @@ static int put_pend_value(struct sc_buf *b, const struct sc_cp_group_item *it, i
     return sc_buf_append(b, t, strlen(t));
 }
 
+/* An item whose row a grouped statement did not update: as run_write_flag(), find out why,
+ * so the caller can tell a fence from a bug. */
+static enum sc_cp_status unmatched_status(struct sc_db *db, const char *pipeline, const char *owner,
+                                          const struct sc_cp_group_item *it)
+{
+    struct sc_cp_key k = {pipeline, it->topic, it->partition, owner, NULL};
+    struct sc_cp now;
+    enum sc_cp_status ls = sc_checkpoint_load(db, &k, &now);
+    if (ls == SC_CP_CONFLICT) /* no row at all */
+        return SC_CP_FENCED;
+    if (ls != SC_CP_OK)
+        return ls;
+    return now.epoch != it->cp->epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
+}
+
 /*
  * Runs grouped statement st over items[0..n): ncols arrays, column col of
  * every item put by put(), as $4.. after $1 pipeline, $2 owner, $3 the
- * notification channel.  matched[i] (and paused[i], from the answer's
- * second column when the statement has one) say which rows it updated.
- * SC_CP_OK when it ran, else the statement's own status.
+ * notification channel.  SC_CP_OK when it ran: then each item's status
+ * says whether its row was updated (SC_CP_OK) or why not
+ * (unmatched_status()), and paused[i] is the answer's second column for
+ * it, when the statement has one.  Else the statement's own status.
  */
 static enum sc_cp_status
 run_group(struct sc_db *db, const struct sc_stmt *st, const char *pipeline, const char *owner,
-          const char *notify_channel, const struct sc_cp_group_item *items, size_t n, int ncols,
-          int (*put)(struct sc_buf *, const struct sc_cp_group_item *, int), bool *matched,
-          bool *paused)
+          const char *notify_channel, struct sc_cp_group_item *items, size_t n, int ncols,
+          int (*put)(struct sc_buf *, const struct sc_cp_group_item *, int), bool *paused)
 {
     if (n == 0 || n > SC_CP_GROUP_MAX || ncols > G_NCOLS)
         return SC_CP_FAILED; /* a caller's bug; nothing sent */
@@ -802,7 +817,7 @@ run_group(struct sc_db *db, const struct sc_stmt *st, const char *pipeline, cons
         s = failed(db, cls);
         goto out;
     }
-    memset(matched, 0, n * sizeof(*matched));
+    bool matched[SC_CP_GROUP_MAX] = {false};
     memset(paused, 0, n * sizeof(*paused));
     for (int row = 0; row < PQntuples(res); row++) {
         int64_t ord = col_i64(res, row, 0);
@@ -813,83 +828,48 @@ run_group(struct sc_db *db, const struct sc_stmt *st, const char *pipeline, cons
     }
     PQclear(res);
     s = SC_CP_OK;
+    for (size_t i = 0; i < n; i++)
+        items[i].status = matched[i] ? SC_CP_OK : unmatched_status(db, pipeline, owner, &items[i]);
 out:
     sc_buf_free(&b);
     return s;
-}
-
-/* An item whose row a grouped statement did not update: as run_write_flag(), find out why,
- * so the caller can tell a fence from a bug. */
-static enum sc_cp_status unmatched_status(struct sc_db *db, const char *pipeline, const char *owner,
-                                          const struct sc_cp_group_item *it)
-{
-    struct sc_cp_key k = {pipeline, it->topic, it->partition, owner, NULL};
-    struct sc_cp now;
-    enum sc_cp_status ls = sc_checkpoint_load(db, &k, &now);
-    if (ls == SC_CP_CONFLICT) /* no row at all */
-        return SC_CP_FENCED;
-    if (ls != SC_CP_OK)
-        return ls;
-    return now.epoch != it->cp->epoch ? SC_CP_FENCED : SC_CP_CONFLICT;
 }
 
 enum sc_cp_status sc_checkpoint_commit_group(struct sc_db *db, const char *pipeline,
                                              const char *owner, const char *notify_channel,
                                              struct sc_cp_group_item *items, size_t n)
 {
-    bool matched[SC_CP_GROUP_MAX], paused[SC_CP_GROUP_MAX];
+    bool paused[SC_CP_GROUP_MAX];
     enum sc_cp_status s = run_group(db, &st_commit_group, pipeline, owner, notify_channel, items, n,
-                                    G_NCOLS, put_group_value, matched, paused);
-    if (s != SC_CP_OK)
-        return s;
-    for (size_t i = 0; i < n; i++) {
+                                    G_NCOLS, put_group_value, paused);
+    for (size_t i = 0; s == SC_CP_OK && i < n; i++) {
         struct sc_cp_group_item *it = &items[i];
-        struct sc_cp *cp = it->cp;
-        if (!matched[i]) {
-            it->status = unmatched_status(db, pipeline, owner, it);
+        if (it->status != SC_CP_OK)
             continue;
-        }
-        it->status = SC_CP_OK;
-        apply_commit(cp, it->next_offset, it->next_write_offset);
-        if (it->and_pend && paused[i]) {
-            cp->paused = true; /* committed; the next batch was not pended */
-        } else if (it->and_pend) {
-            cp->has_pending = true;
-            cp->pending_first = it->first;
-            cp->pending_last = it->last;
-            cp->pending_count = it->count;
-            cp->pending_checksum = it->checksum;
-            cp->pending_write_offset = it->next_write_offset;
-        }
+        apply_commit(it->cp, it->next_offset, it->next_write_offset);
+        if (it->and_pend && paused[i])
+            it->cp->paused = true; /* committed; the next batch was not pended */
+        else if (it->and_pend)
+            sc_checkpoint_apply_pend(it->cp, it->first, it->last, it->count, it->checksum,
+                                     it->next_write_offset);
     }
-    return SC_CP_OK;
+    return s;
 }
 
 enum sc_cp_status sc_checkpoint_pend_group(struct sc_db *db, const char *pipeline,
                                            const char *owner, const char *notify_channel,
                                            struct sc_cp_group_item *items, size_t n)
 {
-    bool matched[SC_CP_GROUP_MAX], paused[SC_CP_GROUP_MAX];
+    bool paused[SC_CP_GROUP_MAX];
     enum sc_cp_status s = run_group(db, &st_pend_group, pipeline, owner, notify_channel, items, n,
-                                    P_NCOLS, put_pend_value, matched, paused);
-    if (s != SC_CP_OK)
-        return s;
-    for (size_t i = 0; i < n; i++) {
+                                    P_NCOLS, put_pend_value, paused);
+    for (size_t i = 0; s == SC_CP_OK && i < n; i++) {
         struct sc_cp_group_item *it = &items[i];
-        struct sc_cp *cp = it->cp;
-        if (!matched[i]) {
-            it->status = unmatched_status(db, pipeline, owner, it);
-            continue;
-        }
-        it->status = SC_CP_OK;
-        cp->has_pending = true;
-        cp->pending_first = it->first;
-        cp->pending_last = it->last;
-        cp->pending_count = it->count;
-        cp->pending_checksum = it->checksum;
-        cp->pending_write_offset = cp->committed_write_offset;
+        if (it->status == SC_CP_OK)
+            sc_checkpoint_apply_pend(it->cp, it->first, it->last, it->count, it->checksum,
+                                     it->cp->committed_write_offset);
     }
-    return SC_CP_OK;
+    return s;
 }
 
 /* The parameters of st_advance and st_advance_strict. */

@@ -70,6 +70,11 @@ struct sc_cp_dead {
     int attempts;
 };
 
+/* What a pend of [first, last] (count, checksum) at write_offset makes of cp, the writer's
+ * copy of the row. */
+void sc_checkpoint_apply_pend(struct sc_cp *cp, int64_t first, int64_t last, int32_t count,
+                              uint32_t checksum, int64_t write_offset);
+
 /* Records a pending batch [first, last] (count records, checksum) at cp->committed_write_offset;
  * CONFLICT while the partition is paused (nothing new starts after pause_partition()). */
 enum sc_cp_status sc_checkpoint_pend(struct sc_db *db, const struct sc_cp_key *k, struct sc_cp *cp,
