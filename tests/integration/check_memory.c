@@ -66,6 +66,23 @@ START_TEST(test_small_budget_many_partitions)
     scx_stop(pid, 15000);
     scx_verify_files(&e, "p1", "many", 64, 3000);
     fprintf(stderr, "check_memory: peak RSS %ld KiB under a 32 MiB budget\n", peak);
+    /* The budget binds: commits often find nothing buffered to pend with them, and the next
+     * batches of several partitions are then pended in one statement (grouped pends,
+     * sc_worker.c): transactions holding only pend events, two or more.  Without them each
+     * of these transactions holds one pend. */
+    long long grouped = hx_pg_int(e.conn,
+                                  "SELECT count(*) FROM (SELECT xid FROM sidecar.events"
+                                  " WHERE pipeline = 'p1' GROUP BY xid HAVING count(*) >= 2"
+                                  " AND bool_and(kind = 'pend')) g",
+                                  0, NULL);
+    long long single = hx_pg_int(e.conn,
+                                 "SELECT count(*) FROM (SELECT xid FROM sidecar.events"
+                                 " WHERE pipeline = 'p1' GROUP BY xid HAVING count(*) = 1"
+                                 " AND bool_and(kind = 'pend')) g",
+                                 0, NULL);
+    fprintf(stderr, "check_memory: %lld grouped pend statements, %lld single ones\n", grouped,
+            single);
+    ck_assert_msg(grouped > 0, "no grouped pend (%lld single pends)", single);
     /* The budget, plus what it does not cover: about 75 KiB per partition of librdkafka's
      * fetch state (docs/benchmarks.md, the scale curve), plus 6 MiB for what the RSS feedback
      * (sc_budget.h) takes a moment to notice.  Measured 32-37 MiB; with the budget ignored
