@@ -1504,6 +1504,14 @@ static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct
     apply_backpressure(w, p);
 }
 
+/* A new batch is pending (p->cp says which), at now: not written yet. */
+static void batch_pended(struct sc_part *p, int64_t now)
+{
+    p->pended_ms = now;
+    sc_metrics_set_pending(p->m, 1);
+    sc_failpoint("after_pend");
+}
+
 /*
  * One batch of a partition through the protocol: pend it (unless it is
  * pending already), write it, commit it, pending the next one in the same
@@ -1553,9 +1561,7 @@ static void deliver_one(struct sc_worker *w, struct sc_part *p, int64_t now, boo
                               batch_checksum(p, 0, n)};
         if (!checkpoint_write(w, p, do_pend, &a, "pending a batch"))
             return;
-        p->pended_ms = now;
-        sc_metrics_set_pending(p->m, 1);
-        sc_failpoint("after_pend");
+        batch_pended(p, now);
     }
 
     ssize_t span = pending_span(p);
@@ -1746,16 +1752,9 @@ static int member_cmp(const void *a, const void *b)
     return part_order(((const struct group_member *)a)->p, ((const struct group_member *)b)->p);
 }
 
-/* Commits the members of g together (see above); those left written commit in service(). */
-static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
+/* Sorts g[0..ng) into row order and fills items[] from it, each row's copy in g[i].after. */
+static void group_items(struct group_member *g, size_t ng, struct sc_cp_group_item *items)
 {
-    struct sc_cp_group_item items[SC_CP_GROUP_MAX];
-    size_t synced = 0;
-    for (size_t i = 0; i < ng; i++)
-        if (sync_written(w, g[i].p))
-            g[synced++] = g[i];
-    if ((ng = synced) == 0)
-        return;
     qsort(g, ng, sizeof(*g), member_cmp);
     for (size_t i = 0; i < ng; i++) {
         g[i].after = g[i].p->cp;
@@ -1772,6 +1771,31 @@ static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
             .checksum = g[i].c.pend.checksum,
         };
     }
+}
+
+/* A grouped statement's outcome was unknown and reading row p back did not settle it
+ * (reconcile()'s r: -1, -3 or -2); r == 0 (it did not happen) is left to service(). */
+static void group_reconcile_failed(struct sc_worker *w, struct sc_part *p, int r)
+{
+    if (r == -1)
+        part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
+    else if (r == -3)
+        checkpoint_failed(w, p, "reading the checkpoint back");
+    else if (r == -2)
+        p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
+}
+
+/* Commits the members of g together (see above); those left written commit in service(). */
+static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
+{
+    struct sc_cp_group_item items[SC_CP_GROUP_MAX];
+    size_t synced = 0;
+    for (size_t i = 0; i < ng; i++)
+        if (sync_written(w, g[i].p))
+            g[synced++] = g[i];
+    if ((ng = synced) == 0)
+        return;
+    group_items(g, ng, items);
     int64_t t0 = sc_mono_ns(), now = sc_mono_ms();
     enum sc_cp_status s =
         sc_checkpoint_commit_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
@@ -1816,13 +1840,9 @@ static void commit_group(struct sc_worker *w, struct group_member *g, size_t ng)
             w->steps++;
             checkpoint_ok(p);
             batch_committed(w, p, &g[i].c, g[i].n, 0, now);
-        } else if (r == -1) {
-            part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
-        } else if (r == -3) {
-            checkpoint_failed(w, p, "reading the checkpoint back");
-        } else if (r == -2) {
-            p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
-        } /* r == 0: it did not happen; service() commits it alone */
+        } else {
+            group_reconcile_failed(w, p, r); /* r == 0: service() commits it alone */
+        }
     }
 }
 
@@ -1881,45 +1901,22 @@ static void commit_written_together(struct sc_worker *w)
  * statement the server refused changed nothing, and then each partition
  * pends alone in service(), where its refusal is classified and retried.
  */
-struct pend_member {
-    struct sc_part *p;
-    struct pend_args a;
-    struct sc_cp after;
-};
-
-static int pend_member_cmp(const void *a, const void *b)
-{
-    return part_order(((const struct pend_member *)a)->p, ((const struct pend_member *)b)->p);
-}
-
-/* A pend took effect (grouped or read back): as deliver_one() after its single pend. */
-static void batch_pended(struct sc_worker *w, struct sc_part *p, const struct sc_cp *after,
-                         int64_t now)
+/* A grouped pend took effect (or was read back): p->cp becomes after, as after a single
+ * pend in checkpoint_write(). */
+static void batch_pended_in_group(struct sc_worker *w, struct sc_part *p, const struct sc_cp *after,
+                                  int64_t now)
 {
     p->cp = *after;
     w->steps++;
     checkpoint_ok(p);
-    p->pended_ms = now;
-    sc_metrics_set_pending(p->m, 1);
-    sc_failpoint("after_pend");
+    batch_pended(p, now);
 }
 
-static void pend_group(struct sc_worker *w, struct pend_member *g, size_t ng, int64_t now)
+/* Pends the batches g[i].c.pend of g[0..ng) in one statement (the commit fields are unused). */
+static void pend_group(struct sc_worker *w, struct group_member *g, size_t ng, int64_t now)
 {
     struct sc_cp_group_item items[SC_CP_GROUP_MAX];
-    qsort(g, ng, sizeof(*g), pend_member_cmp);
-    for (size_t i = 0; i < ng; i++) {
-        g[i].after = g[i].p->cp;
-        items[i] = (struct sc_cp_group_item){
-            .topic = g[i].p->topic,
-            .partition = g[i].p->partition,
-            .cp = &g[i].after,
-            .first = g[i].a.first,
-            .last = g[i].a.last,
-            .count = g[i].a.count,
-            .checksum = g[i].a.checksum,
-        };
-    }
+    group_items(g, ng, items);
     int64_t t0 = sc_mono_ns();
     enum sc_cp_status s = sc_checkpoint_pend_group(&w->db, w->env.pc->name, w->env.cfg->instance_id,
                                                    sc_notify_channel(w->env.notify), items, ng);
@@ -1936,26 +1933,21 @@ static void pend_group(struct sc_worker *w, struct pend_member *g, size_t ng, in
         sc_hist_observe_ns(&p->m->checkpoint_seconds, took);
         enum sc_cp_status ps = s == SC_CP_OK ? items[i].status : SC_CP_UNAVAILABLE;
         if (ps == SC_CP_OK) {
-            batch_pended(w, p, &g[i].after, now);
+            batch_pended_in_group(w, p, &g[i].after, now);
         } else if (ps == SC_CP_FENCED) {
             part_fenced(w, p, "pending a batch", true);
         } else if (ps == SC_CP_CONFLICT) {
             part_fenced(w, p, "the checkpoint changed under us (reset?)", false);
         } else if (ps == SC_CP_UNAVAILABLE && s != SC_CP_OK) {
             /* The statement's outcome is unknown (all or none): compare each row. */
-            struct sc_cp intended = p->cp;
-            sc_checkpoint_apply_pend(&intended, g[i].a.first, g[i].a.last, g[i].a.count,
-                                     g[i].a.checksum, intended.committed_write_offset);
-            int r = reconcile(w, p, &p->cp, &intended);
+            const struct pend_args *a = &g[i].c.pend;
+            sc_checkpoint_apply_pend(&g[i].after, a->first, a->last, a->count, a->checksum,
+                                     g[i].after.committed_write_offset);
+            int r = reconcile(w, p, &p->cp, &g[i].after);
             if (r == 1)
-                batch_pended(w, p, &intended, now);
-            else if (r == -1)
-                part_fenced(w, p, "the checkpoint changed while PostgreSQL was unreachable", false);
-            else if (r == -3)
-                checkpoint_failed(w, p, "reading the checkpoint back");
-            else if (r == -2)
-                p->retry_at_ms = sc_mono_ms() + sc_backoff_next(&p->backoff);
-            /* r == 0: it did not happen; service() pends it alone */
+                batch_pended_in_group(w, p, &g[i].after, now);
+            else
+                group_reconcile_failed(w, p, r); /* r == 0: service() pends it alone */
         } /* else not matched, and reading why failed: service() pends it alone */
     }
 }
@@ -1965,7 +1957,7 @@ static void pend_ready_together(struct sc_worker *w)
 {
     if ((w->sink->flags & SC_SINK_F_TRANSACTIONAL) || stopping(w))
         return;
-    struct pend_member g[SC_CP_GROUP_MAX];
+    struct group_member g[SC_CP_GROUP_MAX];
     size_t ng = 0;
     int64_t now = sc_mono_ms();
     for (struct sc_part *p = w->parts; p; p = p->next) {
@@ -1977,10 +1969,11 @@ static void pend_ready_together(struct sc_worker *w)
         size_t n = cut_batch(w, p, 0, now, due_mode(w));
         if (n == 0)
             continue;
-        g[ng++] = (struct pend_member){
+        g[ng++] = (struct group_member){
             .p = p,
-            .a = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
-                  batch_checksum(p, 0, n)},
+            .c = {.and_pend = true,
+                  .pend = {rec_at(p, 0)->offset, rec_at(p, n - 1)->offset, (int32_t)n,
+                           batch_checksum(p, 0, n)}},
         };
         if (ng == SC_CP_GROUP_MAX) {
             pend_group(w, g, ng, now);
