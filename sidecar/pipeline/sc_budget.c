@@ -55,7 +55,7 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
     out->queued_messages = clamp64(queue / QUEUED_MESSAGE_COST, 1000, 10000000);
     out->partition_fetch_bytes = clamp64(out->fetch_max_bytes / 2, 65536, 1048576);
 
-    out->worker_buffer = out->pipeline * 60 / 100 / w;
+    out->worker_buffer = out->pipeline * 50 / 100 / w;
     if (out->worker_buffer < MIN_BUFFER)
         out->worker_buffer = MIN_BUFFER;
     int64_t scratch = out->pipeline * 15 / 100 / w;

@@ -11,7 +11,7 @@
  * threads, about 14 MiB; librdkafka's prefetched messages (a message costs
  * a few hundred bytes besides its payload) and the fetch responses in
  * flight; the records each worker has taken into its partitions' buffers
- * (an arena and an index entry per record, sc_partbuf.h); the sink's
+ * (slabs and an index entry per record, sc_partbuf.h); the sink's
  * scratch for the batch being written (an envelope or row encoding of
  * it, about three times its payload).  The budget covers the last three:
  *
@@ -22,9 +22,13 @@
  *             over the workers' queues (queued.max.messages.kbytes counts
  *             payload, so a third of a queue's share; queued.min.messages
  *             at 400 bytes a message, as measured for small records)
- *       60 %  the workers' buffers: a worker takes nothing more from its
- *             queue while its partitions hold this much, and cuts each
- *             partition's batches at half its part of it (sc_worker.c)
+ *       50 %  the workers' buffers: a worker takes nothing more from its
+ *             queue while its partitions' slabs and indexes hold this
+ *             much, and cuts each partition's batches at half its part of
+ *             it (sc_worker.c)
+ *       10 %  slack: the spare slabs each worker keeps for its partitions
+ *             to refill (an eighth of its buffer share), the unfilled end
+ *             of each partition's last slab, the allocator's own
  *       15 %  the batch being written: batch.max_bytes is lowered to a
  *             third of a worker's share (and to a quarter of its buffer),
  *             batch.max_records to one record per 350 bytes of it

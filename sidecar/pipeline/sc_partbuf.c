@@ -5,66 +5,118 @@
 #include "pipeline/sc_partbuf.h"
 
 #include <endian.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "base/sc_util.h"
 
-/* First allocations; an emptied buffer keeps at most these (thousands of idle partitions
- * must not each hold a batch's worth of memory). */
-#define ARENA_MIN 4096
-#define RECS_MIN  32
+/* A partition's first slab; an emptied buffer keeps at most one of these and an index of
+ * RECS_MIN entries (thousands of idle partitions must not each hold a batch's worth). */
+#define SLAB_MIN 4096
+#define RECS_MIN 32
 
-void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes)
+#define SLAB_HEADER offsetof(struct sc_slab, data)
+
+void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes,
+                     struct sc_slabpool *pool)
 {
     memset(b, 0, sizeof(*b));
     b->max_records = max_records;
     b->max_bytes = max_bytes;
+    b->pool = pool;
+    b->slab_next = SLAB_MIN;
+}
+
+static size_t slab_size(const struct sc_slab *s)
+{
+    return SLAB_HEADER + s->cap;
+}
+
+void sc_slabpool_drain(struct sc_slabpool *pool)
+{
+    while (pool->free) {
+        struct sc_slab *s = pool->free;
+        pool->free = s->next;
+        free(s);
+    }
+    pool->nfree = 0;
+}
+
+static void slab_release(struct sc_partbuf *b, struct sc_slab *s)
+{
+    b->slab_bytes -= (int64_t)slab_size(s);
+    struct sc_slabpool *pool = b->pool;
+    if (pool && slab_size(s) == SC_SLAB_SIZE && pool->nfree < pool->max_free) {
+        s->next = pool->free;
+        pool->free = s;
+        pool->nfree++;
+    } else {
+        free(s);
+    }
+}
+
+/* Gives back the slabs before the one that holds the first buffered record (all of them when
+ * nothing is buffered). */
+static void release_front(struct sc_partbuf *b)
+{
+    const char *img = b->len > 0 ? sc_partbuf_at(b, 0)->img : NULL;
+    while (b->first && (!img || img < b->first->data || img >= b->first->data + b->first->len)) {
+        struct sc_slab *s = b->first;
+        b->first = s->next;
+        if (!b->first)
+            b->last = NULL;
+        slab_release(b, s);
+    }
 }
 
 void sc_partbuf_free(struct sc_partbuf *b)
 {
     sc_partbuf_clear(b);
+    if (b->first)
+        slab_release(b, b->first);
+    b->first = b->last = NULL;
     free(b->recs);
-    free(b->arena);
     b->recs = NULL;
-    b->arena = NULL;
-    b->cap = b->arena_cap = 0;
+    b->cap = 0;
 }
 
 /*
- * Room for n more arena bytes at its end.  Dropped records leave space at
- * the front, reclaimed by moving the live bytes down; the arena grows (by a
- * quarter) only when they would fill more than four fifths of it, so it
- * stays within about 1.6x the most ever buffered, and each byte is moved
- * at most four times on average.  When what is live fills an eighth of it
- * or less, most of it is given back.
+ * Room for n more bytes after the newest record: at the end of the last
+ * slab, or in a new one.  A new slab is twice the size of the one before up
+ * to SC_SLAB_SIZE (a record that needs more gets a slab of its own size), so
+ * a partition that buffers a few records holds a few KiB, and one that
+ * drains a backlog fills full-size slabs from the worker's pool.
  */
-static char *arena_reserve(struct sc_partbuf *b, size_t n)
+static char *slab_reserve(struct sc_partbuf *b, size_t n)
 {
-    if (b->arena_cap - b->arena_len >= n)
-        return b->arena + b->arena_len;
-    size_t live = b->arena_len - b->arena_head;
-    if (b->arena_head > 0) {
-        memmove(b->arena, b->arena + b->arena_head, live);
-        for (size_t i = 0; i < b->len; i++)
-            b->recs[b->head + i].at -= b->arena_head;
-        b->arena_len = live;
-        b->arena_head = 0;
+    struct sc_slab *s = b->last;
+    if (s && s->cap - s->len >= n)
+        return s->data + s->len;
+    size_t size = b->slab_next;
+    while (size < SC_SLAB_SIZE && size - SLAB_HEADER < n)
+        size *= 2;
+    if (size - SLAB_HEADER < n)
+        size = SLAB_HEADER + n;
+    struct sc_slabpool *pool = b->pool;
+    if (pool && size == SC_SLAB_SIZE && pool->free) {
+        s = pool->free;
+        pool->free = s->next;
+        pool->nfree--;
+    } else {
+        s = sc_xmalloc(size);
     }
-    if ((live + n) * 5 > b->arena_cap * 4) {
-        size_t cap = b->arena_cap ? b->arena_cap : ARENA_MIN;
-        while ((live + n) * 5 > cap * 4)
-            cap += cap / 4;
-        b->arena = sc_xrealloc(b->arena, cap);
-        b->arena_cap = cap;
-    } else if (b->arena_cap > ARENA_MIN && (live + n) * 8 < b->arena_cap) {
-        /* It held far more once (a large batch, a large record): give most of it back. */
-        size_t cap = (live + n) * 2 > ARENA_MIN ? (live + n) * 2 : ARENA_MIN;
-        b->arena = sc_xrealloc(b->arena, cap);
-        b->arena_cap = cap;
-    }
-    return b->arena + b->arena_len;
+    s->next = NULL;
+    s->cap = size - SLAB_HEADER;
+    s->len = 0;
+    b->slab_bytes += (int64_t)size;
+    if (b->last)
+        b->last->next = s;
+    else
+        b->first = s;
+    b->last = s;
+    b->slab_next = size * 2 < SC_SLAB_SIZE ? size * 2 : SC_SLAB_SIZE;
+    return s->data;
 }
 
 void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t now)
@@ -74,7 +126,7 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
             memmove(b->recs, b->recs + b->head, b->len * sizeof(*b->recs));
             b->head = 0;
         }
-        /* Like the arena: a quarter more when over four fifths full, so moves stay rare. */
+        /* A quarter more when over four fifths full, so moves stay rare. */
         if (b->len * 5 >= b->cap * 4) {
             b->cap = b->cap ? b->cap + b->cap / 4 : RECS_MIN;
             b->recs = sc_xrealloc(b->recs, b->cap * sizeof(*b->recs));
@@ -87,7 +139,7 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
     for (size_t j = 0; j < r->nheaders; j++)
         names_len += strlen(r->headers[j].name) + 1;
     size_t image_len = sc_record_image_size(r);
-    char *o = arena_reserve(b, image_len + names_len);
+    char *img = slab_reserve(b, image_len + names_len), *o = img;
     sc_record_image_write(o, r);
     o += image_len;
     for (size_t j = 0; j < r->nheaders; j++) {
@@ -100,11 +152,12 @@ void sc_partbuf_push(struct sc_partbuf *b, const struct sc_record *r, int64_t no
         .offset = r->offset,
         .arrival_ms = now,
         .bytes_before = b->pushed_bytes,
-        .at = b->arena_len,
+        .img = img,
         .image_len = (uint32_t)image_len,
         .names_len = (uint32_t)names_len,
     };
-    b->arena_len += image_len + names_len;
+    b->last->len += image_len + names_len;
+    b->live_bytes += (int64_t)(image_len + names_len);
     b->len++;
     /* batch.max_bytes counts keys and values */
     b->pushed_bytes += (int64_t)(r->key ? r->key_len : 0) + (int64_t)(r->value ? r->value_len : 0);
@@ -114,23 +167,35 @@ void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
 {
     if (n > b->len)
         n = b->len;
+    for (size_t i = 0; i < n; i++) {
+        const struct sc_buffered *e = sc_partbuf_at(b, i);
+        b->live_bytes -= (int64_t)(e->image_len + e->names_len);
+    }
     b->head += n;
     b->len -= n;
-    if (b->len == 0) {
-        b->head = 0;
-        b->arena_head = b->arena_len = 0;
-        if (b->arena_cap > ARENA_MIN) {
-            free(b->arena);
-            b->arena = NULL;
-            b->arena_cap = 0;
+    if (b->len > 0) {
+        release_front(b);
+        return;
+    }
+    b->head = 0;
+    /* Emptied: a small last slab is kept, and the next starts smaller (a partition that went
+     * quiet gets back to small slabs). */
+    struct sc_slab *keep = b->last && slab_size(b->last) <= SLAB_MIN ? b->last : NULL;
+    if (keep) {
+        for (struct sc_slab *s = b->first, *next; s != keep; s = next) {
+            next = s->next;
+            slab_release(b, s);
         }
-        if (b->cap > RECS_MIN) {
-            free(b->recs);
-            b->recs = NULL;
-            b->cap = 0;
-        }
+        b->first = keep;
+        keep->len = 0;
     } else {
-        b->arena_head = sc_partbuf_at(b, 0)->at;
+        release_front(b);
+    }
+    b->slab_next = b->slab_next / 2 > SLAB_MIN ? b->slab_next / 2 : SLAB_MIN;
+    if (b->cap > RECS_MIN) {
+        free(b->recs);
+        b->recs = NULL;
+        b->cap = 0;
     }
 }
 
@@ -216,14 +281,14 @@ static size_t img_nheaders_at(const char *img)
 
 int64_t sc_partbuf_timestamp(const struct sc_partbuf *b, size_t i)
 {
-    return get_le64(b->arena + sc_partbuf_at(b, i)->at + IMG_TIMESTAMP);
+    return get_le64(sc_partbuf_at(b, i)->img + IMG_TIMESTAMP);
 }
 
 size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n)
 {
     size_t total = 0;
     for (size_t i = 0; i < n; i++) {
-        const char *img = b->arena + sc_partbuf_at(b, from + i)->at;
+        const char *img = sc_partbuf_at(b, from + i)->img;
         total += (size_t)get_le64(img + img_nheaders_at(img));
     }
     return total;
@@ -235,7 +300,7 @@ void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const c
     size_t nh = 0;
     for (size_t i = 0; i < n; i++) {
         const struct sc_buffered *e = sc_partbuf_at(b, from + i);
-        const char *img = b->arena + e->at;
+        const char *img = e->img;
         struct sc_record *r = &out[i];
         r->topic = topic;
         r->partition = partition;
@@ -277,7 +342,7 @@ uint32_t sc_partbuf_checksum(const struct sc_partbuf *b, size_t from, size_t n)
     size_t run_len = 0;
     for (size_t i = 0; i < n; i++) {
         const struct sc_buffered *e = sc_partbuf_at(b, from + i);
-        const char *img = b->arena + e->at;
+        const char *img = e->img;
         if (run && run + run_len == img) {
             run_len += e->image_len;
             continue;

@@ -7,13 +7,20 @@
  * (tests/unit/check_partbuf.c), offset gaps included.
  *
  * A record is kept as its checksum image (record/sc_envelope.h:
- * sc_record_image_write()) in the partition's arena, so a batch's CRC is
- * one crc32 pass over contiguous bytes, and the key, value and header
- * values of a batch's sc_record views point into the arena; header names
- * follow the image, NUL-terminated.  Holding librdkafka's messages instead
- * cost several hundred bytes of bookkeeping per record and pinned every
- * decompressed fetch buffer they came from: draining a backlog kept about
- * twice the data set's own size resident.
+ * sc_record_image_write()) in the partition's slabs, so a batch's CRC is a
+ * crc32 pass over each run of contiguous bytes, and the key, value and
+ * header values of a batch's sc_record views point into the slabs; header
+ * names follow the image, NUL-terminated.  Holding librdkafka's messages
+ * instead cost several hundred bytes of bookkeeping per record and pinned
+ * every decompressed fetch buffer they came from: draining a backlog kept
+ * about twice the data set's own size resident.
+ *
+ * The slabs are filled in order and freed from the front as batches are
+ * dropped, so no byte is ever moved.  Full-size slabs go back to the
+ * worker's pool (struct sc_slabpool) for its next partition to fill: a
+ * single growing arena per partition, moved down, reallocated and given
+ * back to the kernel as it emptied, faulted fresh pages in for most of what
+ * it buffered and cost the HTTP sink a third of its CPU (bench/).
  *
  * @locality the worker thread that owns the partition.
  */
@@ -36,10 +43,33 @@ struct sc_buffered {
     int64_t offset;
     int64_t arrival_ms;
     int64_t bytes_before; /* pushed_bytes when it was buffered (see sc_partbuf_bytes_upto()) */
-    size_t at;            /* the image: arena[at .. at + image_len) */
+    char *img;            /* the image: img[0 .. image_len), in one of the slabs */
     uint32_t image_len;   /* then names_len bytes of NUL-terminated header names */
     uint32_t names_len;
 };
+
+/* Images of consecutive records: data[0 .. len) of cap bytes. */
+struct sc_slab {
+    struct sc_slab *next;
+    size_t cap, len;
+    char data[];
+};
+
+/* The size of a full slab, header included (the largest but for records that do not fit). */
+#define SC_SLAB_SIZE (64 * 1024)
+
+/*
+ * Full-size slabs that no partition holds any more, kept for the next one
+ * that needs a slab (at most max_free of them; more are freed).  Shared by
+ * one worker's partitions: not locked.
+ */
+struct sc_slabpool {
+    struct sc_slab *free;
+    size_t nfree, max_free;
+};
+
+/* Frees the slabs in the pool. */
+void sc_slabpool_drain(struct sc_slabpool *pool);
 
 struct sc_partbuf {
     /* The batch limits (batch.max_records, batch.max_bytes). */
@@ -48,12 +78,18 @@ struct sc_partbuf {
 
     struct sc_buffered *recs; /* recs[head .. head+len) */
     size_t head, len, cap;
-    char *arena; /* their bytes: arena[arena_head .. arena_len) */
-    size_t arena_head, arena_len, arena_cap;
-    int64_t pushed_bytes; /* batch.max_bytes' measure of every record ever buffered */
+    /* Their bytes, oldest first; the first record's image is in first. */
+    struct sc_slab *first, *last;
+    size_t slab_next;         /* the size of the next slab to take */
+    int64_t slab_bytes;       /* the slabs' sizes, headers included */
+    int64_t live_bytes;       /* the buffered records' images and header names */
+    struct sc_slabpool *pool; /* where full-size slabs come from and go (NULL: malloc) */
+    int64_t pushed_bytes;     /* batch.max_bytes' measure of every record ever buffered */
 };
 
-void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes);
+/* pool: the worker's (NULL: every slab is allocated and freed). */
+void sc_partbuf_init(struct sc_partbuf *b, size_t max_records, int64_t max_bytes,
+                     struct sc_slabpool *pool);
 /* Frees the records and their memory (b can be used again). */
 void sc_partbuf_free(struct sc_partbuf *b);
 
@@ -77,16 +113,23 @@ static inline int64_t sc_partbuf_bytes_upto(const struct sc_partbuf *b, size_t i
 }
 
 /*
- * The memory the buffer holds (its arena and index, allocated): what the
- * worker's share of the memory budget bounds.  Both grow by a quarter at a
- * time and are refilled to four fifths before they grow, so they stay
- * within about 1.6 times what is buffered; one that held far more than it
- * does gives most of it back as it drains, and an emptied buffer all but a
- * small first allocation.
+ * The memory the buffer holds (its slabs and index, allocated): what the
+ * worker's share of the memory budget bounds.  The slabs hold what is
+ * buffered plus the unfilled end of the last one (a partition's first slabs
+ * are small: 4 KiB, then twice the last up to SC_SLAB_SIZE).  The index
+ * grows by a quarter at a time and is refilled to four fifths before it
+ * grows; one that held far more than it does gives most of it back as it
+ * drains.  An emptied buffer keeps at most a small first slab and index.
  */
 static inline int64_t sc_partbuf_mem(const struct sc_partbuf *b)
 {
-    return (int64_t)b->arena_cap + (int64_t)(b->cap * sizeof(struct sc_buffered));
+    return b->slab_bytes + (int64_t)(b->cap * sizeof(struct sc_buffered));
+}
+
+/* The bytes the buffered records take (their images and index entries). */
+static inline int64_t sc_partbuf_live(const struct sc_partbuf *b)
+{
+    return b->live_bytes + (int64_t)(b->len * sizeof(struct sc_buffered));
 }
 
 /* batch.max_bytes' measure of every buffered record. */
@@ -125,7 +168,7 @@ size_t sc_partbuf_nheaders(const struct sc_partbuf *b, size_t from, size_t n);
 /*
  * Fills out[0..n) with views of records [from, from+n) of topic/partition;
  * their headers go to hdrs (room for sc_partbuf_nheaders()).  The views
- * point into the buffer: valid until the next push or drop.
+ * point into the buffer: valid until those records are dropped.
  */
 void sc_partbuf_views(const struct sc_partbuf *b, size_t from, size_t n, const char *topic,
                       int32_t partition, struct sc_record *out, struct sc_header *hdrs);

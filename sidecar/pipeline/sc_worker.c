@@ -102,6 +102,7 @@ struct sc_worker {
     struct sc_batch_result merged; /* bad + the sink's dead letters, indexes into recs */
     struct sc_budget budget;
     struct sc_budget_feedback feedback;
+    struct sc_slabpool slabs; /* the partitions' spare full-size slabs (sc_partbuf.h) */
     /* Set by congested() on every turn of the loop (see apply_backpressure()): */
     bool over_budget; /* the partitions' buffers hold budget.worker_buffer or more */
     bool starved;     /* ... and none of them a full batch: partial batches leave at once */
@@ -333,8 +334,7 @@ static bool congested(struct sc_worker *w)
     int64_t per_batch = w->budget.worker_buffer / 2 / (nparts > 0 ? nparts : 1);
     for (struct sc_part *p = w->parts; p; p = p->next) {
         if (p->buf.len > 0) {
-            int64_t live = (int64_t)(p->buf.arena_len - p->buf.arena_head) +
-                           (int64_t)(p->buf.len * sizeof(struct sc_buffered));
+            int64_t live = sc_partbuf_live(&p->buf);
             int64_t fit = per_batch / (live / (int64_t)p->buf.len + 1);
             p->buf.max_records =
                 (size_t)(fit < 16                            ? 16
@@ -499,7 +499,7 @@ static size_t cut_batch(const struct sc_worker *w, struct sc_part *p, size_t fro
 
 /* ---- batches ------------------------------------------------------------ */
 
-/* Fills w->recs with views of buffered records [from, from+n) (valid until the next push). */
+/* Fills w->recs with views of buffered records [from, from+n) (valid until they are dropped). */
 static void build_records(struct sc_worker *w, struct sc_part *p, size_t from, size_t n)
 {
     if (n > w->recs_cap) {
@@ -2203,7 +2203,8 @@ static void take_handover(struct sc_part *p)
 
 static void part_added(struct sc_worker *w, struct sc_part *p)
 {
-    sc_partbuf_init(&p->buf, (size_t)w->budget.batch_max_records, w->budget.batch_max_bytes);
+    sc_partbuf_init(&p->buf, (size_t)w->budget.batch_max_records, w->budget.batch_max_bytes,
+                    &w->slabs);
     take_handover(p);
     p->next = w->parts;
     w->parts = p;
@@ -2502,6 +2503,8 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
     w->queue = rd_kafka_queue_new(env->rk);
     sc_budget_derive(cfg, env->pc, &w->budget);
     sc_budget_feedback_init(&w->feedback);
+    /* The spare slabs are outside the buffers' share: the budget's slack (sc_budget.h). */
+    w->slabs.max_free = (size_t)(w->budget.worker_buffer / 8 / SC_SLAB_SIZE);
     sc_buf_init(&w->dead_env, 0);
     sc_db_init(&w->db, cfg->postgres.dsn, cfg->postgres.schema, w->name,
                cfg->postgres.connect_timeout_ms);
@@ -2545,6 +2548,7 @@ void sc_worker_stop(struct sc_worker *w)
     /* Partitions the consumer thread never got to remove (hard shutdown). */
     while (w->parts)
         part_removed(w, w->parts, "shutdown");
+    sc_slabpool_drain(&w->slabs);
     sc_batch_result_clear(&w->result);
     free(w->result.dead);
     sc_batch_result_clear(&w->bad);

@@ -7,6 +7,7 @@
  * them) do not confuse the search for a pending batch's end.
  */
 #include <check.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -143,7 +144,7 @@ START_TEST(test_records_come_back_byte_for_byte)
     };
     static struct rec recs[N];
     struct sc_partbuf b;
-    sc_partbuf_init(&b, 1000, 1 << 20);
+    sc_partbuf_init(&b, 1000, 1 << 20, NULL);
     for (size_t i = 0; i < N; i++) {
         make(&recs[i], (int64_t)(100 + 3 * i), &seed); /* gaps of 2 between offsets */
         struct sc_record v = view_of(&recs[i]);
@@ -160,89 +161,171 @@ START_TEST(test_records_come_back_byte_for_byte)
 }
 END_TEST
 
-/* Dropping from the front and pushing at the back moves the arena's bytes down (and grows it):
- * whatever is buffered must survive every move. */
-START_TEST(test_arena_reuse_keeps_records_intact)
+/* Dropping from the front and pushing at the back crosses slab boundaries both ways, and the
+ * views of a batch cut earlier stay valid while more records come in: whatever is buffered must
+ * come back intact, whichever slab it is in, with two partitions sharing one pool. */
+START_TEST(test_slabs_keep_records_intact)
 {
     unsigned seed = 2;
     enum {
         N = 4000
     };
-    struct rec *recs = calloc(N, sizeof(*recs));
-    struct sc_partbuf b;
-    sc_partbuf_init(&b, 100, 1 << 20);
-    size_t first = 0, pushed = 0;
-    while (pushed < N) {
+    struct rec *recs = calloc(2 * N, sizeof(*recs));
+    struct sc_slabpool pool = {.max_free = 4};
+    struct sc_partbuf b[2];
+    for (int k = 0; k < 2; k++)
+        sc_partbuf_init(&b[k], 100, 1 << 20, &pool);
+    size_t first[2] = {0, 0}, pushed[2] = {0, 0};
+    struct sc_record views[64];
+    struct sc_header hdrs[64 * 3];
+    while (pushed[0] < N || pushed[1] < N) {
+        int k = rand_r(&seed) % 2;
+        struct rec *mine = recs + k * N;
         size_t more = (size_t)(rand_r(&seed) % 60) + 1;
-        for (size_t i = 0; i < more && pushed < N; i++, pushed++) {
-            make(&recs[pushed], (int64_t)pushed, &seed);
-            struct sc_record v = view_of(&recs[pushed]);
-            sc_partbuf_push(&b, &v, 0);
+        /* a batch's views, taken before the pushes and read after them */
+        size_t nviews = b[k].len < 64 ? b[k].len : 64;
+        sc_partbuf_views(&b[k], 0, nviews, "t", 7, views, hdrs);
+        for (size_t i = 0; i < more && pushed[k] < N; i++, pushed[k]++) {
+            make(&mine[pushed[k]], (int64_t)pushed[k], &seed);
+            struct sc_record v = view_of(&mine[pushed[k]]);
+            sc_partbuf_push(&b[k], &v, 0);
         }
-        size_t drop = (size_t)rand_r(&seed) % (b.len + 1);
-        sc_partbuf_drop(&b, drop);
-        first += drop;
-        ck_assert_uint_eq(b.len, pushed - first);
-        check_views(&b, 0, b.len, recs + first);
+        for (size_t i = 0; i < nviews; i++)
+            assert_same(&views[i], &mine[first[k] + i]);
+        size_t drop = (size_t)rand_r(&seed) % (b[k].len + 1);
+        sc_partbuf_drop(&b[k], drop);
+        first[k] += drop;
+        ck_assert_uint_eq(b[k].len, pushed[k] - first[k]);
+        check_views(&b[k], 0, b[k].len, mine + first[k]);
+        ck_assert_uint_le(pool.nfree, pool.max_free);
     }
-    ck_assert_uint_le(b.arena_cap, 4u << 20); /* bounded by what is live, not by what passed */
-    sc_partbuf_clear(&b);
-    ck_assert_uint_eq(b.len, 0);
-    ck_assert_int_eq(sc_partbuf_bytes(&b), 0);
+    for (int k = 0; k < 2; k++) {
+        sc_partbuf_clear(&b[k]);
+        ck_assert_uint_eq(b[k].len, 0);
+        ck_assert_int_eq(sc_partbuf_bytes(&b[k]), 0);
+        sc_partbuf_free(&b[k]);
+        ck_assert_int_eq(sc_partbuf_mem(&b[k]), 0);
+    }
     free(recs);
-    sc_partbuf_free(&b);
+    sc_slabpool_drain(&pool);
+    ck_assert_uint_eq(pool.nfree, 0);
+    ck_assert_ptr_null(pool.free);
 }
 END_TEST
 
 /*
- * Memory: sc_partbuf_mem() is what the buffer holds allocated, within
- * 1.7x what is buffered; a buffer that held a large burst gives most of it
- * back as it drains, and all but a small first allocation once empty (the
- * budget of thousands of idle partitions).
+ * Memory: sc_partbuf_mem() is what the buffer holds allocated, within a
+ * slab of what is buffered; a buffer that held a large burst gives it back
+ * as it drains, and all but a small first slab once empty (the budget of
+ * thousands of idle partitions).
  */
 START_TEST(test_memory_given_back)
 {
     unsigned seed = 3;
     struct rec r;
     struct sc_partbuf b;
-    sc_partbuf_init(&b, 100000, 1 << 30);
+    sc_partbuf_init(&b, 100000, 1 << 30, NULL);
     ck_assert_int_eq(sc_partbuf_mem(&b), 0);
-    for (int i = 0; i < 20000; i++) {
+    make(&r, 0, &seed);
+    struct sc_record v = view_of(&r);
+    sc_partbuf_push(&b, &v, 0);
+    ck_assert_int_le(b.slab_bytes, 4096); /* one record: a small first slab */
+    for (int i = 1; i < 20000; i++) {
         make(&r, i, &seed);
-        struct sc_record v = view_of(&r);
+        v = view_of(&r);
         sc_partbuf_push(&b, &v, 0);
     }
-    int64_t full = sc_partbuf_mem(&b);
-    int64_t live =
-        (int64_t)(b.arena_len - b.arena_head) + 20000 * (int64_t)sizeof(struct sc_buffered);
+    int64_t full = sc_partbuf_mem(&b), live = sc_partbuf_live(&b);
     ck_assert_int_ge(full, live);
-    ck_assert_int_le(full, live * 17 / 10); /* capacity stays close to what is buffered */
-    /* Drain to a few records, pushing a few all along: the arena shrinks with what is live. */
+    /* the slabs: what is buffered, the end of each slab a record did not fit in, the last
+     * one's unfilled part; the index: a quarter more at most */
+    ck_assert_int_le(b.slab_bytes, b.live_bytes * 102 / 100 + SC_SLAB_SIZE);
+    ck_assert_int_le(full, live * 13 / 10 + SC_SLAB_SIZE);
+    /* Drain to a few records, pushing a few all along: the slabs go with what is dropped. */
     for (int i = 0; i < 200; i++) {
         sc_partbuf_drop(&b, 120);
+        ck_assert_int_le(b.slab_bytes, b.live_bytes * 102 / 100 + 2 * SC_SLAB_SIZE);
         make(&r, 20000 + i, &seed);
-        struct sc_record v = view_of(&r);
+        v = view_of(&r);
         sc_partbuf_push(&b, &v, 0);
     }
-    ck_assert_uint_lt(b.arena_cap, 1u << 20);
     ck_assert_int_lt(sc_partbuf_mem(&b), full / 2);
     sc_partbuf_clear(&b);
     ck_assert_int_le(sc_partbuf_mem(&b), 4096 + 32 * (int64_t)sizeof(struct sc_buffered));
-    ck_assert_uint_le(b.arena_cap, 4096);
     ck_assert_uint_le(b.cap, 32);
-    /* ... and it works again from there. */
+    /* ... and it works again from there, with small slabs first. */
     make(&r, 30000, &seed);
-    struct sc_record v = view_of(&r);
+    v = view_of(&r);
     sc_partbuf_push(&b, &v, 0);
     check_views(&b, 0, 1, &r);
+    ck_assert_int_le(b.slab_bytes, 2 * SC_SLAB_SIZE);
     sc_partbuf_free(&b);
+}
+END_TEST
+
+/*
+ * The pool: full-size slabs a partition gives back are the next ones
+ * another partition fills (the same memory, no allocation), never more than
+ * max_free of them are kept, and a record larger than a slab gets one of
+ * its own that is freed, not kept.
+ */
+START_TEST(test_pool_reuses_full_slabs)
+{
+    unsigned seed = 4;
+    struct sc_slabpool pool = {.max_free = 3};
+    struct sc_partbuf a, b;
+    sc_partbuf_init(&a, 1000000, 1 << 30, &pool);
+    sc_partbuf_init(&b, 1000000, 1 << 30, &pool);
+    struct rec *r = calloc(1, sizeof(*r));
+    int64_t off = 0;
+    while (a.slab_bytes < 12 * SC_SLAB_SIZE) {
+        make(r, off++, &seed);
+        struct sc_record v = view_of(r);
+        sc_partbuf_push(&a, &v, 0);
+    }
+    sc_partbuf_clear(&a);
+    ck_assert_uint_eq(pool.nfree, 3);
+    ck_assert_int_le(a.slab_bytes, 4096);
+    const struct sc_slab *kept[3];
+    size_t i = 0;
+    for (const struct sc_slab *s = pool.free; s; s = s->next)
+        kept[i++] = s;
+    /* b grows through its small slabs to full-size ones: those come from the pool */
+    while (b.slab_bytes < 8 * SC_SLAB_SIZE) {
+        make(r, off++, &seed);
+        struct sc_record v = view_of(r);
+        sc_partbuf_push(&b, &v, 0);
+    }
+    size_t reused = 0;
+    for (const struct sc_slab *s = b.first; s; s = s->next)
+        for (size_t k = 0; k < 3; k++)
+            reused += s == kept[k];
+    ck_assert_uint_eq(reused, 3);
+    ck_assert_uint_eq(pool.nfree, 0);
+    /* a record larger than a slab */
+    struct sc_record big = view_of(r);
+    char *huge = calloc(1, 3 * SC_SLAB_SIZE);
+    big.value = huge;
+    big.value_len = 3 * SC_SLAB_SIZE;
+    big.offset = off++;
+    sc_partbuf_push(&b, &big, 0);
+    ck_assert_uint_ge(b.last->cap, 3 * SC_SLAB_SIZE);
+    sc_partbuf_clear(&b);
+    ck_assert_uint_le(pool.nfree, 3);
+    for (const struct sc_slab *s = pool.free; s; s = s->next)
+        ck_assert_uint_eq(s->cap + offsetof(struct sc_slab, data), SC_SLAB_SIZE);
+    sc_partbuf_free(&a);
+    sc_partbuf_free(&b);
+    sc_slabpool_drain(&pool);
+    free(huge);
+    free(r);
 }
 END_TEST
 
 START_TEST(test_batches_by_count_and_bytes)
 {
     struct sc_partbuf b;
-    sc_partbuf_init(&b, 3, 100);
+    sc_partbuf_init(&b, 3, 100, NULL);
     struct rec r;
     memset(&r, 0, sizeof(r));
     r.key_len = -1;
@@ -292,7 +375,7 @@ START_TEST(test_batches_match_the_reference)
         size_t max_records = (size_t)(rand_r(&seed) % 50) + 1;
         int64_t max_bytes = rand_r(&seed) % 3000 + 1;
         struct sc_partbuf b;
-        sc_partbuf_init(&b, max_records, max_bytes);
+        sc_partbuf_init(&b, max_records, max_bytes, NULL);
         size_t n = (size_t)(rand_r(&seed) % N) + 1;
         for (size_t i = 0; i < n; i++) {
             make(&recs[i], (int64_t)i, &seed);
@@ -324,7 +407,7 @@ END_TEST
 START_TEST(test_pending_range_with_offset_gaps)
 {
     struct sc_partbuf b;
-    sc_partbuf_init(&b, 100, 1 << 20);
+    sc_partbuf_init(&b, 100, 1 << 20, NULL);
     struct rec r;
     memset(&r, 0, sizeof(r));
     r.key_len = r.value_len = -1;
@@ -355,8 +438,9 @@ int main(void)
     Suite *s = suite_create("partbuf");
     TCase *tc = tcase_create("partbuf");
     tcase_add_test(tc, test_records_come_back_byte_for_byte);
-    tcase_add_test(tc, test_arena_reuse_keeps_records_intact);
+    tcase_add_test(tc, test_slabs_keep_records_intact);
     tcase_add_test(tc, test_memory_given_back);
+    tcase_add_test(tc, test_pool_reuses_full_slabs);
     tcase_add_test(tc, test_batches_by_count_and_bytes);
     tcase_add_test(tc, test_batches_match_the_reference);
     tcase_add_test(tc, test_pending_range_with_offset_gaps);
