@@ -20,7 +20,7 @@
  * worker's pool (struct sc_slabpool) for its next partition to fill: a
  * single growing arena per partition, moved down, reallocated and given
  * back to the kernel as it emptied, faulted fresh pages in for most of what
- * it buffered and cost the HTTP sink a third of its CPU (bench/).
+ * it buffered and cost the HTTP sink about a quarter of its CPU (bench/).
  *
  * @locality the worker thread that owns the partition.
  */
