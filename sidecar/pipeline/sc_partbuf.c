@@ -56,12 +56,13 @@ static void slab_release(struct sc_partbuf *b, struct sc_slab *s)
     }
 }
 
-/* Gives back the slabs before the one that holds the first buffered record (all of them when
- * nothing is buffered). */
-static void release_front(struct sc_partbuf *b)
+/* Gives back the slabs before the one that holds the first buffered record; when nothing is
+ * buffered, all of them but keep (NULL: all). */
+static void release_front(struct sc_partbuf *b, const struct sc_slab *keep)
 {
     const char *img = b->len > 0 ? sc_partbuf_at(b, 0)->img : NULL;
-    while (b->first && (!img || img < b->first->data || img >= b->first->data + b->first->len)) {
+    while (b->first && b->first != keep &&
+           (!img || img < b->first->data || img >= b->first->data + b->first->len)) {
         struct sc_slab *s = b->first;
         b->first = s->next;
         if (!b->first)
@@ -174,23 +175,16 @@ void sc_partbuf_drop(struct sc_partbuf *b, size_t n)
     b->head += n;
     b->len -= n;
     if (b->len > 0) {
-        release_front(b);
+        release_front(b, NULL);
         return;
     }
     b->head = 0;
     /* Emptied: a small last slab is kept, and the next starts smaller (a partition that went
      * quiet gets back to small slabs). */
     struct sc_slab *keep = b->last && slab_size(b->last) <= SLAB_MIN ? b->last : NULL;
-    if (keep) {
-        for (struct sc_slab *s = b->first, *next; s != keep; s = next) {
-            next = s->next;
-            slab_release(b, s);
-        }
-        b->first = keep;
+    release_front(b, keep);
+    if (keep)
         keep->len = 0;
-    } else {
-        release_front(b);
-    }
     b->slab_next = b->slab_next / 2 > SLAB_MIN ? b->slab_next / 2 : SLAB_MIN;
     if (b->cap > RECS_MIN) {
         free(b->recs);
