@@ -6,6 +6,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <unistd.h>
 
 #include "base/sc_log.h"
@@ -24,6 +25,15 @@
  * encoding, the file and http sinks' envelope). */
 #define QUEUED_MESSAGE_COST 400
 #define BATCH_RECORD_COST   350
+
+/* What a fetch response costs in memory per byte on the wire, with room to spare.  A
+ * response is parsed whole into librdkafka's queues, and fetch.max.bytes counts compressed
+ * bytes: a message costs its payload plus QUEUED_MESSAGE_COST once parsed.  Measured with
+ * the bench's records (lz4, ~90-byte values): ~60 bytes on the wire, ~490 in memory, 8x;
+ * data that compresses better costs more.  With fetch.max.bytes at a quarter of the share
+ * instead, one response over the queue limits held up to 46,000 messages (20 MiB) more
+ * than the limits and the peak RSS went to 48-61 MiB under a 32 MiB budget (bench/). */
+#define RESPONSE_EXPANSION 12
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
 {
@@ -46,9 +56,10 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
     out->pipeline = covered * w / workers;
 
     int64_t kafka = out->pipeline * 25 / 100;
-    /* librdkafka raises fetch.max.bytes to message.max.bytes (1000000) anyway */
-    out->fetch_max_bytes = clamp64(kafka / 4, 1000000, 52428800);
-    int64_t queue = (kafka - out->fetch_max_bytes) / w;
+    /* A quarter of it for the response being parsed, in memory (message.max.bytes is
+     * lowered with it: librdkafka wants fetch.max.bytes at least that). */
+    out->fetch_max_bytes = clamp64(kafka / 4 / RESPONSE_EXPANSION, 65536, 52428800);
+    int64_t queue = (kafka - kafka / 4) / w;
     if (queue < MIN_QUEUE)
         queue = MIN_QUEUE;
     out->queued_kbytes = clamp64(queue / 3 / 1024, 64, 2097151);
@@ -112,6 +123,26 @@ static int set_i64(rd_kafka_conf_t *conf, const char *k, int64_t v, char *err, s
     return 0;
 }
 
+static int64_t get_i64(rd_kafka_conf_t *conf, const char *k)
+{
+    char v[32];
+    size_t n = sizeof(v);
+    return rd_kafka_conf_get(conf, k, v, &n) == RD_KAFKA_CONF_OK ? strtoll(v, NULL, 10) : -1;
+}
+
+int sc_budget_reconcile(rd_kafka_conf_t *conf, bool user_fetch, bool user_message, char *err,
+                        size_t errsize)
+{
+    int64_t fetch = get_i64(conf, "fetch.max.bytes"), message = get_i64(conf, "message.max.bytes");
+    if (fetch < 0 || message < 0 || fetch >= message)
+        return 0;
+    if (!user_fetch)
+        return set_i64(conf, "fetch.max.bytes", message, err, errsize);
+    if (!user_message)
+        return set_i64(conf, "message.max.bytes", fetch < 1000 ? 1000 : fetch, err, errsize);
+    return 0; /* both the user's: librdkafka says what is wrong with them */
+}
+
 int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                     rd_kafka_conf_t *conf, char *err, size_t errsize)
 {
@@ -126,6 +157,7 @@ int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *
     if (set_i64(conf, "queued.max.messages.kbytes", b.queued_kbytes, err, errsize) ||
         set_i64(conf, "queued.min.messages", b.queued_messages, err, errsize) ||
         set_i64(conf, "fetch.max.bytes", b.fetch_max_bytes, err, errsize) ||
+        set_i64(conf, "message.max.bytes", b.fetch_max_bytes, err, errsize) ||
         set_i64(conf, "max.partition.fetch.bytes", b.partition_fetch_bytes, err, errsize))
         return -1;
     struct sc_log_fields f = {.pipeline = pc->name, .partition = -1};

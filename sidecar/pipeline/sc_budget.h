@@ -17,11 +17,17 @@
  *
  *     covered  = limit - SC_BUDGET_FIXED (the first part, not covered)
  *     pipeline = covered x its workers / all pipelines' workers
- *       25 %  librdkafka: fetch.max.bytes a quarter of it (at least 1 MB:
- *             librdkafka raises it to message.max.bytes), the rest split
- *             over the workers' queues (queued.max.messages.kbytes counts
- *             payload, so a third of a queue's share; queued.min.messages
- *             at 400 bytes a message, as measured for small records)
+ *       25 %  librdkafka: a quarter of it for the fetch response being
+ *             parsed, which costs up to ~12 x its size on the wire once
+ *             decompressed and parsed into messages, so fetch.max.bytes
+ *             (and message.max.bytes with it) is a 48th of the share, at
+ *             least 64 KiB; the rest split over the workers' queues
+ *             (queued.max.messages.kbytes counts payload, so a third of a
+ *             queue's share; queued.min.messages at 400 bytes a message,
+ *             as measured for small records).  librdkafka decides to fetch
+ *             a partition while its queue is below those limits, and what
+ *             the response brings lands on top of them: hence the small
+ *             fetches.
  *       50 %  the workers' buffers: a worker takes nothing more from its
  *             queue while its partitions' slabs and indexes hold this
  *             much, and cuts each partition's batches at half its part of
@@ -45,6 +51,7 @@
 #ifndef SC_BUDGET_H
 #define SC_BUDGET_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include <librdkafka/rdkafka.h>
@@ -92,6 +99,15 @@ int64_t sc_budget_rss(void);
 /* The shares of pipeline pc in cfg's budget. */
 void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                       struct sc_budget *out);
+
+/*
+ * After the user's properties (which win over the budget's): librdkafka refuses a
+ * fetch.max.bytes below message.max.bytes, and the budget lowers both.  A user who set one
+ * of them gets the other raised (fetch.max.bytes) or lowered (message.max.bytes) to match;
+ * when the user set both, librdkafka reports the conflict.  0, or -1 with err.
+ */
+int sc_budget_reconcile(rd_kafka_conf_t *conf, bool user_fetch, bool user_message, char *err,
+                        size_t errsize);
 
 /*
  * Applies the budget for pipeline pc: sets the derived librdkafka

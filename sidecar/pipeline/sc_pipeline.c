@@ -951,6 +951,18 @@ void sc_pl_close_consumer(struct sc_pipeline *pl)
     }
 }
 
+/* Whether kafka.properties or the pipeline's kafka_properties set property k. */
+static bool user_sets(const struct sc_config *cfg, const struct sc_pipeline_conf *pc, const char *k)
+{
+    for (size_t i = 0; i < cfg->kafka.properties.count; i++)
+        if (strcmp(cfg->kafka.properties.items[i].key, k) == 0)
+            return true;
+    for (size_t i = 0; i < pc->kafka_properties.count; i++)
+        if (strcmp(pc->kafka_properties.items[i].key, k) == 0)
+            return true;
+    return false;
+}
+
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errsize)
 {
     char e[256];
@@ -1038,7 +1050,9 @@ struct sc_pipeline *sc_pipeline_new(const struct sc_config *cfg, const struct sc
         if (set_prop(conf, pc->kafka_properties.items[i].key, pc->kafka_properties.items[i].value,
                      err, errsize))
             goto fail;
-    if (set_prop(conf, "bootstrap.servers", cfg->kafka.bootstrap_servers, err, errsize) ||
+    if (sc_budget_reconcile(conf, user_sets(cfg, pc, "fetch.max.bytes"),
+                            user_sets(cfg, pc, "message.max.bytes"), err, errsize) ||
+        set_prop(conf, "bootstrap.servers", cfg->kafka.bootstrap_servers, err, errsize) ||
         set_prop(conf, "group.id", pc->group_id, err, errsize))
         goto fail;
     for (size_t i = 0; i < SC_ARRAY_LEN(managed); i++)

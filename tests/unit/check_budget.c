@@ -1,0 +1,175 @@
+/*
+ * check_budget.c - the memory budget's shares (pipeline/sc_budget.h), and
+ * the librdkafka properties derived from them: a consumer can be created
+ * from them, also when the user overrides some.
+ */
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <librdkafka/rdkafka.h>
+
+#include "config/sc_config.h"
+#include "pipeline/sc_budget.h"
+#include "sinks/sc_sink.h"
+
+static char err[4096];
+
+static struct sc_config *load(int limit_mib, int workers)
+{
+    char text[1024];
+    snprintf(text, sizeof(text),
+             "{\"postgres\": {\"dsn\": \"host=localhost dbname=app\"},"
+             " \"kafka\": {\"bootstrap.servers\": \"127.0.0.1:9092\"},"
+             " \"memory\": {\"limit_mib\": %d},"
+             " \"pipelines\": [{\"name\": \"p\", \"topics\": [\"t\"], \"workers\": %d,"
+             "  \"sink\": {\"type\": \"file\", \"path\": \"/d/{partition}\"}}]}",
+             limit_mib, workers);
+    struct sc_config *cfg = NULL;
+    ck_assert_msg(sc_config_load_string("t.json", text, &sc_sinks, &cfg, err, sizeof(err)) == 0,
+                  "%s", err);
+    return cfg;
+}
+
+static long long get(rd_kafka_conf_t *conf, const char *k)
+{
+    char v[64];
+    size_t n = sizeof(v);
+    ck_assert_int_eq(rd_kafka_conf_get(conf, k, v, &n), RD_KAFKA_CONF_OK);
+    return strtoll(v, NULL, 10);
+}
+
+static void set(rd_kafka_conf_t *conf, const char *k, const char *v)
+{
+    ck_assert_int_eq(rd_kafka_conf_set(conf, k, v, err, sizeof(err)), RD_KAFKA_CONF_OK);
+}
+
+/* Creates (and destroys) a consumer from conf: NULL, or librdkafka's complaint in err. */
+static const char *create(rd_kafka_conf_t *conf)
+{
+    set(conf, "bootstrap.servers", "127.0.0.1:9"); /* never connected to */
+    rd_kafka_t *rk = rd_kafka_new(RD_KAFKA_CONSUMER, conf, err, sizeof(err));
+    if (!rk) {
+        rd_kafka_conf_destroy(conf);
+        return err;
+    }
+    rd_kafka_destroy(rk);
+    return NULL;
+}
+
+/*
+ * A fetch response lands on top of the queue limits, and costs up to ~12 x
+ * its wire size in memory: fetch.max.bytes is sized so that this fits a
+ * quarter of librdkafka's share.  The shares add up to no more than what
+ * the budget covers.
+ */
+START_TEST(test_shares)
+{
+    const int limits[] = {32, 48, 64, 256, 4096};
+    for (size_t i = 0; i < sizeof(limits) / sizeof(limits[0]); i++) {
+        struct sc_config *cfg = load(limits[i], 2);
+        struct sc_budget b;
+        sc_budget_derive(cfg, &cfg->pipelines[0], &b);
+        int64_t kafka = b.pipeline / 4;
+        ck_assert_int_ge(b.fetch_max_bytes, 65536);
+        if (b.fetch_max_bytes > 65536)
+            ck_assert_msg(b.fetch_max_bytes * 12 <= kafka / 4,
+                          "%d MiB: fetch.max.bytes %lld, 12 x that over a quarter of %lld",
+                          limits[i], (long long)b.fetch_max_bytes, (long long)kafka);
+        ck_assert_int_le(b.partition_fetch_bytes, b.fetch_max_bytes);
+        /* the queues: the rest of librdkafka's share, counted at 400 bytes a message */
+        ck_assert_int_le(2 * b.queued_messages * 400, kafka - kafka / 4 + 2 * 400);
+        ck_assert_int_le(2 * b.worker_buffer + kafka, b.pipeline);
+        ck_assert_int_le(b.batch_max_bytes, b.worker_buffer / 4);
+        sc_config_free(cfg);
+    }
+    /* 64 MiB, the default: 50 MiB covered, librdkafka's share 12.5 MiB */
+    struct sc_config *cfg = load(64, 2);
+    struct sc_budget b;
+    sc_budget_derive(cfg, &cfg->pipelines[0], &b);
+    ck_assert_int_eq(b.pipeline, 50LL << 20);
+    ck_assert_int_eq(b.fetch_max_bytes, (50LL << 20) / 4 / 4 / 12);
+    sc_config_free(cfg);
+}
+END_TEST
+
+/* What sc_budget_apply() sets makes a consumer: message.max.bytes goes down with the fetches. */
+START_TEST(test_apply_makes_a_consumer)
+{
+    struct sc_config *cfg = load(64, 2);
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert_int_eq(sc_budget_apply(cfg, &cfg->pipelines[0], conf, err, sizeof(err)), 0);
+    struct sc_budget b;
+    sc_budget_derive(cfg, &cfg->pipelines[0], &b);
+    ck_assert_int_eq(get(conf, "fetch.max.bytes"), b.fetch_max_bytes);
+    ck_assert_int_eq(get(conf, "message.max.bytes"), b.fetch_max_bytes);
+    /* a response larger than fetch.max.bytes (a batch larger than it) is still received */
+    ck_assert_int_ge(get(conf, "receive.message.max.bytes"), 100000000);
+    ck_assert_int_eq(sc_budget_reconcile(conf, false, false, err, sizeof(err)), 0);
+    const char *e = create(conf);
+    ck_assert_msg(e == NULL, "%s", e ? e : "");
+    sc_config_free(cfg);
+}
+END_TEST
+
+/*
+ * The user's properties win; the other of the pair follows, so that
+ * librdkafka does not refuse a property the user never set.
+ */
+START_TEST(test_user_overrides)
+{
+    struct sc_config *cfg = load(64, 2);
+
+    /* message.max.bytes raised: fetch.max.bytes follows it up */
+    rd_kafka_conf_t *conf = rd_kafka_conf_new();
+    ck_assert_int_eq(sc_budget_apply(cfg, &cfg->pipelines[0], conf, err, sizeof(err)), 0);
+    set(conf, "message.max.bytes", "1000000");
+    rd_kafka_conf_t *copy = rd_kafka_conf_dup(conf);
+    const char *e = create(copy); /* what reconciling is for */
+    ck_assert_ptr_nonnull(e);
+    ck_assert_msg(strstr(e, "fetch.max.bytes"), "%s", e);
+    ck_assert_int_eq(sc_budget_reconcile(conf, false, true, err, sizeof(err)), 0);
+    ck_assert_int_eq(get(conf, "fetch.max.bytes"), 1000000);
+    e = create(conf);
+    ck_assert_msg(e == NULL, "%s", e ? e : "");
+
+    /* fetch.max.bytes lowered below the budget's: message.max.bytes follows it down */
+    conf = rd_kafka_conf_new();
+    ck_assert_int_eq(sc_budget_apply(cfg, &cfg->pipelines[0], conf, err, sizeof(err)), 0);
+    set(conf, "fetch.max.bytes", "70000");
+    ck_assert_int_eq(sc_budget_reconcile(conf, true, false, err, sizeof(err)), 0);
+    ck_assert_int_eq(get(conf, "fetch.max.bytes"), 70000);
+    ck_assert_int_eq(get(conf, "message.max.bytes"), 70000);
+    e = create(conf);
+    ck_assert_msg(e == NULL, "%s", e ? e : "");
+
+    /* both set, and in conflict: left as they are, librdkafka names the problem */
+    conf = rd_kafka_conf_new();
+    ck_assert_int_eq(sc_budget_apply(cfg, &cfg->pipelines[0], conf, err, sizeof(err)), 0);
+    set(conf, "fetch.max.bytes", "70000");
+    set(conf, "message.max.bytes", "80000");
+    ck_assert_int_eq(sc_budget_reconcile(conf, true, true, err, sizeof(err)), 0);
+    ck_assert_int_eq(get(conf, "fetch.max.bytes"), 70000);
+    e = create(conf);
+    ck_assert_ptr_nonnull(e);
+    ck_assert_msg(strstr(e, "fetch.max.bytes") && strstr(e, "message.max.bytes"), "%s", e);
+
+    sc_config_free(cfg);
+}
+END_TEST
+
+int main(void)
+{
+    Suite *s = suite_create("budget");
+    TCase *tc = tcase_create("budget");
+    tcase_add_test(tc, test_shares);
+    tcase_add_test(tc, test_apply_makes_a_consumer);
+    tcase_add_test(tc, test_user_overrides);
+    suite_add_tcase(s, tc);
+    SRunner *sr = srunner_create(s);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
