@@ -31,8 +31,8 @@
  * bytes: a message costs its payload plus QUEUED_MESSAGE_COST once parsed.  Measured with
  * the bench's records (lz4, ~90-byte values): ~60 bytes on the wire, ~490 in memory, 8x;
  * data that compresses better costs more.  With fetch.max.bytes at a quarter of the share
- * instead, one response over the queue limits held up to 46,000 messages (20 MiB) more
- * than the limits and the peak RSS went to 48-61 MiB under a 32 MiB budget (bench/). */
+ * instead, a worker's queue held up to 46,000 messages (20 MiB) over its limits and the
+ * peak RSS went to 48-61 MiB under a 32 MiB budget (docs/benchmarks.md, small fetches). */
 #define RESPONSE_EXPANSION 12
 
 static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
