@@ -954,13 +954,7 @@ void sc_pl_close_consumer(struct sc_pipeline *pl)
 /* Whether kafka.properties or the pipeline's kafka_properties set property k. */
 static bool user_sets(const struct sc_config *cfg, const struct sc_pipeline_conf *pc, const char *k)
 {
-    for (size_t i = 0; i < cfg->kafka.properties.count; i++)
-        if (strcmp(cfg->kafka.properties.items[i].key, k) == 0)
-            return true;
-    for (size_t i = 0; i < pc->kafka_properties.count; i++)
-        if (strcmp(pc->kafka_properties.items[i].key, k) == 0)
-            return true;
-    return false;
+    return sc_kvlist_get(&cfg->kafka.properties, k) || sc_kvlist_get(&pc->kafka_properties, k);
 }
 
 static int set_prop(rd_kafka_conf_t *conf, const char *k, const char *v, char *err, size_t errsize)
