@@ -47,7 +47,7 @@ cleanup() {
     rm -rf "$dir"
 }
 trap cleanup EXIT
-"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -A trust >/dev/null
+"${as_pg[@]}" "$bindir/initdb" -D "$dir/data" -A trust -U postgres >/dev/null
 "${as_pg[@]}" "$bindir/pg_ctl" -D "$dir/data" -w -l "$dir/log" \
     -o "-c listen_addresses='' -k $dir -p 5432" start >/dev/null
 psql_() { PGOPTIONS='-c client_min_messages=warning' psql -X -q -v ON_ERROR_STOP=1 -h "$dir" -p 5432 -U postgres "$@"; }
