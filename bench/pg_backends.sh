@@ -68,22 +68,28 @@ COPY (SELECT topic, partition, "offset" + i * $rows, key, value, headers, ts
     TO '$dir/ball' (FORMAT binary);
 SQL
 
-# session FIRST STEP LOCK: loads batch files FIRST, FIRST+STEP, ...; prints its backend's
-# CPU ticks.  LOCK: take an advisory lock in each transaction (sessions taking turns).
-session() {
+# measured: runs the SQL on its standard input in one session; prints its backend's CPU ticks.
+measured() {
     {
         echo "SELECT pg_backend_pid() AS pid \\gset"
-        for ((i = $1; i < batches; i += $2)); do
-            if [ "$3" = lock ]; then
-                echo "BEGIN; SELECT pg_advisory_xact_lock(1) \\g /dev/null"
-            else
-                echo "BEGIN;"
-            fi
-            echo "COPY dst FROM '$dir/b$i' (FORMAT binary); COMMIT;"
-        done
+        cat
         echo "\\setenv PID :pid"
         echo "\\! awk '{print \$14 + \$15}' /proc/\$PID/stat"
     } | psql_
+}
+
+# session FIRST STEP LOCK: loads batch files FIRST, FIRST+STEP, ..., a transaction each, in
+# one measured session.  LOCK: take an advisory lock in each transaction (sessions taking
+# turns).
+session() {
+    for ((i = $1; i < batches; i += $2)); do
+        if [ "$3" = lock ]; then
+            echo "BEGIN; SELECT pg_advisory_xact_lock(1) \\g /dev/null"
+        else
+            echo "BEGIN;"
+        fi
+        echo "COPY dst FROM '$dir/b$i' (FORMAT binary); COMMIT;"
+    done | measured
 }
 
 fresh() {
@@ -100,13 +106,7 @@ for ((r = 1; r <= repeat; r++)); do
         fresh
         case $shape in
         one) t=$(session 0 1 nolock) ;;
-        single)
-            t=$({
-                echo "SELECT pg_backend_pid() AS pid \\gset"
-                echo "BEGIN; COPY dst FROM '$dir/ball' (FORMAT binary); COMMIT;"
-                echo "\\setenv PID :pid"
-                echo "\\! awk '{print \$14 + \$15}' /proc/\$PID/stat"
-            } | psql_) ;;
+        single) t=$(echo "BEGIN; COPY dst FROM '$dir/ball' (FORMAT binary); COMMIT;" | measured) ;;
         two | turns)
             lock=nolock
             [ $shape = turns ] && lock=lock
