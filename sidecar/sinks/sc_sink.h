@@ -102,6 +102,8 @@ void sc_batch_result_clear(struct sc_batch_result *r);
  * only transactional sinks (and the worker) include.
  */
 struct sc_commit_hook;
+/* One partition's batch in a transaction shared with other partitions' (write_group()). */
+struct sc_txn_item;
 
 struct sc_sink;
 struct sc_sink_part;
@@ -164,6 +166,21 @@ struct sc_sink_class {
     enum sc_sink_result (*write)(struct sc_sink *sink, struct sc_sink_part *p,
                                  const struct sc_batch *b, const struct sc_commit_hook *hook,
                                  struct sc_batch_result *res, char *err, size_t errsize);
+
+    /*
+     * Optional, for SC_SINK_F_TRANSACTIONAL sinks: writes the batches of
+     * several partitions, each with its checkpoint advance (its hook's
+     * queue()), in one transaction on the connection all the items' hooks
+     * lend.  All or nothing: returns 1 when it committed, 0 when nothing was
+     * committed (the connection is idle; the worker then writes the batches
+     * one by one with write(), which tells a bad row or a fence apart), -1
+     * when the connection failed once COMMIT could have reached the server
+     * (the worker reads the checkpoints back).  Once the advances were
+     * queued, every item's queued() is told that outcome.  A sink may
+     * decline a group (0) before sending anything.
+     */
+    int (*write_group)(struct sc_sink *sink, const struct sc_txn_item *items, size_t n, char *err,
+                       size_t errsize);
 
     /*
      * Optional: makes durable what write() delivered to p since the last

@@ -53,4 +53,17 @@ struct sc_commit_hook {
     void (*queued)(void *arg, int outcome);
 };
 
+/* One partition's batch in a shared transaction (struct sc_sink_class.write_group). */
+struct sc_txn_item {
+    struct sc_sink_part *part;
+    const struct sc_batch *batch;      /* its records come from records() */
+    const struct sc_commit_hook *hook; /* with queue(); conn is the same in every item */
+    struct sc_batch_result *res;       /* next_write_offset, as from write() */
+    /* The batch's records (batch->count), valid until records() is called for another item:
+     * the worker lays out one batch's records at a time, so a group costs no more memory
+     * than its largest batch. */
+    const struct sc_record *(*records)(void *arg);
+    void *arg;
+};
+
 #endif

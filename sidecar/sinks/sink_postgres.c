@@ -56,6 +56,20 @@
  * found while encoding it takes that way at once (after COPY: its rows
  * stay, commit() stores the dead letters with the advance).
  *
+ * Several partitions, one transaction (write_group()).  The worker may hand
+ * over the batches of several of its partitions at once: one COPY of all
+ * their rows (each row carries its topic and partition), then every
+ * partition's advance and COMMIT in one pipeline as above.  On the server
+ * a COPY statement and a commit cost about as much for a few rows as for
+ * many (bench/pg_backends.sh: a transaction per batch cost 1.23-1.35x one
+ * COPY of the same rows), so this is what a bigger batch would save,
+ * without waiting for one.  All or nothing, and never sorted out here: a
+ * failed COPY (a bad row, a row already there) or an advance that did not
+ * apply rolls all of it back and the worker writes the batches one by one
+ * with write(), which finds the cause for its partition.  A group is
+ * declined before anything is sent unless every batch could take COPY
+ * alone (no recent conflict, write_method not pipeline).
+ *
  * With "dsn" the table is elsewhere and the worker runs the usual protocol
  * (pend, write, commit).  A batch may then be written twice: after a crash
  * between write and commit, and by a fenced owner finishing a write late
@@ -694,11 +708,46 @@ static enum pg_outcome copy_start(struct pg_ctx *c, PGconn *conn, const char *be
     return PG_RETRY;
 }
 
-/* After copy_start() and encode_rows().  *conflict: a row of the batch is there already. */
-static enum pg_outcome copy_rows(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b,
-                                 bool *conflict, char *err, size_t errsize)
+/*
+ * Ends the COPY data (rc: what copy_put() returned; abort: a message that
+ * makes the server fail the COPY instead) and reads how the COPY went.
+ * *conflict: a row was there already.
+ */
+static enum pg_outcome copy_close(struct pg_ctx *c, PGconn *conn, int rc, const char *abort,
+                                  bool *conflict, char *err, size_t errsize)
 {
+    struct sc_buf *q = &c->copy;
+    PGresult *res;
     *conflict = false;
+    if (rc == 0 && !abort)
+        rc = put_u16(q, 0xFFFF) | copy_flush(conn, q);
+    sc_buf_reset(q);
+    if (rc != 0 && !abort)
+        abort = "the rows could not be sent whole";
+    if (PQputCopyEnd(conn, abort) != 1) {
+        snprintf(err, errsize, "COPY into %s failed: %s", c->table_q, PQerrorMessage(conn));
+        while ((res = PQgetResult(conn)) != NULL)
+            PQclear(res);
+        return PG_RETRY;
+    }
+    enum pg_outcome o = PG_OK;
+    while ((res = PQgetResult(conn)) != NULL) {
+        if (o == PG_OK && !pg_result_ok(res)) {
+            o = pg_classify(conn, res, err, errsize);
+            *conflict = strcmp(pg_sqlstate(res), "23505") == 0; /* unique_violation */
+        }
+        PQclear(res);
+    }
+    if (abort) { /* the server failed the COPY as asked: nothing to split */
+        snprintf(err, errsize, "COPY into %s ended: %s", c->table_q, abort);
+        return PG_RETRY;
+    }
+    return o;
+}
+
+/* After copy_start(): waits until the server takes COPY data, and puts the header in c->copy. */
+static enum pg_outcome copy_open(struct pg_ctx *c, PGconn *conn, char *err, size_t errsize)
+{
     enum pg_outcome o = PG_OK;
     PGresult *res;
     bool copy_in = false;
@@ -715,10 +764,19 @@ static enum pg_outcome copy_rows(struct pg_ctx *c, PGconn *conn, const struct sc
         }
         return o == PG_ROW ? PG_FATAL : o; /* the statement failed, not a row */
     }
-
     struct sc_buf *q = &c->copy;
     sc_buf_reset(q);
-    int rc = sc_buf_append(q, "PGCOPY\n\377\r\n\0", 11) | put_u32(q, 0) | put_u32(q, 0);
+    bool conflict;
+    if (sc_buf_append(q, "PGCOPY\n\377\r\n\0", 11) | put_u32(q, 0) | put_u32(q, 0))
+        return copy_close(c, conn, -1, NULL, &conflict, err, errsize);
+    return PG_OK;
+}
+
+/* Adds the rows of batch b (encode_rows()) to the COPY data, sent in pieces: 0, or -1. */
+static int copy_put(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b)
+{
+    struct sc_buf *q = &c->copy;
+    int rc = 0;
     size_t tlen = strlen(b->part->topic);
     for (size_t i = 0; i < c->nrows && rc == 0; i++) {
         const struct pg_row *row = &c->rows[i];
@@ -739,22 +797,18 @@ static enum pg_outcome copy_rows(struct pg_ctx *c, PGconn *conn, const struct sc
         if (q->len >= COPY_CHUNK)
             rc |= copy_flush(conn, q);
     }
-    if (rc == 0)
-        rc = put_u16(q, 0xFFFF) | copy_flush(conn, q);
-    if (rc != 0 || PQputCopyEnd(conn, NULL) != 1) {
-        snprintf(err, errsize, "COPY into %s failed: %s", c->table_q, PQerrorMessage(conn));
-        while ((res = PQgetResult(conn)) != NULL)
-            PQclear(res);
-        return PG_RETRY;
-    }
-    while ((res = PQgetResult(conn)) != NULL) {
-        if (o == PG_OK && !pg_result_ok(res)) {
-            o = pg_classify(conn, res, err, errsize);
-            *conflict = strcmp(pg_sqlstate(res), "23505") == 0; /* unique_violation */
-        }
-        PQclear(res);
-    }
-    return o;
+    return rc;
+}
+
+/* After copy_start() and encode_rows(): the rows of b.  *conflict: a row is there already. */
+static enum pg_outcome copy_rows(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b,
+                                 bool *conflict, char *err, size_t errsize)
+{
+    *conflict = false;
+    enum pg_outcome o = copy_open(c, conn, err, errsize);
+    if (o != PG_OK)
+        return o;
+    return copy_close(c, conn, copy_put(c, conn, b), NULL, conflict, err, errsize);
 }
 
 /* ---- one round trip: the pipelined transaction --------------------------- */
@@ -770,7 +824,8 @@ enum pipe_outcome {
  * IMMEDIATE, one INSERT of all rows (stmt), the hook's checkpoint advance,
  * Sync, COMMIT, Sync go out together.  With stmt NULL the transaction is
  * open and holds the rows already (COPY): only the advance, Sync, COMMIT,
- * Sync go out.  The advance fails when it does not apply, and a failure
+ * Sync go out; then there may be several items (write_group()), each with
+ * its advance, all in the one transaction.  The advance fails when it does not apply, and a failure
  * makes the server skip the rest up to the Sync and leaves the transaction
  * failed, so COMMIT commits all of it or answers ROLLBACK.
  * For PIPE_NOT, *o says what failed first (PG_OK: it could not start, or
@@ -778,19 +833,18 @@ enum pipe_outcome {
  * connection trouble), and *conflict whether that was a key conflict; the
  * transaction is rolled back.
  */
-static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const struct sc_batch *b,
-                                         const struct sc_commit_hook *hook, const char *stmt,
-                                         struct sc_batch_result *res, enum pg_outcome *o,
-                                         bool *conflict, char *err, size_t errsize)
+static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn,
+                                         const struct sc_txn_item *items, size_t n,
+                                         const char *stmt, enum pg_outcome *o, bool *conflict,
+                                         char *err, size_t errsize)
 {
     enum {
         Q_BEGIN,
         Q_SET,
         Q_ROWS,
-        Q_ADVANCE,
-        Q_COMMIT,
-        NQ
+        Q_ADVANCE, /* the first item's; item i's is Q_ADVANCE + i */
     };
+    const int q_commit = Q_ADVANCE + (int)n, nq = q_commit + 1;
     *o = PG_OK;
     *conflict = false;
     if (PQenterPipelineMode(conn) != 1) {
@@ -800,6 +854,7 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     }
     int first = stmt ? Q_BEGIN : Q_ADVANCE, queued = first;
     if (stmt) {
+        const struct sc_batch *b = items[0].batch;
         struct insert_params ip;
         insert_params(c, b->part->topic, b->part->partition, 0, c->nrows, &ip);
         if (PQsendQueryParams(conn, "BEGIN", 0, NULL, NULL, NULL, NULL, 0) == 1)
@@ -812,8 +867,11 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
             queued++;
     }
     char qerr[256] = "";
-    if (queued == Q_ADVANCE && hook->queue(hook->arg, b, res, qerr, sizeof(qerr)) == 0)
-        queued++;
+    for (const struct sc_txn_item *it; queued >= Q_ADVANCE && queued < q_commit; queued++) {
+        it = &items[queued - Q_ADVANCE];
+        if (it->hook->queue(it->hook->arg, it->batch, it->res, qerr, sizeof(qerr)) != 0)
+            break;
+    }
     /* A Sync before COMMIT too: should this process stall from here on, the server sees
      * its session idle in the transaction (not in the middle of a request) and ends it
      * after idle_in_transaction_session_timeout, which frees the checkpoint row the next
@@ -822,7 +880,7 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
      * is not covered: the server then waits in the middle of the request.) */
     bool lost = PQpipelineSync(conn) != 1, commit_sent = false;
     int syncs = 1;
-    if (queued == Q_COMMIT && !lost) {
+    if (queued == q_commit && !lost) {
         sc_failpoint("pg_before_commit");
         commit_sent = true; /* from here on, the server may commit */
         if (PQsendQueryParams(conn, "COMMIT", 0, NULL, NULL, NULL, NULL, 0) == 1)
@@ -834,8 +892,8 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
     bool committed = false;
     int failed = -1; /* the first statement that failed */
     for (int i = first; !lost;) {
-        PGresult *r = PQstatus(conn) == CONNECTION_OK && i <= NQ ? PQgetResult(conn) : NULL;
-        if (PQstatus(conn) != CONNECTION_OK || i > NQ) {
+        PGresult *r = PQstatus(conn) == CONNECTION_OK && i <= nq ? PQgetResult(conn) : NULL;
+        if (PQstatus(conn) != CONNECTION_OK || i > nq) {
             PQclear(r);
             lost = true;
             break;
@@ -851,10 +909,10 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
                 break;
             continue;
         }
-        if (i == Q_COMMIT && pg_result_ok(r) && strcmp(PQcmdStatus(r), "COMMIT") == 0)
+        if (i == q_commit && pg_result_ok(r) && strcmp(PQcmdStatus(r), "COMMIT") == 0)
             committed = true;
         else if (failed < 0 && st != PGRES_PIPELINE_ABORTED &&
-                 (!pg_result_ok(r) || i == Q_COMMIT)) {
+                 (!pg_result_ok(r) || i == q_commit)) {
             failed = i;
             if (pg_result_ok(r)) { /* COMMIT answered ROLLBACK */
                 snprintf(err, errsize, "COMMIT answered %s", PQcmdStatus(r));
@@ -862,8 +920,8 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
             } else {
                 *o = pg_classify(conn, r, err, errsize);
             }
-            *conflict = i == Q_ROWS && strcmp(pg_sqlstate(r), "23505") == 0;
-            if (i == Q_ROWS && strcmp(pg_sqlstate(r), "26000") == 0)
+            *conflict = stmt && i == Q_ROWS && strcmp(pg_sqlstate(r), "23505") == 0;
+            if (stmt && i == Q_ROWS && strcmp(pg_sqlstate(r), "26000") == 0)
                 c->prep_conn = NULL; /* our INSERT vanished (a new backend): prepare again */
         }
         PQclear(r);
@@ -882,8 +940,8 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn, const s
         *o = PG_RETRY;
         return PIPE_UNKNOWN;
     }
-    if (failed < 0 || failed == Q_ADVANCE) {
-        /* Not all of it could be queued, or the advance did not apply (fenced, or the
+    if (failed < 0 || (failed >= Q_ADVANCE && failed < q_commit)) {
+        /* Not all of it could be queued, or an advance did not apply (fenced, or the
          * checkpoint moved): the usual way finds out which, with commit(). */
         sc_debug(NULL, "postgres sink: pipelined batch not committed: %s",
                  failed < 0 ? (qerr[0] ? qerr : PQerrorMessage(conn)) : err);
@@ -980,8 +1038,8 @@ static bool pipelined(struct pg_ctx *c, struct sc_sink_part *p, PGconn *conn,
 {
     enum pg_outcome o;
     bool conflict;
-    enum pipe_outcome po =
-        write_pipelined(c, conn, b, hook, stmt, res, &o, &conflict, err, errsize);
+    struct sc_txn_item item = {.part = p, .batch = b, .hook = hook, .res = res};
+    enum pipe_outcome po = write_pipelined(c, conn, &item, 1, stmt, &o, &conflict, err, errsize);
     hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
     if (po == PIPE_COMMITTED)
         *sr = SC_SINK_OK;
@@ -1085,6 +1143,57 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
         return SC_SINK_RETRY;
     }
     return SC_SINK_OK;
+}
+
+/*
+ * Several partitions' batches in one transaction (struct sc_sink_class.write_group):
+ * one COPY of all their rows, then every advance, Sync, COMMIT, Sync in one
+ * pipeline.  Declined (0, nothing sent) unless every batch could take COPY
+ * alone; a batch with dead letters ends the COPY and the transaction.
+ */
+static int pg_write_group(struct sc_sink *sink, const struct sc_txn_item *items, size_t n,
+                          char *err, size_t errsize)
+{
+    static const char begin[] = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; ";
+    struct pg_ctx *c = sink->ctx;
+    PGconn *conn = items[0].hook->conn;
+    if (!c->same_db || !c->ready || !c->copy_sql || c->conf->write_method == PG_WRITE_PIPELINE)
+        return 0;
+    for (size_t i = 0; i < n; i++)
+        if (items[i].part->slow_batches > 0 || !items[i].hook->queue)
+            return 0;
+    if (PQtransactionStatus(conn) != PQTRANS_IDLE)
+        pg_rollback(conn); /* never happens unless a previous call was cut short */
+    if (use_utf8(conn, err, errsize) != 0)
+        return 0;
+    enum pg_outcome o = copy_start(c, conn, begin, err, errsize);
+    if (o == PG_OK)
+        o = copy_open(c, conn, err, errsize);
+    if (o == PG_OK) {
+        int rc = 0;
+        const char *abort = NULL;
+        for (size_t i = 0; i < n && rc == 0 && !abort; i++) {
+            const struct sc_batch *b = items[i].batch;
+            encode_rows(c, items[i].records(items[i].arg), b->count, items[i].res, NULL);
+            items[i].res->next_write_offset = b->last_offset + 1;
+            if (items[i].res->ndead > 0)
+                abort = "a batch of the group has records that cannot be rows";
+            else
+                rc = copy_put(c, conn, b);
+        }
+        bool conflict;
+        o = copy_close(c, conn, rc, abort, &conflict, err, errsize);
+    }
+    if (o != PG_OK) {
+        pg_rollback(conn);
+        return 0;
+    }
+    bool conflict;
+    enum pipe_outcome po = write_pipelined(c, conn, items, n, NULL, &o, &conflict, err, errsize);
+    int outcome = po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1;
+    for (size_t i = 0; i < n; i++)
+        items[i].hook->queued(items[i].hook->arg, outcome);
+    return outcome;
 }
 
 /* Another database: idempotent rows on the sink's own connection; the worker commits. */
@@ -1203,5 +1312,6 @@ const struct sc_sink_class sink_postgres_class = {
     .part_recover = pg_part_recover,
     .part_close = pg_part_close,
     .write = pg_write,
+    .write_group = pg_write_group,
     .redrive = pg_redrive,
 };

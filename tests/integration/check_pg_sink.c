@@ -4,6 +4,7 @@
  * "sink" cases drive the sink in-process against a real PostgreSQL (one
  * server for the case, one database per test), with a stand-in for the
  * worker's commit hook: row layout, the COPY fast path and its fallback,
+ * several partitions' batches in one transaction (write_group()),
  * duplicate keys inside a batch, bisecting poison rows into dead letters,
  * the offset guard against stale replays, redrive, and the errors a user
  * gets for a table or config that cannot work.
@@ -351,6 +352,141 @@ START_TEST(test_default_same_db)
     res_free(&res);
     PQfinish(h.conn);
     fx_close(&f);
+}
+END_TEST
+
+/*
+ * write_group(): two partitions' batches in one transaction, all or
+ * nothing: both commit, or (a fenced advance, a row already there, a bad
+ * row) neither does and the connection is idle; a group the sink cannot
+ * write as one COPY is declined before anything is sent.
+ */
+struct group_fx {
+    struct fx f;
+    struct sc_part_ref ref1;
+    struct sc_sink_part *part1;
+    struct hook_state h[2];
+    struct sc_commit_hook hook[2];
+    struct sc_batch b[2];
+    struct sc_batch_result res[2];
+    struct sc_txn_item items[2];
+};
+
+static const struct sc_record *group_records(void *arg)
+{
+    return ((const struct recs *)arg)->r;
+}
+
+static int group_write(struct group_fx *g, const struct recs *r0, const struct recs *r1)
+{
+    const struct recs *rs[2] = {r0, r1};
+    for (int i = 0; i < 2; i++) {
+        g->b[i] = (struct sc_batch){
+            .part = i ? &g->ref1 : &g->f.ref,
+            .count = rs[i]->n,
+            .first_offset = rs[i]->r[0].offset,
+            .last_offset = rs[i]->r[rs[i]->n - 1].offset,
+            .write_offset = rs[i]->r[0].offset,
+        };
+        g->hook[i] =
+            (struct sc_commit_hook){g->h[i].conn, hook_commit, &g->h[i], hook_queue, hook_queued};
+        sc_batch_result_clear(&g->res[i]);
+        g->items[i] = (struct sc_txn_item){i ? g->part1 : g->f.part,
+                                           &g->b[i],
+                                           &g->hook[i],
+                                           &g->res[i],
+                                           group_records,
+                                           (void *)rs[i]};
+    }
+    char err[1024] = "";
+    int outcome = g->f.sink->type->write_group(g->f.sink, g->items, 2, err, sizeof(err));
+    PGconn *conn = g->h[0].conn;
+    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+    ck_assert_int_eq(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+    return outcome;
+}
+
+static void group_batch(struct recs *rs, int32_t partition, int64_t from, int n, const char *value)
+{
+    rs->n = 0;
+    for (int i = 0; i < n; i++)
+        recs_add(rs, partition, from + i, "k", value);
+}
+
+START_TEST(test_write_group)
+{
+    struct group_fx g;
+    memset(&g, 0, sizeof(g));
+    fx_init(&g.f, "t_group");
+    hx_pg_exec(g.f.conn, "CREATE TABLE marker (last bigint)");
+    fx_open(&g.f, "{\"type\": \"postgres\", \"table\": \"app.events\"}");
+    char err[256];
+    g.ref1 = (struct sc_part_ref){"p1", "orders", 1, 1};
+    ck_assert_int_eq(g.f.sink->type->part_open(g.f.sink, &g.ref1, &g.part1, err, sizeof(err)), 0);
+    PGconn *conn = hx_pg_connect(g.f.dsn);
+    for (int i = 0; i < 2; i++)
+        g.h[i] = (struct hook_state){.conn = conn, .mark = true, .pipelined = true};
+    static struct recs a, b;
+
+    /* Both commit, in one transaction: their rows, and both advances (the markers). */
+    group_batch(&a, 0, 0, 100, "{\"x\": 1}");
+    group_batch(&b, 1, 0, 50, "{\"x\": 2}");
+    ck_assert_int_eq(group_write(&g, &a, &b), 1);
+    ck_assert_int_eq(g.h[0].queued[2] + g.h[1].queued[2], 2);
+    ck_assert_int_eq(g.h[0].next_wo, 100);
+    ck_assert_int_eq(g.h[1].next_wo, 50);
+    ck_assert_int_eq(g.res[0].next_write_offset, 100);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events WHERE partition = 0"), 100);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events WHERE partition = 1 AND "
+                                     "value = '{\"x\": 2}'"),
+                     50);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM marker"), 2);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(DISTINCT xmin::text) FROM app.events"), 1);
+
+    /* One advance fenced: neither batch stays. */
+    group_batch(&a, 0, 100, 10, "{}");
+    group_batch(&b, 1, 50, 10, "{}");
+    g.h[1].ret = 1;
+    ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_int_eq(g.h[0].queued[1] + g.h[1].queued[1], 2);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 150);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM marker"), 2);
+    g.h[1].ret = 0;
+
+    /* A row there already (partition 1 written again from offset 40), or a bad row (jsonb
+     * refuses \u0000): the COPY fails, nothing commits, no advance was queued. */
+    group_batch(&b, 1, 40, 20, "{}");
+    ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    group_batch(&b, 1, 50, 10, "{\"bad\": \"nul\\u0000\"}");
+    ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 150);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM marker"), 2);
+    ck_assert_int_eq(g.h[0].queued[1] + g.h[1].queued[1], 2);
+
+    /* Written one by one, the usual way sorts them out; then groups go on. */
+    struct sc_batch_result res = {0};
+    ck_assert_int_eq(fx_write(&g.f, &a, &g.h[0], &res, false), SC_SINK_OK);
+    group_batch(&a, 0, 110, 10, "{}");
+    group_batch(&b, 1, 50, 10, "{}");
+    ck_assert_int_eq(group_write(&g, &a, &b), 1);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 180);
+
+    /* A partition that took INSERT ... ON CONFLICT lately (a conflict) cannot go by COPY:
+     * declined before anything is sent. */
+    g.part1->slow_batches = 1;
+    group_batch(&a, 0, 120, 10, "{}");
+    group_batch(&b, 1, 60, 10, "{}");
+    int q = g.h[0].queued[0] + g.h[0].queued[1] + g.h[0].queued[2];
+    ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_int_eq(g.h[0].queued[0] + g.h[0].queued[1] + g.h[0].queued[2], q);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 180);
+
+    for (int i = 0; i < 2; i++)
+        res_free(&g.res[i]);
+    res_free(&res);
+    g.f.sink->type->part_close(g.f.sink, g.part1);
+    PQfinish(conn);
+    fx_close(&g.f);
 }
 END_TEST
 
@@ -1158,6 +1294,7 @@ int main(void)
     tcase_set_timeout(tc, 120);
     tcase_add_loop_test(tc, test_default_same_db, 0, 4);
     tcase_add_test(tc, test_write_method_measured);
+    tcase_add_test(tc, test_write_group);
     tcase_add_loop_test(tc, test_poison_same_db, 0, 2);
     tcase_add_test(tc, test_poison_other_db);
     tcase_add_test(tc, test_duplicate_keys_in_batch);
