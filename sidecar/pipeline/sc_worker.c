@@ -115,6 +115,9 @@ struct sc_worker {
     struct sc_parallel syncers;
     struct sync_job *sync_jobs;
     size_t sync_jobs_cap;
+    /* Batches of several partitions in one transaction (deliver_txn_group()). */
+    struct txn_member *txn;
+    int txn_skip; /* turns left without them */
 };
 
 #define BATCH_DRAIN      512
@@ -1336,6 +1339,24 @@ static void retry_later(struct sc_worker *w, struct sc_part *p, const char *err)
     p->retry_at_ms = sc_mono_ms() + delay;
 }
 
+/* A transactional sink committed the first n buffered records of p (the state in hc). */
+static void txn_committed(struct sc_worker *w, struct sc_part *p, const struct hook_ctx *hc,
+                          size_t n)
+{
+    sc_backoff_reset(&p->backoff);
+    p->cp = hc->cp;
+    sc_notify_count_commit(w->env.notify);
+    atomic_store(&p->m->committed_offset, p->cp.committed_offset);
+    sc_counter_add(&p->m->records_delivered, n - hc->ndead);
+    sc_counter_add(&p->m->dead_letters, hc->ndead);
+    sc_counter_add(&p->m->decode_errors, w->decoding ? w->bad.ndead : 0);
+    sc_counter_add(&p->m->batches_committed, 1);
+    mirror_commit(w, p, p->cp.committed_offset);
+    sc_partbuf_drop(&p->buf, n);
+    apply_backpressure(w, p);
+    sc_failpoint("after_commit");
+}
+
 /*
  * Sinks that write records and checkpoint in one transaction: no pending step
  * at all.  One batch per call, like deliver_one().
@@ -1424,18 +1445,156 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
         part_error(w, p, err);
         return;
     }
-    sc_backoff_reset(&p->backoff);
-    p->cp = hc.cp;
-    sc_notify_count_commit(w->env.notify);
-    atomic_store(&p->m->committed_offset, p->cp.committed_offset);
-    sc_counter_add(&p->m->records_delivered, n - hc.ndead);
-    sc_counter_add(&p->m->dead_letters, hc.ndead);
-    sc_counter_add(&p->m->decode_errors, w->decoding ? w->bad.ndead : 0);
-    sc_counter_add(&p->m->batches_committed, 1);
-    mirror_commit(w, p, p->cp.committed_offset);
-    sc_partbuf_drop(&p->buf, n);
-    apply_backpressure(w, p);
-    sc_failpoint("after_commit");
+    txn_committed(w, p, &hc, n);
+}
+
+/*
+ * Several partitions in one transaction (struct sc_sink_class.write_group):
+ * the batches due in one turn go into the sink together, each with its own
+ * epoch-guarded advance, so the server runs one COPY statement and one
+ * commit for all of them instead of one per batch (docs/design.md, "One
+ * transaction for several partitions").  All or nothing: when the group
+ * did not commit, the partitions go the usual way, one batch each, in the
+ * same turn (that way tells a bad row or a fence apart), and the worker
+ * writes no group for TXN_BACKOFF turns.  The sink asks for one member's
+ * records at a time (txn_records()): a group holds no more memory than its
+ * largest batch.
+ */
+#define TXN_MAX_BATCHES 16
+#define TXN_MAX_RECORDS 65536
+#define TXN_BACKOFF     64
+
+struct txn_member {
+    struct sc_worker *w;
+    struct sc_part *p;
+    size_t n;
+    struct sc_part_ref ref;
+    struct sc_batch b;
+    struct hook_ctx hc;
+    struct sc_commit_hook hook;
+    struct sc_batch_result res;
+};
+
+/* Whether service() would deliver a batch of p now (under mode); how many records (0: none). */
+static size_t txn_candidate(struct sc_worker *w, struct sc_part *p, int64_t now,
+                            enum ready_mode mode)
+{
+    if (p->state != SC_PART_ACTIVE || now < p->retry_at_ms || !p->sink_part ||
+        atomic_load(&p->control_changed) || atomic_load(&p->lease_valid_until_ms) < now)
+        return 0;
+    return cut_batch(w, p, 0, now, mode);
+}
+
+static int part_order(const struct sc_part *x, const struct sc_part *y);
+
+/* struct sc_txn_item.records: a member's records in w->recs, one member at a time. */
+static const struct sc_record *txn_records(void *arg)
+{
+    struct txn_member *g = arg;
+    build_records(g->w, g->p, 0, g->n);
+    return g->w->recs;
+}
+
+static int txn_member_cmp(const void *a, const void *b)
+{
+    return part_order(((const struct txn_member *)a)->p, ((const struct txn_member *)b)->p);
+}
+
+static bool in_txn_group(const struct sc_worker *w, size_t k, const struct sc_part *p)
+{
+    for (size_t i = 0; i < k; i++)
+        if (w->txn[i].p == p)
+            return true;
+    return false;
+}
+
+static void deliver_txn_group(struct sc_worker *w)
+{
+    if (w->txn_skip > 0) {
+        w->txn_skip--;
+        return;
+    }
+    if (stopping(w))
+        return;
+    int64_t now = sc_mono_ms();
+    size_t k = 0, total = 0;
+    /* The batches that are due, then whatever the other partitions hold: they would go in
+     * transactions of their own soon, and cost less in this one. */
+    for (int round = 0; round < 2; round++) {
+        enum ready_mode mode = round == 0 ? due_mode(w) : READY_ANY;
+        for (struct sc_part *p = w->parts; p && k < TXN_MAX_BATCHES; p = p->next) {
+            if (round == 1 && in_txn_group(w, k, p))
+                continue;
+            size_t n = txn_candidate(w, p, now, mode);
+            if (n == 0 || total + n > TXN_MAX_RECORDS)
+                continue;
+            struct txn_member *g = &w->txn[k++];
+            g->w = w, g->p = p, g->n = n;
+            total += n;
+        }
+        if (round == 0 && k == 0)
+            return;
+    }
+    if (k < 2)
+        return; /* one batch: the usual way */
+    /* The advances lock their rows in the order every grouped statement does. */
+    qsort(w->txn, k, sizeof(*w->txn), txn_member_cmp);
+    PGconn *conn = sc_db_hold(&w->db);
+    if (!conn || sc_checkpoint_advance_prepare(&w->db) != 0) {
+        if (conn)
+            sc_db_release(&w->db);
+        return; /* the usual way finds out what is wrong */
+    }
+    struct sc_txn_item items[TXN_MAX_BATCHES];
+    const struct sc_pipeline_conf *pc = w->env.pc;
+    for (size_t i = 0; i < k; i++) {
+        struct txn_member *g = &w->txn[i];
+        struct sc_part *p = g->p;
+        g->ref = (struct sc_part_ref){pc->name, p->topic, p->partition, p->cp.epoch};
+        g->b = (struct sc_batch){
+            .part = &g->ref,
+            .count = g->n,
+            .first_offset = rec_at(p, 0)->offset,
+            .last_offset = rec_at(p, g->n - 1)->offset,
+            .write_offset = p->cp.committed_write_offset,
+        };
+        g->hc = (struct hook_ctx){.w = w, .p = p, .cp = p->cp, .count = g->n};
+        g->hook = (struct sc_commit_hook){conn, hook_commit, &g->hc, hook_queue, hook_queued};
+        sc_batch_result_clear(&g->res);
+        items[i] = (struct sc_txn_item){p->sink_part, &g->b, &g->hook, &g->res, txn_records, g};
+    }
+    char err[1024] = "";
+    int64_t t0 = sc_mono_ns();
+    int outcome = w->sink->type->write_group(w->sink, items, k, err, sizeof(err));
+    int64_t took = sc_mono_ns() - t0;
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        w->db.broken = true;
+    sc_db_release(&w->db);
+    if (outcome == 0) {
+        if (err[0])
+            sc_debug(NULL, "%s: %zu batches not committed together, writing them one by one: %s",
+                     w->name, k, err);
+        w->txn_skip = TXN_BACKOFF;
+        return;
+    }
+    for (size_t i = 0; i < k; i++) {
+        struct txn_member *g = &w->txn[i];
+        struct sc_part *p = g->p;
+        sc_hist_observe_ns(&p->m->sink_write_seconds, took);
+        int r = outcome == 1 ? 1 : reconcile(w, p, &p->cp, &g->hc.cp);
+        if (r == 1) {
+            w->steps++;
+            txn_committed(w, p, &g->hc, g->n);
+        } else if (r == -1) {
+            struct sc_cp_key key = key_of(w, p);
+            bool fenced = sc_checkpoint_still_owner(&w->db, &key, p->cp.epoch) != 0;
+            part_fenced(w, p, fenced ? "committing a batch" : "the checkpoint changed under us",
+                        fenced);
+        } else { /* not committed, or not known yet: again after the backoff */
+            w->result.retry_in_ms = 0;
+            retry_later(w, p, err);
+        }
+    }
 }
 
 static void batch_committed(struct sc_worker *w, struct sc_part *p, const struct commit_args *c,
@@ -2459,6 +2618,9 @@ static void *worker_main(void *arg)
         uint64_t steps = w->steps;
         commit_written_together(w);
         pend_ready_together(w);
+        if (w->sink->type->write_group && (w->sink->flags & SC_SINK_F_TRANSACTIONAL) &&
+            !w->decoding)
+            deliver_txn_group(w);
         for (struct sc_part *p = w->parts; p; p = p->next) {
             size_t len = p->buf.len;
             int64_t t0 = sc_mono_ms();
@@ -2515,6 +2677,8 @@ struct sc_worker *sc_worker_new(const struct sc_worker_env *env, int id, char *e
     pthread_mutex_init(&w->lock, NULL);
     pthread_cond_init(&w->cond, NULL);
     sc_parallel_init(&w->syncers);
+    if (w->sink->type->write_group)
+        w->txn = sc_xcalloc(TXN_MAX_BATCHES, sizeof(*w->txn));
     return w;
 }
 
@@ -2545,6 +2709,11 @@ void sc_worker_stop(struct sc_worker *w)
     }
     sc_parallel_destroy(&w->syncers);
     free(w->sync_jobs);
+    for (size_t i = 0; w->txn && i < TXN_MAX_BATCHES; i++) {
+        sc_batch_result_clear(&w->txn[i].res);
+        free(w->txn[i].res.dead);
+    }
+    free(w->txn);
     /* Partitions the consumer thread never got to remove (hard shutdown). */
     while (w->parts)
         part_removed(w, w->parts, "shutdown");

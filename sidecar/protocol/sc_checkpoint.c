@@ -106,7 +106,10 @@
  * When the sink pipelines that transaction, the advance is queued with
  * sc_checkpoint_advance_queue(), whose statement fails instead of matching
  * no row: the COMMIT behind it in the pipeline then never runs, so a fenced
- * owner's rows are never committed without their checkpoint (I4).
+ * owner's rows are never committed without their checkpoint (I4).  Several
+ * partitions' batches may share that transaction (sc_worker.c,
+ * deliver_txn_group()), each with its own queued advance: one that fails
+ * fails them all, and each batch is then written again alone.
  *
  * Locks.  Each statement updates one checkpoints row (row lock, held until
  * commit) and inserts into events; a grouped commit updates (so locks) the
@@ -117,9 +120,10 @@
  * rows, so there is no lock-order cycle among the sidecar's own statements.
  * An operator's transaction holding several rows can still deadlock with a
  * grouped commit (the worker sorts its groups by topic and partition, but
- * the order rows are locked in is the plan's): PostgreSQL then refuses one
- * of them (a passing refusal) and the worker commits its partitions one by
- * one.
+ * the order rows are locked in is the plan's) or with a shared transaction
+ * of a transactional sink (its advances go in that same order):
+ * PostgreSQL then refuses one of them (a passing refusal) and the worker
+ * commits its partitions one by one.
  */
 #include "protocol/sc_checkpoint.h"
 

@@ -206,7 +206,8 @@ static const struct sc_conf_key pg_sink_keys[] = {
      .help = "how a batch's rows go in: copy (binary COPY, then the checkpoint advance and "
              "COMMIT; 3 round trips, least server CPU), pipeline (one INSERT, the advance and "
              "COMMIT in 1 round trip; more server CPU per row), or auto: whichever this "
-             "connection measured faster for batches of that size"},
+             "connection measured faster for batches of that size; with copy and auto, the "
+             "batches of several partitions due together go in one COPY and one transaction"},
     {NULL},
 };
 const struct sc_conf_table pg_conf_table = {

@@ -10,7 +10,9 @@
  *
  *  - same database: rows and checkpoint in one transaction.  Kills land
  *    after the rows and the checkpoint advance were sent but before COMMIT
- *    (pg_before_commit) and after COMMIT (after_commit).  A BEFORE INSERT
+ *    (pg_before_commit) and after COMMIT (after_commit).  Again with one
+ *    worker per instance, which then writes several partitions' batches
+ *    in one transaction (and must have).  A BEFORE INSERT
  *    trigger counts every committed attempt to insert a record, including
  *    ones ON CONFLICT would skip, so a record delivered twice is seen even
  *    though the primary key keeps the table itself clean.
@@ -154,7 +156,9 @@ static void check_checkpoints(PGconn *conn, int64_t produced)
     ck_assert_int_eq(hx_pg_int(conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
 }
 
-START_TEST(test_same_db)
+/* workers: 1 puts each instance's partitions on one worker, which then writes the batches
+ * of several partitions in one transaction (grouped). */
+static void run_same_db(int workers)
 {
     struct scx_env e;
     const char *topics[] = {"orders:6"};
@@ -165,6 +169,7 @@ START_TEST(test_same_db)
         .sink = "{\"type\": \"postgres\", \"table\": \"app.events\"}",
         .max_records = 50,
         .max_wait_ms = 10,
+        .workers = workers,
     };
     struct inst in[INSTANCES] = {
         {.name = "sc-1", .failpoints = "pg_before_commit=kill@0.02"},
@@ -175,9 +180,18 @@ START_TEST(test_same_db)
     int kills = 0, self_kills = 0;
     int64_t produced = produce_and_kill(&e, in, &kills, &self_kills);
     settle(&e, in, produced, &self_kills);
-    fprintf(stderr, "pg sink, same database: %d kills by the test, %d at failpoints\n", kills,
-            self_kills);
+    /* Commits of several partitions in one transaction share its xid. */
+    long long grouped = hx_pg_int(e.conn,
+                                  "SELECT count(*) FROM (SELECT xid FROM sidecar.events WHERE "
+                                  "kind = 'commit' GROUP BY xid HAVING count(*) > 1) g",
+                                  0, NULL);
+    fprintf(stderr,
+            "pg sink, same database, %s: %d kills by the test, %d at failpoints, "
+            "%lld transactions of several partitions\n",
+            workers == 1 ? "one worker" : "default workers", kills, self_kills, grouped);
     ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+    if (workers == 1)
+        ck_assert_int_gt(grouped, 0);
 
     verify_rows(e.conn,
                 "SELECT partition, \"offset\", key, value::text FROM app.events "
@@ -191,6 +205,17 @@ START_TEST(test_same_db)
     ck_assert_int_eq(
         hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'pend'", 0, NULL), 0);
     scx_env_stop(&e);
+}
+
+START_TEST(test_same_db)
+{
+    run_same_db(0);
+}
+END_TEST
+
+START_TEST(test_same_db_grouped)
+{
+    run_same_db(1);
 }
 END_TEST
 
@@ -273,6 +298,7 @@ int main(void)
         const TTest *test;
     } cases[] = {
         {"same-db", test_same_db},
+        {"same-db-grouped", test_same_db_grouped},
         {"other-db-default", test_other_db_default_columns},
         {"other-db-custom", test_other_db_custom_columns},
     };
