@@ -682,6 +682,12 @@ TABLE_DDL = ('CREATE TABLE %s (topic text NOT NULL, partition int NOT NULL, "off
              'PRIMARY KEY (topic, partition, "offset"))')
 
 
+def table_sizes(env, name):
+    """The loaded table's heap and index sizes: how the order of the rows shaped them."""
+    heap, index = env.sql("SELECT pg_relation_size(%s::regclass), pg_indexes_size(%s::regclass)", (name, name))[0]
+    return {"heap_mib": round(heap / 2**20, 1), "index_mib": round(index / 2**20, 1)}
+
+
 def fresh_table(env, name):
     env.sql("DROP TABLE IF EXISTS %s" % name)
     env.sql(TABLE_DDL % name)
@@ -694,20 +700,24 @@ def phase_copy(env, ds, run):
     fresh_table(env, table)
     env.checkpoint()
     m = Meter(env)
+    _, _, wal0 = pg_counters(env)
     c = Child(["psql", "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p",
                str(env.client_port), "-U", "postgres", "-d", "postgres", "-c",
                "\\copy %s (topic, partition, \"offset\", key, value, headers, ts) FROM '%s'" %
                (table, ds["copy_txt"])], stdout=subprocess.DEVNULL)
     c.wait()
     servers = m.stop()
+    _, _, wal1 = pg_counters(env)
     if c.status != 0:
         raise RuntimeError("psql \\copy exited with %d" % c.status)
     n = env.sql1("SELECT count(*) FROM %s" % table)
     if n != ds["records"]:
         raise RuntimeError("\\copy loaded %d rows, expected %d" % (n, ds["records"]))
     # psql connects, sends the file and commits once: its whole lifetime is the load.
-    return result("copy", ds["records"], ds["payload_bytes"], c.t_start, c.t_start, c.t_end, c,
-                  servers)
+    r = result("copy", ds["records"], ds["payload_bytes"], c.t_start, c.t_start, c.t_end, c,
+               servers)
+    r.update({"wal_bytes": wal1 - wal0, **table_sizes(env, table)})
+    return r
 
 
 def phase_postgres(env, ds, run, ref=False, method=None):
@@ -723,7 +733,7 @@ def phase_postgres(env, ds, run, ref=False, method=None):
         n = env.sql1("SELECT count(*) FROM %s" % table)
         if n != ds["records"]:
             raise RuntimeError("postgres sink wrote %d rows, expected %d" % (n, ds["records"]))
-        return {}
+        return table_sizes(env, table)
 
     return run_sidecar_phase(env, ds, label, "bench-%s-%d" % (label, run), sink, verify, ref=ref)
 
