@@ -1452,8 +1452,8 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
  * Several partitions in one transaction (struct sc_sink_class.write_group):
  * the batches due in one turn go into the sink together, each with its own
  * epoch-guarded advance, so the server runs one COPY statement and one
- * commit for all of them instead of one per batch (docs/design.md, "One
- * transaction for several partitions").  All or nothing: when the group
+ * commit for all of them instead of one per batch (docs/design.md §4,
+ * "Grouped transactions").  All or nothing: when the group
  * did not commit, the partitions go the usual way, one batch each, in the
  * same turn (that way tells a bad row or a fence apart), and the worker
  * writes no group for TXN_BACKOFF turns.  The sink asks for one member's
@@ -1582,7 +1582,9 @@ static void deliver_txn_group(struct sc_worker *w)
         struct sc_part *p = g->p;
         sc_hist_observe_ns(&p->m->sink_write_seconds, took);
         int r = outcome == 1 ? 1 : reconcile(w, p, &p->cp, &g->hc.cp);
-        if (r == 1) {
+        if (r == 1 && !g->hc.done) {
+            part_error(w, p, "sink returned success without committing the checkpoint");
+        } else if (r == 1) {
             w->steps++;
             txn_committed(w, p, &g->hc, g->n);
         } else if (r == -1) {

@@ -172,8 +172,9 @@ struct sc_sink_class {
      * several partitions, each with its checkpoint advance (its hook's
      * queue()), in one transaction on the connection all the items' hooks
      * lend.  All or nothing: returns 1 when it committed, 0 when nothing was
-     * committed (the connection is idle; the worker then writes the batches
-     * one by one with write(), which tells a bad row or a fence apart), -1
+     * committed (the connection is idle, or lost; the worker then writes the
+     * batches one by one with write(), which tells a bad row or a fence
+     * apart), -1
      * when the connection failed once COMMIT could have reached the server
      * (the worker reads the checkpoints back).  Once the advances were
      * queued, every item's queued() is told that outcome.  A sink may

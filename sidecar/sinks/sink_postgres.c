@@ -709,22 +709,22 @@ static enum pg_outcome copy_start(struct pg_ctx *c, PGconn *conn, const char *be
 }
 
 /*
- * Ends the COPY data (rc: what copy_put() returned; abort: a message that
+ * Ends the COPY data (rc: what copy_put() returned; why: a message that
  * makes the server fail the COPY instead) and reads how the COPY went.
  * *conflict: a row was there already.
  */
-static enum pg_outcome copy_close(struct pg_ctx *c, PGconn *conn, int rc, const char *abort,
+static enum pg_outcome copy_close(struct pg_ctx *c, PGconn *conn, int rc, const char *why,
                                   bool *conflict, char *err, size_t errsize)
 {
     struct sc_buf *q = &c->copy;
     PGresult *res;
     *conflict = false;
-    if (rc == 0 && !abort)
+    if (rc == 0 && !why)
         rc = put_u16(q, 0xFFFF) | copy_flush(conn, q);
     sc_buf_reset(q);
-    if (rc != 0 && !abort)
-        abort = "the rows could not be sent whole";
-    if (PQputCopyEnd(conn, abort) != 1) {
+    if (rc != 0 && !why)
+        why = "the rows could not be sent whole";
+    if (PQputCopyEnd(conn, why) != 1) {
         snprintf(err, errsize, "COPY into %s failed: %s", c->table_q, PQerrorMessage(conn));
         while ((res = PQgetResult(conn)) != NULL)
             PQclear(res);
@@ -738,8 +738,8 @@ static enum pg_outcome copy_close(struct pg_ctx *c, PGconn *conn, int rc, const 
         }
         PQclear(res);
     }
-    if (abort) { /* the server failed the COPY as asked: nothing to split */
-        snprintf(err, errsize, "COPY into %s ended: %s", c->table_q, abort);
+    if (why) { /* the server failed the COPY as asked: nothing to split */
+        snprintf(err, errsize, "COPY into %s ended: %s", c->table_q, why);
         return PG_RETRY;
     }
     return o;
@@ -1171,18 +1171,18 @@ static int pg_write_group(struct sc_sink *sink, const struct sc_txn_item *items,
         o = copy_open(c, conn, err, errsize);
     if (o == PG_OK) {
         int rc = 0;
-        const char *abort = NULL;
-        for (size_t i = 0; i < n && rc == 0 && !abort; i++) {
+        const char *why = NULL;
+        for (size_t i = 0; i < n && rc == 0 && !why; i++) {
             const struct sc_batch *b = items[i].batch;
             encode_rows(c, items[i].records(items[i].arg), b->count, items[i].res, NULL);
             items[i].res->next_write_offset = b->last_offset + 1;
             if (items[i].res->ndead > 0)
-                abort = "a batch of the group has records that cannot be rows";
+                why = "a batch of the group has records that cannot be rows";
             else
                 rc = copy_put(c, conn, b);
         }
         bool conflict;
-        o = copy_close(c, conn, rc, abort, &conflict, err, errsize);
+        o = copy_close(c, conn, rc, why, &conflict, err, errsize);
     }
     if (o != PG_OK) {
         pg_rollback(conn);

@@ -156,6 +156,7 @@ struct hook_state {
     int queued[3];  /* queued() outcomes seen: -1, 0, 1 */
     int calls;
     int ret;         /* what commit() returns */
+    bool kill;       /* queue(): a statement that ends the session (a connection lost) */
     bool mark;       /* insert a marker row inside the sink's transaction */
     size_t ndead;    /* dead letters seen by the last call */
     int64_t next_wo; /* next_write_offset seen by the last call */
@@ -197,9 +198,10 @@ static int hook_queue(void *arg, const struct sc_batch *b, const struct sc_batch
     char off[24];
     snprintf(off, sizeof(off), "%" PRId64, b->last_offset);
     const char *v[1] = {off};
-    const char *sql = h->ret != 0 ? "SELECT CAST($1::text || ' fenced' AS int)"
-                      : h->mark   ? "INSERT INTO marker VALUES ($1::bigint)"
-                                  : "SELECT $1::bigint";
+    const char *sql = h->kill       ? "SELECT pg_terminate_backend(pg_backend_pid()), $1::bigint"
+                      : h->ret != 0 ? "SELECT CAST($1::text || ' fenced' AS int)"
+                      : h->mark     ? "INSERT INTO marker VALUES ($1::bigint)"
+                                    : "SELECT $1::bigint";
     if (PQsendQueryParams(h->conn, sql, 1, NULL, v, NULL, NULL, 0) != 1) {
         snprintf(err, errsize, "%s", PQerrorMessage(h->conn));
         return -1;
@@ -358,8 +360,9 @@ END_TEST
 /*
  * write_group(): two partitions' batches in one transaction, all or
  * nothing: both commit, or (a fenced advance, a row already there, a bad
- * row) neither does and the connection is idle; a group the sink cannot
- * write as one COPY is declined before anything is sent.
+ * row, a record that cannot be a row) neither does and the connection is
+ * idle; a group the sink cannot write as one COPY is declined before
+ * anything is sent; a session lost after COMMIT was sent is "unknown".
  */
 struct group_fx {
     struct fx f;
@@ -370,6 +373,7 @@ struct group_fx {
     struct sc_batch b[2];
     struct sc_batch_result res[2];
     struct sc_txn_item items[2];
+    char err[1024]; /* the last group_write()'s message */
 };
 
 static const struct sc_record *group_records(void *arg)
@@ -398,11 +402,13 @@ static int group_write(struct group_fx *g, const struct recs *r0, const struct r
                                            group_records,
                                            (void *)rs[i]};
     }
-    char err[1024] = "";
-    int outcome = g->f.sink->type->write_group(g->f.sink, g->items, 2, err, sizeof(err));
+    g->err[0] = '\0';
+    int outcome = g->f.sink->type->write_group(g->f.sink, g->items, 2, g->err, sizeof(g->err));
     PGconn *conn = g->h[0].conn;
-    ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
-    ck_assert_int_eq(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+    if (PQstatus(conn) == CONNECTION_OK) {
+        ck_assert_int_eq(PQtransactionStatus(conn), PQTRANS_IDLE);
+        ck_assert_int_eq(PQpipelineStatus(conn), PQ_PIPELINE_OFF);
+    }
     return outcome;
 }
 
@@ -448,6 +454,7 @@ START_TEST(test_write_group)
     group_batch(&b, 1, 50, 10, "{}");
     g.h[1].ret = 1;
     ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_msg(strstr(g.err, "fenced"), "%s", g.err);
     ck_assert_int_eq(g.h[0].queued[1] + g.h[1].queued[1], 2);
     ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 150);
     ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM marker"), 2);
@@ -457,6 +464,7 @@ START_TEST(test_write_group)
      * refuses \u0000): the COPY fails, nothing commits, no advance was queued. */
     group_batch(&b, 1, 40, 20, "{}");
     ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_msg(strstr(g.err, "23505"), "%s", g.err);
     group_batch(&b, 1, 50, 10, "{\"bad\": \"nul\\u0000\"}");
     ck_assert_int_eq(group_write(&g, &a, &b), 0);
     ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 150);
@@ -480,6 +488,28 @@ START_TEST(test_write_group)
     ck_assert_int_eq(group_write(&g, &a, &b), 0);
     ck_assert_int_eq(g.h[0].queued[0] + g.h[0].queued[1] + g.h[0].queued[2], q);
     ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 180);
+    g.part1->slow_batches = 0;
+
+    /* A record that cannot be a row (its timestamp beyond timestamptz) in the second batch,
+     * after the first one's rows were sent: the COPY is ended with an error, nothing commits,
+     * no advance was queued. */
+    group_batch(&b, 1, 60, 10, "{}");
+    b.r[5].timestamp = INT64_MAX / 1000;
+    ck_assert_int_eq(group_write(&g, &a, &b), 0);
+    ck_assert_msg(strstr(g.err, "cannot be rows"), "%s", g.err);
+    ck_assert_int_eq(g.h[0].queued[0] + g.h[0].queued[1] + g.h[0].queued[2], q);
+    ck_assert_int_eq(g.res[1].ndead, 1);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 180);
+
+    /* The session ends while the advances and COMMIT are on their way: the outcome is
+     * unknown to the sink (the worker reads the checkpoints back); here nothing committed. */
+    group_batch(&b, 1, 60, 10, "{}");
+    g.h[1].kill = true;
+    ck_assert_int_eq(group_write(&g, &a, &b), -1);
+    ck_assert_msg(g.err[0], "no message");
+    ck_assert_int_eq(g.h[0].queued[0] + g.h[1].queued[0], 2);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM app.events"), 180);
+    ck_assert_int_eq(q_int(g.f.conn, "SELECT count(*) FROM marker"), 5);
 
     for (int i = 0; i < 2; i++)
         res_free(&g.res[i]);
