@@ -1357,28 +1357,54 @@ static void txn_committed(struct sc_worker *w, struct sc_part *p, const struct h
     sc_failpoint("after_commit");
 }
 
+/* The batch of p's first n buffered records under p's epoch (records: set by the caller). */
+static struct sc_batch head_batch(const struct sc_worker *w, const struct sc_part *p, size_t n,
+                                  struct sc_part_ref *ref)
+{
+    *ref = (struct sc_part_ref){w->env.pc->name, p->topic, p->partition, p->cp.epoch};
+    return (struct sc_batch){
+        .part = ref,
+        .count = n,
+        .first_offset = rec_at(p, 0)->offset,
+        .last_offset = rec_at(p, n - 1)->offset,
+        .write_offset = p->cp.committed_write_offset,
+    };
+}
+
+/* Takes back the checkpoint connection lent to a transactional sink.  A sink cut short may
+ * leave it in pipeline mode or in a transaction: never reuse it like that (sc_db_release()
+ * then reconnects). */
+static void lent_back(struct sc_worker *w, PGconn *conn)
+{
+    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
+        w->db.broken = true;
+    sc_db_release(&w->db);
+}
+
+/* A transactional sink's advance matched no row: another epoch (fenced), or an operator
+ * changed the row under us (a reset, a pause): then it is re-read, not counted. */
+static void txn_unmatched(struct sc_worker *w, struct sc_part *p)
+{
+    struct sc_cp_key k = key_of(w, p);
+    bool fenced = sc_checkpoint_still_owner(&w->db, &k, p->cp.epoch) != 0;
+    part_fenced(w, p, fenced ? "committing a batch" : "the checkpoint changed under us", fenced);
+}
+
 /*
  * Sinks that write records and checkpoint in one transaction: no pending step
  * at all.  One batch per call, like deliver_one().
  */
 static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_t now)
 {
-    const struct sc_pipeline_conf *pc = w->env.pc;
     if (stopping(w))
         return;
     size_t n = cut_batch(w, p, 0, now, due_mode(w));
     if (n == 0)
         return;
     build_records(w, p, 0, n);
-    struct sc_part_ref ref = {pc->name, p->topic, p->partition, p->cp.epoch};
-    struct sc_batch b = {
-        .part = &ref,
-        .records = w->recs,
-        .count = n,
-        .first_offset = rec_at(p, 0)->offset,
-        .last_offset = rec_at(p, n - 1)->offset,
-        .write_offset = p->cp.committed_write_offset,
-    };
+    struct sc_part_ref ref;
+    struct sc_batch b = head_batch(w, p, n, &ref);
+    b.records = w->recs;
     struct hook_ctx hc = {.w = w, .p = p, .cp = p->cp, .count = n};
     char err[1024] = "";
     if (w->decoding) {
@@ -1402,11 +1428,7 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     if (w->bad.ndead > 0 || sc_checkpoint_advance_prepare(&w->db) != 0)
         hook.queue = NULL, hook.queued = NULL; /* commit() alone; it reports the trouble */
     enum sc_sink_result sr = write_batch(w, p, &b, &hook, err, sizeof(err));
-    /* A sink cut short may leave the connection in pipeline mode or in a transaction:
-     * never reuse it like that (sc_db_release() then reconnects). */
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
-        w->db.broken = true;
-    sc_db_release(&w->db);
+    lent_back(w, conn);
     if (sr == SC_SINK_RETRY && hc.done) {
         /* The COMMIT itself failed: it may or may not have happened. */
         int r = reconcile(w, p, &p->cp, &hc.cp);
@@ -1428,15 +1450,9 @@ static void deliver_transactional(struct sc_worker *w, struct sc_part *p, int64_
     switch (sr) {
     case SC_SINK_OK:
         break;
-    case SC_SINK_FENCED: {
-        /* No row matched: another epoch (fenced), or an operator changed the row under us
-         * (a reset, a pause): then it is re-read, not counted. */
-        struct sc_cp_key k = key_of(w, p);
-        bool fenced = sc_checkpoint_still_owner(&w->db, &k, p->cp.epoch) != 0;
-        part_fenced(w, p, fenced ? "committing a batch" : "the checkpoint changed under us",
-                    fenced);
+    case SC_SINK_FENCED:
+        txn_unmatched(w, p);
         return;
-    }
     case SC_SINK_RETRY:
         retry_later(w, p, err);
         return;
@@ -1546,18 +1562,10 @@ static void deliver_txn_group(struct sc_worker *w)
         return; /* the usual way finds out what is wrong */
     }
     struct sc_txn_item items[TXN_MAX_BATCHES];
-    const struct sc_pipeline_conf *pc = w->env.pc;
     for (size_t i = 0; i < k; i++) {
         struct txn_member *g = &w->txn[i];
         struct sc_part *p = g->p;
-        g->ref = (struct sc_part_ref){pc->name, p->topic, p->partition, p->cp.epoch};
-        g->b = (struct sc_batch){
-            .part = &g->ref,
-            .count = g->n,
-            .first_offset = rec_at(p, 0)->offset,
-            .last_offset = rec_at(p, g->n - 1)->offset,
-            .write_offset = p->cp.committed_write_offset,
-        };
+        g->b = head_batch(w, p, g->n, &g->ref); /* records: txn_records() */
         g->hc = (struct hook_ctx){.w = w, .p = p, .cp = p->cp, .count = g->n};
         g->hook = (struct sc_commit_hook){conn, hook_commit, &g->hc, hook_queue, hook_queued};
         sc_batch_result_clear(&g->res);
@@ -1567,9 +1575,7 @@ static void deliver_txn_group(struct sc_worker *w)
     int64_t t0 = sc_mono_ns();
     int outcome = w->sink->type->write_group(w->sink, items, k, err, sizeof(err));
     int64_t took = sc_mono_ns() - t0;
-    if (PQpipelineStatus(conn) != PQ_PIPELINE_OFF || PQtransactionStatus(conn) != PQTRANS_IDLE)
-        w->db.broken = true;
-    sc_db_release(&w->db);
+    lent_back(w, conn);
     if (outcome == 0) {
         if (err[0])
             sc_debug(NULL, "%s: %zu batches not committed together, writing them one by one: %s",
@@ -1588,10 +1594,7 @@ static void deliver_txn_group(struct sc_worker *w)
             w->steps++;
             txn_committed(w, p, &g->hc, g->n);
         } else if (r == -1) {
-            struct sc_cp_key key = key_of(w, p);
-            bool fenced = sc_checkpoint_still_owner(&w->db, &key, p->cp.epoch) != 0;
-            part_fenced(w, p, fenced ? "committing a batch" : "the checkpoint changed under us",
-                        fenced);
+            txn_unmatched(w, p);
         } else { /* not committed, or not known yet: again after the backoff */
             w->result.retry_in_ms = 0;
             retry_later(w, p, err);

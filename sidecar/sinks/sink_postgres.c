@@ -696,6 +696,9 @@ static int copy_flush(PGconn *conn, struct sc_buf *q)
  */
 #define COPY_CHUNK 65536
 
+/* How every transaction of the same-database mode starts (see NOTES: constraints immediate). */
+#define BEGIN_TX "BEGIN; SET CONSTRAINTS ALL IMMEDIATE"
+
 static enum pg_outcome copy_start(struct pg_ctx *c, PGconn *conn, const char *begin, char *err,
                                   size_t errsize)
 {
@@ -825,9 +828,10 @@ enum pipe_outcome {
  * Sync, COMMIT, Sync go out together.  With stmt NULL the transaction is
  * open and holds the rows already (COPY): only the advance, Sync, COMMIT,
  * Sync go out; then there may be several items (write_group()), each with
- * its advance, all in the one transaction.  The advance fails when it does not apply, and a failure
- * makes the server skip the rest up to the Sync and leaves the transaction
- * failed, so COMMIT commits all of it or answers ROLLBACK.
+ * its advance, all in the one transaction.  The advance fails when it does
+ * not apply, and a failure makes the server skip the rest up to the Sync
+ * and leaves the transaction failed, so COMMIT commits all of it or
+ * answers ROLLBACK.
  * For PIPE_NOT, *o says what failed first (PG_OK: it could not start, or
  * the advance did not apply; PG_ROW from the rows: split them; PG_RETRY:
  * connection trouble), and *conflict whether that was a key conflict; the
@@ -952,6 +956,12 @@ static enum pipe_outcome write_pipelined(struct pg_ctx *c, PGconn *conn,
     return PIPE_NOT;
 }
 
+/* What the hook's queued() is told of a pipelined transaction (struct sc_commit_hook). */
+static int queued_outcome(enum pipe_outcome po)
+{
+    return po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1;
+}
+
 /* ---- the sink callbacks ---------------------------------------------------- */
 
 static int pg_part_open(struct sc_sink *sink, const struct sc_part_ref *ref,
@@ -1012,10 +1022,16 @@ static enum sc_sink_result result_of(enum pg_outcome o)
     return o == PG_RETRY ? SC_SINK_RETRY : SC_SINK_ERROR;
 }
 
+/* Whether p's next batch may go in by COPY (default columns, no conflict seen lately). */
+static bool can_copy(const struct pg_ctx *c, const struct sc_sink_part *p)
+{
+    return c->copy_sql && p->slow_batches == 0;
+}
+
 static enum pg_way choose_way(struct pg_ctx *c, const struct sc_sink_part *p,
                               const struct sc_commit_hook *hook, size_t n)
 {
-    bool copy = c->copy_sql && p->slow_batches == 0, pipe = hook->queue != NULL;
+    bool copy = can_copy(c, p), pipe = hook->queue != NULL;
     if (copy && pipe) {
         if (c->conf->write_method == PG_WRITE_COPY)
             return WAY_COPY;
@@ -1040,7 +1056,7 @@ static bool pipelined(struct pg_ctx *c, struct sc_sink_part *p, PGconn *conn,
     bool conflict;
     struct sc_txn_item item = {.part = p, .batch = b, .hook = hook, .res = res};
     enum pipe_outcome po = write_pipelined(c, conn, &item, 1, stmt, &o, &conflict, err, errsize);
-    hook->queued(hook->arg, po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1);
+    hook->queued(hook->arg, queued_outcome(po));
     if (po == PIPE_COMMITTED)
         *sr = SC_SINK_OK;
     else if (po == PIPE_UNKNOWN || o == PG_RETRY)
@@ -1061,7 +1077,6 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
                                          const struct sc_commit_hook *hook,
                                          struct sc_batch_result *res, char *err, size_t errsize)
 {
-    static const char begin[] = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; ";
     PGconn *conn = hook->conn;
     enum pg_outcome o;
     enum sc_sink_result sr;
@@ -1076,7 +1091,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
     int64_t t0 = sc_mono_ns();
     enum pg_way way = choose_way(c, p, hook, b->count);
     /* COPY starts before the rows are encoded: its round trip overlaps the encoding. */
-    if (way == WAY_COPY && (o = copy_start(c, conn, begin, err, errsize)) != PG_OK)
+    if (way == WAY_COPY && (o = copy_start(c, conn, BEGIN_TX "; ", err, errsize)) != PG_OK)
         return result_of(o);
     encode_rows(c, b->records, b->count, res, NULL);
     size_t ndead_before = res->ndead;
@@ -1118,8 +1133,7 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
         p->slow_batches--;
     }
     if (!rows_in) {
-        if ((o = pg_exec_simple(conn, "BEGIN; SET CONSTRAINTS ALL IMMEDIATE", err, errsize)) !=
-            PG_OK)
+        if ((o = pg_exec_simple(conn, BEGIN_TX, err, errsize)) != PG_OK)
             return result_of(o);
         o = write_rows(c, conn, b, true, res, err, errsize);
         if (o != PG_OK) {
@@ -1154,19 +1168,19 @@ static enum sc_sink_result write_same_db(struct pg_ctx *c, struct sc_sink_part *
 static int pg_write_group(struct sc_sink *sink, const struct sc_txn_item *items, size_t n,
                           char *err, size_t errsize)
 {
-    static const char begin[] = "BEGIN; SET CONSTRAINTS ALL IMMEDIATE; ";
     struct pg_ctx *c = sink->ctx;
     PGconn *conn = items[0].hook->conn;
-    if (!c->same_db || !c->ready || !c->copy_sql || c->conf->write_method == PG_WRITE_PIPELINE)
+    bool conflict;
+    if (!c->same_db || !c->ready || c->conf->write_method == PG_WRITE_PIPELINE)
         return 0;
     for (size_t i = 0; i < n; i++)
-        if (items[i].part->slow_batches > 0 || !items[i].hook->queue)
+        if (!can_copy(c, items[i].part) || !items[i].hook->queue)
             return 0;
     if (PQtransactionStatus(conn) != PQTRANS_IDLE)
         pg_rollback(conn); /* never happens unless a previous call was cut short */
     if (use_utf8(conn, err, errsize) != 0)
         return 0;
-    enum pg_outcome o = copy_start(c, conn, begin, err, errsize);
+    enum pg_outcome o = copy_start(c, conn, BEGIN_TX "; ", err, errsize);
     if (o == PG_OK)
         o = copy_open(c, conn, err, errsize);
     if (o == PG_OK) {
@@ -1181,16 +1195,14 @@ static int pg_write_group(struct sc_sink *sink, const struct sc_txn_item *items,
             else
                 rc = copy_put(c, conn, b);
         }
-        bool conflict;
         o = copy_close(c, conn, rc, why, &conflict, err, errsize);
     }
     if (o != PG_OK) {
         pg_rollback(conn);
         return 0;
     }
-    bool conflict;
-    enum pipe_outcome po = write_pipelined(c, conn, items, n, NULL, &o, &conflict, err, errsize);
-    int outcome = po == PIPE_COMMITTED ? 1 : po == PIPE_NOT ? 0 : -1;
+    int outcome =
+        queued_outcome(write_pipelined(c, conn, items, n, NULL, &o, &conflict, err, errsize));
     for (size_t i = 0; i < n; i++)
         items[i].hook->queued(items[i].hook->arg, outcome);
     return outcome;
@@ -1208,7 +1220,7 @@ static enum sc_sink_result write_other_db(struct pg_ctx *c, struct sc_sink_part 
     if (o == PG_OK)
         o = pg_prepare_insert(c, conn, err, errsize);
     /* A replay most likely finds its rows there already: straight to ON CONFLICT. */
-    bool try_copy = c->copy_sql && p->slow_batches == 0 && !b->replay;
+    bool try_copy = can_copy(c, p) && !b->replay;
     if (o == PG_OK && try_copy)
         o = copy_start(c, conn, "", err, errsize);
     encode_rows(c, b->records, b->count, res, NULL);
