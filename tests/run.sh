@@ -4,7 +4,7 @@
 # CTest.  The integration tests start their own throwaway PostgreSQL
 # servers and mock Kafka clusters; nothing needs to be running beforehand.
 #
-#   bash tests/run.sh                 # everything (about 10 minutes on 2 cores)
+#   bash tests/run.sh                 # everything (about 30 minutes on 2 cores)
 #   bash tests/run.sh -L unit         # extra arguments go to ctest
 #   CMAKE_ARGS=-DSIDECAR_WERROR=ON bash tests/run.sh
 set -euo pipefail
