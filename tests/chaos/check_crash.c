@@ -16,20 +16,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "scx.h"
+#include "scx_chaos.h"
 
-#define NPARTS    6
-#define CHUNKS    10
-#define PER_CHUNK 500 /* per partition: 10 x 500 x 6 = 30,000 records */
+#define NPARTS    6 /* scx_chaos's 10 chunks x 500 records x 6 = 30,000 records */
 #define INSTANCES 3
-#define MIN_KILLS 20
-
-struct inst {
-    const char *name;
-    const char *cfg;
-    const char *failpoints;
-    pid_t pid;
-};
+/* Records per partition in a backlog round (scx_chaos_backlog()). */
+#define BACKLOG 2000
 
 static void run_crash_test(const char *assignor)
 {
@@ -41,71 +33,29 @@ static void run_crash_test(const char *assignor)
     char props[128];
     snprintf(props, sizeof(props), "\"partition.assignment.strategy\": \"%s\"", assignor);
     struct scx_opts o = {.max_records = 50, .max_wait_ms = 10, .kafka_props = props};
-    static char cfgs[INSTANCES][700];
-    struct inst in[INSTANCES] = {
-        {"sc-1", cfgs[0], "after_pend=kill@0.02", 0},
-        {"sc-2", cfgs[1], "after_write=kill@0.02", 0},
-        {"sc-3", cfgs[2], "file_mid_write=kill@0.02", 0},
+    struct scx_inst in[INSTANCES] = {
+        {.name = "sc-1", .failpoints = "after_pend=kill@0.02"},
+        {.name = "sc-2", .failpoints = "after_write=kill@0.02"},
+        {.name = "sc-3", .failpoints = "file_mid_write=kill@0.02"},
     };
-    for (int i = 0; i < INSTANCES; i++)
-        snprintf(cfgs[i], sizeof(cfgs[i]), "%s", scx_config(&e, in[i].name, &o));
-    scx_migrate(in[0].cfg);
-    for (int i = 0; i < INSTANCES; i++)
-        in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
-
-    int kills = 0, self_kills = 0, chunk = 0;
-    int64_t produced = 0;
-    while (chunk < CHUNKS || kills + self_kills < MIN_KILLS) {
-        if (chunk < CHUNKS) {
-            hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, PER_CHUNK);
-            produced += PER_CHUNK;
-            chunk++;
-        }
-        usleep((useconds_t)(300 + rand() % 2200) * 1000);
-        /* Restart whoever killed itself at a failpoint. */
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
-            }
-        int victim = rand() % INSTANCES;
-        kill(in[victim].pid, SIGKILL);
-        hx_wait(in[victim].pid, 5000);
-        kills++;
-        usleep((useconds_t)(rand() % 800) * 1000);
-        in[victim].pid = scx_start(&e, in[victim].cfg, in[victim].name, in[victim].failpoints);
-    }
-
-    /* Calm: no more kills (restart failpoint victims without their failpoints). */
-    bool done = false;
-    for (int round = 0; round < 60 && !done; round++) {
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, NULL);
-            }
-        done = scx_wait_committed(e.conn, "p1", "orders", NPARTS, produced, 5000);
-    }
-    char log[700];
-    snprintf(log, sizeof(log), "%s/sc-1.log", e.dir);
-    ck_assert_msg(done, "not every partition reached offset %" PRId64 " in time; sc-1 log:\n%s",
-                  produced, scx_log_tail(log, 3000));
-    for (int i = 0; i < INSTANCES; i++)
-        scx_stop(in[i].pid, 15000);
-
+    struct scx_chaos c;
+    scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    scx_chaos_start(&c, &o);
+    scx_chaos_kill(&c);
+    /* Calm: no more kills (failpoint victims come back without their failpoints). */
+    scx_chaos_settle(&c);
+    /* The kills did land inside batches: pending checkpoints were found and replayed.  That
+     * is chance: if none did, sc-1 kills itself in its first file write, with a backlog
+     * waiting. */
+    long long replays = scx_chaos_replayed(&c, BACKLOG, "file_mid_write=kill#1");
     fprintf(stderr,
-            "crash test (%s): %d kills by the test, %d at failpoints, %" PRId64
-            " records per partition\n",
-            assignor, kills, self_kills, produced);
-    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
-    scx_verify_files(&e, "p1", "orders", NPARTS, produced);
-
-    /* The kills did land inside batches: pending checkpoints were found and replayed. */
-    long long replays =
-        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'replay'", 0, NULL);
-    fprintf(stderr, "replayed batches: %lld\n", replays);
+            "crash test (%s): %d kills by the test (%d of a working instance), %d at failpoints, "
+            "%" PRId64 " records per partition, %lld replayed batches (%d rounds started with a "
+            "backlog)\n",
+            assignor, c.kills, c.kills_working, c.self_kills, c.produced, replays,
+            c.backlog_rounds);
+    ck_assert_int_ge(c.kills + c.self_kills, c.min_kills);
+    scx_verify_files(&e, "p1", "orders", NPARTS, c.produced);
     ck_assert_int_gt(replays, 0);
     long long pending = hx_pg_int(
         e.conn, "SELECT count(*) FROM sidecar.checkpoints WHERE pending_first_offset IS NOT NULL",

@@ -20,21 +20,15 @@
 #include <unistd.h>
 
 #include "receiver.h"
-#include "scx.h"
+#include "scx_chaos.h"
 
 #define NPARTS     4
-#define CHUNKS     10
-#define PER_CHUNK  250 /* per partition: 10 x 250 x 4 = 10,000 records */
+#define PER_CHUNK  250 /* per partition: scx_chaos's 10 chunks x 250 x 4 = 10,000 records */
 #define INSTANCES  2
 #define MIN_KILLS  12
 #define TIMEOUT_MS 1000
-
-struct inst {
-    const char *name;
-    char cfg[700];
-    const char *failpoints;
-    pid_t pid;
-};
+/* Records per partition in a backlog round (scx_chaos_backlog()). */
+#define BACKLOG 1000
 
 START_TEST(test_http_crash_and_faults)
 {
@@ -57,68 +51,23 @@ START_TEST(test_http_crash_and_faults)
              "\"max_elapsed_ms\":5000}}",
              rx_url(rx), TIMEOUT_MS);
     struct scx_opts o = {.max_records = 25, .max_wait_ms = 10, .sink = sink};
-    struct inst in[INSTANCES] = {
-        {"sc-1", "", "after_pend=kill@0.03", 0},
-        {"sc-2", "", "after_write=kill@0.03", 0},
+    struct scx_inst in[INSTANCES] = {
+        {.name = "sc-1", .failpoints = "after_pend=kill@0.03"},
+        {.name = "sc-2", .failpoints = "after_write=kill@0.03"},
     };
-    for (int i = 0; i < INSTANCES; i++)
-        snprintf(in[i].cfg, sizeof(in[i].cfg), "%s", scx_config(&e, in[i].name, &o));
-    scx_migrate(in[0].cfg);
-    for (int i = 0; i < INSTANCES; i++)
-        in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
-
-    int kills = 0, self_kills = 0, chunk = 0;
-    int64_t produced = 0;
-    while (chunk < CHUNKS || kills + self_kills < MIN_KILLS) {
-        if (chunk < CHUNKS) {
-            hx_produce_seq(e.mock.bootstrap, "orders", NPARTS, produced, PER_CHUNK);
-            produced += PER_CHUNK;
-            chunk++;
-        }
-        usleep((useconds_t)(300 + rand() % 2200) * 1000);
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
-            }
-        int victim = rand() % INSTANCES;
-        kill(in[victim].pid, SIGKILL);
-        hx_wait(in[victim].pid, 5000);
-        kills++;
-        usleep((useconds_t)(rand() % 800) * 1000);
-        in[victim].pid = scx_start(&e, in[victim].cfg, in[victim].name, in[victim].failpoints);
-    }
-
+    struct scx_chaos c;
+    scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    c.per_chunk = PER_CHUNK;
+    c.min_kills = MIN_KILLS;
+    scx_chaos_start(&c, &o);
+    scx_chaos_kill(&c);
     /* Calm: no more kills, but the receiver keeps injecting its faults. */
-    bool done = false;
-    for (int round = 0; round < 60 && !done; round++) {
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, NULL);
-            }
-        done = scx_wait_committed(e.conn, "p1", "orders", NPARTS, produced, 5000);
-    }
-    if (!done) {
-        for (int i = 0; i < INSTANCES; i++) {
-            char log[700];
-            snprintf(log, sizeof(log), "%s/%s.log", e.dir, in[i].name);
-            fprintf(stderr, "---- %s log:\n%s\n", in[i].name, scx_log_tail(log, 6000));
-        }
-        char *cp = hx_pg_value(e.conn,
-                               "SELECT string_agg(format('%s: committed %s pending %s..%s state %s "
-                               "epoch %s', partition, committed_offset, pending_first_offset, "
-                               "pending_last_offset, state, epoch), E'\\n' ORDER BY partition) "
-                               "FROM sidecar.checkpoints",
-                               0, NULL);
-        fprintf(stderr, "---- checkpoints:\n%s\n", cp);
-        free(cp);
-    }
-    ck_assert_msg(done, "not every partition reached offset %" PRId64 " in time", produced);
-    for (int i = 0; i < INSTANCES; i++)
-        scx_stop(in[i].pid, 15000);
+    scx_chaos_settle(&c);
+    /* Whether a kill landed between a write and its commit is chance: if none did, sc-1
+     * kills itself after its first write, with a backlog waiting. */
+    while ((rx_repeated_keys(rx) == 0 || scx_chaos_replays(&c) == 0) &&
+           c.backlog_rounds < SCX_CHAOS_MAX_ROUNDS)
+        scx_chaos_backlog(&c, BACKLOG, "after_write=kill#1");
 
     long requests = (long)rx_nrequests(rx), repeated = rx_repeated_keys(rx);
     long s500 = rx_count_status(rx, 500), s429 = rx_count_status(rx, 429);
@@ -128,26 +77,26 @@ START_TEST(test_http_crash_and_faults)
         slow += rx_request(rx, i)->fault && rx_request(rx, i)->status == 200;
     rx_unlock(rx);
     long honoured = rx_check_retry_after(rx);
-    long long replays =
-        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'replay'", 0, NULL);
+    long long replays = scx_chaos_replays(&c);
     fprintf(stderr,
-            "http crash test: %d kills by the test, %d at failpoints, %" PRId64
+            "http crash test: %d kills by the test (%d of a working instance), %d at failpoints, "
+            "%" PRId64
             " records per partition; %ld requests (%ld repeating a key), %ld x 500, %ld x 429 "
             "(%ld retried by the same owner), %ld slow, %ld connections, %lld replayed batches, "
-            "%ld requests checked pending\n",
-            kills, self_kills, produced, requests, repeated, s500, s429, honoured, slow,
-            rx_connections(rx), replays, rx_pending_checked(rx));
+            "%ld requests checked pending (%d rounds started with a backlog)\n",
+            c.kills, c.kills_working, c.self_kills, c.produced, requests, repeated, s500, s429,
+            honoured, slow, rx_connections(rx), replays, rx_pending_checked(rx), c.backlog_rounds);
 
     /* Every key's bodies identical; every record once, in order, with its key and value. */
     struct rx_verify_opts v = {.pipeline = "p1",
                                .topic = "orders",
                                .nparts = NPARTS,
-                               .count = produced,
+                               .count = c.produced,
                                .seq_values = true};
-    ck_assert_int_eq(rx_verify(rx, &v), produced * NPARTS);
+    ck_assert_int_eq(rx_verify(rx, &v), c.produced * NPARTS);
 
     /* The faults and crashes did happen, and inside batches. */
-    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+    ck_assert_int_ge(c.kills + c.self_kills, MIN_KILLS);
     ck_assert_int_gt(s500, 0);
     ck_assert_int_gt(s429, 0);
     ck_assert_int_gt(slow, 0);

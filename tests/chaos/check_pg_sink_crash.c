@@ -34,76 +34,12 @@
 
 #include <jansson.h>
 
-#include "scx.h"
+#include "scx_chaos.h"
 
-#define NPARTS    6
-#define CHUNKS    10
-#define PER_CHUNK 500 /* per partition: 10 x 500 x 6 = 30,000 records */
+#define NPARTS    6 /* scx_chaos's 10 chunks x 500 records x 6 = 30,000 records */
 #define INSTANCES 3
-#define MIN_KILLS 20
-/* When the chaos left out what a case must have seen (a group, a replay): records produced
- * per partition while no instance runs, and how many such rounds at most. */
-#define BACKLOG        2000
-#define BACKLOG_ROUNDS 5
-
-struct inst {
-    const char *name;
-    const char *failpoints;
-    char cfg[700];
-    pid_t pid;
-};
-
-/*
- * Produces in chunks while killing instances; restarts every victim.
- * Returns the number of records produced per partition.
- */
-static int64_t produce_and_kill(struct scx_env *e, struct inst *in, int *kills, int *self_kills)
-{
-    int chunk = 0;
-    int64_t produced = 0;
-    while (chunk < CHUNKS || *kills + *self_kills < MIN_KILLS) {
-        if (chunk < CHUNKS) {
-            hx_produce_seq(e->mock.bootstrap, "orders", NPARTS, produced, PER_CHUNK);
-            produced += PER_CHUNK;
-            chunk++;
-        }
-        usleep((useconds_t)(300 + rand() % 2200) * 1000);
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                (*self_kills)++;
-                in[i].pid = scx_start(e, in[i].cfg, in[i].name, in[i].failpoints);
-            }
-        int victim = rand() % INSTANCES;
-        kill(in[victim].pid, SIGKILL);
-        hx_wait(in[victim].pid, 5000);
-        (*kills)++;
-        usleep((useconds_t)(rand() % 800) * 1000);
-        in[victim].pid = scx_start(e, in[victim].cfg, in[victim].name, in[victim].failpoints);
-    }
-    return produced;
-}
-
-/* Calm: no more kills; failpoint victims come back without failpoints. */
-static void settle(struct scx_env *e, struct inst *in, int64_t produced, int *self_kills)
-{
-    bool done = false;
-    for (int round = 0; round < 60 && !done; round++) {
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                (*self_kills)++;
-                in[i].pid = scx_start(e, in[i].cfg, in[i].name, NULL);
-            }
-        done = scx_wait_committed(e->conn, "p1", "orders", NPARTS, produced, 5000);
-    }
-    char log[700];
-    snprintf(log, sizeof(log), "%s/%s.log", e->dir, in[0].name);
-    ck_assert_msg(done, "not every partition reached offset %" PRId64 " in time; %s log:\n%s",
-                  produced, in[0].name, scx_log_tail(log, 3000));
-    for (int i = 0; i < INSTANCES; i++)
-        scx_stop(in[i].pid, 15000);
-}
+/* Records per partition in a backlog round (scx_chaos_backlog()). */
+#define BACKLOG 2000
 
 /*
  * Asserts the rows of `select` (partition, offset, key, value as JSON text,
@@ -140,15 +76,6 @@ static void verify_rows(PGconn *conn, const char *select, int64_t count)
     PQclear(res);
 }
 
-static void start_all(struct scx_env *e, struct inst *in, const struct scx_opts *o)
-{
-    for (int i = 0; i < INSTANCES; i++)
-        snprintf(in[i].cfg, sizeof(in[i].cfg), "%s", scx_config(e, in[i].name, o));
-    scx_migrate(in[0].cfg);
-    for (int i = 0; i < INSTANCES; i++)
-        in[i].pid = scx_start(e, in[i].cfg, in[i].name, in[i].failpoints);
-}
-
 static void check_checkpoints(PGconn *conn, int64_t produced)
 {
     char n[32];
@@ -160,22 +87,6 @@ static void check_checkpoints(PGconn *conn, int64_t produced)
                                1, p),
                      NPARTS);
     ck_assert_int_eq(hx_pg_int(conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
-}
-
-/*
- * Produces BACKLOG records per partition while no instance runs, starts them all (the first
- * with failpoints0 instead of its own when given) and settles: every instance comes up with
- * records waiting on each of its partitions.
- */
-static void backlog_round(struct scx_env *e, struct inst *in, const char *failpoints0,
-                          int64_t *produced, int *self_kills)
-{
-    hx_produce_seq(e->mock.bootstrap, "orders", NPARTS, *produced, BACKLOG);
-    *produced += BACKLOG;
-    for (int i = 0; i < INSTANCES; i++)
-        in[i].pid = scx_start(e, in[i].cfg, in[i].name,
-                              i == 0 && failpoints0 ? failpoints0 : in[i].failpoints);
-    settle(e, in, *produced, self_kills);
 }
 
 /* Commits of several partitions in one transaction share its xid. */
@@ -202,42 +113,43 @@ static void run_same_db(int workers)
         .max_wait_ms = 10,
         .workers = workers,
     };
-    struct inst in[INSTANCES] = {
+    struct scx_inst in[INSTANCES] = {
         {.name = "sc-1", .failpoints = "pg_before_commit=kill@0.02"},
         {.name = "sc-2", .failpoints = "after_commit=kill@0.02"},
         {.name = "sc-3", .failpoints = "pg_before_commit=kill@0.01,after_commit=kill@0.01"},
     };
-    start_all(&e, in, &o);
-    int kills = 0, self_kills = 0;
-    int64_t produced = produce_and_kill(&e, in, &kills, &self_kills);
-    settle(&e, in, produced, &self_kills);
+    struct scx_chaos c;
+    scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    scx_chaos_start(&c, &o);
+    scx_chaos_kill(&c);
+    scx_chaos_settle(&c);
     long long grouped = grouped_commits(e.conn);
     /* Most kills land while the consumer group rebalances, and an instance holds records of
      * two partitions at once only by chance.  One that starts with a backlog on both of its
      * partitions writes groups from its first turns: start them so, with their failpoints,
      * until a group committed. */
-    int backlog_rounds = 0;
-    for (; workers == 1 && grouped == 0 && backlog_rounds < BACKLOG_ROUNDS; backlog_rounds++) {
-        backlog_round(&e, in, NULL, &produced, &self_kills);
+    while (workers == 1 && grouped == 0 && c.backlog_rounds < SCX_CHAOS_MAX_ROUNDS) {
+        scx_chaos_backlog(&c, BACKLOG, NULL);
         grouped = grouped_commits(e.conn);
     }
     fprintf(stderr,
-            "pg sink, same database, %s: %d kills by the test, %d at failpoints, "
+            "pg sink, same database, %s: %d kills by the test (%d of a working instance), %d at "
+            "failpoints, "
             "%lld transactions of several partitions (%d rounds started with a backlog)\n",
-            workers == 1 ? "one worker" : "default workers", kills, self_kills, grouped,
-            backlog_rounds);
-    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+            workers == 1 ? "one worker" : "default workers", c.kills, c.kills_working, c.self_kills,
+            grouped, c.backlog_rounds);
+    ck_assert_int_ge(c.kills + c.self_kills, c.min_kills);
     if (workers == 1)
         ck_assert_int_gt(grouped, 0);
 
     verify_rows(e.conn,
                 "SELECT partition, \"offset\", key, value::text FROM app.events "
                 "WHERE topic = 'orders' ORDER BY partition, \"offset\"",
-                produced);
+                c.produced);
     /* One committed insert attempt per record: nothing was delivered twice. */
     ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM app.audit", 0, NULL),
-                     produced * NPARTS);
-    check_checkpoints(e.conn, produced);
+                     c.produced * NPARTS);
+    check_checkpoints(e.conn, c.produced);
     /* No pending step in this mode. */
     ck_assert_int_eq(
         hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'pend'", 0, NULL), 0);
@@ -255,11 +167,6 @@ START_TEST(test_same_db_grouped)
     run_same_db(1);
 }
 END_TEST
-
-static long long replayed_batches(PGconn *conn)
-{
-    return hx_pg_int(conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'replay'", 0, NULL);
-}
 
 static void run_other_db(bool custom)
 {
@@ -282,28 +189,26 @@ static void run_other_db(bool custom)
                  " \"mode\": \"upsert\"}",
                  target_dsn);
     struct scx_opts o = {.sink = sink, .max_records = 50, .max_wait_ms = 10};
-    struct inst in[INSTANCES] = {
+    struct scx_inst in[INSTANCES] = {
         {.name = "sc-1", .failpoints = "after_pend=kill@0.02"},
         {.name = "sc-2", .failpoints = "after_write=kill@0.02"},
         {.name = "sc-3", .failpoints = "after_commit=kill@0.02"},
     };
-    start_all(&e, in, &o);
-    int kills = 0, self_kills = 0;
-    int64_t produced = produce_and_kill(&e, in, &kills, &self_kills);
-    settle(&e, in, produced, &self_kills);
-    long long replays = replayed_batches(e.conn);
+    struct scx_chaos c;
+    scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    scx_chaos_start(&c, &o);
+    scx_chaos_kill(&c);
+    scx_chaos_settle(&c);
     /* The kills that leave a batch to replay (between pend and commit) are a matter of
      * chance: if none did, sc-1 kills itself after its first pend, with a backlog waiting. */
-    int backlog_rounds = 0;
-    for (; replays == 0 && backlog_rounds < BACKLOG_ROUNDS; backlog_rounds++) {
-        backlog_round(&e, in, "after_pend=kill#1", &produced, &self_kills);
-        replays = replayed_batches(e.conn);
-    }
+    long long replays = scx_chaos_replayed(&c, BACKLOG, "after_pend=kill#1");
     fprintf(stderr,
-            "pg sink, other database (%s columns): %d kills by the test, %d at failpoints, "
+            "pg sink, other database (%s columns): %d kills by the test (%d of a working "
+            "instance), %d at failpoints, "
             "%lld replayed batches (%d rounds started with a backlog)\n",
-            custom ? "custom" : "default", kills, self_kills, replays, backlog_rounds);
-    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+            custom ? "custom" : "default", c.kills, c.kills_working, c.self_kills, replays,
+            c.backlog_rounds);
+    ck_assert_int_ge(c.kills + c.self_kills, c.min_kills);
     ck_assert_int_gt(replays, 0);
 
     PGconn *t = hx_pg_connect(target_dsn);
@@ -311,18 +216,18 @@ static void run_other_db(bool custom)
         verify_rows(t,
                     "SELECT part, src_offset, k, doc::text FROM app.latest "
                     "WHERE seq::bigint = src_offset ORDER BY part, src_offset",
-                    produced);
+                    c.produced);
     else
         verify_rows(t,
                     "SELECT partition, \"offset\", key, value::text FROM app.events "
                     "WHERE topic = 'orders' ORDER BY partition, \"offset\"",
-                    produced);
+                    c.produced);
     ck_assert_int_eq(
         hx_pg_int(t, custom ? "SELECT count(*) FROM app.latest" : "SELECT count(*) FROM app.events",
                   0, NULL),
-        produced * NPARTS);
+        c.produced * NPARTS);
     PQfinish(t);
-    check_checkpoints(e.conn, produced);
+    check_checkpoints(e.conn, c.produced);
     scx_env_stop(&e);
 }
 

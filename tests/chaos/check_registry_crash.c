@@ -25,7 +25,7 @@
 
 #include "receiver.h"
 #include "registry.h"
-#include "scx.h"
+#include "scx_chaos.h"
 
 #define NPARTS       4
 #define CHUNKS       6
@@ -34,13 +34,6 @@
 #define INSTANCES    2
 #define MIN_KILLS    10
 #define MIN_REPEATED 3 /* keys sent more than once */
-
-struct inst {
-    const char *name;
-    char cfg[700];
-    const char *failpoints;
-    pid_t pid;
-};
 
 /* Order number of (partition, offset): each partition has its own range. */
 static int64_t order_of(int32_t p, int64_t offset)
@@ -121,88 +114,58 @@ START_TEST(test_avro_crash_exactly_once)
                          .sink = sink,
                          .extra_top = top,
                          .extra_pipeline = "    \"value_format\": \"avro\""};
-    struct inst in[INSTANCES] = {
-        {"sc-1", "", "after_pend=kill@0.1", 0},
-        {"sc-2", "", "after_write=kill@0.2", 0},
+    struct scx_inst in[INSTANCES] = {
+        {.name = "sc-1", .failpoints = "after_pend=kill@0.1"},
+        {.name = "sc-2", .failpoints = "after_write=kill@0.2"},
     };
-    for (int i = 0; i < INSTANCES; i++)
-        snprintf(in[i].cfg, sizeof(in[i].cfg), "%s", scx_config(&e, in[i].name, &o));
-    scx_migrate(in[0].cfg);
-    for (int i = 0; i < INSTANCES; i++)
-        in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
+    /* Its own kill loop (the registry goes away, Avro records): scx_chaos for the rest. */
+    struct scx_chaos c;
+    scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    scx_chaos_start(&c, &o);
 
-    int kills = 0, self_kills = 0, chunk = 0, outages = 0;
-    int64_t produced = 0;
+    int chunk = 0, outages = 0;
     /* Until enough kills happened and a few batches were sent twice (more records if need
      * be: whether a kill lands inside a batch is chance). */
-    while (chunk < CHUNKS || kills + self_kills < MIN_KILLS ||
+    while (chunk < CHUNKS || c.kills + c.self_kills < MIN_KILLS ||
            (rx_repeated_keys(rx) < MIN_REPEATED && chunk < MAX_CHUNKS)) {
         if (rand() % 3 == 0) { /* the registry away while new records arrive */
             reg_set_mode(r, REG_DOWN);
             outages++;
         }
         if (chunk < CHUNKS || rx_repeated_keys(rx) < MIN_REPEATED) {
-            produce_chunk(e.mock.bootstrap, produced);
-            produced += PER_CHUNK;
+            produce_chunk(e.mock.bootstrap, c.produced);
+            c.produced += PER_CHUNK;
             chunk++;
         }
         usleep((useconds_t)(1000 + rand() % 2000) * 1000);
         reg_set_mode(r, REG_SERVE);
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, in[i].failpoints);
-            }
+        scx_chaos_restart_dead(&c, true);
         if (rand() % 2) /* let them deliver (and hit their failpoints) for a while */
             continue;
-        int victim = rand() % INSTANCES;
-        kill(in[victim].pid, SIGKILL);
-        hx_wait(in[victim].pid, 5000);
-        kills++;
-        usleep((useconds_t)(rand() % 600) * 1000);
-        in[victim].pid = scx_start(&e, in[victim].cfg, in[victim].name, in[victim].failpoints);
+        scx_chaos_kill_one(&c);
     }
 
-    bool done = false;
-    for (int round = 0; round < 60 && !done; round++) {
-        for (int i = 0; i < INSTANCES; i++)
-            if (!hx_pid_alive(in[i].pid)) {
-                hx_wait(in[i].pid, 1000);
-                self_kills++;
-                in[i].pid = scx_start(&e, in[i].cfg, in[i].name, NULL);
-            }
-        done = scx_wait_committed(e.conn, "p1", "orders", NPARTS, produced, 5000);
-    }
-    if (!done)
-        for (int i = 0; i < INSTANCES; i++) {
-            char log[700];
-            snprintf(log, sizeof(log), "%s/%s.log", e.dir, in[i].name);
-            fprintf(stderr, "---- %s log:\n%s\n", in[i].name, scx_log_tail(log, 6000));
-        }
-    ck_assert_msg(done, "not every partition reached offset %" PRId64 " in time", produced);
-    for (int i = 0; i < INSTANCES; i++)
-        scx_stop(in[i].pid, 15000);
+    scx_chaos_settle(&c);
 
-    long long replays =
-        hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.events WHERE kind = 'replay'", 0, NULL);
+    long long replays = scx_chaos_replays(&c);
     long repeated = rx_repeated_keys(rx);
     fprintf(stderr,
-            "avro crash test: %d kills by the test, %d at failpoints, %d registry outages, "
+            "avro crash test: %d kills by the test (%d of a working instance), %d at failpoints, "
+            "%d registry outages, "
             "%" PRId64 " records per partition; %zu requests (%ld repeating a key), %lld replayed "
             "batches, %ld schema requests\n",
-            kills, self_kills, outages, produced, rx_nrequests(rx), repeated, replays,
-            reg_requests(r, 1));
+            c.kills, c.kills_working, c.self_kills, outages, c.produced, rx_nrequests(rx), repeated,
+            replays, reg_requests(r, 1));
 
     /* Byte-identical bodies per key, every record once and in order... */
     struct rx_verify_opts v = {
-        .pipeline = "p1", .topic = "orders", .nparts = NPARTS, .count = produced};
-    ck_assert_int_eq(rx_verify(rx, &v), produced * NPARTS);
+        .pipeline = "p1", .topic = "orders", .nparts = NPARTS, .count = c.produced};
+    ck_assert_int_eq(rx_verify(rx, &v), c.produced * NPARTS);
     ck_assert_int_eq(rx_body_mismatches(rx), 0);
     /* ...each one its order's decoded JSON. */
-    ck_assert_int_eq(check_values(rx), produced * NPARTS);
+    ck_assert_int_eq(check_values(rx), c.produced * NPARTS);
 
-    ck_assert_int_ge(kills + self_kills, MIN_KILLS);
+    ck_assert_int_ge(c.kills + c.self_kills, MIN_KILLS);
     ck_assert_int_ge(repeated, MIN_REPEATED);
     ck_assert_int_gt(replays, 0);
     ck_assert_int_eq(hx_pg_int(e.conn, "SELECT count(*) FROM sidecar.dead_letters", 0, NULL), 0);
