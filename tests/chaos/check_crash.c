@@ -47,7 +47,8 @@ static void run_crash_test(const char *assignor)
     /* The kills did land inside batches: pending checkpoints were found and replayed.  That
      * is chance: if none did, sc-1 kills itself in its first file write, with a backlog
      * waiting. */
-    long long replays = scx_chaos_replayed(&c, BACKLOG, "file_mid_write=kill#1");
+    scx_chaos_until(&c, scx_chaos_replayed, NULL, BACKLOG, "file_mid_write=kill#1");
+    long long replays = scx_chaos_replays(&c);
     fprintf(stderr,
             "crash test (%s): %d kills by the test (%d of a working instance), %d at failpoints, "
             "%" PRId64 " records per partition, %lld replayed batches (%d rounds started with a "

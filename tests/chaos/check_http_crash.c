@@ -30,6 +30,12 @@
 /* Records per partition in a backlog round (scx_chaos_backlog()). */
 #define BACKLOG 1000
 
+/* scx_chaos_until(): a batch was replayed and a key reached the receiver twice. */
+static bool sent_twice(struct scx_chaos *c, void *rx)
+{
+    return rx_repeated_keys(rx) > 0 && scx_chaos_replays(c) > 0;
+}
+
 START_TEST(test_http_crash_and_faults)
 {
     struct scx_env e;
@@ -65,9 +71,7 @@ START_TEST(test_http_crash_and_faults)
     scx_chaos_settle(&c);
     /* Whether a kill landed between a write and its commit is chance: if none did, sc-1
      * kills itself after its first write, with a backlog waiting. */
-    while ((rx_repeated_keys(rx) == 0 || scx_chaos_replays(&c) == 0) &&
-           c.backlog_rounds < SCX_CHAOS_MAX_ROUNDS)
-        scx_chaos_backlog(&c, BACKLOG, "after_write=kill#1");
+    scx_chaos_until(&c, sent_twice, rx, BACKLOG, "after_write=kill#1");
 
     long requests = (long)rx_nrequests(rx), repeated = rx_repeated_keys(rx);
     long s500 = rx_count_status(rx, 500), s429 = rx_count_status(rx, 429);

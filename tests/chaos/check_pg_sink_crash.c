@@ -8,7 +8,7 @@
  * once with the produced key and value, and every checkpoint must be
  * committed.  What a case must have seen (a group, a replay) may not
  * happen by chance in the chaos: then rounds that start every instance
- * with records waiting on all partitions make it happen (backlog_round()).
+ * with records waiting on all partitions make it happen (scx_chaos_until()).
  *
  *  - same database: rows and checkpoint in one transaction.  Kills land
  *    after the rows and the checkpoint advance were sent but before COMMIT
@@ -98,6 +98,13 @@ static long long grouped_commits(PGconn *conn)
                      0, NULL);
 }
 
+/* scx_chaos_until(): a transaction of several partitions committed. */
+static bool group_committed(struct scx_chaos *c, void *arg)
+{
+    (void)arg;
+    return grouped_commits(c->e->conn) > 0;
+}
+
 /* workers: 1 puts each instance's partitions on one worker, which then writes the batches
  * of several partitions in one transaction (grouped). */
 static void run_same_db(int workers)
@@ -123,15 +130,13 @@ static void run_same_db(int workers)
     scx_chaos_start(&c, &o);
     scx_chaos_kill(&c);
     scx_chaos_settle(&c);
-    long long grouped = grouped_commits(e.conn);
     /* Most kills land while the consumer group rebalances, and an instance holds records of
      * two partitions at once only by chance.  One that starts with a backlog on both of its
      * partitions writes groups from its first turns: start them so, with their failpoints,
      * until a group committed. */
-    while (workers == 1 && grouped == 0 && c.backlog_rounds < SCX_CHAOS_MAX_ROUNDS) {
-        scx_chaos_backlog(&c, BACKLOG, NULL);
-        grouped = grouped_commits(e.conn);
-    }
+    if (workers == 1)
+        scx_chaos_until(&c, group_committed, NULL, BACKLOG, NULL);
+    long long grouped = grouped_commits(e.conn);
     fprintf(stderr,
             "pg sink, same database, %s: %d kills by the test (%d of a working instance), %d at "
             "failpoints, "
@@ -201,7 +206,8 @@ static void run_other_db(bool custom)
     scx_chaos_settle(&c);
     /* The kills that leave a batch to replay (between pend and commit) are a matter of
      * chance: if none did, sc-1 kills itself after its first pend, with a backlog waiting. */
-    long long replays = scx_chaos_replayed(&c, BACKLOG, "after_pend=kill#1");
+    scx_chaos_until(&c, scx_chaos_replayed, NULL, BACKLOG, "after_pend=kill#1");
+    long long replays = scx_chaos_replays(&c);
     fprintf(stderr,
             "pg sink, other database (%s columns): %d kills by the test (%d of a working "
             "instance), %d at failpoints, "

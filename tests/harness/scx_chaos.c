@@ -23,21 +23,25 @@ void scx_chaos_init(struct scx_chaos *c, struct scx_env *e, struct scx_inst *in,
                             .min_kills = 20};
 }
 
+/* The log scx_start() gives in (static buffer). */
+static const char *inst_log(const struct scx_chaos *c, const struct scx_inst *in)
+{
+    static char log[700];
+    snprintf(log, sizeof(log), "%s/%s.log", c->e->dir, in->name);
+    return log;
+}
+
 /* Starts in (failpoints may be NULL), remembering how many leases its log shows already. */
 static void inst_start(struct scx_chaos *c, struct scx_inst *in, const char *failpoints)
 {
-    char log[700];
-    snprintf(log, sizeof(log), "%s/%s.log", c->e->dir, in->name);
-    in->leases_before = scx_log_count(log, "lease acquired");
+    in->leases_before = scx_log_count(inst_log(c, in), "lease acquired");
     in->pid = scx_start(c->e, in->cfg, in->name, failpoints);
 }
 
 /* Whether in has acquired a lease since it was started. */
 static bool inst_working(const struct scx_chaos *c, const struct scx_inst *in)
 {
-    char log[700];
-    snprintf(log, sizeof(log), "%s/%s.log", c->e->dir, in->name);
-    return scx_log_count(log, "lease acquired") > in->leases_before;
+    return scx_log_count(inst_log(c, in), "lease acquired") > in->leases_before;
 }
 
 /* A random instance, among those working when any is. */
@@ -108,11 +112,9 @@ void scx_chaos_settle(struct scx_chaos *c)
         done = scx_wait_committed(c->e->conn, c->pipeline, c->topic, c->nparts, c->produced, 5000);
     }
     if (!done) {
-        for (int i = 0; i < c->ninst; i++) {
-            char log[700];
-            snprintf(log, sizeof(log), "%s/%s.log", c->e->dir, c->in[i].name);
-            fprintf(stderr, "---- %s log:\n%s\n", c->in[i].name, scx_log_tail(log, 6000));
-        }
+        for (int i = 0; i < c->ninst; i++)
+            fprintf(stderr, "---- %s log:\n%s\n", c->in[i].name,
+                    scx_log_tail(inst_log(c, &c->in[i]), 6000));
         char *cp = hx_pg_value(c->e->conn,
                                "SELECT string_agg(format('%s: committed %s pending %s..%s state %s "
                                "epoch %s', partition, committed_offset, pending_first_offset, "
@@ -143,12 +145,19 @@ long long scx_chaos_replays(const struct scx_chaos *c)
                      NULL);
 }
 
-long long scx_chaos_replayed(struct scx_chaos *c, int64_t count, const char *failpoints0)
+bool scx_chaos_replayed(struct scx_chaos *c, void *arg)
 {
-    long long n = scx_chaos_replays(c);
-    while (n == 0 && c->backlog_rounds < SCX_CHAOS_MAX_ROUNDS) {
+    (void)arg;
+    return scx_chaos_replays(c) > 0;
+}
+
+bool scx_chaos_until(struct scx_chaos *c, bool (*seen)(struct scx_chaos *c, void *arg), void *arg,
+                     int64_t count, const char *failpoints0)
+{
+    bool ok = seen(c, arg);
+    while (!ok && c->backlog_rounds < SCX_CHAOS_MAX_ROUNDS) {
         scx_chaos_backlog(c, count, failpoints0);
-        n = scx_chaos_replays(c);
+        ok = seen(c, arg);
     }
-    return n;
+    return ok;
 }

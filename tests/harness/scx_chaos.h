@@ -81,9 +81,13 @@ void scx_chaos_backlog(struct scx_chaos *c, int64_t count, const char *failpoint
 /* Batches replayed so far (sidecar.events). */
 long long scx_chaos_replays(const struct scx_chaos *c);
 
-/* The batches replayed, after backlog rounds of count records (the first instance with
- * failpoints0, which should leave a batch to replay) while there were none, up to
- * SCX_CHAOS_MAX_ROUNDS rounds in all. */
-long long scx_chaos_replayed(struct scx_chaos *c, int64_t count, const char *failpoints0);
+/* A predicate for scx_chaos_until(): a batch was replayed (arg unused). */
+bool scx_chaos_replayed(struct scx_chaos *c, void *arg);
+
+/* Runs backlog rounds of count records (the first instance with failpoints0, which should
+ * make it happen) while seen(c, arg) is false, up to SCX_CHAOS_MAX_ROUNDS rounds in all;
+ * returns seen's last answer.  The test still asserts what it needs. */
+bool scx_chaos_until(struct scx_chaos *c, bool (*seen)(struct scx_chaos *c, void *arg), void *arg,
+                     int64_t count, const char *failpoints0);
 
 #endif
