@@ -384,7 +384,8 @@ static void check_sinks(struct sc_conf_ctx *ctx, const struct sc_config *cfg,
 
 /*
  * pipelines[].workers when not given: what the sink asks for (a sink whose
- * writes wait on a remote service keeps its requests going in parallel),
+ * writes wait on a remote service keeps its requests going in parallel; one
+ * whose writes are the sidecar's own CPU work leaves a CPU to librdkafka),
  * else one per CPU available, at most 4.  More workers than CPUs only made
  * them take turns: on 2 CPUs, 4 workers against 2 cost the file sink 8-13 %
  * more CPU and a worse p99 latency (docs/benchmarks.md), and gave the
@@ -397,12 +398,12 @@ static void default_workers(struct sc_config *cfg, const struct sc_sink_registry
         struct sc_pipeline_conf *p = &cfg->pipelines[i];
         if (p->workers > 0)
             continue;
-        if (sinks && sinks->default_workers && p->sink.variant && p->sink.conf)
-            p->workers = sinks->default_workers(cfg, i);
-        if (p->workers > 0)
-            continue;
         if (cpus < 0)
             cpus = sc_cpus_available();
+        if (sinks && sinks->default_workers && p->sink.variant && p->sink.conf)
+            p->workers = sinks->default_workers(cfg, i, cpus);
+        if (p->workers > 0)
+            continue;
         p->workers = cpus < SC_DEFAULT_WORKERS_MAX ? cpus : SC_DEFAULT_WORKERS_MAX;
     }
 }
@@ -827,7 +828,8 @@ static const struct sc_conf_key pipeline_keys[] = {
      .offset = PIPE(workers),
      .min = 1,
      .max = 64,
-     .def_doc = "4 for the http sink; else the CPUs available, at most 4",
+     .def_doc = "4 for the http sink; the CPUs available less one for the file sink, at least 1; "
+                "else the CPUs available; at most 4",
      .help = "delivery threads (a partition is pinned to one); the CPUs available are the "
              "process's CPU affinity, fewer if its cgroup's CPU quota allows less (a "
              "container's --cpus), rounded up"},

@@ -158,9 +158,9 @@ struct sc_sink_registry {
     /* Rules between pipelines[i].sink and the rest of the configuration (e.g.
      * two pipelines writing the same files); ctx's path is at pipelines[i]. */
     void (*check)(struct sc_conf_ctx *ctx, const struct sc_config *cfg, size_t i);
-    /* Optional: pipelines[i].workers when the configuration does not set it (0: one per
-     * CPU available, at most SC_DEFAULT_WORKERS_MAX). */
-    int (*default_workers)(const struct sc_config *cfg, size_t i);
+    /* Optional: pipelines[i].workers when the configuration does not set it, given the
+     * CPUs available (0: one per CPU available, at most SC_DEFAULT_WORKERS_MAX). */
+    int (*default_workers)(const struct sc_config *cfg, size_t i, int cpus);
 };
 
 /* The most workers a pipeline gets by default (see sc_sink_registry.default_workers). */

@@ -39,10 +39,13 @@ static void check_sink(struct sc_conf_ctx *ctx, const struct sc_config *cfg, siz
         type->check_config(ctx, cfg, i);
 }
 
-static int default_workers(const struct sc_config *cfg, size_t i)
+static int default_workers(const struct sc_config *cfg, size_t i, int cpus)
 {
     const struct sc_sink_class *type = sc_sink_class_of(&cfg->pipelines[i].sink);
-    return type ? type->default_workers : 0;
+    if (!type || type->default_workers > 0 || type->spare_cpus <= 0)
+        return type ? type->default_workers : 0;
+    int n = cpus - type->spare_cpus;
+    return n < 1 ? 1 : n < SC_DEFAULT_WORKERS_MAX ? n : SC_DEFAULT_WORKERS_MAX;
 }
 
 const struct sc_sink_registry sc_sinks = {

@@ -137,6 +137,10 @@ struct sc_sink_class {
     /* Optional: the pipeline's workers when its config does not set them (0: one per CPU
      * available, at most 4), e.g. more for a sink whose writes mostly wait on a service. */
     int default_workers;
+    /* Optional, with default_workers 0: the CPUs that default leaves to librdkafka's threads
+     * (fetching, decompressing), down to one worker.  For a sink whose writes are the
+     * sidecar's own CPU work (formatting, write()) rather than waits on a server. */
+    int spare_cpus;
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */
     int (*create)(struct sc_sink *sink, char *err, size_t errsize);

@@ -42,6 +42,13 @@ static char tmpdir[64];
 #define DOC(sink) HEAD PIPE_HEAD "    \"sink\": " sink "\n" TAIL
 #define FILE_SINK "{\"type\": \"file\", \"path\": \"/d/{partition}\"}"
 
+/* The file sink's workers when not given: a CPU left to librdkafka, at least 1, at most 4. */
+static int file_default_workers(void)
+{
+    int n = sc_cpus_available() - 1;
+    return n < 1 ? 1 : n < 4 ? n : 4;
+}
+
 static int load(const char *text)
 {
     cfg = NULL;
@@ -193,8 +200,7 @@ START_TEST(test_minimal_config_gets_every_default)
     ck_assert_int_eq(p->batch.max_wait_ms, 100);
     ck_assert_int_eq(p->lease.ttl_ms, 10000);
     ck_assert_int_eq(p->lease.renew_ms, 3000);
-    int cpus = sc_cpus_available();
-    ck_assert_int_eq(p->workers, cpus < 4 ? cpus : 4);
+    ck_assert_int_eq(p->workers, file_default_workers());
     ck_assert_uint_eq(p->kafka_properties.count, 0);
     ck_assert_str_eq(p->sink.variant->name, "file");
     ck_assert_str_eq(sink_str(0, "path"), "/d/{partition}");
@@ -1091,7 +1097,9 @@ END_TEST
 
 /*
  * workers when not given: 4 for the http sink (its requests wait on the
- * service), else one per CPU available, at most 4; given, as given.
+ * service), one CPU fewer than available for the file sink (its writes are
+ * the sidecar's own CPU work; librdkafka's threads keep a CPU), at least
+ * one, else one per CPU available, at most 4; given, as given.
  */
 START_TEST(test_default_workers)
 {
@@ -1103,6 +1111,11 @@ START_TEST(test_default_workers)
     cfg = NULL;
     ck_valid(DOC("{\"type\": \"stdout\"}"));
     ck_assert_int_eq(cfg->pipelines[0].workers, cpus < 4 ? cpus : 4);
+    sc_config_free(cfg);
+    cfg = NULL;
+    ck_valid(DOC(FILE_SINK));
+    ck_assert_int_eq(cfg->pipelines[0].workers, file_default_workers());
+    ck_assert_int_le(file_default_workers(), cpus < 4 ? cpus : 4);
     sc_config_free(cfg);
     cfg = NULL;
     ck_valid(HEAD PIPE_HEAD "    \"workers\": 7,\n    \"sink\": {\"type\": \"http\", \"url\": "
