@@ -531,9 +531,9 @@ static int file_part_sync(struct sc_sink *sink, struct sc_sink_part *p, char *er
 
 const struct sc_sink_class sink_file_class = {
     .conf = {.name = "file", .table = &file_table},
-    /* On 2 CPUs one worker instead of two: p99 latency 1.20-1.38 x kcat's against 1.50-1.70 x,
-     * 22 % less CPU, a backlog drained at 0.78-1.03 x (docs/benchmarks.md, "The workers
-     * default"). */
+    /* On 2 CPUs one worker instead of two: p99 latency 1.20-1.38 x kcat's against 1.50-2.21 x,
+     * 22 % less CPU, a backlog drained at 0.92 x (docs/benchmarks.md, "The workers default,
+     * 6 December"). */
     .spare_cpus = 1,
     .check_config = file_check_config,
     .check_online = file_check_online,
