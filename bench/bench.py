@@ -375,8 +375,9 @@ class Sidecar:
             "log": {"level": env.args.log_level, "format": "text"},
             "pipelines": [pipeline],
         }
-        if env.args.memory_mib and not ref:
-            conf["memory"] = {"limit_mib": env.args.memory_mib}
+        limit = env.args.ref_memory_mib if ref else env.args.memory_mib
+        if limit:
+            conf["memory"] = {"limit_mib": limit}
         for k, v in (extra or {}).items():
             conf[k] = v
         self.conf_path = os.path.join(env.dir, "%s-%s.json" % (name, instance))
@@ -1552,6 +1553,9 @@ def main():
     ap.add_argument("--plots-dir", help="where the SVG charts go (default bench/results/)")
     ap.add_argument("--memory-mib", type=int,
                     help="memory.limit_mib for the sidecar under test (default: its default)")
+    ap.add_argument("--ref-memory-mib", type=int,
+                    help="memory.limit_mib for the --sidecar-ref build (default: none, which "
+                    "builds before the budget need)")
     args = ap.parse_args()
     args.batch = {k: int(v) for k, v in (x.split("=", 1) for x in args.batch)}
     args.kafka_props = dict(x.split("=", 1) for x in args.kafka_prop)
@@ -1619,6 +1623,7 @@ def main():
             "repeat": args.repeat,
             "sidecar_config": "defaults (batch, workers, librdkafka) unless noted",
             "memory_limit_mib": args.memory_mib,
+            "ref_memory_limit_mib": args.ref_memory_mib,
             "sidecar_ref": args.sidecar_ref,
         },
         "throughput": {},
