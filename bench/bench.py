@@ -1554,8 +1554,8 @@ def main():
     ap.add_argument("--memory-mib", type=int,
                     help="memory.limit_mib for the sidecar under test (default: its default)")
     ap.add_argument("--ref-memory-mib", type=int,
-                    help="memory.limit_mib for the --sidecar-ref build (default: none, which "
-                    "builds before the budget need)")
+                    help="memory.limit_mib for the --sidecar-ref build (default: unset, for "
+                    "builds from before the budget, which do not know the key)")
     args = ap.parse_args()
     args.batch = {k: int(v) for k, v in (x.split("=", 1) for x in args.batch)}
     args.kafka_props = dict(x.split("=", 1) for x in args.kafka_prop)
