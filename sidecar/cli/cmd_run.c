@@ -27,6 +27,7 @@
 #include "db/sc_migrate.h"
 #include "db/sc_pg.h"
 #include "db/sc_pooling.h"
+#include "pipeline/sc_budget.h"
 #include "pipeline/sc_pipeline.h"
 #include "protocol/sc_notify.h"
 
@@ -210,6 +211,7 @@ static bool all_ready(void *arg, char *why, size_t whysize)
 
 static int run_run(const struct sc_config *cfg, const struct sc_cli *cli)
 {
+    sc_budget_malloc_init(cfg); /* before the first thread */
     install_signals();
     sc_failpoint_init();
     sc_info(NULL, "kafka sidecar %s starting as instance \"%s\" (%zu pipeline%s)", SIDECAR_VERSION,

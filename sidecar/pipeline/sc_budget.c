@@ -5,6 +5,7 @@
 
 #include <inttypes.h>
 #include <malloc.h>
+#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <unistd.h>
@@ -143,8 +144,7 @@ int sc_budget_reconcile(rd_kafka_conf_t *conf, bool user_fetch, bool user_messag
     return 0; /* both the user's: librdkafka says what is wrong with them */
 }
 
-int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
-                    rd_kafka_conf_t *conf, char *err, size_t errsize)
+void sc_budget_malloc_init(const struct sc_config *cfg)
 {
     /* glibc serves blocks from this size on by mmap and unmaps them when freed.  Left to
      * itself it raises the threshold to the largest block freed so far (up to 32 MiB), after
@@ -152,6 +152,21 @@ int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *
      * their memory stays resident when they shrink or go: measured 70 -> 61 MiB draining a
      * backlog at the same speed (bench/). */
     mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+    /* Under a small budget, one malloc arena for all threads.  glibc gives each new thread an
+     * arena of its own (up to 8 per CPU), and what one arena has freed the others cannot
+     * use: the http sink drained 2M records under 32 MiB at 33.8-35.1 MiB, and at 32.2-32.9
+     * with one arena, as fast.  At 64 MiB one arena saved 4-7 MiB, but the http sink drained
+     * 0.90-0.94 x as fast at ~12 % more CPU (2 CPUs; docs/benchmarks.md#malloc-arenas).  The
+     * user's MALLOC_ARENA_MAX or glibc.malloc.arena_max wins: glibc has read it already. */
+    const char *tunables = getenv("GLIBC_TUNABLES");
+    if (cfg->memory.limit_mib < SC_BUDGET_ONE_ARENA_MIB && !getenv("MALLOC_ARENA_MAX") &&
+        !(tunables && strstr(tunables, "glibc.malloc.arena_max")))
+        mallopt(M_ARENA_MAX, 1);
+}
+
+int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
+                    rd_kafka_conf_t *conf, char *err, size_t errsize)
+{
     struct sc_budget b;
     sc_budget_derive(cfg, pc, &b);
     if (set_i64(conf, "queued.max.messages.kbytes", b.queued_kbytes, err, errsize) ||

@@ -109,11 +109,21 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
 int sc_budget_reconcile(rd_kafka_conf_t *conf, bool user_fetch, bool user_message, char *err,
                         size_t errsize);
 
+/* Below this memory.limit_mib all threads share one malloc arena (sc_budget_malloc_init). */
+#define SC_BUDGET_ONE_ARENA_MIB 64
+
+/*
+ * Sets glibc's malloc up for the budget, before any thread starts: large
+ * freed blocks go back to the system at once (M_MMAP_THRESHOLD), and under
+ * a budget below SC_BUDGET_ONE_ARENA_MIB all threads share one arena
+ * (M_ARENA_MAX) unless the user set MALLOC_ARENA_MAX or the glibc tunable.
+ */
+void sc_budget_malloc_init(const struct sc_config *cfg);
+
 /*
  * Applies the budget for pipeline pc: sets the derived librdkafka
- * properties on conf (before the user's properties, which override them),
- * makes glibc return large freed blocks to the system at once
- * (M_MMAP_THRESHOLD), and logs the shares.  0, or -1 with err.
+ * properties on conf (before the user's properties, which override them)
+ * and logs the shares.  0, or -1 with err.
  */
 int sc_budget_apply(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                     rd_kafka_conf_t *conf, char *err, size_t errsize);

@@ -1,9 +1,12 @@
 /*
  * check_budget.c - the memory budget's shares (pipeline/sc_budget.h), and
  * the librdkafka properties derived from them: a consumer can be created
- * from them, also when the user overrides some.
+ * from them, also when the user overrides some; and glibc's malloc arenas
+ * under a small budget.
  */
 #include <check.h>
+#include <malloc.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -159,6 +162,71 @@ START_TEST(test_user_overrides)
 }
 END_TEST
 
+static pthread_barrier_t all_allocated;
+#define NTHREADS 4
+static void *volatile held[NTHREADS]; /* volatile: the compiler may not drop the malloc */
+
+static void *allocate(void *arg)
+{
+    int *i = arg;
+    held[*i] = malloc(1000);
+    pthread_barrier_wait(&all_allocated); /* all threads hold memory at once */
+    free(held[*i]);
+    return NULL;
+}
+
+/* The malloc arenas in use after sc_budget_malloc_init under a budget of limit_mib and four
+ * threads allocating at once (malloc_info lists one <heap> per arena). */
+static int arenas_after_threads(int limit_mib)
+{
+    struct sc_config *cfg = load(limit_mib, 1);
+    sc_budget_malloc_init(cfg);
+    sc_config_free(cfg);
+    pthread_t t[NTHREADS];
+    int ids[NTHREADS];
+    pthread_barrier_init(&all_allocated, NULL, NTHREADS);
+    for (int i = 0; i < NTHREADS; i++) {
+        ids[i] = i;
+        ck_assert_int_eq(pthread_create(&t[i], NULL, allocate, &ids[i]), 0);
+    }
+    for (int i = 0; i < NTHREADS; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&all_allocated);
+    char *info = NULL;
+    size_t len = 0;
+    FILE *f = open_memstream(&info, &len);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_int_eq(malloc_info(0, f), 0);
+    fclose(f);
+    int heaps = 0;
+    for (const char *p = info; (p = strstr(p, "<heap nr=")) != NULL; p++)
+        heaps++;
+    free(info);
+    return heaps;
+}
+
+/* Under a budget below 64 MiB threads share one glibc arena: the arenas glibc would give them
+ * keep freed memory apart, which took the http sink 2-3 MiB over a 32 MiB budget. */
+START_TEST(test_one_malloc_arena_under_small_budget)
+{
+    int heaps = arenas_after_threads(32);
+    ck_assert_msg(heaps == 1, "%d malloc arenas after 4 threads allocated under 32 MiB", heaps);
+}
+END_TEST
+
+/* From 64 MiB on glibc keeps its arena per thread (faster for the http sink).  Under
+ * AddressSanitizer glibc's malloc is not the one in use: nothing to count. */
+START_TEST(test_arena_per_thread_from_64_mib)
+{
+    int heaps = arenas_after_threads(64);
+#if defined(__SANITIZE_ADDRESS__)
+    (void)heaps;
+#else
+    ck_assert_msg(heaps > 1, "%d malloc arena after 4 threads allocated under 64 MiB", heaps);
+#endif
+}
+END_TEST
+
 int main(void)
 {
     Suite *s = suite_create("budget");
@@ -166,6 +234,8 @@ int main(void)
     tcase_add_test(tc, test_shares);
     tcase_add_test(tc, test_apply_makes_a_consumer);
     tcase_add_test(tc, test_user_overrides);
+    tcase_add_test(tc, test_one_malloc_arena_under_small_budget);
+    tcase_add_test(tc, test_arena_per_thread_from_64_mib);
     suite_add_tcase(s, tc);
     SRunner *sr = srunner_create(s);
     srunner_run_all(sr, CK_NORMAL);
