@@ -462,23 +462,86 @@ def result(name, records, payload_bytes, t_start, t_begin, t_done, child, server
         "peak_rss_mib": round(child.maxrss_mib, 1) if child else None,
         "postgres_cpu_s": round(servers["postgres"], 2),
         "broker_cpu_s": round(servers["broker"], 2),
+        "postgres_cpu_s_by_role": servers.get("postgres_roles"),
+        "postgres_minor_faults_by_role": servers.get("postgres_minflt"),
     }
     if extra:
         r.update(extra)
     return r
 
 
+# PostgreSQL's processes by the title it gives them (postgres: checkpointer, ...); a client's
+# backend is titled with its user, database and address.
+PG_ROLES = ("autovacuum worker", "autovacuum launcher", "checkpointer", "background writer",
+            "walwriter", "logical replication launcher")
+
+
+def pg_children(root, skip):
+    """
+    {pid: (role, CPU s, minor page faults)} of the live children of root, but skip (the bench's
+    own backend).
+    """
+    out = {}
+    try:
+        with open("/proc/%d/task/%d/children" % (root, root)) as f:
+            pids = f.read().split()
+    except OSError:
+        return out
+    for d in pids:
+        if int(d) == skip:
+            continue
+        try:
+            with open("/proc/%s/stat" % d) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                title = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        role = next((r for r in PG_ROLES if r in title), "backend")
+        out[int(d)] = (role, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[7]))
+    return out
+
+
 class Meter:
-    """Server CPU used between start() and stop()."""
+    """
+    Server CPU used between start() and stop(), and PostgreSQL's part of it by process role
+    (client backends, autovacuum workers, checkpointer, ...): a thread samples the server's
+    processes every 100 ms, so a process that exits loses at most its last 100 ms to
+    "unattributed".  With initdb defaults the server vacuums and checkpoints on its own, and
+    this says whether that work landed in the window.
+    """
 
     def __init__(self, env):
         self.env = env
         self.t0 = env.server_cpu()
+        self.first = pg_children(env.pg_pid, env.db_backend) if env.pg_pid else {}
+        self.last = dict(self.first)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self.sample, daemon=True)
+        self.thread.start()
+
+    def sample(self):
+        while not self.done.wait(0.1):
+            self.last.update(pg_children(self.env.pg_pid, self.env.db_backend))
 
     def stop(self):
         time.sleep(0.5)  # let the postmaster reap exited backends: a zombie's CPU is invisible
+        self.done.set()
+        self.thread.join()
         t1 = self.env.server_cpu()
-        return {k: t1[k] - self.t0[k] for k in t1}
+        out = {k: t1[k] - self.t0[k] for k in t1}
+        roles, faults = {}, {}
+        for pid, (role, cpu, minflt) in self.last.items():
+            before = self.first.get(pid, (role, 0.0, 0))
+            roles[role] = roles.get(role, 0.0) + cpu - before[1]
+            faults[role] = faults.get(role, 0) + minflt - before[2]
+        roles = {k: round(v, 2) for k, v in roles.items() if v >= 0.005}
+        roles["unattributed"] = round(out["postgres"] - sum(roles.values()), 2)
+        out["postgres_roles"] = roles
+        # Minor page faults: a backend maps each page of shared_buffers it touches on its
+        # first touch, so every new connection pays for the buffers it uses once.
+        out["postgres_minflt"] = {k: v for k, v in faults.items() if v > 0}
+        return out
 
 
 # ---- throughput phases --------------------------------------------------------------------
@@ -1455,6 +1518,16 @@ def print_report(res):
             line += ", %.2fx kcat_tuned" % (tp[name]["records_per_s"] /
                                            tp["kcat_tuned"]["records_per_s"])
         print(line)
+    roles = [(n, tp[n]["postgres_cpu_s_by_role"]) for n in PHASES
+             if n in tp and tp[n].get("postgres_cpu_s_by_role") and tp[n]["postgres_cpu_s"] >= 0.5]
+    if roles:
+        print("\nPostgreSQL CPU s by process (the median run's window):")
+        for n, r in roles:
+            print("  %-16s %s" % (n, ", ".join("%s %.2f" % kv for kv in
+                                               sorted(r.items(), key=lambda kv: -kv[1]))))
+            f = tp[n].get("postgres_minor_faults_by_role") or {}
+            if f.get("backend"):
+                print("  %-16s backends' minor page faults: %d" % ("", f["backend"]))
     print("\nratios (median of the runs' paired ratios, every run's in brackets):")
     for k, v in res["ratios"].items():
         print("  %-48s %5s  %s" % (k, v["median"], v["runs"]))
