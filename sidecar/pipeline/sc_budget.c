@@ -5,9 +5,9 @@
 
 #include <inttypes.h>
 #include <malloc.h>
-#include <string.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #include "base/sc_log.h"
