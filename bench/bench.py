@@ -171,32 +171,38 @@ class Child:
         return (self.hwm_kib or self.rusage.ru_maxrss) / 1024.0
 
 
+def proc_stat(pid):
+    """The fields of /proc/PID/stat after the command name (state first), None if it is gone."""
+    try:
+        with open("/proc/%s/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def stat_cpu(fields):
+    """utime + stime of proc_stat() fields, in seconds."""
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
 def proc_stat_cpu(pid, children=False):
     """utime + stime (+ reaped children) of pid in seconds, 0 if it is gone."""
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-    except OSError:
+    fields = proc_stat(pid)
+    if fields is None:
         return 0.0
-    ticks = int(fields[11]) + int(fields[12])
+    cpu = stat_cpu(fields)
     if children:
-        ticks += int(fields[13]) + int(fields[14])
-    return ticks / CLK_TCK
+        cpu += (int(fields[13]) + int(fields[14])) / CLK_TCK
+    return cpu
 
 
 def tree_cpu(root):
     """CPU of a process tree: root, its reaped children and its live children (PostgreSQL)."""
     total = proc_stat_cpu(root, children=True)
     for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open("/proc/%s/stat" % d) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == root:
-            total += (int(fields[11]) + int(fields[12])) / CLK_TCK
+        fields = proc_stat(d) if d.isdigit() else None
+        if fields and int(fields[1]) == root:
+            total += stat_cpu(fields)
     return total
 
 
@@ -488,17 +494,16 @@ def pg_children(root, skip):
     except OSError:
         return out
     for d in pids:
-        if int(d) == skip:
+        fields = proc_stat(d) if int(d) != skip else None
+        if fields is None:
             continue
         try:
-            with open("/proc/%s/stat" % d) as f:
-                fields = f.read().rsplit(")", 1)[1].split()
             with open("/proc/%s/cmdline" % d, "rb") as f:
                 title = f.read().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
         role = next((r for r in PG_ROLES if r in title), "backend")
-        out[int(d)] = (role, (int(fields[11]) + int(fields[12])) / CLK_TCK, int(fields[7]))
+        out[int(d)] = (role, stat_cpu(fields), int(fields[7]))
     return out
 
 
