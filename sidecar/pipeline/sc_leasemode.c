@@ -306,9 +306,10 @@ static struct releasing *find_releasing(struct sc_leasemode *lm, const char *top
 }
 
 /* Asks p's worker to finish its batch in flight and release the lease (reserved for to, or
- * for anyone); the partition is unassigned once that is done (finish_releases()). */
+ * for anyone); the partition is unassigned once that is done (finish_releases()).  announce:
+ * log it (not for a lost lease or the shutdown, which say so themselves). */
 static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char *to,
-                          const char *seen, const char *reason)
+                          const char *seen, const char *reason, bool announce)
 {
     struct sc_leasemode *lm = pl->lm;
     struct releasing *r = sc_xcalloc(1, sizeof(*r));
@@ -318,14 +319,14 @@ static void start_release(struct sc_pipeline *pl, struct sc_part *p, const char 
     r->seen = seen ? sc_xstrdup(seen) : NULL;
     r->epoch = atomic_load(&p->need_reacquire) ? 0 : p->lease_epoch;
     r->p = p;
-    r->handoff = to != NULL && strcmp(reason, "lost") != 0;
+    r->handoff = to != NULL;
     r->since_ms = sc_mono_ms();
     if (lm->nrel == lm->relcap) {
         lm->relcap = lm->relcap ? lm->relcap * 2 : 16;
         lm->rel = sc_xrealloc(lm->rel, lm->relcap * sizeof(*lm->rel));
     }
     lm->rel[lm->nrel++] = r;
-    if (strcmp(reason, "lost") != 0 && strcmp(reason, "shutdown") != 0)
+    if (announce)
         sc_info(&p->log, "handing the partition over%s%s (%s) after its batch in flight",
                 to ? " to " : "", to ? to : "", reason);
     p->release_to = r->to;
@@ -385,7 +386,7 @@ static void lost(struct sc_pipeline *pl, struct sc_part *p, const char *holder)
     sc_info(&p->log,
             "the lease is %s's now (held by it, or reserved for it); dropping the partition",
             holder);
-    start_release(pl, p, NULL, NULL, "lost");
+    start_release(pl, p, NULL, NULL, "lost", false);
 }
 
 /* ---- the tick ---------------------------------------------------------------- */
@@ -590,7 +591,8 @@ static void plan_and_act(struct sc_pipeline *pl, const struct sc_lease_tick *t)
             break;
         case SC_ACT_RELEASE:
             if (mine && !mine->revoked)
-                start_release(pl, mine, target[k], p->handoff_to, release_reason(pl, p, target[k]));
+                start_release(pl, mine, target[k], p->handoff_to, release_reason(pl, p, target[k]),
+                              true);
             break;
         case SC_ACT_REQUEST:
             rt[nreq] = p->topic;
@@ -686,7 +688,7 @@ static void shutdown_all(struct sc_pipeline *pl)
     struct sc_log_fields f = lm_log(pl);
     sc_info(&f, "shutting down: finishing in-flight batches and releasing leases");
     while (pl->nparts > 0)
-        start_release(pl, pl->parts[0], NULL, NULL, "shutdown");
+        start_release(pl, pl->parts[0], NULL, NULL, "shutdown", false);
     int64_t deadline = sc_mono_ms() + pl->cfg->shutdown_timeout_ms * 3 / 4;
     while (pl->lm->nrel > 0 && sc_mono_ms() < deadline) {
         finish_releases(pl);
