@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "base/sc_log.h"
+#include "sinks/sc_sink.h"
 
 #define MiB (1LL << 20)
 
@@ -41,6 +42,20 @@ static int64_t clamp64(int64_t v, int64_t lo, int64_t hi)
     return v < lo ? lo : v > hi ? hi : v;
 }
 
+int64_t sc_budget_fixed(const struct sc_config *cfg)
+{
+    int64_t fixed = SC_BUDGET_FIXED;
+    for (size_t i = 0; i < cfg->npipelines; i++) {
+        const struct sc_sink_class *type = sc_sink_class_of(&cfg->pipelines[i].sink);
+        bool seen = false; /* once per sink type, however many pipelines use it */
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = sc_sink_class_of(&cfg->pipelines[j].sink) == type;
+        if (type && !seen)
+            fixed += type->fixed_bytes;
+    }
+    return fixed;
+}
+
 void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                       struct sc_budget *out)
 {
@@ -51,7 +66,7 @@ void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf
     if (workers < w)
         workers = w;
     out->limit = (int64_t)cfg->memory.limit_mib * MiB;
-    int64_t covered = out->limit - SC_BUDGET_FIXED;
+    int64_t covered = out->limit - sc_budget_fixed(cfg);
     if (covered < MIN_COVERED)
         covered = MIN_COVERED;
     out->pipeline = covered * w / workers;

@@ -16,6 +16,8 @@
  * it, about three times its payload).  The budget covers the last three:
  *
  *     covered  = limit - SC_BUDGET_FIXED (the first part, not covered)
+ *                      - what each sink type in use takes once (its
+ *                        fixed_bytes: libcurl's 2.5 MiB for the HTTP sink)
  *     pipeline = covered x its workers / all pipelines' workers
  *       25 %  librdkafka: a quarter of it for the fetch response being
  *             parsed, which costs up to ~12 x its size on the wire once
@@ -96,6 +98,8 @@ int64_t sc_budget_worker_buffer(const struct sc_budget *b, struct sc_budget_feed
 /* The process's resident memory in bytes, -1 if unknown. */
 int64_t sc_budget_rss(void);
 
+/* What the budget does not cover: SC_BUDGET_FIXED and each sink type's fixed_bytes. */
+int64_t sc_budget_fixed(const struct sc_config *cfg);
 /* The shares of pipeline pc in cfg's budget. */
 void sc_budget_derive(const struct sc_config *cfg, const struct sc_pipeline_conf *pc,
                       struct sc_budget *out);

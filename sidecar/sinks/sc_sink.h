@@ -141,6 +141,9 @@ struct sc_sink_class {
      * (fetching, decompressing), down to one worker.  For a sink whose writes are the
      * sidecar's own CPU work (formatting, write()) rather than waits on a server. */
     int spare_cpus;
+    /* Optional: memory the type takes once per process, whatever its workers do (libraries
+     * it initialises), which the memory budget sets aside with its fixed part (sc_budget.h). */
+    int64_t fixed_bytes;
 
     /* Creates the per-worker state in sink->ctx (connections, handles, buffers). */
     int (*create)(struct sc_sink *sink, char *err, size_t errsize);
