@@ -123,7 +123,8 @@ static struct sc_config *load_sinks(const char *const *types, size_t n)
 /*
  * What a sink type takes once per process (the HTTP sink's libcurl) is set
  * aside with the fixed part, once however many pipelines use the type: the
- * HTTP sink's peak went over budgets below 64 MiB by up to a MiB without it.
+ * HTTP sink's peak went 1-2 MiB over a 32 MiB budget without it
+ * (docs/benchmarks.md#sink-fixed-part).
  */
 START_TEST(test_sink_fixed_part)
 {
