@@ -50,10 +50,11 @@ static const char *registry_block(const struct scx_env *e, const struct reg *r, 
     char path[700];
     snprintf(path, sizeof(path), "%s/sr_password", e->dir);
     hx_write_file(path, "%s\n", pass);
-    snprintf(buf, sizeof(buf),
-             "  \"schema_registry\": {\"url\": \"%s\", \"username\": \"%s\", "
-             "\"password\": \"${file:%s}\", \"timeout_ms\": 2000%s%s}",
-             reg_url(r), SR_USER, path, more ? ", " : "", more ? more : "");
+    int n = snprintf(buf, sizeof(buf),
+                     "  \"schema_registry\": {\"url\": \"%s\", \"username\": \"%s\", "
+                     "\"password\": \"${file:%s}\", \"timeout_ms\": 2000%s%s}",
+                     reg_url(r), SR_USER, path, more ? ", " : "", more ? more : "");
+    ck_assert_msg(n > 0 && (size_t)n < sizeof(buf), "registry block truncated (%d bytes)", n);
     return buf;
 }
 

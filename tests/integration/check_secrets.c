@@ -28,13 +28,6 @@ static void assert_clean(const char *what, const char *text)
     }
 }
 
-static char *run(const char *const *argv)
-{
-    char *out = NULL;
-    hx_run(argv, NULL, 60000, &out);
-    return out;
-}
-
 START_TEST(test_secrets_never_shown)
 {
     struct scx_env e;
@@ -93,12 +86,16 @@ START_TEST(test_secrets_never_shown)
     }
 
     const char *status_argv[] = {hx_sidecar_bin(), "status", "-c", cfg, NULL};
-    char *out = run(status_argv);
+    char *out = NULL;
+    hx_run(status_argv, NULL, 60000, &out);
+    ck_assert_ptr_nonnull(out);
     ck_assert_msg(strstr(out, "files") != NULL, "status: %s", out);
     assert_clean("sidecar status", out);
     free(out);
     const char *check_argv[] = {hx_sidecar_bin(), "check-config", "-c", cfg, NULL};
-    out = run(check_argv);
+    out = NULL;
+    hx_run(check_argv, NULL, 60000, &out);
+    ck_assert_ptr_nonnull(out);
     ck_assert_msg(strstr(out, "****") != NULL, "check-config masks nothing? %s", out);
     assert_clean("sidecar check-config", out);
     free(out);
