@@ -34,6 +34,8 @@
 #define INSTANCES    2
 #define MIN_KILLS    10
 #define MIN_REPEATED 3 /* keys sent more than once */
+/* Records per partition in a backlog round (scx_chaos_backlog()). */
+#define BACKLOG 600
 
 /* Order number of (partition, offset): each partition has its own range. */
 static int64_t order_of(int32_t p, int64_t offset)
@@ -41,22 +43,31 @@ static int64_t order_of(int32_t p, int64_t offset)
     return (int64_t)p * 100000 + offset;
 }
 
-static void produce_chunk(const char *bootstrap, int64_t first)
+/* struct scx_chaos.produce: count orders per partition from offset first, framed with id 1. */
+static void produce_orders(struct scx_chaos *c, int64_t first, int64_t count)
 {
+    struct hx_record *recs = calloc((size_t)count, sizeof(*recs));
     for (int32_t p = 0; p < NPARTS; p++) {
         char **values;
         size_t *lens;
-        reg_orders(order_of(p, first), PER_CHUNK, 1, &values, &lens);
-        struct hx_record recs[PER_CHUNK];
-        for (int i = 0; i < PER_CHUNK; i++)
+        reg_orders(order_of(p, first), count, 1, &values, &lens);
+        for (int64_t i = 0; i < count; i++)
             recs[i] = (struct hx_record){
                 .topic = "orders", .partition = p, .value = values[i], .value_len = lens[i]};
-        hx_produce(bootstrap, recs, PER_CHUNK);
-        for (int i = 0; i < PER_CHUNK; i++)
+        hx_produce(c->e->mock.bootstrap, recs, (size_t)count);
+        for (int64_t i = 0; i < count; i++)
             free(values[i]);
         free(values);
         free(lens);
     }
+    free(recs);
+}
+
+/* scx_chaos_until(): MIN_REPEATED requests repeated a key (batches sent twice). */
+static bool repeated_enough(struct scx_chaos *c, void *rx)
+{
+    (void)c;
+    return rx_repeated_keys(rx) >= MIN_REPEATED;
 }
 
 /* Every accepted record's value is its order's JSON, byte for byte. */
@@ -121,11 +132,13 @@ START_TEST(test_avro_crash_exactly_once)
     /* Its own kill loop (the registry goes away, Avro records): scx_chaos for the rest. */
     struct scx_chaos c;
     scx_chaos_init(&c, &e, in, INSTANCES, NPARTS);
+    c.produce = produce_orders;
     scx_chaos_start(&c, &o);
 
     int chunk = 0, outages = 0;
     /* Until enough kills happened and a few batches were sent twice (more records if need
-     * be: whether a kill lands inside a batch is chance). */
+     * be, up to MAX_CHUNKS: whether a kill lands inside a batch is chance, and the backlog
+     * rounds after the calm make it happen if it did not). */
     while (chunk < CHUNKS || c.kills + c.self_kills < MIN_KILLS ||
            (rx_repeated_keys(rx) < MIN_REPEATED && chunk < MAX_CHUNKS)) {
         if (rand() % 3 == 0) { /* the registry away while new records arrive */
@@ -133,7 +146,7 @@ START_TEST(test_avro_crash_exactly_once)
             outages++;
         }
         if (chunk < CHUNKS || rx_repeated_keys(rx) < MIN_REPEATED) {
-            produce_chunk(e.mock.bootstrap, c.produced);
+            produce_orders(&c, c.produced, PER_CHUNK);
             c.produced += PER_CHUNK;
             chunk++;
         }
@@ -146,6 +159,9 @@ START_TEST(test_avro_crash_exactly_once)
     }
 
     scx_chaos_settle(&c);
+    /* Whether a kill lands between a write and its commit is chance: if too few did, sc-1
+     * kills itself after its first write, with a backlog waiting. */
+    scx_chaos_until(&c, repeated_enough, rx, BACKLOG, "after_write=kill#1");
 
     long long replays = scx_chaos_replays(&c);
     long repeated = rx_repeated_keys(rx);
@@ -153,9 +169,9 @@ START_TEST(test_avro_crash_exactly_once)
             "avro crash test: %d kills by the test (%d of a working instance), %d at failpoints, "
             "%d registry outages, "
             "%" PRId64 " records per partition; %zu requests (%ld repeating a key), %lld replayed "
-            "batches, %ld schema requests\n",
+            "batches, %ld schema requests (%d rounds started with a backlog)\n",
             c.kills, c.kills_working, c.self_kills, outages, c.produced, rx_nrequests(rx), repeated,
-            replays, reg_requests(r, 1));
+            replays, reg_requests(r, 1), c.backlog_rounds);
 
     /* Byte-identical bodies per key, every record once and in order... */
     struct rx_verify_opts v = {

@@ -10,6 +10,11 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+static void produce_seq(struct scx_chaos *c, int64_t first, int64_t count)
+{
+    hx_produce_seq(c->e->mock.bootstrap, c->topic, c->nparts, first, count);
+}
+
 void scx_chaos_init(struct scx_chaos *c, struct scx_env *e, struct scx_inst *in, int ninst,
                     int nparts)
 {
@@ -17,6 +22,7 @@ void scx_chaos_init(struct scx_chaos *c, struct scx_env *e, struct scx_inst *in,
                             .in = in,
                             .ninst = ninst,
                             .topic = "orders",
+                            .produce = produce_seq,
                             .nparts = nparts,
                             .chunks = 10,
                             .per_chunk = 500,
@@ -94,7 +100,7 @@ void scx_chaos_kill(struct scx_chaos *c)
     int chunk = 0;
     while (chunk < c->chunks || c->kills + c->self_kills < c->min_kills) {
         if (chunk < c->chunks) {
-            hx_produce_seq(c->e->mock.bootstrap, c->topic, c->nparts, c->produced, c->per_chunk);
+            c->produce(c, c->produced, c->per_chunk);
             c->produced += c->per_chunk;
             chunk++;
         }
@@ -131,7 +137,7 @@ void scx_chaos_settle(struct scx_chaos *c)
 
 void scx_chaos_backlog(struct scx_chaos *c, int64_t count, const char *failpoints0)
 {
-    hx_produce_seq(c->e->mock.bootstrap, c->topic, c->nparts, c->produced, count);
+    c->produce(c, c->produced, count);
     c->produced += count;
     c->backlog_rounds++;
     for (int i = 0; i < c->ninst; i++)

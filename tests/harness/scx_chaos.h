@@ -30,7 +30,10 @@ struct scx_chaos {
     struct scx_env *e;
     struct scx_inst *in;
     int ninst;
-    const char *topic; /* produced with hx_produce_seq(): "orders" */
+    const char *topic; /* "orders" */
+    /* Produces count more records per partition of topic, from offset first: by default
+     * hx_produce_seq(), whose values are their sequence numbers. */
+    void (*produce)(struct scx_chaos *c, int64_t first, int64_t count);
     int nparts;
     int chunks;        /* produced at least this many chunks */
     int64_t per_chunk; /* records per partition in a chunk */
