@@ -720,6 +720,14 @@ START_TEST(classify_sqlstates)
     ck_assert_str_eq(sc_pg_errmsg(conn, res, msg, sizeof(msg)), "division by zero");
     PQclear(res);
 
+    /* An error libpq made itself (no SQLSTATE) on a connection it still calls fine: the
+     * link failed, not the statement, so retry (it was permanent, and stopped partitions
+     * during PostgreSQL restarts). */
+    res = PQmakeEmptyPGresult(conn, PGRES_FATAL_ERROR);
+    ck_assert_int_eq(PQstatus(conn), CONNECTION_OK);
+    ck_assert_int_eq(sc_pg_classify(conn, res), SC_PG_RETRY);
+    PQclear(res);
+
     /* A connection that dies under us: retry. */
     res = PQexec(conn, "SELECT pg_terminate_backend(pg_backend_pid())");
     ck_assert_int_eq(sc_pg_classify(conn, res), SC_PG_RETRY);
