@@ -70,8 +70,9 @@ bool sc_pg_login_refused(const char *connect_error);
 
 /*
  * Classifies a result (NULL = no result, i.e. connection trouble).  Retry:
- * connection exceptions (class 08), transaction rollbacks (40: serialization
- * failures, deadlocks), cancelled statements (57014), a server shutting down
+ * connection exceptions (class 08), an error libpq reports itself (no
+ * SQLSTATE: the link, whatever PQstatus() says), transaction rollbacks (40:
+ * serialization failures, deadlocks), cancelled statements (57014), a server shutting down
  * or starting (57P01..57P03), insufficient resources (53), lock timeouts
  * (55P03), a read-only server (25006) and a vanished prepared statement
  * (26000: a new connection prepares it again).  Everything else is permanent:

@@ -307,7 +307,8 @@ START_TEST(classify_without_server)
     PGresult *tuples = PQmakeEmptyPGresult(NULL, PGRES_TUPLES_OK);
     ck_assert_int_eq(sc_pg_classify(NULL, tuples), SC_PG_OK);
     PQclear(tuples);
-    /* An error libpq made itself (no SQLSTATE) without a connection to ask: retry. */
+    /* An error libpq made itself (no SQLSTATE): retry (with a live connection too:
+     * integration_check_migrate). */
     PGresult *fatal = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
     ck_assert_int_eq(sc_pg_classify(NULL, fatal), SC_PG_RETRY);
     PQclear(fatal);
