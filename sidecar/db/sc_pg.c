@@ -515,10 +515,12 @@ enum sc_pg_errclass sc_pg_classify(PGconn *conn, const PGresult *res)
     const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
     if (!state || !*state) {
         /* Made by libpq itself, not refused by the server: the link or the protocol failed,
-         * whatever PQstatus() says yet.  chaos_check_random saw "server closed the
-         * connection unexpectedly" on a connection still CONNECTION_OK during PostgreSQL
-         * restarts, and taken as permanent it stopped two partitions in the error state.
-         * As connection trouble, the statement's outcome is unknown and read back. */
+         * whatever PQstatus() says yet.  libpq reports a failed send as the statement's
+         * result ("server closed the connection unexpectedly") once it has read anything
+         * that is not the answer, and marks the connection bad only when a read sees its
+         * end (unit_check_pg_write_failure makes it happen).  chaos_check_random met it
+         * during PostgreSQL restarts: taken as permanent, it stopped two partitions in the
+         * error state.  As connection trouble, the outcome is unknown and read back. */
         return SC_PG_RETRY;
     }
     /* Conditions that pass: load, an operator, a restart.  A statement_timeout or a

@@ -308,7 +308,7 @@ START_TEST(classify_without_server)
     ck_assert_int_eq(sc_pg_classify(NULL, tuples), SC_PG_OK);
     PQclear(tuples);
     /* An error libpq made itself (no SQLSTATE): retry (with a live connection too:
-     * integration_check_migrate). */
+     * integration_check_migrate, unit_check_pg_write_failure). */
     PGresult *fatal = PQmakeEmptyPGresult(NULL, PGRES_FATAL_ERROR);
     ck_assert_int_eq(sc_pg_classify(NULL, fatal), SC_PG_RETRY);
     PQclear(fatal);
