@@ -32,13 +32,14 @@
 
 #include "db/sc_db.h"
 #include "db/sc_pg.h"
+#include "hx.h"
 #include "protocol/sc_checkpoint.h"
 
 #define STUB_PORT 5999
 
 struct stub {
-    char dir[64];
-    char path[100]; /* fits sockaddr_un.sun_path */
+    const char *dir; /* hx_tmpdir(): removed when the test's process ends, however */
+    char path[100];  /* fits sockaddr_un.sun_path */
     int lfd;
     atomic_bool stop;
     atomic_int logins; /* sessions that got past the login */
@@ -136,8 +137,7 @@ static void *stub_main(void *arg)
 static void stub_start(struct stub *s)
 {
     memset(s, 0, sizeof(*s));
-    snprintf(s->dir, sizeof(s->dir), "/tmp/sc-pgstub-XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(s->dir));
+    s->dir = hx_tmpdir();
     snprintf(s->path, sizeof(s->path), "%s/.s.PGSQL.%d", s->dir, STUB_PORT);
     s->lfd = socket(AF_UNIX, SOCK_STREAM, 0);
     ck_assert_int_ge(s->lfd, 0);
@@ -153,8 +153,6 @@ static void stub_stop(struct stub *s)
     atomic_store(&s->stop, true);
     pthread_join(s->thread, NULL);
     close(s->lfd);
-    unlink(s->path);
-    rmdir(s->dir);
 }
 
 static char *stub_dsn(const struct stub *s)
