@@ -220,6 +220,7 @@ class Env:
             "receiver": os.path.join(self.build, "bench", "bench-receiver"),
             "delay": os.path.join(self.build, "bench", "bench-delay-proxy"),
             "latency": os.path.join(self.build, "bench", "bench-latency-reader"),
+            "probe": os.path.join(self.build, "bench", "bench-machine-probe"),
         }
         if args.sidecar_ref:
             ref = os.path.abspath(args.sidecar_ref)
@@ -1388,7 +1389,8 @@ def run_scale(env, args):
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git": git_rev(), "cpus": os.cpu_count(), "postgresql": env.pg_version,
         "postgresql_settings": env.pg_settings, "sink": args.scale_sink,
-        "records": args.scale_records, "memory_limit_mib": args.memory_mib}, "points": []}
+        "records": args.scale_records, "memory_limit_mib": args.memory_mib,
+        "machine": machine_costs(env)}, "points": []}
     for i, (p, n, k) in enumerate(scale_grid(args)):
         try:
             res["points"].append(scale_point(env, args, p, n, k, i))
@@ -1592,6 +1594,21 @@ def print_report(res):
     print()
 
 
+def machine_costs(env):
+    """The machine's page-fault and fdatasync costs (bench-machine-probe), in the work
+    directory: targets 1 and 4 move with them from one machine to the next (docs/benchmarks.md,
+    "The machine's costs")."""
+    out = subprocess.run([env.bin["probe"], env.dir], capture_output=True, text=True)
+    if out.returncode != 0:
+        log("machine probe failed: %s" % out.stderr.strip())
+        return None
+    costs = json.loads(out.stdout)
+    log("this machine: a page fault %.1f us (a shared page %.1f us), a 4 KiB append + fdatasync "
+        "%.2f ms (p99 %.2f ms)" % (costs["page_fault_us"], costs["shared_page_fault_us"],
+                                   costs["fdatasync_ms_p50"], costs["fdatasync_ms_p99"]))
+    return costs
+
+
 def git_rev():
     try:
         rev = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
@@ -1738,6 +1755,7 @@ def main():
             "memory_limit_mib": args.memory_mib,
             "ref_memory_limit_mib": args.ref_memory_mib,
             "sidecar_ref": args.sidecar_ref,
+            "machine": machine_costs(env),
         },
         "throughput": {},
         "runs": {},

@@ -14,7 +14,7 @@ build=${BUILD_DIR:-build-bench}
 .ci/install-deps
 cmake -S . -B "$build" >/dev/null
 cmake --build "$build" -j "$(nproc)" --target sidecar kafka-mock kafka-produce bench-receiver \
-    bench-delay-proxy bench-latency-reader >/dev/null
+    bench-delay-proxy bench-latency-reader bench-machine-probe >/dev/null
 # The Debian python3: it has python3-confluent-kafka and python3-psycopg2 (a python3
 # earlier on PATH, e.g. pyenv's, may not).
 exec /usr/bin/python3 bench/bench.py --build-dir "$build" "$@"
