@@ -76,6 +76,32 @@ static int private_fault(long page, double *out)
     return 0;
 }
 
+/* One child's write to every page of m: the child's cost per page, or < 0. */
+static double child_touch(char *m, long page)
+{
+    int fd[2];
+    if (pipe(fd) != 0)
+        return -1;
+    pid_t pid = fork();
+    if (pid < 0) {
+        close(fd[0]);
+        close(fd[1]);
+        return -1;
+    }
+    if (pid == 0) {
+        double us = touch(m, REGION, page);
+        ssize_t n = write(fd[1], &us, sizeof us);
+        _exit(n == (ssize_t)sizeof us ? 0 : 1);
+    }
+    close(fd[1]);
+    double us = -1;
+    ssize_t n = read(fd[0], &us, sizeof us);
+    close(fd[0]);
+    int status;
+    waitpid(pid, &status, 0);
+    return n == (ssize_t)sizeof us && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? us : -1;
+}
+
 static int shared_fault(long page, double *out)
 {
     char *m = mmap(NULL, REGION, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -83,29 +109,14 @@ static int shared_fault(long page, double *out)
         return -1;
     (void)touch(m, REGION, page);
     double v[REPEAT];
-    for (int r = 0; r < REPEAT; r++) {
-        int fd[2];
-        if (pipe(fd) != 0)
-            return -1;
-        pid_t pid = fork();
-        if (pid < 0)
-            return -1;
-        if (pid == 0) {
-            double us = touch(m, REGION, page);
-            ssize_t n = write(fd[1], &us, sizeof us);
-            _exit(n == (ssize_t)sizeof us ? 0 : 1);
-        }
-        close(fd[1]);
-        ssize_t n = read(fd[0], &v[r], sizeof v[r]);
-        close(fd[0]);
-        int status;
-        waitpid(pid, &status, 0);
-        if (n != (ssize_t)sizeof v[r] || !WIFEXITED(status) || WEXITSTATUS(status) != 0)
-            return -1;
-    }
+    int rc = 0;
+    for (int r = 0; r < REPEAT && rc == 0; r++)
+        if ((v[r] = child_touch(m, page)) < 0)
+            rc = -1;
     munmap(m, REGION);
-    *out = median(v, REPEAT);
-    return 0;
+    if (rc == 0)
+        *out = median(v, REPEAT);
+    return rc;
 }
 
 static int sync_cost(const char *dir, double *p50, double *p99)
