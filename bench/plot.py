@@ -145,6 +145,16 @@ def legend(svg, x, y, names):
 # ---- charts ------------------------------------------------------------------------------
 
 
+def machine_note(meta):
+    """One line on the machine's costs (bench-machine-probe), which targets 1 and 4 move with;
+    empty for results written before the probe."""
+    m = meta.get("machine")
+    if not m:
+        return ""
+    return "this machine: a page fault %.1f µs, a 4 KiB fdatasync %.2f ms" % (
+        m["page_fault_us"], m["fdatasync_ms_p50"])
+
+
 def ratios_chart(res, path):
     """One bar per paired ratio that has a goal, with the goal as a dashed line."""
     rows = [t for t in res.get("targets", []) if t.get("value") is not None and
@@ -153,14 +163,17 @@ def ratios_chart(res, path):
     rss = [t for t in res.get("targets", []) if "MiB" in t["target"]]
     if not rows and not rss:
         return False
-    svg = Svg(W, 90 + 34 * (len(rows) + len(rss)))
     meta = res.get("meta", {})
+    note = machine_note(meta)
+    svg = Svg(W, 90 + (14 if note else 0) + 34 * (len(rows) + len(rss)))
     pg = meta.get("postgresql_settings", {})
     svg.text(W / 2, 22, "Targets (%s, PostgreSQL %s%s; median of paired runs)" % (
         meta.get("date", "")[:10], pg.get("config", "tuned"),
         ", %s ms each way" % pg["client_delay_ms_each_way"]
         if pg.get("client_delay_ms_each_way") else ""), 13, "middle", bold=True)
-    top, left, width = 45, 330, 380
+    if note:
+        svg.text(W / 2, 40, note, 11, "middle", color="#555")
+    top, left, width = 45 + (14 if note else 0), 330, 380
     goals = [float(t["goal"][2:]) for t in rows] + [1]
     # The axis reaches 2.5 x the largest goal; longer bars are cut (the label says the value).
     vmax = min(max([t["value"] for t in rows] + goals) * 1.1, max(goals) * 2.5)
@@ -224,6 +237,9 @@ def latency_chart(res, path):
     for i, (n, c, dash) in enumerate(names):
         svg.line(590, 60 + i * 16 - 4, 610, 60 + i * 16 - 4, c, 2, dash)
         svg.text(615, 60 + i * 16, n, 11)
+    note = machine_note(res.get("meta", {}))
+    if note:
+        svg.text(70, H - 8, note, 11, color="#555")
     svg.save(path)
     return True
 
