@@ -15,11 +15,12 @@
  *   fdatasync() it, as the file sink does after each batch and PostgreSQL
  *   for each commit's WAL.
  *
- * Virtual machines of the same kind differ in these by an order of
- * magnitude, and a target that compares the sidecar with a reference that
- * pays them less often (fewer backends, no sync) moves with them, so
- * bench.py stores the probe's line with every result.  Each figure is the
- * median of a few repetitions.
+ * A target that compares the sidecar with a reference that pays these less
+ * often (fewer backends, no sync) moves with them, and machines of the same
+ * kind measured those targets differently by more than their margins
+ * (docs/benchmarks.md), so bench.py stores the probe's line with every
+ * result.  The fault figures are medians of three passes over 64 MiB; the
+ * sync figures come from 200 syncs.
  */
 #include <errno.h>
 #include <fcntl.h>
