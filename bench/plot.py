@@ -165,7 +165,8 @@ def ratios_chart(res, path):
         return False
     meta = res.get("meta", {})
     note = machine_note(meta)
-    svg = Svg(W, 90 + (14 if note else 0) + 34 * (len(rows) + len(rss)))
+    note_h = 14 if note else 0  # the note's line, between the title and the bars
+    svg = Svg(W, 90 + note_h + 34 * (len(rows) + len(rss)))
     pg = meta.get("postgresql_settings", {})
     svg.text(W / 2, 22, "Targets (%s, PostgreSQL %s%s; median of paired runs)" % (
         meta.get("date", "")[:10], pg.get("config", "tuned"),
@@ -173,7 +174,7 @@ def ratios_chart(res, path):
         if pg.get("client_delay_ms_each_way") else ""), 13, "middle", bold=True)
     if note:
         svg.text(W / 2, 40, note, 11, "middle", color="#555")
-    top, left, width = 45 + (14 if note else 0), 330, 380
+    top, left, width = 45 + note_h, 330, 380
     goals = [float(t["goal"][2:]) for t in rows] + [1]
     # The axis reaches 2.5 x the largest goal; longer bars are cut (the label says the value).
     vmax = min(max([t["value"] for t in rows] + goals) * 1.1, max(goals) * 2.5)
